@@ -1,0 +1,150 @@
+//! Durable, append-only event logs and delivery checkpoints behind one trait ([`EventStore`]).
+//!
+//! A broker owns one log (a [`LogId`]). Ingress appends every accepted event to it and answers
+//! `202` only after [`EventStore::append`] resolved, which happens after the data was flushed to
+//! stable storage (fsync/fdatasync). Appends from many concurrent requests share one flush
+//! ("group commit"). Dispatchers read the log back and keep their progress as small opaque
+//! checkpoint blobs in the same store, so a restart resumes where delivery stopped.
+//!
+//! The embedded implementation ([`KvEventStore`]) runs on one of three storage engines
+//! ([`EngineKind`]): sled, redb or fjall. A Kafka-backed broker class can implement
+//! [`EventStore`] directly later.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), evmesh_store::StoreError> {
+//! use evmesh_store::{open, EngineKind, EventStore, LogId};
+//! let store = open(EngineKind::Fjall, std::path::Path::new("./data"))?;
+//! let log = LogId::new("default/my-broker");
+//! let offset = store.append(&log, b"event bytes".to_vec()).await?; // durable now
+//! let records = store.read(&log, offset, 10)?;
+//! assert_eq!(records[0].payload, b"event bytes");
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Position of a record in a log. Offsets are assigned contiguously from 0 and never reused.
+pub type Offset = u64;
+
+/// Name of one log; evmesh uses `"<namespace>/<broker>"`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogId(String);
+
+impl LogId {
+    /// Makes a log id from its name.
+    pub fn new(name: impl Into<String>) -> Self {
+        LogId(name.into())
+    }
+    /// The log's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One record read back from a log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its offset in the log.
+    pub offset: Offset,
+    /// Wall-clock time of the append, milliseconds since the Unix epoch.
+    pub appended_ms: u64,
+    /// The bytes given to [`EventStore::append`].
+    pub payload: Vec<u8>,
+}
+
+/// How long records are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete records older than this.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest records while the log holds more payload bytes than this.
+    pub max_bytes: Option<u64>,
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (I/O error, corruption, ...).
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    /// The store was closed; nothing more is accepted.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Result type of the store.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A boxed future, so that [`EventStore`] stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The one storage trait of evmesh: durable logs plus checkpoint blobs.
+///
+/// Methods other than [`append`](EventStore::append) and [`flush`](EventStore::flush) may block
+/// on disk I/O; async callers run them in `spawn_blocking`.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends one payload to `log` and resolves with its offset once it is on stable storage.
+    /// Many concurrent appends share one flush.
+    fn append<'a>(&'a self, log: &'a LogId, payload: Vec<u8>) -> BoxFuture<'a, Result<Offset>>;
+
+    /// Reads up to `max` records of `log` with offset `>= from`, in offset order.
+    fn read(&self, log: &LogId, from: Offset, max: usize) -> Result<Vec<Record>>;
+
+    /// The offset the next append to `log` will get (0 for a log never written).
+    fn next_offset(&self, log: &LogId) -> Result<Offset>;
+
+    /// The lowest offset still stored in `log`, `None` when it is empty.
+    fn first_offset(&self, log: &LogId) -> Result<Option<Offset>>;
+
+    /// Stores (replaces) a checkpoint blob. It becomes durable with the next group commit, at
+    /// most a few milliseconds later; the call does not wait for that.
+    fn put_checkpoint(&self, key: &str, value: Vec<u8>) -> Result<()>;
+
+    /// Deletes a checkpoint blob (durable with the next group commit).
+    fn delete_checkpoint(&self, key: &str) -> Result<()>;
+
+    /// All checkpoint blobs whose key starts with `prefix`, in key order.
+    fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Applies retention to `log`: deletes the oldest records that are older than
+    /// `retention.max_age` or beyond `retention.max_bytes`, but never a record with offset
+    /// `>= keep_from` (records still waiting for delivery are pinned). Returns how many records
+    /// were deleted.
+    fn apply_retention(&self, log: &LogId, retention: Retention, keep_from: Offset) -> Result<u64>;
+
+    /// Resolves once everything handed to the store so far (appends and checkpoints) is durable.
+    fn flush(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// The embedded storage engines evmesh can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    /// sled 0.34 (the design card's original choice).
+    Sled,
+    /// redb 4.
+    Redb,
+    /// fjall 3.
+    Fjall,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sled" => Ok(EngineKind::Sled),
+            "redb" => Ok(EngineKind::Redb),
+            "fjall" => Ok(EngineKind::Fjall),
+            other => Err(format!("unknown storage engine {other:?} (sled, redb, fjall)")),
+        }
+    }
+}
+
+/// Opens (or creates) the embedded store of the given engine in `dir`.
+pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn EventStore>> {
+    let _ = (kind, dir);
+    Err(StoreError::Engine("not implemented yet".into()))
+}
