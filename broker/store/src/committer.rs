@@ -1,0 +1,377 @@
+//! The group-commit thread: drains all pending requests, writes one engine batch, syncs once,
+//! then answers every waiting append.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::keys::{self, LogMeta};
+use crate::kv::{Batch, KvEngine};
+use crate::{Offset, Result, Retention, StoreError};
+
+/// How long checkpoint writes alone wait for more work before they are committed.
+const CHECKPOINT_LINGER: Duration = Duration::from_millis(2);
+/// At most this many requests go into one batch.
+const MAX_BATCH_REQUESTS: usize = 8192;
+/// Records read per step while applying retention.
+const RETENTION_SCAN_CHUNK: usize = 1024;
+
+/// A request to the committer.
+pub(crate) enum Request {
+    /// Append `payload` to the log `log`; answer with its offset once durable.
+    Append {
+        log: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Offset>>,
+    },
+    /// Checkpoint writes are waiting in [`PendingCheckpoints`]; commit them soon.
+    Checkpoint,
+    /// Answer once everything before it is durable.
+    Flush { reply: oneshot::Sender<Result<()>> },
+    /// Apply retention to a log.
+    Retention {
+        log: String,
+        retention: Retention,
+        keep_from: Offset,
+        reply: SyncSender<Result<u64>>,
+    },
+}
+
+impl Request {
+    /// Requests somebody waits for: commit them without lingering.
+    fn is_urgent(&self) -> bool {
+        !matches!(self, Request::Checkpoint)
+    }
+}
+
+/// Counters shared with the store.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) appends: AtomicU64,
+    pub(crate) failed_commits: AtomicU64,
+}
+
+/// State owned by the committer thread.
+pub(crate) struct Committer {
+    engine: Arc<dyn KvEngine>,
+    counters: Arc<Counters>,
+    /// Metadata of the logs touched so far, as committed.
+    metas: HashMap<String, LogMeta>,
+    /// Checkpoint writes not yet committed (shared with readers, kept across a failed commit).
+    pending: Arc<PendingCheckpoints>,
+}
+
+/// Checkpoint writes handed to the store but not yet committed, each with a sequence number so
+/// the committer removes only what it committed. Readers overlay them on the engine's data.
+#[derive(Debug, Default)]
+pub(crate) struct PendingCheckpoints {
+    inner: Mutex<(u64, BTreeMap<String, (u64, Option<Vec<u8>>)>)>,
+}
+
+impl PendingCheckpoints {
+    fn lock(&self) -> MutexGuard<'_, (u64, BTreeMap<String, (u64, Option<Vec<u8>>)>)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a put (`Some`) or delete (`None`).
+    pub(crate) fn set(&self, key: &str, value: Option<Vec<u8>>) {
+        let mut g = self.lock();
+        g.0 += 1;
+        let seq = g.0;
+        g.1.insert(key.to_owned(), (seq, value));
+    }
+
+    /// The pending writes whose key starts with `prefix`.
+    pub(crate) fn with_prefix(&self, prefix: &str) -> Vec<(String, Option<Vec<u8>>)> {
+        let g = self.lock();
+        g.1.range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().1.is_empty()
+    }
+
+    fn snapshot(&self) -> Vec<(String, u64, Option<Vec<u8>>)> {
+        self.lock()
+            .1
+            .iter()
+            .map(|(k, (seq, v))| (k.clone(), *seq, v.clone()))
+            .collect()
+    }
+
+    /// Forgets the committed writes that were not replaced meanwhile.
+    fn committed(&self, done: &[(String, u64, Option<Vec<u8>>)]) {
+        let mut g = self.lock();
+        for (k, seq, _) in done {
+            if g.1.get(k).is_some_and(|(s, _)| s == seq) {
+                g.1.remove(k);
+            }
+        }
+    }
+}
+
+impl Committer {
+    pub(crate) fn new(
+        engine: Arc<dyn KvEngine>,
+        counters: Arc<Counters>,
+        pending: Arc<PendingCheckpoints>,
+    ) -> Self {
+        Committer {
+            engine,
+            counters,
+            metas: HashMap::new(),
+            pending,
+        }
+    }
+
+    /// Runs until every sender is gone, committing whatever is pending before returning.
+    pub(crate) fn run(mut self, rx: Receiver<Request>) {
+        let mut open = true;
+        while open {
+            let first = match rx.recv() {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            let mut reqs = vec![first];
+            open = drain(&rx, &mut reqs);
+            if open && !reqs.iter().any(Request::is_urgent) {
+                open = linger(&rx, &mut reqs);
+            }
+            self.process(reqs);
+        }
+        if !self.pending.is_empty() {
+            self.commit_cycle(Vec::new(), Vec::new());
+        }
+    }
+
+    fn process(&mut self, reqs: Vec<Request>) {
+        let mut appends = Vec::new();
+        let mut flushes = Vec::new();
+        let mut retentions = Vec::new();
+        for r in reqs {
+            match r {
+                Request::Append {
+                    log,
+                    payload,
+                    reply,
+                } => appends.push((log, payload, reply)),
+                Request::Checkpoint => {}
+                Request::Flush { reply } => flushes.push(reply),
+                Request::Retention {
+                    log,
+                    retention,
+                    keep_from,
+                    reply,
+                } => retentions.push((log, retention, keep_from, reply)),
+            }
+        }
+        if !appends.is_empty() || !flushes.is_empty() || !self.pending.is_empty() {
+            self.commit_cycle(appends, flushes);
+        }
+        for (log, retention, keep_from, reply) in retentions {
+            let result = self.retention(&log, retention, keep_from);
+            // The caller may have gone away; nothing to do then.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// The committed metadata of `log`, loaded from the engine on first use.
+    fn meta(&mut self, log: &str) -> Result<LogMeta> {
+        if let Some(m) = self.metas.get(log) {
+            return Ok(*m);
+        }
+        let m = keys::load_meta(self.engine.as_ref(), log)?;
+        self.metas.insert(log.to_owned(), m);
+        Ok(m)
+    }
+
+    /// One group commit: all appends, all pending checkpoints, one durable engine batch.
+    fn commit_cycle(
+        &mut self,
+        appends: Vec<(String, Vec<u8>, oneshot::Sender<Result<Offset>>)>,
+        flushes: Vec<oneshot::Sender<Result<()>>>,
+    ) {
+        let now = now_ms();
+        let mut batch = Batch::default();
+        let mut dirty: HashMap<String, LogMeta> = HashMap::new();
+        let mut waiting = Vec::with_capacity(appends.len());
+        for (log, payload, reply) in appends {
+            let meta = match dirty.get(&log) {
+                Some(m) => Ok(*m),
+                None => self.meta(&log),
+            };
+            let mut meta = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            };
+            let offset = meta.next;
+            meta.next += 1;
+            meta.bytes += payload.len() as u64;
+            batch.writes.insert(
+                keys::record_key(&log, offset),
+                Some(keys::record_value(now, &payload)),
+            );
+            dirty.insert(log, meta);
+            waiting.push((offset, reply));
+        }
+        for (log, meta) in &dirty {
+            batch
+                .writes
+                .insert(keys::meta_key(log), Some(meta.encode()));
+        }
+        let checkpoints = self.pending.snapshot();
+        for (key, _, value) in &checkpoints {
+            batch
+                .writes
+                .insert(keys::checkpoint_key(key), value.clone());
+        }
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            let r = self.engine.commit(batch);
+            match &r {
+                Ok(()) => {
+                    self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, appends = waiting.len(), "group commit failed");
+                }
+            }
+            r
+        };
+        match result {
+            Ok(()) => {
+                self.metas.extend(dirty);
+                self.pending.committed(&checkpoints);
+                self.counters
+                    .appends
+                    .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+                for (offset, reply) in waiting {
+                    let _ = reply.send(Ok(offset));
+                }
+                for reply in flushes {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch is acknowledged; offsets are handed out again. Checkpoint
+                // writes stay pending and go with the next commit.
+                let msg = e.to_string();
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(StoreError::Engine(msg.clone())));
+                }
+                for reply in flushes {
+                    let _ = reply.send(Err(StoreError::Engine(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Deletes the oldest records of `log` as `retention` asks, never one `>= keep_from`.
+    fn retention(&mut self, log: &str, retention: Retention, keep_from: Offset) -> Result<u64> {
+        if retention.max_age.is_none() && retention.max_bytes.is_none() {
+            return Ok(0);
+        }
+        let mut meta = self.meta(log)?;
+        let old_first = meta.first;
+        let limit = keep_from.min(meta.next);
+        let now = now_ms();
+        let max_age_ms = retention
+            .max_age
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut cursor = meta.first;
+        'scan: while cursor < limit {
+            let chunk = self.engine.scan(
+                &keys::record_key(log, cursor),
+                &keys::record_key(log, limit),
+                RETENTION_SCAN_CHUNK,
+            )?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (k, v) in &chunk {
+                let offset = keys::offset_of(k)?;
+                let (appended_ms, payload) = keys::decode_value(v)?;
+                let too_old = max_age_ms.is_some_and(|max| now.saturating_sub(appended_ms) > max);
+                let too_big = retention.max_bytes.is_some_and(|max| meta.bytes > max);
+                if !(too_old || too_big) {
+                    break 'scan;
+                }
+                meta.bytes = meta.bytes.saturating_sub(payload.len() as u64);
+                meta.first = offset + 1;
+                cursor = offset + 1;
+            }
+        }
+        if meta.first == old_first {
+            return Ok(0);
+        }
+        let mut batch = Batch::default();
+        batch.delete_ranges.push((
+            keys::record_key(log, old_first),
+            keys::record_key(log, meta.first),
+        ));
+        batch
+            .writes
+            .insert(keys::meta_key(log), Some(meta.encode()));
+        self.engine.commit(batch)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.metas.insert(log.to_owned(), meta);
+        Ok(meta.first - old_first)
+    }
+}
+
+/// Moves everything already queued into `reqs`. Returns false once all senders are gone.
+fn drain(rx: &Receiver<Request>, reqs: &mut Vec<Request>) -> bool {
+    while reqs.len() < MAX_BATCH_REQUESTS {
+        match rx.try_recv() {
+            Ok(r) => reqs.push(r),
+            Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
+}
+
+/// Waits up to [`CHECKPOINT_LINGER`] for more requests, stopping early at an urgent one.
+fn linger(rx: &Receiver<Request>, reqs: &mut Vec<Request>) -> bool {
+    let deadline = Instant::now() + CHECKPOINT_LINGER;
+    while reqs.len() < MAX_BATCH_REQUESTS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        match rx.recv_timeout(left) {
+            Ok(r) => {
+                let urgent = r.is_urgent();
+                reqs.push(r);
+                if urgent {
+                    return drain(rx, reqs);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+    true
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,239 @@
+//! [`KvEventStore`]: the [`EventStore`] on an embedded ordered key-value engine, with group
+//! commit by a dedicated committer thread.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::committer::{Committer, Counters, PendingCheckpoints, Request};
+use crate::keys;
+use crate::kv::{KvEngine, engine_err};
+use crate::{
+    BoxFuture, EngineKind, EventStore, LogId, Offset, Record, Result, Retention, StoreError,
+};
+
+/// Counters of a [`KvEventStore`] since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Successful durable engine commits (group commits, plus one per retention run that
+    /// deleted something).
+    pub commits: u64,
+    /// Appends acknowledged.
+    pub appends: u64,
+    /// Engine commits that failed (their appends got an error).
+    pub failed_commits: u64,
+}
+
+/// The embedded [`EventStore`]: one engine ([`EngineKind`]) in one directory.
+///
+/// Appends and checkpoint writes go to a committer thread that writes everything pending as one
+/// engine batch and syncs it once (group commit). Reads go straight to the engine. Dropping the
+/// store commits what is pending and stops the thread.
+pub struct KvEventStore {
+    kind: EngineKind,
+    engine: Arc<dyn KvEngine>,
+    tx: RwLock<Option<Sender<Request>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+    pending: Arc<PendingCheckpoints>,
+}
+
+impl std::fmt::Debug for KvEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvEventStore")
+            .field("kind", &self.kind)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvEventStore {
+    /// Opens (or creates) the store of engine `kind` in `dir` (created if missing) and starts
+    /// its committer thread.
+    pub fn open(kind: EngineKind, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(engine_err)?;
+        let engine: Arc<dyn KvEngine> = match kind {
+            EngineKind::Sled => Arc::new(crate::sled_engine::SledEngine::open(dir)?),
+            EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(dir)?),
+            EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(dir)?),
+        };
+        let counters = Arc::new(Counters::default());
+        let pending = Arc::new(PendingCheckpoints::default());
+        let (tx, rx) = mpsc::channel();
+        let committer = Committer::new(engine.clone(), counters.clone(), pending.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("evmesh-store-{}", kind.as_str()))
+            .spawn(move || committer.run(rx))
+            .map_err(engine_err)?;
+        Ok(KvEventStore {
+            kind,
+            engine,
+            tx: RwLock::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            counters,
+            pending,
+        })
+    }
+
+    /// The engine this store runs on.
+    pub fn engine(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// Counters since the store was opened.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            appends: self.counters.appends.load(Ordering::Relaxed),
+            failed_commits: self.counters.failed_commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Number of successful durable engine commits since the store was opened.
+    pub fn commit_count(&self) -> u64 {
+        self.counters.commits.load(Ordering::Relaxed)
+    }
+
+    /// Commits what is pending, stops the committer thread and waits for it. Later appends,
+    /// checkpoint writes and flushes fail with [`StoreError::Closed`]; reads keep working.
+    /// Dropping the store does the same.
+    pub fn close(&self) {
+        let tx = self.tx.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(tx);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!(
+                    engine = self.kind.as_str(),
+                    "store committer thread panicked"
+                );
+            }
+        }
+    }
+
+    fn send(&self, req: Request) -> Result<()> {
+        let guard = self.tx.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(tx) => tx.send(req).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    fn meta(&self, log: &LogId) -> Result<keys::LogMeta> {
+        keys::check_log(log.as_str())?;
+        keys::load_meta(self.engine.as_ref(), log.as_str())
+    }
+}
+
+impl Drop for KvEventStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl EventStore for KvEventStore {
+    fn append<'a>(&'a self, log: &'a LogId, payload: Vec<u8>) -> BoxFuture<'a, Result<Offset>> {
+        Box::pin(async move {
+            keys::check_log(log.as_str())?;
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::Append {
+                log: log.as_str().to_owned(),
+                payload,
+                reply,
+            })?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn read(&self, log: &LogId, from: Offset, max: usize) -> Result<Vec<Record>> {
+        keys::check_log(log.as_str())?;
+        let rows = self.engine.scan(
+            &keys::record_key(log.as_str(), from),
+            &keys::record_end(log.as_str()),
+            max,
+        )?;
+        rows.iter()
+            .map(|(k, v)| {
+                let (appended_ms, payload) = keys::decode_value(v)?;
+                Ok(Record {
+                    offset: keys::offset_of(k)?,
+                    appended_ms,
+                    payload: payload.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    fn next_offset(&self, log: &LogId) -> Result<Offset> {
+        Ok(self.meta(log)?.next)
+    }
+
+    fn first_offset(&self, log: &LogId) -> Result<Option<Offset>> {
+        let m = self.meta(log)?;
+        Ok((m.first < m.next).then_some(m.first))
+    }
+
+    fn put_checkpoint(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.checkpoint(key, Some(value))
+    }
+
+    fn delete_checkpoint(&self, key: &str) -> Result<()> {
+        self.checkpoint(key, None)
+    }
+
+    fn checkpoints(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let start = keys::checkpoint_key(prefix);
+        let end = keys::prefix_end(&start);
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in self.engine.scan(&start, &end, usize::MAX)? {
+            let key = k
+                .get(2..)
+                .and_then(|k| String::from_utf8(k.to_vec()).ok())
+                .ok_or_else(|| StoreError::Engine("corrupt checkpoint key in store".into()))?;
+            out.insert(key, v);
+        }
+        // Writes not committed yet win over what the engine has.
+        for (k, v) in self.pending.with_prefix(prefix) {
+            match v {
+                Some(v) => out.insert(k, v),
+                None => out.remove(&k),
+            };
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn apply_retention(&self, log: &LogId, retention: Retention, keep_from: Offset) -> Result<u64> {
+        keys::check_log(log.as_str())?;
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(Request::Retention {
+            log: log.as_str().to_owned(),
+            retention,
+            keep_from,
+            reply,
+        })?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::Flush { reply })?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+impl KvEventStore {
+    fn checkpoint(&self, key: &str, value: Option<Vec<u8>>) -> Result<()> {
+        // Refuse before recording, so a closed store does not pretend to accept it.
+        if self.tx.read().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Err(StoreError::Closed);
+        }
+        self.pending.set(key, value);
+        self.send(Request::Checkpoint)
+    }
+}
