@@ -148,3 +148,6 @@ impl<K: Clone> FilterIndex<K> {
         unimplemented!()
     }
 }
+
+pub mod cesql;
+mod attr;
