@@ -1,1 +1,264 @@
-fn main() {}
+//! The `evmesh` command: `serve`, `validate`, `send`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use cloudevents::{EventBuilder, EventBuilderV10};
+use evmesh::{Mesh, Options, QUICKSTART_YAML};
+use evmesh_config::MeshConfig;
+
+#[derive(Parser)]
+#[command(name = "evmesh", version, about = "Knative Eventing without Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the brokers and triggers of the given Knative YAML (the quickstart when no -f).
+    Serve {
+        /// A YAML file or a directory of *.yaml/*.yml files; repeatable.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// Address for ingress, admin API and health.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where events and delivery progress are stored.
+        #[arg(long, default_value = "./evmesh-data")]
+        data_dir: PathBuf,
+        /// Storage engine: fjall, redb or sled.
+        #[arg(long)]
+        storage_engine: Option<evmesh_store::EngineKind>,
+        /// Largest accepted event, in bytes (413 above).
+        #[arg(long, default_value_t = evmesh_broker::ingress::DEFAULT_MAX_EVENT_SIZE)]
+        max_event_size: usize,
+        /// URL template for refs to kinds evmesh does not serve.
+        #[arg(long, default_value = evmesh_config::DEFAULT_URL_TEMPLATE)]
+        url_template: String,
+        /// Keep events in a broker's log at least this long (ISO-8601, e.g. P7D).
+        #[arg(long, default_value = "P7D")]
+        retention: String,
+        /// Also delete the oldest events once a broker's log holds more than this many bytes.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Deliveries in flight per trigger.
+        #[arg(long, default_value_t = 100)]
+        max_in_flight: usize,
+    },
+    /// Check Knative YAML; prints each problem with file, line and field.
+    Validate {
+        /// A YAML file or a directory; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Send one CloudEvent (binary mode), like `kn event send`.
+    Send {
+        /// Target URL, e.g. http://127.0.0.1:8080/default/default.
+        #[arg(long)]
+        to: String,
+        /// ce-type.
+        #[arg(long = "type")]
+        ty: String,
+        /// ce-source.
+        #[arg(long)]
+        source: String,
+        /// ce-id (a random UUID by default).
+        #[arg(long)]
+        id: Option<String>,
+        /// JSON data.
+        #[arg(long)]
+        data: Option<String>,
+        /// Extension attribute name=value; repeatable.
+        #[arg(long = "extension", short = 'e')]
+        extensions: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EVMESH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { files } => Ok(validate(&files)),
+        Command::Send {
+            to,
+            ty,
+            source,
+            id,
+            data,
+            extensions,
+        } => send(to, ty, source, id, data, extensions).await,
+        Command::Serve {
+            files,
+            listen,
+            data_dir,
+            storage_engine,
+            max_event_size,
+            url_template,
+            retention,
+            retention_bytes,
+            max_in_flight,
+        } => {
+            let config = if files.is_empty() {
+                tracing::info!("no -f given: serving the quickstart (a broker `default` with a trigger to the event display)");
+                MeshConfig::from_yaml("quickstart.yaml", QUICKSTART_YAML)
+            } else {
+                MeshConfig::from_paths(&files)
+            };
+            let config = match config {
+                Ok(c) => c,
+                Err(e) => {
+                    for w in &e.warnings {
+                        eprintln!("{w}");
+                    }
+                    eprintln!("{}", e.render());
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
+            let mut options = Options {
+                data_dir,
+                max_event_size,
+                url_template: Some(url_template),
+                ..Options::default()
+            };
+            if let Some(e) = storage_engine {
+                options.engine = e;
+            }
+            options.service.max_in_flight = max_in_flight;
+            options.service.retention.max_age = Some(
+                evmesh_config::parse_duration(&retention).map_err(anyhow::Error::msg)?,
+            );
+            options.service.retention.max_bytes = retention_bytes;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            let running = Mesh::from_config(config).options(options).start(listener).await?;
+            tracing::info!(
+                "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
+                running.local_addr(),
+                running.url().as_str().trim_end_matches('/')
+            );
+            wait_for_signal().await;
+            tracing::info!("shutting down: draining deliveries");
+            running.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    match MeshConfig::from_paths(files) {
+        Ok(mesh) => {
+            for w in &mesh.warnings {
+                println!("{w}");
+            }
+            println!(
+                "ok: {} broker(s), {} trigger(s)",
+                mesh.brokers.len(),
+                mesh.triggers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for w in &e.warnings {
+                println!("{w}");
+            }
+            for err in &e.errors {
+                println!("{err}");
+            }
+            println!("{} error(s)", e.errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn send(
+    to: String,
+    ty: String,
+    source: String,
+    id: Option<String>,
+    data: Option<String>,
+    extensions: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut b = EventBuilderV10::new()
+        .id(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
+        .ty(ty)
+        .source(source)
+        .time(chrono::Utc::now());
+    for ext in extensions {
+        let Some((k, v)) = ext.split_once('=') else {
+            bail!("--extension {ext:?}: expected name=value");
+        };
+        b = b.extension(k, v);
+    }
+    if let Some(d) = data {
+        let json: serde_json::Value =
+            serde_json::from_str(&d).with_context(|| format!("--data is not JSON: {d}"))?;
+        b = b.data("application/json", json);
+    }
+    let event = b.build().context("building the event")?;
+    let enc = evmesh_broker::codec::encode_binary(event)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let resp = client
+        .post(&to)
+        .headers(enc.headers)
+        .body(enc.body)
+        .send()
+        .await
+        .with_context(|| format!("sending to {to}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    println!("{} {}", status.as_u16(), body.trim());
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

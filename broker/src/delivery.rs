@@ -1,0 +1,431 @@
+//! The one delivery engine: one HTTP attempt ([`DeliveryEngine::attempt`]), its classification
+//! per Knative's data-plane contract, and the retry / backoff / dead-letter state machine
+//! ([`Progress::next`]). Triggers use it today; subscriptions and sources will use it too.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use cloudevents::{AttributesReader, Event};
+use evmesh_config::{Delivery, DeliveryFormat};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::codec;
+
+/// Extension set on dead-lettered events: the URL that failed.
+pub const ERROR_DEST: &str = "knativeerrordest";
+/// Extension set on dead-lettered events: the HTTP status of the last attempt.
+pub const ERROR_CODE: &str = "knativeerrorcode";
+/// Extension set on dead-lettered events: base64 of the last response body (≤ 1024 characters).
+pub const ERROR_DATA: &str = "knativeerrordata";
+/// Default per-attempt timeout when `delivery.timeout` is unset (the Kafka broker's: 10 minutes).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Where and how one stream of events is delivered (a trigger's resolved delivery).
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The subscriber URL.
+    pub subscriber: Url,
+    /// Resolved dead-letter sink.
+    pub dead_letter: Option<Url>,
+    /// Retry/backoff/timeout/format options.
+    pub delivery: Delivery,
+    /// Sent as `Kn-Namespace`.
+    pub namespace: String,
+}
+
+/// Result of one HTTP attempt.
+#[derive(Debug)]
+pub enum Outcome {
+    /// 2xx; with the reply event when the response carried one (never for 202).
+    Delivered {
+        /// The reply CloudEvent.
+        reply: Option<Event>,
+    },
+    /// Anything else.
+    Failed(Failure),
+}
+
+/// A failed attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Failure {
+    /// The URL that failed.
+    pub dest: String,
+    /// The HTTP status, `None` when there was no response (connection error, timeout).
+    pub status: Option<u16>,
+    /// The response body (possibly truncated).
+    #[serde(with = "b64")]
+    pub body: Vec<u8>,
+    /// Whether Knative's contract says to retry.
+    pub retryable: bool,
+    /// The `Retry-After` the subscriber asked for (429/503 only).
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether Knative retries a response with this status: 404, 408, 409, 429 and 5xx.
+pub fn is_retryable(status: u16) -> bool {
+    matches!(status, 404 | 408 | 409 | 429) || (500..600).contains(&status)
+}
+
+/// Which leg of delivery an event is on.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Phase {
+    /// Delivering to the subscriber.
+    Subscriber,
+    /// Delivering to the dead-letter sink.
+    DeadLetter,
+}
+
+/// Delivery progress of one event: persisted with pending retries so a restart resumes them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// Current leg.
+    pub phase: Phase,
+    /// Failed attempts so far on this leg.
+    pub failures: u32,
+    /// The last subscriber failure (what the dead-lettered event reports).
+    pub last_failure: Option<Failure>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            phase: Phase::Subscriber,
+            failures: 0,
+            last_failure: None,
+        }
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Debug)]
+pub enum Next {
+    /// Delivery is complete (possibly with a reply to route).
+    Done {
+        /// The reply, if any.
+        reply: Option<Event>,
+    },
+    /// Try again (same leg, or the first dead-letter attempt) after this wait.
+    Retry(Duration),
+    /// Delivery failed for good and there is nowhere else to send the event.
+    Dropped(Failure),
+}
+
+impl Progress {
+    /// Applies one attempt's outcome. `plan` gives the retry budget, backoff and DLS.
+    pub fn next(&mut self, plan: &Plan, outcome: Outcome) -> Next {
+        let failure = match outcome {
+            Outcome::Delivered { reply } => {
+                // A dead-letter sink's reply is not routed anywhere.
+                let reply = if self.phase == Phase::Subscriber { reply } else { None };
+                return Next::Done { reply };
+            }
+            Outcome::Failed(f) => f,
+        };
+        self.failures += 1;
+        if failure.retryable && self.failures <= plan.delivery.retry {
+            let mut wait = plan.delivery.backoff(self.failures);
+            if let (Some(ra), Some(max)) = (failure.retry_after, plan.delivery.retry_after_max)
+                && matches!(failure.status, Some(429) | Some(503))
+            {
+                wait = wait.max(ra.min(max));
+            }
+            if self.phase == Phase::Subscriber {
+                self.last_failure = Some(failure);
+            }
+            return Next::Retry(wait);
+        }
+        match self.phase {
+            Phase::Subscriber if plan.dead_letter.is_some() => {
+                self.phase = Phase::DeadLetter;
+                self.failures = 0;
+                self.last_failure = Some(failure);
+                Next::Retry(Duration::ZERO)
+            }
+            _ => Next::Dropped(failure),
+        }
+    }
+
+    /// Where the next attempt goes.
+    pub fn url<'a>(&self, plan: &'a Plan) -> &'a Url {
+        match (self.phase, &plan.dead_letter) {
+            (Phase::DeadLetter, Some(dls)) => dls,
+            _ => &plan.subscriber,
+        }
+    }
+}
+
+/// Sends events over HTTP. Cheap to clone (one shared connection pool).
+#[derive(Clone, Debug)]
+pub struct DeliveryEngine {
+    client: reqwest::Client,
+}
+
+impl Default for DeliveryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Cap of the response body kept for `knativeerrordata` and reply parsing (replies up to the
+/// ingress limit are read whole).
+const MAX_REPLY: usize = 4 * 1024 * 1024;
+
+impl DeliveryEngine {
+    /// A new engine with its own connection pool.
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        DeliveryEngine { client }
+    }
+
+    /// Makes one attempt according to `progress`: the subscriber with `Prefer: reply`, or the
+    /// dead-letter sink with the error extensions.
+    pub async fn attempt(&self, plan: &Plan, progress: &Progress, event: &Event) -> Outcome {
+        let url = progress.url(plan);
+        let mut event = event.clone();
+        event.remove_extension(crate::ingress::TTL_EXTENSION);
+        let dead_letter = progress.phase == Phase::DeadLetter;
+        if dead_letter && let Some(f) = &progress.last_failure {
+            stamp_error(&mut event, f);
+        }
+        self.send(url, &event, plan, !dead_letter).await
+    }
+
+    /// POSTs one event to `url`.
+    pub async fn send(&self, url: &Url, event: &Event, plan: &Plan, want_reply: bool) -> Outcome {
+        let encoded = match plan.delivery.format {
+            DeliveryFormat::Json => codec::encode_structured(event),
+            DeliveryFormat::Binary => codec::encode_binary(event.clone()),
+        };
+        let encoded = match encoded {
+            Ok(e) => e,
+            Err(e) => return failed(url, None, vec![], false, format!("cannot encode event: {e}")),
+        };
+        let mut req = self
+            .client
+            .post(url.clone())
+            .timeout(plan.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT))
+            .headers(encoded.headers)
+            .body(encoded.body);
+        if let Ok(ns) = HeaderValue::from_str(&plan.namespace) {
+            req = req.header("kn-namespace", ns);
+        }
+        if want_reply {
+            req = req.header("prefer", "reply");
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    format!("request failed: {}", root_cause(&e))
+                };
+                return failed(url, None, vec![], true, reason);
+            }
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = match read_body(resp).await {
+            Ok(b) => b,
+            Err(e) => return failed(url, Some(status.as_u16()), vec![], true, e),
+        };
+        classify(url, status, &headers, body, want_reply)
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading response: {e}"))? {
+        if body.len() + chunk.len() > MAX_REPLY {
+            return Err("response body too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn failed(url: &Url, status: Option<u16>, body: Vec<u8>, retryable: bool, reason: String) -> Outcome {
+    Outcome::Failed(Failure {
+        dest: url.to_string(),
+        status,
+        body,
+        retryable,
+        retry_after: None,
+        reason,
+    })
+}
+
+fn classify(url: &Url, status: StatusCode, headers: &HeaderMap, body: Vec<u8>, want_reply: bool) -> Outcome {
+    let code = status.as_u16();
+    if status.is_success() {
+        if code == 202 || !want_reply {
+            return Outcome::Delivered { reply: None };
+        }
+        let looks_like_event = headers.contains_key("ce-specversion")
+            || headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents"));
+        if !looks_like_event {
+            if body.is_empty() {
+                return Outcome::Delivered { reply: None };
+            }
+            return failed(
+                url,
+                Some(502),
+                body,
+                true,
+                format!("subscriber answered {code} with a body that is not a CloudEvent (it must be empty or a valid CloudEvent)"),
+            );
+        }
+        return match codec::decode(headers, body.clone()) {
+            Ok(reply) => Outcome::Delivered { reply: Some(reply) },
+            Err(e) => failed(url, Some(502), body, true, format!("malformed reply: {e}")),
+        };
+    }
+    let retry_after = if matches!(code, 429 | 503) {
+        headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+    } else {
+        None
+    };
+    Outcome::Failed(Failure {
+        dest: url.to_string(),
+        status: Some(code),
+        retryable: is_retryable(code),
+        retry_after,
+        reason: format!("subscriber answered {code}"),
+        body,
+    })
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP-date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v.trim()).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+/// Adds `knativeerrordest`, `knativeerrorcode` and `knativeerrordata` to a dead-lettered event.
+pub fn stamp_error(event: &mut Event, f: &Failure) {
+    event.set_extension(ERROR_DEST, f.dest.clone());
+    if let Some(code) = f.status {
+        event.set_extension(ERROR_CODE, i64::from(code));
+    }
+    if !f.body.is_empty() {
+        let mut data = base64::engine::general_purpose::STANDARD.encode(&f.body);
+        data.truncate(1024);
+        event.set_extension(ERROR_DATA, data);
+    }
+}
+
+/// The id of an event, for logs.
+pub fn describe(event: &Event) -> String {
+    format!("{} (source {})", event.id(), event.source())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evmesh_config::BackoffPolicy;
+
+    fn plan(retry: u32, dls: bool) -> Plan {
+        let mut delivery = Delivery::knative_default();
+        delivery.retry = retry;
+        delivery.backoff_policy = BackoffPolicy::Exponential;
+        delivery.backoff_delay = Some(Duration::from_millis(100));
+        Plan {
+            subscriber: "http://sub.example/".parse().expect("url"),
+            dead_letter: dls.then(|| "http://dls.example/".parse().expect("url")),
+            delivery,
+            namespace: "default".into(),
+        }
+    }
+
+    fn fail(status: u16) -> Outcome {
+        Outcome::Failed(Failure {
+            dest: "http://sub.example/".into(),
+            status: Some(status),
+            body: vec![],
+            retryable: is_retryable(status),
+            retry_after: None,
+            reason: String::new(),
+        })
+    }
+
+    #[test]
+    fn retries_with_exponential_backoff_then_dead_letters() {
+        let p = plan(3, true);
+        let mut prog = Progress::default();
+        let waits: Vec<_> = (0..3)
+            .map(|_| match prog.next(&p, fail(503)) {
+                Next::Retry(w) => w.as_millis(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(waits, vec![100, 200, 400]);
+        assert!(matches!(prog.next(&p, fail(503)), Next::Retry(w) if w.is_zero()));
+        assert_eq!(prog.phase, Phase::DeadLetter);
+        assert_eq!(prog.url(&p).as_str(), "http://dls.example/");
+    }
+
+    #[test]
+    fn non_retryable_status_goes_straight_to_dead_letter() {
+        let p = plan(5, true);
+        let mut prog = Progress::default();
+        assert!(matches!(prog.next(&p, fail(422)), Next::Retry(_)));
+        assert_eq!(prog.phase, Phase::DeadLetter);
+    }
+
+    #[test]
+    fn without_dead_letter_sink_event_is_dropped() {
+        let p = plan(0, false);
+        let mut prog = Progress::default();
+        assert!(matches!(prog.next(&p, fail(500)), Next::Dropped(_)));
+    }
+
+    #[test]
+    fn retryable_statuses_follow_knative() {
+        for s in [404, 408, 409, 429, 500, 502, 503] {
+            assert!(is_retryable(s), "{s}");
+        }
+        for s in [400, 401, 403, 410, 422, 301] {
+            assert!(!is_retryable(s), "{s}");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Broker ingress over HTTP: `POST /{namespace}/{broker}` with a CloudEvent; the handler only
+//! translates HTTP to [`BrokerService::publish`] and errors back to status codes.
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+use crate::codec;
+use crate::service::{BrokerService, PublishError};
+
+/// The TTL extension Knative's broker uses against reply loops.
+pub const TTL_EXTENSION: &str = "knativebrokerttl";
+/// Extension stamped with the time the broker accepted the event.
+pub const ARRIVAL_EXTENSION: &str = "knativearrivaltime";
+/// TTL given to an event that arrives without one.
+pub const MAX_TTL: i64 = 255;
+/// Default limit of an event's HTTP body (1 MiB, like Kafka's default message size).
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
+
+#[derive(Clone)]
+struct Ingress {
+    service: BrokerService,
+    max_size: usize,
+}
+
+/// The ingress routes, for merging into the server's router.
+///
+/// ```no_run
+/// # fn demo(service: evmesh_broker::BrokerService) {
+/// let app: axum::Router = evmesh_broker::ingress::routes(service, 1024 * 1024);
+/// # }
+/// ```
+pub fn routes(service: BrokerService, max_size: usize) -> Router {
+    let state = Ingress { service, max_size };
+    Router::new()
+        .route("/{namespace}/{broker}", any(handle))
+        .route("/{namespace}/{broker}/", any(handle))
+        .with_state(state)
+}
+
+/// An ingress failure, converted to a response at the edge.
+#[derive(Debug)]
+pub enum IngressError {
+    /// 400 with a reason.
+    BadRequest(String),
+    /// 404.
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed,
+    /// 413.
+    TooLarge(usize),
+    /// 503.
+    Unavailable(String),
+}
+
+impl IntoResponse for IngressError {
+    fn into_response(self) -> Response {
+        let (status, msg) = match self {
+            IngressError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            IngressError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            IngressError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only POST (and OPTIONS) are allowed".into(),
+            ),
+            IngressError::TooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("event larger than the limit of {max} bytes"),
+            ),
+            IngressError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+        };
+        let mut resp = (status, msg + "\n").into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+        resp
+    }
+}
+
+impl From<PublishError> for IngressError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::NotFound(m) => IngressError::NotFound(format!("broker {m} not found")),
+            PublishError::TtlExpired => IngressError::BadRequest(e.to_string()),
+            PublishError::Encode(m) => IngressError::BadRequest(m),
+            PublishError::Store(_) | PublishError::ShuttingDown => IngressError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+async fn handle(
+    State(ingress): State<Ingress>,
+    Path((namespace, broker)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match receive(&ingress, &namespace, &broker, method, headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            ingress.service.count_rejected(&namespace, &broker);
+            e.into_response()
+        }
+    }
+}
+
+async fn receive(
+    ingress: &Ingress,
+    namespace: &str,
+    broker: &str,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, IngressError> {
+    if method == Method::OPTIONS {
+        let mut resp = StatusCode::OK.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+        h.insert("webhook-allowed-origin", HeaderValue::from_static("*"));
+        h.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+        return Ok(resp);
+    }
+    if method != Method::POST {
+        return Err(IngressError::MethodNotAllowed);
+    }
+    if !ingress.service.has_broker(namespace, broker) {
+        return Err(IngressError::NotFound(format!("broker {namespace}/{broker} not found")));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > ingress.max_size) {
+        return Err(IngressError::TooLarge(ingress.max_size));
+    }
+    let bytes = to_bytes(body, ingress.max_size)
+        .await
+        .map_err(|_| IngressError::TooLarge(ingress.max_size))?;
+    let event = codec::decode(&headers, bytes.to_vec()).map_err(|e| IngressError::BadRequest(e.0))?;
+    ingress.service.publish(namespace, broker, event).await?;
+    let mut resp = StatusCode::ACCEPTED.into_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+    Ok(resp)
+}

@@ -1,0 +1,79 @@
+//! Per-step counters (ingress, filter/router, dispatcher), readable through the admin API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+#[derive(Default, Debug)]
+struct Inner {
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    routed: AtomicU64,
+    delivered: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Counters of one broker or trigger. Cheap to clone.
+#[derive(Clone, Default, Debug)]
+pub struct Counters(Arc<Inner>);
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterSnapshot {
+    /// Events accepted at ingress (202).
+    pub accepted: u64,
+    /// Requests rejected at ingress.
+    pub rejected: u64,
+    /// (event, trigger) matches found by the filter step.
+    pub routed: u64,
+    /// Deliveries completed to the subscriber.
+    pub delivered: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Events delivered to a dead-letter sink.
+    pub dead_lettered: u64,
+    /// Events given up on.
+    pub dropped: u64,
+}
+
+impl Counters {
+    pub(crate) fn accepted(&self) {
+        self.0.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn rejected(&self) {
+        self.0.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn routed(&self, n: usize) {
+        self.0.routed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn delivered(&self) {
+        self.0.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn retried(&self) {
+        self.0.retried.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn dead_lettered(&self) {
+        self.0.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn dropped(&self) {
+        self.0.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> CounterSnapshot {
+        let i = &self.0;
+        CounterSnapshot {
+            accepted: i.accepted.load(Ordering::Relaxed),
+            rejected: i.rejected.load(Ordering::Relaxed),
+            routed: i.routed.load(Ordering::Relaxed),
+            delivered: i.delivered.load(Ordering::Relaxed),
+            retried: i.retried.load(Ordering::Relaxed),
+            dead_lettered: i.dead_lettered.load(Ordering::Relaxed),
+            dropped: i.dropped.load(Ordering::Relaxed),
+        }
+    }
+}

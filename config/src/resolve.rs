@@ -1,0 +1,123 @@
+//! Destination resolution through the Addressable duck type: `ref` → `status.address.url`.
+
+use std::collections::HashMap;
+
+use url::Url;
+
+use crate::model::{Destination, KReference};
+use crate::validate::MeshConfig;
+
+/// The default template for refs to kinds evmesh neither serves nor finds an address for.
+pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local";
+
+/// Resolves [`Destination`]s to URLs: evmesh's own addressables (brokers) to their ingress URL,
+/// other kinds to the `status.address.url` / `status.url` the YAML declares, else to a URL
+/// template (`{name}`, `{namespace}`, `{kind}` placeholders).
+///
+/// ```
+/// use evmesh_config::{Destination, MeshConfig, Resolver};
+/// let mesh = MeshConfig::from_yaml("demo.yaml", "").unwrap();
+/// let r = Resolver::new(&mesh, "http://127.0.0.1:8080".parse().unwrap(), None);
+/// let url = r.resolve(&Destination::uri("http://sink.example/x"), "default").unwrap();
+/// assert_eq!(url.as_str(), "http://sink.example/x");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Resolver {
+    ingress: Url,
+    template: String,
+    /// (group, kind, namespace, name) → declared address (None: not declared).
+    addressables: HashMap<(String, String, String, String), Option<String>>,
+}
+
+fn group_of(api_version: &str) -> String {
+    match api_version.split_once('/') {
+        Some((g, _)) => g.to_string(),
+        None => String::new(),
+    }
+}
+
+impl Resolver {
+    /// A resolver for `mesh`, whose brokers are served under `ingress` (`http://host:port`).
+    pub fn new(mesh: &MeshConfig, ingress: Url, template: Option<String>) -> Self {
+        let mut addressables = HashMap::new();
+        for b in &mesh.brokers {
+            let m = &b.resource.metadata;
+            let url = broker_url(&ingress, &m.namespace, &m.name);
+            addressables.insert(
+                ("eventing.knative.dev".into(), "Broker".into(), m.namespace.clone(), m.name.clone()),
+                Some(url.to_string()),
+            );
+        }
+        for e in &mesh.externals {
+            let m = &e.metadata;
+            let group = group_of(&e.api_version);
+            let address = if group == "evmesh.dev" && e.kind == "EventDisplay" {
+                Some(event_display_url(&ingress, &m.namespace, &m.name).to_string())
+            } else {
+                e.address.clone()
+            };
+            addressables.insert((group, e.kind.clone(), m.namespace.clone(), m.name.clone()), address);
+        }
+        Resolver {
+            ingress,
+            template: template.unwrap_or_else(|| DEFAULT_URL_TEMPLATE.to_string()),
+            addressables,
+        }
+    }
+
+    /// The base URL brokers are served under.
+    pub fn ingress(&self) -> &Url {
+        &self.ingress
+    }
+
+    /// Resolves `dest` for a resource in namespace `ns`.
+    pub fn resolve(&self, dest: &Destination, ns: &str) -> Result<Url, String> {
+        match (&dest.reference, &dest.uri) {
+            (None, Some(uri)) => Url::parse(uri).map_err(|e| format!("invalid uri {uri:?}: {e}")),
+            (None, None) => Err("destination has neither ref nor uri".into()),
+            (Some(r), uri) => {
+                let base = self.resolve_ref(r, ns)?;
+                match uri {
+                    None => Ok(base),
+                    Some(rel) => base
+                        .join(rel)
+                        .map_err(|e| format!("cannot resolve {rel:?} against {base}: {e}")),
+                }
+            }
+        }
+    }
+
+    fn resolve_ref(&self, r: &KReference, ns: &str) -> Result<Url, String> {
+        let rns = r.namespace.as_deref().unwrap_or(ns);
+        let group = group_of(&r.api_version);
+        let key = (group.clone(), r.kind.clone(), rns.to_string(), r.name.clone());
+        match self.addressables.get(&key) {
+            Some(Some(url)) => return Url::parse(url).map_err(|e| format!("{url:?}: {e}")),
+            Some(None) => {}
+            None if group == "eventing.knative.dev" && r.kind == "Broker" => {
+                return Err(format!("broker {rns}/{} not found", r.name));
+            }
+            None => {}
+        }
+        let url = self
+            .template
+            .replace("{name}", &r.name)
+            .replace("{namespace}", rns)
+            .replace("{kind}", &r.kind.to_lowercase());
+        Url::parse(&url).map_err(|e| format!("URL template gave {url:?}: {e}"))
+    }
+}
+
+/// The ingress URL of a broker: `{ingress}/{namespace}/{name}`.
+pub fn broker_url(ingress: &Url, namespace: &str, name: &str) -> Url {
+    let mut url = ingress.clone();
+    url.set_path(&format!("/{namespace}/{name}"));
+    url
+}
+
+/// The URL of a built-in `evmesh.dev/v1alpha1` `EventDisplay`: `{ingress}/_evmesh/event-display/{namespace}/{name}`.
+pub fn event_display_url(ingress: &Url, namespace: &str, name: &str) -> Url {
+    let mut url = ingress.clone();
+    url.set_path(&format!("/_evmesh/event-display/{namespace}/{name}"));
+    url
+}

@@ -1,0 +1,526 @@
+//! Validation: typed resources from YAML documents, every error and warning with file:line:field.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use evmesh_filter::Filter;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ConfigError, ConfigErrors, Location, Warning};
+use crate::loader::Document;
+use crate::model::*;
+
+/// Delivery options with durations parsed (Knative's DeliverySpec after validation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Retries after the first attempt.
+    pub retry: u32,
+    /// Backoff policy.
+    pub backoff_policy: BackoffPolicy,
+    /// Base backoff delay; `None` retries at once (as Knative's dispatcher does).
+    pub backoff_delay: Option<Duration>,
+    /// Per-attempt timeout.
+    pub timeout: Option<Duration>,
+    /// Cap for a subscriber's `Retry-After` on 429/503; `None` ignores Retry-After.
+    pub retry_after_max: Option<Duration>,
+    /// Dead-letter sink (still to be resolved).
+    pub dead_letter_sink: Option<Destination>,
+    /// Content mode of deliveries.
+    pub format: DeliveryFormat,
+}
+
+impl Delivery {
+    /// Knative's default broker delivery (`config-br-defaults`): `retry: 10`, exponential, `PT0.2S`.
+    pub fn knative_default() -> Self {
+        Delivery {
+            retry: 10,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay: Some(Duration::from_millis(200)),
+            timeout: None,
+            retry_after_max: None,
+            dead_letter_sink: None,
+            format: DeliveryFormat::Binary,
+        }
+    }
+
+    /// The wait before retry number `k` (1-based): linear `delay × k`, exponential
+    /// `delay × 2^(k-1)`.
+    ///
+    /// ```
+    /// # use evmesh_config::{Delivery, BackoffPolicy};
+    /// # use std::time::Duration;
+    /// let mut d = Delivery::knative_default();
+    /// d.backoff_delay = Some(Duration::from_secs(1));
+    /// assert_eq!(d.backoff(3), Duration::from_secs(4));
+    /// d.backoff_policy = BackoffPolicy::Linear;
+    /// assert_eq!(d.backoff(3), Duration::from_secs(3));
+    /// ```
+    pub fn backoff(&self, k: u32) -> Duration {
+        let Some(delay) = self.backoff_delay else {
+            return Duration::ZERO;
+        };
+        let k = k.max(1);
+        match self.backoff_policy {
+            BackoffPolicy::Linear => delay.saturating_mul(k),
+            BackoffPolicy::Exponential => delay.saturating_mul(1u32 << (k - 1).min(31)),
+        }
+    }
+}
+
+/// A validated Broker.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// The resource as written.
+    pub resource: Broker,
+    /// Its delivery (the Knative default when the YAML sets none).
+    pub delivery: Delivery,
+    /// Where its YAML is.
+    pub location: Option<Location>,
+}
+
+/// A validated Trigger, its filter compiled.
+#[derive(Clone, Debug)]
+pub struct TriggerConfig {
+    /// The resource as written.
+    pub resource: Trigger,
+    /// The compiled filter (`filters` when non-empty, else `filter.attributes`).
+    pub filter: Filter,
+    /// Its own delivery, if it sets one (it then replaces the broker's entirely).
+    pub delivery: Option<Delivery>,
+    /// Where its YAML is.
+    pub location: Option<Location>,
+}
+
+/// Everything evmesh serves, validated.
+#[derive(Clone, Debug, Default)]
+pub struct MeshConfig {
+    /// Brokers.
+    pub brokers: Vec<BrokerConfig>,
+    /// Triggers.
+    pub triggers: Vec<TriggerConfig>,
+    /// Resources of kinds evmesh does not serve, kept for `ref` resolution.
+    pub externals: Vec<ExternalResource>,
+    /// What evmesh accepted but does not act on.
+    pub warnings: Vec<Warning>,
+}
+
+const KNATIVE_EVENTING_GROUPS: &[&str] = &[
+    "eventing.knative.dev",
+    "messaging.knative.dev",
+    "flows.knative.dev",
+    "sources.knative.dev",
+    "sinks.knative.dev",
+];
+
+/// Kinds of Knative Eventing that evmesh will serve but does not yet.
+const NOT_YET_SERVED: &[&str] = &[
+    "Channel",
+    "InMemoryChannel",
+    "KafkaChannel",
+    "Subscription",
+    "Sequence",
+    "Parallel",
+    "PingSource",
+    "KafkaSource",
+    "ApiServerSource",
+    "GitHubSource",
+    "ContainerSource",
+    "SinkBinding",
+    "EventType",
+    "KafkaSink",
+    "JobSink",
+];
+
+struct Ctx {
+    errors: Vec<ConfigError>,
+    warnings: Vec<Warning>,
+}
+
+impl Ctx {
+    fn error(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError::Invalid {
+            location: doc.locate(field),
+            message: format!("{}{}", prefix(field), message.into()),
+        });
+    }
+    fn warn(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
+        self.warnings.push(Warning {
+            location: doc.locate(field),
+            message: format!("{}{}", prefix(field), message.into()),
+        });
+    }
+}
+
+fn prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
+}
+
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let p = ignored_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
+    }
+}
+
+/// Deserializes `value` (found at `base` inside the document) into `T`, warning about every
+/// field `T` does not know.
+fn typed<T: DeserializeOwned>(ctx: &mut Ctx, doc: &Document, base: &str, value: &Value) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut record = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
+    let de = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    for field in unknown {
+        let full = join(base, &field);
+        ctx.warn(doc, &full, "field is not supported by evmesh and is ignored");
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let inner = if inner == "." { String::new() } else { inner };
+            let full = join(base, &inner);
+            ctx.error(doc, &full, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn join(base: &str, field: &str) -> String {
+    match (base.is_empty(), field.is_empty()) {
+        (true, _) => field.to_string(),
+        (_, true) => base.to_string(),
+        _ if field.starts_with('[') => format!("{base}{field}"),
+        _ => format!("{base}.{field}"),
+    }
+}
+
+/// Parses an ISO-8601 duration such as `PT0.2S`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    iso8601::duration(text)
+        .map(Duration::from)
+        .map_err(|e| format!("{text:?} is not an ISO-8601 duration (e.g. PT0.5S, PT10S): {e}"))
+}
+
+fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destination) {
+    match (&dest.reference, &dest.uri) {
+        (None, None) => ctx.error(doc, field, "a destination needs `ref` or `uri`"),
+        (None, Some(uri)) => match url::Url::parse(uri) {
+            Ok(u) if u.has_host() => {}
+            _ => ctx.error(
+                doc,
+                &format!("{field}.uri"),
+                format!("{uri:?} must be an absolute URL (with scheme and host) when no `ref` is set"),
+            ),
+        },
+        (Some(r), uri) => {
+            if let Some(uri) = uri
+                && url::Url::parse(uri).is_ok()
+            {
+                ctx.error(
+                    doc,
+                    &format!("{field}.uri"),
+                    "with `ref` set, `uri` must be relative (it is resolved against the ref's URL)",
+                );
+            }
+            if r.kind.is_empty() || r.name.is_empty() {
+                ctx.error(doc, &format!("{field}.ref"), "`kind` and `name` are required");
+            }
+        }
+    }
+    if dest.ca_certs.is_some() {
+        ctx.warn(doc, &format!("{field}.CACerts"), "TLS trust bundles are not supported yet; the system roots are used");
+    }
+    if dest.audience.is_some() {
+        ctx.warn(doc, &format!("{field}.audience"), "OIDC audiences are not supported yet");
+    }
+}
+
+fn check_delivery(ctx: &mut Ctx, doc: &Document, field: &str, spec: &DeliverySpec) -> Option<Delivery> {
+    let mut ok = true;
+    let mut dur = |ctx: &mut Ctx, name: &str, v: &Option<String>| -> Option<Duration> {
+        let text = v.as_ref()?;
+        match parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                ctx.error(doc, &format!("{field}.{name}"), e);
+                ok = false;
+                None
+            }
+        }
+    };
+    let backoff_delay = dur(ctx, "backoffDelay", &spec.backoff_delay);
+    let timeout = dur(ctx, "timeout", &spec.timeout);
+    let retry_after_max = dur(ctx, "retryAfterMax", &spec.retry_after_max);
+    if timeout == Some(Duration::ZERO) {
+        ctx.error(doc, &format!("{field}.timeout"), "must be greater than zero");
+        ok = false;
+    }
+    let retry = match spec.retry {
+        None => 0,
+        Some(r) if (0..=i64::from(u32::MAX)).contains(&r) => r as u32,
+        Some(r) => {
+            ctx.error(doc, &format!("{field}.retry"), format!("must be >= 0, got {r}"));
+            ok = false;
+            0
+        }
+    };
+    if let Some(dls) = &spec.dead_letter_sink {
+        let before = ctx.errors.len();
+        check_destination(ctx, doc, &format!("{field}.deadLetterSink"), dls);
+        ok &= ctx.errors.len() == before;
+    }
+    ok.then(|| Delivery {
+        retry,
+        backoff_policy: spec.backoff_policy.unwrap_or_default(),
+        backoff_delay,
+        timeout,
+        retry_after_max: retry_after_max.filter(|d| !d.is_zero()),
+        dead_letter_sink: spec.dead_letter_sink.clone(),
+        format: spec.format.unwrap_or_default(),
+    })
+}
+
+fn compile_filter(ctx: &mut Ctx, doc: &Document, spec: &TriggerSpec, name: &str) -> Option<Filter> {
+    let result = if !spec.filters.is_empty() {
+        if spec.filter.as_ref().is_some_and(|f| !f.attributes.is_empty()) {
+            ctx.warn(doc, "spec.filter", "ignored because `spec.filters` is set (as in Knative)");
+        }
+        Filter::from_specs(&spec.filters).map_err(|e| ("spec.filters", e))
+    } else {
+        let empty = BTreeMap::new();
+        let attrs = spec.filter.as_ref().map(|f| &f.attributes).unwrap_or(&empty);
+        Filter::attributes(attrs).map_err(|e| ("spec.filter.attributes", e))
+    };
+    match result {
+        Ok(f) => Some(f.named(name)),
+        Err((base, e)) => {
+            let field = join(base, &e.path);
+            ctx.error(doc, &field, e.message);
+            None
+        }
+    }
+}
+
+/// Validates loaded documents into a [`MeshConfig`], collecting every error in one pass.
+pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
+    let mut ctx = Ctx {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut brokers: Vec<(Broker, &Document)> = Vec::new();
+    let mut triggers: Vec<(Trigger, &Document)> = Vec::new();
+    let mut externals = Vec::new();
+    let mut seen = HashSet::new();
+
+    for doc in docs {
+        let Some(obj) = doc.value.as_object() else {
+            ctx.error(doc, "", "a resource must be a mapping with apiVersion, kind and metadata");
+            continue;
+        };
+        let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+        if api_version.is_empty() {
+            ctx.error(doc, "apiVersion", "is required");
+        }
+        if kind.is_empty() {
+            ctx.error(doc, "kind", "is required");
+            continue;
+        }
+        let name = obj
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if name.is_empty() {
+            ctx.error(doc, "metadata.name", "is required");
+            continue;
+        }
+        let Some(meta) = typed::<ObjectMeta>(&mut ctx, doc, "metadata", &obj["metadata"]) else {
+            continue;
+        };
+        if !seen.insert((kind.to_string(), meta.namespace.clone(), meta.name.clone())) {
+            ctx.error(doc, "metadata.name", format!("duplicate {kind} {}/{}", meta.namespace, meta.name));
+            continue;
+        }
+        let group = api_version.split('/').next().unwrap_or("");
+        for key in obj.keys() {
+            if !["apiVersion", "kind", "metadata", "spec", "status"].contains(&key.as_str()) {
+                ctx.warn(doc, key, "field is not supported by evmesh and is ignored");
+            }
+        }
+        let spec = obj.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
+        match (group, kind) {
+            ("eventing.knative.dev", "Broker") => {
+                check_api_version(&mut ctx, doc, api_version, EVENTING_V1);
+                if let Some(spec) = typed::<BrokerSpec>(&mut ctx, doc, "spec", &spec) {
+                    brokers.push((Broker { metadata: meta, spec }, doc));
+                }
+            }
+            ("eventing.knative.dev", "Trigger") => {
+                check_api_version(&mut ctx, doc, api_version, EVENTING_V1);
+                if obj.get("spec").is_none() {
+                    ctx.error(doc, "spec", "is required (broker and subscriber)");
+                    continue;
+                }
+                if let Some(spec) = typed::<TriggerSpec>(&mut ctx, doc, "spec", &spec) {
+                    triggers.push((Trigger { metadata: meta, spec }, doc));
+                }
+            }
+            ("evmesh.dev", "EventDisplay") => {
+                // Built-in sink that prints events (like Knative's event_display); served by evmesh.
+                externals.push(ExternalResource {
+                    api_version: api_version.to_string(),
+                    kind: kind.to_string(),
+                    metadata: meta,
+                    address: None,
+                });
+            }
+            (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) && NOT_YET_SERVED.contains(&k) => {
+                ctx.warn(doc, "kind", format!("{k} is not supported by evmesh yet; this resource is ignored"));
+            }
+            (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) => {
+                ctx.error(doc, "kind", format!("unknown kind {k:?} in {api_version}"));
+            }
+            (_, k) => {
+                let status = obj.get("status");
+                let address = status
+                    .and_then(|s| s.get("address"))
+                    .and_then(|a| a.get("url"))
+                    .or_else(|| status.and_then(|s| s.get("url")))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if address.is_none() {
+                    ctx.warn(
+                        doc,
+                        "kind",
+                        format!("{k} is not served by evmesh; refs to it resolve through the URL template (it declares no status.address.url)"),
+                    );
+                }
+                externals.push(ExternalResource {
+                    api_version: api_version.to_string(),
+                    kind: k.to_string(),
+                    metadata: meta,
+                    address,
+                });
+            }
+        }
+    }
+
+    let mut mesh = MeshConfig::default();
+    let broker_names: HashSet<(String, String)> = brokers
+        .iter()
+        .map(|(b, _)| (b.metadata.namespace.clone(), b.metadata.name.clone()))
+        .collect();
+
+    for (broker, doc) in brokers {
+        if let Some(class) = broker.metadata.annotations.get("eventing.knative.dev/broker.class") {
+            ctx.warn(
+                doc,
+                "metadata.annotations",
+                format!("broker class {class:?} is served by evmesh's embedded durable broker"),
+            );
+        }
+        if broker.spec.config.is_some() {
+            ctx.warn(doc, "spec.config", "is not used by evmesh's embedded broker class");
+        }
+        let delivery = match &broker.spec.delivery {
+            Some(d) => check_delivery(&mut ctx, doc, "spec.delivery", d),
+            None => Some(Delivery::knative_default()),
+        };
+        if let Some(delivery) = delivery {
+            mesh.brokers.push(BrokerConfig {
+                resource: broker,
+                delivery,
+                location: Some(doc.locate("")),
+            });
+        }
+    }
+
+    for (trigger, doc) in triggers {
+        let ns = trigger.metadata.namespace.clone();
+        let errors_before = ctx.errors.len();
+        if trigger.spec.broker.is_empty() {
+            ctx.error(doc, "spec.broker", "is required");
+        } else if !broker_names.contains(&(ns.clone(), trigger.spec.broker.clone())) {
+            ctx.error(
+                doc,
+                "spec.broker",
+                format!("broker {:?} does not exist in namespace {ns:?}", trigger.spec.broker),
+            );
+        }
+        check_destination(&mut ctx, doc, "spec.subscriber", &trigger.spec.subscriber);
+        check_ref_target(&mut ctx, doc, "spec.subscriber.ref", &trigger.spec.subscriber, &ns, &broker_names);
+        let delivery = trigger
+            .spec
+            .delivery
+            .as_ref()
+            .and_then(|d| check_delivery(&mut ctx, doc, "spec.delivery", d));
+        if let Some(dls) = trigger.spec.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
+            check_ref_target(&mut ctx, doc, "spec.delivery.deadLetterSink.ref", dls, &ns, &broker_names);
+        }
+        let name = format!("{ns}/{}", trigger.metadata.name);
+        let filter = compile_filter(&mut ctx, doc, &trigger.spec, &name);
+        if ctx.errors.len() == errors_before
+            && let Some(filter) = filter
+        {
+            mesh.triggers.push(TriggerConfig {
+                resource: trigger,
+                filter,
+                delivery,
+                location: Some(doc.locate("")),
+            });
+        }
+    }
+    mesh.externals = externals;
+    if ctx.errors.is_empty() {
+        mesh.warnings = ctx.warnings;
+        Ok(mesh)
+    } else {
+        Err(ConfigErrors {
+            errors: ctx.errors,
+            warnings: ctx.warnings,
+        })
+    }
+}
+
+fn check_api_version(ctx: &mut Ctx, doc: &Document, got: &str, want: &str) {
+    if got != want {
+        ctx.error(doc, "apiVersion", format!("{got:?} is not supported, use {want:?}"));
+    }
+}
+
+/// A ref to a kind evmesh serves must name an existing resource.
+fn check_ref_target(
+    ctx: &mut Ctx,
+    doc: &Document,
+    field: &str,
+    dest: &Destination,
+    ns: &str,
+    brokers: &HashSet<(String, String)>,
+) {
+    let Some(r) = &dest.reference else { return };
+    let group = r.api_version.split('/').next().unwrap_or("");
+    if r.kind == "Broker" && (group.is_empty() || group == "eventing.knative.dev") {
+        let rns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
+        if !brokers.contains(&(rns.clone(), r.name.clone())) {
+            ctx.error(doc, field, format!("broker {:?} does not exist in namespace {rns:?}", r.name));
+        }
+    }
+}
