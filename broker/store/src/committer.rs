@@ -71,11 +71,14 @@ pub(crate) struct Committer {
 /// the committer removes only what it committed. Readers overlay them on the engine's data.
 #[derive(Debug, Default)]
 pub(crate) struct PendingCheckpoints {
-    inner: Mutex<(u64, BTreeMap<String, (u64, Option<Vec<u8>>)>)>,
+    inner: Mutex<PendingInner>,
 }
 
+/// Last sequence number handed out, and key → (sequence number, put or delete).
+type PendingInner = (u64, BTreeMap<String, (u64, Option<Vec<u8>>)>);
+
 impl PendingCheckpoints {
-    fn lock(&self) -> MutexGuard<'_, (u64, BTreeMap<String, (u64, Option<Vec<u8>>)>)> {
+    fn lock(&self) -> MutexGuard<'_, PendingInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -105,13 +105,13 @@ impl KvEventStore {
         let tx = self.tx.write().unwrap_or_else(|e| e.into_inner()).take();
         drop(tx);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
-            if thread.join().is_err() {
-                tracing::error!(
-                    engine = self.kind.as_str(),
-                    "store committer thread panicked"
-                );
-            }
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!(
+                engine = self.kind.as_str(),
+                "store committer thread panicked"
+            );
         }
     }
 
