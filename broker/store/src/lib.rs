@@ -34,6 +34,8 @@ mod kv;
 mod redb_engine;
 mod sled_engine;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use store::{KvEventStore, StoreStats};
 

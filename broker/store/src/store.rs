@@ -61,6 +61,11 @@ impl KvEventStore {
             EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(dir)?),
             EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(dir)?),
         };
+        Self::start(kind, engine)
+    }
+
+    /// Starts the committer thread on an opened engine.
+    pub(crate) fn start(kind: EngineKind, engine: Arc<dyn KvEngine>) -> Result<Self> {
         let counters = Arc::new(Counters::default());
         let pending = Arc::new(PendingCheckpoints::default());
         let (tx, rx) = mpsc::channel();

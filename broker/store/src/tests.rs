@@ -1,0 +1,137 @@
+//! Unit tests of the committer against an in-memory engine that can be made to fail.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::kv::{Batch, KvEngine};
+use crate::{EngineKind, EventStore, KvEventStore, LogId, Result, StoreError};
+
+#[derive(Default)]
+struct MemEngine {
+    data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    fail: AtomicBool,
+    commits: AtomicUsize,
+}
+
+impl KvEngine for MemEngine {
+    fn commit(&self, batch: Batch) -> Result<()> {
+        // Slow enough that concurrent appends queue up behind a commit.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine("disk on fire".into()));
+        }
+        let mut data = self.data.lock().expect("lock");
+        for (start, end) in batch.delete_ranges {
+            let keys: Vec<_> = data.range(start..end).map(|(k, _)| k.clone()).collect();
+            for k in keys {
+                data.remove(&k);
+            }
+        }
+        for (k, v) in batch.writes {
+            match v {
+                Some(v) => data.insert(k, v),
+                None => data.remove(&k),
+            };
+        }
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.data.lock().expect("lock").get(key).cloned())
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .data
+            .lock()
+            .expect("lock")
+            .range(start.to_vec()..end.to_vec())
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.scan(start, end, usize::MAX)?.pop().map(|(k, _)| k))
+    }
+}
+
+fn store() -> (Arc<MemEngine>, Arc<KvEventStore>) {
+    let engine = Arc::new(MemEngine::default());
+    let store = KvEventStore::start(EngineKind::Fjall, engine.clone()).expect("start");
+    (engine, Arc::new(store))
+}
+
+async fn append_many(store: &Arc<KvEventStore>, n: usize) -> Vec<Result<u64>> {
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store.append(&LogId::new("l"), vec![i as u8]).await
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_engine_commit_fails_every_append_of_the_batch_and_burns_no_offsets() {
+    let (engine, store) = store();
+    engine.fail.store(true, Ordering::SeqCst);
+    let results = append_many(&store, 50).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::Engine(_))))
+    );
+    assert!(store.stats().failed_commits > 0);
+    assert_eq!(store.stats().appends, 0);
+
+    engine.fail.store(false, Ordering::SeqCst);
+    let mut offsets: Vec<u64> = append_many(&store, 50)
+        .await
+        .into_iter()
+        .map(|r| r.expect("append"))
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, (0..50).collect::<Vec<_>>());
+    assert_eq!(store.next_offset(&LogId::new("l")).expect("next"), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_write_that_failed_to_commit_is_retried_with_the_next_commit() {
+    let (engine, store) = store();
+    engine.fail.store(true, Ordering::SeqCst);
+    store.put_checkpoint("k", b"v".to_vec()).expect("put");
+    assert!(store.flush().await.is_err());
+    // Still visible to readers while pending.
+    assert_eq!(store.checkpoints("k").expect("list").len(), 1);
+    engine.fail.store(false, Ordering::SeqCst);
+    store.flush().await.expect("flush");
+    assert!(engine.get(b"c/k").expect("get").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_resolves_only_after_its_batch_is_committed() {
+    let (engine, store) = store();
+    let results = append_many(&store, 200).await;
+    for r in results {
+        let off = r.expect("append");
+        assert!(
+            engine
+                .get(&crate::keys::record_key("l", off))
+                .expect("get")
+                .is_some()
+        );
+    }
+    let commits = engine.commits.load(Ordering::SeqCst);
+    assert!(commits < 100, "{commits} commits for 200 appends");
+}
