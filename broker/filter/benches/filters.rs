@@ -1,1 +1,2 @@
+//! Criterion benchmarks: per-event filter costs and `FilterIndex::matching` scaling.
 fn main() {}

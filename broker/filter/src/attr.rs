@@ -119,7 +119,9 @@ mod tests {
         for ok in ["type", "abcdefghijklmnopqrst", "c1d2e3", "datacontenttype"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "SOURCE", "Source", "s_pace_s", "s-pace-s", "123", "😀", "a.b"] {
+        for bad in [
+            "", "SOURCE", "Source", "s_pace_s", "s-pace-s", "123", "😀", "a.b",
+        ] {
             assert!(!valid_name(bad), "{bad}");
         }
     }

@@ -130,11 +130,9 @@ fn run_case(case: &TckCase) -> Result<(), Failed> {
             return Err(format!("unsupported expected result {expected}").into());
         };
         if !same_result(&expected, &value) {
-            return Err(format!(
-                "{:?}: result {value}, expected {expected}",
-                case.expression
-            )
-            .into());
+            return Err(
+                format!("{:?}: result {value}, expected {expected}", case.expression).into(),
+            );
         }
     }
     Ok(())

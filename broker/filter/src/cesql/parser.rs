@@ -287,7 +287,9 @@ fn primary(pair: Pair<'_, Rule>) -> Result<Expr, ParseError> {
             }
         }
         Rule::string => Ok(Expr::Str(unquote(&pair).into_boxed_str())),
-        Rule::identifier => Ok(Expr::Ident(AttrName::new(&pair.as_str().to_ascii_lowercase()))),
+        Rule::identifier => Ok(Expr::Ident(AttrName::new(
+            &pair.as_str().to_ascii_lowercase(),
+        ))),
         Rule::exists => {
             let name = pair
                 .into_inner()
@@ -319,9 +321,7 @@ fn primary(pair: Pair<'_, Rule>) -> Result<Expr, ParseError> {
 fn unquote(pair: &Pair<'_, Rule>) -> String {
     let raw = pair.as_str();
     let quote = raw.chars().next().unwrap_or('\'');
-    let body = raw
-        .get(1..raw.len().saturating_sub(1))
-        .unwrap_or_default();
+    let body = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
     let mut out = String::with_capacity(body.len());
     let mut chars = body.chars().peekable();
     while let Some(c) = chars.next() {
@@ -347,9 +347,13 @@ mod tests {
     #[test]
     fn logical_operators_share_one_right_associative_level() {
         let e = parse("a OR b AND c").expect("parses");
-        assert!(matches!(e, Expr::Logic(LogicOp::Or, _, ref r) if matches!(**r, Expr::Logic(LogicOp::And, ..))));
+        assert!(
+            matches!(e, Expr::Logic(LogicOp::Or, _, ref r) if matches!(**r, Expr::Logic(LogicOp::And, ..)))
+        );
         let e = parse("a AND b OR c").expect("parses");
-        assert!(matches!(e, Expr::Logic(LogicOp::And, _, ref r) if matches!(**r, Expr::Logic(LogicOp::Or, ..))));
+        assert!(
+            matches!(e, Expr::Logic(LogicOp::And, _, ref r) if matches!(**r, Expr::Logic(LogicOp::Or, ..)))
+        );
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! [`FilterIndex`]: finds the filters an event matches without testing them all.
+
+use std::collections::HashMap;
+
+use cloudevents::Event;
+use rustc_hash::FxBuildHasher;
+
+use crate::Filter;
+use crate::attr::{self, AttrName};
+
+type ValueMap = HashMap<Box<str>, Vec<u32>, FxBuildHasher>;
+
+/// Many filters, indexed: [`FilterIndex::matching`] costs in proportion to the number of
+/// matching entries (plus the non-indexable ones), not to the number of entries.
+///
+/// An entry whose filter requires an exact value for some attribute (a legacy attributes
+/// filter, or an `exact` at the top level or inside a top-level `all`) is filed under that
+/// (attribute, value); the others are tested for every event.
+#[derive(Debug)]
+pub struct FilterIndex<K> {
+    entries: Vec<(K, Filter)>,
+    /// attribute → value → entry positions (ascending).
+    indexed: Vec<(AttrName, ValueMap)>,
+    /// Entries tested for every event (ascending).
+    scan: Vec<u32>,
+}
+
+impl<K: Clone> FilterIndex<K> {
+    /// Builds the index.
+    pub fn new(entries: Vec<(K, Filter)>) -> Self {
+        let mut indexed: Vec<(AttrName, ValueMap)> = Vec::new();
+        let mut scan = Vec::new();
+        for (i, (_, filter)) in entries.iter().enumerate() {
+            let Ok(i) = u32::try_from(i) else {
+                break;
+            };
+            match filter.index_key() {
+                Some((name, value)) => {
+                    let pos = match indexed.iter().position(|(n, _)| *n == name) {
+                        Some(pos) => pos,
+                        None => {
+                            indexed.push((name, ValueMap::default()));
+                            indexed.len() - 1
+                        }
+                    };
+                    if let Some((_, map)) = indexed.get_mut(pos) {
+                        map.entry(value.into()).or_default().push(i);
+                    }
+                }
+                None => scan.push(i),
+            }
+        }
+        FilterIndex {
+            entries,
+            indexed,
+            scan,
+        }
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many entries are tested for every event (their filter could not be indexed).
+    pub fn scan_len(&self) -> usize {
+        self.scan.len()
+    }
+
+    /// Appends to `out` the key of every entry whose filter matches `event`, each once, in the
+    /// order the entries were given.
+    pub fn matching(&self, event: &Event, out: &mut Vec<K>) {
+        let mut first: Option<&[u32]> = None;
+        let mut more: Vec<u32> = Vec::new();
+        for (name, map) in &self.indexed {
+            let Some(value) = attr::lookup_str(event, name) else {
+                continue;
+            };
+            if let Some(ids) = map.get(&*value) {
+                match first {
+                    None => first = Some(ids),
+                    Some(_) => more.extend_from_slice(ids),
+                }
+            }
+        }
+        let candidates: &[u32] = match first {
+            None => &[],
+            Some(ids) if more.is_empty() => ids,
+            Some(ids) => {
+                more.extend_from_slice(ids);
+                more.sort_unstable();
+                &more
+            }
+        };
+        // Merge the two ascending lists so keys come out in insertion order.
+        let (mut a, mut b) = (candidates.iter().peekable(), self.scan.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            let Some(&i) = next else { break };
+            if let Some((key, filter)) = usize::try_from(i).ok().and_then(|i| self.entries.get(i))
+                && filter.matches(event)
+            {
+                out.push(key.clone());
+            }
+        }
+    }
+}
