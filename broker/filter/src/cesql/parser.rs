@@ -218,7 +218,10 @@ fn build(pairs: Pairs<'_, Rule>) -> Result<Expr, ParseError> {
             let rhs = rhs?;
             Ok(match op.as_rule() {
                 Rule::op_neg => match rhs {
-                    Expr::Int(i) => Expr::Int(-i),
+                    Expr::Int(i) => match i.checked_neg() {
+                        Some(n) => Expr::Int(n),
+                        None => Expr::Neg(Box::new(Expr::Int(i))),
+                    },
                     Expr::IntMinAbs => Expr::Int(i32::MIN),
                     other => Expr::Neg(Box::new(other)),
                 },
@@ -359,6 +362,10 @@ mod tests {
     #[test]
     fn minus_folds_into_integer_literals() {
         assert_eq!(parse("-2147483648"), Ok(Expr::Int(i32::MIN)));
+        assert_eq!(
+            parse("--2147483648"),
+            Ok(Expr::Neg(Box::new(Expr::Int(i32::MIN))))
+        );
         assert!(parse("2147483648").is_err());
         assert!(parse("99999999999999999999999").is_err());
     }
