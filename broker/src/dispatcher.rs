@@ -171,7 +171,7 @@ struct Slot {
     running: bool,
 }
 
-type AttemptResult = (Offset, Option<Arc<Event>>, AttemptEnd);
+type AttemptResult = (Offset, Option<Arc<Event>>, Progress, AttemptEnd);
 
 enum AttemptEnd {
     Next(Next),
@@ -275,9 +275,9 @@ impl Worker {
             };
             let drain_deadline = drain_at.unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
-                Some((offset, event, end)) = attempts.next(), if !attempts.is_empty() => {
+                Some((offset, event, progress, end)) = attempts.next(), if !attempts.is_empty() => {
                     dirty = true;
-                    self.finish(&mut slots, offset, event, end);
+                    self.finish(&mut slots, offset, event, progress, end);
                 }
                 _ = tokio::time::sleep_until(sleep_until.into()) => { scan = true; }
                 _ = self.shared.notify.notified(), if !stopping => {}
@@ -318,9 +318,17 @@ impl Worker {
         }
     }
 
-    fn finish(&self, slots: &mut BTreeMap<Offset, Slot>, offset: Offset, event: Option<Arc<Event>>, end: AttemptEnd) {
+    fn finish(
+        &self,
+        slots: &mut BTreeMap<Offset, Slot>,
+        offset: Offset,
+        event: Option<Arc<Event>>,
+        progress: Progress,
+        end: AttemptEnd,
+    ) {
         let Some(slot) = slots.get_mut(&offset) else { return };
         slot.running = false;
+        slot.progress = progress;
         if event.is_some() {
             slot.event = event;
         }
@@ -372,7 +380,7 @@ impl Worker {
                 Some(e) => e,
                 None => match load(store, log, offset).await {
                     Ok(e) => e,
-                    Err(reason) => return (offset, None, AttemptEnd::Gone(reason)),
+                    Err(reason) => return (offset, None, progress, AttemptEnd::Gone(reason)),
                 },
             };
             let plan = &shared.plan;
@@ -395,7 +403,7 @@ impl Worker {
                 tracing::debug!(trigger = %shared.name, offset, status = ?f.status, "attempt failed: {}", f.reason);
             }
             let next = progress.next(plan, outcome);
-            (offset, Some(event), AttemptEnd::Next(next))
+            (offset, Some(event), progress, AttemptEnd::Next(next))
         }
     }
 }
