@@ -20,9 +20,24 @@ use common::{open, payload};
 const ENGINE_ENV: &str = "EVMESH_CRASH_ENGINE";
 const DIR_ENV: &str = "EVMESH_CRASH_DIR";
 const ROUND_ENV: &str = "EVMESH_CRASH_ROUND";
+const RETENTION_ENV: &str = "EVMESH_CRASH_RETENTION";
+/// In retention mode, the child keeps the log under this many payload bytes...
+const RETAIN_BYTES: u64 = 1_000_000;
+/// ...but never deletes the newest this many records.
+const RETAIN_RECORDS: u64 = 2_000;
 const WRITERS: u64 = 32;
+/// Rounds per engine; `EVMESH_CRASH_ROUNDS` overrides it for longer runs.
 const ROUNDS: u64 = 3;
+/// How long the child writes before it is killed (plus a per-round jitter of up to 0.5 s, so
+/// the kill lands at different points of the commit cycle).
 const RUN_FOR: Duration = Duration::from_millis(1500);
+
+fn rounds() -> u64 {
+    std::env::var("EVMESH_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS)
+}
 
 fn log() -> LogId {
     LogId::new("crash/log")
@@ -45,6 +60,7 @@ fn crash_child_writer() {
     };
     let kind: EngineKind = engine.parse().expect("engine");
     let round: u64 = round.parse().expect("round");
+    let retention = std::env::var(RETENTION_ENV).is_ok();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -73,6 +89,31 @@ fn crash_child_writer() {
                 }
             }));
         }
+        if retention {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                let log = log();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let next = store.next_offset(&log).expect("next_offset");
+                    let keep_from = next.saturating_sub(RETAIN_RECORDS);
+                    // Printed before the run: the parent allows deletions below it.
+                    println!("RET {keep_from} END");
+                    let store = store.clone();
+                    let log = log.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = evmesh_store::Retention {
+                            max_age: None,
+                            max_bytes: Some(RETAIN_BYTES),
+                        };
+                        store.apply_retention(&log, r, keep_from)
+                    })
+                    .await
+                    .expect("join")
+                    .expect("retention");
+                }
+            }));
+        }
         for h in handles {
             h.await.expect("writer");
         }
@@ -83,6 +124,8 @@ fn crash_child_writer() {
 struct Acks {
     records: Vec<(u64, u64, u64)>,
     checkpoints: Vec<(u64, u64)>,
+    /// Highest `keep_from` given to a retention run: records below it may be gone.
+    retention_bound: u64,
 }
 
 fn parse_line(line: &str, acks: &mut Acks) {
@@ -92,6 +135,11 @@ fn parse_line(line: &str, acks: &mut Acks) {
         ["ACK", off, task, seq, "END"] => {
             if let (Ok(o), Ok(t), Ok(s)) = (off.parse(), task.parse(), seq.parse()) {
                 acks.records.push((o, t, s));
+            }
+        }
+        ["RET", keep_from, "END"] => {
+            if let Ok(k) = keep_from.parse::<u64>() {
+                acks.retention_bound = acks.retention_bound.max(k);
             }
         }
         ["CKPT", round, seq, "END"] => {
@@ -104,9 +152,13 @@ fn parse_line(line: &str, acks: &mut Acks) {
 }
 
 /// Runs one child for [`RUN_FOR`], kills it with SIGKILL and returns what it acknowledged.
-fn crash_round(kind: EngineKind, dir: &Path, round: u64) -> Acks {
+fn crash_round(kind: EngineKind, dir: &Path, round: u64, retention: bool) -> Acks {
     let exe = std::env::current_exe().expect("current exe");
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if retention {
+        cmd.env(RETENTION_ENV, "1");
+    }
+    let mut child = cmd
         .args([
             "--exact",
             "crash_child_writer",
@@ -132,7 +184,7 @@ fn crash_round(kind: EngineKind, dir: &Path, round: u64) -> Acks {
             }
         })
     };
-    std::thread::sleep(RUN_FOR);
+    std::thread::sleep(RUN_FOR + Duration::from_millis(round * 173 % 500));
     child.kill().expect("kill -9 child");
     child.wait().expect("reap child");
     reader.join().expect("reader");
@@ -143,11 +195,14 @@ fn crash_round(kind: EngineKind, dir: &Path, round: u64) -> Acks {
         .expect("acks")
 }
 
-fn crash_test(kind: EngineKind) {
+fn crash_test(kind: EngineKind, retention: bool) {
     let dir: PathBuf = tempfile::tempdir().expect("tempdir").keep();
+    let mode = if retention { " with retention" } else { "" };
     let mut all: Vec<(u64, u64, u64)> = Vec::new();
-    for round in 0..ROUNDS {
-        let acks = crash_round(kind, &dir, round);
+    let mut bound = 0;
+    for round in 0..rounds() {
+        let acks = crash_round(kind, &dir, round, retention);
+        bound = bound.max(acks.retention_bound);
         assert!(
             !acks.records.is_empty(),
             "{kind}: round {round}: the child acknowledged nothing"
@@ -159,21 +214,31 @@ fn crash_test(kind: EngineKind) {
         all.extend(&acks.records);
         let log = log();
         let next = store.next_offset(&log).expect("next_offset");
+        let first = store
+            .first_offset(&log)
+            .expect("first_offset")
+            .unwrap_or(next);
         let mut lost = 0;
         let mut corrupt = 0;
         for &(off, task, seq) in &all {
+            // Retention may have deleted acknowledged records, but only below `bound`, and
+            // only from the oldest on.
+            if off < first && off < bound {
+                continue;
+            }
             match store.read(&log, off, 1).expect("read").first() {
                 Some(r) if r.offset == off && r.payload == payload(task, seq) => {}
                 Some(r) if r.offset == off => corrupt += 1,
                 _ => lost += 1,
             }
         }
-        // Whatever survived is contiguous from 0 (unacknowledged records may survive too).
+        // Whatever survived is contiguous from `first` (unacknowledged records may survive).
         let records = store.read(&log, 0, usize::MAX).expect("read all");
         let contiguous = records
             .iter()
             .enumerate()
-            .all(|(i, r)| r.offset == i as u64);
+            .all(|(i, r)| r.offset == first + i as u64)
+            && first + records.len() as u64 == next;
         let max_acked = all.iter().map(|a| a.0).max().unwrap_or(0);
         // The last acknowledged checkpoint (or a later one) must be there.
         let ckpt_ok = match acks.checkpoints.iter().map(|c| c.1).max() {
@@ -187,7 +252,7 @@ fn crash_test(kind: EngineKind) {
             }
         };
         eprintln!(
-            "CRASH {kind} round {round}: {} acked this round ({} in total), {} records on \
+            "CRASH {kind}{mode} round {round}: first_offset {first}, {} acked this round ({} in total), {} records on \
              disk, next_offset {next}, lost {lost}, corrupt {corrupt}, contiguous {contiguous}, \
              checkpoint ok {ckpt_ok}, reopen {:.1} ms",
             acks.records.len(),
@@ -212,15 +277,30 @@ fn crash_test(kind: EngineKind) {
 
 #[test]
 fn sled_keeps_every_acknowledged_append_across_kill_9() {
-    crash_test(EngineKind::Sled);
+    crash_test(EngineKind::Sled, false);
 }
 
 #[test]
 fn redb_keeps_every_acknowledged_append_across_kill_9() {
-    crash_test(EngineKind::Redb);
+    crash_test(EngineKind::Redb, false);
 }
 
 #[test]
 fn fjall_keeps_every_acknowledged_append_across_kill_9() {
-    crash_test(EngineKind::Fjall);
+    crash_test(EngineKind::Fjall, false);
+}
+
+#[test]
+fn sled_keeps_every_acknowledged_append_across_kill_9_during_retention() {
+    crash_test(EngineKind::Sled, true);
+}
+
+#[test]
+fn redb_keeps_every_acknowledged_append_across_kill_9_during_retention() {
+    crash_test(EngineKind::Redb, true);
+}
+
+#[test]
+fn fjall_keeps_every_acknowledged_append_across_kill_9_during_retention() {
+    crash_test(EngineKind::Fjall, true);
 }
