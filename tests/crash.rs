@@ -1,0 +1,244 @@
+//! Crash safety with the real `evmesh` binary: kill -9 under load, restart on the same data dir,
+//! and every event answered 202 still reaches its trigger; pending retries survive too.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudevents::AttributesReader;
+use common::*;
+
+/// A running `evmesh serve` process and the address it listens on.
+struct Evmesh {
+    child: Child,
+    addr: String,
+}
+
+impl Evmesh {
+    fn start(config: &Path, data: &Path, engine: Option<&str>) -> Evmesh {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
+        cmd.args(["serve", "-f"])
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env("EVMESH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(e) = engine {
+            cmd.args(["--storage-engine", e]);
+        }
+        let mut child = cmd.spawn().expect("spawn evmesh");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("evmesh exited before listening")
+                .expect("read stderr");
+            if let Some(rest) = line.split("evmesh listening on ").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_string();
+            }
+        };
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Evmesh { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Evmesh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
+    let path = dir.join("mesh.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+async fn kill9_during_load_loses_no_accepted_event(engine: Option<&str>) {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+spec:
+  delivery: {{retry: 20, backoffPolicy: linear, backoffDelay: PT0.05S}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: all}}
+spec: {{broker: default, subscriber: {{uri: "{}"}}}}
+"#,
+            sink.url()
+        ),
+    );
+    let data = dir.path().join("data");
+    let first = Evmesh::start(&config, &data, engine);
+    let url = first.url("/default/default");
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..16 {
+        let (url, accepted, stop) = (url.clone(), accepted.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("w{worker}-{n}");
+                let enc = evmesh::evmesh_broker::codec::encode_binary(event(&id, "load")).expect("encode");
+                match client.post(&url).headers(enc.headers).body(enc.body).send().await {
+                    Ok(r) if r.status().as_u16() == 202 => accepted.lock().expect("lock").push(id),
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => break, // the process is gone
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    let accepted: Vec<String> = accepted.lock().expect("lock").clone();
+    assert!(accepted.len() > 100, "the load run got only {} events in", accepted.len());
+
+    let _second = Evmesh::start(&config, &data, engine);
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    eventually(
+        "every accepted event delivered after the restart",
+        Duration::from_secs(60),
+        || {
+            let got: HashSet<String> = sink.ids().into_iter().collect();
+            want.is_subset(&got)
+        },
+    )
+    .await;
+    let ids = sink.ids();
+    let distinct: HashSet<&String> = ids.iter().collect();
+    eprintln!(
+        "engine {:?}: {} accepted, {} delivered, {} duplicates (deliveries in flight at the kill)",
+        engine.unwrap_or("default"),
+        want.len(),
+        ids.len(),
+        ids.len() - distinct.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_load_then_restart_loses_no_accepted_event() {
+    kill9_during_load_loses_no_accepted_event(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_resumes_a_pending_retry_with_its_attempt_count_and_due_time() {
+    let sink = TestSink::start().await;
+    let dls = TestSink::start().await;
+    sink.always(Reply::Status(503));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: all}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 3, backoffPolicy: linear, backoffDelay: PT0.4S, deadLetterSink: {{uri: "{}"}}}}
+"#,
+            sink.url(),
+            dls.url()
+        ),
+    );
+    let data = dir.path().join("data");
+    let first = Evmesh::start(&config, &data, None);
+    assert_eq!(post_binary(&first.url("/default/default"), event("r-1", "t")).await, 202);
+    // Attempt 1 fails at once, attempt 2 after 0.4 s; the third is due 0.8 s after that.
+    eventually("two failed attempts", Duration::from_secs(10), || sink.count() == 2).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    first.kill9();
+    let _second = Evmesh::start(&config, &data, None);
+    eventually("dead-lettered after the restart", Duration::from_secs(15), || dls.count() == 1).await;
+    assert_eq!(
+        sink.count(),
+        4,
+        "retry: 3 means 4 attempts in all, across the restart (the count was not reset)"
+    );
+    let r = sink.received();
+    assert!(
+        r[2].at - r[1].at >= Duration::from_millis(750),
+        "the third attempt kept its due time: {:?}",
+        r[2].at - r[1].at
+    );
+    assert_eq!(dls.received()[0].event().id(), "r-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_does_not_redeliver_completed_events() {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: all}}\nspec: {{broker: default, subscriber: {{uri: \"{}\"}}}}\n",
+            sink.url()
+        ),
+    );
+    let data = dir.path().join("data");
+    let first = Evmesh::start(&config, &data, None);
+    for i in 0..20 {
+        assert_eq!(post_binary(&first.url("/default/default"), event(&format!("d-{i}"), "t")).await, 202);
+    }
+    eventually("all delivered", Duration::from_secs(10), || sink.count() == 20).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // progress checkpoint is group-committed
+    first.kill9();
+    let second = Evmesh::start(&config, &data, None);
+    assert_eq!(post_binary(&second.url("/default/default"), event("after", "t")).await, 202);
+    eventually("the new event", Duration::from_secs(10), || sink.count() == 21).await;
+    settle().await;
+    assert_eq!(sink.count(), 21, "nothing completed before the kill was delivered again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_load_loses_nothing_on_fjall() {
+    kill9_during_load_loses_no_accepted_event(Some("fjall")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_load_loses_nothing_on_redb() {
+    kill9_during_load_loses_no_accepted_event(Some("redb")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_load_loses_nothing_on_sled() {
+    kill9_during_load_loses_no_accepted_event(Some("sled")).await;
+}
