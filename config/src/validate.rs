@@ -141,22 +141,14 @@ impl Ctx {
     fn error(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
         self.errors.push(ConfigError::Invalid {
             location: doc.locate(field),
-            message: format!("{}{}", prefix(field), message.into()),
+            message: message.into(),
         });
     }
     fn warn(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
         self.warnings.push(Warning {
             location: doc.locate(field),
-            message: format!("{}{}", prefix(field), message.into()),
+            message: message.into(),
         });
-    }
-}
-
-fn prefix(field: &str) -> String {
-    if field.is_empty() {
-        String::new()
-    } else {
-        format!("{field}: ")
     }
 }
 
