@@ -1,0 +1,156 @@
+//! Load tools for BENCHMARKS.md (run with `--release`).
+//!
+//! * `loadtest bare --listen 127.0.0.1:18081`: a bare axum handler answering 202 to every POST,
+//!   the baseline wrk compares evmesh's durable ingress with.
+//! * `loadtest e2e --triggers 100 --matching 10 --seconds 10 --concurrency 64`: a real evmesh
+//!   (durable store in a temp dir) plus a sink in this process; POSTs binary events over
+//!   loopback HTTP and reports accepted events/s, delivered events/s and the ingress→sink latency
+//!   (p50/p99) measured at the sink.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use cloudevents::{EventBuilder, EventBuilderV10};
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    };
+    match args.get(1).map(String::as_str) {
+        Some("bare") => {
+            let listener = tokio::net::TcpListener::bind(arg("--listen", "127.0.0.1:18081")).await?;
+            println!("bare 202 handler on {}", listener.local_addr()?);
+            let app = Router::new().fallback(post(|| async { StatusCode::ACCEPTED }));
+            axum::serve(listener, app).await?;
+            Ok(())
+        }
+        Some("e2e") => {
+            e2e(
+                arg("--triggers", "1").parse()?,
+                arg("--matching", "1").parse()?,
+                arg("--seconds", "10").parse()?,
+                arg("--concurrency", "64").parse()?,
+            )
+            .await
+        }
+        _ => {
+            eprintln!("usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C]");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn e2e(triggers: usize, matching: usize, seconds: u64, concurrency: usize) -> Result<(), Box<dyn std::error::Error>> {
+    // The sink: records ingress→sink latency from the `sentus` extension.
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::with_capacity(1 << 20)));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (l, d) = (latencies.clone(), delivered.clone());
+    let sink = Router::new().fallback(post(move |headers: HeaderMap| {
+        let (l, d) = (l.clone(), d.clone());
+        async move {
+            if let Some(sent) = headers
+                .get("ce-sentus")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                l.lock().map(|mut l| l.push(now_us().saturating_sub(sent))).ok();
+            }
+            d.fetch_add(1, Ordering::Relaxed);
+            StatusCode::ACCEPTED
+        }
+    }));
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_url = format!("http://{}/", sink_listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(sink_listener, sink).await });
+
+    // The mesh: `triggers` triggers, `matching` of them on the type we send.
+    let mut yaml = String::from("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n");
+    for i in 0..triggers {
+        let ty = if i < matching { "bench.match".to_string() } else { format!("bench.other.{i}") };
+        yaml.push_str(&format!(
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t{i}}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: {ty}}}}}\n  subscriber: {{uri: \"{sink_url}\"}}\n"
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("evmesh-loadtest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mesh = evmesh::Mesh::from_yaml(&yaml)?.data_dir(&dir);
+    let running = mesh.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
+    let ingress = running.broker_url("default", "default").to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for w in 0..concurrency {
+        let (stop, accepted, ingress) = (stop.clone(), accepted.clone(), ingress.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let Ok(event) = EventBuilderV10::new()
+                    .id(format!("{w}-{n}"))
+                    .source("loadtest")
+                    .ty("bench.match")
+                    .extension("sentus", now_us().to_string())
+                    .data("application/json", r#"{"order":{"id":42,"total":99.5},"note":"benchmark event"}"#.to_string())
+                    .build()
+                else {
+                    break;
+                };
+                let Ok(enc) = evmesh::evmesh_broker::codec::encode_binary(event) else { break };
+                if let Ok(r) = client.post(&ingress).headers(enc.headers).body(enc.body).send().await
+                    && r.status().as_u16() == 202
+                {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.await;
+    }
+    let send_time = started.elapsed();
+    let expected = accepted.load(Ordering::Relaxed) * matching as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_time = started.elapsed();
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let acc = accepted.load(Ordering::Relaxed);
+    println!(
+        "triggers={triggers} matching={matching} concurrency={concurrency}: accepted {acc} in {:.1}s = {:.0} ev/s; delivered {} of {expected} in {:.1}s = {:.0} deliveries/s; latency ingress->sink p50 {:.2} ms, p99 {:.2} ms",
+        send_time.as_secs_f64(),
+        acc as f64 / send_time.as_secs_f64(),
+        delivered.load(Ordering::Relaxed),
+        total_time.as_secs_f64(),
+        delivered.load(Ordering::Relaxed) as f64 / total_time.as_secs_f64(),
+        pct(0.50) as f64 / 1000.0,
+        pct(0.99) as f64 / 1000.0,
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
