@@ -1,2 +1,115 @@
-//! Criterion benchmarks: per-event filter costs and `FilterIndex::matching` scaling.
-fn main() {}
+//! Criterion benchmarks: per-event cost of each filter kind, and `FilterIndex::matching` with
+//! 10, 1,000 and 10,000 triggers.
+//!
+//! Run: `cargo bench -p evmesh-filter --bench filters -- --warm-up-time 1 --measurement-time 3`
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use cloudevents::{Event, EventBuilder, EventBuilderV10};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use evmesh_filter::{Filter, FilterIndex, FilterSpec};
+
+fn event(ty: &str) -> Event {
+    EventBuilderV10::new()
+        .id("A234-1234-1234")
+        .source("https://github.com/cloudevents/spec/pull")
+        .ty(ty)
+        .subject("123")
+        .extension("hop", "5")
+        .extension("myext", "my-value")
+        .data(
+            "application/json",
+            serde_json::json!({"order": [{"id": 1, "total": 150}], "status": "paid"}),
+        )
+        .build()
+        .unwrap_or_default()
+}
+
+fn specs(yaml: &str) -> Vec<FilterSpec> {
+    serde_saphyr::from_str(yaml).unwrap_or_default()
+}
+
+fn compile(yaml: &str) -> Filter {
+    Filter::from_specs(&specs(yaml)).unwrap_or_else(|_| Filter::match_all())
+}
+
+fn per_filter(c: &mut Criterion) {
+    let ev = event("com.github.push");
+    let mut g = c.benchmark_group("filter");
+    let cases = [
+        ("exact", compile("- exact: {type: com.github.push}")),
+        ("prefix", compile("- prefix: {type: com.github.}")),
+        (
+            "any_all_3_clauses",
+            compile(
+                "- any:\n    - exact: {type: com.github.pull}\n    - all:\n        - prefix: {type: com.github.}\n        - suffix: {source: /pull}\n",
+            ),
+        ),
+        (
+            "cesql_like_int",
+            Filter::cesql("type LIKE 'com.github.%' AND INT(hop) < 10")
+                .unwrap_or_else(|_| Filter::match_all()),
+        ),
+        (
+            "jsonpath",
+            compile("- evmesh.dev/jsonpath: '$.order[?@.total > 100]'"),
+        ),
+        (
+            "legacy_attributes",
+            Filter::attributes(&BTreeMap::from([
+                ("type".to_owned(), "com.github.push".to_owned()),
+                ("myext".to_owned(), String::new()),
+            ]))
+            .unwrap_or_else(|_| Filter::match_all()),
+        ),
+    ];
+    for (name, f) in &cases {
+        assert!(f.matches(&ev), "{name} must match the bench event");
+        g.bench_function(*name, |b| b.iter(|| black_box(f.matches(black_box(&ev)))));
+    }
+    g.finish();
+}
+
+/// `n` triggers, each exact on a distinct type `type-<i>`, plus `scan` prefix triggers the index
+/// cannot file (tested for every event). The event matches one exact trigger.
+fn build_index(n: usize, scan: usize) -> FilterIndex<usize> {
+    let mut entries = Vec::with_capacity(n + scan);
+    for i in 0..n {
+        let f = Filter::exact(&BTreeMap::from([("type".to_owned(), format!("type-{i}"))]))
+            .unwrap_or_else(|_| Filter::match_all());
+        entries.push((i, f));
+        if scan > 0 && i % (n / scan).max(1) == 0 && entries.len() < n + scan {
+            entries.push((n + i, compile("- prefix: {type: other.}")));
+        }
+    }
+    FilterIndex::new(entries)
+}
+
+fn index(c: &mut Criterion) {
+    let ev = event("type-7");
+    for (group, scan) in [
+        ("index_matching_exact_only", 0),
+        ("index_matching_plus_3_scan", 3),
+    ] {
+        let mut g = c.benchmark_group(group);
+        for n in [10usize, 1_000, 10_000] {
+            let idx = build_index(n, scan);
+            assert_eq!(idx.scan_len(), scan);
+            let mut out = Vec::with_capacity(16);
+            idx.matching(&ev, &mut out);
+            assert_eq!(out, vec![7]);
+            g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+                b.iter(|| {
+                    out.clear();
+                    idx.matching(black_box(&ev), &mut out);
+                    black_box(out.len())
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, per_filter, index);
+criterion_main!(benches);

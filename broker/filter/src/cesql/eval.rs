@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use cloudevents::Event;
+use smallvec::SmallVec;
 
 use super::{ErrorKind, EvalError, Value};
 use crate::attr::{self, AttrName, AttrValue};
@@ -272,14 +273,50 @@ pub(crate) enum Expr {
 
 type Out<'e> = (Val<'e>, Option<EvalError>);
 
+/// Function arguments: most calls have at most three, kept off the heap.
+type Args<'e> = SmallVec<[Val<'e>; 3]>;
+
 /// Evaluates a child; on error, returns `zero` with that error from the enclosing function.
 macro_rules! child {
     ($e:expr, $event:expr, $zero:expr) => {
-        match $e.eval($event) {
+        match $e.eval_child($event) {
             (v, None) => v,
             (_, Some(err)) => return ($zero, Some(err)),
         }
     };
+}
+
+/// An attribute reference: its value, or `false` with a missing-attribute error.
+#[inline(always)]
+fn ident<'e>(event: &'e Event, name: &AttrName) -> Out<'e> {
+    let value = match attr::lookup(event, name) {
+        Some(AttrValue::Str(s)) => Val::Str(s),
+        Some(AttrValue::Bool(b)) => Val::Bool(b),
+        Some(AttrValue::Int(i)) => match i32::try_from(i) {
+            Ok(i) => Val::Int(i),
+            Err(_) => Val::Str(Cow::Owned(i.to_string())),
+        },
+        None => return (Val::Bool(false), Some(missing_attribute(name))),
+    };
+    (value, None)
+}
+
+#[cold]
+#[inline(never)]
+fn missing_attribute(name: &AttrName) -> EvalError {
+    EvalError::new(
+        ErrorKind::MissingAttribute,
+        format!("missing attribute '{}'", name.as_str()),
+    )
+}
+
+#[cold]
+#[inline(never)]
+fn missing_function(name: &str) -> EvalError {
+    EvalError::new(
+        ErrorKind::MissingFunction,
+        format!("no function {name} with that number of arguments"),
+    )
 }
 
 fn keep(pending: &mut Option<EvalError>, err: Option<EvalError>) {
@@ -288,6 +325,8 @@ fn keep(pending: &mut Option<EvalError>, err: Option<EvalError>) {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn cast_error(from: &Val<'_>, to: &str) -> EvalError {
     EvalError::new(
         ErrorKind::Cast,
@@ -350,6 +389,8 @@ fn type_of(v: &Val<'_>) -> Ty {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn math_error(message: &str) -> Option<EvalError> {
     Some(EvalError::new(ErrorKind::Math, message))
 }
@@ -366,6 +407,18 @@ fn equals(l: Val<'_>, r: Val<'_>, pending: &mut Option<EvalError>) -> bool {
 }
 
 impl Expr {
+    /// Evaluates a sub-expression: leaves inline, the rest through [`Expr::eval`].
+    #[inline(always)]
+    fn eval_child<'e>(&'e self, event: &'e Event) -> Out<'e> {
+        match self {
+            Expr::Bool(b) => (Val::Bool(*b), None),
+            Expr::Int(i) => (Val::Int(*i), None),
+            Expr::Str(s) => (Val::Str(Cow::Borrowed(s)), None),
+            Expr::Ident(name) => ident(event, name),
+            _ => self.eval(event),
+        }
+    }
+
     pub(crate) fn eval<'e>(&'e self, event: &'e Event) -> Out<'e> {
         let mut pending = None;
         let value = match self {
@@ -373,23 +426,7 @@ impl Expr {
             Expr::Int(i) => Val::Int(*i),
             Expr::IntMinAbs => Val::Int(i32::MAX),
             Expr::Str(s) => Val::Str(Cow::Borrowed(s)),
-            Expr::Ident(name) => match attr::lookup(event, name) {
-                Some(AttrValue::Str(s)) => Val::Str(s),
-                Some(AttrValue::Bool(b)) => Val::Bool(b),
-                Some(AttrValue::Int(i)) => match i32::try_from(i) {
-                    Ok(i) => Val::Int(i),
-                    Err(_) => Val::Str(Cow::Owned(i.to_string())),
-                },
-                None => {
-                    return (
-                        Val::Bool(false),
-                        Some(EvalError::new(
-                            ErrorKind::MissingAttribute,
-                            format!("missing attribute '{}'", name.as_str()),
-                        )),
-                    );
-                }
-            },
+            Expr::Ident(name) => return ident(event, name),
             Expr::Exists(name) => Val::Bool(attr::lookup(event, name).is_some()),
             Expr::Not(e) => {
                 let v = child!(e, event, Val::Bool(false));
@@ -496,7 +533,7 @@ impl Expr {
             }
             Expr::Call(func, args) => {
                 let zero = func.return_type().zero();
-                let mut vals = Vec::with_capacity(args.len());
+                let mut vals: Args<'e> = SmallVec::new();
                 for (i, arg) in args.iter().enumerate() {
                     let v = child!(arg, event, zero);
                     vals.push(match func.param(i) {
@@ -508,20 +545,14 @@ impl Expr {
                 keep(&mut pending, err);
                 v
             }
-            Expr::MissingFunction(name) => {
-                return (
-                    Val::Bool(false),
-                    Some(EvalError::new(
-                        ErrorKind::MissingFunction,
-                        format!("no function {name} with that number of arguments"),
-                    )),
-                );
-            }
+            Expr::MissingFunction(name) => return (Val::Bool(false), Some(missing_function(name))),
         };
         (value, pending)
     }
 }
 
+#[cold]
+#[inline(never)]
 fn fn_error(message: &str) -> Option<EvalError> {
     Some(EvalError::new(ErrorKind::FunctionEvaluation, message))
 }
@@ -541,7 +572,8 @@ fn str_arg<'a, 'e>(v: Option<&'a Val<'e>>) -> &'a str {
 }
 
 /// Calls a built-in on arguments already cast to its parameter types.
-fn call(func: Func, mut args: Vec<Val<'_>>) -> Out<'_> {
+#[inline(never)]
+fn call(func: Func, mut args: Args<'_>) -> Out<'_> {
     let s0 = || str_arg(args.first());
     let owned = |s: String| Val::Str(Cow::Owned(s));
     match func {
