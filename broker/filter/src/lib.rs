@@ -510,3 +510,51 @@ impl std::ops::Not for Filter {
         Filter::negate(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cesql_error_warning_is_rate_limited_per_filter() {
+        let meta = Meta {
+            name: "ns/trigger".into(),
+            ..Meta::default()
+        };
+        let error = cesql::EvalError {
+            kind: cesql::ErrorKind::MissingAttribute,
+            message: "missing attribute 'x'".into(),
+        };
+        for _ in 0..100 {
+            meta.cesql_error(&error);
+        }
+        assert_eq!(meta.cesql_errors.load(Ordering::Relaxed), 100);
+        // Only the first error logged: the counter snapshot was taken once, at error 1.
+        assert_eq!(meta.errors_at_last_warn.load(Ordering::Relaxed), 1);
+        assert_ne!(meta.last_warn_ms.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn index_key_prefers_type_and_skips_non_exact() {
+        let f = Filter::from_specs(&[
+            FilterSpec {
+                exact: Some(BTreeMap::from([("source".into(), "/s".into())])),
+                ..FilterSpec::default()
+            },
+            FilterSpec {
+                exact: Some(BTreeMap::from([("type".into(), "t".into())])),
+                ..FilterSpec::default()
+            },
+        ]);
+        let f = f.expect("valid");
+        assert_eq!(f.index_key(), Some((AttrName::Type, "t")));
+        let p = Filter::prefix(&BTreeMap::from([("type".into(), "t".into())])).expect("valid");
+        assert_eq!(p.index_key(), None);
+        let legacy_any = Filter::attributes(&BTreeMap::from([("type".into(), String::new())]));
+        assert_eq!(legacy_any.expect("valid").index_key(), None);
+        let any = Filter::any(vec![
+            Filter::exact(&BTreeMap::from([("type".into(), "t".into())])).expect("valid"),
+        ]);
+        assert_eq!(any.expect("valid").index_key(), None);
+    }
+}
