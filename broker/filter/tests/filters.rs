@@ -308,6 +308,17 @@ fn jsonpath_on_nested_json_data() {
 }
 
 #[test]
+fn jsonpath_filter_selector_tests_children_per_rfc9535() {
+    let single = with_data(json!({"order": {"total": 150}}), "application/json");
+    let nested = with_data(json!({"order": {"a": {"total": 150}}}), "application/json");
+    let children = compile("- evmesh.dev/jsonpath: '$.order[?@.total > 100]'");
+    assert!(!children.matches(&single));
+    assert!(children.matches(&nested));
+    assert!(compile("- evmesh.dev/jsonpath: '$[?@.total > 100]'").matches(&single));
+    assert!(compile("- evmesh.dev/jsonpath: '$.order[?@ > 100]'").matches(&single));
+}
+
+#[test]
 fn jsonpath_parses_string_and_binary_data() {
     let text = with_data(r#"{"status": "paid"}"#.to_owned(), "application/json");
     let bytes = with_data(
