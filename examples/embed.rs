@@ -33,7 +33,10 @@ metadata: {name: display}
     let mesh = evmesh::Mesh::from_yaml(yaml)?.data_dir(&data);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let running = mesh.start(listener).await?;
-    println!("broker ingress: {}", running.broker_url("default", "default"));
+    println!(
+        "broker ingress: {}",
+        running.broker_url("default", "default")
+    );
 
     let event = EventBuilderV10::new()
         .id("order-1")

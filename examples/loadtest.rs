@@ -35,7 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     match args.get(1).map(String::as_str) {
         Some("bare") => {
-            let listener = tokio::net::TcpListener::bind(arg("--listen", "127.0.0.1:18081")).await?;
+            let listener =
+                tokio::net::TcpListener::bind(arg("--listen", "127.0.0.1:18081")).await?;
             println!("bare 202 handler on {}", listener.local_addr()?);
             let app = Router::new().fallback(post(|| async { StatusCode::ACCEPTED }));
             axum::serve(listener, app).await?;
@@ -51,13 +52,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await
         }
         _ => {
-            eprintln!("usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C]");
+            eprintln!(
+                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C]"
+            );
             std::process::exit(2);
         }
     }
 }
 
-async fn e2e(triggers: usize, matching: usize, seconds: u64, concurrency: usize) -> Result<(), Box<dyn std::error::Error>> {
+async fn e2e(
+    triggers: usize,
+    matching: usize,
+    seconds: u64,
+    concurrency: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     // The sink: records ingress→sink latency from the `sentus` extension.
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::with_capacity(1 << 20)));
     let delivered = Arc::new(AtomicU64::new(0));
@@ -70,7 +78,9 @@ async fn e2e(triggers: usize, matching: usize, seconds: u64, concurrency: usize)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
             {
-                l.lock().map(|mut l| l.push(now_us().saturating_sub(sent))).ok();
+                l.lock()
+                    .map(|mut l| l.push(now_us().saturating_sub(sent)))
+                    .ok();
             }
             d.fetch_add(1, Ordering::Relaxed);
             StatusCode::ACCEPTED
@@ -81,9 +91,15 @@ async fn e2e(triggers: usize, matching: usize, seconds: u64, concurrency: usize)
     tokio::spawn(async move { axum::serve(sink_listener, sink).await });
 
     // The mesh: `triggers` triggers, `matching` of them on the type we send.
-    let mut yaml = String::from("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n");
+    let mut yaml = String::from(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n",
+    );
     for i in 0..triggers {
-        let ty = if i < matching { "bench.match".to_string() } else { format!("bench.other.{i}") };
+        let ty = if i < matching {
+            "bench.match".to_string()
+        } else {
+            format!("bench.other.{i}")
+        };
         yaml.push_str(&format!(
             "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t{i}}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: {ty}}}}}\n  subscriber: {{uri: \"{sink_url}\"}}\n"
         ));
@@ -91,7 +107,9 @@ async fn e2e(triggers: usize, matching: usize, seconds: u64, concurrency: usize)
     let dir = std::env::temp_dir().join(format!("evmesh-loadtest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mesh = evmesh::Mesh::from_yaml(&yaml)?.data_dir(&dir);
-    let running = mesh.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
+    let running = mesh
+        .start(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+        .await?;
     let ingress = running.broker_url("default", "default").to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -110,13 +128,23 @@ async fn e2e(triggers: usize, matching: usize, seconds: u64, concurrency: usize)
                     .source("loadtest")
                     .ty("bench.match")
                     .extension("sentus", now_us().to_string())
-                    .data("application/json", r#"{"order":{"id":42,"total":99.5},"note":"benchmark event"}"#.to_string())
+                    .data(
+                        "application/json",
+                        r#"{"order":{"id":42,"total":99.5},"note":"benchmark event"}"#.to_string(),
+                    )
                     .build()
                 else {
                     break;
                 };
-                let Ok(enc) = evmesh::evmesh_broker::codec::encode_binary(event) else { break };
-                if let Ok(r) = client.post(&ingress).headers(enc.headers).body(enc.body).send().await
+                let Ok(enc) = evmesh::evmesh_broker::codec::encode_binary(event) else {
+                    break;
+                };
+                if let Ok(r) = client
+                    .post(&ingress)
+                    .headers(enc.headers)
+                    .body(enc.body)
+                    .send()
+                    .await
                     && r.status().as_u16() == 202
                 {
                     accepted.fetch_add(1, Ordering::Relaxed);
@@ -138,7 +166,11 @@ async fn e2e(triggers: usize, matching: usize, seconds: u64, concurrency: usize)
     let total_time = started.elapsed();
     let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let acc = accepted.load(Ordering::Relaxed);
     println!(
         "triggers={triggers} matching={matching} concurrency={concurrency}: accepted {acc} in {:.1}s = {:.0} ev/s; delivered {} of {expected} in {:.1}s = {:.0} deliveries/s; latency ingress->sink p50 {:.2} ms, p99 {:.2} ms",

@@ -28,8 +28,14 @@ pub(crate) fn routes(admin: Admin) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/apis/{group}/{version}/{plural}", get(list_all))
-        .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(list_ns))
-        .route("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", get(get_one))
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}",
+            get(list_ns),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+            get(get_one),
+        )
         .with_state(admin)
 }
 
@@ -55,13 +61,21 @@ fn not_found(message: String) -> Response {
 fn condition(reason: Option<&str>) -> Value {
     match reason {
         None => json!([{"type": "Ready", "status": "True"}]),
-        Some(r) => json!([{"type": "Ready", "status": "False", "reason": "NotReady", "message": r}]),
+        Some(r) => {
+            json!([{"type": "Ready", "status": "False", "reason": "NotReady", "message": r}])
+        }
     }
 }
 
 impl Admin {
     /// Every resource of `group/version/plural`, optionally in one namespace.
-    fn resources(&self, group: &str, version: &str, plural: &str, ns: Option<&str>) -> Option<(String, Vec<Value>)> {
+    fn resources(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: Option<&str>,
+    ) -> Option<(String, Vec<Value>)> {
         let api = format!("{group}/{version}");
         let in_ns = |n: &str| ns.is_none_or(|want| want == n);
         let items = match (api.as_str(), plural) {
@@ -143,12 +157,17 @@ impl Admin {
                 "apiVersion": format!("{group}/{version}"), "kind": kind, "items": items,
             }))
             .into_response(),
-            None => not_found(format!("the server could not find the requested resource {group}/{version} {plural}")),
+            None => not_found(format!(
+                "the server could not find the requested resource {group}/{version} {plural}"
+            )),
         }
     }
 }
 
-async fn list_all(State(a): State<Admin>, Path((group, version, plural)): Path<(String, String, String)>) -> Response {
+async fn list_all(
+    State(a): State<Admin>,
+    Path((group, version, plural)): Path<(String, String, String)>,
+) -> Response {
     a.list(&group, &version, &plural, None)
 }
 
@@ -164,7 +183,9 @@ async fn get_one(
     Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
 ) -> Response {
     let Some((_, items)) = a.resources(&group, &version, &plural, Some(&ns)) else {
-        return not_found(format!("the server could not find the requested resource {group}/{version} {plural}"));
+        return not_found(format!(
+            "the server could not find the requested resource {group}/{version} {plural}"
+        ));
     };
     match items
         .into_iter()

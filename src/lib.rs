@@ -157,23 +157,33 @@ impl Mesh {
         let store = tokio::task::spawn_blocking(move || evmesh_store::open(engine, &dir))
             .await
             .map_err(std::io::Error::other)??;
-        let resolver = Resolver::new(&self.config, ingress.clone(), self.options.url_template.clone());
-        let service = BrokerService::start(&self.config, &resolver, store, self.options.service.clone()).await?;
+        let resolver = Resolver::new(
+            &self.config,
+            ingress.clone(),
+            self.options.url_template.clone(),
+        );
+        let service =
+            BrokerService::start(&self.config, &resolver, store, self.options.service.clone())
+                .await?;
         let ready = Arc::new(AtomicBool::new(true));
-        let app: Router = evmesh_broker::ingress::routes(service.clone(), self.options.max_event_size)
-            .merge(admin::routes(admin::Admin {
-                config: Arc::new(self.config.clone()),
-                service: service.clone(),
-                ingress: ingress.clone(),
-                ready: ready.clone(),
-            }))
-            .merge(display::routes());
+        let app: Router =
+            evmesh_broker::ingress::routes(service.clone(), self.options.max_event_size)
+                .merge(admin::routes(admin::Admin {
+                    config: Arc::new(self.config.clone()),
+                    service: service.clone(),
+                    ingress: ingress.clone(),
+                    ready: ready.clone(),
+                }))
+                .merge(display::routes());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
                 tracing::error!("server error: {e}");
             }
         });

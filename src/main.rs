@@ -12,7 +12,11 @@ use evmesh::{Mesh, Options, QUICKSTART_YAML};
 use evmesh_config::MeshConfig;
 
 #[derive(Parser)]
-#[command(name = "evmesh", version, about = "Knative Eventing without Kubernetes")]
+#[command(
+    name = "evmesh",
+    version,
+    about = "Knative Eventing without Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,7 +131,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_in_flight,
         } => {
             let config = if files.is_empty() {
-                tracing::info!("no -f given: serving the quickstart (a broker `default` with a trigger to the event display)");
+                tracing::info!(
+                    "no -f given: serving the quickstart (a broker `default` with a trigger to the event display)"
+                );
                 MeshConfig::from_yaml("quickstart.yaml", QUICKSTART_YAML)
             } else {
                 MeshConfig::from_paths(&files)
@@ -155,14 +161,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 options.engine = e;
             }
             options.service.max_in_flight = max_in_flight;
-            options.service.retention.max_age = Some(
-                evmesh_config::parse_duration(&retention).map_err(anyhow::Error::msg)?,
-            );
+            options.service.retention.max_age =
+                Some(evmesh_config::parse_duration(&retention).map_err(anyhow::Error::msg)?);
             options.service.retention.max_bytes = retention_bytes;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
-            let running = Mesh::from_config(config).options(options).start(listener).await?;
+            let running = Mesh::from_config(config)
+                .options(options)
+                .start(listener)
+                .await?;
             tracing::info!(
                 "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
                 running.local_addr(),

@@ -61,25 +61,34 @@ status:
 #[tokio::test]
 async fn broker_status_is_ready_with_its_ingress_address() {
     let m = mesh(MESH).await;
-    let (status, b) = get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/brokers/default")).await;
+    let (status, b) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/brokers/default")).await;
     assert_eq!(status, 200);
     assert_eq!(b["kind"], "Broker");
     assert_eq!(b["metadata"]["name"], "default");
     assert_eq!(b["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(b["status"]["conditions"][0]["status"], "True");
     assert_eq!(b["status"]["address"]["url"], m.url("/shop/default"));
-    assert_eq!(b["status"]["deadLetterSinkUri"], "http://dlq.shop.svc.cluster.local/");
+    assert_eq!(
+        b["status"]["deadLetterSinkUri"],
+        "http://dlq.shop.svc.cluster.local/"
+    );
 }
 
 #[tokio::test]
 async fn trigger_refs_resolve_through_the_addressable_duck_type() {
     let m = mesh(MESH).await;
     let uri = |name: &'static str| {
-        let url = m.url(&format!("/apis/eventing.knative.dev/v1/namespaces/shop/triggers/{name}"));
+        let url = m.url(&format!(
+            "/apis/eventing.knative.dev/v1/namespaces/shop/triggers/{name}"
+        ));
         async move { get_json(&url).await.1["status"]["subscriberUri"].clone() }
     };
     // Not served, not declared: the URL template.
-    assert_eq!(uri("to-service").await, "http://orders.shop.svc.cluster.local/");
+    assert_eq!(
+        uri("to-service").await,
+        "http://orders.shop.svc.cluster.local/"
+    );
     // Declared status.address.url, with a relative uri resolved against it.
     assert_eq!(uri("to-declared").await, "http://hooks.example.com/events");
     // A kind evmesh serves: its own address.
@@ -93,18 +102,24 @@ async fn url_template_is_configurable() {
         o
     })
     .await;
-    let (_, t) = get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/triggers/to-service")).await;
-    assert_eq!(t["status"]["subscriberUri"], "http://127.0.0.1:7000/shop/orders");
+    let (_, t) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/triggers/to-service")).await;
+    assert_eq!(
+        t["status"]["subscriberUri"],
+        "http://127.0.0.1:7000/shop/orders"
+    );
 }
 
 #[tokio::test]
 async fn lists_resources_of_a_namespace_and_of_all_namespaces() {
     let m = mesh(MESH).await;
-    let (status, list) = get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/triggers")).await;
+    let (status, list) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/triggers")).await;
     assert_eq!(status, 200);
     assert_eq!(list["kind"], "TriggerList");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
-    let (_, none) = get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/other/brokers")).await;
+    let (_, none) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/other/brokers")).await;
     assert_eq!(none["items"].as_array().map(Vec::len), Some(0));
     let (_, all) = get_json(&m.url("/apis/eventing.knative.dev/v1/brokers")).await;
     assert_eq!(all["items"].as_array().map(Vec::len), Some(2));
@@ -113,11 +128,13 @@ async fn lists_resources_of_a_namespace_and_of_all_namespaces() {
 #[tokio::test]
 async fn unknown_resources_get_a_kubernetes_style_404() {
     let m = mesh(MESH).await;
-    let (status, body) = get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/brokers/nope")).await;
+    let (status, body) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/shop/brokers/nope")).await;
     assert_eq!(status, 404);
     assert_eq!(body["kind"], "Status");
     assert_eq!(body["reason"], "NotFound");
-    let (status, _) = get_json(&m.url("/apis/messaging.knative.dev/v1/namespaces/shop/channels")).await;
+    let (status, _) =
+        get_json(&m.url("/apis/messaging.knative.dev/v1/namespaces/shop/channels")).await;
     assert_eq!(status, 404);
 }
 
@@ -126,7 +143,10 @@ async fn trigger_status_counts_what_happened_to_events() {
     let sink = TestSink::start().await;
     let m = mesh(&broker_and_trigger(&sink, "")).await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
-    eventually("delivery", std::time::Duration::from_secs(10), || sink.count() == 1).await;
+    eventually("delivery", std::time::Duration::from_secs(10), || {
+        sink.count() == 1
+    })
+    .await;
     let url = m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/t1");
     let mut delivered = Value::Null;
     for _ in 0..100 {
@@ -137,7 +157,8 @@ async fn trigger_status_counts_what_happened_to_events() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(delivered, 1);
-    let (_, b) = get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers/default")).await;
+    let (_, b) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers/default")).await;
     assert_eq!(b["status"]["evmesh"]["counters"]["accepted"], 1);
 }
 
@@ -153,9 +174,19 @@ async fn healthz_and_readyz_answer_200() {
 #[tokio::test]
 async fn built_in_event_display_is_addressable_and_receives_events() {
     let m = mesh(evmesh::QUICKSTART_YAML).await;
-    let (_, d) = get_json(&m.url("/apis/evmesh.dev/v1alpha1/namespaces/default/eventdisplays/event-display")).await;
-    assert_eq!(d["status"]["address"]["url"], m.url("/_evmesh/event-display/default/event-display"));
-    post_binary(&m.url("/default/default"), event("q-1", "dev.example.hello")).await;
+    let (_, d) = get_json(
+        &m.url("/apis/evmesh.dev/v1alpha1/namespaces/default/eventdisplays/event-display"),
+    )
+    .await;
+    assert_eq!(
+        d["status"]["address"]["url"],
+        m.url("/_evmesh/event-display/default/event-display")
+    );
+    post_binary(
+        &m.url("/default/default"),
+        event("q-1", "dev.example.hello"),
+    )
+    .await;
     let url = m.url("/apis/eventing.knative.dev/v1/namespaces/default/triggers/all-to-display");
     let mut delivered = Value::Null;
     for _ in 0..200 {
@@ -165,5 +196,8 @@ async fn built_in_event_display_is_addressable_and_receives_events() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(delivered, 1, "the quickstart trigger delivered to the display");
+    assert_eq!(
+        delivered, 1,
+        "the quickstart trigger delivered to the display"
+    );
 }

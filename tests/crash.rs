@@ -108,8 +108,15 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let id = format!("w{worker}-{n}");
-                let enc = evmesh::evmesh_broker::codec::encode_binary(event(&id, "load")).expect("encode");
-                match client.post(&url).headers(enc.headers).body(enc.body).send().await {
+                let enc = evmesh::evmesh_broker::codec::encode_binary(event(&id, "load"))
+                    .expect("encode");
+                match client
+                    .post(&url)
+                    .headers(enc.headers)
+                    .body(enc.body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().as_u16() == 202 => accepted.lock().expect("lock").push(id),
                     Ok(r) => panic!("unexpected status {}", r.status()),
                     Err(_) => break, // the process is gone
@@ -124,7 +131,11 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
         l.await.expect("load task");
     }
     let accepted: Vec<String> = accepted.lock().expect("lock").clone();
-    assert!(accepted.len() > 100, "the load run got only {} events in", accepted.len());
+    assert!(
+        accepted.len() > 100,
+        "the load run got only {} events in",
+        accepted.len()
+    );
 
     let _second = Evmesh::start(&config, &data, engine);
     let want: HashSet<String> = accepted.iter().cloned().collect();
@@ -181,13 +192,24 @@ spec:
     );
     let data = dir.path().join("data");
     let first = Evmesh::start(&config, &data, None);
-    assert_eq!(post_binary(&first.url("/default/default"), event("r-1", "t")).await, 202);
+    assert_eq!(
+        post_binary(&first.url("/default/default"), event("r-1", "t")).await,
+        202
+    );
     // Attempt 1 fails at once, attempt 2 after 0.4 s; the third is due 0.8 s after that.
-    eventually("two failed attempts", Duration::from_secs(10), || sink.count() == 2).await;
+    eventually("two failed attempts", Duration::from_secs(10), || {
+        sink.count() == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     first.kill9();
     let _second = Evmesh::start(&config, &data, None);
-    eventually("dead-lettered after the restart", Duration::from_secs(15), || dls.count() == 1).await;
+    eventually(
+        "dead-lettered after the restart",
+        Duration::from_secs(15),
+        || dls.count() == 1,
+    )
+    .await;
     assert_eq!(
         sink.count(),
         4,
@@ -216,16 +238,36 @@ async fn restart_does_not_redeliver_completed_events() {
     let data = dir.path().join("data");
     let first = Evmesh::start(&config, &data, None);
     for i in 0..20 {
-        assert_eq!(post_binary(&first.url("/default/default"), event(&format!("d-{i}"), "t")).await, 202);
+        assert_eq!(
+            post_binary(
+                &first.url("/default/default"),
+                event(&format!("d-{i}"), "t")
+            )
+            .await,
+            202
+        );
     }
-    eventually("all delivered", Duration::from_secs(10), || sink.count() == 20).await;
+    eventually("all delivered", Duration::from_secs(10), || {
+        sink.count() == 20
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await; // progress checkpoint is group-committed
     first.kill9();
     let second = Evmesh::start(&config, &data, None);
-    assert_eq!(post_binary(&second.url("/default/default"), event("after", "t")).await, 202);
-    eventually("the new event", Duration::from_secs(10), || sink.count() == 21).await;
+    assert_eq!(
+        post_binary(&second.url("/default/default"), event("after", "t")).await,
+        202
+    );
+    eventually("the new event", Duration::from_secs(10), || {
+        sink.count() == 21
+    })
+    .await;
     settle().await;
-    assert_eq!(sink.count(), 21, "nothing completed before the kill was delivered again");
+    assert_eq!(
+        sink.count(),
+        21,
+        "nothing completed before the kill was delivered again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

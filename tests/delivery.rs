@@ -25,7 +25,10 @@ async fn delivered_event_keeps_every_attribute_and_extension() {
         .data("application/json", serde_json::json!({"amount": 10}))
         .build()
         .expect("event");
-    assert_eq!(post_binary(&m.url("/demo/default"), sent.clone()).await, 202);
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), sent.clone()).await,
+        202
+    );
     eventually("delivery", WAIT, || sink.count() == 1).await;
     let got = sink.received()[0].event().clone();
     assert_eq!(got.id(), "abc-1");
@@ -34,9 +37,18 @@ async fn delivered_event_keeps_every_attribute_and_extension() {
     assert_eq!(got.subject(), Some("order-42"));
     assert_eq!(got.time(), sent.time());
     assert_eq!(got.datacontenttype(), Some("application/json"));
-    assert_eq!(got.extension("customerid").map(|v| v.to_string()).as_deref(), Some("c-7"));
-    assert_eq!(got.extension("priority").map(|v| v.to_string()).as_deref(), Some("5"));
-    let body: serde_json::Value = serde_json::from_slice(&sink.received()[0].body).expect("json data");
+    assert_eq!(
+        got.extension("customerid")
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("c-7")
+    );
+    assert_eq!(
+        got.extension("priority").map(|v| v.to_string()).as_deref(),
+        Some("5")
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&sink.received()[0].body).expect("json data");
     assert_eq!(body, serde_json::json!({"amount": 10}));
 }
 
@@ -47,12 +59,26 @@ async fn delivery_is_binary_with_prefer_reply_kn_namespace_and_arrival_time_but_
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("delivery", WAIT, || sink.count() == 1).await;
     let r = &sink.received()[0];
-    assert_eq!(r.header("ce-id").as_deref(), Some("1"), "binary mode: attributes in ce- headers");
+    assert_eq!(
+        r.header("ce-id").as_deref(),
+        Some("1"),
+        "binary mode: attributes in ce- headers"
+    );
     assert_eq!(r.header("prefer").as_deref(), Some("reply"));
     assert_eq!(r.header("kn-namespace").as_deref(), Some("demo"));
-    let arrival = r.event().extension("knativearrivaltime").map(|v| v.to_string()).expect("arrival time");
-    assert!(chrono::DateTime::parse_from_rfc3339(&arrival).is_ok(), "{arrival}");
-    assert!(r.event().extension("knativebrokerttl").is_none(), "the TTL is internal");
+    let arrival = r
+        .event()
+        .extension("knativearrivaltime")
+        .map(|v| v.to_string())
+        .expect("arrival time");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&arrival).is_ok(),
+        "{arrival}"
+    );
+    assert!(
+        r.event().extension("knativebrokerttl").is_none(),
+        "the TTL is internal"
+    );
 }
 
 #[tokio::test]
@@ -60,13 +86,24 @@ async fn structured_input_is_delivered_in_binary_mode_by_default() {
     let sink = TestSink::start().await;
     let m = mesh(&broker_and_trigger(&sink, "")).await;
     let body = r#"{"specversion":"1.0","id":"s1","source":"/s","type":"t","myext":"v","datacontenttype":"application/json","data":{"a":1}}"#;
-    let (status, _) = post_raw(&m.url("/demo/default"), &[("content-type", "application/cloudevents+json")], body).await;
+    let (status, _) = post_raw(
+        &m.url("/demo/default"),
+        &[("content-type", "application/cloudevents+json")],
+        body,
+    )
+    .await;
     assert_eq!(status, 202);
     eventually("delivery", WAIT, || sink.count() == 1).await;
     let r = &sink.received()[0];
     assert_eq!(r.header("ce-myext").as_deref(), Some("v"));
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.body).expect("json"), serde_json::json!({"a": 1}));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.body).expect("json"),
+        serde_json::json!({"a": 1})
+    );
 }
 
 #[tokio::test]
@@ -76,7 +113,10 @@ async fn delivery_format_json_sends_structured_mode() {
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("delivery", WAIT, || sink.count() == 1).await;
     let r = &sink.received()[0];
-    assert_eq!(r.header("content-type").as_deref(), Some("application/cloudevents+json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/cloudevents+json")
+    );
     assert!(r.header("ce-id").is_none());
     assert_eq!(r.event().id(), "1");
 }
@@ -112,10 +152,21 @@ spec:
 async fn attribute_filters_need_every_listed_attribute_to_match_exactly() {
     let a = TestSink::start().await;
     let b = TestSink::start().await;
-    let m = mesh(&TWO_TRIGGERS.replace("SINK_A", &a.url()).replace("SINK_B", &b.url())).await;
+    let m = mesh(
+        &TWO_TRIGGERS
+            .replace("SINK_A", &a.url())
+            .replace("SINK_B", &b.url()),
+    )
+    .await;
     let url = m.url("/default/default");
     let with_region = |id: &str, ty: &str, region: &str| {
-        EventBuilderV10::new().id(id).source("/s").ty(ty).extension("region", region).build().expect("event")
+        EventBuilderV10::new()
+            .id(id)
+            .source("/s")
+            .ty(ty)
+            .extension("region", region)
+            .build()
+            .expect("event")
     };
     post_binary(&url, with_region("1", "order.created", "eu")).await; // both
     post_binary(&url, with_region("2", "order.created", "us")).await; // only has-region
@@ -161,8 +212,17 @@ spec: {{broker: default, subscriber: {{uri: "{s}"}}}}
 #[tokio::test]
 async fn retryable_failures_are_retried_until_success() {
     let sink = TestSink::start().await;
-    sink.script([Reply::Status(503), Reply::Status(409), Reply::Status(404), Reply::Status(429)]);
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {retry: 5, backoffPolicy: linear, backoffDelay: PT0.01S}")).await;
+    sink.script([
+        Reply::Status(503),
+        Reply::Status(409),
+        Reply::Status(404),
+        Reply::Status(429),
+    ]);
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 5, backoffPolicy: linear, backoffDelay: PT0.01S}",
+    ))
+    .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("fifth attempt succeeds", WAIT, || sink.count() == 5).await;
     settle().await;
@@ -173,7 +233,11 @@ async fn retryable_failures_are_retried_until_success() {
 async fn retry_count_limits_attempts_to_retry_plus_one() {
     let sink = TestSink::start().await;
     sink.always(Reply::Status(500));
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {retry: 3, backoffDelay: PT0.01S}")).await;
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 3, backoffDelay: PT0.01S}",
+    ))
+    .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("4 attempts", WAIT, || sink.count() == 4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -184,7 +248,11 @@ async fn retry_count_limits_attempts_to_retry_plus_one() {
 async fn non_retryable_status_is_not_retried() {
     let sink = TestSink::start().await;
     sink.always(Reply::Status(400));
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {retry: 3, backoffDelay: PT0.01S}")).await;
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 3, backoffDelay: PT0.01S}",
+    ))
+    .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("first attempt", WAIT, || sink.count() == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -200,7 +268,11 @@ fn gaps(sink: &TestSink) -> Vec<Duration> {
 async fn exponential_backoff_doubles_the_wait_between_attempts() {
     let sink = TestSink::start().await;
     sink.always(Reply::Status(503));
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {retry: 3, backoffPolicy: exponential, backoffDelay: PT0.1S}")).await;
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 3, backoffPolicy: exponential, backoffDelay: PT0.1S}",
+    ))
+    .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("4 attempts", WAIT, || sink.count() == 4).await;
     let g = gaps(&sink);
@@ -215,7 +287,11 @@ async fn exponential_backoff_doubles_the_wait_between_attempts() {
 async fn linear_backoff_grows_by_the_delay_each_attempt() {
     let sink = TestSink::start().await;
     sink.always(Reply::Status(503));
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {retry: 3, backoffPolicy: linear, backoffDelay: PT0.1S}")).await;
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 3, backoffPolicy: linear, backoffDelay: PT0.1S}",
+    ))
+    .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("4 attempts", WAIT, || sink.count() == 4).await;
     let g = gaps(&sink);
@@ -223,7 +299,10 @@ async fn linear_backoff_grows_by_the_delay_each_attempt() {
     for (gap, min) in g.iter().zip([100, 200, 300]) {
         assert!(*gap >= Duration::from_millis(min), "gaps {g:?}");
     }
-    assert!(g[2] < Duration::from_millis(300) * 3, "linear, not exponential: {g:?}");
+    assert!(
+        g[2] < Duration::from_millis(300) * 3,
+        "linear, not exponential: {g:?}"
+    );
 }
 
 #[tokio::test]
@@ -237,26 +316,43 @@ async fn retry_after_is_respected_up_to_retry_after_max() {
     .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("second attempt", WAIT, || sink.count() == 2).await;
-    assert!(gaps(&sink)[0] >= Duration::from_secs(1), "{:?}", gaps(&sink));
+    assert!(
+        gaps(&sink)[0] >= Duration::from_secs(1),
+        "{:?}",
+        gaps(&sink)
+    );
 }
 
 #[tokio::test]
 async fn slow_subscriber_is_cut_off_by_delivery_timeout_and_retried() {
     let sink = TestSink::start().await;
     sink.script([Reply::Delay(Duration::from_secs(3))]);
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {retry: 1, timeout: PT0.2S, backoffDelay: PT0.01S}")).await;
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 1, timeout: PT0.2S, backoffDelay: PT0.01S}",
+    ))
+    .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
-    eventually("retry after the timeout", Duration::from_secs(2), || sink.count() == 2).await;
+    eventually("retry after the timeout", Duration::from_secs(2), || {
+        sink.count() == 2
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn exhausted_event_goes_to_dead_letter_sink_with_error_extensions() {
     let sink = TestSink::start().await;
     let dls = TestSink::start().await;
-    sink.always(Reply::StatusWithBody(422, r#"{ "message": "catastrophic failure" }"#.into()));
+    sink.always(Reply::StatusWithBody(
+        422,
+        r#"{ "message": "catastrophic failure" }"#.into(),
+    ));
     let m = mesh(&broker_and_trigger(
         &sink,
-        &format!("  delivery: {{retry: 3, backoffDelay: PT0.01S, deadLetterSink: {{uri: \"{}\"}}}}", dls.url()),
+        &format!(
+            "  delivery: {{retry: 3, backoffDelay: PT0.01S, deadLetterSink: {{uri: \"{}\"}}}}",
+            dls.url()
+        ),
     ))
     .await;
     post_binary(&m.url("/demo/default"), event("dl-1", "t")).await;
@@ -268,14 +364,20 @@ async fn exhausted_event_goes_to_dead_letter_sink_with_error_extensions() {
     let e = r.event();
     assert_eq!(e.id(), "dl-1");
     let ext = |n: &str| e.extension(n).map(|v| v.to_string());
-    assert_eq!(ext("knativeerrordest").as_deref(), Some(sink.url().as_str()));
+    assert_eq!(
+        ext("knativeerrordest").as_deref(),
+        Some(sink.url().as_str())
+    );
     assert_eq!(ext("knativeerrorcode").as_deref(), Some("422"));
     use base64::Engine as _;
     let data = base64::engine::general_purpose::STANDARD
         .decode(ext("knativeerrordata").expect("error data"))
         .expect("base64");
     assert_eq!(data, br#"{ "message": "catastrophic failure" }"#);
-    assert!(r.header("prefer").is_none(), "a dead-letter sink is not asked for a reply");
+    assert!(
+        r.header("prefer").is_none(),
+        "a dead-letter sink is not asked for a reply"
+    );
 }
 
 #[tokio::test]
@@ -304,8 +406,14 @@ spec: {{broker: default, subscriber: {{uri: "http://{closed}/hook"}}}}
     post_binary(&m.url("/default/default"), event("u-1", "t")).await;
     eventually("dead letter", WAIT, || dls.count() == 1).await;
     let e = dls.received()[0].event().clone();
-    assert_eq!(e.extension("knativeerrordest").map(|v| v.to_string()), Some(format!("http://{closed}/hook")));
-    assert!(e.extension("knativeerrorcode").is_none(), "no response, no code");
+    assert_eq!(
+        e.extension("knativeerrordest").map(|v| v.to_string()),
+        Some(format!("http://{closed}/hook"))
+    );
+    assert!(
+        e.extension("knativeerrorcode").is_none(),
+        "no response, no code"
+    );
 }
 
 #[tokio::test]
@@ -405,13 +513,21 @@ spec:
         second.url()
     );
     let m = mesh(&yaml).await;
-    post_binary(&m.url("/default/default"), event("o-1", "com.example.Original")).await;
+    post_binary(
+        &m.url("/default/default"),
+        event("o-1", "com.example.Original"),
+    )
+    .await;
     eventually("reply delivered", WAIT, || second.count() == 1).await;
     let r = &second.received()[0];
     assert_eq!(r.event().id(), "reply-1");
     assert_eq!(r.body, b"transformed");
     settle().await;
-    assert_eq!(first.count(), 1, "the reply does not match the first trigger");
+    assert_eq!(
+        first.count(),
+        1,
+        "the reply does not match the first trigger"
+    );
 }
 
 #[tokio::test]
@@ -429,8 +545,15 @@ async fn a_202_response_is_never_taken_as_a_reply() {
 #[tokio::test]
 async fn non_cloudevent_2xx_body_counts_as_a_failed_delivery() {
     let sink = TestSink::start().await;
-    sink.script([Reply::StatusWithBody(200, "plain text, not an event".into())]);
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {retry: 1, backoffDelay: PT0.01S}")).await;
+    sink.script([Reply::StatusWithBody(
+        200,
+        "plain text, not an event".into(),
+    )]);
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 1, backoffDelay: PT0.01S}",
+    ))
+    .await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("retried after the bad reply", WAIT, || sink.count() == 2).await;
 }
@@ -442,7 +565,10 @@ async fn reply_loop_is_stopped_by_the_ttl() {
     sink.always(Reply::Event(event("loop", "loop.type")));
     let m = mesh(&broker_and_trigger(&sink, "")).await;
     post_binary(&m.url("/demo/default"), event("start", "loop.type")).await;
-    eventually("the loop runs", Duration::from_secs(30), || sink.count() >= 250).await;
+    eventually("the loop runs", Duration::from_secs(30), || {
+        sink.count() >= 250
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let n = sink.count();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -454,7 +580,11 @@ async fn reply_loop_is_stopped_by_the_ttl() {
 async fn events_published_from_rust_are_delivered() {
     let sink = TestSink::start().await;
     let m = mesh(&broker_and_trigger(&sink, "")).await;
-    let offset = m.mesh.publish("demo", "default", event("embedded-1", "t")).await.expect("published");
+    let offset = m
+        .mesh
+        .publish("demo", "default", event("embedded-1", "t"))
+        .await
+        .expect("published");
     assert_eq!(offset, 0);
     eventually("delivery", WAIT, || sink.count() == 1).await;
     assert_eq!(sink.ids(), vec!["embedded-1"]);
@@ -470,6 +600,14 @@ async fn graceful_shutdown_rejects_new_events_after_draining() {
     let service = m.mesh.service().clone();
     m.mesh.shutdown().await;
     let t = service.triggers();
-    assert_eq!(t[0].counters.delivered, 1, "the in-flight delivery finished before shutdown returned");
-    assert!(service.publish("demo", "default", event("2", "t")).await.is_err());
+    assert_eq!(
+        t[0].counters.delivered, 1,
+        "the in-flight delivery finished before shutdown returned"
+    );
+    assert!(
+        service
+            .publish("demo", "default", event("2", "t"))
+            .await
+            .is_err()
+    );
 }

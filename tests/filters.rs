@@ -15,7 +15,8 @@ fn trigger(name: &str, sink: &TestSink, filters: &str) -> String {
     )
 }
 
-const BROKER: &str = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n";
+const BROKER: &str =
+    "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n";
 
 #[tokio::test]
 async fn filters_dialects_route_events_end_to_end() {
@@ -40,13 +41,22 @@ async fn filters_dialects_route_events_end_to_end() {
     let m = mesh(&yaml).await;
     let url = m.url("/default/default");
     let e = |id: &str, ty: &str, source: &str, priority: i64| {
-        EventBuilderV10::new().id(id).ty(ty).source(source).extension("priority", priority).build().expect("event")
+        EventBuilderV10::new()
+            .id(id)
+            .ty(ty)
+            .source(source)
+            .extension("priority", priority)
+            .build()
+            .expect("event")
     };
     post_binary(&url, e("1", "order.created", "/shop/eu", 5)).await; // exact + cesql
     post_binary(&url, e("2", "order.created", "/crm", 1)).await; // none
     post_binary(&url, e("3", "order.canceled", "/shop", 9)).await; // any + cesql
     post_binary(&url, e("4", "user.signup", "/shop", 1)).await; // any (not prefix order.)
-    eventually("deliveries", Duration::from_secs(10), || exact.count() == 1 && any.count() == 2 && cesql.count() == 2).await;
+    eventually("deliveries", Duration::from_secs(10), || {
+        exact.count() == 1 && any.count() == 2 && cesql.count() == 2
+    })
+    .await;
     settle().await;
     assert_eq!(exact.ids(), vec!["1"]);
     let mut a = any.ids();
@@ -77,17 +87,47 @@ async fn jsonpath_extension_filters_on_event_data() {
     let sink = TestSink::start().await;
     let yaml = [
         BROKER.to_string(),
-        trigger("big-orders", &sink, "    - evmesh.dev/jsonpath: \"$.orders[?@.total > 100]\""),
+        trigger(
+            "big-orders",
+            &sink,
+            "    - evmesh.dev/jsonpath: \"$.orders[?@.total > 100]\"",
+        ),
     ]
     .concat();
     let m = mesh(&yaml).await;
     let url = m.url("/default/default");
     let with_data = |id: &str, data: serde_json::Value| {
-        EventBuilderV10::new().id(id).ty("order").source("/s").data("application/json", data).build().expect("event")
+        EventBuilderV10::new()
+            .id(id)
+            .ty("order")
+            .source("/s")
+            .data("application/json", data)
+            .build()
+            .expect("event")
     };
-    post_binary(&url, with_data("small", serde_json::json!({"orders": [{"total": 50}, {"total": 70}]}))).await;
-    post_binary(&url, with_data("big", serde_json::json!({"orders": [{"total": 50}, {"total": 150}]}))).await;
-    let text = EventBuilderV10::new().id("text").ty("order").source("/s").data("text/plain", "not json").build().expect("event");
+    post_binary(
+        &url,
+        with_data(
+            "small",
+            serde_json::json!({"orders": [{"total": 50}, {"total": 70}]}),
+        ),
+    )
+    .await;
+    post_binary(
+        &url,
+        with_data(
+            "big",
+            serde_json::json!({"orders": [{"total": 50}, {"total": 150}]}),
+        ),
+    )
+    .await;
+    let text = EventBuilderV10::new()
+        .id("text")
+        .ty("order")
+        .source("/s")
+        .data("text/plain", "not json")
+        .build()
+        .expect("event");
     post_binary(&url, text).await;
     eventually("delivery", Duration::from_secs(10), || sink.count() == 1).await;
     settle().await;
@@ -100,13 +140,20 @@ async fn many_type_triggers_each_get_only_their_type() {
     let mut yaml = BROKER.to_string();
     for i in 0..200 {
         let sink = &sinks[i % 2];
-        yaml.push_str(&trigger(&format!("t{i}"), sink, &format!("    - exact: {{type: type-{i}}}")));
+        yaml.push_str(&trigger(
+            &format!("t{i}"),
+            sink,
+            &format!("    - exact: {{type: type-{i}}}"),
+        ));
     }
     let m = mesh(&yaml).await;
     post_binary(&m.url("/default/default"), event("a", "type-7")).await;
     post_binary(&m.url("/default/default"), event("b", "type-10")).await;
     post_binary(&m.url("/default/default"), event("c", "type-999")).await;
-    eventually("deliveries", Duration::from_secs(10), || sinks[0].count() == 1 && sinks[1].count() == 1).await;
+    eventually("deliveries", Duration::from_secs(10), || {
+        sinks[0].count() == 1 && sinks[1].count() == 1
+    })
+    .await;
     settle().await;
     assert_eq!(sinks[1].ids(), vec!["a"]);
     assert_eq!(sinks[0].ids(), vec!["b"]);

@@ -19,7 +19,11 @@ const BINARY_OK: &[(&str, &str)] = &[
 ];
 
 fn without(name: &str) -> Vec<(&'static str, &'static str)> {
-    BINARY_OK.iter().copied().filter(|(k, _)| *k != name).collect()
+    BINARY_OK
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != name)
+        .collect()
 }
 
 #[tokio::test]
@@ -100,7 +104,12 @@ async fn ingress_rejects_broken_structured_json_with_400() {
 
 #[tokio::test]
 async fn ingress_rejects_plain_json_body_that_is_no_cloudevent_with_400() {
-    assert_rejected(&[("content-type", "application/json")], r#"{"hello":"world"}"#, "not a cloudevent").await;
+    assert_rejected(
+        &[("content-type", "application/json")],
+        r#"{"hello":"world"}"#,
+        "not a cloudevent",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -117,10 +126,18 @@ async fn ingress_answers_404_for_unknown_broker() {
 async fn ingress_answers_405_to_get_with_allow_header() {
     let sink = TestSink::start().await;
     let m = demo_mesh(&sink).await;
-    let resp = client().get(m.url("/demo/default")).send().await.expect("get");
+    let resp = client()
+        .get(m.url("/demo/default"))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(resp.status().as_u16(), 405);
     assert_eq!(resp.headers()["allow"], "POST, OPTIONS");
-    let resp = client().put(m.url("/demo/default")).send().await.expect("put");
+    let resp = client()
+        .put(m.url("/demo/default"))
+        .send()
+        .await
+        .expect("put");
     assert_eq!(resp.status().as_u16(), 405);
 }
 
@@ -135,7 +152,12 @@ async fn ingress_answers_options_with_200_and_webhook_headers() {
         .expect("options");
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["webhook-allowed-origin"], "*");
-    assert!(resp.headers()["allow"].to_str().expect("ascii").contains("POST"));
+    assert!(
+        resp.headers()["allow"]
+            .to_str()
+            .expect("ascii")
+            .contains("POST")
+    );
 }
 
 #[tokio::test]
@@ -153,13 +175,21 @@ async fn ingress_answers_413_above_the_configured_size_limit() {
     let (status, reason) = post_raw(&m.url("/demo/default"), BINARY_OK, &big).await;
     assert_eq!(status, 413, "{reason}");
     // Without Content-Length (chunked), the limit holds too.
-    let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(vec![b'x'; 600]), Ok(vec![b'x'; 600])]);
-    let mut req = client().post(m.url("/demo/default")).body(reqwest::Body::wrap_stream(stream));
+    let stream = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(vec![b'x'; 600]),
+        Ok(vec![b'x'; 600]),
+    ]);
+    let mut req = client()
+        .post(m.url("/demo/default"))
+        .body(reqwest::Body::wrap_stream(stream));
     for (k, v) in BINARY_OK {
         req = req.header(*k, *v);
     }
     assert_eq!(req.send().await.expect("post").status().as_u16(), 413);
-    eventually("the small event", Duration::from_secs(5), || sink.count() == 1).await;
+    eventually("the small event", Duration::from_secs(5), || {
+        sink.count() == 1
+    })
+    .await;
     settle().await;
     assert_eq!(sink.count(), 1, "only the accepted event is delivered");
 }
@@ -168,7 +198,12 @@ async fn ingress_answers_413_above_the_configured_size_limit() {
 async fn default_size_limit_is_one_mebibyte() {
     let sink = TestSink::start().await;
     let m = demo_mesh(&sink).await;
-    let (status, _) = post_raw(&m.url("/demo/default"), BINARY_OK, &"y".repeat(1024 * 1024 + 1)).await;
+    let (status, _) = post_raw(
+        &m.url("/demo/default"),
+        BINARY_OK,
+        &"y".repeat(1024 * 1024 + 1),
+    )
+    .await;
     assert_eq!(status, 413);
     let (status, _) = post_raw(&m.url("/demo/default"), BINARY_OK, &"y".repeat(1000 * 1000)).await;
     assert_eq!(status, 202);
@@ -183,6 +218,9 @@ async fn percent_encoded_header_values_are_decoded() {
     let (status, _) = post_raw(&m.url("/demo/default"), &h, "{}").await;
     assert_eq!(status, 202);
     eventually("delivery", Duration::from_secs(5), || sink.count() == 1).await;
-    let got = sink.received()[0].event().extension("note").map(|v| v.to_string());
+    let got = sink.received()[0]
+        .event()
+        .extension("note")
+        .map(|v| v.to_string());
     assert_eq!(got.as_deref(), Some("café au lait"));
 }

@@ -45,7 +45,10 @@ fn is_structured(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents"))
+        .is_some_and(|ct| {
+            ct.to_ascii_lowercase()
+                .starts_with("application/cloudevents")
+        })
 }
 
 fn describe(sdk: &str) -> String {
@@ -61,7 +64,9 @@ fn describe(sdk: &str) -> String {
 fn percent_decode_attributes(headers: &HeaderMap, event: &mut Event) -> Result<(), DecodeError> {
     use cloudevents::AttributesWriter;
     for (k, v) in headers {
-        let Some(name) = k.as_str().strip_prefix("ce-") else { continue };
+        let Some(name) = k.as_str().strip_prefix("ce-") else {
+            continue;
+        };
         let mut raw = v.as_bytes();
         if !raw.iter().any(|b| *b == b'%' || *b == b'"') {
             continue;
@@ -72,7 +77,11 @@ fn percent_decode_attributes(headers: &HeaderMap, event: &mut Event) -> Result<(
         }
         let text = percent_decode(raw)
             .decode_utf8()
-            .map_err(|_| DecodeError(format!("header {k}: percent-decoded value is not valid UTF-8")))?
+            .map_err(|_| {
+                DecodeError(format!(
+                    "header {k}: percent-decoded value is not valid UTF-8"
+                ))
+            })?
             .into_owned();
         match name {
             "specversion" | "time" | "datacontenttype" => {}
@@ -166,7 +175,12 @@ mod tests {
             .build()
             .expect("valid event");
         let enc = encode_binary(event.clone()).expect("encodes");
-        let note = enc.headers.get("ce-note").expect("header").to_str().expect("ascii");
+        let note = enc
+            .headers
+            .get("ce-note")
+            .expect("header")
+            .to_str()
+            .expect("ascii");
         assert!(note.is_ascii() && !note.contains(' '), "{note}");
         let back = decode(&enc.headers, enc.body).expect("decodes");
         assert_eq!(back.extension("note"), event.extension("note"));
@@ -177,7 +191,12 @@ mod tests {
     #[test]
     fn rejects_specversion_other_than_1_0() {
         let mut h = HeaderMap::new();
-        for (k, v) in [("ce-specversion", "0.3"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")] {
+        for (k, v) in [
+            ("ce-specversion", "0.3"),
+            ("ce-id", "1"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ] {
             h.insert(k, HeaderValue::from_static(v));
         }
         assert!(decode(&h, vec![]).is_err());

@@ -41,7 +41,7 @@ pub enum Outcome {
     /// 2xx; with the reply event when the response carried one (never for 202).
     Delivered {
         /// The reply CloudEvent.
-        reply: Option<Event>,
+        reply: Option<Box<Event>>,
     },
     /// Anything else.
     Failed(Failure),
@@ -121,7 +121,7 @@ pub enum Next {
     /// Delivery is complete (possibly with a reply to route).
     Done {
         /// The reply, if any.
-        reply: Option<Event>,
+        reply: Option<Box<Event>>,
     },
     /// Try again (same leg, or the first dead-letter attempt) after this wait.
     Retry(Duration),
@@ -135,7 +135,11 @@ impl Progress {
         let failure = match outcome {
             Outcome::Delivered { reply } => {
                 // A dead-letter sink's reply is not routed anywhere.
-                let reply = if self.phase == Phase::Subscriber { reply } else { None };
+                let reply = if self.phase == Phase::Subscriber {
+                    reply
+                } else {
+                    None
+                };
                 return Next::Done { reply };
             }
             Outcome::Failed(f) => f,
@@ -221,7 +225,15 @@ impl DeliveryEngine {
         };
         let encoded = match encoded {
             Ok(e) => e,
-            Err(e) => return failed(url, None, vec![], false, format!("cannot encode event: {e}")),
+            Err(e) => {
+                return failed(
+                    url,
+                    None,
+                    vec![],
+                    false,
+                    format!("cannot encode event: {e}"),
+                );
+            }
         };
         let mut req = self
             .client
@@ -266,7 +278,11 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("reading response: {e}"))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("reading response: {e}"))?
+    {
         if body.len() + chunk.len() > MAX_REPLY {
             return Err("response body too large".into());
         }
@@ -275,7 +291,13 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     Ok(body)
 }
 
-fn failed(url: &Url, status: Option<u16>, body: Vec<u8>, retryable: bool, reason: String) -> Outcome {
+fn failed(
+    url: &Url,
+    status: Option<u16>,
+    body: Vec<u8>,
+    retryable: bool,
+    reason: String,
+) -> Outcome {
     Outcome::Failed(Failure {
         dest: url.to_string(),
         status,
@@ -286,7 +308,13 @@ fn failed(url: &Url, status: Option<u16>, body: Vec<u8>, retryable: bool, reason
     })
 }
 
-fn classify(url: &Url, status: StatusCode, headers: &HeaderMap, body: Vec<u8>, want_reply: bool) -> Outcome {
+fn classify(
+    url: &Url,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Vec<u8>,
+    want_reply: bool,
+) -> Outcome {
     let code = status.as_u16();
     if status.is_success() {
         if code == 202 || !want_reply {
@@ -296,7 +324,10 @@ fn classify(url: &Url, status: StatusCode, headers: &HeaderMap, body: Vec<u8>, w
             || headers
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents"));
+                .is_some_and(|ct| {
+                    ct.to_ascii_lowercase()
+                        .starts_with("application/cloudevents")
+                });
         if !looks_like_event {
             if body.is_empty() {
                 return Outcome::Delivered { reply: None };
@@ -306,11 +337,15 @@ fn classify(url: &Url, status: StatusCode, headers: &HeaderMap, body: Vec<u8>, w
                 Some(502),
                 body,
                 true,
-                format!("subscriber answered {code} with a body that is not a CloudEvent (it must be empty or a valid CloudEvent)"),
+                format!(
+                    "subscriber answered {code} with a body that is not a CloudEvent (it must be empty or a valid CloudEvent)"
+                ),
             );
         }
         return match codec::decode(headers, body.clone()) {
-            Ok(reply) => Outcome::Delivered { reply: Some(reply) },
+            Ok(reply) => Outcome::Delivered {
+                reply: Some(Box::new(reply)),
+            },
             Err(e) => failed(url, Some(502), body, true, format!("malformed reply: {e}")),
         };
     }
@@ -338,7 +373,10 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(v.trim()).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Adds `knativeerrordest`, `knativeerrorcode` and `knativeerrordata` to a dead-lettered event.

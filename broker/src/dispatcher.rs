@@ -95,6 +95,11 @@ pub(crate) struct Router {
 
 impl Router {
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if self.triggers.is_empty() {
+            // Nothing to route: the log is only kept (for retention and, later, replay).
+            let _ = shutdown.changed().await;
+            return;
+        }
         let mut matched = Vec::new();
         loop {
             let notified = self.notify.notified();
@@ -102,27 +107,17 @@ impl Router {
             let from = self.next.load(Ordering::Acquire);
             let store = self.store.clone();
             let log = self.log.clone();
-            let batch = if self.triggers.is_empty() {
-                // Nothing to route: just follow the head.
-                match tokio::task::spawn_blocking(move || store.next_offset(&log)).await {
-                    Ok(Ok(head)) if head > from => {
-                        self.next.store(head, Ordering::Release);
-                        progressed = true;
-                    }
-                    Ok(Err(e)) => tracing::error!(log = self.log.as_str(), "reading log head: {e}"),
-                    _ => {}
-                }
-                Vec::new()
-            } else {
-                match tokio::task::spawn_blocking(move || store.read(&log, from, ROUTER_BATCH)).await {
+            let batch =
+                match tokio::task::spawn_blocking(move || store.read(&log, from, ROUTER_BATCH))
+                    .await
+                {
                     Ok(Ok(batch)) => batch,
                     Ok(Err(e)) => {
                         tracing::error!(log = self.log.as_str(), "reading log: {e}");
                         Vec::new()
                     }
                     Err(_) => Vec::new(),
-                }
-            };
+                };
             for record in &batch {
                 match serde_json::from_slice::<Event>(&record.payload) {
                     Ok(event) => {
@@ -228,7 +223,9 @@ impl Worker {
             scan = false;
             // Take new events while there is room.
             while !stopping && slots.len() < self.max_in_flight {
-                let Some((offset, event)) = self.shared.pop() else { break };
+                let Some((offset, event)) = self.shared.pop() else {
+                    break;
+                };
                 taken_upto = taken_upto.max(offset + 1);
                 dirty = true;
                 let progress = Progress::default();
@@ -306,11 +303,19 @@ impl Worker {
                 })
                 .collect(),
         };
-        let low = slots.keys().next().copied().unwrap_or(taken_upto).min(taken_upto);
+        let low = slots
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(taken_upto)
+            .min(taken_upto);
         self.shared.low_watermark.store(low, Ordering::Release);
         match serde_json::to_vec(&cp) {
             Ok(bytes) => {
-                if let Err(e) = self.store.put_checkpoint(&self.shared.checkpoint_key, bytes) {
+                if let Err(e) = self
+                    .store
+                    .put_checkpoint(&self.shared.checkpoint_key, bytes)
+                {
                     tracing::error!(trigger = %self.shared.name, "saving progress: {e}");
                 }
             }
@@ -326,13 +331,19 @@ impl Worker {
         progress: Progress,
         end: AttemptEnd,
     ) {
-        let Some(slot) = slots.get_mut(&offset) else { return };
+        let Some(slot) = slots.get_mut(&offset) else {
+            return;
+        };
         slot.running = false;
         slot.progress = progress;
         if event.is_some() {
             slot.event = event;
         }
-        let id = slot.event.as_deref().map(delivery::describe).unwrap_or_default();
+        let id = slot
+            .event
+            .as_deref()
+            .map(delivery::describe)
+            .unwrap_or_default();
         match end {
             AttemptEnd::Next(Next::Done { .. }) => {
                 if slot.progress.phase == delivery::Phase::DeadLetter {
@@ -387,7 +398,7 @@ impl Worker {
             let mut outcome = engine.attempt(plan, &progress, &event).await;
             if let Outcome::Delivered { reply: Some(reply) } = outcome {
                 // The reply must be stored before the delivery counts as done.
-                outcome = match publisher.publish_reply(reply, &event).await {
+                outcome = match publisher.publish_reply(*reply, &event).await {
                     Ok(()) => Outcome::Delivered { reply: None },
                     Err(reason) => Outcome::Failed(delivery::Failure {
                         dest: plan.subscriber.to_string(),
@@ -408,7 +419,11 @@ impl Worker {
     }
 }
 
-async fn load(store: Arc<dyn EventStore>, log: LogId, offset: Offset) -> Result<Arc<Event>, String> {
+async fn load(
+    store: Arc<dyn EventStore>,
+    log: LogId,
+    offset: Offset,
+) -> Result<Arc<Event>, String> {
     let records = tokio::task::spawn_blocking(move || store.read(&log, offset, 1))
         .await
         .map_err(|e| e.to_string())?
@@ -417,7 +432,9 @@ async fn load(store: Arc<dyn EventStore>, log: LogId, offset: Offset) -> Result<
         Some(r) if r.offset == offset => serde_json::from_slice(&r.payload)
             .map(Arc::new)
             .map_err(|e| format!("stored event at offset {offset} is undecodable: {e}")),
-        _ => Err(format!("event at offset {offset} is no longer in the log (retention)")),
+        _ => Err(format!(
+            "event at offset {offset} is no longer in the log (retention)"
+        )),
     }
 }
 

@@ -84,7 +84,9 @@ impl From<PublishError> for IngressError {
             PublishError::NotFound(m) => IngressError::NotFound(format!("broker {m} not found")),
             PublishError::TtlExpired => IngressError::BadRequest(e.to_string()),
             PublishError::Encode(m) => IngressError::BadRequest(m),
-            PublishError::Store(_) | PublishError::ShuttingDown => IngressError::Unavailable(e.to_string()),
+            PublishError::Store(_) | PublishError::ShuttingDown => {
+                IngressError::Unavailable(e.to_string())
+            }
         }
     }
 }
@@ -125,7 +127,9 @@ async fn receive(
         return Err(IngressError::MethodNotAllowed);
     }
     if !ingress.service.has_broker(namespace, broker) {
-        return Err(IngressError::NotFound(format!("broker {namespace}/{broker} not found")));
+        return Err(IngressError::NotFound(format!(
+            "broker {namespace}/{broker} not found"
+        )));
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -137,7 +141,8 @@ async fn receive(
     let bytes = to_bytes(body, ingress.max_size)
         .await
         .map_err(|_| IngressError::TooLarge(ingress.max_size))?;
-    let event = codec::decode(&headers, bytes.to_vec()).map_err(|e| IngressError::BadRequest(e.0))?;
+    let event =
+        codec::decode(&headers, bytes.to_vec()).map_err(|e| IngressError::BadRequest(e.0))?;
     ingress.service.publish(namespace, broker, event).await?;
     let mut resp = StatusCode::ACCEPTED.into_response();
     resp.headers_mut()

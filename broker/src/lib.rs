@@ -20,4 +20,6 @@ pub mod ingress;
 pub mod metrics;
 mod service;
 
-pub use service::{BrokerService, BrokerView, PublishError, ServiceOptions, StartError, TriggerView};
+pub use service::{
+    BrokerService, BrokerView, PublishError, ServiceOptions, StartError, TriggerView,
+};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use cloudevents::event::ExtensionValue;
 use cloudevents::Event;
+use cloudevents::event::ExtensionValue;
 use evmesh_config::{MeshConfig, Resolver, broker_url};
 use evmesh_filter::FilterIndex;
 use evmesh_store::{EventStore, LogId, Offset, Retention};
@@ -123,7 +123,11 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     /// Publishes `reply` with the TTL of the event it answers (so reply loops end).
-    pub(crate) async fn publish_reply(&self, mut reply: Event, original: &Event) -> Result<(), String> {
+    pub(crate) async fn publish_reply(
+        &self,
+        mut reply: Event,
+        original: &Event,
+    ) -> Result<(), String> {
         if let Some(ttl) = original.extension(TTL_EXTENSION) {
             reply.set_extension(TTL_EXTENSION, ttl.clone());
         }
@@ -219,12 +223,13 @@ impl BrokerService {
         options: ServiceOptions,
     ) -> Result<BrokerService, StartError> {
         let s = store.clone();
-        let saved: HashMap<String, Vec<u8>> = tokio::task::spawn_blocking(move || s.checkpoints("t/"))
-            .await
-            .map_err(|e| StartError(e.to_string()))?
-            .map_err(|e| StartError(format!("reading checkpoints: {e}")))?
-            .into_iter()
-            .collect();
+        let saved: HashMap<String, Vec<u8>> =
+            tokio::task::spawn_blocking(move || s.checkpoints("t/"))
+                .await
+                .map_err(|e| StartError(e.to_string()))?
+                .map_err(|e| StartError(format!("reading checkpoints: {e}")))?
+                .into_iter()
+                .collect();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let accepting = Arc::new(AtomicBool::new(true));
         let engine = DeliveryEngine::new();
@@ -252,7 +257,8 @@ impl BrokerService {
             let mut shared_triggers = Vec::new();
             let mut filters = Vec::new();
             for t in mesh.triggers.iter().filter(|t| {
-                t.resource.metadata.namespace == meta.namespace && t.resource.spec.broker == meta.name
+                t.resource.metadata.namespace == meta.namespace
+                    && t.resource.spec.broker == meta.name
             }) {
                 let tm = &t.resource.metadata;
                 let delivery = t.delivery.clone().unwrap_or_else(|| b.delivery.clone());
@@ -266,7 +272,11 @@ impl BrokerService {
                 let (subscriber, dead_letter) = match (subscriber, dead_letter) {
                     (Ok(s), Ok(d)) => (s, d),
                     (s, d) => {
-                        let reason = [s.err(), d.err()].into_iter().flatten().collect::<Vec<_>>().join("; ");
+                        let reason = [s.err(), d.err()]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join("; ");
                         tracing::error!(trigger = %format!("{}/{}", tm.namespace, tm.name), "not ready: {reason}");
                         views.push(TriggerView {
                             namespace: tm.namespace.clone(),
@@ -281,13 +291,22 @@ impl BrokerService {
                 };
                 let key = checkpoint_key(&tm.namespace, &meta.name, &tm.name);
                 live_keys.insert(key.clone());
-                let checkpoint = match saved.get(&key).map(|b| serde_json::from_slice::<Checkpoint>(b)) {
+                let checkpoint = match saved
+                    .get(&key)
+                    .map(|b| serde_json::from_slice::<Checkpoint>(b))
+                {
                     Some(Ok(cp)) => cp,
                     Some(Err(e)) => {
                         tracing::error!(checkpoint = %key, "unreadable progress, starting at the log head: {e}");
-                        Checkpoint { taken_upto: head, inflight: vec![] }
+                        Checkpoint {
+                            taken_upto: head,
+                            inflight: vec![],
+                        }
                     }
-                    None => Checkpoint { taken_upto: head, inflight: vec![] },
+                    None => Checkpoint {
+                        taken_upto: head,
+                        inflight: vec![],
+                    },
                 };
                 views.push(TriggerView {
                     namespace: tm.namespace.clone(),
@@ -351,14 +370,20 @@ impl BrokerService {
                     store: store.clone(),
                     log: log.clone(),
                     engine: engine.clone(),
-                    publisher: Publisher { broker: runtime.clone() },
+                    publisher: Publisher {
+                        broker: runtime.clone(),
+                    },
                     router_next: runtime.router_next.clone(),
                     max_in_flight: options.max_in_flight.max(1),
                     drain_timeout: options.drain_timeout,
                 };
                 tasks.push(tokio::spawn(worker.run(checkpoint, shutdown_rx.clone())));
             }
-            tasks.push(tokio::spawn(retention(runtime.clone(), options.clone(), shutdown_rx.clone())));
+            tasks.push(tokio::spawn(retention(
+                runtime.clone(),
+                options.clone(),
+                shutdown_rx.clone(),
+            )));
             brokers.insert((meta.namespace.clone(), meta.name.clone()), runtime);
         }
         for key in saved.keys().filter(|k| !live_keys.contains(*k)) {
@@ -382,8 +407,17 @@ impl BrokerService {
 
     /// Publishes an event into broker `namespace/name`: stamps `knativearrivaltime` and the TTL,
     /// and resolves with its offset once it is durably stored.
-    pub async fn publish(&self, namespace: &str, name: &str, event: Event) -> Result<Offset, PublishError> {
-        let Some(broker) = self.inner.brokers.get(&(namespace.to_string(), name.to_string())) else {
+    pub async fn publish(
+        &self,
+        namespace: &str,
+        name: &str,
+        event: Event,
+    ) -> Result<Offset, PublishError> {
+        let Some(broker) = self
+            .inner
+            .brokers
+            .get(&(namespace.to_string(), name.to_string()))
+        else {
             return Err(PublishError::NotFound(format!("{namespace}/{name}")));
         };
         let result = broker.append(event).await;
@@ -396,14 +430,20 @@ impl BrokerService {
 
     /// Counts a request rejected at ingress before it became an event (bad request, too large).
     pub fn count_rejected(&self, namespace: &str, name: &str) {
-        if let Some(b) = self.inner.brokers.get(&(namespace.to_string(), name.to_string())) {
+        if let Some(b) = self
+            .inner
+            .brokers
+            .get(&(namespace.to_string(), name.to_string()))
+        {
             b.counters.rejected();
         }
     }
 
     /// Whether broker `namespace/name` exists.
     pub fn has_broker(&self, namespace: &str, name: &str) -> bool {
-        self.inner.brokers.contains_key(&(namespace.to_string(), name.to_string()))
+        self.inner
+            .brokers
+            .contains_key(&(namespace.to_string(), name.to_string()))
     }
 
     /// The brokers, for the admin API.
@@ -432,7 +472,11 @@ impl BrokerService {
             .iter()
             .map(|t| {
                 let mut t = t.clone();
-                if let Some(c) = self.inner.trigger_counters.get(&(t.namespace.clone(), t.name.clone())) {
+                if let Some(c) = self
+                    .inner
+                    .trigger_counters
+                    .get(&(t.namespace.clone(), t.name.clone()))
+                {
                     t.counters = c.snapshot();
                 }
                 t
@@ -455,24 +499,38 @@ impl BrokerService {
     }
 }
 
-async fn retention(broker: Arc<BrokerRuntime>, options: ServiceOptions, mut shutdown: watch::Receiver<bool>) {
+async fn retention(
+    broker: Arc<BrokerRuntime>,
+    options: ServiceOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(options.retention_interval) => {}
             _ = shutdown.changed() => return,
         }
-        let keep_from = broker
-            .triggers
-            .iter()
-            .map(|t| t.low_watermark.load(Ordering::Acquire))
-            .chain(std::iter::once(broker.router_next.load(Ordering::Acquire)))
-            .min()
-            .unwrap_or(0);
+        // Events some trigger still needs (or the router has not seen yet) are pinned; a broker
+        // without triggers pins nothing.
+        let keep_from = if broker.triggers.is_empty() {
+            u64::MAX
+        } else {
+            broker
+                .triggers
+                .iter()
+                .map(|t| t.low_watermark.load(Ordering::Acquire))
+                .chain(std::iter::once(broker.router_next.load(Ordering::Acquire)))
+                .min()
+                .unwrap_or(0)
+        };
         let store = broker.store.clone();
         let log = broker.log.clone();
         let retention = options.retention;
-        match tokio::task::spawn_blocking(move || store.apply_retention(&log, retention, keep_from)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(broker = %broker.log.as_str(), deleted = n, "retention"),
+        match tokio::task::spawn_blocking(move || store.apply_retention(&log, retention, keep_from))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::info!(broker = %broker.log.as_str(), deleted = n, "retention")
+            }
             Ok(Err(e)) => tracing::warn!(broker = %broker.log.as_str(), "retention failed: {e}"),
             _ => {}
         }

@@ -32,9 +32,7 @@ pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, load_str};
 pub use model::*;
 pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, event_display_url};
-pub use validate::{
-    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
-};
+pub use validate::{BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate};
 
 impl MeshConfig {
     /// Loads and validates YAML text; `name` is used in error locations.
@@ -105,9 +103,9 @@ impl MeshConfig {
 
     /// The broker `namespace/name`, if configured.
     pub fn broker(&self, namespace: &str, name: &str) -> Option<&BrokerConfig> {
-        self.brokers
-            .iter()
-            .find(|b| b.resource.metadata.namespace == namespace && b.resource.metadata.name == name)
+        self.brokers.iter().find(|b| {
+            b.resource.metadata.namespace == namespace && b.resource.metadata.name == name
+        })
     }
 }
 

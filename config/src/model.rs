@@ -73,11 +73,7 @@ pub struct Destination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
     /// `CACerts` (TLS trust for this destination): not supported yet.
-    #[serde(
-        default,
-        rename = "CACerts",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
     pub ca_certs: Option<String>,
     /// `audience` (OIDC): not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]

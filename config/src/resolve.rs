@@ -44,7 +44,12 @@ impl Resolver {
             let m = &b.resource.metadata;
             let url = broker_url(&ingress, &m.namespace, &m.name);
             addressables.insert(
-                ("eventing.knative.dev".into(), "Broker".into(), m.namespace.clone(), m.name.clone()),
+                (
+                    "eventing.knative.dev".into(),
+                    "Broker".into(),
+                    m.namespace.clone(),
+                    m.name.clone(),
+                ),
                 Some(url.to_string()),
             );
         }
@@ -56,7 +61,10 @@ impl Resolver {
             } else {
                 e.address.clone()
             };
-            addressables.insert((group, e.kind.clone(), m.namespace.clone(), m.name.clone()), address);
+            addressables.insert(
+                (group, e.kind.clone(), m.namespace.clone(), m.name.clone()),
+                address,
+            );
         }
         Resolver {
             ingress,
@@ -90,7 +98,12 @@ impl Resolver {
     fn resolve_ref(&self, r: &KReference, ns: &str) -> Result<Url, String> {
         let rns = r.namespace.as_deref().unwrap_or(ns);
         let group = group_of(&r.api_version);
-        let key = (group.clone(), r.kind.clone(), rns.to_string(), r.name.clone());
+        let key = (
+            group.clone(),
+            r.kind.clone(),
+            rns.to_string(),
+            r.name.clone(),
+        );
         match self.addressables.get(&key) {
             Some(Some(url)) => return Url::parse(url).map_err(|e| format!("{url:?}: {e}")),
             Some(None) => {}

@@ -165,22 +165,31 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
                 format!("{p}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
 }
 
 /// Deserializes `value` (found at `base` inside the document) into `T`, warning about every
 /// field `T` does not know.
-fn typed<T: DeserializeOwned>(ctx: &mut Ctx, doc: &Document, base: &str, value: &Value) -> Option<T> {
+fn typed<T: DeserializeOwned>(
+    ctx: &mut Ctx,
+    doc: &Document,
+    base: &str,
+    value: &Value,
+) -> Option<T> {
     let mut unknown = Vec::new();
     let mut record = |p: serde_ignored::Path<'_>| unknown.push(ignored_path(&p));
     let de = serde_ignored::Deserializer::new(value, &mut record);
     let result: Result<T, _> = serde_path_to_error::deserialize(de);
     for field in unknown {
         let full = join(base, &field);
-        ctx.warn(doc, &full, "field is not supported by evmesh and is ignored");
+        ctx.warn(
+            doc,
+            &full,
+            "field is not supported by evmesh and is ignored",
+        );
     }
     match result {
         Ok(v) => Some(v),
@@ -218,7 +227,9 @@ fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destinat
             _ => ctx.error(
                 doc,
                 &format!("{field}.uri"),
-                format!("{uri:?} must be an absolute URL (with scheme and host) when no `ref` is set"),
+                format!(
+                    "{uri:?} must be an absolute URL (with scheme and host) when no `ref` is set"
+                ),
             ),
         },
         (Some(r), uri) => {
@@ -232,19 +243,36 @@ fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destinat
                 );
             }
             if r.kind.is_empty() || r.name.is_empty() {
-                ctx.error(doc, &format!("{field}.ref"), "`kind` and `name` are required");
+                ctx.error(
+                    doc,
+                    &format!("{field}.ref"),
+                    "`kind` and `name` are required",
+                );
             }
         }
     }
     if dest.ca_certs.is_some() {
-        ctx.warn(doc, &format!("{field}.CACerts"), "TLS trust bundles are not supported yet; the system roots are used");
+        ctx.warn(
+            doc,
+            &format!("{field}.CACerts"),
+            "TLS trust bundles are not supported yet; the system roots are used",
+        );
     }
     if dest.audience.is_some() {
-        ctx.warn(doc, &format!("{field}.audience"), "OIDC audiences are not supported yet");
+        ctx.warn(
+            doc,
+            &format!("{field}.audience"),
+            "OIDC audiences are not supported yet",
+        );
     }
 }
 
-fn check_delivery(ctx: &mut Ctx, doc: &Document, field: &str, spec: &DeliverySpec) -> Option<Delivery> {
+fn check_delivery(
+    ctx: &mut Ctx,
+    doc: &Document,
+    field: &str,
+    spec: &DeliverySpec,
+) -> Option<Delivery> {
     let mut ok = true;
     let mut dur = |ctx: &mut Ctx, name: &str, v: &Option<String>| -> Option<Duration> {
         let text = v.as_ref()?;
@@ -261,14 +289,22 @@ fn check_delivery(ctx: &mut Ctx, doc: &Document, field: &str, spec: &DeliverySpe
     let timeout = dur(ctx, "timeout", &spec.timeout);
     let retry_after_max = dur(ctx, "retryAfterMax", &spec.retry_after_max);
     if timeout == Some(Duration::ZERO) {
-        ctx.error(doc, &format!("{field}.timeout"), "must be greater than zero");
+        ctx.error(
+            doc,
+            &format!("{field}.timeout"),
+            "must be greater than zero",
+        );
         ok = false;
     }
     let retry = match spec.retry {
         None => 0,
         Some(r) if (0..=i64::from(u32::MAX)).contains(&r) => r as u32,
         Some(r) => {
-            ctx.error(doc, &format!("{field}.retry"), format!("must be >= 0, got {r}"));
+            ctx.error(
+                doc,
+                &format!("{field}.retry"),
+                format!("must be >= 0, got {r}"),
+            );
             ok = false;
             0
         }
@@ -291,13 +327,25 @@ fn check_delivery(ctx: &mut Ctx, doc: &Document, field: &str, spec: &DeliverySpe
 
 fn compile_filter(ctx: &mut Ctx, doc: &Document, spec: &TriggerSpec, name: &str) -> Option<Filter> {
     let result = if !spec.filters.is_empty() {
-        if spec.filter.as_ref().is_some_and(|f| !f.attributes.is_empty()) {
-            ctx.warn(doc, "spec.filter", "ignored because `spec.filters` is set (as in Knative)");
+        if spec
+            .filter
+            .as_ref()
+            .is_some_and(|f| !f.attributes.is_empty())
+        {
+            ctx.warn(
+                doc,
+                "spec.filter",
+                "ignored because `spec.filters` is set (as in Knative)",
+            );
         }
         Filter::from_specs(&spec.filters).map_err(|e| ("spec.filters", e))
     } else {
         let empty = BTreeMap::new();
-        let attrs = spec.filter.as_ref().map(|f| &f.attributes).unwrap_or(&empty);
+        let attrs = spec
+            .filter
+            .as_ref()
+            .map(|f| &f.attributes)
+            .unwrap_or(&empty);
         Filter::attributes(attrs).map_err(|e| ("spec.filter.attributes", e))
     };
     match result {
@@ -323,7 +371,11 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
 
     for doc in docs {
         let Some(obj) = doc.value.as_object() else {
-            ctx.error(doc, "", "a resource must be a mapping with apiVersion, kind and metadata");
+            ctx.error(
+                doc,
+                "",
+                "a resource must be a mapping with apiVersion, kind and metadata",
+            );
             continue;
         };
         let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
@@ -348,7 +400,11 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
             continue;
         };
         if !seen.insert((kind.to_string(), meta.namespace.clone(), meta.name.clone())) {
-            ctx.error(doc, "metadata.name", format!("duplicate {kind} {}/{}", meta.namespace, meta.name));
+            ctx.error(
+                doc,
+                "metadata.name",
+                format!("duplicate {kind} {}/{}", meta.namespace, meta.name),
+            );
             continue;
         }
         let group = api_version.split('/').next().unwrap_or("");
@@ -357,12 +413,21 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
                 ctx.warn(doc, key, "field is not supported by evmesh and is ignored");
             }
         }
-        let spec = obj.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
+        let spec = obj
+            .get("spec")
+            .cloned()
+            .unwrap_or(Value::Object(Default::default()));
         match (group, kind) {
             ("eventing.knative.dev", "Broker") => {
                 check_api_version(&mut ctx, doc, api_version, EVENTING_V1);
                 if let Some(spec) = typed::<BrokerSpec>(&mut ctx, doc, "spec", &spec) {
-                    brokers.push((Broker { metadata: meta, spec }, doc));
+                    brokers.push((
+                        Broker {
+                            metadata: meta,
+                            spec,
+                        },
+                        doc,
+                    ));
                 }
             }
             ("eventing.knative.dev", "Trigger") => {
@@ -372,7 +437,13 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
                     continue;
                 }
                 if let Some(spec) = typed::<TriggerSpec>(&mut ctx, doc, "spec", &spec) {
-                    triggers.push((Trigger { metadata: meta, spec }, doc));
+                    triggers.push((
+                        Trigger {
+                            metadata: meta,
+                            spec,
+                        },
+                        doc,
+                    ));
                 }
             }
             ("evmesh.dev", "EventDisplay") => {
@@ -385,7 +456,11 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
                 });
             }
             (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) && NOT_YET_SERVED.contains(&k) => {
-                ctx.warn(doc, "kind", format!("{k} is not supported by evmesh yet; this resource is ignored"));
+                ctx.warn(
+                    doc,
+                    "kind",
+                    format!("{k} is not supported by evmesh yet; this resource is ignored"),
+                );
             }
             (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) => {
                 ctx.error(doc, "kind", format!("unknown kind {k:?} in {api_version}"));
@@ -422,7 +497,11 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
         .collect();
 
     for (broker, doc) in brokers {
-        if let Some(class) = broker.metadata.annotations.get("eventing.knative.dev/broker.class") {
+        if let Some(class) = broker
+            .metadata
+            .annotations
+            .get("eventing.knative.dev/broker.class")
+        {
             ctx.warn(
                 doc,
                 "metadata.annotations",
@@ -430,7 +509,11 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
             );
         }
         if broker.spec.config.is_some() {
-            ctx.warn(doc, "spec.config", "is not used by evmesh's embedded broker class");
+            ctx.warn(
+                doc,
+                "spec.config",
+                "is not used by evmesh's embedded broker class",
+            );
         }
         let delivery = match &broker.spec.delivery {
             Some(d) => check_delivery(&mut ctx, doc, "spec.delivery", d),
@@ -454,18 +537,40 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
             ctx.error(
                 doc,
                 "spec.broker",
-                format!("broker {:?} does not exist in namespace {ns:?}", trigger.spec.broker),
+                format!(
+                    "broker {:?} does not exist in namespace {ns:?}",
+                    trigger.spec.broker
+                ),
             );
         }
         check_destination(&mut ctx, doc, "spec.subscriber", &trigger.spec.subscriber);
-        check_ref_target(&mut ctx, doc, "spec.subscriber.ref", &trigger.spec.subscriber, &ns, &broker_names);
+        check_ref_target(
+            &mut ctx,
+            doc,
+            "spec.subscriber.ref",
+            &trigger.spec.subscriber,
+            &ns,
+            &broker_names,
+        );
         let delivery = trigger
             .spec
             .delivery
             .as_ref()
             .and_then(|d| check_delivery(&mut ctx, doc, "spec.delivery", d));
-        if let Some(dls) = trigger.spec.delivery.as_ref().and_then(|d| d.dead_letter_sink.as_ref()) {
-            check_ref_target(&mut ctx, doc, "spec.delivery.deadLetterSink.ref", dls, &ns, &broker_names);
+        if let Some(dls) = trigger
+            .spec
+            .delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.as_ref())
+        {
+            check_ref_target(
+                &mut ctx,
+                doc,
+                "spec.delivery.deadLetterSink.ref",
+                dls,
+                &ns,
+                &broker_names,
+            );
         }
         let name = format!("{ns}/{}", trigger.metadata.name);
         let filter = compile_filter(&mut ctx, doc, &trigger.spec, &name);
@@ -494,7 +599,11 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
 
 fn check_api_version(ctx: &mut Ctx, doc: &Document, got: &str, want: &str) {
     if got != want {
-        ctx.error(doc, "apiVersion", format!("{got:?} is not supported, use {want:?}"));
+        ctx.error(
+            doc,
+            "apiVersion",
+            format!("{got:?} is not supported, use {want:?}"),
+        );
     }
 }
 
@@ -512,7 +621,11 @@ fn check_ref_target(
     if r.kind == "Broker" && (group.is_empty() || group == "eventing.knative.dev") {
         let rns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
         if !brokers.contains(&(rns.clone(), r.name.clone())) {
-            ctx.error(doc, field, format!("broker {:?} does not exist in namespace {rns:?}", r.name));
+            ctx.error(
+                doc,
+                field,
+                format!("broker {:?} does not exist in namespace {rns:?}", r.name),
+            );
         }
     }
 }

@@ -31,7 +31,9 @@ impl Received {
             .map(str::to_string)
     }
     pub fn event(&self) -> &Event {
-        self.event.as_ref().expect("the sink received a valid CloudEvent")
+        self.event
+            .as_ref()
+            .expect("the sink received a valid CloudEvent")
     }
 }
 
@@ -71,7 +73,9 @@ impl TestSink {
 
     pub async fn start_on(addr: &str) -> TestSink {
         let state = Arc::new(Mutex::new(SinkState::default()));
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind sink");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind sink");
         let addr = listener.local_addr().expect("addr");
         let app = Router::new().fallback(record).with_state(state.clone());
         tokio::spawn(async move {
@@ -86,20 +90,24 @@ impl TestSink {
 
     /// The next requests get these answers, in order; afterwards the default applies.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
-        self.state.lock().unwrap().script.extend(replies);
+        self.state
+            .lock()
+            .expect("sink state")
+            .script
+            .extend(replies);
     }
 
     /// Answer every request (after the script) like this.
     pub fn always(&self, reply: Reply) {
-        self.state.lock().unwrap().default = Some(reply);
+        self.state.lock().expect("sink state").default = Some(reply);
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.state.lock().unwrap().received.clone()
+        self.state.lock().expect("sink state").received.clone()
     }
 
     pub fn count(&self) -> usize {
-        self.state.lock().unwrap().received.len()
+        self.state.lock().expect("sink state").received.len()
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -112,10 +120,13 @@ impl TestSink {
 
 async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default().to_vec();
+    let body = to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default()
+        .to_vec();
     let event = evmesh::evmesh_broker::codec::decode(&parts.headers, body.clone()).ok();
     let reply = {
-        let mut s = state.lock().unwrap();
+        let mut s = state.lock().expect("sink state");
         s.received.push(Received {
             at: Instant::now(),
             headers: parts.headers.clone(),
@@ -169,13 +180,18 @@ pub async fn mesh(yaml: &str) -> TestMesh {
     mesh_with(yaml, |o| o).await
 }
 
-pub async fn mesh_with(yaml: &str, opts: impl FnOnce(evmesh::Options) -> evmesh::Options) -> TestMesh {
+pub async fn mesh_with(
+    yaml: &str,
+    opts: impl FnOnce(evmesh::Options) -> evmesh::Options,
+) -> TestMesh {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = opts(evmesh::Options {
         data_dir: dir.path().to_path_buf(),
         ..evmesh::Options::default()
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let mesh = evmesh::Mesh::from_yaml(yaml)
         .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
         .options(options)
