@@ -611,3 +611,41 @@ async fn graceful_shutdown_rejects_new_events_after_draining() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_hanging_subscriber_does_not_stall_other_triggers() {
+    let slow = TestSink::start().await;
+    let fast = TestSink::start().await;
+    slow.always(Reply::Delay(Duration::from_secs(20)));
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+spec: {{delivery: {{retry: 0}}}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: slow}}
+spec: {{broker: default, subscriber: {{uri: "{}"}}}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: fast}}
+spec: {{broker: default, subscriber: {{uri: "{}"}}}}
+"#,
+        slow.url(),
+        fast.url()
+    );
+    let m = mesh_with(&yaml, |mut o| {
+        o.service.max_in_flight = 4;
+        o
+    })
+    .await;
+    // Far more events than the slow trigger can have in flight.
+    for i in 0..50 {
+        assert_eq!(post_binary(&m.url("/default/default"), event(&format!("e{i}"), "t")).await, 202);
+    }
+    eventually("the fast trigger got every event", WAIT, || fast.count() == 50).await;
+    assert_eq!(slow.count(), 4, "the slow trigger holds only its own 4 slots");
+}
