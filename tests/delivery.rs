@@ -644,8 +644,18 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
     .await;
     // Far more events than the slow trigger can have in flight.
     for i in 0..50 {
-        assert_eq!(post_binary(&m.url("/default/default"), event(&format!("e{i}"), "t")).await, 202);
+        assert_eq!(
+            post_binary(&m.url("/default/default"), event(&format!("e{i}"), "t")).await,
+            202
+        );
     }
-    eventually("the fast trigger got every event", WAIT, || fast.count() == 50).await;
-    assert_eq!(slow.count(), 4, "the slow trigger holds only its own 4 slots");
+    eventually("the fast trigger got every event", WAIT, || {
+        fast.count() == 50
+    })
+    .await;
+    assert_eq!(
+        slow.count(),
+        4,
+        "the slow trigger holds only its own 4 slots"
+    );
 }
