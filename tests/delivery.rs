@@ -264,18 +264,21 @@ fn gaps(sink: &TestSink) -> Vec<Duration> {
     r.windows(2).map(|w| w[1].at - w[0].at).collect()
 }
 
-#[tokio::test]
-async fn exponential_backoff_doubles_the_wait_between_attempts() {
+/// Gaps between the 4 attempts of one event to a sink that always answers 503.
+async fn retry_gaps(policy: &str) -> Vec<Duration> {
     let sink = TestSink::start().await;
     sink.always(Reply::Status(503));
-    let m = mesh(&broker_and_trigger(
-        &sink,
-        "  delivery: {retry: 3, backoffPolicy: exponential, backoffDelay: PT0.1S}",
-    ))
-    .await;
+    let delivery =
+        format!("  delivery: {{retry: 3, backoffPolicy: {policy}, backoffDelay: PT0.1S}}");
+    let m = mesh(&broker_and_trigger(&sink, &delivery)).await;
     post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("4 attempts", WAIT, || sink.count() == 4).await;
-    let g = gaps(&sink);
+    gaps(&sink)
+}
+
+#[tokio::test]
+async fn exponential_backoff_doubles_the_wait_between_attempts() {
+    let g = retry_gaps("exponential").await;
     // delay × 2^(k-1): 100, 200, 400 ms (lower bounds; scheduling can only add).
     for (gap, min) in g.iter().zip([100, 200, 400]) {
         assert!(*gap >= Duration::from_millis(min), "gaps {g:?}");
@@ -285,16 +288,7 @@ async fn exponential_backoff_doubles_the_wait_between_attempts() {
 
 #[tokio::test]
 async fn linear_backoff_grows_by_the_delay_each_attempt() {
-    let sink = TestSink::start().await;
-    sink.always(Reply::Status(503));
-    let m = mesh(&broker_and_trigger(
-        &sink,
-        "  delivery: {retry: 3, backoffPolicy: linear, backoffDelay: PT0.1S}",
-    ))
-    .await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
-    eventually("4 attempts", WAIT, || sink.count() == 4).await;
-    let g = gaps(&sink);
+    let g = retry_gaps("linear").await;
     // delay × k: 100, 200, 300 ms.
     for (gap, min) in g.iter().zip([100, 200, 300]) {
         assert!(*gap >= Duration::from_millis(min), "gaps {g:?}");
