@@ -55,8 +55,7 @@ async fn delivered_event_keeps_every_attribute_and_extension() {
 #[tokio::test]
 async fn delivery_is_binary_with_prefer_reply_kn_namespace_and_arrival_time_but_no_ttl() {
     let sink = TestSink::start().await;
-    let m = mesh(&broker_and_trigger(&sink, "")).await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let _m = one_event(&sink, "").await;
     eventually("delivery", WAIT, || sink.count() == 1).await;
     let r = &sink.received()[0];
     assert_eq!(
@@ -109,8 +108,7 @@ async fn structured_input_is_delivered_in_binary_mode_by_default() {
 #[tokio::test]
 async fn delivery_format_json_sends_structured_mode() {
     let sink = TestSink::start().await;
-    let m = mesh(&broker_and_trigger(&sink, "  delivery: {format: json}")).await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let _m = one_event(&sink, "  delivery: {format: json}").await;
     eventually("delivery", WAIT, || sink.count() == 1).await;
     let r = &sink.received()[0];
     assert_eq!(
@@ -218,12 +216,11 @@ async fn retryable_failures_are_retried_until_success() {
         Reply::Status(404),
         Reply::Status(429),
     ]);
-    let m = mesh(&broker_and_trigger(
+    let _m = one_event(
         &sink,
         "  delivery: {retry: 5, backoffPolicy: linear, backoffDelay: PT0.01S}",
-    ))
+    )
     .await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("fifth attempt succeeds", WAIT, || sink.count() == 5).await;
     settle().await;
     assert_eq!(sink.count(), 5, "no attempt after the success");
@@ -233,12 +230,7 @@ async fn retryable_failures_are_retried_until_success() {
 async fn retry_count_limits_attempts_to_retry_plus_one() {
     let sink = TestSink::start().await;
     sink.always(Reply::Status(500));
-    let m = mesh(&broker_and_trigger(
-        &sink,
-        "  delivery: {retry: 3, backoffDelay: PT0.01S}",
-    ))
-    .await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let _m = one_event(&sink, "  delivery: {retry: 3, backoffDelay: PT0.01S}").await;
     eventually("4 attempts", WAIT, || sink.count() == 4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.count(), 4);
@@ -248,12 +240,7 @@ async fn retry_count_limits_attempts_to_retry_plus_one() {
 async fn non_retryable_status_is_not_retried() {
     let sink = TestSink::start().await;
     sink.always(Reply::Status(400));
-    let m = mesh(&broker_and_trigger(
-        &sink,
-        "  delivery: {retry: 3, backoffDelay: PT0.01S}",
-    ))
-    .await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let _m = one_event(&sink, "  delivery: {retry: 3, backoffDelay: PT0.01S}").await;
     eventually("first attempt", WAIT, || sink.count() == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.count(), 1);
@@ -270,8 +257,7 @@ async fn retry_gaps(policy: &str) -> Vec<Duration> {
     sink.always(Reply::Status(503));
     let delivery =
         format!("  delivery: {{retry: 3, backoffPolicy: {policy}, backoffDelay: PT0.1S}}");
-    let m = mesh(&broker_and_trigger(&sink, &delivery)).await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let _m = one_event(&sink, &delivery).await;
     eventually("4 attempts", WAIT, || sink.count() == 4).await;
     gaps(&sink)
 }
@@ -303,12 +289,11 @@ async fn linear_backoff_grows_by_the_delay_each_attempt() {
 async fn retry_after_is_respected_up_to_retry_after_max() {
     let sink = TestSink::start().await;
     sink.script([Reply::StatusWithHeader(429, "retry-after", "1".into())]);
-    let m = mesh(&broker_and_trigger(
+    let _m = one_event(
         &sink,
         "  delivery: {retry: 2, backoffDelay: PT0.01S, retryAfterMax: PT5S}",
-    ))
+    )
     .await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("second attempt", WAIT, || sink.count() == 2).await;
     assert!(
         gaps(&sink)[0] >= Duration::from_secs(1),
@@ -321,12 +306,11 @@ async fn retry_after_is_respected_up_to_retry_after_max() {
 async fn slow_subscriber_is_cut_off_by_delivery_timeout_and_retried() {
     let sink = TestSink::start().await;
     sink.script([Reply::Delay(Duration::from_secs(3))]);
-    let m = mesh(&broker_and_trigger(
+    let _m = one_event(
         &sink,
         "  delivery: {retry: 1, timeout: PT0.2S, backoffDelay: PT0.01S}",
-    ))
+    )
     .await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
     eventually("retry after the timeout", Duration::from_secs(2), || {
         sink.count() == 2
     })
@@ -529,8 +513,7 @@ async fn a_202_response_is_never_taken_as_a_reply() {
     let sink = TestSink::start().await;
     // A 202 carrying a perfectly valid CloudEvent the trigger would match again.
     sink.script([Reply::EventWithStatus(202, event("would-loop", "t"))]);
-    let m = mesh(&broker_and_trigger(&sink, "")).await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let _m = one_event(&sink, "").await;
     eventually("delivery", WAIT, || sink.count() == 1).await;
     settle().await;
     assert_eq!(sink.count(), 1, "no reply was routed back");
@@ -543,12 +526,7 @@ async fn non_cloudevent_2xx_body_counts_as_a_failed_delivery() {
         200,
         "plain text, not an event".into(),
     )]);
-    let m = mesh(&broker_and_trigger(
-        &sink,
-        "  delivery: {retry: 1, backoffDelay: PT0.01S}",
-    ))
-    .await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let _m = one_event(&sink, "  delivery: {retry: 1, backoffDelay: PT0.01S}").await;
     eventually("retried after the bad reply", WAIT, || sink.count() == 2).await;
 }
 
@@ -588,8 +566,7 @@ async fn events_published_from_rust_are_delivered() {
 async fn graceful_shutdown_rejects_new_events_after_draining() {
     let sink = TestSink::start().await;
     sink.script([Reply::Delay(Duration::from_millis(300))]);
-    let m = mesh(&broker_and_trigger(&sink, "")).await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    let m = one_event(&sink, "").await;
     eventually("delivery started", WAIT, || sink.count() == 1).await;
     let service = m.mesh.service().clone();
     m.mesh.shutdown().await;

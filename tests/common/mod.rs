@@ -278,3 +278,14 @@ spec:
         trigger_spec_extra
     )
 }
+
+/// A broker and one trigger to `sink` (see [`broker_and_trigger`]), with one event `1` of type `t`
+/// posted and accepted. Keep the returned mesh alive for the test's duration.
+pub async fn one_event(sink: &TestSink, trigger_spec_extra: &str) -> TestMesh {
+    let m = mesh(&broker_and_trigger(sink, trigger_spec_extra)).await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("1", "t")).await,
+        202
+    );
+    m
+}
