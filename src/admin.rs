@@ -1,26 +1,30 @@
-//! Admin read API shaped like Kubernetes' (`/apis/{group}/{version}/namespaces/{ns}/{plural}`),
-//! plus `/healthz` and `/readyz`.
+//! Admin API shaped like Kubernetes' (`/apis/{group}/{version}/namespaces/{ns}/{plural}`):
+//! list, get and watch (open), create, replace and delete (bearer token); plus `/healthz` and
+//! `/readyz`. Handlers only translate HTTP to [`Runtime`] calls and errors to `Status` bodies.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use evmesh_broker::BrokerService;
-use evmesh_config::{EVENTING_V1, MeshConfig, event_display_url};
+use evmesh_config::registry::{self, KindInfo};
 use serde_json::{Value, json};
-use url::Url;
+
+use crate::runtime::{Runtime, WatchEvent, WriteError};
 
 #[derive(Clone)]
 pub(crate) struct Admin {
-    pub(crate) config: Arc<MeshConfig>,
-    pub(crate) service: BrokerService,
-    pub(crate) ingress: Url,
+    pub(crate) runtime: Runtime,
     pub(crate) ready: Arc<AtomicBool>,
+    /// Bearer token required for writes.
+    pub(crate) token: Option<Arc<str>>,
 }
 
 pub(crate) fn routes(admin: Admin) -> Router {
@@ -30,168 +34,380 @@ pub(crate) fn routes(admin: Admin) -> Router {
         .route("/apis/{group}/{version}/{plural}", get(list_all))
         .route(
             "/apis/{group}/{version}/namespaces/{ns}/{plural}",
-            get(list_ns),
+            get(list_ns).post(create),
         )
         .route(
             "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
-            get(get_one),
+            get(get_one).put(replace).delete(delete),
         )
         .with_state(admin)
 }
 
 async fn readyz(State(a): State<Admin>) -> Response {
-    if a.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    if !a.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    (StatusCode::OK, "ready\n").into_response()
 }
 
-fn not_found(message: String) -> Response {
-    (
+/// A Kubernetes `Status` response.
+fn status(code: StatusCode, reason: &str, message: String, details: Option<Value>) -> Response {
+    let mut body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    if let Some(d) = details {
+        body["details"] = d;
+    }
+    (code, Json(body)).into_response()
+}
+
+fn unknown_resource(group: &str, version: &str, plural: &str) -> Response {
+    status(
         StatusCode::NOT_FOUND,
-        Json(json!({
-            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "reason": "NotFound", "code": 404, "message": message,
-        })),
+        "NotFound",
+        format!("the server could not find the requested resource ({plural}.{group}/{version})"),
+        None,
     )
-        .into_response()
 }
 
-fn condition(reason: Option<&str>) -> Value {
-    match reason {
-        None => json!([{"type": "Ready", "status": "True"}]),
-        Some(r) => {
-            json!([{"type": "Ready", "status": "False", "reason": "NotReady", "message": r}])
+impl IntoResponse for WriteError {
+    fn into_response(self) -> Response {
+        match self {
+            WriteError::Invalid { kind, name, causes } => {
+                let summary = causes
+                    .iter()
+                    .map(|(f, m)| if f.is_empty() { m.clone() } else { format!("{f}: {m}") })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let causes: Vec<Value> = causes
+                    .into_iter()
+                    .map(|(field, message)| {
+                        json!({"reason": "FieldValueInvalid", "message": message, "field": field})
+                    })
+                    .collect();
+                status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("{}.{} {name:?} is invalid: {summary}", kind.kind, kind.group),
+                    Some(json!({"name": name, "group": kind.group, "kind": kind.kind, "causes": causes})),
+                )
+            }
+            WriteError::AlreadyExists { kind, name } => status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                format!("{}.{} {name:?} already exists", kind.plural, kind.group),
+                Some(json!({"name": name, "group": kind.group, "kind": kind.plural})),
+            ),
+            WriteError::Conflict(message) => {
+                status(StatusCode::CONFLICT, "Conflict", message, None)
+            }
+            WriteError::NotFound { kind, name } => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{}.{} {name:?} not found", kind.plural, kind.group),
+                Some(json!({"name": name, "group": kind.group, "kind": kind.plural})),
+            ),
+            WriteError::BadRequest(message) => {
+                status(StatusCode::BAD_REQUEST, "BadRequest", message, None)
+            }
+            WriteError::Internal(message) => status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                message,
+                None,
+            ),
         }
     }
 }
 
 impl Admin {
-    /// Every resource of `group/version/plural`, optionally in one namespace.
-    fn resources(
-        &self,
-        group: &str,
-        version: &str,
-        plural: &str,
-        ns: Option<&str>,
-    ) -> Option<(String, Vec<Value>)> {
-        let api = format!("{group}/{version}");
-        let in_ns = |n: &str| ns.is_none_or(|want| want == n);
-        let items = match (api.as_str(), plural) {
-            (EVENTING_V1, "brokers") => {
-                let views = self.service.brokers();
-                self.config
-                    .brokers
-                    .iter()
-                    .filter(|b| in_ns(&b.resource.metadata.namespace))
-                    .map(|b| {
-                        let m = &b.resource.metadata;
-                        let v = views.iter().find(|v| v.namespace == m.namespace && v.name == m.name);
-                        json!({
-                            "apiVersion": EVENTING_V1, "kind": "Broker",
-                            "metadata": m, "spec": b.resource.spec,
-                            "status": {
-                                "conditions": condition(v.is_none().then_some("broker is not running")),
-                                "address": {"url": v.map(|v| v.url.clone())},
-                                "deadLetterSinkUri": v.and_then(|v| v.dead_letter_sink_uri.clone()),
-                                "evmesh": v.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),
-                            }
-                        })
-                    })
-                    .collect()
-            }
-            (EVENTING_V1, "triggers") => {
-                let views = self.service.triggers();
-                self.config
-                    .triggers
-                    .iter()
-                    .filter(|t| in_ns(&t.resource.metadata.namespace))
-                    .map(|t| {
-                        let m = &t.resource.metadata;
-                        let v = views.iter().find(|v| v.namespace == m.namespace && v.name == m.name);
-                        let reason = match v {
-                            None => Some("trigger is not running".to_string()),
-                            Some(v) => v.not_ready_reason.clone(),
-                        };
-                        json!({
-                            "apiVersion": EVENTING_V1, "kind": "Trigger",
-                            "metadata": m, "spec": t.resource.spec,
-                            "status": {
-                                "conditions": condition(reason.as_deref()),
-                                "subscriberUri": v.and_then(|v| v.subscriber_uri.clone()).unwrap_or_default(),
-                                "deadLetterSinkUri": v.and_then(|v| v.dead_letter_sink_uri.clone()),
-                                "evmesh": v.map(|v| json!({"counters": v.counters})),
-                            }
-                        })
-                    })
-                    .collect()
-            }
-            ("evmesh.dev/v1alpha1", "eventdisplays") => self
-                .config
-                .externals
-                .iter()
-                .filter(|e| e.api_version == "evmesh.dev/v1alpha1" && e.kind == "EventDisplay")
-                .filter(|e| in_ns(&e.metadata.namespace))
-                .map(|e| {
-                    let url = event_display_url(&self.ingress, &e.metadata.namespace, &e.metadata.name);
-                    json!({
-                        "apiVersion": e.api_version, "kind": e.kind, "metadata": e.metadata,
-                        "status": {"conditions": condition(None), "address": {"url": url.to_string()}},
-                    })
-                })
-                .collect(),
-            _ => return None,
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(token) = &self.token else {
+            return Ok(());
         };
-        let kind = match plural {
-            "brokers" => "BrokerList",
-            "triggers" => "TriggerList",
-            _ => "EventDisplayList",
-        };
-        Some((kind.to_string(), items))
-    }
-
-    fn list(&self, group: &str, version: &str, plural: &str, ns: Option<&str>) -> Response {
-        match self.resources(group, version, plural, ns) {
-            Some((kind, items)) => Json(json!({
-                "apiVersion": format!("{group}/{version}"), "kind": kind, "items": items,
-            }))
-            .into_response(),
-            None => not_found(format!(
-                "the server could not find the requested resource {group}/{version} {plural}"
-            )),
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(status(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized".into(),
+                None,
+            ))
         }
     }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn kind_of(group: &str, version: &str, plural: &str) -> Result<&'static KindInfo, Response> {
+    registry::by_plural(group, version, plural).ok_or_else(|| unknown_resource(group, version, plural))
+}
+
+fn watching(q: &HashMap<String, String>) -> bool {
+    q.get("watch")
+        .is_some_and(|w| w == "true" || w == "1" || w.is_empty())
+}
+
+fn list_response(a: &Admin, kind: &'static KindInfo, ns: Option<&str>) -> Response {
+    Json(json!({
+        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", kind.kind),
+        "metadata": {"resourceVersion": a.runtime.resource_version().to_string()},
+        "items": a.runtime.list(kind, ns),
+    }))
+    .into_response()
 }
 
 async fn list_all(
     State(a): State<Admin>,
     Path((group, version, plural)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    a.list(&group, &version, &plural, None)
+    let kind = match kind_of(&group, &version, &plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if watching(&q) {
+        return watch(&a, kind, None, &q);
+    }
+    list_response(&a, kind, None)
 }
 
 async fn list_ns(
     State(a): State<Admin>,
     Path((group, version, ns, plural)): Path<(String, String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    a.list(&group, &version, &plural, Some(&ns))
+    let kind = match kind_of(&group, &version, &plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    if watching(&q) {
+        return watch(&a, kind, Some(ns), &q);
+    }
+    list_response(&a, kind, Some(&ns))
 }
 
 async fn get_one(
     State(a): State<Admin>,
     Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
 ) -> Response {
-    let Some((_, items)) = a.resources(&group, &version, &plural, Some(&ns)) else {
-        return not_found(format!(
-            "the server could not find the requested resource {group}/{version} {plural}"
-        ));
+    let kind = match kind_of(&group, &version, &plural) {
+        Ok(k) => k,
+        Err(r) => return r,
     };
-    match items
-        .into_iter()
-        .find(|i| i["metadata"]["name"].as_str() == Some(name.as_str()))
-    {
+    match a.runtime.get(kind, &ns, &name) {
         Some(item) => Json(item).into_response(),
-        None => not_found(format!("{plural} {name:?} not found in namespace {ns:?}")),
+        None => WriteError::NotFound { kind, name }.into_response(),
     }
+}
+
+/// Parses a request body in JSON or YAML (one document).
+fn parse_body(body: &Bytes) -> Result<Value, WriteError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| WriteError::BadRequest("the body is not UTF-8".into()))?;
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        return Ok(v);
+    }
+    let mut docs = evmesh_config::load_str("<body>", text)
+        .map_err(|e| WriteError::BadRequest(format!("the body is neither JSON nor YAML: {e}")))?;
+    match docs.len() {
+        1 => Ok(docs.remove(0).value),
+        0 => Err(WriteError::BadRequest("the body is empty".into())),
+        _ => Err(WriteError::BadRequest(
+            "the body holds several documents; send one resource per request".into(),
+        )),
+    }
+}
+
+fn written(code: u16, object: Value, warnings: Vec<evmesh_config::Warning>) -> Response {
+    let mut resp = (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        Json(object),
+    )
+        .into_response();
+    for w in warnings.iter().take(16) {
+        let field = &w.location.field;
+        let text = format!("299 - \"{}{}\"", if field.is_empty() { String::new() } else { format!("{field}: ") }, w.message.replace('"', "'"));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+async fn create(
+    State(a): State<Admin>,
+    Path((group, version, ns, plural)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = a.authorized(&headers) {
+        return r;
+    }
+    let kind = match kind_of(&group, &version, &plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let value = match parse_body(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match a.runtime.write(kind, &ns, None, Some(value), true).await {
+        Ok((code, obj, warnings)) => written(code, obj, warnings),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn replace(
+    State(a): State<Admin>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = a.authorized(&headers) {
+        return r;
+    }
+    let kind = match kind_of(&group, &version, &plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let value = match parse_body(&body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match a.runtime.write(kind, &ns, Some(&name), Some(value), false).await {
+        Ok((code, obj, warnings)) => written(code, obj, warnings),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn delete(
+    State(a): State<Admin>,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = a.authorized(&headers) {
+        return r;
+    }
+    let kind = match kind_of(&group, &version, &plural) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match a.runtime.write(kind, &ns, Some(&name), None, false).await {
+        Ok((code, obj, _)) => written(code, obj, vec![]),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn line(event_type: &str, object: &Value) -> Bytes {
+    let mut text = json!({"type": event_type, "object": object}).to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+/// Streams Kubernetes watch events, one JSON object per line: the current objects as ADDED
+/// (or the changes after `resourceVersion`), then every change as it happens.
+fn watch(
+    a: &Admin,
+    kind: &'static KindInfo,
+    ns: Option<String>,
+    q: &HashMap<String, String>,
+) -> Response {
+    let from = q
+        .get("resourceVersion")
+        .filter(|v| !v.is_empty() && *v != "0")
+        .and_then(|v| v.parse::<u64>().ok());
+    let matches = {
+        let ns = ns.clone();
+        move |e: &WatchEvent| {
+            std::ptr::eq(e.kind, kind) && ns.as_deref().is_none_or(|n| n == e.namespace)
+        }
+    };
+    let (mut rx, initial): (_, Vec<Bytes>) = match from {
+        None => {
+            let (rx, _) = a.runtime.watch_from(u64::MAX);
+            let items = a.runtime.list(kind, ns.as_deref());
+            (rx, items.iter().map(|o| line("ADDED", o)).collect())
+        }
+        Some(rv) => match a.runtime.watch_from(rv) {
+            (rx, Some(events)) => (
+                rx,
+                events
+                    .iter()
+                    .filter(|e| matches(e))
+                    .map(|e| line(e.event_type, &e.object))
+                    .collect(),
+            ),
+            (_, None) => {
+                return status(
+                    StatusCode::GONE,
+                    "Expired",
+                    format!("too old resource version: {rv}"),
+                    None,
+                );
+            }
+        },
+    };
+    let last_sent = initial.len();
+    let mut last_rv = from.unwrap_or_else(|| a.runtime.resource_version());
+    let _ = last_sent;
+    let stream = async_stream(initial, move |tx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    if e.rv <= last_rv || !matches(&e) {
+                        continue;
+                    }
+                    last_rv = e.rv;
+                    if tx.send(line(e.event_type, &e.object)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "Expired", "code": 410, "message": "watch fell behind; list again"});
+                    let _ = tx.send(line("ERROR", &gone)).await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A body stream: `initial` chunks, then whatever `feed` sends.
+fn async_stream<F, Fut>(
+    initial: Vec<Bytes>,
+    feed: F,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(feed(tx));
+    let head = futures_util::stream::iter(initial.into_iter().map(Ok));
+    let tail = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok(b), rx))
+    });
+    futures_util::StreamExt::chain(head, tail)
 }

@@ -37,6 +37,7 @@
 
 mod admin;
 mod display;
+mod runtime;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,7 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use evmesh_broker::{BrokerService, PublishError, ServiceOptions};
-use evmesh_config::{ConfigErrors, MeshConfig, Resolver, Resource};
+use evmesh_config::{ConfigErrors, Document, MeshConfig, Resource};
 use evmesh_store::EngineKind;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -73,6 +74,9 @@ pub struct Options {
     pub url_template: Option<String>,
     /// Dispatcher tuning, retention.
     pub service: ServiceOptions,
+    /// Bearer token the admin API requires for writes (create, replace, delete); `None` leaves
+    /// writes open (embedders that do not serve the admin API to others).
+    pub admin_token: Option<String>,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             max_event_size: evmesh_broker::ingress::DEFAULT_MAX_EVENT_SIZE,
             url_template: None,
             service: ServiceOptions::default(),
+            admin_token: None,
         }
     }
 }
@@ -108,26 +113,58 @@ pub enum Error {
 #[derive(Clone, Debug)]
 pub struct Mesh {
     config: MeshConfig,
+    docs: Vec<Document>,
+    files: Vec<PathBuf>,
     options: Options,
 }
 
 impl Mesh {
     /// A mesh from Knative YAML text (one or more documents).
     pub fn from_yaml(text: &str) -> Result<Mesh, ConfigErrors> {
-        Ok(Mesh::from_config(MeshConfig::from_yaml("<yaml>", text)?))
+        Self::from_named_yaml("<yaml>", text)
+    }
+
+    fn from_named_yaml(name: &str, text: &str) -> Result<Mesh, ConfigErrors> {
+        let docs = evmesh_config::load_str(name, text).map_err(|e| ConfigErrors {
+            errors: vec![e],
+            warnings: vec![],
+        })?;
+        let config = evmesh_config::validate(&docs)?;
+        Ok(Mesh {
+            config,
+            docs,
+            files: Vec::new(),
+            options: Options::default(),
+        })
+    }
+
+    /// A mesh from files and directories of Knative YAML; a running mesh re-reads them on
+    /// [`RunningMesh::reload`] (the `serve` command: on SIGHUP and when they change).
+    pub fn from_paths(paths: &[PathBuf]) -> Result<Mesh, ConfigErrors> {
+        let config = MeshConfig::from_paths(paths)?;
+        let (docs, _) = evmesh_config::load_paths(paths);
+        Ok(Mesh {
+            config,
+            docs,
+            files: paths.to_vec(),
+            options: Options::default(),
+        })
     }
 
     /// A mesh from typed resources.
     pub fn from_resources(resources: &[Resource]) -> Result<Mesh, ConfigErrors> {
-        Ok(Mesh::from_config(MeshConfig::from_resources(resources)?))
-    }
-
-    /// A mesh from an already validated configuration.
-    pub fn from_config(config: MeshConfig) -> Mesh {
-        Mesh {
+        let config = MeshConfig::from_resources(resources)?;
+        let text = MeshConfig::resources_yaml(resources);
+        let docs = evmesh_config::load_str("<resources>", &text).map_err(|e| ConfigErrors {
+            errors: vec![e],
+            warnings: vec![],
+        })?;
+        Ok(Mesh {
             config,
+            docs,
+            files: Vec::new(),
             options: Options::default(),
-        }
+        })
     }
 
     /// Sets all options.
@@ -157,22 +194,22 @@ impl Mesh {
         let store = tokio::task::spawn_blocking(move || evmesh_store::open(engine, &dir))
             .await
             .map_err(std::io::Error::other)??;
-        let resolver = Resolver::new(
-            &self.config,
+        let service = BrokerService::new(store.clone(), self.options.service.clone());
+        let (runtime, _warnings) = runtime::Runtime::start(
+            service.clone(),
+            store,
             ingress.clone(),
             self.options.url_template.clone(),
-        );
-        let service =
-            BrokerService::start(&self.config, &resolver, store, self.options.service.clone())
-                .await?;
+            self.docs.clone(),
+        )
+        .await?;
         let ready = Arc::new(AtomicBool::new(true));
         let app: Router =
             evmesh_broker::ingress::routes(service.clone(), self.options.max_event_size)
                 .merge(admin::routes(admin::Admin {
-                    config: Arc::new(self.config.clone()),
-                    service: service.clone(),
-                    ingress: ingress.clone(),
+                    runtime: runtime.clone(),
                     ready: ready.clone(),
+                    token: self.options.admin_token.as_deref().map(Arc::from),
                 }))
                 .merge(display::routes());
         let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -191,6 +228,8 @@ impl Mesh {
             addr,
             url: ingress,
             service,
+            runtime,
+            files: self.files,
             ready,
             stop: stop_tx,
             server,
@@ -212,6 +251,8 @@ pub struct RunningMesh {
     addr: SocketAddr,
     url: Url,
     service: BrokerService,
+    runtime: runtime::Runtime,
+    files: Vec<PathBuf>,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
@@ -246,6 +287,25 @@ impl RunningMesh {
     /// The broker service (status of brokers and triggers).
     pub fn service(&self) -> &BrokerService {
         &self.service
+    }
+
+    /// Re-reads the files the mesh was built from ([`Mesh::from_paths`]) and applies the
+    /// difference (added, changed and removed resources) without a restart. On any error the
+    /// running configuration stays as it was and the errors are returned.
+    pub async fn reload(&self) -> Result<Vec<evmesh_config::Warning>, ConfigErrors> {
+        let (docs, errors) = evmesh_config::load_paths(&self.files);
+        if !errors.is_empty() {
+            return Err(ConfigErrors {
+                errors,
+                warnings: vec![],
+            });
+        }
+        self.runtime.sync_declared(docs).await
+    }
+
+    /// The files [`reload`](Self::reload) re-reads (directories expanded).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        evmesh_config::expand_paths(&self.files)
     }
 
     /// Graceful shutdown: stops accepting events (503), drains in-flight deliveries, saves

@@ -1,4 +1,7 @@
-//! The `evmesh` command: `serve`, `validate`, `send`.
+//! The `evmesh` command: `serve`, `validate`, `send`, and `apply`/`delete`/`get` against a
+//! running evmesh.
+
+mod client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +13,29 @@ use clap::{Parser, Subcommand};
 use cloudevents::{EventBuilder, EventBuilderV10};
 use evmesh::{Mesh, Options, QUICKSTART_YAML};
 use evmesh_config::MeshConfig;
+
+/// How the client commands reach a running evmesh.
+#[derive(clap::Args)]
+struct Connect {
+    /// The evmesh server (its --listen address).
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "EVMESH_SERVER")]
+    server: String,
+    /// Bearer token for writes (default: read from --token-file, else DATA_DIR/admin-token).
+    #[arg(long, env = "EVMESH_TOKEN")]
+    token: Option<String>,
+    /// A file holding the token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The server's data dir, where it wrote its admin token.
+    #[arg(long, default_value = "./evmesh-data")]
+    data_dir: PathBuf,
+}
+
+impl Connect {
+    fn server(self) -> anyhow::Result<client::Server> {
+        client::Server::new(self.server, self.token, self.token_file, &self.data_dir)
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +79,52 @@ enum Command {
         /// Deliveries in flight per trigger.
         #[arg(long, default_value_t = 100)]
         max_in_flight: usize,
+        /// File holding the bearer token the admin API requires for writes (default: a random
+        /// token kept in DATA_DIR/admin-token, mode 0600).
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
+    },
+    /// Create or update resources in a running evmesh (like `kubectl apply -f`).
+    Apply {
+        /// A YAML file, a directory, or - for standard input; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Namespace for resources that name none.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Delete resources from a running evmesh: `-f FILE`, or `KIND NAME...`.
+    Delete {
+        /// A YAML file, a directory, or - for standard input; repeatable.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// KIND NAME... (e.g. `trigger orders`).
+        args: Vec<String>,
+        /// Namespace (default `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
+    /// Show resources of a running evmesh: `get KIND [NAME]`.
+    Get {
+        /// Kind: brokers, triggers, eventdisplays (plural, singular or kind name).
+        kind: String,
+        /// One resource.
+        name: Option<String>,
+        /// Namespace (default `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Output format: yaml or json (a table when absent).
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
     },
     /// Check Knative YAML; prints each problem with file, line and field.
     Validate {
@@ -119,6 +191,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             extensions,
         } => send(to, ty, source, id, data, extensions).await,
+        Command::Apply {
+            files,
+            namespace,
+            connect,
+        } => client::apply(&connect.server()?, &files, namespace.as_deref()).await,
+        Command::Delete {
+            files,
+            args,
+            namespace,
+            connect,
+        } => client::delete(&connect.server()?, &files, &args, namespace.as_deref()).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+            connect,
+        } => {
+            client::get(
+                &connect.server()?,
+                &kind,
+                name.as_deref(),
+                namespace.as_deref(),
+                all_namespaces,
+                output.as_deref(),
+            )
+            .await
+        }
         Command::Serve {
             files,
             listen,
@@ -129,16 +230,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retention,
             retention_bytes,
             max_in_flight,
+            admin_token_file,
         } => {
-            let config = if files.is_empty() {
+            let mesh = if files.is_empty() {
                 tracing::info!(
                     "no -f given: serving the quickstart (a broker `default` with a trigger to the event display)"
                 );
-                MeshConfig::from_yaml("quickstart.yaml", QUICKSTART_YAML)
+                Mesh::from_yaml(QUICKSTART_YAML)
             } else {
-                MeshConfig::from_paths(&files)
+                Mesh::from_paths(&files)
             };
-            let config = match config {
+            let mesh = match mesh {
                 Ok(c) => c,
                 Err(e) => {
                     for w in &e.warnings {
@@ -148,10 +250,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            for w in &config.warnings {
+            for w in &mesh.config().warnings {
                 tracing::warn!("{w}");
             }
+            let admin_token = admin_token(admin_token_file.as_deref(), &data_dir)?;
             let mut options = Options {
+                admin_token: Some(admin_token),
                 data_dir,
                 max_event_size,
                 url_template: Some(url_template),
@@ -167,10 +271,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
-            let running = Mesh::from_config(config)
-                .options(options)
-                .start(listener)
-                .await?;
+            let running = std::sync::Arc::new(mesh.options(options).start(listener).await?);
+            if !files.is_empty() {
+                tokio::spawn(watch_files(running.clone()));
+            }
             tracing::info!(
                 "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
                 running.local_addr(),
@@ -178,8 +282,102 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             wait_for_signal().await;
             tracing::info!("shutting down: draining deliveries");
-            running.shutdown().await;
+            match std::sync::Arc::try_unwrap(running) {
+                Ok(r) => r.shutdown().await,
+                Err(shared) => shared.service().shutdown().await,
+            }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The admin token: from `--admin-token-file`, else the one kept in `DATA_DIR/admin-token`
+/// (made at random, mode 0600, on first start).
+fn admin_token(file: Option<&std::path::Path>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("reading --admin-token-file {}", f.display()))?;
+        let t = t.trim().to_string();
+        if t.is_empty() {
+            bail!("--admin-token-file {} is empty", f.display());
+        }
+        return Ok(t);
+    }
+    let path = data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    tracing::info!("admin token written to {}", path.display());
+    Ok(token)
+}
+
+/// Re-reads the served files on SIGHUP and when one of them changes on disk, and applies the
+/// difference.
+async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>) {
+    let stamp = |files: &[PathBuf]| -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+        files
+            .iter()
+            .map(|f| {
+                let m = std::fs::metadata(f).ok();
+                (
+                    f.clone(),
+                    m.as_ref().and_then(|m| m.modified().ok()),
+                    m.map(|m| m.len()).unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let mut seen = stamp(&running.watched_files());
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_recv = std::future::pending::<()>();
+        let reason = tokio::select! {
+            _ = hup_recv => "SIGHUP",
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                let now = stamp(&running.watched_files());
+                if now == seen { continue; }
+                "files changed"
+            }
+        };
+        seen = stamp(&running.watched_files());
+        match running.reload().await {
+            Ok(warnings) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!("configuration reloaded ({reason})");
+            }
+            Err(e) => tracing::error!(
+                "configuration not reloaded ({reason}); the running one stays:\n{}",
+                e.render()
+            ),
         }
     }
 }

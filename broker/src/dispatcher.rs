@@ -9,12 +9,12 @@
 //! trigger lags behind.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloudevents::Event;
-use evmesh_filter::FilterIndex;
+use evmesh_filter::{Filter, FilterIndex};
 use evmesh_store::{EventStore, LogId, Offset};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,10 @@ pub(crate) struct TriggerQueue {
 pub(crate) struct TriggerShared {
     pub(crate) name: String,
     pub(crate) checkpoint_key: String,
-    pub(crate) plan: Plan,
+    /// Where and how it delivers; swapped in place when the trigger changes.
+    plan: RwLock<Arc<Plan>>,
+    /// Its filter; swapped in place when the trigger changes (the router picks it up).
+    filter: RwLock<Filter>,
     pub(crate) queue: std::sync::Mutex<TriggerQueue>,
     pub(crate) notify: Notify,
     /// Offsets below this need nothing more from this trigger (published for retention).
@@ -48,9 +51,46 @@ pub(crate) struct TriggerShared {
     /// Only offsets at or above this are routed to the trigger (where it started or resumed).
     pub(crate) start: Offset,
     pub(crate) counters: Counters,
+    /// Set by the router once the trigger is in its table (and caught up): only then does
+    /// "the router passed offset N" mean "every match below N is in this trigger's queue".
+    attached: AtomicBool,
 }
 
 impl TriggerShared {
+    pub(crate) fn new(
+        name: String,
+        checkpoint_key: String,
+        plan: Plan,
+        filter: Filter,
+        start: Offset,
+        counters: Counters,
+    ) -> Self {
+        TriggerShared {
+            name,
+            checkpoint_key,
+            plan: RwLock::new(Arc::new(plan)),
+            filter: RwLock::new(filter),
+            queue: std::sync::Mutex::new(TriggerQueue::default()),
+            notify: Notify::new(),
+            low_watermark: AtomicU64::new(start),
+            start,
+            counters,
+            attached: AtomicBool::new(false),
+        }
+    }
+    /// The current delivery plan.
+    pub(crate) fn plan(&self) -> Arc<Plan> {
+        self.plan.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub(crate) fn set_plan(&self, plan: Plan) {
+        *self.plan.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(plan);
+    }
+    fn filter(&self) -> Filter {
+        self.filter.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub(crate) fn set_filter(&self, filter: Filter) {
+        *self.filter.write().unwrap_or_else(|e| e.into_inner()) = filter;
+    }
     fn push(&self, offset: Offset, event: &Arc<Event>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let keep = q.items.len() < QUEUE_KEEP_EVENTS;
@@ -62,6 +102,54 @@ impl TriggerShared {
             .unwrap_or_else(|e| e.into_inner())
             .items
             .pop_front()
+    }
+}
+
+/// The triggers one broker's router feeds. The reconciler edits the member list; the router
+/// rebuilds its filter index from it at most every [`ROUTES_DEBOUNCE`] (so applying thousands of
+/// triggers is not quadratic) and catches a new member up on what it routed in between.
+#[derive(Default)]
+pub(crate) struct Routes {
+    members: std::sync::Mutex<Vec<Arc<TriggerShared>>>,
+    dirty: AtomicBool,
+}
+
+/// How often at most a router rebuilds its filter index after trigger changes.
+const ROUTES_DEBOUNCE: Duration = Duration::from_millis(20);
+
+impl Routes {
+    pub(crate) fn insert(&self, t: Arc<TriggerShared>) {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(t);
+        self.changed();
+    }
+    pub(crate) fn remove(&self, t: &Arc<TriggerShared>) {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|m| !Arc::ptr_eq(m, t));
+        self.changed();
+    }
+    /// A member's filter changed.
+    pub(crate) fn changed(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+    fn snapshot(&self) -> Vec<Arc<TriggerShared>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// The lowest offset some member still needs; `None` without members.
+    pub(crate) fn low_watermark(&self) -> Option<Offset> {
+        self.members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|t| t.low_watermark.load(Ordering::Acquire))
+            .min()
     }
 }
 
@@ -85,70 +173,153 @@ pub(crate) struct InflightEntry {
 pub(crate) struct Router {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) log: LogId,
-    pub(crate) index: FilterIndex<usize>,
-    pub(crate) triggers: Vec<Arc<TriggerShared>>,
+    pub(crate) routes: Arc<Routes>,
     pub(crate) notify: Arc<Notify>,
     /// Next offset to route (published for retention).
     pub(crate) next: Arc<AtomicU64>,
     pub(crate) counters: Counters,
 }
 
-impl Router {
-    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if self.triggers.is_empty() {
-            // Nothing to route: the log is only kept (for retention and, later, replay).
-            let _ = shutdown.changed().await;
-            return;
+/// The router's view of its triggers: the index over their filters.
+struct Table {
+    triggers: Vec<Arc<TriggerShared>>,
+    index: FilterIndex<usize>,
+}
+
+impl Table {
+    fn build(triggers: Vec<Arc<TriggerShared>>) -> Table {
+        let filters = triggers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i, t.filter()))
+            .collect();
+        Table {
+            index: FilterIndex::new(filters),
+            triggers,
         }
-        let mut matched = Vec::new();
-        loop {
-            let notified = self.notify.notified();
-            let mut progressed = false;
-            let from = self.next.load(Ordering::Acquire);
-            let store = self.store.clone();
-            let log = self.log.clone();
-            let batch =
-                match tokio::task::spawn_blocking(move || store.read(&log, from, ROUTER_BATCH))
-                    .await
-                {
-                    Ok(Ok(batch)) => batch,
-                    Ok(Err(e)) => {
-                        tracing::error!(log = self.log.as_str(), "reading log: {e}");
-                        Vec::new()
-                    }
-                    Err(_) => Vec::new(),
-                };
-            for record in &batch {
-                match serde_json::from_slice::<Event>(&record.payload) {
-                    Ok(event) => {
+    }
+}
+
+impl Router {
+    async fn read(&self, from: Offset, max: usize) -> Vec<evmesh_store::Record> {
+        let store = self.store.clone();
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || store.read(&log, from, max)).await {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(e)) => {
+                tracing::error!(log = self.log.as_str(), "reading log: {e}");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Swaps in the current members; a member new to the table is caught up on the offsets
+    /// routed since its start (it was created while the old table was in use).
+    async fn refresh(&self, table: &mut Table) {
+        self.routes.dirty.store(false, Ordering::Release);
+        let members = self.routes.snapshot();
+        let next = self.next.load(Ordering::Acquire);
+        let fresh: Vec<Arc<TriggerShared>> = members
+            .iter()
+            .filter(|m| !table.triggers.iter().any(|t| Arc::ptr_eq(t, m)))
+            .filter(|m| m.start < next)
+            .cloned()
+            .collect();
+        if let Some(from) = fresh.iter().map(|t| t.start).min() {
+            let filters: Vec<Filter> = fresh.iter().map(|t| t.filter()).collect();
+            let mut at = from;
+            while at < next {
+                let batch = self.read(at, ROUTER_BATCH).await;
+                if batch.is_empty() {
+                    break;
+                }
+                for record in batch.iter().take_while(|r| r.offset < next) {
+                    if let Ok(event) = serde_json::from_slice::<Event>(&record.payload) {
                         let event = Arc::new(event);
-                        matched.clear();
-                        self.index.matching(&event, &mut matched);
-                        self.counters.routed(matched.len());
-                        for &i in &matched {
-                            let t = &self.triggers[i];
-                            if record.offset >= t.start {
+                        for (t, f) in fresh.iter().zip(&filters) {
+                            if record.offset >= t.start && f.matches(&event) {
                                 t.push(record.offset, &event);
                                 t.notify.notify_one();
                             }
                         }
                     }
-                    Err(e) => tracing::error!(
-                        log = self.log.as_str(),
-                        offset = record.offset,
-                        "undecodable record skipped: {e}"
-                    ),
+                    at = record.offset + 1;
                 }
-                self.next.store(record.offset + 1, Ordering::Release);
-                progressed = true;
+                if batch.last().is_some_and(|r| r.offset + 1 >= next) {
+                    break;
+                }
             }
-            if batch.len() == ROUTER_BATCH {
-                continue;
+        }
+        for m in &members {
+            m.attached.store(true, Ordering::Release);
+        }
+        *table = Table::build(members);
+    }
+
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut table = Table::build(Vec::new());
+        let mut last_refresh = Instant::now() - ROUTES_DEBOUNCE;
+        self.routes.dirty.store(true, Ordering::Release);
+        let mut matched = Vec::new();
+        loop {
+            let notified = self.notify.notified();
+            if self.routes.dirty.load(Ordering::Acquire) && last_refresh.elapsed() >= ROUTES_DEBOUNCE
+            {
+                self.refresh(&mut table).await;
+                last_refresh = Instant::now();
+            }
+            let mut progressed = false;
+            let from = self.next.load(Ordering::Acquire);
+            if table.triggers.is_empty() {
+                // Nothing to route: skip to the head without reading (the log is only kept, for
+                // retention and for triggers that start later).
+                let store = self.store.clone();
+                let log = self.log.clone();
+                if let Ok(Ok(head)) =
+                    tokio::task::spawn_blocking(move || store.next_offset(&log)).await
+                {
+                    self.next.store(head.max(from), Ordering::Release);
+                }
+            } else {
+                let batch = self.read(from, ROUTER_BATCH).await;
+                for record in &batch {
+                    match serde_json::from_slice::<Event>(&record.payload) {
+                        Ok(event) => {
+                            let event = Arc::new(event);
+                            matched.clear();
+                            table.index.matching(&event, &mut matched);
+                            self.counters.routed(matched.len());
+                            for &i in &matched {
+                                let t = &table.triggers[i];
+                                if record.offset >= t.start {
+                                    t.push(record.offset, &event);
+                                    t.notify.notify_one();
+                                }
+                            }
+                        }
+                        Err(e) => tracing::error!(
+                            log = self.log.as_str(),
+                            offset = record.offset,
+                            "undecodable record skipped: {e}"
+                        ),
+                    }
+                    self.next.store(record.offset + 1, Ordering::Release);
+                    progressed = true;
+                }
+                if batch.len() == ROUTER_BATCH {
+                    continue;
+                }
             }
             if !progressed {
+                let wait = if self.routes.dirty.load(Ordering::Acquire) {
+                    ROUTES_DEBOUNCE
+                } else {
+                    Duration::from_millis(100)
+                };
                 tokio::select! {
                     _ = notified => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                 }
             }
@@ -244,7 +415,9 @@ impl Worker {
                 break;
             }
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                // Read the router position first: everything below it that matched was queued.
+                // Attached first, then the router position: once attached, everything below that
+                // position that matched was queued.
+                let attached = self.shared.attached.load(Ordering::Acquire);
                 let routed = self.router_next.load(Ordering::Acquire);
                 let queue_empty = self
                     .shared
@@ -252,7 +425,7 @@ impl Worker {
                     .lock()
                     .map(|q| q.items.is_empty())
                     .unwrap_or(false);
-                if queue_empty {
+                if queue_empty && attached {
                     taken_upto = taken_upto.max(routed);
                 }
                 self.checkpoint(&slots, taken_upto);
@@ -394,7 +567,8 @@ impl Worker {
                     Err(reason) => return (offset, None, progress, AttemptEnd::Gone(reason)),
                 },
             };
-            let plan = &shared.plan;
+            let plan = shared.plan();
+            let plan = &*plan;
             let mut outcome = engine.attempt(plan, &progress, &event).await;
             if let Outcome::Delivered { reply: Some(reply) } = outcome {
                 // The reply must be stored before the delivery counts as done.

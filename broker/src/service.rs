@@ -1,15 +1,14 @@
 //! The broker service: brokers' logs, ingress publishing (stamp + durable append), and the
 //! dispatch tasks, built from a validated [`MeshConfig`] and run until shutdown.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cloudevents::Event;
 use cloudevents::event::ExtensionValue;
-use evmesh_config::{MeshConfig, Resolver, broker_url};
-use evmesh_filter::FilterIndex;
+use evmesh_config::{BrokerConfig, MeshConfig, Resolver, Trigger, TriggerConfig, broker_url};
 use evmesh_store::{EventStore, LogId, Offset, Retention};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -17,7 +16,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::delivery::{DeliveryEngine, Plan};
-use crate::dispatcher::{Checkpoint, Router, TriggerQueue, TriggerShared, Worker};
+use crate::dispatcher::{Checkpoint, Router, Routes, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
 
@@ -73,19 +72,32 @@ pub enum PublishError {
 #[error("{0}")]
 pub struct StartError(String);
 
+impl StartError {
+    /// A start error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        StartError(message.into())
+    }
+}
+
 /// One broker at run time.
 pub(crate) struct BrokerRuntime {
     pub(crate) namespace: String,
     pub(crate) name: String,
     pub(crate) log: LogId,
     pub(crate) url: Url,
-    pub(crate) dead_letter: Option<Url>,
+    pub(crate) dead_letter: std::sync::RwLock<Option<Url>>,
     pub(crate) notify: Arc<Notify>,
     pub(crate) counters: Counters,
-    pub(crate) triggers: Vec<Arc<TriggerShared>>,
+    /// The triggers the router feeds; swapped in by the reconciler, picked up by the router.
+    pub(crate) routes: Arc<Routes>,
     pub(crate) router_next: Arc<AtomicU64>,
     pub(crate) accepting: Arc<AtomicBool>,
+    /// False once the broker is deleted: new events get 404 at once.
+    pub(crate) open: AtomicBool,
     pub(crate) store: Arc<dyn EventStore>,
+    /// Stops the broker's router and retention tasks.
+    stop: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl BrokerRuntime {
@@ -93,6 +105,12 @@ impl BrokerRuntime {
     async fn append(&self, mut event: Event) -> Result<Offset, PublishError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
+        }
+        if !self.open.load(Ordering::Acquire) {
+            return Err(PublishError::NotFound(format!(
+                "{}/{}",
+                self.namespace, self.name
+            )));
         }
         let ttl = match event.extension(TTL_EXTENSION) {
             None => MAX_TTL,
@@ -176,23 +194,69 @@ pub struct TriggerView {
     pub subscriber_uri: Option<String>,
     /// Resolved dead-letter sink.
     pub dead_letter_sink_uri: Option<String>,
-    /// Why the trigger is not ready, if it is not.
+    /// The broker it belongs to.
+    pub broker: String,
+    /// Why the trigger is not ready, if it is not (a message).
     pub not_ready_reason: Option<String>,
+    /// The Kubernetes-style reason code when not ready (e.g. `BrokerDoesNotExist`).
+    pub not_ready_code: Option<String>,
     /// Counters.
     pub counters: CounterSnapshot,
 }
 
-struct Inner {
-    store: Arc<dyn EventStore>,
-    brokers: HashMap<(String, String), Arc<BrokerRuntime>>,
-    triggers: Vec<TriggerView>,
-    trigger_counters: HashMap<(String, String), Counters>,
-    accepting: Arc<AtomicBool>,
-    shutdown: watch::Sender<bool>,
-    tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
+/// A configured trigger: running, or waiting (broker missing, subscriber unresolvable).
+struct TriggerEntry {
+    resource: Trigger,
+    checkpoint_key: String,
+    counters: Counters,
+    subscriber_uri: Option<String>,
+    dead_letter_uri: Option<String>,
+    not_ready: Option<(String, String)>,
+    running: Option<RunningTrigger>,
+    /// A previous run still stopping (its last checkpoint is written when it ends).
+    stopping: Option<JoinHandle<()>>,
 }
 
-/// The running brokers of a mesh. Cheap to clone.
+struct RunningTrigger {
+    shared: Arc<TriggerShared>,
+    broker: Arc<BrokerRuntime>,
+    stop: watch::Sender<bool>,
+    delete_after: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningTrigger {
+    /// Signals the worker to finish in-flight attempts and stop; with `delete`, its progress is
+    /// dropped once it has stopped. Returns the task to await.
+    fn stop(self, delete: bool) -> JoinHandle<()> {
+        self.delete_after.store(delete, Ordering::Release);
+        self.broker.routes.remove(&self.shared);
+        let _ = self.stop.send(true);
+        self.task
+    }
+}
+
+#[derive(Default)]
+struct State {
+    brokers: HashMap<(String, String), Arc<BrokerRuntime>>,
+    triggers: BTreeMap<(String, String), TriggerEntry>,
+    /// Whether the first reconcile (which drops checkpoints of triggers that are gone) ran.
+    started: bool,
+}
+
+struct Inner {
+    store: Arc<dyn EventStore>,
+    options: ServiceOptions,
+    engine: DeliveryEngine,
+    state: std::sync::RwLock<State>,
+    reconcile: tokio::sync::Mutex<()>,
+    accepting: Arc<AtomicBool>,
+}
+
+/// The running brokers and triggers of a mesh. Cheap to clone.
+///
+/// Built empty, then driven by [`BrokerService::reconcile`] with the desired configuration: it
+/// starts, changes and stops brokers and triggers while events flow, losing none.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -210,11 +274,45 @@ pub struct BrokerService {
     inner: Arc<Inner>,
 }
 
-fn checkpoint_key(ns: &str, broker: &str, trigger: &str) -> String {
-    format!("t/{ns}/{broker}/{trigger}")
+/// Checkpoint key of a trigger: by uid when it has one (a re-created trigger never inherits
+/// the old one's retries), else by name (the format before uids).
+fn checkpoint_key(t: &Trigger) -> String {
+    let m = &t.metadata;
+    match &m.uid {
+        Some(uid) => format!("t/{}/{}/{}/{uid}", m.namespace, t.spec.broker, m.name),
+        None => legacy_checkpoint_key(t),
+    }
+}
+
+fn legacy_checkpoint_key(t: &Trigger) -> String {
+    let m = &t.metadata;
+    format!("t/{}/{}/{}", m.namespace, t.spec.broker, m.name)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, evmesh_store::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 impl BrokerService {
+    /// A service with no brokers yet; [`reconcile`](Self::reconcile) gives it its configuration.
+    pub fn new(store: Arc<dyn EventStore>, options: ServiceOptions) -> BrokerService {
+        BrokerService {
+            inner: Arc::new(Inner {
+                store,
+                options,
+                engine: DeliveryEngine::new(),
+                state: std::sync::RwLock::new(State::default()),
+                reconcile: tokio::sync::Mutex::new(()),
+                accepting: Arc::new(AtomicBool::new(true)),
+            }),
+        }
+    }
+
     /// Opens every broker's log, restores trigger progress and starts routing and delivery.
     pub async fn start(
         mesh: &MeshConfig,
@@ -222,186 +320,446 @@ impl BrokerService {
         store: Arc<dyn EventStore>,
         options: ServiceOptions,
     ) -> Result<BrokerService, StartError> {
-        let s = store.clone();
-        let saved: HashMap<String, Vec<u8>> =
-            tokio::task::spawn_blocking(move || s.checkpoints("t/"))
-                .await
-                .map_err(|e| StartError(e.to_string()))?
-                .map_err(|e| StartError(format!("reading checkpoints: {e}")))?
-                .into_iter()
-                .collect();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let accepting = Arc::new(AtomicBool::new(true));
-        let engine = DeliveryEngine::new();
-        let mut brokers = HashMap::new();
-        let mut views = Vec::new();
-        let mut trigger_counters = HashMap::new();
-        let mut tasks = Vec::new();
-        let mut live_keys = HashSet::new();
+        let service = BrokerService::new(store, options);
+        service.reconcile(mesh, resolver).await?;
+        Ok(service)
+    }
 
-        for b in &mesh.brokers {
-            let meta = &b.resource.metadata;
-            let log = LogId::new(format!("{}/{}", meta.namespace, meta.name));
-            let s = store.clone();
-            let l = log.clone();
-            let head = tokio::task::spawn_blocking(move || s.next_offset(&l))
-                .await
-                .map_err(|e| StartError(e.to_string()))?
-                .map_err(|e| StartError(format!("opening log {}: {e}", log.as_str())))?;
-            let broker_dls = b
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the running brokers and triggers match `mesh`: starts what is new, updates what
+    /// changed in place (a changed trigger keeps its position and pending retries), stops what is
+    /// gone (a deleted trigger finishes its in-flight attempts, then its progress is dropped; a
+    /// deleted broker answers 404 at once and keeps its log). Triggers whose broker does not
+    /// exist wait, not ready, and start when it appears.
+    pub async fn reconcile(&self, mesh: &MeshConfig, resolver: &Resolver) -> Result<(), StartError> {
+        let _guard = self.inner.reconcile.lock().await;
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let first = !self.state().started;
+        // Brokers: add new ones, update changed ones, remove deleted ones.
+        let desired: HashMap<(String, String), &BrokerConfig> = mesh
+            .brokers
+            .iter()
+            .map(|b| {
+                let m = &b.resource.metadata;
+                ((m.namespace.clone(), m.name.clone()), b)
+            })
+            .collect();
+        let removed: Vec<(String, String)> = self
+            .state()
+            .brokers
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in removed {
+            if let Some(b) = self.state_mut().brokers.remove(&key) {
+                b.open.store(false, Ordering::Release);
+                let _ = b.stop.send(true);
+                tracing::info!(broker = %format!("{}/{}", key.0, key.1), "broker deleted; its log is kept");
+            }
+        }
+        for (key, b) in &desired {
+            let dls = b
                 .delivery
                 .dead_letter_sink
                 .as_ref()
-                .and_then(|d| resolver.resolve(d, &meta.namespace).ok());
-            let mut restored = Vec::new();
-            let mut shared_triggers = Vec::new();
-            let mut filters = Vec::new();
-            for t in mesh.triggers.iter().filter(|t| {
-                t.resource.metadata.namespace == meta.namespace
-                    && t.resource.spec.broker == meta.name
-            }) {
-                let tm = &t.resource.metadata;
-                let delivery = t.delivery.clone().unwrap_or_else(|| b.delivery.clone());
+                .and_then(|d| resolver.resolve(d, &key.0).ok());
+            let existing = self.state().brokers.get(key).cloned();
+            match existing {
+                Some(runtime) => {
+                    *runtime.dead_letter.write().unwrap_or_else(|e| e.into_inner()) = dls;
+                }
+                None => {
+                    let runtime = self.start_broker(&key.0, &key.1, resolver, dls).await?;
+                    self.state_mut().brokers.insert(key.clone(), runtime);
+                }
+            }
+        }
+        // Triggers.
+        let mut saved: HashMap<String, Vec<u8>> = HashMap::new();
+        if first {
+            let store = self.inner.store.clone();
+            saved = blocking(move || store.checkpoints("t/"))
+                .await
+                .map_err(|e| StartError(format!("reading checkpoints: {e}")))?
+                .into_iter()
+                .collect();
+        }
+        let wanted: HashSet<(String, String)> = mesh
+            .triggers
+            .iter()
+            .map(|t| {
+                let m = &t.resource.metadata;
+                (m.namespace.clone(), m.name.clone())
+            })
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .state()
+            .triggers
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete_trigger(&key);
+        }
+        let mut live_keys = HashSet::new();
+        for t in &mesh.triggers {
+            live_keys.insert(checkpoint_key(&t.resource));
+            live_keys.insert(legacy_checkpoint_key(&t.resource));
+            self.apply_trigger(t, mesh, resolver, first.then_some(&saved))
+                .await?;
+        }
+        if first {
+            for key in saved.keys().filter(|k| !live_keys.contains(*k)) {
+                tracing::info!(checkpoint = %key, "trigger no longer configured: forgetting its progress");
+                if let Err(e) = self.inner.store.delete_checkpoint(key) {
+                    tracing::warn!("deleting stale checkpoint {key}: {e}");
+                }
+            }
+            self.state_mut().started = true;
+        }
+        Ok(())
+    }
+
+    /// Reconciles one trigger only (faster than [`reconcile`](Self::reconcile) when a single
+    /// trigger was applied or deleted): `mesh` is the whole desired configuration.
+    pub async fn reconcile_trigger(
+        &self,
+        namespace: &str,
+        name: &str,
+        mesh: &MeshConfig,
+        resolver: &Resolver,
+    ) -> Result<(), StartError> {
+        let _guard = self.inner.reconcile.lock().await;
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let found = mesh.triggers.iter().find(|t| {
+            t.resource.metadata.namespace == namespace && t.resource.metadata.name == name
+        });
+        match found {
+            Some(t) => self.apply_trigger(t, mesh, resolver, None).await,
+            None => {
+                self.delete_trigger(&(namespace.to_string(), name.to_string()));
+                Ok(())
+            }
+        }
+    }
+
+    fn delete_trigger(&self, key: &(String, String)) {
+        let Some(mut entry) = self.state_mut().triggers.remove(key) else {
+            return;
+        };
+        tracing::info!(trigger = %format!("{}/{}", key.0, key.1), "trigger deleted: finishing its in-flight deliveries");
+        if let Some(run) = entry.running.take() {
+            drop(run.stop(true));
+        } else {
+            // Not running: nothing in flight, drop its progress now.
+            let store = self.inner.store.clone();
+            let ck = entry.checkpoint_key.clone();
+            let stopping = entry.stopping.take();
+            tokio::spawn(async move {
+                if let Some(t) = stopping {
+                    let _ = t.await;
+                }
+                if let Err(e) = store.delete_checkpoint(&ck) {
+                    tracing::warn!("deleting checkpoint {ck}: {e}");
+                }
+            });
+        }
+    }
+
+    async fn start_broker(
+        &self,
+        namespace: &str,
+        name: &str,
+        resolver: &Resolver,
+        dead_letter: Option<Url>,
+    ) -> Result<Arc<BrokerRuntime>, StartError> {
+        let log = LogId::new(format!("{namespace}/{name}"));
+        let s = self.inner.store.clone();
+        let l = log.clone();
+        let head = blocking(move || s.next_offset(&l))
+            .await
+            .map_err(|e| StartError(format!("opening log {}: {e}", log.as_str())))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let runtime = Arc::new(BrokerRuntime {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            log: log.clone(),
+            url: broker_url(resolver.ingress(), namespace, name),
+            dead_letter: std::sync::RwLock::new(dead_letter),
+            notify: Arc::new(Notify::new()),
+            counters: Counters::default(),
+            routes: Arc::new(Routes::default()),
+            router_next: Arc::new(AtomicU64::new(head)),
+            accepting: self.inner.accepting.clone(),
+            open: AtomicBool::new(true),
+            store: self.inner.store.clone(),
+            stop,
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let router = Router {
+            store: self.inner.store.clone(),
+            log,
+            routes: runtime.routes.clone(),
+            notify: runtime.notify.clone(),
+            next: runtime.router_next.clone(),
+            counters: runtime.counters.clone(),
+        };
+        let router_task = tokio::spawn(router.run(stop_rx.clone()));
+        let retention_task = tokio::spawn(retention(
+            runtime.clone(),
+            self.inner.options.clone(),
+            stop_rx,
+        ));
+        if let Ok(mut t) = runtime.tasks.lock() {
+            t.push(router_task);
+            t.push(retention_task);
+        }
+        tracing::info!(broker = %format!("{namespace}/{name}"), url = %runtime.url, "broker ready");
+        Ok(runtime)
+    }
+
+    /// Starts, updates or parks one trigger so that it matches `t`.
+    async fn apply_trigger(
+        &self,
+        t: &TriggerConfig,
+        mesh: &MeshConfig,
+        resolver: &Resolver,
+        saved: Option<&HashMap<String, Vec<u8>>>,
+    ) -> Result<(), StartError> {
+        let tm = &t.resource.metadata;
+        let key = (tm.namespace.clone(), tm.name.clone());
+        let label = format!("{}/{}", tm.namespace, tm.name);
+        let broker = self
+            .state()
+            .brokers
+            .get(&(tm.namespace.clone(), t.resource.spec.broker.clone()))
+            .cloned();
+        let broker_cfg = mesh.broker(&tm.namespace, &t.resource.spec.broker);
+        // Resolve what it needs; any failure parks it, not ready, keeping its progress.
+        let mut plan = None;
+        let mut not_ready = None;
+        let (mut subscriber_uri, mut dead_letter_uri) = (None, None);
+        match (broker.as_ref(), broker_cfg) {
+            (Some(_), Some(bc)) => {
+                let delivery = t.delivery.clone().unwrap_or_else(|| bc.delivery.clone());
                 let subscriber = resolver.resolve(&t.resource.spec.subscriber, &tm.namespace);
                 let dead_letter = match &delivery.dead_letter_sink {
                     Some(d) => resolver.resolve(d, &tm.namespace).map(Some),
                     None => Ok(None),
                 };
-                let counters = Counters::default();
-                trigger_counters.insert((tm.namespace.clone(), tm.name.clone()), counters.clone());
-                let (subscriber, dead_letter) = match (subscriber, dead_letter) {
-                    (Ok(s), Ok(d)) => (s, d),
+                match (subscriber, dead_letter) {
+                    (Ok(s), Ok(d)) => {
+                        subscriber_uri = Some(s.to_string());
+                        dead_letter_uri = d.as_ref().map(Url::to_string);
+                        plan = Some(Plan {
+                            subscriber: s,
+                            dead_letter: d,
+                            delivery,
+                            namespace: tm.namespace.clone(),
+                        });
+                    }
                     (s, d) => {
                         let reason = [s.err(), d.err()]
                             .into_iter()
                             .flatten()
                             .collect::<Vec<_>>()
                             .join("; ");
-                        tracing::error!(trigger = %format!("{}/{}", tm.namespace, tm.name), "not ready: {reason}");
-                        views.push(TriggerView {
-                            namespace: tm.namespace.clone(),
-                            name: tm.name.clone(),
-                            subscriber_uri: None,
-                            dead_letter_sink_uri: None,
-                            not_ready_reason: Some(reason),
-                            counters: CounterSnapshot::default(),
-                        });
-                        continue;
+                        not_ready = Some(("DestinationNotResolved".to_string(), reason));
                     }
-                };
-                let key = checkpoint_key(&tm.namespace, &meta.name, &tm.name);
-                live_keys.insert(key.clone());
-                let checkpoint = match saved
-                    .get(&key)
-                    .map(|b| serde_json::from_slice::<Checkpoint>(b))
-                {
-                    Some(Ok(cp)) => cp,
-                    Some(Err(e)) => {
-                        tracing::error!(checkpoint = %key, "unreadable progress, starting at the log head: {e}");
-                        Checkpoint {
-                            taken_upto: head,
-                            inflight: vec![],
+                }
+            }
+            _ => {
+                not_ready = Some((
+                    "BrokerDoesNotExist".to_string(),
+                    format!(
+                        "broker {:?} does not exist in namespace {:?}",
+                        t.resource.spec.broker, tm.namespace
+                    ),
+                ));
+            }
+        }
+        let ck = checkpoint_key(&t.resource);
+        // Take the current entry out (or make one).
+        let mut entry = self.state_mut().triggers.remove(&key).unwrap_or_else(|| TriggerEntry {
+            resource: t.resource.clone(),
+            checkpoint_key: ck.clone(),
+            counters: Counters::default(),
+            subscriber_uri: None,
+            dead_letter_uri: None,
+            not_ready: None,
+            running: None,
+            stopping: None,
+        });
+        // A trigger moved to another broker (or re-created under a new uid) starts afresh.
+        if entry.checkpoint_key != ck {
+            if let Some(run) = entry.running.take() {
+                entry.stopping = Some(run.stop(true));
+            } else {
+                let _ = self.inner.store.delete_checkpoint(&entry.checkpoint_key);
+            }
+            entry.checkpoint_key = ck.clone();
+            entry.counters = Counters::default();
+        }
+        let spec_changed = entry.resource.spec != t.resource.spec;
+        entry.resource = t.resource.clone();
+        entry.subscriber_uri = subscriber_uri;
+        entry.dead_letter_uri = dead_letter_uri;
+        if let Some((code, msg)) = &not_ready {
+            tracing::warn!(trigger = %label, reason = %code, "not ready: {msg}");
+        }
+        entry.not_ready = not_ready;
+        match (plan, broker) {
+            (Some(plan), Some(broker)) => {
+                let same_broker = entry
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| Arc::ptr_eq(&r.broker, &broker));
+                if same_broker {
+                    if let Some(run) = &entry.running {
+                        run.shared.set_plan(plan);
+                        if spec_changed {
+                            run.shared.set_filter(t.filter.clone());
+                            broker.routes.changed();
                         }
                     }
-                    None => Checkpoint {
-                        taken_upto: head,
-                        inflight: vec![],
-                    },
-                };
-                views.push(TriggerView {
-                    namespace: tm.namespace.clone(),
-                    name: tm.name.clone(),
-                    subscriber_uri: Some(subscriber.to_string()),
-                    dead_letter_sink_uri: dead_letter.as_ref().map(Url::to_string),
-                    not_ready_reason: None,
-                    counters: CounterSnapshot::default(),
-                });
-                let shared = Arc::new(TriggerShared {
-                    name: format!("{}/{}", tm.namespace, tm.name),
-                    checkpoint_key: key,
-                    plan: Plan {
-                        subscriber,
-                        dead_letter,
-                        delivery,
-                        namespace: tm.namespace.clone(),
-                    },
-                    queue: std::sync::Mutex::new(TriggerQueue::default()),
-                    notify: Notify::new(),
-                    low_watermark: AtomicU64::new(checkpoint.taken_upto),
-                    start: checkpoint.taken_upto,
-                    counters,
-                });
-                filters.push((shared_triggers.len(), t.filter.clone()));
-                shared_triggers.push(shared);
-                restored.push(checkpoint);
+                } else {
+                    if let Some(run) = entry.running.take() {
+                        entry.stopping = Some(run.stop(false));
+                    }
+                    if let Some(prev) = entry.stopping.take() {
+                        let _ = prev.await;
+                    }
+                    match self
+                        .start_trigger(t, &entry, plan, broker.clone(), saved)
+                        .await
+                    {
+                        Ok(run) => {
+                            tracing::info!(trigger = %label, subscriber = %run.shared.plan().subscriber, "trigger ready");
+                            entry.running = Some(run);
+                        }
+                        Err(reason) => {
+                            tracing::error!(trigger = %label, "not ready: {reason}");
+                            entry.not_ready = Some(("CheckpointUnreadable".to_string(), reason));
+                        }
+                    }
+                }
             }
-            let router_next = shared_triggers
-                .iter()
-                .map(|t| t.start)
-                .min()
-                .unwrap_or(head)
-                .min(head);
-            let runtime = Arc::new(BrokerRuntime {
-                namespace: meta.namespace.clone(),
-                name: meta.name.clone(),
-                log: log.clone(),
-                url: broker_url(resolver.ingress(), &meta.namespace, &meta.name),
-                dead_letter: broker_dls,
-                notify: Arc::new(Notify::new()),
-                counters: Counters::default(),
-                triggers: shared_triggers.clone(),
-                router_next: Arc::new(AtomicU64::new(router_next)),
-                accepting: accepting.clone(),
-                store: store.clone(),
-            });
-            let router = Router {
-                store: store.clone(),
-                log: log.clone(),
-                index: FilterIndex::new(filters),
-                triggers: shared_triggers.clone(),
-                notify: runtime.notify.clone(),
-                next: runtime.router_next.clone(),
-                counters: runtime.counters.clone(),
-            };
-            tasks.push(tokio::spawn(router.run(shutdown_rx.clone())));
-            for (shared, checkpoint) in shared_triggers.into_iter().zip(restored) {
-                let worker = Worker {
-                    shared,
-                    store: store.clone(),
-                    log: log.clone(),
-                    engine: engine.clone(),
-                    publisher: Publisher {
-                        broker: runtime.clone(),
-                    },
-                    router_next: runtime.router_next.clone(),
-                    max_in_flight: options.max_in_flight.max(1),
-                    drain_timeout: options.drain_timeout,
-                };
-                tasks.push(tokio::spawn(worker.run(checkpoint, shutdown_rx.clone())));
-            }
-            tasks.push(tokio::spawn(retention(
-                runtime.clone(),
-                options.clone(),
-                shutdown_rx.clone(),
-            )));
-            brokers.insert((meta.namespace.clone(), meta.name.clone()), runtime);
-        }
-        for key in saved.keys().filter(|k| !live_keys.contains(*k)) {
-            tracing::info!(checkpoint = %key, "trigger no longer configured: forgetting its progress");
-            if let Err(e) = store.delete_checkpoint(key) {
-                tracing::warn!("deleting stale checkpoint {key}: {e}");
+            _ => {
+                if let Some(run) = entry.running.take() {
+                    entry.stopping = Some(run.stop(false));
+                }
             }
         }
-        Ok(BrokerService {
-            inner: Arc::new(Inner {
-                store,
-                brokers,
-                triggers: views,
-                trigger_counters,
-                accepting,
-                shutdown,
-                tasks: tokio::sync::Mutex::new(tasks),
-            }),
+        self.state_mut().triggers.insert(key, entry);
+        Ok(())
+    }
+
+    async fn start_trigger(
+        &self,
+        t: &TriggerConfig,
+        entry: &TriggerEntry,
+        plan: Plan,
+        broker: Arc<BrokerRuntime>,
+        saved: Option<&HashMap<String, Vec<u8>>>,
+    ) -> Result<RunningTrigger, String> {
+        let tm = &t.resource.metadata;
+        let key = entry.checkpoint_key.clone();
+        let legacy = legacy_checkpoint_key(&t.resource);
+        let (stored, from_legacy) = match saved {
+            Some(saved) => match saved.get(&key) {
+                Some(v) => (Some(v.clone()), false),
+                None if key != legacy => (saved.get(&legacy).cloned(), true),
+                None => (None, false),
+            },
+            None => {
+                let store = self.inner.store.clone();
+                let prefix = key.clone();
+                let found = blocking(move || store.checkpoints(&prefix)).await?;
+                let exact = found.into_iter().find(|(k, _)| *k == key).map(|(_, v)| v);
+                (exact, false)
+            }
+        };
+        let checkpoint = match stored {
+            Some(bytes) => serde_json::from_slice::<Checkpoint>(&bytes)
+                .map_err(|e| format!("its saved progress ({key}) is unreadable: {e}"))?,
+            None => {
+                // A new trigger starts at its broker's head; that position is saved at once, so a
+                // crash before its first checkpoint does not skip events accepted in between.
+                let s = self.inner.store.clone();
+                let l = broker.log.clone();
+                let head = blocking(move || s.next_offset(&l)).await?;
+                let cp = Checkpoint {
+                    taken_upto: head,
+                    inflight: vec![],
+                };
+                let bytes = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
+                self.inner
+                    .store
+                    .put_checkpoint(&key, bytes)
+                    .map_err(|e| e.to_string())?;
+                cp
+            }
+        };
+        if from_legacy {
+            // Adopt the progress saved before triggers had uids.
+            if let Ok(bytes) = serde_json::to_vec(&checkpoint) {
+                let _ = self.inner.store.put_checkpoint(&key, bytes);
+                let _ = self.inner.store.delete_checkpoint(&legacy);
+            }
+        }
+        let shared = Arc::new(TriggerShared::new(
+            format!("{}/{}", tm.namespace, tm.name),
+            key.clone(),
+            plan,
+            t.filter.clone(),
+            checkpoint.taken_upto,
+            entry.counters.clone(),
+        ));
+        broker.routes.insert(shared.clone());
+        broker.notify.notify_one();
+        let (stop, stop_rx) = watch::channel(false);
+        let delete_after = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            shared: shared.clone(),
+            store: self.inner.store.clone(),
+            log: broker.log.clone(),
+            engine: self.inner.engine.clone(),
+            publisher: Publisher {
+                broker: broker.clone(),
+            },
+            router_next: broker.router_next.clone(),
+            max_in_flight: self.inner.options.max_in_flight.max(1),
+            drain_timeout: self.inner.options.drain_timeout,
+        };
+        let store = self.inner.store.clone();
+        let del = delete_after.clone();
+        let task = tokio::spawn(async move {
+            worker.run(checkpoint, stop_rx).await;
+            if del.load(Ordering::Acquire)
+                && let Err(e) = store.delete_checkpoint(&key)
+            {
+                tracing::warn!("deleting checkpoint {key}: {e}");
+            }
+        });
+        Ok(RunningTrigger {
+            shared,
+            broker,
+            stop,
+            delete_after,
+            task,
         })
     }
 
@@ -413,11 +771,12 @@ impl BrokerService {
         name: &str,
         event: Event,
     ) -> Result<Offset, PublishError> {
-        let Some(broker) = self
-            .inner
+        let broker = self
+            .state()
             .brokers
             .get(&(namespace.to_string(), name.to_string()))
-        else {
+            .cloned();
+        let Some(broker) = broker else {
             return Err(PublishError::NotFound(format!("{namespace}/{name}")));
         };
         let result = broker.append(event).await;
@@ -431,7 +790,7 @@ impl BrokerService {
     /// Counts a request rejected at ingress before it became an event (bad request, too large).
     pub fn count_rejected(&self, namespace: &str, name: &str) {
         if let Some(b) = self
-            .inner
+            .state()
             .brokers
             .get(&(namespace.to_string(), name.to_string()))
         {
@@ -441,7 +800,7 @@ impl BrokerService {
 
     /// Whether broker `namespace/name` exists.
     pub fn has_broker(&self, namespace: &str, name: &str) -> bool {
-        self.inner
+        self.state()
             .brokers
             .contains_key(&(namespace.to_string(), name.to_string()))
     }
@@ -449,14 +808,18 @@ impl BrokerService {
     /// The brokers, for the admin API.
     pub fn brokers(&self) -> Vec<BrokerView> {
         let mut v: Vec<_> = self
-            .inner
+            .state()
             .brokers
             .values()
             .map(|b| BrokerView {
                 namespace: b.namespace.clone(),
                 name: b.name.clone(),
                 url: b.url.to_string(),
-                dead_letter_sink_uri: b.dead_letter.as_ref().map(Url::to_string),
+                dead_letter_sink_uri: b
+                    .dead_letter
+                    .read()
+                    .ok()
+                    .and_then(|d| d.as_ref().map(Url::to_string)),
                 routed_offset: b.router_next.load(Ordering::Relaxed),
                 counters: b.counters.snapshot(),
             })
@@ -465,37 +828,69 @@ impl BrokerService {
         v
     }
 
-    /// The triggers, for the admin API.
+    fn view(entry: &TriggerEntry) -> TriggerView {
+        let m = &entry.resource.metadata;
+        let (code, reason) = match &entry.not_ready {
+            Some((c, r)) => (Some(c.clone()), Some(r.clone())),
+            None => (None, None),
+        };
+        TriggerView {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            broker: entry.resource.spec.broker.clone(),
+            subscriber_uri: entry.subscriber_uri.clone(),
+            dead_letter_sink_uri: entry.dead_letter_uri.clone(),
+            not_ready_reason: reason,
+            not_ready_code: code,
+            counters: entry.counters.snapshot(),
+        }
+    }
+
+    /// The triggers (sorted by namespace and name), for the admin API.
     pub fn triggers(&self) -> Vec<TriggerView> {
-        self.inner
+        self.state().triggers.values().map(Self::view).collect()
+    }
+
+    /// One trigger's status.
+    pub fn trigger(&self, namespace: &str, name: &str) -> Option<TriggerView> {
+        self.state()
             .triggers
-            .iter()
-            .map(|t| {
-                let mut t = t.clone();
-                if let Some(c) = self
-                    .inner
-                    .trigger_counters
-                    .get(&(t.namespace.clone(), t.name.clone()))
-                {
-                    t.counters = c.snapshot();
-                }
-                t
-            })
-            .collect()
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(Self::view)
     }
 
     /// Stops accepting events, lets in-flight deliveries finish (up to the drain timeout), saves
     /// every trigger's progress and flushes the store. Pending retries resume on the next start.
     pub async fn shutdown(&self) {
+        let _guard = self.inner.reconcile.lock().await;
         self.inner.accepting.store(false, Ordering::Release);
-        let _ = self.inner.shutdown.send(true);
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().await);
+        let mut tasks = Vec::new();
+        {
+            let mut state = self.state_mut();
+            for entry in state.triggers.values_mut() {
+                if let Some(run) = entry.running.take() {
+                    tasks.push(run.stop(false));
+                }
+                tasks.extend(entry.stopping.take());
+            }
+            for b in state.brokers.values() {
+                let _ = b.stop.send(true);
+                if let Ok(mut t) = b.tasks.lock() {
+                    tasks.append(&mut t);
+                }
+            }
+        }
         for t in tasks {
             let _ = t.await;
         }
         if let Err(e) = self.inner.store.flush().await {
             tracing::error!("final flush failed: {e}");
         }
+    }
+
+    /// Resolves once everything handed to the store so far (events, progress) is durable.
+    pub async fn flush(&self) -> Result<(), evmesh_store::StoreError> {
+        self.inner.store.flush().await
     }
 }
 
@@ -511,17 +906,11 @@ async fn retention(
         }
         // Events some trigger still needs (or the router has not seen yet) are pinned; a broker
         // without triggers pins nothing.
-        let keep_from = if broker.triggers.is_empty() {
-            u64::MAX
-        } else {
-            broker
-                .triggers
-                .iter()
-                .map(|t| t.low_watermark.load(Ordering::Acquire))
-                .chain(std::iter::once(broker.router_next.load(Ordering::Acquire)))
-                .min()
-                .unwrap_or(0)
-        };
+        let keep_from = broker
+            .routes
+            .low_watermark()
+            .map(|low| low.min(broker.router_next.load(Ordering::Acquire)))
+            .unwrap_or(u64::MAX);
         let store = broker.store.clone();
         let log = broker.log.clone();
         let retention = options.retention;

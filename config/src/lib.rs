@@ -23,6 +23,7 @@
 mod error;
 mod loader;
 mod model;
+pub mod registry;
 mod resolve;
 mod validate;
 
@@ -32,7 +33,9 @@ pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, load_str};
 pub use model::*;
 pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, event_display_url};
-pub use validate::{BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate};
+pub use validate::{
+    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate, validate_with_brokers,
+};
 
 impl MeshConfig {
     /// Loads and validates YAML text; `name` is used in error locations.
@@ -47,21 +50,7 @@ impl MeshConfig {
     /// Loads and validates files and directories (every `*.yaml` / `*.yml` in a directory,
     /// sorted by name), all together so triggers may reference brokers of other files.
     pub fn from_paths(paths: &[PathBuf]) -> Result<MeshConfig, ConfigErrors> {
-        let mut docs = Vec::new();
-        let mut errors = Vec::new();
-        for file in expand(paths, &mut errors) {
-            let name = file.display().to_string();
-            match std::fs::read_to_string(&file) {
-                Ok(text) => match load_str(&name, &text) {
-                    Ok(d) => docs.extend(d),
-                    Err(e) => errors.push(e),
-                },
-                Err(e) => errors.push(ConfigError::Io {
-                    path: name,
-                    message: e.to_string(),
-                }),
-            }
-        }
+        let (docs, mut errors) = load_paths(paths);
         match validate(&docs) {
             Ok(mesh) if errors.is_empty() => Ok(mesh),
             Ok(mesh) => Err(ConfigErrors {
@@ -80,6 +69,11 @@ impl MeshConfig {
 
     /// Builds a mesh from typed resources (for embedders), validated like YAML.
     pub fn from_resources(resources: &[Resource]) -> Result<MeshConfig, ConfigErrors> {
+        MeshConfig::from_yaml("<resources>", &Self::resources_yaml(resources))
+    }
+
+    /// Typed resources as YAML documents (JSON is YAML), one per resource.
+    pub fn resources_yaml(resources: &[Resource]) -> String {
         let mut text = String::new();
         for r in resources {
             let value = match r {
@@ -98,7 +92,7 @@ impl MeshConfig {
             text.push_str(&value.to_string());
             text.push('\n');
         }
-        MeshConfig::from_yaml("<resources>", &text)
+        text
     }
 
     /// The broker `namespace/name`, if configured.
@@ -107,6 +101,32 @@ impl MeshConfig {
             b.resource.metadata.namespace == namespace && b.resource.metadata.name == name
         })
     }
+}
+
+/// Loads every document of files and directories (every `*.yaml` / `*.yml` in a directory,
+/// sorted by name), with the errors of files that could not be read or parsed.
+pub fn load_paths(paths: &[PathBuf]) -> (Vec<Document>, Vec<ConfigError>) {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for file in expand(paths, &mut errors) {
+        let name = file.display().to_string();
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match load_str(&name, &text) {
+                Ok(d) => docs.extend(d),
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(ConfigError::Io {
+                path: name,
+                message: e.to_string(),
+            }),
+        }
+    }
+    (docs, errors)
+}
+
+/// The files `paths` name (directories expanded), for watching them for changes.
+pub fn expand_paths(paths: &[PathBuf]) -> Vec<PathBuf> {
+    expand(paths, &mut Vec::new())
 }
 
 fn expand(paths: &[PathBuf], errors: &mut Vec<ConfigError>) -> Vec<PathBuf> {

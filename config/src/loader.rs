@@ -25,6 +25,17 @@ pub struct Document {
 }
 
 impl Document {
+    /// A document from an already parsed value (e.g. a resource stored or sent as JSON); its
+    /// fields have no lines of their own.
+    pub fn from_value(file: &str, value: Value) -> Document {
+        Document {
+            file: Arc::from(file),
+            line: 1,
+            value,
+            lines: HashMap::new(),
+        }
+    }
+
     /// The location of a field path (e.g. `spec.broker`); falls back to the nearest ancestor that
     /// has a recorded line, then to the document start.
     pub fn locate(&self, path: &str) -> Location {

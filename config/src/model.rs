@@ -21,6 +21,25 @@ pub struct ObjectMeta {
     /// `metadata.annotations`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.uid`: set by evmesh when the resource is first stored, kept for its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// `metadata.generation`: bumped on every change of `spec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// `metadata.resourceVersion`: bumped on every change, for optimistic writes and watches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// `metadata.creationTimestamp` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    /// `metadata.deletionTimestamp` (RFC 3339), while a deleted resource drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+    /// Other Kubernetes metadata fields (`managedFields`, `ownerReferences`, `finalizers`, ...),
+    /// kept as given so `kubectl` round-trips them.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 fn default_namespace() -> String {
@@ -163,8 +182,12 @@ pub struct TriggerFilter {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerSpec {
-    /// Name of the broker in the trigger's namespace.
+    /// Name of the broker in the trigger's namespace (or give `brokerRef`).
+    #[serde(default)]
     pub broker: String,
+    /// Knative's newer form of `broker`: a reference to the Broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_ref: Option<KReference>,
     /// Legacy exact-attribute filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<TriggerFilter>,

@@ -130,6 +130,13 @@ const NOT_YET_SERVED: &[&str] = &[
     "EventType",
     "KafkaSink",
     "JobSink",
+    "EventTransform",
+    "EventPolicy",
+    "IntegrationSink",
+    "IntegrationSource",
+    "RequestReply",
+    "RedisStreamSource",
+    "RabbitmqSource",
 ];
 
 struct Ctx {
@@ -185,11 +192,7 @@ fn typed<T: DeserializeOwned>(
     let result: Result<T, _> = serde_path_to_error::deserialize(de);
     for field in unknown {
         let full = join(base, &field);
-        ctx.warn(
-            doc,
-            &full,
-            "field is not supported by evmesh and is ignored",
-        );
+        report_unknown_field(ctx, doc, &full);
     }
     match result {
         Ok(v) => Some(v),
@@ -200,6 +203,54 @@ fn typed<T: DeserializeOwned>(
             ctx.error(doc, &full, e.into_inner().to_string());
             None
         }
+    }
+}
+
+/// Field names of the kinds evmesh serves, for "did you mean" suggestions.
+const KNOWN_FIELDS: &[&str] = &[
+    "broker", "brokerRef", "filter", "filters", "subscriber", "delivery", "config",
+    "deadLetterSink", "retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax",
+    "format", "ref", "uri", "CACerts", "audience", "apiVersion", "kind", "name", "namespace",
+    "attributes", "exact", "prefix", "suffix", "all", "any", "not", "cesql", "labels",
+    "annotations", "spec", "metadata", "status",
+];
+
+/// The closest known field name, when it is close enough to be a likely typo.
+pub(crate) fn nearest_known_field(name: &str) -> Option<&'static str> {
+    let (best, dist) = KNOWN_FIELDS
+        .iter()
+        .map(|k| (*k, edit_distance(&name.to_ascii_lowercase(), &k.to_ascii_lowercase())))
+        .min_by_key(|(_, d)| *d)?;
+    let limit = if name.len() <= 4 { 1 } else { 2 };
+    (dist > 0 && dist <= limit).then_some(best)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// An unknown field is an error when it looks like a misspelt known field (a typo must not
+/// silently change behaviour, e.g. `filtr:` matching everything), else a warning.
+fn report_unknown_field(ctx: &mut Ctx, doc: &Document, full: &str) {
+    let last = full.rsplit(['.', '[']).next().unwrap_or(full);
+    match nearest_known_field(last) {
+        Some(near) => ctx.error(
+            doc,
+            full,
+            format!("unknown field {last:?} (did you mean {near:?}?)"),
+        ),
+        None => ctx.warn(doc, full, format!("unknown field {last:?} is ignored")),
     }
 }
 
@@ -242,11 +293,11 @@ fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destinat
                     "with `ref` set, `uri` must be relative (it is resolved against the ref's URL)",
                 );
             }
-            if r.kind.is_empty() || r.name.is_empty() {
+            if r.kind.is_empty() || r.name.is_empty() || r.api_version.is_empty() {
                 ctx.error(
                     doc,
                     &format!("{field}.ref"),
-                    "`kind` and `name` are required",
+                    "`apiVersion`, `kind` and `name` are required (as in Knative)",
                 );
             }
         }
@@ -360,6 +411,15 @@ fn compile_filter(ctx: &mut Ctx, doc: &Document, spec: &TriggerSpec, name: &str)
 
 /// Validates loaded documents into a [`MeshConfig`], collecting every error in one pass.
 pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
+    validate_with_brokers(docs, &HashSet::new())
+}
+
+/// Like [`validate`], for documents applied to a running mesh that already has `brokers`
+/// (`(namespace, name)`): a trigger naming one of them gets no "does not exist" warning.
+pub fn validate_with_brokers(
+    docs: &[Document],
+    existing_brokers: &HashSet<(String, String)>,
+) -> Result<MeshConfig, ConfigErrors> {
     let mut ctx = Ctx {
         errors: Vec::new(),
         warnings: Vec::new(),
@@ -409,14 +469,17 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
         }
         let group = api_version.split('/').next().unwrap_or("");
         for key in obj.keys() {
-            if !["apiVersion", "kind", "metadata", "spec", "status"].contains(&key.as_str()) {
-                ctx.warn(doc, key, "field is not supported by evmesh and is ignored");
+            if !["apiVersion", "kind", "metadata", "spec", "status", "data", "stringData", "type", "immutable"]
+                .contains(&key.as_str())
+            {
+                report_unknown_field(&mut ctx, doc, key);
             }
         }
-        let spec = obj
-            .get("spec")
-            .cloned()
-            .unwrap_or(Value::Object(Default::default()));
+        // `spec:` left empty (null) is an empty spec, as Kubernetes reads it.
+        let spec = match obj.get("spec") {
+            None | Some(Value::Null) => Value::Object(Default::default()),
+            Some(v) => v.clone(),
+        };
         match (group, kind) {
             ("eventing.knative.dev", "Broker") => {
                 check_api_version(&mut ctx, doc, api_version, EVENTING_V1);
@@ -432,7 +495,7 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
             }
             ("eventing.knative.dev", "Trigger") => {
                 check_api_version(&mut ctx, doc, api_version, EVENTING_V1);
-                if obj.get("spec").is_none() {
+                if obj.get("spec").is_none_or(Value::is_null) {
                     ctx.error(doc, "spec", "is required (broker and subscriber)");
                     continue;
                 }
@@ -491,10 +554,11 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
     }
 
     let mut mesh = MeshConfig::default();
-    let broker_names: HashSet<(String, String)> = brokers
+    let mut broker_names: HashSet<(String, String)> = brokers
         .iter()
         .map(|(b, _)| (b.metadata.namespace.clone(), b.metadata.name.clone()))
         .collect();
+    broker_names.extend(existing_brokers.iter().cloned());
 
     for (broker, doc) in brokers {
         if let Some(class) = broker
@@ -528,17 +592,33 @@ pub fn validate(docs: &[Document]) -> Result<MeshConfig, ConfigErrors> {
         }
     }
 
-    for (trigger, doc) in triggers {
+    for (mut trigger, doc) in triggers {
         let ns = trigger.metadata.namespace.clone();
         let errors_before = ctx.errors.len();
+        if let Some(r) = trigger.spec.broker_ref.clone() {
+            if !r.kind.is_empty() && r.kind != "Broker" {
+                ctx.error(doc, "spec.brokerRef.kind", format!("must be Broker, got {:?}", r.kind));
+            }
+            if r.namespace.as_ref().is_some_and(|n| *n != ns) {
+                ctx.error(
+                    doc,
+                    "spec.brokerRef.namespace",
+                    "a broker in another namespace is not supported (Knative's cross-namespace feature is off by default)",
+                );
+            }
+            if !trigger.spec.broker.is_empty() && trigger.spec.broker != r.name {
+                ctx.error(doc, "spec.brokerRef", "names another broker than spec.broker");
+            }
+            trigger.spec.broker = r.name;
+        }
         if trigger.spec.broker.is_empty() {
-            ctx.error(doc, "spec.broker", "is required");
+            ctx.error(doc, "spec.broker", "is required (or spec.brokerRef)");
         } else if !broker_names.contains(&(ns.clone(), trigger.spec.broker.clone())) {
-            ctx.error(
+            ctx.warn(
                 doc,
                 "spec.broker",
                 format!(
-                    "broker {:?} does not exist in namespace {ns:?}",
+                    "broker {:?} does not exist in namespace {ns:?} (yet): the trigger is not ready until it does",
                     trigger.spec.broker
                 ),
             );
@@ -621,10 +701,13 @@ fn check_ref_target(
     if r.kind == "Broker" && (group.is_empty() || group == "eventing.knative.dev") {
         let rns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
         if !brokers.contains(&(rns.clone(), r.name.clone())) {
-            ctx.error(
+            ctx.warn(
                 doc,
                 field,
-                format!("broker {:?} does not exist in namespace {rns:?}", r.name),
+                format!(
+                    "broker {:?} does not exist in namespace {rns:?} (yet): not ready until it does",
+                    r.name
+                ),
             );
         }
     }

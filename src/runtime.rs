@@ -1,0 +1,824 @@
+//! The runtime: the resource store (every desired resource, persisted in the data dir), the
+//! reconciler that makes the broker service match it, and the watch history the admin API
+//! streams from. Files, the admin API and reloads all go through [`Runtime::apply`] /
+//! [`Runtime::delete`] / [`Runtime::sync_declared`].
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use evmesh_broker::BrokerService;
+use evmesh_config::registry::{self, KindInfo};
+use evmesh_config::{
+    ConfigError, ConfigErrors, Document, MeshConfig, Resolver, Warning,
+    event_display_url, validate, validate_with_brokers,
+};
+use evmesh_store::EventStore;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use url::Url;
+
+/// Where a resource came from: the declared configuration (files given to `serve`, or the YAML
+/// an embedder built the mesh from), or the admin API.
+pub(crate) const SOURCE_DECLARED: &str = "declared";
+pub(crate) const SOURCE_API: &str = "api";
+
+const KEY_PREFIX: &str = "r/";
+const RV_KEY: &str = "r~rv";
+/// Watch events kept for resuming watches from a `resourceVersion`.
+const HISTORY: usize = 4096;
+
+/// `(group, kind, namespace, name)`.
+pub(crate) type ResKey = (String, String, String, String);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Stored {
+    /// The resource as applied, with evmesh's metadata (uid, generation, ...), without status.
+    manifest: Value,
+    source: String,
+}
+
+/// One watch event.
+#[derive(Clone, Debug)]
+pub(crate) struct WatchEvent {
+    pub(crate) rv: u64,
+    pub(crate) kind: &'static KindInfo,
+    pub(crate) namespace: String,
+    pub(crate) event_type: &'static str,
+    pub(crate) object: Value,
+}
+
+/// Why a write was refused, as the Kubernetes API answers it.
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    /// 422 with the field causes.
+    Invalid {
+        kind: &'static KindInfo,
+        name: String,
+        causes: Vec<(String, String)>,
+    },
+    /// 409.
+    AlreadyExists {
+        kind: &'static KindInfo,
+        name: String,
+    },
+    /// 409 on a stale resourceVersion.
+    Conflict(String),
+    /// 404.
+    NotFound {
+        kind: &'static KindInfo,
+        name: String,
+    },
+    /// 400.
+    BadRequest(String),
+    /// 500 (the store failed).
+    Internal(String),
+}
+
+struct Desired {
+    resources: BTreeMap<ResKey, Stored>,
+    rv: u64,
+}
+
+struct Inner {
+    service: BrokerService,
+    store: Arc<dyn EventStore>,
+    ingress: Url,
+    url_template: Option<String>,
+    desired: tokio::sync::Mutex<Desired>,
+    /// Snapshot for readers: the resources and the validated configuration.
+    snapshot: RwLock<(Arc<BTreeMap<ResKey, Stored>>, Arc<MeshConfig>)>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+    history: Mutex<VecDeque<Arc<WatchEvent>>>,
+    current_rv: std::sync::atomic::AtomicU64,
+}
+
+/// The resource store and reconciler of one running mesh. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Runtime {
+    inner: Arc<Inner>,
+}
+
+fn key_of(kind: &KindInfo, ns: &str, name: &str) -> ResKey {
+    (
+        kind.group.to_string(),
+        kind.kind.to_string(),
+        ns.to_string(),
+        name.to_string(),
+    )
+}
+
+fn store_key(k: &ResKey) -> String {
+    format!("{KEY_PREFIX}{}/{}/{}/{}", k.0, k.1, k.2, k.3)
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The key and kind of a manifest, when evmesh serves its kind.
+fn identify(v: &Value) -> Option<(&'static KindInfo, ResKey)> {
+    let api = v.get("apiVersion")?.as_str()?;
+    let kind = registry::by_kind(api, v.get("kind")?.as_str()?)?;
+    let meta = v.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    let ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    Some((kind, key_of(kind, ns, name)))
+}
+
+/// The part of a manifest a change is judged by (not evmesh's own metadata).
+fn user_part(v: &Value) -> Value {
+    let meta = v.get("metadata");
+    json!({
+        "spec": v.get("spec"),
+        "labels": meta.and_then(|m| m.get("labels")),
+        "annotations": meta.and_then(|m| m.get("annotations")),
+    })
+}
+
+fn brokers_of(mesh: &MeshConfig) -> HashSet<(String, String)> {
+    mesh.brokers
+        .iter()
+        .map(|b| {
+            let m = &b.resource.metadata;
+            (m.namespace.clone(), m.name.clone())
+        })
+        .collect()
+}
+
+fn causes(e: &ConfigErrors) -> Vec<(String, String)> {
+    e.errors
+        .iter()
+        .map(|err| match err {
+            ConfigError::Invalid { location, message } | ConfigError::Yaml { location, message } => {
+                (location.field.clone(), message.clone())
+            }
+            ConfigError::Io { message, .. } => (String::new(), message.clone()),
+        })
+        .collect()
+}
+
+impl Runtime {
+    /// Loads the resources stored in the data dir, lets the declared ones (`declared`, e.g.
+    /// from files) replace those of earlier runs, validates everything together and starts it.
+    pub(crate) async fn start(
+        service: BrokerService,
+        store: Arc<dyn EventStore>,
+        ingress: Url,
+        url_template: Option<String>,
+        declared: Vec<Document>,
+    ) -> Result<(Runtime, Vec<Warning>), crate::Error> {
+        let s = store.clone();
+        let saved = tokio::task::spawn_blocking(move || s.checkpoints(KEY_PREFIX))
+            .await
+            .map_err(std::io::Error::other)??;
+        let mut resources = BTreeMap::new();
+        for (key, bytes) in saved {
+            match serde_json::from_slice::<Stored>(&bytes) {
+                Ok(stored) => match identify(&stored.manifest) {
+                    Some((_, k)) => {
+                        resources.insert(k, stored);
+                    }
+                    None => tracing::warn!(key = %key, "stored resource of an unknown kind ignored"),
+                },
+                Err(e) => {
+                    return Err(crate::Error::Start(evmesh_broker::StartError::new(format!(
+                        "stored resource {key} is unreadable: {e}"
+                    ))));
+                }
+            }
+        }
+        let s = store.clone();
+        let rv = tokio::task::spawn_blocking(move || s.checkpoints(RV_KEY))
+            .await
+            .map_err(std::io::Error::other)??
+            .into_iter()
+            .find(|(k, _)| k == RV_KEY)
+            .and_then(|(_, v)| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let (events, _) = broadcast::channel(1024);
+        let runtime = Runtime {
+            inner: Arc::new(Inner {
+                service,
+                store,
+                ingress,
+                url_template,
+                desired: tokio::sync::Mutex::new(Desired { resources, rv }),
+                snapshot: RwLock::new((Arc::default(), Arc::default())),
+                events,
+                history: Mutex::new(VecDeque::new()),
+                current_rv: std::sync::atomic::AtomicU64::new(rv),
+            }),
+        };
+        let warnings = runtime
+            .sync_declared(declared)
+            .await
+            .map_err(crate::Error::Config)?;
+        Ok((runtime, warnings))
+    }
+
+    /// The validated desired configuration.
+    pub(crate) fn mesh(&self) -> Arc<MeshConfig> {
+        self.inner
+            .snapshot
+            .read()
+            .map(|s| s.1.clone())
+            .unwrap_or_default()
+    }
+
+    fn resolver(&self, mesh: &MeshConfig) -> Resolver {
+        Resolver::new(
+            mesh,
+            self.inner.ingress.clone(),
+            self.inner.url_template.clone(),
+        )
+    }
+
+    fn docs(resources: &BTreeMap<ResKey, Stored>) -> Vec<Document> {
+        resources
+            .iter()
+            .map(|(k, s)| {
+                let origin = if s.source == SOURCE_API {
+                    format!("<api {} {}/{}>", k.1, k.2, k.3)
+                } else {
+                    format!("<{} {}/{}>", k.1, k.2, k.3)
+                };
+                Document::from_value(&origin, s.manifest.clone())
+            })
+            .collect()
+    }
+
+    /// Makes the declared resources (files, or an embedder's YAML) those given: adds, changes
+    /// and removes declared resources, leaves resources applied through the API alone (unless a
+    /// declared one of the same name replaces it). Everything is validated together first;
+    /// on any error nothing changes.
+    pub(crate) async fn sync_declared(
+        &self,
+        declared: Vec<Document>,
+    ) -> Result<Vec<Warning>, ConfigErrors> {
+        let mut desired = self.inner.desired.lock().await;
+        // Validate the declared documents as written (their own file:line errors).
+        let mut first_errors = match validate(&declared) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors,
+        };
+        // Kinds evmesh serves are managed here; other documents (addressables of other kinds)
+        // stay as declared configuration too.
+        let mut next = desired.resources.clone();
+        next.retain(|_, s| s.source != SOURCE_DECLARED);
+        let mut externals = Vec::new();
+        let mut rv = desired.rv;
+        for doc in &declared {
+            let Some((_, key)) = identify(&doc.value) else {
+                externals.push(doc.clone());
+                continue;
+            };
+            let manifest = self.stamp(
+                doc.value.clone(),
+                desired.resources.get(&key).map(|s| &s.manifest),
+                &mut rv,
+            );
+            next.insert(
+                key,
+                Stored {
+                    manifest,
+                    source: SOURCE_DECLARED.to_string(),
+                },
+            );
+        }
+        let mut all = Self::docs(&next);
+        all.extend(externals.iter().cloned());
+        let mesh = match validate(&all) {
+            Ok(m) => m,
+            Err(e) => {
+                first_errors.extend(e.errors);
+                return Err(ConfigErrors {
+                    errors: first_errors,
+                    warnings: e.warnings,
+                });
+            }
+        };
+        if !first_errors.is_empty() {
+            return Err(ConfigErrors {
+                errors: first_errors,
+                warnings: mesh.warnings,
+            });
+        }
+        let warnings = validate(&declared).map(|m| m.warnings).unwrap_or_default();
+        // Persist what changed, then reconcile, then tell watchers.
+        let mut changes = Vec::new();
+        for (k, s) in &next {
+            match desired.resources.get(k) {
+                Some(old) if old.manifest == s.manifest && old.source == s.source => {}
+                Some(_) => changes.push((k.clone(), Some(s.clone()), "MODIFIED")),
+                None => changes.push((k.clone(), Some(s.clone()), "ADDED")),
+            }
+        }
+        for (k, old) in &desired.resources {
+            if !next.contains_key(k) {
+                changes.push((k.clone(), Some(old.clone()), "DELETED"));
+            }
+        }
+        for (k, s, t) in &changes {
+            let result = if *t == "DELETED" {
+                self.inner.store.delete_checkpoint(&store_key(k))
+            } else {
+                match serde_json::to_vec(s) {
+                    Ok(bytes) => self.inner.store.put_checkpoint(&store_key(k), bytes),
+                    Err(e) => Err(evmesh_store::StoreError::Engine(e.to_string())),
+                }
+            };
+            if let Err(e) = result {
+                return Err(ConfigErrors {
+                    errors: vec![ConfigError::Io {
+                        path: store_key(k),
+                        message: format!("storing the resource: {e}"),
+                    }],
+                    warnings: vec![],
+                });
+            }
+        }
+        desired.rv = rv;
+        self.persist_rv(rv);
+        if let Err(e) = self.inner.store.flush().await {
+            return Err(ConfigErrors {
+                errors: vec![ConfigError::Io {
+                    path: "store".into(),
+                    message: e.to_string(),
+                }],
+                warnings: vec![],
+            });
+        }
+        desired.resources = next;
+        let mesh = Arc::new(mesh);
+        self.publish_snapshot(&desired, mesh.clone());
+        if let Err(e) = self
+            .inner
+            .service
+            .reconcile(&mesh, &self.resolver(&mesh))
+            .await
+        {
+            tracing::error!("reconcile: {e}");
+        }
+        let mut rv = desired.rv;
+        for (k, s, t) in changes {
+            if let Some(s) = s {
+                self.emit(&k, &s.manifest, t, &mut rv);
+            }
+        }
+        desired.rv = rv;
+        Ok(warnings)
+    }
+
+    /// Sets evmesh's metadata on a manifest being stored: uid and creationTimestamp kept from the
+    /// previous version (or made), generation bumped when the spec changed, a new
+    /// resourceVersion. Status is never stored.
+    fn stamp(&self, mut manifest: Value, previous: Option<&Value>, rv: &mut u64) -> Value {
+        if let Some(obj) = manifest.as_object_mut() {
+            obj.remove("status");
+        }
+        if previous.is_some_and(|p| user_part(p) == user_part(&manifest)) {
+            // Unchanged: keep it exactly as stored.
+            return previous.cloned().unwrap_or(manifest);
+        }
+        let prev_meta = previous.and_then(|p| p.get("metadata"));
+        let spec_changed = previous.is_none_or(|p| p.get("spec") != manifest.get("spec"));
+        let prev_gen = prev_meta
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        *rv += 1;
+        let Some(meta) = manifest
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        else {
+            return manifest;
+        };
+        meta.entry("namespace")
+            .or_insert_with(|| Value::String("default".into()));
+        let uid = prev_meta
+            .and_then(|m| m.get("uid"))
+            .cloned()
+            .unwrap_or_else(|| Value::String(uuid::Uuid::new_v4().to_string()));
+        meta.insert("uid".into(), uid);
+        let created = prev_meta
+            .and_then(|m| m.get("creationTimestamp"))
+            .cloned()
+            .unwrap_or_else(|| Value::String(now_rfc3339()));
+        meta.insert("creationTimestamp".into(), created);
+        let generation = if spec_changed { prev_gen + 1 } else { prev_gen.max(1) };
+        meta.insert("generation".into(), json!(generation));
+        meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+        manifest
+    }
+
+    fn persist_rv(&self, rv: u64) {
+        if let Err(e) = self
+            .inner
+            .store
+            .put_checkpoint(RV_KEY, rv.to_string().into_bytes())
+        {
+            tracing::warn!("saving the resource version: {e}");
+        }
+        self.inner
+            .current_rv
+            .store(rv, std::sync::atomic::Ordering::Release);
+    }
+
+    fn publish_snapshot(&self, desired: &Desired, mesh: Arc<MeshConfig>) {
+        if let Ok(mut s) = self.inner.snapshot.write() {
+            *s = (Arc::new(desired.resources.clone()), mesh);
+        }
+    }
+
+    fn emit(&self, key: &ResKey, manifest: &Value, event_type: &'static str, rv: &mut u64) {
+        let Some((kind, _)) = identify(manifest) else {
+            return;
+        };
+        let mut object = if event_type == "DELETED" {
+            manifest.clone()
+        } else {
+            self.render(kind, manifest)
+        };
+        if event_type == "DELETED" {
+            *rv += 1;
+            if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            }
+            self.persist_rv(*rv);
+        }
+        let ev_rv = object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(*rv);
+        let ev = Arc::new(WatchEvent {
+            rv: ev_rv,
+            kind,
+            namespace: key.2.clone(),
+            event_type,
+            object,
+        });
+        if let Ok(mut h) = self.inner.history.lock() {
+            h.push_back(ev.clone());
+            while h.len() > HISTORY {
+                h.pop_front();
+            }
+        }
+        let _ = self.inner.events.send(ev);
+    }
+
+    /// Creates (`create`), replaces or deletes one resource through the admin API.
+    pub(crate) async fn write(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: Option<&str>,
+        body: Option<Value>,
+        create: bool,
+    ) -> Result<(u16, Value, Vec<Warning>), WriteError> {
+        let mut desired = self.inner.desired.lock().await;
+        let mesh = self.mesh();
+        let Some(mut manifest) = body else {
+            // Delete.
+            let name = name.unwrap_or_default();
+            let key = key_of(kind, namespace, name);
+            let Some(old) = desired.resources.get(&key).cloned() else {
+                return Err(WriteError::NotFound {
+                    kind,
+                    name: name.to_string(),
+                });
+            };
+            self.inner
+                .store
+                .delete_checkpoint(&store_key(&key))
+                .map_err(|e| WriteError::Internal(e.to_string()))?;
+            self.inner
+                .store
+                .flush()
+                .await
+                .map_err(|e| WriteError::Internal(e.to_string()))?;
+            desired.resources.remove(&key);
+            let mut next = (*mesh).clone();
+            remove_from_mesh(&mut next, kind, namespace, name);
+            let next = Arc::new(next);
+            self.publish_snapshot(&desired, next.clone());
+            self.reconcile_one(kind, namespace, name, &next).await;
+            let mut deleted = old.manifest.clone();
+            if let Some(m) = deleted.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+            }
+            let mut rv = desired.rv;
+            self.emit(&key, &deleted, "DELETED", &mut rv);
+            desired.rv = rv;
+            return Ok((200, deleted, vec![]));
+        };
+        // Create or replace: the body must be this kind, in this namespace.
+        let Some(obj) = manifest.as_object_mut() else {
+            return Err(WriteError::BadRequest(
+                "the body must be a JSON or YAML object".into(),
+            ));
+        };
+        obj.entry("apiVersion")
+            .or_insert_with(|| Value::String(kind.api_version()));
+        obj.entry("kind")
+            .or_insert_with(|| Value::String(kind.kind.to_string()));
+        if obj.get("apiVersion").and_then(Value::as_str) != Some(&kind.api_version())
+            || obj.get("kind").and_then(Value::as_str) != Some(kind.kind)
+        {
+            return Err(WriteError::BadRequest(format!(
+                "the body's apiVersion/kind must be {}/{} for this URL",
+                kind.api_version(),
+                kind.kind
+            )));
+        }
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
+        let Some(meta) = meta.as_object_mut() else {
+            return Err(WriteError::BadRequest("metadata must be an object".into()));
+        };
+        match meta.get("namespace").and_then(Value::as_str) {
+            None => {
+                meta.insert("namespace".into(), Value::String(namespace.to_string()));
+            }
+            Some(ns) if ns != namespace => {
+                return Err(WriteError::BadRequest(format!(
+                    "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({namespace})"
+                )));
+            }
+            Some(_) => {}
+        }
+        let body_name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let name = match (name, body_name) {
+            (Some(url_name), Some(b)) if b != url_name => {
+                return Err(WriteError::BadRequest(format!(
+                    "the name of the object ({b}) does not match the name on the URL ({url_name})"
+                )));
+            }
+            (Some(n), _) => n.to_string(),
+            (None, Some(b)) => b,
+            (None, None) => {
+                return Err(WriteError::Invalid {
+                    kind,
+                    name: String::new(),
+                    causes: vec![("metadata.name".into(), "Required value: name is required".into())],
+                });
+            }
+        };
+        meta.insert("name".into(), Value::String(name.clone()));
+        let sent_rv = meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        // The server owns these.
+        for k in ["uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp"] {
+            meta.remove(k);
+        }
+        let key = key_of(kind, namespace, &name);
+        let previous = desired.resources.get(&key).cloned();
+        match (&previous, create) {
+            (Some(_), true) => return Err(WriteError::AlreadyExists { kind, name }),
+            (None, false) => return Err(WriteError::NotFound { kind, name }),
+            _ => {}
+        }
+        if let (Some(prev), Some(sent)) = (&previous, &sent_rv)
+            && prev.manifest["metadata"]["resourceVersion"].as_str() != Some(sent.as_str())
+        {
+            return Err(WriteError::Conflict(format!(
+                "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                kind.plural, kind.group
+            )));
+        }
+        if let Some(prev) = &previous
+            && kind.kind == "Trigger"
+            && prev.manifest["spec"]["broker"] != manifest["spec"]["broker"]
+            && !manifest["spec"]["broker"].is_null()
+        {
+            return Err(WriteError::Invalid {
+                kind,
+                name,
+                causes: vec![(
+                    "spec.broker".into(),
+                    "Immutable field changed (as in Knative)".into(),
+                )],
+            });
+        }
+        // Validate this resource in the context of the running configuration.
+        let doc = Document::from_value(
+            &format!("<api {} {namespace}/{name}>", kind.kind),
+            manifest.clone(),
+        );
+        let one = validate_with_brokers(std::slice::from_ref(&doc), &brokers_of(&mesh)).map_err(
+            |e| WriteError::Invalid {
+                kind,
+                name: name.clone(),
+                causes: causes(&e),
+            },
+        )?;
+        let mut rv = desired.rv;
+        let stamped = self.stamp(manifest, previous.as_ref().map(|p| &p.manifest), &mut rv);
+        let unchanged = previous.as_ref().is_some_and(|p| p.manifest == stamped);
+        let stored = Stored {
+            manifest: stamped.clone(),
+            source: previous
+                .as_ref()
+                .map(|p| p.source.clone())
+                .filter(|_| unchanged)
+                .unwrap_or_else(|| SOURCE_API.to_string()),
+        };
+        if !unchanged {
+            let bytes =
+                serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
+            self.inner
+                .store
+                .put_checkpoint(&store_key(&key), bytes)
+                .map_err(|e| WriteError::Internal(e.to_string()))?;
+            self.persist_rv(rv);
+            self.inner
+                .store
+                .flush()
+                .await
+                .map_err(|e| WriteError::Internal(e.to_string()))?;
+            desired.rv = rv;
+            desired.resources.insert(key.clone(), stored);
+            let mut next = (*mesh).clone();
+            splice_into_mesh(&mut next, kind, namespace, &name, one.clone());
+            let next = Arc::new(next);
+            self.publish_snapshot(&desired, next.clone());
+            self.reconcile_one(kind, namespace, &name, &next).await;
+            let t = if previous.is_some() { "MODIFIED" } else { "ADDED" };
+            let mut rv = desired.rv;
+            self.emit(&key, &stamped, t, &mut rv);
+            desired.rv = rv;
+        }
+        let code = if previous.is_some() { 200 } else { 201 };
+        Ok((code, self.render(kind, &stamped), one.warnings))
+    }
+
+    async fn reconcile_one(&self, kind: &KindInfo, namespace: &str, name: &str, mesh: &MeshConfig) {
+        let resolver = self.resolver(mesh);
+        let result = if kind.kind == "Trigger" {
+            self.inner
+                .service
+                .reconcile_trigger(namespace, name, mesh, &resolver)
+                .await
+        } else {
+            self.inner.service.reconcile(mesh, &resolver).await
+        };
+        if let Err(e) = result {
+            tracing::error!("reconcile {} {namespace}/{name}: {e}", kind.kind);
+        }
+    }
+
+    /// The stored manifests of one kind (optionally in one namespace), rendered with status.
+    pub(crate) fn list(&self, kind: &'static KindInfo, namespace: Option<&str>) -> Vec<Value> {
+        let resources = self
+            .inner
+            .snapshot
+            .read()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        resources
+            .iter()
+            .filter(|(k, _)| k.0 == kind.group && k.1 == kind.kind)
+            .filter(|(k, _)| namespace.is_none_or(|n| n == k.2))
+            .map(|(_, s)| self.render(kind, &s.manifest))
+            .collect()
+    }
+
+    /// One resource rendered with status.
+    pub(crate) fn get(&self, kind: &'static KindInfo, namespace: &str, name: &str) -> Option<Value> {
+        let resources = self
+            .inner
+            .snapshot
+            .read()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        resources
+            .get(&key_of(kind, namespace, name))
+            .map(|s| self.render(kind, &s.manifest))
+    }
+
+    /// The resourceVersion of the latest change.
+    pub(crate) fn resource_version(&self) -> u64 {
+        self.inner
+            .current_rv
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Subscribes to changes, then returns the events after `from` still in history; `None`
+    /// when `from` is older than the history (the client must list again: 410 Expired).
+    pub(crate) fn watch_from(
+        &self,
+        from: u64,
+    ) -> (broadcast::Receiver<Arc<WatchEvent>>, Option<Vec<Arc<WatchEvent>>>) {
+        let rx = self.inner.events.subscribe();
+        let current = self.resource_version();
+        let history = self
+            .inner
+            .history
+            .lock()
+            .map(|h| h.iter().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
+        if from >= current {
+            return (rx, Some(Vec::new()));
+        }
+        let oldest = history.first().map(|e| e.rv);
+        match oldest {
+            Some(o) if o <= from + 1 => (
+                rx,
+                Some(history.into_iter().filter(|e| e.rv > from).collect()),
+            ),
+            _ => (rx, None),
+        }
+    }
+
+    /// A resource with its status as the service reports it.
+    pub(crate) fn render(&self, kind: &KindInfo, manifest: &Value) -> Value {
+        let mut obj = manifest.clone();
+        let meta = &manifest["metadata"];
+        let ns = meta["namespace"].as_str().unwrap_or("default");
+        let name = meta["name"].as_str().unwrap_or_default();
+        let generation = meta["generation"].as_i64().unwrap_or(1);
+        let status = match (kind.group, kind.kind) {
+            ("eventing.knative.dev", "Broker") => {
+                let v = self
+                    .inner
+                    .service
+                    .brokers()
+                    .into_iter()
+                    .find(|v| v.namespace == ns && v.name == name);
+                json!({
+                    "observedGeneration": generation,
+                    "conditions": conditions(v.is_none().then_some(("NotRunning", "broker is not running"))),
+                    "address": {"url": v.as_ref().map(|v| v.url.clone())},
+                    "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
+                    "evmesh": v.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),
+                })
+            }
+            ("eventing.knative.dev", "Trigger") => {
+                let v = self.inner.service.trigger(ns, name);
+                let reason = match &v {
+                    None => Some(("NotRunning".to_string(), "trigger is not running".to_string())),
+                    Some(v) => v.not_ready_reason.clone().map(|r| {
+                        (v.not_ready_code.clone().unwrap_or_else(|| "NotReady".into()), r)
+                    }),
+                };
+                json!({
+                    "observedGeneration": generation,
+                    "conditions": conditions(reason.as_ref().map(|(c, r)| (c.as_str(), r.as_str()))),
+                    "subscriberUri": v.as_ref().and_then(|v| v.subscriber_uri.clone()).unwrap_or_default(),
+                    "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
+                    "evmesh": v.map(|v| json!({"counters": v.counters})),
+                })
+            }
+            _ => {
+                let url = event_display_url(&self.inner.ingress, ns, name);
+                json!({
+                    "observedGeneration": generation,
+                    "conditions": conditions(None),
+                    "address": {"url": url.to_string()},
+                })
+            }
+        };
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("status".into(), status);
+        }
+        obj
+    }
+}
+
+fn conditions(not_ready: Option<(&str, &str)>) -> Value {
+    match not_ready {
+        None => json!([{"type": "Ready", "status": "True"}]),
+        Some((reason, message)) => {
+            json!([{"type": "Ready", "status": "False", "reason": reason, "message": message}])
+        }
+    }
+}
+
+fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str) {
+    let is = |m: &evmesh_config::ObjectMeta| m.namespace == ns && m.name == name;
+    match kind.kind {
+        "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
+        "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
+        k => mesh
+            .externals
+            .retain(|e| !(e.kind == k && is(&e.metadata))),
+    }
+}
+
+fn splice_into_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str, one: MeshConfig) {
+    remove_from_mesh(mesh, kind, ns, name);
+    mesh.brokers.extend(one.brokers);
+    mesh.triggers.extend(one.triggers);
+    mesh.externals.extend(one.externals);
+}
+
