@@ -62,22 +62,19 @@ fn status(code: StatusCode, reason: &str, message: String, details: Option<Value
     (code, Json(body)).into_response()
 }
 
-fn unknown_resource(group: &str, version: &str, plural: &str) -> Response {
-    status(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        format!("the server could not find the requested resource ({plural}.{group}/{version})"),
-        None,
-    )
-}
-
 impl IntoResponse for WriteError {
     fn into_response(self) -> Response {
         match self {
             WriteError::Invalid { kind, name, causes } => {
                 let summary = causes
                     .iter()
-                    .map(|(f, m)| if f.is_empty() { m.clone() } else { format!("{f}: {m}") })
+                    .map(|(f, m)| {
+                        if f.is_empty() {
+                            m.clone()
+                        } else {
+                            format!("{f}: {m}")
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
                 let causes: Vec<Value> = causes
@@ -89,8 +86,13 @@ impl IntoResponse for WriteError {
                 status(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "Invalid",
-                    format!("{}.{} {name:?} is invalid: {summary}", kind.kind, kind.group),
-                    Some(json!({"name": name, "group": kind.group, "kind": kind.kind, "causes": causes})),
+                    format!(
+                        "{}.{} {name:?} is invalid: {summary}",
+                        kind.kind, kind.group
+                    ),
+                    Some(
+                        json!({"name": name, "group": kind.group, "kind": kind.kind, "causes": causes}),
+                    ),
                 )
             }
             WriteError::AlreadyExists { kind, name } => status(
@@ -117,12 +119,24 @@ impl IntoResponse for WriteError {
                 message,
                 None,
             ),
+            WriteError::Unauthorized => status(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized".into(),
+                None,
+            ),
+            WriteError::UnknownResource(what) => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the requested resource ({what})"),
+                None,
+            ),
         }
     }
 }
 
 impl Admin {
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), WriteError> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -134,12 +148,7 @@ impl Admin {
         if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
             Ok(())
         } else {
-            Err(status(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "Unauthorized".into(),
-                None,
-            ))
+            Err(WriteError::Unauthorized)
         }
     }
 }
@@ -151,8 +160,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn kind_of(group: &str, version: &str, plural: &str) -> Result<&'static KindInfo, Response> {
-    registry::by_plural(group, version, plural).ok_or_else(|| unknown_resource(group, version, plural))
+fn kind_of(group: &str, version: &str, plural: &str) -> Result<&'static KindInfo, WriteError> {
+    registry::by_plural(group, version, plural)
+        .ok_or_else(|| WriteError::UnknownResource(format!("{plural}.{group}/{version}")))
 }
 
 fn watching(q: &HashMap<String, String>) -> bool {
@@ -177,7 +187,7 @@ async fn list_all(
 ) -> Response {
     let kind = match kind_of(&group, &version, &plural) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if watching(&q) {
         return watch(&a, kind, None, &q);
@@ -192,7 +202,7 @@ async fn list_ns(
 ) -> Response {
     let kind = match kind_of(&group, &version, &plural) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if watching(&q) {
         return watch(&a, kind, Some(ns), &q);
@@ -206,7 +216,7 @@ async fn get_one(
 ) -> Response {
     let kind = match kind_of(&group, &version, &plural) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match a.runtime.get(kind, &ns, &name) {
         Some(item) => Json(item).into_response(),
@@ -240,7 +250,15 @@ fn written(code: u16, object: Value, warnings: Vec<evmesh_config::Warning>) -> R
         .into_response();
     for w in warnings.iter().take(16) {
         let field = &w.location.field;
-        let text = format!("299 - \"{}{}\"", if field.is_empty() { String::new() } else { format!("{field}: ") }, w.message.replace('"', "'"));
+        let text = format!(
+            "299 - \"{}{}\"",
+            if field.is_empty() {
+                String::new()
+            } else {
+                format!("{field}: ")
+            },
+            w.message.replace('"', "'")
+        );
         if let Ok(v) = HeaderValue::from_str(&text) {
             resp.headers_mut().append(header::WARNING, v);
         }
@@ -254,12 +272,12 @@ async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = a.authorized(&headers) {
-        return r;
+    if let Err(e) = a.authorized(&headers) {
+        return e.into_response();
     }
     let kind = match kind_of(&group, &version, &plural) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let value = match parse_body(&body) {
         Ok(v) => v,
@@ -277,18 +295,22 @@ async fn replace(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = a.authorized(&headers) {
-        return r;
+    if let Err(e) = a.authorized(&headers) {
+        return e.into_response();
     }
     let kind = match kind_of(&group, &version, &plural) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let value = match parse_body(&body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    match a.runtime.write(kind, &ns, Some(&name), Some(value), false).await {
+    match a
+        .runtime
+        .write(kind, &ns, Some(&name), Some(value), false)
+        .await
+    {
         Ok((code, obj, warnings)) => written(code, obj, warnings),
         Err(e) => e.into_response(),
     }
@@ -299,12 +321,12 @@ async fn delete(
     Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = a.authorized(&headers) {
-        return r;
+    if let Err(e) = a.authorized(&headers) {
+        return e.into_response();
     }
     let kind = match kind_of(&group, &version, &plural) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match a.runtime.write(kind, &ns, Some(&name), None, false).await {
         Ok((code, obj, _)) => written(code, obj, vec![]),
@@ -406,8 +428,10 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(feed(tx));
     let head = futures_util::stream::iter(initial.into_iter().map(Ok));
-    let tail = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok(b), rx))
-    });
+    let tail =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
+        );
     futures_util::StreamExt::chain(head, tail)
 }

@@ -159,14 +159,17 @@ pub(crate) async fn apply(
             .await?;
         let (code, body, verb) = match code {
             404 => {
-                let (c, b) = server.call(reqwest::Method::POST, &base, Some(&doc)).await?;
+                let (c, b) = server
+                    .call(reqwest::Method::POST, &base, Some(&doc))
+                    .await?;
                 (c, b, "created")
             }
             200 => {
                 let (c, b) = server
                     .call(reqwest::Method::PUT, &format!("{base}/{name}"), Some(&doc))
                     .await?;
-                let same = b["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"];
+                let same =
+                    b["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"];
                 (c, b, if same { "unchanged" } else { "configured" })
             }
             _ => (code, current, ""),
@@ -280,16 +283,31 @@ fn print_table(kind: &KindInfo, items: &[Value], all_namespaces: bool) {
     for item in items {
         let mut row = Vec::new();
         if all_namespaces {
-            row.push(item["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+            row.push(
+                item["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
         }
         row.push(item["metadata"]["name"].as_str().unwrap_or("").to_string());
         let (r, reason) = ready(item);
         match kind.kind {
             "Trigger" => {
                 row.push(item["spec"]["broker"].as_str().unwrap_or("").to_string());
-                row.push(item["status"]["subscriberUri"].as_str().unwrap_or("").to_string());
+                row.push(
+                    item["status"]["subscriberUri"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                );
             }
-            _ => row.push(item["status"]["address"]["url"].as_str().unwrap_or("").to_string()),
+            _ => row.push(
+                item["status"]["address"]["url"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            ),
         }
         row.push(age(item));
         row.push(r);

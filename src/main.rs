@@ -83,6 +83,9 @@ enum Command {
         /// token kept in DATA_DIR/admin-token, mode 0600).
         #[arg(long)]
         admin_token_file: Option<PathBuf>,
+        /// Do not poll the -f files for changes (re-read them on SIGHUP only).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Create or update resources in a running evmesh (like `kubectl apply -f`).
     Apply {
@@ -231,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retention_bytes,
             max_in_flight,
             admin_token_file,
+            no_watch,
         } => {
             let mesh = if files.is_empty() {
                 tracing::info!(
@@ -273,7 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("listening on {listen}"))?;
             let running = std::sync::Arc::new(mesh.options(options).start(listener).await?);
             if !files.is_empty() {
-                tokio::spawn(watch_files(running.clone()));
+                tokio::spawn(watch_files(running.clone(), !no_watch));
             }
             tracing::info!(
                 "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
@@ -293,7 +297,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The admin token: from `--admin-token-file`, else the one kept in `DATA_DIR/admin-token`
 /// (made at random, mode 0600, on first start).
-fn admin_token(file: Option<&std::path::Path>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+fn admin_token(
+    file: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<String> {
     if let Some(f) = file {
         let t = std::fs::read_to_string(f)
             .with_context(|| format!("reading --admin-token-file {}", f.display()))?;
@@ -310,7 +317,11 @@ fn admin_token(file: Option<&std::path::Path>, data_dir: &std::path::Path) -> an
         return Ok(t.trim().to_string());
     }
     std::fs::create_dir_all(data_dir)?;
-    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -329,7 +340,7 @@ fn admin_token(file: Option<&std::path::Path>, data_dir: &std::path::Path) -> an
 
 /// Re-reads the served files on SIGHUP and when one of them changes on disk, and applies the
 /// difference.
-async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>) {
+async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool) {
     let stamp = |files: &[PathBuf]| -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
         files
             .iter()
@@ -360,7 +371,7 @@ async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>) {
         let hup_recv = std::future::pending::<()>();
         let reason = tokio::select! {
             _ = hup_recv => "SIGHUP",
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+            _ = tokio::time::sleep(Duration::from_secs(1)), if poll => {
                 let now = stamp(&running.watched_files());
                 if now == seen { continue; }
                 "files changed"

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use evmesh_broker::BrokerService;
 use evmesh_config::registry::{self, KindInfo};
 use evmesh_config::{
-    ConfigError, ConfigErrors, Document, MeshConfig, Resolver, Warning,
-    event_display_url, validate, validate_with_brokers,
+    ConfigError, ConfigErrors, Document, MeshConfig, Resolver, Warning, event_display_url,
+    validate, validate_with_brokers,
 };
 use evmesh_store::EventStore;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,9 @@ const HISTORY: usize = 4096;
 
 /// `(group, kind, namespace, name)`.
 pub(crate) type ResKey = (String, String, String, String);
+
+/// What readers see: the stored resources and the validated configuration built from them.
+type Snapshot = (Arc<BTreeMap<ResKey, Stored>>, Arc<MeshConfig>);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Stored {
@@ -73,6 +76,10 @@ pub(crate) enum WriteError {
     BadRequest(String),
     /// 500 (the store failed).
     Internal(String),
+    /// 401: a write without the right bearer token.
+    Unauthorized,
+    /// 404: a resource type evmesh does not serve.
+    UnknownResource(String),
 }
 
 struct Desired {
@@ -87,7 +94,7 @@ struct Inner {
     url_template: Option<String>,
     desired: tokio::sync::Mutex<Desired>,
     /// Snapshot for readers: the resources and the validated configuration.
-    snapshot: RwLock<(Arc<BTreeMap<ResKey, Stored>>, Arc<MeshConfig>)>,
+    snapshot: RwLock<Snapshot>,
     events: broadcast::Sender<Arc<WatchEvent>>,
     history: Mutex<VecDeque<Arc<WatchEvent>>>,
     current_rv: std::sync::atomic::AtomicU64,
@@ -153,9 +160,8 @@ fn causes(e: &ConfigErrors) -> Vec<(String, String)> {
     e.errors
         .iter()
         .map(|err| match err {
-            ConfigError::Invalid { location, message } | ConfigError::Yaml { location, message } => {
-                (location.field.clone(), message.clone())
-            }
+            ConfigError::Invalid { location, message }
+            | ConfigError::Yaml { location, message } => (location.field.clone(), message.clone()),
             ConfigError::Io { message, .. } => (String::new(), message.clone()),
         })
         .collect()
@@ -182,12 +188,14 @@ impl Runtime {
                     Some((_, k)) => {
                         resources.insert(k, stored);
                     }
-                    None => tracing::warn!(key = %key, "stored resource of an unknown kind ignored"),
+                    None => {
+                        tracing::warn!(key = %key, "stored resource of an unknown kind ignored")
+                    }
                 },
                 Err(e) => {
-                    return Err(crate::Error::Start(evmesh_broker::StartError::new(format!(
-                        "stored resource {key} is unreadable: {e}"
-                    ))));
+                    return Err(crate::Error::Start(evmesh_broker::StartError::new(
+                        format!("stored resource {key} is unreadable: {e}"),
+                    )));
                 }
             }
         }
@@ -392,10 +400,7 @@ impl Runtime {
             .and_then(Value::as_i64)
             .unwrap_or(0);
         *rv += 1;
-        let Some(meta) = manifest
-            .get_mut("metadata")
-            .and_then(Value::as_object_mut)
-        else {
+        let Some(meta) = manifest.get_mut("metadata").and_then(Value::as_object_mut) else {
             return manifest;
         };
         meta.entry("namespace")
@@ -410,7 +415,11 @@ impl Runtime {
             .cloned()
             .unwrap_or_else(|| Value::String(now_rfc3339()));
         meta.insert("creationTimestamp".into(), created);
-        let generation = if spec_changed { prev_gen + 1 } else { prev_gen.max(1) };
+        let generation = if spec_changed {
+            prev_gen + 1
+        } else {
+            prev_gen.max(1)
+        };
         meta.insert("generation".into(), json!(generation));
         meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
         manifest
@@ -552,10 +561,7 @@ impl Runtime {
             }
             Some(_) => {}
         }
-        let body_name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let body_name = meta.get("name").and_then(Value::as_str).map(str::to_string);
         let name = match (name, body_name) {
             (Some(url_name), Some(b)) if b != url_name => {
                 return Err(WriteError::BadRequest(format!(
@@ -568,7 +574,10 @@ impl Runtime {
                 return Err(WriteError::Invalid {
                     kind,
                     name: String::new(),
-                    causes: vec![("metadata.name".into(), "Required value: name is required".into())],
+                    causes: vec![(
+                        "metadata.name".into(),
+                        "Required value: name is required".into(),
+                    )],
                 });
             }
         };
@@ -578,7 +587,13 @@ impl Runtime {
             .and_then(Value::as_str)
             .map(str::to_string);
         // The server owns these.
-        for k in ["uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp"] {
+        for k in [
+            "uid",
+            "generation",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+        ] {
             meta.remove(k);
         }
         let key = key_of(kind, namespace, &name);
@@ -615,13 +630,14 @@ impl Runtime {
             &format!("<api {} {namespace}/{name}>", kind.kind),
             manifest.clone(),
         );
-        let one = validate_with_brokers(std::slice::from_ref(&doc), &brokers_of(&mesh)).map_err(
-            |e| WriteError::Invalid {
-                kind,
-                name: name.clone(),
-                causes: causes(&e),
-            },
-        )?;
+        let one =
+            validate_with_brokers(std::slice::from_ref(&doc), &brokers_of(&mesh)).map_err(|e| {
+                WriteError::Invalid {
+                    kind,
+                    name: name.clone(),
+                    causes: causes(&e),
+                }
+            })?;
         let mut rv = desired.rv;
         let stamped = self.stamp(manifest, previous.as_ref().map(|p| &p.manifest), &mut rv);
         let unchanged = previous.as_ref().is_some_and(|p| p.manifest == stamped);
@@ -653,7 +669,11 @@ impl Runtime {
             let next = Arc::new(next);
             self.publish_snapshot(&desired, next.clone());
             self.reconcile_one(kind, namespace, &name, &next).await;
-            let t = if previous.is_some() { "MODIFIED" } else { "ADDED" };
+            let t = if previous.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             let mut rv = desired.rv;
             self.emit(&key, &stamped, t, &mut rv);
             desired.rv = rv;
@@ -694,7 +714,12 @@ impl Runtime {
     }
 
     /// One resource rendered with status.
-    pub(crate) fn get(&self, kind: &'static KindInfo, namespace: &str, name: &str) -> Option<Value> {
+    pub(crate) fn get(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
         let resources = self
             .inner
             .snapshot
@@ -718,7 +743,10 @@ impl Runtime {
     pub(crate) fn watch_from(
         &self,
         from: u64,
-    ) -> (broadcast::Receiver<Arc<WatchEvent>>, Option<Vec<Arc<WatchEvent>>>) {
+    ) -> (
+        broadcast::Receiver<Arc<WatchEvent>>,
+        Option<Vec<Arc<WatchEvent>>>,
+    ) {
         let rx = self.inner.events.subscribe();
         let current = self.resource_version();
         let history = self
@@ -766,9 +794,17 @@ impl Runtime {
             ("eventing.knative.dev", "Trigger") => {
                 let v = self.inner.service.trigger(ns, name);
                 let reason = match &v {
-                    None => Some(("NotRunning".to_string(), "trigger is not running".to_string())),
+                    None => Some((
+                        "NotRunning".to_string(),
+                        "trigger is not running".to_string(),
+                    )),
                     Some(v) => v.not_ready_reason.clone().map(|r| {
-                        (v.not_ready_code.clone().unwrap_or_else(|| "NotReady".into()), r)
+                        (
+                            v.not_ready_code
+                                .clone()
+                                .unwrap_or_else(|| "NotReady".into()),
+                            r,
+                        )
                     }),
                 };
                 json!({
@@ -809,9 +845,7 @@ fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     match kind.kind {
         "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
         "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
-        k => mesh
-            .externals
-            .retain(|e| !(e.kind == k && is(&e.metadata))),
+        k => mesh.externals.retain(|e| !(e.kind == k && is(&e.metadata))),
     }
 }
 
@@ -821,4 +855,3 @@ fn splice_into_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     mesh.triggers.extend(one.triggers);
     mesh.externals.extend(one.externals);
 }
-

@@ -38,7 +38,10 @@ async fn send(method: reqwest::Method, url: &str, body: Option<String>) -> (u16,
     let resp = req.send().await.expect("request");
     let code = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn get_json(url: &str) -> (u16, Value) {
@@ -71,7 +74,10 @@ async fn created_trigger_has_kubernetes_metadata_and_delivers() {
     assert!(meta["creationTimestamp"].as_str().is_some(), "{obj}");
     assert_eq!(obj["status"]["observedGeneration"], 1);
     assert_eq!(ready(&obj).0, "True", "{obj}");
-    assert_eq!(post_binary(&m.url("/demo/default"), event("e1", "a")).await, 202);
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("e1", "a")).await,
+        202
+    );
     eventually("delivered", Duration::from_secs(10), || sink.count() == 1).await;
 
     // A replace that changes the spec bumps generation and keeps uid and creationTimestamp.
@@ -84,14 +90,25 @@ async fn created_trigger_has_kubernetes_metadata_and_delivers() {
     .await;
     assert_eq!(code, 200, "{changed}");
     assert_eq!(changed["metadata"]["uid"], meta["uid"]);
-    assert_eq!(changed["metadata"]["creationTimestamp"], meta["creationTimestamp"]);
+    assert_eq!(
+        changed["metadata"]["creationTimestamp"],
+        meta["creationTimestamp"]
+    );
     assert_eq!(changed["metadata"]["generation"], 2);
-    assert_ne!(changed["metadata"]["resourceVersion"], meta["resourceVersion"]);
+    assert_ne!(
+        changed["metadata"]["resourceVersion"],
+        meta["resourceVersion"]
+    );
     assert_eq!(changed["status"]["observedGeneration"], 2);
-    assert_eq!(post_binary(&m.url("/demo/default"), event("e2", "a")).await, 202);
-    eventually("delivered to the new subscriber", Duration::from_secs(10), || {
-        other.ids() == vec!["e2".to_string()]
-    })
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("e2", "a")).await,
+        202
+    );
+    eventually(
+        "delivered to the new subscriber",
+        Duration::from_secs(10),
+        || other.ids() == vec!["e2".to_string()],
+    )
     .await;
     assert_eq!(sink.ids(), vec!["e1".to_string()]);
 }
@@ -133,7 +150,9 @@ async fn misspelt_field_is_an_unknown_field_error_with_the_nearest_name() {
     let cause = &status["details"]["causes"][0];
     assert_eq!(cause["field"], "spec.filtr", "{status}");
     assert!(
-        cause["message"].as_str().is_some_and(|m| m.contains("unknown field") && m.contains("\"filter\"")),
+        cause["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown field") && m.contains("\"filter\"")),
         "{status}"
     );
 }
@@ -143,9 +162,19 @@ async fn conflicting_and_missing_resources_get_409_and_404() {
     let sink = TestSink::start().await;
     let m = mesh(BROKER).await;
     let url = triggers_url(&m);
-    let (code, _) = send(reqwest::Method::POST, &url, Some(trigger_yaml("t1", &sink, "a"))).await;
+    let (code, _) = send(
+        reqwest::Method::POST,
+        &url,
+        Some(trigger_yaml("t1", &sink, "a")),
+    )
+    .await;
     assert_eq!(code, 201);
-    let (code, status) = send(reqwest::Method::POST, &url, Some(trigger_yaml("t1", &sink, "a"))).await;
+    let (code, status) = send(
+        reqwest::Method::POST,
+        &url,
+        Some(trigger_yaml("t1", &sink, "a")),
+    )
+    .await;
     assert_eq!(code, 409, "{status}");
     assert_eq!(status["reason"], "AlreadyExists");
     let (code, status) = send(
@@ -159,7 +188,8 @@ async fn conflicting_and_missing_resources_get_409_and_404() {
     let (code, status) = send(reqwest::Method::DELETE, &format!("{url}/nope"), None).await;
     assert_eq!(code, 404, "{status}");
     assert_eq!(status["reason"], "NotFound");
-    let (code, status) = get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/demo/widgets")).await;
+    let (code, status) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/demo/widgets")).await;
     assert_eq!(code, 404, "{status}");
     assert_eq!(status["reason"], "NotFound");
 }
@@ -173,7 +203,12 @@ async fn writes_need_the_bearer_token_and_reads_stay_open() {
     })
     .await;
     let url = triggers_url(&m);
-    let (code, status) = send(reqwest::Method::POST, &url, Some(trigger_yaml("t1", &sink, "a"))).await;
+    let (code, status) = send(
+        reqwest::Method::POST,
+        &url,
+        Some(trigger_yaml("t1", &sink, "a")),
+    )
+    .await;
     assert_eq!(code, 401, "{status}");
     assert_eq!(status["reason"], "Unauthorized");
     let wrong = client()
@@ -202,8 +237,15 @@ async fn trigger_before_broker_waits_not_ready_then_delivers() {
     let sink = TestSink::start().await;
     let m = mesh(&trigger_yaml("early", &sink, "a")).await;
     let (_, t) = get_json(&format!("{}/early", triggers_url(&m))).await;
-    assert_eq!(ready(&t), ("False".to_string(), "BrokerDoesNotExist".to_string()), "{t}");
-    assert_eq!(post_binary(&m.url("/demo/default"), event("lost", "a")).await, 404);
+    assert_eq!(
+        ready(&t),
+        ("False".to_string(), "BrokerDoesNotExist".to_string()),
+        "{t}"
+    );
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("lost", "a")).await,
+        404
+    );
     let (code, b) = send(
         reqwest::Method::POST,
         &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers"),
@@ -213,15 +255,24 @@ async fn trigger_before_broker_waits_not_ready_then_delivers() {
     assert_eq!(code, 201, "{b}");
     let (_, t) = get_json(&format!("{}/early", triggers_url(&m))).await;
     assert_eq!(ready(&t).0, "True", "{t}");
-    assert_eq!(post_binary(&m.url("/demo/default"), event("e1", "a")).await, 202);
-    eventually("delivered", Duration::from_secs(10), || sink.ids() == vec!["e1".to_string()]).await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("e1", "a")).await,
+        202
+    );
+    eventually("delivered", Duration::from_secs(10), || {
+        sink.ids() == vec!["e1".to_string()]
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn deleted_broker_answers_404_at_once_and_its_trigger_goes_not_ready() {
     let sink = TestSink::start().await;
     let m = mesh(&format!("{BROKER}---\n{}", trigger_yaml("t1", &sink, "a"))).await;
-    assert_eq!(post_binary(&m.url("/demo/default"), event("e1", "a")).await, 202);
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("e1", "a")).await,
+        202
+    );
     let (code, _) = send(
         reqwest::Method::DELETE,
         &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers/default"),
@@ -229,17 +280,30 @@ async fn deleted_broker_answers_404_at_once_and_its_trigger_goes_not_ready() {
     )
     .await;
     assert_eq!(code, 200);
-    assert_eq!(post_binary(&m.url("/demo/default"), event("e2", "a")).await, 404);
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("e2", "a")).await,
+        404
+    );
     let (_, t) = get_json(&format!("{}/t1", triggers_url(&m))).await;
-    assert_eq!(ready(&t), ("False".to_string(), "BrokerDoesNotExist".to_string()), "{t}");
-    eventually("the accepted event is still delivered", Duration::from_secs(10), || {
-        sink.ids().contains(&"e1".to_string())
-    })
+    assert_eq!(
+        ready(&t),
+        ("False".to_string(), "BrokerDoesNotExist".to_string()),
+        "{t}"
+    );
+    eventually(
+        "the accepted event is still delivered",
+        Duration::from_secs(10),
+        || sink.ids().contains(&"e1".to_string()),
+    )
     .await;
 }
 
 /// Posts events of type `a` with increasing ids until stopped; returns the ids answered 202.
-fn load(url: String, stop: Arc<AtomicBool>, sent: Arc<AtomicUsize>) -> tokio::task::JoinHandle<Vec<String>> {
+fn load(
+    url: String,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
         let mut ok = Vec::new();
         let mut i = 0;
@@ -278,16 +342,29 @@ async fn apply_change_and_delete_under_load_lose_nothing() {
     let at_least = |n: usize| {
         let sent = sent.clone();
         async move {
-            eventually("events flowing", Duration::from_secs(20), || sent.load(Ordering::Acquire) >= n).await
+            eventually("events flowing", Duration::from_secs(20), || {
+                sent.load(Ordering::Acquire) >= n
+            })
+            .await
         }
     };
     at_least(100).await;
     // Change the steady trigger's subscriber: a → b (it keeps its position).
-    let (code, _) = send(reqwest::Method::PUT, &format!("{url}/steady"), Some(trigger_yaml("steady", &b, "a"))).await;
+    let (code, _) = send(
+        reqwest::Method::PUT,
+        &format!("{url}/steady"),
+        Some(trigger_yaml("steady", &b, "a")),
+    )
+    .await;
     assert_eq!(code, 200);
     at_least(200).await;
     // Add a trigger: it gets every event accepted after its creation answered.
-    let (code, _) = send(reqwest::Method::POST, &url, Some(trigger_yaml("late", &d, "a"))).await;
+    let (code, _) = send(
+        reqwest::Method::POST,
+        &url,
+        Some(trigger_yaml("late", &d, "a")),
+    )
+    .await;
     assert_eq!(code, 201);
     let after_create = sent.load(Ordering::Acquire);
     at_least(after_create + 100).await;
@@ -301,27 +378,43 @@ async fn apply_change_and_delete_under_load_lose_nothing() {
         accepted.extend(s.await.expect("sender"));
     }
     let all: HashSet<String> = accepted.iter().cloned().collect();
-    eventually("the steady trigger got every accepted event", Duration::from_secs(30), || {
-        let got: HashSet<String> = a.ids().into_iter().chain(b.ids()).collect();
-        all.is_subset(&got)
-    })
+    eventually(
+        "the steady trigger got every accepted event",
+        Duration::from_secs(30),
+        || {
+            let got: HashSet<String> = a.ids().into_iter().chain(b.ids()).collect();
+            all.is_subset(&got)
+        },
+    )
     .await;
     assert!(!b.ids().is_empty(), "the changed subscriber got events");
     // Every event accepted after `late` was created reached it: senders number ids in order, so
     // those are the ids numbered past each sender's count at that moment; check the bulk: at
     // least every event whose acceptance followed the create by the 4 in-flight posts.
     let late: HashSet<String> = d.ids().into_iter().collect();
-    eventually("the late trigger got the events after its creation", Duration::from_secs(30), || {
-        d.count() + after_create + 8 >= accepted.len()
-    })
+    eventually(
+        "the late trigger got the events after its creation",
+        Duration::from_secs(30),
+        || d.count() + after_create + 8 >= accepted.len(),
+    )
     .await;
     assert!(late.is_subset(&all));
     // The deleted trigger stops getting events.
     let doomed_before = c.count();
-    assert_eq!(post_binary(&m.url("/demo/default"), event("after", "a")).await, 202);
-    eventually("delivered to steady", Duration::from_secs(10), || b.ids().contains(&"after".to_string())).await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("after", "a")).await,
+        202
+    );
+    eventually("delivered to steady", Duration::from_secs(10), || {
+        b.ids().contains(&"after".to_string())
+    })
+    .await;
     settle().await;
-    assert_eq!(c.count(), doomed_before, "a deleted trigger delivers nothing new");
+    assert_eq!(
+        c.count(),
+        doomed_before,
+        "a deleted trigger delivers nothing new"
+    );
 }
 
 #[tokio::test]
@@ -329,18 +422,35 @@ async fn watch_streams_changes_and_resumes_from_a_resource_version() {
     let sink = TestSink::start().await;
     let m = mesh(&format!("{BROKER}---\n{}", trigger_yaml("t1", &sink, "a"))).await;
     let url = triggers_url(&m);
-    let resp = client().get(format!("{url}?watch=true")).send().await.expect("watch");
+    let resp = client()
+        .get(format!("{url}?watch=true"))
+        .send()
+        .await
+        .expect("watch");
     assert_eq!(resp.status().as_u16(), 200);
     let mut lines = Lines::new(resp);
     let first = lines.next().await;
     assert_eq!(first["type"], "ADDED");
     assert_eq!(first["object"]["metadata"]["name"], "t1");
-    let (_, created) = send(reqwest::Method::POST, &url, Some(trigger_yaml("t2", &sink, "b"))).await;
+    let (_, created) = send(
+        reqwest::Method::POST,
+        &url,
+        Some(trigger_yaml("t2", &sink, "b")),
+    )
+    .await;
     let ev = lines.next().await;
     assert_eq!(ev["type"], "ADDED");
     assert_eq!(ev["object"]["metadata"]["name"], "t2");
-    let rv = created["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
-    send(reqwest::Method::PUT, &format!("{url}/t2"), Some(trigger_yaml("t2", &sink, "c"))).await;
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    send(
+        reqwest::Method::PUT,
+        &format!("{url}/t2"),
+        Some(trigger_yaml("t2", &sink, "c")),
+    )
+    .await;
     let ev = lines.next().await;
     assert_eq!(ev["type"], "MODIFIED");
     assert_eq!(ev["object"]["spec"]["filter"]["attributes"]["type"], "c");
@@ -376,7 +486,10 @@ struct Lines {
 
 impl Lines {
     fn new(resp: reqwest::Response) -> Lines {
-        Lines { resp, buf: Vec::new() }
+        Lines {
+            resp,
+            buf: Vec::new(),
+        }
     }
     async fn next(&mut self) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -86,7 +86,10 @@ impl TriggerShared {
         *self.plan.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(plan);
     }
     fn filter(&self) -> Filter {
-        self.filter.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.filter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     pub(crate) fn set_filter(&self, filter: Filter) {
         *self.filter.write().unwrap_or_else(|e| e.into_inner()) = filter;
@@ -264,7 +267,8 @@ impl Router {
         let mut matched = Vec::new();
         loop {
             let notified = self.notify.notified();
-            if self.routes.dirty.load(Ordering::Acquire) && last_refresh.elapsed() >= ROUTES_DEBOUNCE
+            if self.routes.dirty.load(Ordering::Acquire)
+                && last_refresh.elapsed() >= ROUTES_DEBOUNCE
             {
                 self.refresh(&mut table).await;
                 last_refresh = Instant::now();

@@ -338,7 +338,11 @@ impl BrokerService {
     /// gone (a deleted trigger finishes its in-flight attempts, then its progress is dropped; a
     /// deleted broker answers 404 at once and keeps its log). Triggers whose broker does not
     /// exist wait, not ready, and start when it appears.
-    pub async fn reconcile(&self, mesh: &MeshConfig, resolver: &Resolver) -> Result<(), StartError> {
+    pub async fn reconcile(
+        &self,
+        mesh: &MeshConfig,
+        resolver: &Resolver,
+    ) -> Result<(), StartError> {
         let _guard = self.inner.reconcile.lock().await;
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Ok(());
@@ -376,7 +380,10 @@ impl BrokerService {
             let existing = self.state().brokers.get(key).cloned();
             match existing {
                 Some(runtime) => {
-                    *runtime.dead_letter.write().unwrap_or_else(|e| e.into_inner()) = dls;
+                    *runtime
+                        .dead_letter
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = dls;
                 }
                 None => {
                     let runtime = self.start_broker(&key.0, &key.1, resolver, dls).await?;
@@ -593,16 +600,20 @@ impl BrokerService {
         }
         let ck = checkpoint_key(&t.resource);
         // Take the current entry out (or make one).
-        let mut entry = self.state_mut().triggers.remove(&key).unwrap_or_else(|| TriggerEntry {
-            resource: t.resource.clone(),
-            checkpoint_key: ck.clone(),
-            counters: Counters::default(),
-            subscriber_uri: None,
-            dead_letter_uri: None,
-            not_ready: None,
-            running: None,
-            stopping: None,
-        });
+        let mut entry = self
+            .state_mut()
+            .triggers
+            .remove(&key)
+            .unwrap_or_else(|| TriggerEntry {
+                resource: t.resource.clone(),
+                checkpoint_key: ck.clone(),
+                counters: Counters::default(),
+                subscriber_uri: None,
+                dead_letter_uri: None,
+                not_ready: None,
+                running: None,
+                stopping: None,
+            });
         // A trigger moved to another broker (or re-created under a new uid) starts afresh.
         if entry.checkpoint_key != ck {
             if let Some(run) = entry.running.take() {

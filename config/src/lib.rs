@@ -34,7 +34,8 @@ pub use loader::{Document, load_str};
 pub use model::*;
 pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, event_display_url};
 pub use validate::{
-    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate, validate_with_brokers,
+    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
+    validate_with_brokers,
 };
 
 impl MeshConfig {

@@ -237,6 +237,8 @@ pub struct ExternalResource {
 }
 
 /// Any resource evmesh reads.
+// Built once per resource at configuration time, never in a hot path: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     /// `eventing.knative.dev/v1` Broker.

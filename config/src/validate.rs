@@ -208,18 +208,53 @@ fn typed<T: DeserializeOwned>(
 
 /// Field names of the kinds evmesh serves, for "did you mean" suggestions.
 const KNOWN_FIELDS: &[&str] = &[
-    "broker", "brokerRef", "filter", "filters", "subscriber", "delivery", "config",
-    "deadLetterSink", "retry", "backoffPolicy", "backoffDelay", "timeout", "retryAfterMax",
-    "format", "ref", "uri", "CACerts", "audience", "apiVersion", "kind", "name", "namespace",
-    "attributes", "exact", "prefix", "suffix", "all", "any", "not", "cesql", "labels",
-    "annotations", "spec", "metadata", "status",
+    "broker",
+    "brokerRef",
+    "filter",
+    "filters",
+    "subscriber",
+    "delivery",
+    "config",
+    "deadLetterSink",
+    "retry",
+    "backoffPolicy",
+    "backoffDelay",
+    "timeout",
+    "retryAfterMax",
+    "format",
+    "ref",
+    "uri",
+    "CACerts",
+    "audience",
+    "apiVersion",
+    "kind",
+    "name",
+    "namespace",
+    "attributes",
+    "exact",
+    "prefix",
+    "suffix",
+    "all",
+    "any",
+    "not",
+    "cesql",
+    "labels",
+    "annotations",
+    "spec",
+    "metadata",
+    "status",
 ];
 
 /// The closest known field name, when it is close enough to be a likely typo.
 pub(crate) fn nearest_known_field(name: &str) -> Option<&'static str> {
     let (best, dist) = KNOWN_FIELDS
         .iter()
-        .map(|k| (*k, edit_distance(&name.to_ascii_lowercase(), &k.to_ascii_lowercase())))
+        .map(|k| {
+            (
+                *k,
+                edit_distance(&name.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+            )
+        })
         .min_by_key(|(_, d)| *d)?;
     let limit = if name.len() <= 4 { 1 } else { 2 };
     (dist > 0 && dist <= limit).then_some(best)
@@ -469,8 +504,18 @@ pub fn validate_with_brokers(
         }
         let group = api_version.split('/').next().unwrap_or("");
         for key in obj.keys() {
-            if !["apiVersion", "kind", "metadata", "spec", "status", "data", "stringData", "type", "immutable"]
-                .contains(&key.as_str())
+            if ![
+                "apiVersion",
+                "kind",
+                "metadata",
+                "spec",
+                "status",
+                "data",
+                "stringData",
+                "type",
+                "immutable",
+            ]
+            .contains(&key.as_str())
             {
                 report_unknown_field(&mut ctx, doc, key);
             }
@@ -597,7 +642,11 @@ pub fn validate_with_brokers(
         let errors_before = ctx.errors.len();
         if let Some(r) = trigger.spec.broker_ref.clone() {
             if !r.kind.is_empty() && r.kind != "Broker" {
-                ctx.error(doc, "spec.brokerRef.kind", format!("must be Broker, got {:?}", r.kind));
+                ctx.error(
+                    doc,
+                    "spec.brokerRef.kind",
+                    format!("must be Broker, got {:?}", r.kind),
+                );
             }
             if r.namespace.as_ref().is_some_and(|n| *n != ns) {
                 ctx.error(
@@ -607,7 +656,11 @@ pub fn validate_with_brokers(
                 );
             }
             if !trigger.spec.broker.is_empty() && trigger.spec.broker != r.name {
-                ctx.error(doc, "spec.brokerRef", "names another broker than spec.broker");
+                ctx.error(
+                    doc,
+                    "spec.brokerRef",
+                    "names another broker than spec.broker",
+                );
             }
             trigger.spec.broker = r.name;
         }

@@ -1,0 +1,308 @@
+//! The real binary changed while it runs: `evmesh apply -f -` / `get` / `delete` with the admin
+//! token from the data dir, resources applied through the API surviving kill -9, and `serve -f`
+//! re-reading its files on change and on SIGHUP.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Evmesh {
+    child: Child,
+    addr: String,
+}
+
+impl Evmesh {
+    fn start(config: &Path, data: &Path) -> Evmesh {
+        Self::start_with(config, data, &[])
+    }
+
+    fn start_with(config: &Path, data: &Path, extra: &[&str]) -> Evmesh {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_evmesh"))
+            .args(["serve", "-f"])
+            .arg(config)
+            .args(extra)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env("EVMESH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn evmesh");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("evmesh exited before listening")
+                .expect("read stderr");
+            if let Some(rest) = line.split("evmesh listening on ").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Evmesh { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Runs an `evmesh` client command against this server; returns (success, stdout+stderr).
+    fn cli(&self, data: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_evmesh"))
+            .args(args)
+            .args(["--server", &self.url(""), "--data-dir"])
+            .arg(data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn evmesh client");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().expect("client output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Evmesh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BROKER: &str = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default, namespace: demo}\nspec:\n  delivery: {retry: 3, backoffDelay: PT0.05S}\n";
+
+fn trigger(name: &str, sink: &TestSink) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{}\"}}\n",
+        sink.url()
+    )
+}
+
+#[tokio::test]
+async fn apply_from_stdin_then_get_and_delete_with_the_data_dir_token() {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, BROKER).expect("write");
+    let data = dir.path().join("data");
+    let em = Evmesh::start(&config, &data);
+    let token = std::fs::read_to_string(data.join("admin-token")).expect("token written");
+    assert!(token.len() >= 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("admin-token"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The Knative docs' `kubectl apply -f - <<EOF`, with the command name swapped.
+    let (ok, out) = em.cli(&data, &["apply", "-f", "-"], Some(&trigger("t1", &sink)));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("trigger.eventing.knative.dev/t1 created"),
+        "{out}"
+    );
+    let (ok, out) = em.cli(&data, &["apply", "-f", "-"], Some(&trigger("t1", &sink)));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("trigger.eventing.knative.dev/t1 unchanged"),
+        "{out}"
+    );
+    assert_eq!(
+        post_binary(&em.url("/demo/default"), event("e1", "t")).await,
+        202
+    );
+    eventually("delivered", Duration::from_secs(10), || {
+        sink.ids() == vec!["e1".to_string()]
+    })
+    .await;
+
+    let (ok, out) = em.cli(&data, &["get", "triggers", "-n", "demo"], None);
+    assert!(ok, "{out}");
+    let header = out.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("BROKER") && header.contains("SUBSCRIBER_URI") && header.contains("READY"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("t1 ") && l.contains("True")),
+        "{out}"
+    );
+    let (ok, out) = em.cli(
+        &data,
+        &["get", "trigger", "t1", "-n", "demo", "-o", "yaml"],
+        None,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("kind: Trigger") && out.contains("uid:"),
+        "{out}"
+    );
+
+    // Without the token (a data dir that has none): Unauthorized, exit code 1.
+    let elsewhere = dir.path().join("elsewhere");
+    let (ok, out) = em.cli(&elsewhere, &["delete", "trigger", "t1", "-n", "demo"], None);
+    assert!(!ok);
+    assert!(out.contains("Unauthorized"), "{out}");
+    let (ok, out) = em.cli(&data, &["delete", "trigger", "t1", "-n", "demo"], None);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("trigger.eventing.knative.dev/t1 deleted"),
+        "{out}"
+    );
+    let (ok, out) = em.cli(&data, &["get", "trigger", "t1", "-n", "demo"], None);
+    assert!(!ok);
+    assert!(out.contains("NotFound"), "{out}");
+}
+
+#[tokio::test]
+async fn resources_applied_through_the_api_survive_kill9() {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, BROKER).expect("write");
+    let data = dir.path().join("data");
+    let em = Evmesh::start(&config, &data);
+    let (ok, out) = em.cli(
+        &data,
+        &["apply", "-f", "-"],
+        Some(&trigger("applied", &sink)),
+    );
+    assert!(ok, "{out}");
+    let uid_before = em
+        .cli(
+            &data,
+            &["get", "trigger", "applied", "-n", "demo", "-o", "json"],
+            None,
+        )
+        .1;
+    em.kill9();
+
+    let em = Evmesh::start(&config, &data);
+    let (ok, out) = em.cli(
+        &data,
+        &["get", "trigger", "applied", "-n", "demo", "-o", "json"],
+        None,
+    );
+    assert!(ok, "{out}");
+    let before: serde_json::Value = serde_json::from_str(&uid_before).expect("json");
+    let after: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(before["metadata"]["uid"], after["metadata"]["uid"]);
+    assert_eq!(
+        post_binary(&em.url("/demo/default"), event("e1", "t")).await,
+        202
+    );
+    eventually(
+        "the applied trigger runs again",
+        Duration::from_secs(10),
+        || sink.ids() == vec!["e1".to_string()],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn serve_reloads_its_files_when_they_change() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, format!("{BROKER}---\n{}", trigger("ta", &a))).expect("write");
+    let data = dir.path().join("data");
+    let em = Evmesh::start(&config, &data);
+    assert_eq!(
+        post_binary(&em.url("/demo/default"), event("e1", "t")).await,
+        202
+    );
+    eventually("delivered to a", Duration::from_secs(10), || a.count() == 1).await;
+
+    // The file changes: ta removed, tb added; applied without a restart.
+    std::fs::write(&config, format!("{BROKER}---\n{}", trigger("tb", &b))).expect("write");
+    let tb_url = em.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/tb");
+    assert!(wait_for_200(&tb_url).await, "the changed file was applied");
+    assert_eq!(
+        post_binary(&em.url("/demo/default"), event("e2", "t")).await,
+        202
+    );
+    eventually("delivered to b", Duration::from_secs(10), || {
+        b.ids() == vec!["e2".to_string()]
+    })
+    .await;
+    assert_eq!(
+        a.ids(),
+        vec!["e1".to_string()],
+        "the removed trigger got nothing new"
+    );
+}
+
+async fn wait_for_200(url: &str) -> bool {
+    for _ in 0..200 {
+        if client()
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_rereads_its_files_on_sighup() {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, BROKER).expect("write");
+    let data = dir.path().join("data");
+    // --no-watch: only SIGHUP can make it re-read the file.
+    let em = Evmesh::start_with(&config, &data, &["--no-watch"]);
+    std::fs::write(&config, format!("{BROKER}---\n{}", trigger("th", &sink))).expect("write");
+    let status = Command::new("kill")
+        .args(["-HUP", &em.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    assert!(
+        wait_for_200(&em.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/th")).await,
+        "SIGHUP applied the file"
+    );
+    assert_eq!(
+        post_binary(&em.url("/demo/default"), event("e1", "t")).await,
+        202
+    );
+    eventually("delivered", Duration::from_secs(10), || {
+        sink.ids() == vec!["e1".to_string()]
+    })
+    .await;
+}
