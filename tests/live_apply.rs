@@ -290,10 +290,26 @@ async fn deleted_broker_answers_404_at_once_and_its_trigger_goes_not_ready() {
         ("False".to_string(), "BrokerDoesNotExist".to_string()),
         "{t}"
     );
+    // Applied again, the broker's trigger resumes where it stopped: the event accepted before
+    // the delete is delivered (at least once), nothing is skipped.
+    let (code, b) = send(
+        reqwest::Method::POST,
+        &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers"),
+        Some(BROKER.into()),
+    )
+    .await;
+    assert_eq!(code, 201, "{b}");
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("e3", "a")).await,
+        202
+    );
     eventually(
-        "the accepted event is still delivered",
+        "both accepted events delivered",
         Duration::from_secs(10),
-        || sink.ids().contains(&"e1".to_string()),
+        || {
+            let ids = sink.ids();
+            ids.contains(&"e1".to_string()) && ids.contains(&"e3".to_string())
+        },
     )
     .await;
 }
