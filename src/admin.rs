@@ -43,9 +43,20 @@ pub(crate) fn routes(admin: Admin) -> Router {
         .with_state(admin)
 }
 
+/// 503 while shutting down, or while a resource cannot run (not merely waiting for another
+/// resource, such as a Trigger whose Broker is not applied yet), naming them.
 async fn readyz(State(a): State<Admin>) -> Response {
     if !a.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let failing: Vec<String> = a
+        .runtime
+        .failing()
+        .into_iter()
+        .map(|(what, why)| format!("{what}: {why}\n"))
+        .collect();
+    if !failing.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, failing.concat()).into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
 }

@@ -25,6 +25,8 @@ pub(crate) const SOURCE_API: &str = "api";
 
 const KEY_PREFIX: &str = "r/";
 const RV_KEY: &str = "r~rv";
+/// Not-ready reasons that mean "waiting for another resource", not "cannot run".
+const WAITING_REASONS: &[&str] = &["BrokerDoesNotExist", "DestinationNotResolved"];
 /// Watch events kept for resuming watches from a `resourceVersion`.
 const HISTORY: usize = 4096;
 
@@ -729,6 +731,27 @@ impl Runtime {
         resources
             .get(&key_of(kind, namespace, name))
             .map(|s| self.render(kind, &s.manifest))
+    }
+
+    /// Resources that cannot run (a worker that keeps failing, unreadable progress), with why.
+    /// Resources waiting for another one (a Trigger before its Broker) are not failing.
+    pub(crate) fn failing(&self) -> Vec<(String, String)> {
+        self.inner
+            .service
+            .triggers()
+            .into_iter()
+            .filter(|t| {
+                t.not_ready_code
+                    .as_deref()
+                    .is_some_and(|c| !WAITING_REASONS.contains(&c))
+            })
+            .map(|t| {
+                (
+                    format!("trigger {}/{}", t.namespace, t.name),
+                    t.not_ready_reason.unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     /// The resourceVersion of the latest change.
