@@ -49,6 +49,9 @@ pub enum Reply {
     EventWithStatus(u16, Event),
     /// Wait, then answer 202.
     Delay(Duration),
+    /// 200 with the event this function makes of the received one (binary mode); 202 without
+    /// a body when the request held no CloudEvent.
+    Map(fn(&Event) -> Event),
 }
 
 #[derive(Default)]
@@ -125,6 +128,7 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         .unwrap_or_default()
         .to_vec();
     let event = evmesh::evmesh_broker::codec::decode(&parts.headers, body.clone()).ok();
+    let received = event.clone();
     let reply = {
         let mut s = state.lock().expect("sink state");
         s.received.push(Received {
@@ -148,6 +152,10 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         }
         Some(Reply::Event(event)) => event_response(200, event),
         Some(Reply::EventWithStatus(code, event)) => event_response(code, event),
+        Some(Reply::Map(f)) => match received {
+            Some(e) => event_response(200, f(&e)),
+            None => StatusCode::ACCEPTED.into_response(),
+        },
     }
 }
 
