@@ -52,6 +52,8 @@ pub enum Reply {
     /// 200 with the event this function makes of the received one (binary mode); 202 without
     /// a body when the request held no CloudEvent.
     Map(fn(&Event) -> Event),
+    /// This status with these headers and this body, as given.
+    Raw(u16, Vec<(&'static str, String)>, String),
 }
 
 #[derive(Default)]
@@ -152,6 +154,16 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         }
         Some(Reply::Event(event)) => event_response(200, event),
         Some(Reply::EventWithStatus(code, event)) => event_response(code, event),
+        Some(Reply::Raw(code, headers, body)) => {
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = status(code);
+            for (name, value) in headers {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+            resp
+        }
         Some(Reply::Map(f)) => match received {
             Some(e) => event_response(200, f(&e)),
             None => StatusCode::ACCEPTED.into_response(),
