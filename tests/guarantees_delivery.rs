@@ -528,3 +528,48 @@ spec:
         );
     }
 }
+
+fn receipt(e: &cloudevents::Event) -> cloudevents::Event {
+    EventBuilderV10::new()
+        .id(format!("re-{}", e.id()))
+        .source("/replier")
+        .ty("reply")
+        .build()
+        .expect("reply event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_cannot_be_stored_makes_the_delivery_retry() {
+    // The reply arrives while the mesh shuts down, so storing it fails (the broker refuses new
+    // events): the delivery must not count as done; after a restart it is retried and the reply
+    // reaches its trigger.
+    let first = TestSink::start().await;
+    let second = TestSink::start().await;
+    first.script([Reply::DelayThen(
+        Duration::from_millis(500),
+        Box::new(Reply::Map(receipt)),
+    )]);
+    first.always(Reply::Map(receipt));
+    let yaml = REPLY_MESH
+        .replace("FIRST", &first.url())
+        .replace("SECOND", &second.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = mesh_at(dir.path(), &yaml, |o| o).await;
+    let url = format!("{}default/default", one.url());
+    assert_eq!(post_binary(&url, event("o-1", "original")).await, 202);
+    eventually("the delivery is in flight", WAIT, || first.count() == 1).await;
+    one.shutdown().await;
+    assert_eq!(second.count(), 0, "the reply was not stored");
+
+    let _two = mesh_at(dir.path(), &yaml, |o| o).await;
+    eventually("the reply delivered after the retry", WAIT, || {
+        second.count() == 1
+    })
+    .await;
+    assert_eq!(second.ids(), vec!["re-o-1"]);
+    assert_eq!(
+        first.ids(),
+        vec!["o-1", "o-1"],
+        "the original was delivered again"
+    );
+}

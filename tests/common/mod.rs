@@ -52,6 +52,8 @@ pub enum Reply {
     /// 200 with the event this function makes of the received one (binary mode); 202 without
     /// a body when the request held no CloudEvent.
     Map(fn(&Event) -> Event),
+    /// Wait, then answer as the boxed reply does.
+    DelayThen(Duration, Box<Reply>),
     /// This status with these headers and this body, as given.
     Raw(u16, Vec<(&'static str, String)>, String),
 }
@@ -141,8 +143,16 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         });
         s.script.pop_front().or_else(|| s.default.clone())
     };
+    let reply = match reply {
+        Some(Reply::DelayThen(d, then)) => {
+            tokio::time::sleep(d).await;
+            Some(*then)
+        }
+        other => other,
+    };
     match reply {
         None => StatusCode::ACCEPTED.into_response(),
+        Some(Reply::DelayThen(_, _)) => StatusCode::ACCEPTED.into_response(),
         Some(Reply::Status(code)) => status(code).into_response(),
         Some(Reply::StatusWithBody(code, body)) => (status(code), body).into_response(),
         Some(Reply::StatusWithHeader(code, name, value)) => {
