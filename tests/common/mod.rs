@@ -505,3 +505,62 @@ pub fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
     std::fs::write(&path, yaml).expect("write config");
     path
 }
+
+/// POSTs an event in binary mode and asserts it was accepted (202).
+pub async fn post_ok(url: &str, event: Event) {
+    let id = event.id().to_string();
+    assert_eq!(post_binary(url, event).await, 202, "event {id} accepted");
+}
+
+/// Waits, without sleeping a guessed time, until broker `ns/broker` has routed all `stored`
+/// events of its log and every (event, trigger) match it routed has finished (delivered,
+/// dead-lettered or dropped). After this nothing more can reach a subscriber, so "must not be
+/// delivered" can be asserted. `base` is the mesh URL.
+pub async fn quiesce(base: &str, ns: &str, broker: &str, stored: u64, timeout: Duration) {
+    let base = base.trim_end_matches('/');
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, b) = get_json(&format!(
+            "{base}/apis/eventing.knative.dev/v1/namespaces/{ns}/brokers/{broker}"
+        ))
+        .await;
+        let (_, t) = get_json(&format!(
+            "{base}/apis/eventing.knative.dev/v1/namespaces/{ns}/triggers"
+        ))
+        .await;
+        let routed_offset = b["status"]["evmesh"]["routedOffset"].as_u64();
+        let routed = b["status"]["evmesh"]["counters"]["routed"].as_u64();
+        let finished: u64 = t["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|i| i["spec"]["broker"] == broker)
+                    .map(|i| {
+                        let c = &i["status"]["evmesh"]["counters"];
+                        ["delivered", "deadLettered", "dropped"]
+                            .iter()
+                            .map(|f| c[*f].as_u64().unwrap_or(0))
+                            .sum::<u64>()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        if routed_offset == Some(stored) && routed == Some(finished) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for broker {ns}/{broker} to route {stored} \
+                 events and finish them: routedOffset {routed_offset:?}, routed {routed:?}, \
+                 finished {finished}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`quiesce`] for a [`TestMesh`].
+pub async fn quiet(m: &TestMesh, ns: &str, broker: &str, stored: u64) {
+    quiesce(&m.url(""), ns, broker, stored, Duration::from_secs(15)).await;
+}
