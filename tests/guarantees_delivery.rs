@@ -573,3 +573,77 @@ async fn a_reply_that_cannot_be_stored_makes_the_delivery_retry() {
         "the original was delivered again"
     );
 }
+
+#[tokio::test]
+async fn delivered_ce_header_values_are_percent_encoded() {
+    let sink = TestSink::start().await;
+    let m = mesh(&broker_and_trigger(&sink, "")).await;
+    let e = EventBuilderV10::new()
+        .id("pct-1")
+        .source("/s")
+        .ty("t")
+        .subject("café au lait")
+        .extension("note", "100% \"quoted\"")
+        .build()
+        .expect("event");
+    post_ok(&m.url("/demo/default"), e).await;
+    eventually("delivery", WAIT, || sink.count() == 1).await;
+    let r = &sink.received()[0];
+    // The raw header values (CloudEvents HTTP binding 3.1.3.2: space, '"', '%' and non-ASCII
+    // are percent-encoded), and the decoded event keeps the original values.
+    assert_eq!(
+        r.header("ce-subject").as_deref(),
+        Some("caf%C3%A9%20au%20lait")
+    );
+    assert_eq!(
+        r.header("ce-note").as_deref(),
+        Some("100%25%20%22quoted%22")
+    );
+    assert_eq!(r.event().subject(), Some("café au lait"));
+}
+
+#[tokio::test]
+async fn retryable_statuses_are_retried_and_others_fail_at_once() {
+    // Retryable (README, as Knative): no response, 404, 408, 409, 429, 5xx.
+    let sink = TestSink::start().await;
+    let retryable = [404u16, 408, 409, 429, 500, 502, 503, 504];
+    sink.script(retryable.map(Reply::Status));
+    let _m = one_event(&sink, "  delivery: {retry: 8, backoffDelay: PT0.01S}").await;
+    eventually("delivered on the 9th attempt", WAIT, || sink.count() == 9).await;
+    quiet(&_m, "demo", "default", 1).await;
+    let c = admin_counters(&_m.url(""), "triggers", "demo", "t1").await;
+    assert_eq!(
+        (c["delivered"].clone(), c["retried"].clone()),
+        (1.into(), 8.into()),
+        "{c}"
+    );
+
+    // Any other non-2xx: one attempt, then the event is dropped (no DLS).
+    let others = [400u16, 401, 403, 405, 410, 413, 422, 301];
+    let sinks: Vec<TestSink> = {
+        let mut v = Vec::new();
+        for code in others {
+            let s = TestSink::start().await;
+            s.always(Reply::Status(code));
+            v.push(s);
+        }
+        v
+    };
+    let mut yaml = String::from(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\nspec: {delivery: {retry: 3, backoffDelay: PT0.01S}}\n",
+    );
+    for (code, s) in others.iter().zip(&sinks) {
+        yaml.push_str(&format!(
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: s{code}}}\nspec: {{broker: default, subscriber: {{uri: \"{}\"}}}}\n",
+            s.url()
+        ));
+    }
+    let m = mesh(&yaml).await;
+    post_ok(&m.url("/default/default"), event("n-1", "t")).await;
+    quiet(&m, "default", "default", 1).await;
+    for (code, s) in others.iter().zip(&sinks) {
+        assert_eq!(s.count(), 1, "{code} is not retried");
+        let c = admin_counters(&m.url(""), "triggers", "default", &format!("s{code}")).await;
+        assert_eq!(c["dropped"], 1, "{code}: {c}");
+    }
+}
