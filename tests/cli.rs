@@ -252,6 +252,8 @@ async fn send_exits_1_and_prints_the_status_when_a_real_server_answers_400() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.starts_with("400 "), "{stdout}");
     assert!(stdout.contains("knativebrokerttl"), "the reason: {stdout}");
-    settle().await;
+    let c = admin_counters(&m.url(""), "brokers", "demo", "default").await;
+    assert_eq!(c["accepted"], 0, "the rejected event was not stored: {c}");
+    quiet(&m, "demo", "default", 0).await;
     assert_eq!(sink.count(), 0, "the rejected event is not delivered");
 }

@@ -122,14 +122,22 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
     assert!(!first_set.contains("after-sigterm"));
 
     sink.always(Reply::Status(202));
-    let _second = EvmeshProcess::start(&config, &data, &["--max-in-flight", "4"]);
+    let second = EvmeshProcess::start(&config, &data, &["--max-in-flight", "4"]);
     let want: HashSet<String> = accepted.iter().cloned().collect();
     eventually("every accepted event delivered", WAIT, || {
         let got: HashSet<String> = sink.ids().into_iter().collect();
         want.is_subset(&got)
     })
     .await;
-    settle().await;
+    // The restarted process has routed every stored (accepted) event and finished every match.
+    quiesce(
+        &second.url(""),
+        "default",
+        "default",
+        accepted.len() as u64,
+        WAIT,
+    )
+    .await;
     let second_run: Vec<String> = sink.ids()[first_run.len()..].to_vec();
     let redelivered: Vec<&String> = second_run
         .iter()
