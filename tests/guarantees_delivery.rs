@@ -648,3 +648,31 @@ async fn retryable_statuses_are_retried_and_others_fail_at_once() {
         assert_eq!(c["dropped"], 1, "{code}: {c}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_has_at_most_100_deliveries_in_flight_by_default() {
+    let sink = TestSink::start().await;
+    sink.always(Reply::Delay(Duration::from_secs(3)));
+    let m = mesh(&broker_and_trigger(&sink, "")).await;
+    let url = m.url("/demo/default");
+    let posts: Vec<_> = (0..130)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move { post_ok(&url, event(&format!("f-{i}"), "t")).await })
+        })
+        .collect();
+    for p in posts {
+        p.await.expect("post");
+    }
+    eventually("100 deliveries in flight", WAIT, || sink.count() == 100).await;
+    settle().await;
+    // No slot can free before the first answer, 3 s after the first request: every request that
+    // arrived before then was in flight at once.
+    let r = sink.received();
+    let first = r[0].at;
+    let before_any_answer = r
+        .iter()
+        .filter(|x| x.at < first + Duration::from_secs(3))
+        .count();
+    assert_eq!(before_any_answer, 100, "the default --max-in-flight is 100");
+}
