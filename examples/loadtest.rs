@@ -5,14 +5,17 @@
 //! * `loadtest e2e --triggers 100 --matching 10 --seconds 10 --concurrency 64`: a real evmesh
 //!   (durable store in a temp dir) plus a sink in this process; POSTs binary events over
 //!   loopback HTTP and reports accepted events/s, delivered events/s and the ingress→sink latency
-//!   (p50/p99) measured at the sink.
+//!   (p50/p99) measured at the sink. It fails (exit 1) on any non-2xx answer or transport error
+//!   at ingress, and when some accepted event did not reach every matching trigger (it counts
+//!   distinct (trigger, id) pairs at the sink, so duplicates cannot hide a loss).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use cloudevents::{EventBuilder, EventBuilderV10};
 
@@ -66,12 +69,14 @@ async fn e2e(
     seconds: u64,
     concurrency: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // The sink: records ingress→sink latency from the `sentus` extension.
+    // The sink: records ingress→sink latency from the `sentus` extension and the distinct
+    // (trigger, id) pairs it got (each trigger posts to its own path).
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::with_capacity(1 << 20)));
     let delivered = Arc::new(AtomicU64::new(0));
-    let (l, d) = (latencies.clone(), delivered.clone());
-    let sink = Router::new().fallback(post(move |headers: HeaderMap| {
-        let (l, d) = (l.clone(), d.clone());
+    let pairs = Arc::new(std::sync::Mutex::new(HashSet::<(String, String)>::new()));
+    let (l, d, p) = (latencies.clone(), delivered.clone(), pairs.clone());
+    let sink = Router::new().fallback(post(move |uri: Uri, headers: HeaderMap| {
+        let (l, d, p) = (l.clone(), d.clone(), p.clone());
         async move {
             if let Some(sent) = headers
                 .get("ce-sentus")
@@ -80,6 +85,11 @@ async fn e2e(
             {
                 l.lock()
                     .map(|mut l| l.push(now_us().saturating_sub(sent)))
+                    .ok();
+            }
+            if let Some(id) = headers.get("ce-id").and_then(|v| v.to_str().ok()) {
+                p.lock()
+                    .map(|mut p| p.insert((uri.path().to_string(), id.to_string())))
                     .ok();
             }
             d.fetch_add(1, Ordering::Relaxed);
@@ -101,7 +111,7 @@ async fn e2e(
             format!("bench.other.{i}")
         };
         yaml.push_str(&format!(
-            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t{i}}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: {ty}}}}}\n  subscriber: {{uri: \"{sink_url}\"}}\n"
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t{i}}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: {ty}}}}}\n  subscriber: {{uri: \"{sink_url}t{i}\"}}\n"
         ));
     }
     let dir = std::env::temp_dir().join(format!("evmesh-loadtest-{}", std::process::id()));
@@ -113,18 +123,25 @@ async fn e2e(
     let ingress = running.broker_url("default", "default").to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(AtomicU64::new(0));
+    let accepted_ids = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut senders = Vec::new();
     for w in 0..concurrency {
-        let (stop, accepted, ingress) = (stop.clone(), accepted.clone(), ingress.clone());
+        let (stop, accepted_ids, failures, ingress) = (
+            stop.clone(),
+            accepted_ids.clone(),
+            failures.clone(),
+            ingress.clone(),
+        );
         senders.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
+                let id = format!("{w}-{n}");
                 let Ok(event) = EventBuilderV10::new()
-                    .id(format!("{w}-{n}"))
+                    .id(id.clone())
                     .source("loadtest")
                     .ty("bench.match")
                     .extension("sentus", now_us().to_string())
@@ -134,20 +151,31 @@ async fn e2e(
                     )
                     .build()
                 else {
+                    failures.fetch_add(1, Ordering::Relaxed);
                     break;
                 };
                 let Ok(enc) = evmesh::evmesh_broker::codec::encode_binary(event) else {
+                    failures.fetch_add(1, Ordering::Relaxed);
                     break;
                 };
-                if let Ok(r) = client
+                match client
                     .post(&ingress)
                     .headers(enc.headers)
                     .body(enc.body)
                     .send()
                     .await
-                    && r.status().as_u16() == 202
                 {
-                    accepted.fetch_add(1, Ordering::Relaxed);
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        accepted_ids.lock().map(|mut a| a.push(id)).ok();
+                    }
+                    Ok(r) => {
+                        eprintln!("ingress answered {} to event {id}", r.status());
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("posting event {id}: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }));
@@ -158,9 +186,12 @@ async fn e2e(
         let _ = s.await;
     }
     let send_time = started.elapsed();
-    let expected = accepted.load(Ordering::Relaxed) * matching as u64;
+    let accepted_ids = accepted_ids.lock().map(|a| a.clone()).unwrap_or_default();
+    let accepted = accepted_ids.len() as u64;
+    let expected = accepted * matching as u64;
+    let distinct = || pairs.lock().map(|p| p.len() as u64).unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+    while distinct() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total_time = started.elapsed();
@@ -171,7 +202,7 @@ async fn e2e(
             .copied()
             .unwrap_or(0)
     };
-    let acc = accepted.load(Ordering::Relaxed);
+    let acc = accepted;
     println!(
         "triggers={triggers} matching={matching} concurrency={concurrency}: accepted {acc} in {:.1}s = {:.0} ev/s; delivered {} of {expected} in {:.1}s = {:.0} deliveries/s; latency ingress->sink p50 {:.2} ms, p99 {:.2} ms",
         send_time.as_secs_f64(),
@@ -184,5 +215,24 @@ async fn e2e(
     );
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+    // Every accepted id must have reached every matching trigger; no ingress failure allowed.
+    let missing: Vec<(String, String)> = {
+        let got = pairs.lock().map(|p| p.clone()).unwrap_or_default();
+        accepted_ids
+            .iter()
+            .flat_map(|id| (0..matching).map(move |i| (format!("/t{i}"), id.clone())))
+            .filter(|pair| !got.contains(pair))
+            .take(10)
+            .collect()
+    };
+    let failed = failures.load(Ordering::Relaxed);
+    if failed > 0 || !missing.is_empty() {
+        eprintln!(
+            "FAILED: {failed} ingress failures; {} of {expected} (trigger, id) deliveries missing (first: {missing:?})",
+            expected.saturating_sub(distinct())
+        );
+        std::process::exit(1);
+    }
+    println!("ok: every accepted event reached every matching trigger, no ingress failure");
     Ok(())
 }

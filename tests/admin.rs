@@ -142,7 +142,7 @@ async fn unknown_resources_get_a_kubernetes_style_404() {
 async fn trigger_status_counts_what_happened_to_events() {
     let sink = TestSink::start().await;
     let m = mesh(&broker_and_trigger(&sink, "")).await;
-    post_binary(&m.url("/demo/default"), event("1", "t")).await;
+    post_ok(&m.url("/demo/default"), event("1", "t")).await;
     eventually("delivery", std::time::Duration::from_secs(10), || {
         sink.count() == 1
     })
@@ -182,7 +182,7 @@ async fn built_in_event_display_is_addressable_and_receives_events() {
         d["status"]["address"]["url"],
         m.url("/_evmesh/event-display/default/event-display")
     );
-    post_binary(
+    post_ok(
         &m.url("/default/default"),
         event("q-1", "dev.example.hello"),
     )

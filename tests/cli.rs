@@ -20,7 +20,13 @@ fn validate(files: &[(&str, &str)]) -> (bool, String) {
     let out = cmd.output().expect("run evmesh validate");
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    // The documented exit codes: 0 when valid, 1 with errors.
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0) | Some(1)),
+        "exit code {code:?}:\n{text}"
+    );
+    (code == Some(0), text)
 }
 
 fn line_with<'a>(out: &'a str, needle: &str) -> &'a str {
@@ -212,8 +218,9 @@ async fn send_posts_one_binary_event_with_extensions() {
     })
     .await
     .expect("join");
-    assert!(
-        out.status.success(),
+    assert_eq!(
+        out.status.code(),
+        Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -228,19 +235,27 @@ async fn send_posts_one_binary_event_with_extensions() {
     );
 }
 
-#[test]
-fn send_exits_non_zero_when_the_event_is_rejected() {
-    let out = Command::new(env!("CARGO_BIN_EXE_evmesh"))
-        .args([
-            "send",
-            "--to",
-            "http://127.0.0.1:9/nope",
-            "--type",
-            "t",
-            "--source",
-            "/s",
-        ])
-        .output()
-        .expect("run send");
-    assert!(!out.status.success());
+#[tokio::test]
+async fn send_exits_1_and_prints_the_status_when_a_real_server_answers_400() {
+    let sink = TestSink::start().await;
+    let m = mesh(&broker_and_trigger(&sink, "")).await;
+    let url = m.url("/demo/default");
+    // A spent knativebrokerttl: the real ingress answers 400 (reply-loop protection).
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_evmesh"))
+            .args(["send", "--to", &url, "--type", "t", "--source", "/s"])
+            .args(["--id", "spent", "--extension", "knativebrokerttl=1"])
+            .output()
+            .expect("run send")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with("400 "), "{stdout}");
+    assert!(stdout.contains("knativebrokerttl"), "the reason: {stdout}");
+    let c = admin_counters(&m.url(""), "brokers", "demo", "default").await;
+    assert_eq!(c["accepted"], 0, "the rejected event was not stored: {c}");
+    quiet(&m, "demo", "default", 0).await;
+    assert_eq!(sink.count(), 0, "the rejected event is not delivered");
 }

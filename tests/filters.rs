@@ -49,15 +49,15 @@ async fn filters_dialects_route_events_end_to_end() {
             .build()
             .expect("event")
     };
-    post_binary(&url, e("1", "order.created", "/shop/eu", 5)).await; // exact + cesql
-    post_binary(&url, e("2", "order.created", "/crm", 1)).await; // none
-    post_binary(&url, e("3", "order.canceled", "/shop", 9)).await; // any + cesql
-    post_binary(&url, e("4", "user.signup", "/shop", 1)).await; // any (not prefix order.)
+    post_ok(&url, e("1", "order.created", "/shop/eu", 5)).await; // exact + cesql
+    post_ok(&url, e("2", "order.created", "/crm", 1)).await; // none
+    post_ok(&url, e("3", "order.canceled", "/shop", 9)).await; // any + cesql
+    post_ok(&url, e("4", "user.signup", "/shop", 1)).await; // any (not prefix order.)
     eventually("deliveries", Duration::from_secs(10), || {
         exact.count() == 1 && any.count() == 2 && cesql.count() == 2
     })
     .await;
-    settle().await;
+    quiet(&m, "default", "default", 4).await;
     assert_eq!(exact.ids(), vec!["1"]);
     let mut a = any.ids();
     a.sort();
@@ -75,10 +75,10 @@ async fn non_empty_filters_override_the_legacy_filter() {
         sink.url()
     );
     let m = mesh(&yaml).await;
-    post_binary(&m.url("/default/default"), event("legacy", "legacy.type")).await;
-    post_binary(&m.url("/default/default"), event("new", "new.type")).await;
+    post_ok(&m.url("/default/default"), event("legacy", "legacy.type")).await;
+    post_ok(&m.url("/default/default"), event("new", "new.type")).await;
     eventually("delivery", Duration::from_secs(10), || sink.count() == 1).await;
-    settle().await;
+    quiet(&m, "default", "default", 2).await;
     assert_eq!(sink.ids(), vec!["new"]);
 }
 
@@ -105,7 +105,7 @@ async fn jsonpath_extension_filters_on_event_data() {
             .build()
             .expect("event")
     };
-    post_binary(
+    post_ok(
         &url,
         with_data(
             "small",
@@ -113,7 +113,7 @@ async fn jsonpath_extension_filters_on_event_data() {
         ),
     )
     .await;
-    post_binary(
+    post_ok(
         &url,
         with_data(
             "big",
@@ -128,9 +128,9 @@ async fn jsonpath_extension_filters_on_event_data() {
         .data("text/plain", "not json")
         .build()
         .expect("event");
-    post_binary(&url, text).await;
+    post_ok(&url, text).await;
     eventually("delivery", Duration::from_secs(10), || sink.count() == 1).await;
-    settle().await;
+    quiet(&m, "default", "default", 3).await;
     assert_eq!(sink.ids(), vec!["big"]);
 }
 
@@ -147,14 +147,14 @@ async fn many_type_triggers_each_get_only_their_type() {
         ));
     }
     let m = mesh(&yaml).await;
-    post_binary(&m.url("/default/default"), event("a", "type-7")).await;
-    post_binary(&m.url("/default/default"), event("b", "type-10")).await;
-    post_binary(&m.url("/default/default"), event("c", "type-999")).await;
+    post_ok(&m.url("/default/default"), event("a", "type-7")).await;
+    post_ok(&m.url("/default/default"), event("b", "type-10")).await;
+    post_ok(&m.url("/default/default"), event("c", "type-999")).await;
     eventually("deliveries", Duration::from_secs(10), || {
         sinks[0].count() == 1 && sinks[1].count() == 1
     })
     .await;
-    settle().await;
+    quiet(&m, "default", "default", 3).await;
     assert_eq!(sinks[1].ids(), vec!["a"]);
     assert_eq!(sinks[0].ids(), vec!["b"]);
 }

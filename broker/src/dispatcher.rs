@@ -531,7 +531,10 @@ impl Worker {
                 slots.remove(&offset);
             }
             AttemptEnd::Next(Next::Retry(wait)) => {
-                self.shared.counters.retried();
+                // The switch to the dead-letter sink (failures reset to 0) is not a retry.
+                if slot.progress.failures > 0 {
+                    self.shared.counters.retried();
+                }
                 let due_ms = unix_ms() + wait.as_millis() as u64;
                 slot.due = Some((Instant::now() + wait, due_ms));
             }

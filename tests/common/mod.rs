@@ -49,6 +49,13 @@ pub enum Reply {
     EventWithStatus(u16, Event),
     /// Wait, then answer 202.
     Delay(Duration),
+    /// 200 with the event this function makes of the received one (binary mode); 202 without
+    /// a body when the request held no CloudEvent.
+    Map(fn(&Event) -> Event),
+    /// Wait, then answer as the boxed reply does.
+    DelayThen(Duration, Box<Reply>),
+    /// This status with these headers and this body, as given.
+    Raw(u16, Vec<(&'static str, String)>, String),
 }
 
 #[derive(Default)]
@@ -125,6 +132,7 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         .unwrap_or_default()
         .to_vec();
     let event = evmesh::evmesh_broker::codec::decode(&parts.headers, body.clone()).ok();
+    let received = event.clone();
     let reply = {
         let mut s = state.lock().expect("sink state");
         s.received.push(Received {
@@ -135,8 +143,16 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         });
         s.script.pop_front().or_else(|| s.default.clone())
     };
+    let reply = match reply {
+        Some(Reply::DelayThen(d, then)) => {
+            tokio::time::sleep(d).await;
+            Some(*then)
+        }
+        other => other,
+    };
     match reply {
         None => StatusCode::ACCEPTED.into_response(),
+        Some(Reply::DelayThen(_, _)) => StatusCode::ACCEPTED.into_response(),
         Some(Reply::Status(code)) => status(code).into_response(),
         Some(Reply::StatusWithBody(code, body)) => (status(code), body).into_response(),
         Some(Reply::StatusWithHeader(code, name, value)) => {
@@ -148,6 +164,20 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         }
         Some(Reply::Event(event)) => event_response(200, event),
         Some(Reply::EventWithStatus(code, event)) => event_response(code, event),
+        Some(Reply::Raw(code, headers, body)) => {
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = status(code);
+            for (name, value) in headers {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+            resp
+        }
+        Some(Reply::Map(f)) => match received {
+            Some(e) => event_response(200, f(&e)),
+            None => StatusCode::ACCEPTED.into_response(),
+        },
     }
 }
 
@@ -288,4 +318,249 @@ pub async fn one_event(sink: &TestSink, trigger_spec_extra: &str) -> TestMesh {
         202
     );
     m
+}
+
+/// Starts a mesh from inline YAML on an existing data directory (to restart on the same data).
+pub async fn mesh_at(
+    data_dir: &std::path::Path,
+    yaml: &str,
+    opts: impl FnOnce(evmesh::Options) -> evmesh::Options,
+) -> evmesh::RunningMesh {
+    let options = opts(evmesh::Options {
+        data_dir: data_dir.to_path_buf(),
+        ..evmesh::Options::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    evmesh::Mesh::from_yaml(yaml)
+        .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
+        .options(options)
+        .start(listener)
+        .await
+        .expect("mesh starts")
+}
+
+/// GETs a URL; returns (status, JSON body or `Null`).
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let resp = client().get(url).send().await.expect("get");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// `status.evmesh.counters` of a trigger or broker (`kind` is `triggers` or `brokers`), read
+/// through the admin API at `base` (the mesh's URL without trailing slash).
+pub async fn admin_counters(base: &str, kind: &str, ns: &str, name: &str) -> serde_json::Value {
+    let url = format!(
+        "{}/apis/eventing.knative.dev/v1/namespaces/{ns}/{kind}/{name}",
+        base.trim_end_matches('/')
+    );
+    let (status, v) = get_json(&url).await;
+    assert_eq!(status, 200, "GET {url}");
+    v["status"]["evmesh"]["counters"].clone()
+}
+
+/// Waits until the admin counters of `kind/ns/name` satisfy `cond`; returns them.
+pub async fn eventually_counters(
+    base: &str,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = admin_counters(base, kind, ns, name).await;
+        if cond(&c) {
+            return c;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for counters of {kind} {ns}/{name}: {c}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many times each id was received by `sink`.
+pub fn id_counts(sink: &TestSink) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for id in sink.ids() {
+        *m.entry(id).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A running `evmesh serve` process (the real binary) and the address it listens on.
+pub struct EvmeshProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl EvmeshProcess {
+    /// Spawns `evmesh serve -f config --listen 127.0.0.1:0 --data-dir data extra...` and waits
+    /// until it logs its address.
+    pub fn start(config: &std::path::Path, data: &std::path::Path, extra: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_evmesh"))
+            .args(["serve", "-f"])
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("EVMESH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn evmesh");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("evmesh exited before listening")
+                .expect("read stderr");
+            if let Some(rest) = line.split("evmesh listening on ").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_string();
+            }
+        };
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = stderr_tail.clone();
+        // Keep draining stderr so the child never blocks on a full pipe; keep the last lines.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut t = tail.lock().expect("tail");
+                if t.len() == 200 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        EvmeshProcess {
+            child,
+            addr,
+            stderr_tail,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The last lines the process wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        let t = self.stderr_tail.lock().expect("tail");
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM to this process (by its pid).
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit, failing after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "evmesh did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for EvmeshProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `yaml` to `dir/mesh.yaml` and returns the path.
+pub fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
+    let path = dir.join("mesh.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+/// POSTs an event in binary mode and asserts it was accepted (202).
+pub async fn post_ok(url: &str, event: Event) {
+    let id = event.id().to_string();
+    assert_eq!(post_binary(url, event).await, 202, "event {id} accepted");
+}
+
+/// Waits, without sleeping a guessed time, until broker `ns/broker` has routed all `stored`
+/// events of its log and every (event, trigger) match it routed has finished (delivered,
+/// dead-lettered or dropped). After this nothing more can reach a subscriber, so "must not be
+/// delivered" can be asserted. `base` is the mesh URL.
+pub async fn quiesce(base: &str, ns: &str, broker: &str, stored: u64, timeout: Duration) {
+    let base = base.trim_end_matches('/');
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, b) = get_json(&format!(
+            "{base}/apis/eventing.knative.dev/v1/namespaces/{ns}/brokers/{broker}"
+        ))
+        .await;
+        let (_, t) = get_json(&format!(
+            "{base}/apis/eventing.knative.dev/v1/namespaces/{ns}/triggers"
+        ))
+        .await;
+        let routed_offset = b["status"]["evmesh"]["routedOffset"].as_u64();
+        let routed = b["status"]["evmesh"]["counters"]["routed"].as_u64();
+        let finished: u64 = t["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|i| i["spec"]["broker"] == broker)
+                    .map(|i| {
+                        let c = &i["status"]["evmesh"]["counters"];
+                        ["delivered", "deadLettered", "dropped"]
+                            .iter()
+                            .map(|f| c[*f].as_u64().unwrap_or(0))
+                            .sum::<u64>()
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        if routed_offset == Some(stored) && routed == Some(finished) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for broker {ns}/{broker} to route {stored} \
+                 events and finish them: routedOffset {routed_offset:?}, routed {routed:?}, \
+                 finished {finished}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`quiesce`] for a [`TestMesh`].
+pub async fn quiet(m: &TestMesh, ns: &str, broker: &str, stored: u64) {
+    quiesce(&m.url(""), ns, broker, stored, Duration::from_secs(15)).await;
 }

@@ -23,15 +23,17 @@ fn event(ty: &str) -> Event {
             serde_json::json!({"order": [{"id": 1, "total": 150}], "status": "paid"}),
         )
         .build()
-        .unwrap_or_default()
+        .expect("the bench event is valid")
 }
 
 fn specs(yaml: &str) -> Vec<FilterSpec> {
-    serde_saphyr::from_str(yaml).unwrap_or_default()
+    serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("bench filter YAML {yaml:?}: {e}"))
 }
 
 fn compile(yaml: &str) -> Filter {
-    Filter::from_specs(&specs(yaml)).unwrap_or_else(|_| Filter::match_all())
+    // A filter that fails to compile fails the benchmark (it must never measure match-all).
+    Filter::from_specs(&specs(yaml))
+        .unwrap_or_else(|e| panic!("bench filter {yaml:?} does not compile: {e}"))
 }
 
 fn per_filter(c: &mut Criterion) {
@@ -49,7 +51,7 @@ fn per_filter(c: &mut Criterion) {
         (
             "cesql_like_int",
             Filter::cesql("type LIKE 'com.github.%' AND INT(hop) < 10")
-                .unwrap_or_else(|_| Filter::match_all()),
+                .unwrap_or_else(|e| panic!("bench filter does not compile: {e}")),
         ),
         (
             "jsonpath",
@@ -61,7 +63,7 @@ fn per_filter(c: &mut Criterion) {
                 ("type".to_owned(), "com.github.push".to_owned()),
                 ("myext".to_owned(), String::new()),
             ]))
-            .unwrap_or_else(|_| Filter::match_all()),
+            .unwrap_or_else(|e| panic!("bench filter does not compile: {e}")),
         ),
     ];
     for (name, f) in &cases {
@@ -77,7 +79,7 @@ fn build_index(n: usize, scan: usize) -> FilterIndex<usize> {
     let mut entries = Vec::with_capacity(n + scan);
     for i in 0..n {
         let f = Filter::exact(&BTreeMap::from([("type".to_owned(), format!("type-{i}"))]))
-            .unwrap_or_else(|_| Filter::match_all());
+            .unwrap_or_else(|e| panic!("bench filter does not compile: {e}"));
         entries.push((i, f));
         if scan > 0 && i % (n / scan).max(1) == 0 && entries.len() < n + scan {
             entries.push((n + i, compile("- prefix: {type: other.}")));

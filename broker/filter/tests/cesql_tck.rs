@@ -138,6 +138,9 @@ fn run_case(case: &TckCase) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Cases in the CESQL TCK under `TCK_DIR`.
+const TCK_CASES: usize = 275;
+
 fn main() {
     let args = Arguments::from_args();
     let dir = Path::new(TCK_DIR);
@@ -183,6 +186,12 @@ fn main() {
         }
     }
     let total = trials.len();
+    // The TCK this runner was written against holds 275 cases (the README says so): fewer means
+    // files were lost or not parsed, more means the TCK changed and the claim must be updated.
+    if total != TCK_CASES {
+        eprintln!("CESQL TCK: found {total} cases in {TCK_DIR}, expected {TCK_CASES}: failing");
+        std::process::exit(1);
+    }
     let conclusion = libtest_mimic::run(&args, trials);
     println!(
         "CESQL TCK: {} of {total} cases passed ({} failed, {} filtered out)",

@@ -151,7 +151,7 @@ fn parse_line(line: &str, acks: &mut Acks) {
     }
 }
 
-/// Runs one child for [`RUN_FOR`], kills it with SIGKILL and returns what it acknowledged.
+/// Runs one child until it has acknowledged appends, then for [`RUN_FOR`] more, kills it with SIGKILL and returns what it acknowledged.
 fn crash_round(kind: EngineKind, dir: &Path, round: u64, retention: bool) -> Acks {
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = Command::new(exe);
@@ -184,6 +184,16 @@ fn crash_round(kind: EngineKind, dir: &Path, round: u64, retention: bool) -> Ack
             }
         })
     };
+    // Kill only once the child is demonstrably writing (a slow, loaded machine may take longer
+    // than RUN_FOR just to start it), then after a round-dependent extra time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acks.lock().expect("acks").records.len() < 10 {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{kind}: round {round}: the child acknowledged fewer than 10 appends in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     std::thread::sleep(RUN_FOR + Duration::from_millis(round * 173 % 500));
     child.kill().expect("kill -9 child");
     child.wait().expect("reap child");

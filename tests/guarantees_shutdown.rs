@@ -1,0 +1,160 @@
+//! SIGTERM to the real binary under load: new events get 503, `/readyz` answers 503, in-flight
+//! deliveries finish, the exit code is 0, and a restart redelivers nothing already completed
+//! while still delivering everything accepted.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_in_flight_deliveries_and_exits_0() {
+    let sink = TestSink::start().await;
+    sink.always(Reply::Delay(Duration::from_millis(1500)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+spec:
+  delivery: {{retry: 3, backoffDelay: PT0.05S}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: all}}
+spec: {{broker: default, subscriber: {{uri: "{}"}}}}
+"#,
+            sink.url()
+        ),
+    );
+    let data = dir.path().join("data");
+    let mut first = EvmeshProcess::start(&config, &data, &["--max-in-flight", "4"]);
+    let url = first.url("/default/default");
+
+    // Load: 4 senders until the process is gone; every answer must be 202 or 503.
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(Mutex::new(0usize)); // 503s under load: allowed once draining
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (url, accepted, refused, stop) =
+            (url.clone(), accepted.clone(), refused.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("w{worker}-{n}");
+                let enc =
+                    evmesh::evmesh_broker::codec::encode_binary(event(&id, "t")).expect("encode");
+                match client()
+                    .post(&url)
+                    .headers(enc.headers)
+                    .body(enc.body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 202 => accepted.lock().expect("lock").push(id),
+                    Ok(r) if r.status().as_u16() == 503 => *refused.lock().expect("lock") += 1,
+                    Ok(r) => panic!("unexpected status {} during shutdown", r.status()),
+                    Err(_) => break, // the process is gone
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    eventually("4 deliveries in flight", WAIT, || sink.count() == 4).await;
+    eventually("some load accepted", WAIT, || {
+        accepted.lock().expect("lock").len() >= 20
+    })
+    .await;
+
+    first.sigterm();
+    // While the in-flight deliveries drain, the process refuses new work.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let resp = client()
+            .get(first.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz while draining");
+        if resp.status().as_u16() == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz never went 503"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        post_binary(&url, event("after-sigterm", "t")).await,
+        503,
+        "a new event during shutdown"
+    );
+    let status = first.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(0), "exit code after SIGTERM");
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    let accepted: Vec<String> = accepted.lock().expect("lock").clone();
+    let logs = first.stderr_tail();
+    drop(first);
+
+    // Everything the first process delivered was completed: it answered after the drain began.
+    let first_run: Vec<String> = sink.ids();
+    assert!(first_run.len() >= 4, "{logs}");
+    let first_set: HashSet<String> = first_run.iter().cloned().collect();
+    assert_eq!(
+        first_set.len(),
+        first_run.len(),
+        "no retry in the first run"
+    );
+    assert!(!first_set.contains("after-sigterm"));
+
+    sink.always(Reply::Status(202));
+    let second = EvmeshProcess::start(&config, &data, &["--max-in-flight", "4"]);
+    let want: HashSet<String> = accepted.iter().cloned().collect();
+    eventually("every accepted event delivered", WAIT, || {
+        let got: HashSet<String> = sink.ids().into_iter().collect();
+        want.is_subset(&got)
+    })
+    .await;
+    // The restarted process has routed every stored (accepted) event and finished every match.
+    quiesce(
+        &second.url(""),
+        "default",
+        "default",
+        accepted.len() as u64,
+        WAIT,
+    )
+    .await;
+    let second_run: Vec<String> = sink.ids()[first_run.len()..].to_vec();
+    let redelivered: Vec<&String> = second_run
+        .iter()
+        .filter(|id| first_set.contains(*id))
+        .collect();
+    assert!(
+        redelivered.is_empty(),
+        "completed before SIGTERM, delivered again after the restart: {redelivered:?}"
+    );
+    let second_set: HashSet<&String> = second_run.iter().collect();
+    assert_eq!(
+        second_set.len(),
+        second_run.len(),
+        "no duplicates after the restart"
+    );
+    assert!(
+        !second_set.contains(&"after-sigterm".to_string()),
+        "the refused event was not stored"
+    );
+}
