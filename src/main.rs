@@ -286,10 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             wait_for_signal().await;
             tracing::info!("shutting down: draining deliveries");
-            match std::sync::Arc::try_unwrap(running) {
-                Ok(r) => r.shutdown().await,
-                Err(shared) => shared.service().shutdown().await,
-            }
+            running.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -242,6 +242,7 @@ impl Router {
                         let event = Arc::new(event);
                         for (t, f) in fresh.iter().zip(&filters) {
                             if record.offset >= t.start && f.matches(&event) {
+                                self.counters.routed(1);
                                 t.push(record.offset, &event);
                                 t.notify.notify_one();
                             }
@@ -293,10 +294,10 @@ impl Router {
                             let event = Arc::new(event);
                             matched.clear();
                             table.index.matching(&event, &mut matched);
-                            self.counters.routed(matched.len());
                             for &i in &matched {
                                 let t = &table.triggers[i];
                                 if record.offset >= t.start {
+                                    self.counters.routed(1);
                                     t.push(record.offset, &event);
                                     t.notify.notify_one();
                                 }
