@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cloudevents::Event;
 use cloudevents::event::ExtensionValue;
-use evmesh_config::{MeshConfig, Resolver, broker_url};
+use evmesh_config::{MeshConfig, ReplayFrom, Resolver, broker_url};
 use evmesh_filter::FilterIndex;
 use evmesh_store::{EventStore, LogId, Offset, Retention};
 use serde::Serialize;
@@ -17,9 +17,10 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::delivery::{DeliveryEngine, Plan};
-use crate::dispatcher::{Checkpoint, Router, TriggerQueue, TriggerShared, Worker};
+use crate::dispatcher::{Checkpoint, Command, Router, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
+use crate::replay::ReplayError;
 
 /// Tuning of the broker service.
 #[derive(Clone, Debug)]
@@ -187,6 +188,8 @@ struct Inner {
     brokers: HashMap<(String, String), Arc<BrokerRuntime>>,
     triggers: Vec<TriggerView>,
     trigger_counters: HashMap<(String, String), Counters>,
+    /// The running triggers (those with a worker).
+    trigger_shared: HashMap<(String, String), Arc<TriggerShared>>,
     accepting: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -238,6 +241,7 @@ impl BrokerService {
         let mut trigger_counters = HashMap::new();
         let mut tasks = Vec::new();
         let mut live_keys = HashSet::new();
+        let mut trigger_shared = HashMap::new();
 
         for b in &mesh.brokers {
             let meta = &b.resource.metadata;
@@ -269,6 +273,9 @@ impl BrokerService {
                 };
                 let counters = Counters::default();
                 trigger_counters.insert((tm.namespace.clone(), tm.name.clone()), counters.clone());
+                // A trigger that is not ready keeps its position: only a deleted one loses it.
+                let key = checkpoint_key(&tm.namespace, &meta.name, &tm.name);
+                live_keys.insert(key.clone());
                 let (subscriber, dead_letter) = match (subscriber, dead_letter) {
                     (Ok(s), Ok(d)) => (s, d),
                     (s, d) => {
@@ -289,23 +296,28 @@ impl BrokerService {
                         continue;
                     }
                 };
-                let key = checkpoint_key(&tm.namespace, &meta.name, &tm.name);
-                live_keys.insert(key.clone());
                 let checkpoint = match saved
                     .get(&key)
                     .map(|b| serde_json::from_slice::<Checkpoint>(b))
                 {
                     Some(Ok(cp)) => cp,
                     Some(Err(e)) => {
-                        tracing::error!(checkpoint = %key, "unreadable progress, starting at the log head: {e}");
-                        Checkpoint {
-                            taken_upto: head,
-                            inflight: vec![],
-                        }
+                        // Never "start at the head": that would skip accepted events.
+                        let reason = format!("its saved progress ({key}) is unreadable: {e}");
+                        tracing::error!(trigger = %format!("{}/{}", tm.namespace, tm.name), "not ready: {reason}");
+                        views.push(TriggerView {
+                            namespace: tm.namespace.clone(),
+                            name: tm.name.clone(),
+                            subscriber_uri: Some(subscriber.to_string()),
+                            dead_letter_sink_uri: dead_letter.as_ref().map(Url::to_string),
+                            not_ready_reason: Some(reason),
+                            counters: CounterSnapshot::default(),
+                        });
+                        continue;
                     }
                     None => Checkpoint {
                         taken_upto: head,
-                        inflight: vec![],
+                        ..Checkpoint::default()
                     },
                 };
                 views.push(TriggerView {
@@ -316,24 +328,24 @@ impl BrokerService {
                     not_ready_reason: None,
                     counters: CounterSnapshot::default(),
                 });
-                let shared = Arc::new(TriggerShared {
-                    name: format!("{}/{}", tm.namespace, tm.name),
-                    checkpoint_key: key,
-                    plan: Plan {
+                let (shared, commands) = TriggerShared::new(
+                    format!("{}/{}", tm.namespace, tm.name),
+                    key,
+                    Plan {
                         subscriber,
                         dead_letter,
                         delivery,
                         namespace: tm.namespace.clone(),
                     },
-                    queue: std::sync::Mutex::new(TriggerQueue::default()),
-                    notify: Notify::new(),
-                    low_watermark: AtomicU64::new(checkpoint.taken_upto),
-                    start: checkpoint.taken_upto,
+                    t.filter.clone(),
+                    t.order,
+                    checkpoint.taken_upto,
                     counters,
-                });
+                );
+                trigger_shared.insert((tm.namespace.clone(), tm.name.clone()), shared.clone());
                 filters.push((shared_triggers.len(), t.filter.clone()));
                 shared_triggers.push(shared);
-                restored.push(checkpoint);
+                restored.push((checkpoint, commands, t.replay_from.clone()));
             }
             let router_next = shared_triggers
                 .iter()
@@ -354,7 +366,7 @@ impl BrokerService {
                 accepting: accepting.clone(),
                 store: store.clone(),
             });
-            let router = Router {
+            let router = Arc::new(Router {
                 store: store.clone(),
                 log: log.clone(),
                 index: FilterIndex::new(filters),
@@ -362,9 +374,11 @@ impl BrokerService {
                 notify: runtime.notify.clone(),
                 next: runtime.router_next.clone(),
                 counters: runtime.counters.clone(),
-            };
-            tasks.push(tokio::spawn(router.run(shutdown_rx.clone())));
-            for (shared, checkpoint) in shared_triggers.into_iter().zip(restored) {
+            });
+            tasks.push(tokio::spawn(supervised_router(router, shutdown_rx.clone())));
+            for (shared, (checkpoint, commands, replay_from)) in
+                shared_triggers.into_iter().zip(restored)
+            {
                 let worker = Worker {
                     shared,
                     store: store.clone(),
@@ -376,8 +390,13 @@ impl BrokerService {
                     router_next: runtime.router_next.clone(),
                     max_in_flight: options.max_in_flight.max(1),
                     drain_timeout: options.drain_timeout,
+                    replay_from,
                 };
-                tasks.push(tokio::spawn(worker.run(checkpoint, shutdown_rx.clone())));
+                tasks.push(tokio::spawn(worker.supervised(
+                    checkpoint,
+                    commands,
+                    shutdown_rx.clone(),
+                )));
             }
             tasks.push(tokio::spawn(retention(
                 runtime.clone(),
@@ -398,6 +417,7 @@ impl BrokerService {
                 brokers,
                 triggers: views,
                 trigger_counters,
+                trigger_shared,
                 accepting,
                 shutdown,
                 tasks: tokio::sync::Mutex::new(tasks),
@@ -479,9 +499,84 @@ impl BrokerService {
                 {
                     t.counters = c.snapshot();
                 }
+                if t.not_ready_reason.is_none()
+                    && let Some(s) = self
+                        .inner
+                        .trigger_shared
+                        .get(&(t.namespace.clone(), t.name.clone()))
+                {
+                    t.not_ready_reason = s.not_ready_reason();
+                }
                 t
             })
             .collect()
+    }
+
+    /// Positions trigger `namespace/name` on its broker's log at `from` (`earliest`, or the first
+    /// event appended at or after a time) and re-delivers from there through its filter, to it
+    /// only. Its pending deliveries and retries are dropped and the new position is saved before
+    /// this returns the offset it resumes from.
+    pub async fn replay(
+        &self,
+        namespace: &str,
+        name: &str,
+        from: ReplayFrom,
+    ) -> Result<Offset, ReplayError> {
+        let id = format!("{namespace}/{name}");
+        let Some(shared) = self
+            .inner
+            .trigger_shared
+            .get(&(namespace.to_string(), name.to_string()))
+        else {
+            return Err(
+                match self
+                    .inner
+                    .triggers
+                    .iter()
+                    .find(|t| t.namespace == namespace && t.name == name)
+                {
+                    Some(t) => {
+                        ReplayError::NotReady(id, t.not_ready_reason.clone().unwrap_or_default())
+                    }
+                    None => ReplayError::NotFound(id),
+                },
+            );
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let cmd = Command::Replay {
+            from,
+            annotation: None,
+            done,
+        };
+        if shared.commands.send(cmd).is_err() {
+            return Err(ReplayError::Failed(id, "the trigger has stopped".into()));
+        }
+        match answer.await {
+            Ok(Ok(offset)) => Ok(offset),
+            Ok(Err(e)) => Err(ReplayError::Failed(id, e)),
+            Err(_) => Err(ReplayError::Failed(
+                id,
+                "the trigger stopped before replaying".into(),
+            )),
+        }
+    }
+
+    /// Fault injection for tests: the delivery worker of trigger `namespace/name` panics at its
+    /// next turn (and is restarted by its supervisor). Returns whether the trigger runs.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_worker_panic(&self, namespace: &str, name: &str) -> bool {
+        match self
+            .inner
+            .trigger_shared
+            .get(&(namespace.to_string(), name.to_string()))
+        {
+            Some(s) => {
+                s.panic_next.store(true, Ordering::Release);
+                s.notify.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops accepting events, lets in-flight deliveries finish (up to the drain timeout), saves
@@ -497,6 +592,31 @@ impl BrokerService {
             tracing::error!("final flush failed: {e}");
         }
     }
+}
+
+/// Runs a broker's router under a supervisor: after a panic it restarts (with backoff) at the
+/// offset it had reached, and meanwhile the broker's triggers are not ready.
+async fn supervised_router(router: Arc<Router>, shutdown: watch::Receiver<bool>) {
+    let triggers = router.triggers.clone();
+    let sd = shutdown.clone();
+    crate::supervise::supervise(
+        format!("router of broker {}", router.log.as_str()),
+        move |_| {
+            let router = router.clone();
+            let shutdown = sd.clone();
+            async move {
+                router.run(shutdown).await;
+                Ok(())
+            }
+        },
+        move |reason| {
+            for t in &triggers {
+                t.set_not_ready("router", Some(reason.clone()));
+            }
+        },
+        shutdown,
+    )
+    .await
 }
 
 async fn retention(
