@@ -75,9 +75,10 @@ pub(crate) struct TriggerShared {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     /// Why the trigger is not ready now, by the task that says so (`worker`, `router`).
     not_ready: std::sync::Mutex<BTreeMap<&'static str, String>>,
-    /// Fault injection: the worker panics at its next turn.
+    /// Fault injection: the worker panics this many more times (at its next turn, then at each
+    /// restart).
     #[cfg(feature = "fault-injection")]
-    pub(crate) panic_next: std::sync::atomic::AtomicBool,
+    pub(crate) panics_left: std::sync::atomic::AtomicU32,
 }
 
 impl TriggerShared {
@@ -106,9 +107,21 @@ impl TriggerShared {
             commands,
             not_ready: std::sync::Mutex::new(BTreeMap::new()),
             #[cfg(feature = "fault-injection")]
-            panic_next: std::sync::atomic::AtomicBool::new(false),
+            panics_left: std::sync::atomic::AtomicU32::new(0),
         });
         (shared, rx)
+    }
+
+    /// Fault injection: panics when a panic was asked for.
+    #[cfg(feature = "fault-injection")]
+    fn injected_panic(&self) {
+        if self
+            .panics_left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("fault injection: worker of {} panics", self.name);
+        }
     }
 
     fn push(&self, offset: Offset, event: &Arc<Event>) {
@@ -450,6 +463,8 @@ impl Worker {
                 }
             }
         }
+        #[cfg(feature = "fault-injection")]
+        self.shared.injected_panic();
         self.shared.set_not_ready("worker", None);
         let mut dirty = true;
         let mut last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
@@ -458,9 +473,7 @@ impl Worker {
         let mut scan = true;
         loop {
             #[cfg(feature = "fault-injection")]
-            if self.shared.panic_next.swap(false, Ordering::AcqRel) {
-                panic!("fault injection: worker of {} panics", self.shared.name);
-            }
+            self.shared.injected_panic();
             let now = Instant::now();
             // Start attempts that are due (restored, retry wait over, or first in their lane).
             if scan && !stopping {

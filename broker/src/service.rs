@@ -561,17 +561,18 @@ impl BrokerService {
         }
     }
 
-    /// Fault injection for tests: the delivery worker of trigger `namespace/name` panics at its
-    /// next turn (and is restarted by its supervisor). Returns whether the trigger runs.
+    /// Fault injection for tests (cargo feature `fault-injection`): the delivery worker of
+    /// trigger `namespace/name` panics at its next turn and then at each of its next `times - 1`
+    /// restarts. Returns whether the trigger runs.
     #[cfg(feature = "fault-injection")]
-    pub fn inject_worker_panic(&self, namespace: &str, name: &str) -> bool {
+    pub fn inject_worker_panic(&self, namespace: &str, name: &str, times: u32) -> bool {
         match self
             .inner
             .trigger_shared
             .get(&(namespace.to_string(), name.to_string()))
         {
             Some(s) => {
-                s.panic_next.store(true, Ordering::Release);
+                s.panics_left.store(times, Ordering::Release);
                 s.notify.notify_one();
                 true
             }
