@@ -259,9 +259,8 @@ async fn unordered_trigger_delivers_one_key_concurrently() {
 
 #[tokio::test]
 async fn invalid_delivery_order_annotation_is_a_validation_error() {
-    let err = evmesh::Mesh::from_yaml(&mesh_yaml("http://127.0.0.1:1/", "sorted"))
-        .err()
-        .expect("invalid");
+    let err =
+        evmesh::Mesh::from_yaml(&mesh_yaml("http://127.0.0.1:1/", "sorted")).expect_err("invalid");
     let text = err.to_string();
     assert!(text.contains("delivery.order"), "{text}");
     assert!(text.contains("sorted"), "{text}");

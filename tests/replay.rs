@@ -193,7 +193,7 @@ async fn replay_from_annotation_applies_once_per_value() {
 async fn invalid_replay_from_annotation_is_a_validation_error() {
     let (a, b) = (TestSink::start().await, TestSink::start().await);
     let yaml = two_triggers(&a, &b, r#""evmesh.dev/replay-from": yesterday"#);
-    let err = evmesh::Mesh::from_yaml(&yaml).err().expect("invalid");
+    let err = evmesh::Mesh::from_yaml(&yaml).expect_err("invalid");
     assert!(err.to_string().contains("evmesh.dev/replay-from"), "{err}");
 }
 

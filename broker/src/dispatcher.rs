@@ -36,6 +36,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 const MAX_KEPT_BODY: usize = 1024;
 /// How long a catch-up read that failed waits before it is tried again.
 const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
+/// Log batches a catch-up reads before the worker's loop takes a turn.
+const CATCH_UP_READS_PER_TURN: usize = 8;
 /// The CloudEvents extension that orders deliveries of an ordered trigger.
 pub(crate) const PARTITION_KEY: &str = "partitionkey";
 
@@ -616,6 +618,7 @@ impl Worker {
     /// The next event to take: from catch-up (reading the log) while it runs, else from the
     /// router's queue.
     async fn next_event(&self, st: &mut State) -> Option<(Offset, Option<Arc<Event>>)> {
+        let mut reads = 0;
         loop {
             if let Some((offset, event)) = st.backlog.pop_front() {
                 return Some((offset, Some(event)));
@@ -627,6 +630,12 @@ impl Worker {
                 return None;
             }
             st.catch_up_wait = None;
+            if reads == CATCH_UP_READS_PER_TURN {
+                // Let the worker's loop handle completions and checkpoints, then go on at once.
+                st.catch_up_wait = Some(Instant::now());
+                return None;
+            }
+            reads += 1;
             match self.read_matching(cursor).await {
                 Ok((matched, next, at_end)) => {
                     if matched.is_empty() {
