@@ -221,3 +221,46 @@ impl Running {
         self.0.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reads_a_long_log_in_batches_keeping_only_matches() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh(&two_triggers(&a, &b, "")).await;
+    let total = 4500; // more than one catch-up turn (8 batches of 512)
+    let mesh = std::sync::Arc::new(m);
+    for chunk in (0..total).collect::<Vec<_>>().chunks(200) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let mesh = mesh.clone();
+            tasks.push(tokio::spawn(async move {
+                let ty = if i % 1000 == 999 { "keep" } else { "other" };
+                mesh.mesh
+                    .publish("demo", "default", event(&format!("e{i}"), ty))
+                    .await
+                    .expect("published");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("publisher");
+        }
+    }
+    eventually("first delivery", Duration::from_secs(60), || {
+        a.count() == 4 && b.count() == total
+    })
+    .await;
+    mesh.mesh
+        .service()
+        .replay("demo", "t1", ReplayFrom::Earliest)
+        .await
+        .expect("replay");
+    eventually(
+        "t1 re-delivers its 4 matches",
+        Duration::from_secs(30),
+        || a.count() == 8,
+    )
+    .await;
+    let url = mesh.url("/demo/default");
+    marker(&url, &a, &b, "m").await;
+    assert_eq!(a.count(), 9);
+    assert_eq!(b.count(), total + 1, "t2 did not re-deliver");
+}
