@@ -405,7 +405,11 @@ impl Worker {
         {
             Some((_, bytes)) => serde_json::from_slice(&bytes)
                 .map_err(|e| format!("its checkpoint is unreadable: {e}")),
-            None => Err("its checkpoint is missing".to_string()),
+            // It failed before its first checkpoint: it starts where it started before.
+            None => Ok(Checkpoint {
+                taken_upto: self.shared.start,
+                ..Checkpoint::default()
+            }),
         }
     }
 
