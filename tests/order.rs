@@ -247,7 +247,7 @@ async fn ordered_trigger_delivers_each_key_in_log_order_under_retries_while_keys
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unordered_trigger_delivers_one_key_concurrently() {
     // The checks above can fail: without the annotation, one key's events overlap.
-    let sink = OrderSink::start(Duration::from_millis(20), 0).await;
+    let sink = OrderSink::start(Duration::from_millis(200), 0).await;
     let m = mesh(&mesh_yaml(&sink.url(), "unordered")).await;
     post_keyed_load(&m.url("/demo/default"), &[Some("k".into())], 30).await;
     eventually("every event delivered", Duration::from_secs(30), || {
