@@ -77,8 +77,8 @@ pub(crate) struct TriggerShared {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     /// Why the trigger is not ready now, by the task that says so (`worker`, `router`).
     not_ready: std::sync::Mutex<BTreeMap<&'static str, String>>,
-    /// Fault injection: the worker panics this many more times (at its next turn, then at each
-    /// restart).
+    /// Fault injection: the worker panics this many more times (at its next turn where all its
+    /// progress is saved, then at each restart).
     #[cfg(feature = "fault-injection")]
     pub(crate) panics_left: std::sync::atomic::AtomicU32,
 }
@@ -478,8 +478,6 @@ impl Worker {
         let mut drain_at = None;
         let mut scan = true;
         loop {
-            #[cfg(feature = "fault-injection")]
-            self.shared.injected_panic();
             let now = Instant::now();
             // Start attempts that are due (restored, retry wait over, or first in their lane).
             if scan && !stopping {
@@ -566,6 +564,12 @@ impl Worker {
                 self.checkpoint(&st);
                 dirty = false;
                 last_checkpoint = Instant::now();
+            }
+            // An injected panic comes where all progress is saved, so a test can tell a resume
+            // from the checkpoint from a re-delivery.
+            #[cfg(feature = "fault-injection")]
+            if !dirty {
+                self.shared.injected_panic();
             }
             let next_due = st
                 .slots

@@ -562,8 +562,8 @@ impl BrokerService {
     }
 
     /// Fault injection for tests (cargo feature `fault-injection`): the delivery worker of
-    /// trigger `namespace/name` panics at its next turn and then at each of its next `times - 1`
-    /// restarts. Returns whether the trigger runs.
+    /// trigger `namespace/name` panics at its next turn where all its progress is saved, and then
+    /// at each of its next `times - 1` restarts. Returns whether the trigger runs.
     #[cfg(feature = "fault-injection")]
     pub fn inject_worker_panic(&self, namespace: &str, name: &str, times: u32) -> bool {
         match self
