@@ -50,6 +50,8 @@ pub(crate) struct TriggerQueue {
 /// A request to a running trigger worker.
 pub(crate) enum Command {
     /// Position the trigger at `from` and re-deliver from there; answers with the new offset.
+    /// With `annotation`, a value the trigger already applied is not applied again (what a
+    /// live change of the `evmesh.dev/replay-from` annotation should send).
     Replay {
         from: ReplayFrom,
         /// The `evmesh.dev/replay-from` text this replay applies (remembered in the checkpoint).
@@ -597,6 +599,12 @@ impl Worker {
                 _ = self.shared.notify.notified(), if !stopping => {}
                 Some(cmd) = commands.recv(), if !stopping => {
                     match cmd {
+                        Command::Replay { done, annotation: Some(text), .. }
+                            if st.replay_applied.as_deref() == Some(text.as_str()) =>
+                        {
+                            // This annotation value was applied before: nothing to do.
+                            let _ = done.send(Ok(st.taken_upto));
+                        }
                         Command::Replay { from, annotation, done } => {
                             let result = self.replay(&mut st, from, annotation).await;
                             if result.is_ok() {
