@@ -232,7 +232,7 @@ impl Mesh {
             files: self.files,
             ready,
             stop: stop_tx,
-            server: tokio::sync::Mutex::new(Some(server)),
+            server,
         })
     }
 }
@@ -255,7 +255,7 @@ pub struct RunningMesh {
     files: Vec<PathBuf>,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
-    server: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl RunningMesh {
@@ -310,13 +310,11 @@ impl RunningMesh {
 
     /// Graceful shutdown: stops accepting events (503), drains in-flight deliveries, saves
     /// progress, flushes the store, then stops the HTTP server.
-    /// Callable through a shared handle (`Arc<RunningMesh>`); later calls wait for nothing more.
-    pub async fn shutdown(&self) {
+    /// Consumes the handle so that the store is closed (and its directory unlocked) on return.
+    pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
         self.service.shutdown().await;
         let _ = self.stop.send(true);
-        if let Some(server) = self.server.lock().await.take() {
-            let _ = server.await;
-        }
+        let _ = self.server.await;
     }
 }

@@ -276,9 +276,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let running = std::sync::Arc::new(mesh.options(options).start(listener).await?);
-            if !files.is_empty() {
-                tokio::spawn(watch_files(running.clone(), !no_watch));
-            }
+            let watcher =
+                (!files.is_empty()).then(|| tokio::spawn(watch_files(running.clone(), !no_watch)));
             tracing::info!(
                 "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
                 running.local_addr(),
@@ -286,7 +285,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             wait_for_signal().await;
             tracing::info!("shutting down: draining deliveries");
-            running.shutdown().await;
+            if let Some(w) = watcher {
+                w.abort();
+                let _ = w.await;
+            }
+            match std::sync::Arc::try_unwrap(running) {
+                Ok(running) => running.shutdown().await,
+                Err(_) => bail!("internal error: the running mesh is still shared at shutdown"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

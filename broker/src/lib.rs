@@ -18,8 +18,11 @@ pub mod delivery;
 mod dispatcher;
 pub mod ingress;
 pub mod metrics;
+mod replay;
 mod service;
+mod supervise;
 
+pub use replay::ReplayError;
 pub use service::{
     BrokerService, BrokerView, PublishError, ServiceOptions, StartError, TriggerView,
 };

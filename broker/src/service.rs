@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use cloudevents::Event;
 use cloudevents::event::ExtensionValue;
-use evmesh_config::{BrokerConfig, MeshConfig, Resolver, Trigger, TriggerConfig, broker_url};
+use evmesh_config::{
+    BrokerConfig, MeshConfig, ReplayFrom, Resolver, Trigger, TriggerConfig, broker_url,
+};
 use evmesh_store::{EventStore, LogId, Offset, Retention};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -16,9 +18,10 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::delivery::{DeliveryEngine, Plan};
-use crate::dispatcher::{Checkpoint, Router, Routes, TriggerShared, Worker};
+use crate::dispatcher::{Checkpoint, Command, Router, Routes, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
+use crate::replay::ReplayError;
 
 /// Tuning of the broker service.
 #[derive(Clone, Debug)]
@@ -516,15 +519,15 @@ impl BrokerService {
             stop,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
-        let router = Router {
+        let router = Arc::new(Router {
             store: self.inner.store.clone(),
             log,
             routes: runtime.routes.clone(),
             notify: runtime.notify.clone(),
             next: runtime.router_next.clone(),
             counters: runtime.counters.clone(),
-        };
-        let router_task = tokio::spawn(router.run(stop_rx.clone()));
+        });
+        let router_task = tokio::spawn(supervised_router(router, stop_rx.clone()));
         let retention_task = tokio::spawn(retention(
             runtime.clone(),
             self.inner.options.clone(),
@@ -625,6 +628,15 @@ impl BrokerService {
             entry.counters = Counters::default();
         }
         let spec_changed = entry.resource.spec != t.resource.spec;
+        let replay_changed = entry
+            .resource
+            .metadata
+            .annotations
+            .get(evmesh_config::REPLAY_FROM_ANNOTATION)
+            != t.resource
+                .metadata
+                .annotations
+                .get(evmesh_config::REPLAY_FROM_ANNOTATION);
         entry.resource = t.resource.clone();
         entry.subscriber_uri = subscriber_uri;
         entry.dead_letter_uri = dead_letter_uri;
@@ -634,16 +646,38 @@ impl BrokerService {
         entry.not_ready = not_ready;
         match (plan, broker) {
             (Some(plan), Some(broker)) => {
+                // Kept running (updated in place) unless its broker or its delivery order changed.
                 let same_broker = entry
                     .running
                     .as_ref()
-                    .is_some_and(|r| Arc::ptr_eq(&r.broker, &broker));
+                    .is_some_and(|r| Arc::ptr_eq(&r.broker, &broker) && r.shared.order == t.order);
                 if same_broker {
                     if let Some(run) = &entry.running {
                         run.shared.set_plan(plan);
                         if spec_changed {
                             run.shared.set_filter(t.filter.clone());
                             broker.routes.changed();
+                        }
+                        if replay_changed && let Some((from, text)) = t.replay_from.clone() {
+                            // A changed `evmesh.dev/replay-from` repositions the running trigger
+                            // (the worker skips a value it already applied).
+                            let (done, answer) = tokio::sync::oneshot::channel();
+                            let cmd = Command::Replay {
+                                from,
+                                annotation: Some(text),
+                                done,
+                            };
+                            if run.shared.commands.send(cmd).is_ok() {
+                                match answer.await {
+                                    Ok(Ok(at)) => {
+                                        tracing::info!(trigger = %label, offset = at, "replay-from applied")
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(trigger = %label, "replay-from not applied: {e}")
+                                    }
+                                    Err(_) => {}
+                                }
+                            }
                         }
                     }
                 } else {
@@ -714,7 +748,7 @@ impl BrokerService {
                 let head = blocking(move || s.next_offset(&l)).await?;
                 let cp = Checkpoint {
                     taken_upto: head,
-                    inflight: vec![],
+                    ..Checkpoint::default()
                 };
                 let bytes = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
                 self.inner
@@ -731,14 +765,15 @@ impl BrokerService {
                 let _ = self.inner.store.delete_checkpoint(&legacy);
             }
         }
-        let shared = Arc::new(TriggerShared::new(
+        let (shared, commands) = TriggerShared::new(
             format!("{}/{}", tm.namespace, tm.name),
             key.clone(),
             plan,
             t.filter.clone(),
+            t.order,
             checkpoint.taken_upto,
             entry.counters.clone(),
-        ));
+        );
         broker.routes.insert(shared.clone());
         broker.notify.notify_one();
         let (stop, stop_rx) = watch::channel(false);
@@ -754,11 +789,12 @@ impl BrokerService {
             router_next: broker.router_next.clone(),
             max_in_flight: self.inner.options.max_in_flight.max(1),
             drain_timeout: self.inner.options.drain_timeout,
+            replay_from: t.replay_from.clone(),
         };
         let store = self.inner.store.clone();
         let del = delete_after.clone();
         let task = tokio::spawn(async move {
-            worker.run(checkpoint, stop_rx).await;
+            worker.supervised(checkpoint, commands, stop_rx).await;
             if del.load(Ordering::Acquire)
                 && let Err(e) = store.delete_checkpoint(&key)
             {
@@ -841,9 +877,14 @@ impl BrokerService {
 
     fn view(entry: &TriggerEntry) -> TriggerView {
         let m = &entry.resource.metadata;
-        let (code, reason) = match &entry.not_ready {
-            Some((c, r)) => (Some(c.clone()), Some(r.clone())),
-            None => (None, None),
+        let running_reason = entry
+            .running
+            .as_ref()
+            .and_then(|r| r.shared.not_ready_reason());
+        let (code, reason) = match (&entry.not_ready, running_reason) {
+            (Some((c, r)), _) => (Some(c.clone()), Some(r.clone())),
+            (None, Some(r)) => (Some("WorkerFailed".to_string()), Some(r)),
+            (None, None) => (None, None),
         };
         TriggerView {
             namespace: m.namespace.clone(),
@@ -868,6 +909,76 @@ impl BrokerService {
             .triggers
             .get(&(namespace.to_string(), name.to_string()))
             .map(Self::view)
+    }
+
+    /// Positions trigger `namespace/name` on its broker's log at `from` (`earliest`, or the first
+    /// event appended at or after a time) and re-delivers from there through its filter, to it
+    /// only. Its pending deliveries and retries are dropped and the new position is saved before
+    /// this returns the offset it resumes from.
+    pub async fn replay(
+        &self,
+        namespace: &str,
+        name: &str,
+        from: ReplayFrom,
+    ) -> Result<Offset, ReplayError> {
+        let id = format!("{namespace}/{name}");
+        let shared = {
+            let state = self.state();
+            match state
+                .triggers
+                .get(&(namespace.to_string(), name.to_string()))
+            {
+                None => return Err(ReplayError::NotFound(id)),
+                Some(entry) => match &entry.running {
+                    Some(run) => run.shared.clone(),
+                    None => {
+                        let reason = entry
+                            .not_ready
+                            .as_ref()
+                            .map(|(_, r)| r.clone())
+                            .unwrap_or_default();
+                        return Err(ReplayError::NotReady(id, reason));
+                    }
+                },
+            }
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let cmd = Command::Replay {
+            from,
+            annotation: None,
+            done,
+        };
+        if shared.commands.send(cmd).is_err() {
+            return Err(ReplayError::Failed(id, "the trigger has stopped".into()));
+        }
+        match answer.await {
+            Ok(Ok(offset)) => Ok(offset),
+            Ok(Err(e)) => Err(ReplayError::Failed(id, e)),
+            Err(_) => Err(ReplayError::Failed(
+                id,
+                "the trigger stopped before replaying".into(),
+            )),
+        }
+    }
+
+    /// Fault injection for tests (cargo feature `fault-injection`): the delivery worker of
+    /// trigger `namespace/name` panics at its next turn and then at each of its next `times - 1`
+    /// restarts. Returns whether the trigger runs.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_worker_panic(&self, namespace: &str, name: &str, times: u32) -> bool {
+        let state = self.state();
+        match state
+            .triggers
+            .get(&(namespace.to_string(), name.to_string()))
+            .and_then(|e| e.running.as_ref())
+        {
+            Some(run) => {
+                run.shared.panics_left.store(times, Ordering::Release);
+                run.shared.notify.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops accepting events, lets in-flight deliveries finish (up to the drain timeout), saves
@@ -903,6 +1014,31 @@ impl BrokerService {
     pub async fn flush(&self) -> Result<(), evmesh_store::StoreError> {
         self.inner.store.flush().await
     }
+}
+
+/// Runs a broker's router under a supervisor: after a panic it restarts (with backoff) at the
+/// offset it had reached, and meanwhile the broker's triggers are not ready.
+async fn supervised_router(router: Arc<Router>, shutdown: watch::Receiver<bool>) {
+    let routes = router.routes.clone();
+    let sd = shutdown.clone();
+    crate::supervise::supervise(
+        format!("router of broker {}", router.log.as_str()),
+        move |_| {
+            let router = router.clone();
+            let shutdown = sd.clone();
+            async move {
+                router.run(shutdown).await;
+                Ok(())
+            }
+        },
+        move |reason| {
+            for t in routes.snapshot() {
+                t.set_not_ready("router", Some(reason.clone()));
+            }
+        },
+        shutdown,
+    )
+    .await
 }
 
 async fn retention(
