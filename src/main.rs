@@ -53,6 +53,10 @@ enum Command {
         /// Deliveries in flight per trigger.
         #[arg(long, default_value_t = 100)]
         max_in_flight: usize,
+        /// PEM file of a private CA to trust for https subscribers and dead-letter sinks
+        /// (besides the web PKI roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Check Knative YAML; prints each problem with file, line and field.
     Validate {
@@ -129,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             retention,
             retention_bytes,
             max_in_flight,
+            ca_file,
         } => {
             let config = if files.is_empty() {
                 tracing::info!(
@@ -161,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 options.engine = e;
             }
             options.service.max_in_flight = max_in_flight;
+            options.service.ca_file = ca_file;
             options.service.retention.max_age =
                 Some(evmesh_config::parse_duration(&retention).map_err(anyhow::Error::msg)?);
             options.service.retention.max_bytes = retention_bytes;

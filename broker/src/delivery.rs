@@ -2,6 +2,9 @@
 //! per Knative's data-plane contract, and the retry / backoff / dead-letter state machine
 //! ([`Progress::next`]). Triggers use it today; subscriptions and sources will use it too.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -12,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::codec;
+use crate::tls::{self, TlsError};
+use rustls_pki_types::CertificateDer;
 
 /// Extension set on dead-lettered events: the URL that failed.
 pub const ERROR_DEST: &str = "knativeerrordest";
@@ -33,6 +38,10 @@ pub struct Plan {
     pub delivery: Delivery,
     /// Sent as `Kn-Namespace`.
     pub namespace: String,
+    /// The subscriber Destination's `CACerts` (PEM), trusted besides the web PKI roots.
+    pub subscriber_ca_certs: Option<Arc<str>>,
+    /// The dead-letter sink Destination's `CACerts` (PEM).
+    pub dead_letter_ca_certs: Option<Arc<str>>,
 }
 
 /// Result of one HTTP attempt.
@@ -175,12 +184,23 @@ impl Progress {
             _ => &plan.subscriber,
         }
     }
+
+    /// The `CACerts` of the Destination the next attempt goes to.
+    pub fn ca_certs<'a>(&self, plan: &'a Plan) -> Option<&'a str> {
+        match (self.phase, &plan.dead_letter) {
+            (Phase::DeadLetter, Some(_)) => plan.dead_letter_ca_certs.as_deref(),
+            _ => plan.subscriber_ca_certs.as_deref(),
+        }
+    }
 }
 
-/// Sends events over HTTP. Cheap to clone (one shared connection pool).
+/// Sends events over HTTP(S). Cheap to clone (shared connection pools: one for the trusted roots,
+/// one per distinct Destination `CACerts`).
 #[derive(Clone, Debug)]
 pub struct DeliveryEngine {
     client: reqwest::Client,
+    extra_roots: Arc<Vec<CertificateDer<'static>>>,
+    per_ca: Arc<Mutex<HashMap<String, reqwest::Client>>>,
 }
 
 impl Default for DeliveryEngine {
@@ -193,15 +213,65 @@ impl Default for DeliveryEngine {
 /// ingress limit are read whole).
 const MAX_REPLY: usize = 4 * 1024 * 1024;
 
+fn build_client(extra: &[CertificateDer<'static>]) -> Result<reqwest::Client, TlsError> {
+    let tls = tls::client_config(extra)?;
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| TlsError(format!("building the HTTP client: {e}")))
+}
+
 impl DeliveryEngine {
-    /// A new engine with its own connection pool.
+    /// A new engine with its own connection pool, trusting the web PKI roots.
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        DeliveryEngine { client }
+        tls::install_provider();
+        let client = build_client(&[]).unwrap_or_else(|e| {
+            tracing::error!("{e}; https deliveries will use reqwest's defaults");
+            reqwest::Client::new()
+        });
+        DeliveryEngine {
+            client,
+            extra_roots: Arc::new(Vec::new()),
+            per_ca: Arc::default(),
+        }
+    }
+
+    /// An engine trusting the web PKI roots plus the CA certificates of the PEM file `ca_file`
+    /// (a private CA, `--ca-file`).
+    pub fn with_ca_file(ca_file: Option<&Path>) -> Result<Self, TlsError> {
+        tls::install_provider();
+        let extra = match ca_file {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| TlsError(format!("reading CA file {}: {e}", path.display())))?;
+                tls::parse_pem(&pem)
+                    .map_err(|e| TlsError(format!("CA file {}: {e}", path.display())))?
+            }
+        };
+        Ok(DeliveryEngine {
+            client: build_client(&extra)?,
+            extra_roots: Arc::new(extra),
+            per_ca: Arc::default(),
+        })
+    }
+
+    /// The client for a Destination: the shared one, or one that also trusts its `CACerts`.
+    fn client_for(&self, ca_certs: Option<&str>) -> Result<reqwest::Client, TlsError> {
+        let Some(pem) = ca_certs else {
+            return Ok(self.client.clone());
+        };
+        let mut cache = self.per_ca.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(pem) {
+            return Ok(c.clone());
+        }
+        let mut roots = (*self.extra_roots).clone();
+        roots.extend(tls::parse_pem(pem)?);
+        let client = build_client(&roots)?;
+        cache.insert(pem.to_string(), client.clone());
+        Ok(client)
     }
 
     /// Makes one attempt according to `progress`: the subscriber with `Prefer: reply`, or the
@@ -214,11 +284,28 @@ impl DeliveryEngine {
         if dead_letter && let Some(f) = &progress.last_failure {
             stamp_error(&mut event, f);
         }
-        self.send(url, &event, plan, !dead_letter).await
+        self.send_to(url, progress.ca_certs(plan), &event, plan, !dead_letter)
+            .await
     }
 
-    /// POSTs one event to `url`.
+    /// POSTs one event to `url` (trusting the web PKI roots and the engine's CA file).
     pub async fn send(&self, url: &Url, event: &Event, plan: &Plan, want_reply: bool) -> Outcome {
+        self.send_to(url, None, event, plan, want_reply).await
+    }
+
+    /// POSTs one event to `url`, also trusting `ca_certs` (a Destination's PEM `CACerts`).
+    pub async fn send_to(
+        &self,
+        url: &Url,
+        ca_certs: Option<&str>,
+        event: &Event,
+        plan: &Plan,
+        want_reply: bool,
+    ) -> Outcome {
+        let client = match self.client_for(ca_certs) {
+            Ok(c) => c,
+            Err(e) => return failed(url, None, vec![], false, format!("CACerts: {e}")),
+        };
         let encoded = match plan.delivery.format {
             DeliveryFormat::Json => codec::encode_structured(event),
             DeliveryFormat::Binary => codec::encode_binary(event.clone()),
@@ -235,8 +322,7 @@ impl DeliveryEngine {
                 );
             }
         };
-        let mut req = self
-            .client
+        let mut req = client
             .post(url.clone())
             .timeout(plan.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT))
             .headers(encoded.headers)
@@ -412,6 +498,8 @@ mod tests {
             dead_letter: dls.then(|| "http://dls.example/".parse().expect("url")),
             delivery,
             namespace: "default".into(),
+            subscriber_ca_certs: None,
+            dead_letter_ca_certs: None,
         }
     }
 

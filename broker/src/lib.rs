@@ -19,6 +19,7 @@ mod dispatcher;
 pub mod ingress;
 pub mod metrics;
 mod service;
+pub mod tls;
 
 pub use service::{
     BrokerService, BrokerView, PublishError, ServiceOptions, StartError, TriggerView,

@@ -32,6 +32,8 @@ pub struct ServiceOptions {
     pub retention: Retention,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// PEM file of a private CA trusted for https deliveries besides the web PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceOptions {
@@ -44,6 +46,7 @@ impl Default for ServiceOptions {
                 max_bytes: None,
             },
             retention_interval: Duration::from_secs(60),
+            ca_file: None,
         }
     }
 }
@@ -232,7 +235,8 @@ impl BrokerService {
                 .collect();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let accepting = Arc::new(AtomicBool::new(true));
-        let engine = DeliveryEngine::new();
+        let engine = DeliveryEngine::with_ca_file(options.ca_file.as_deref())
+            .map_err(|e| StartError(e.to_string()))?;
         let mut brokers = HashMap::new();
         let mut views = Vec::new();
         let mut trigger_counters = HashMap::new();
@@ -322,6 +326,18 @@ impl BrokerService {
                     plan: Plan {
                         subscriber,
                         dead_letter,
+                        subscriber_ca_certs: t
+                            .resource
+                            .spec
+                            .subscriber
+                            .ca_certs
+                            .as_deref()
+                            .map(Arc::from),
+                        dead_letter_ca_certs: delivery
+                            .dead_letter_sink
+                            .as_ref()
+                            .and_then(|d| d.ca_certs.as_deref())
+                            .map(Arc::from),
                         delivery,
                         namespace: tm.namespace.clone(),
                     },
