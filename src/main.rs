@@ -88,6 +88,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    evmesh_broker::tls::install_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EVMESH_LOG")

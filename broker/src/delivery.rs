@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use cloudevents::{AttributesReader, Event};
+use cloudevents::AttributesReader;
 use evmesh_config::{Delivery, DeliveryFormat};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::codec;
+use crate::record::EventRecord;
 use crate::tls::{self, TlsError};
 use rustls_pki_types::CertificateDer;
 
@@ -50,7 +51,7 @@ pub enum Outcome {
     /// 2xx; with the reply event when the response carried one (never for 202).
     Delivered {
         /// The reply CloudEvent.
-        reply: Option<Box<Event>>,
+        reply: Option<Box<EventRecord>>,
     },
     /// Anything else.
     Failed(Failure),
@@ -130,7 +131,7 @@ pub enum Next {
     /// Delivery is complete (possibly with a reply to route).
     Done {
         /// The reply, if any.
-        reply: Option<Box<Event>>,
+        reply: Option<Box<EventRecord>>,
     },
     /// Try again (same leg, or the first dead-letter attempt) after this wait.
     Retry(Duration),
@@ -276,7 +277,7 @@ impl DeliveryEngine {
 
     /// Makes one attempt according to `progress`: the subscriber with `Prefer: reply`, or the
     /// dead-letter sink with the error extensions.
-    pub async fn attempt(&self, plan: &Plan, progress: &Progress, event: &Event) -> Outcome {
+    pub async fn attempt(&self, plan: &Plan, progress: &Progress, event: &EventRecord) -> Outcome {
         let url = progress.url(plan);
         let mut event = event.clone();
         event.remove_extension(crate::ingress::TTL_EXTENSION);
@@ -289,7 +290,13 @@ impl DeliveryEngine {
     }
 
     /// POSTs one event to `url` (trusting the web PKI roots and the engine's CA file).
-    pub async fn send(&self, url: &Url, event: &Event, plan: &Plan, want_reply: bool) -> Outcome {
+    pub async fn send(
+        &self,
+        url: &Url,
+        event: &EventRecord,
+        plan: &Plan,
+        want_reply: bool,
+    ) -> Outcome {
         self.send_to(url, None, event, plan, want_reply).await
     }
 
@@ -298,7 +305,7 @@ impl DeliveryEngine {
         &self,
         url: &Url,
         ca_certs: Option<&str>,
-        event: &Event,
+        event: &EventRecord,
         plan: &Plan,
         want_reply: bool,
     ) -> Outcome {
@@ -307,26 +314,17 @@ impl DeliveryEngine {
             Err(e) => return failed(url, None, vec![], false, format!("CACerts: {e}")),
         };
         let encoded = match plan.delivery.format {
-            DeliveryFormat::Json => codec::encode_structured(event),
-            DeliveryFormat::Binary => codec::encode_binary(event.clone()),
-        };
-        let encoded = match encoded {
-            Ok(e) => e,
-            Err(e) => {
-                return failed(
-                    url,
-                    None,
-                    vec![],
-                    false,
-                    format!("cannot encode event: {e}"),
-                );
-            }
+            DeliveryFormat::Json => codec::encode_record_structured(event),
+            DeliveryFormat::Binary => codec::encode_record_binary(event),
         };
         let mut req = client
             .post(url.clone())
             .timeout(plan.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT))
             .headers(encoded.headers)
             .body(encoded.body);
+        for (name, value) in event.headers() {
+            req = req.header(name.as_str(), value.as_str());
+        }
         if let Ok(ns) = HeaderValue::from_str(&plan.namespace) {
             req = req.header("kn-namespace", ns);
         }
@@ -428,7 +426,7 @@ fn classify(
                 ),
             );
         }
-        return match codec::decode(headers, body.clone()) {
+        return match codec::decode_record(headers, bytes::Bytes::from(body.clone())) {
             Ok(reply) => Outcome::Delivered {
                 reply: Some(Box::new(reply)),
             },
@@ -466,20 +464,20 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 }
 
 /// Adds `knativeerrordest`, `knativeerrorcode` and `knativeerrordata` to a dead-lettered event.
-pub fn stamp_error(event: &mut Event, f: &Failure) {
-    event.set_extension(ERROR_DEST, f.dest.clone());
+pub fn stamp_error(event: &mut EventRecord, f: &Failure) {
+    event.set_extension(ERROR_DEST, f.dest.clone().into());
     if let Some(code) = f.status {
-        event.set_extension(ERROR_CODE, i64::from(code));
+        event.set_extension(ERROR_CODE, i64::from(code).into());
     }
     if !f.body.is_empty() {
         let mut data = base64::engine::general_purpose::STANDARD.encode(&f.body);
         data.truncate(1024);
-        event.set_extension(ERROR_DATA, data);
+        event.set_extension(ERROR_DATA, data.into());
     }
 }
 
 /// The id of an event, for logs.
-pub fn describe(event: &Event) -> String {
+pub fn describe(event: &EventRecord) -> String {
     format!("{} (source {})", event.id(), event.source())
 }
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cloudevents::Event;
 use evmesh_filter::FilterIndex;
 use evmesh_store::{EventStore, LogId, Offset};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -22,6 +21,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::delivery::{self, DeliveryEngine, Next, Outcome, Plan, Progress};
 use crate::metrics::Counters;
+use crate::record::EventRecord;
 use crate::service::Publisher;
 
 /// Above this many queued events, a trigger's queue keeps offsets only and reloads the events
@@ -33,7 +33,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 /// What the router hands to a trigger worker.
 #[derive(Default)]
 pub(crate) struct TriggerQueue {
-    items: VecDeque<(Offset, Option<Arc<Event>>)>,
+    items: VecDeque<(Offset, Option<Arc<EventRecord>>)>,
 }
 
 /// State a trigger worker shares with the router, the service and the admin API.
@@ -51,12 +51,12 @@ pub(crate) struct TriggerShared {
 }
 
 impl TriggerShared {
-    fn push(&self, offset: Offset, event: &Arc<Event>) {
+    fn push(&self, offset: Offset, event: &Arc<EventRecord>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let keep = q.items.len() < QUEUE_KEEP_EVENTS;
         q.items.push_back((offset, keep.then(|| event.clone())));
     }
-    fn pop(&self) -> Option<(Offset, Option<Arc<Event>>)> {
+    fn pop(&self) -> Option<(Offset, Option<Arc<EventRecord>>)> {
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -119,7 +119,7 @@ impl Router {
                     Err(_) => Vec::new(),
                 };
             for record in &batch {
-                match serde_json::from_slice::<Event>(&record.payload) {
+                match EventRecord::from_stored(&record.payload) {
                     Ok(event) => {
                         let event = Arc::new(event);
                         matched.clear();
@@ -160,13 +160,13 @@ impl Router {
 }
 
 struct Slot {
-    event: Option<Arc<Event>>,
+    event: Option<Arc<EventRecord>>,
     progress: Progress,
     due: Option<(Instant, u64)>,
     running: bool,
 }
 
-type AttemptResult = (Offset, Option<Arc<Event>>, Progress, AttemptEnd);
+type AttemptResult = (Offset, Option<Arc<EventRecord>>, Progress, AttemptEnd);
 
 enum AttemptEnd {
     Next(Next),
@@ -327,7 +327,7 @@ impl Worker {
         &self,
         slots: &mut BTreeMap<Offset, Slot>,
         offset: Offset,
-        event: Option<Arc<Event>>,
+        event: Option<Arc<EventRecord>>,
         progress: Progress,
         end: AttemptEnd,
     ) {
@@ -378,7 +378,7 @@ impl Worker {
     fn attempt(
         &self,
         offset: Offset,
-        event: Option<Arc<Event>>,
+        event: Option<Arc<EventRecord>>,
         mut progress: Progress,
     ) -> impl std::future::Future<Output = AttemptResult> + Send + 'static {
         let store = self.store.clone();
@@ -423,13 +423,13 @@ async fn load(
     store: Arc<dyn EventStore>,
     log: LogId,
     offset: Offset,
-) -> Result<Arc<Event>, String> {
+) -> Result<Arc<EventRecord>, String> {
     let records = tokio::task::spawn_blocking(move || store.read(&log, offset, 1))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     match records.into_iter().next() {
-        Some(r) if r.offset == offset => serde_json::from_slice(&r.payload)
+        Some(r) if r.offset == offset => EventRecord::from_stored(&r.payload)
             .map(Arc::new)
             .map_err(|e| format!("stored event at offset {offset} is undecodable: {e}")),
         _ => Err(format!(

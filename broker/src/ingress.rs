@@ -141,9 +141,11 @@ async fn receive(
     let bytes = to_bytes(body, ingress.max_size)
         .await
         .map_err(|_| IngressError::TooLarge(ingress.max_size))?;
-    let event =
-        codec::decode(&headers, bytes.to_vec()).map_err(|e| IngressError::BadRequest(e.0))?;
-    ingress.service.publish(namespace, broker, event).await?;
+    let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
+    ingress
+        .service
+        .publish_record(namespace, broker, event)
+        .await?;
     let mut resp = StatusCode::ACCEPTED.into_response();
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));

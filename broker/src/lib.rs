@@ -18,6 +18,7 @@ pub mod delivery;
 mod dispatcher;
 pub mod ingress;
 pub mod metrics;
+pub mod record;
 mod service;
 pub mod tls;
 

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cloudevents::Event;
-use cloudevents::event::ExtensionValue;
 use evmesh_config::{MeshConfig, Resolver, broker_url};
 use evmesh_filter::FilterIndex;
 use evmesh_store::{EventStore, LogId, Offset, Retention};
@@ -20,6 +19,7 @@ use crate::delivery::{DeliveryEngine, Plan};
 use crate::dispatcher::{Checkpoint, Router, TriggerQueue, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
+use crate::record::EventRecord;
 
 /// Tuning of the broker service.
 #[derive(Clone, Debug)]
@@ -93,25 +93,31 @@ pub(crate) struct BrokerRuntime {
 
 impl BrokerRuntime {
     /// Stamps and durably appends one event.
-    async fn append(&self, mut event: Event) -> Result<Offset, PublishError> {
+    async fn append(&self, mut event: EventRecord) -> Result<Offset, PublishError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
         }
-        let ttl = match event.extension(TTL_EXTENSION) {
+        let ttl = match event.extension_json(TTL_EXTENSION) {
             None => MAX_TTL,
-            Some(ExtensionValue::Integer(n)) => n.saturating_sub(1),
-            Some(ExtensionValue::String(s)) => s.parse::<i64>().map(|n| n - 1).unwrap_or(MAX_TTL),
-            Some(ExtensionValue::Boolean(_)) => MAX_TTL,
+            Some(serde_json::Value::Number(n)) => {
+                n.as_i64().map_or(MAX_TTL, |n| n.saturating_sub(1))
+            }
+            Some(serde_json::Value::String(s)) => {
+                s.parse::<i64>().map(|n| n - 1).unwrap_or(MAX_TTL)
+            }
+            Some(_) => MAX_TTL,
         };
         if ttl <= 0 {
             return Err(PublishError::TtlExpired);
         }
-        event.set_extension(TTL_EXTENSION, ttl);
+        event.set_extension(TTL_EXTENSION, ttl.into());
         event.set_extension(
             ARRIVAL_EXTENSION,
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                .into(),
         );
-        let bytes = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let bytes = event.to_stored();
         let offset = self.store.append(&self.log, bytes).await?;
         self.notify.notify_one();
         Ok(offset)
@@ -125,15 +131,23 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `reply` with the TTL of the event it answers (so reply loops end).
+    /// Publishes `reply` with the TTL of the event it answers (so reply loops end) and its
+    /// passed-through headers (the reply's own take precedence).
     pub(crate) async fn publish_reply(
         &self,
-        mut reply: Event,
-        original: &Event,
+        mut reply: EventRecord,
+        original: &EventRecord,
     ) -> Result<(), String> {
-        if let Some(ttl) = original.extension(TTL_EXTENSION) {
+        if let Some(ttl) = original.extension_json(TTL_EXTENSION) {
             reply.set_extension(TTL_EXTENSION, ttl.clone());
         }
+        let mut headers = reply.headers().to_vec();
+        for (name, value) in original.headers() {
+            if !headers.iter().any(|(n, _)| n == name) {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        reply.set_headers(headers);
         match self.broker.append(reply).await {
             Ok(_) => Ok(()),
             Err(PublishError::TtlExpired) => {
@@ -428,6 +442,18 @@ impl BrokerService {
         namespace: &str,
         name: &str,
         event: Event,
+    ) -> Result<Offset, PublishError> {
+        let record = EventRecord::from_event(event).map_err(|e| PublishError::Encode(e.0))?;
+        self.publish_record(namespace, name, record).await
+    }
+
+    /// Publishes an [`EventRecord`] (attributes, data bytes and passed-through headers as
+    /// received), like [`BrokerService::publish`].
+    pub async fn publish_record(
+        &self,
+        namespace: &str,
+        name: &str,
+        event: EventRecord,
     ) -> Result<Offset, PublishError> {
         let Some(broker) = self
             .inner

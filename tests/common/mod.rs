@@ -238,6 +238,7 @@ pub fn event(id: &str, ty: &str) -> Event {
 }
 
 pub fn client() -> reqwest::Client {
+    evmesh::evmesh_broker::tls::install_provider();
     reqwest::Client::new()
 }
 
