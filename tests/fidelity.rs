@@ -476,3 +476,37 @@ async fn cloudevents_0_3_is_accepted_and_delivered_as_0_3_in_both_modes() {
         }
     }
 }
+
+#[tokio::test]
+async fn reply_whose_ttl_ran_out_dead_letters_the_original_event() {
+    let sink = TestSink::start().await;
+    let dls = TestSink::start().await;
+    // Always answer with an event the same trigger matches again: a loop.
+    sink.always(Reply::Event(event("loop", "loop.type")));
+    let m = mesh(&broker_and_trigger(
+        &sink,
+        &format!(
+            "  delivery: {{retry: 3, deadLetterSink: {{uri: \"{}\"}}}}",
+            dls.url()
+        ),
+    ))
+    .await;
+    post_binary(&m.url("/demo/default"), event("start", "loop.type")).await;
+    eventually(
+        "the loop ends in the dead-letter sink",
+        Duration::from_secs(60),
+        || dls.count() == 1,
+    )
+    .await;
+    let dead = dls.received()[0].event().clone();
+    assert_eq!(dead.id(), "loop");
+    assert_eq!(
+        dead.extension("knativeerrorcode").map(|v| v.to_string()),
+        Some("400".to_string()),
+        "the broker rejected the reply with 400"
+    );
+    let n = sink.count();
+    assert!(n <= 256, "at most 255 hops plus the original, got {n}");
+    settle().await;
+    assert_eq!(sink.count(), n, "not retried: a 400 is final");
+}

@@ -400,13 +400,13 @@ impl Worker {
                 // The reply must be stored before the delivery counts as done.
                 outcome = match publisher.publish_reply(*reply, &event).await {
                     Ok(()) => Outcome::Delivered { reply: None },
-                    Err(reason) => Outcome::Failed(delivery::Failure {
+                    Err(e) => Outcome::Failed(delivery::Failure {
                         dest: plan.subscriber.to_string(),
-                        status: None,
+                        status: e.status,
                         body: Vec::new(),
-                        retryable: true,
+                        retryable: e.retryable,
                         retry_after: None,
-                        reason,
+                        reason: e.reason,
                     }),
                 };
             }

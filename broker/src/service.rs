@@ -137,7 +137,7 @@ impl Publisher {
         &self,
         mut reply: EventRecord,
         original: &EventRecord,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplyFailure> {
         if let Some(ttl) = original.extension_json(TTL_EXTENSION) {
             reply.set_extension(TTL_EXTENSION, ttl.clone());
         }
@@ -151,16 +151,36 @@ impl Publisher {
         match self.broker.append(reply).await {
             Ok(_) => Ok(()),
             Err(PublishError::TtlExpired) => {
+                // As in Knative: the broker answers the reply with 400, so the original event
+                // fails (not retryable) and goes to the dead-letter sink.
                 tracing::warn!(
                     broker = %self.broker.log.as_str(),
                     event = %crate::delivery::describe(original),
-                    "reply dropped: knativebrokerttl exhausted (reply loop)"
+                    "reply rejected: knativebrokerttl exhausted (reply loop); the original event is dead-lettered"
                 );
-                Ok(())
+                Err(ReplyFailure {
+                    status: Some(400),
+                    retryable: false,
+                    reason: PublishError::TtlExpired.to_string(),
+                })
             }
-            Err(e) => Err(format!("storing the reply failed: {e}")),
+            Err(e) => Err(ReplyFailure {
+                status: None,
+                retryable: true,
+                reason: format!("storing the reply failed: {e}"),
+            }),
         }
     }
+}
+
+/// Why a reply was not stored.
+pub(crate) struct ReplyFailure {
+    /// The status ingress would have answered.
+    pub(crate) status: Option<u16>,
+    /// Whether the delivery is tried again.
+    pub(crate) retryable: bool,
+    /// Human-readable reason.
+    pub(crate) reason: String,
 }
 
 /// What the admin API shows of a broker.
