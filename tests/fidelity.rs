@@ -510,3 +510,81 @@ async fn reply_whose_ttl_ran_out_dead_letters_the_original_event() {
     settle().await;
     assert_eq!(sink.count(), n, "not retried: a 400 is final");
 }
+
+#[tokio::test]
+async fn failure_body_is_cut_to_1024_bytes_on_receipt() {
+    use evmesh::evmesh_broker::delivery::{DeliveryEngine, Outcome, Plan};
+    let sink = TestSink::start().await;
+    sink.always(Reply::StatusWithBody(503, "x".repeat(1024 * 1024)));
+    let plan = Plan {
+        subscriber: sink.url().parse().expect("url"),
+        dead_letter: None,
+        delivery: evmesh::evmesh_config::Delivery::knative_default(),
+        namespace: "demo".into(),
+        subscriber_ca_certs: None,
+        dead_letter_ca_certs: None,
+    };
+    let record =
+        evmesh::evmesh_broker::record::EventRecord::from_event(event("1", "t")).expect("record");
+    let outcome = DeliveryEngine::new()
+        .send(&plan.subscriber, &record, &plan, true)
+        .await;
+    let Outcome::Failed(f) = outcome else {
+        panic!("a 503 is a failure: {outcome:?}");
+    };
+    assert_eq!(f.status, Some(503));
+    assert_eq!(f.body.len(), 1024);
+}
+
+#[tokio::test]
+async fn subscriber_secrets_are_redacted_in_status_and_knativeerrordest() {
+    let failing = TestSink::start().await;
+    failing.always(Reply::Status(500));
+    let dls = TestSink::start().await;
+    let secret_url = format!("http://alice:s3cret@{}/hook?token=t0ken&x=1", failing.addr);
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default, namespace: demo}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: t1, namespace: demo}}
+spec:
+  broker: default
+  subscriber: {{uri: "{secret_url}"}}
+  delivery: {{retry: 0, deadLetterSink: {{uri: "http://bob:pw@{}/?key=k3y"}}}}
+"#,
+        dls.addr
+    );
+    let m = mesh(&yaml).await;
+    let trigger: serde_json::Value = client()
+        .get(m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/t1"))
+        .send()
+        .await
+        .expect("admin")
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).expect("json"))
+        .expect("body");
+    let status = trigger["status"].to_string();
+    for secret in ["s3cret", "t0ken", "alice", "pw@", "k3y"] {
+        assert!(!status.contains(secret), "{secret} leaked in {status}");
+    }
+    assert!(status.contains("/hook"), "{status}");
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("1", "t")).await,
+        202
+    );
+    eventually("dead letter", WAIT, || dls.count() == 1).await;
+    let dest = dls.received()[0]
+        .event()
+        .extension("knativeerrordest")
+        .map(|v| v.to_string())
+        .expect("knativeerrordest");
+    assert_eq!(
+        dest,
+        format!("http://redacted@{}/hook?redacted", failing.addr)
+    );
+}

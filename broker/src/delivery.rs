@@ -344,7 +344,15 @@ impl DeliveryEngine {
         };
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = match read_body(resp).await {
+        // A reply is read whole (up to the limit); anything else only as far as a dead letter
+        // needs, so a large error body is never held in memory.
+        let is_reply = want_reply && status.is_success() && status.as_u16() != 202;
+        let (cap, whole) = if is_reply {
+            (MAX_REPLY, true)
+        } else {
+            (MAX_FAILURE_BODY, false)
+        };
+        let body = match read_body(resp, cap, whole).await {
             Ok(b) => b,
             Err(e) => return failed(url, Some(status.as_u16()), vec![], true, e),
         };
@@ -360,19 +368,47 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+/// Reads at most `cap` bytes of a response body; with `whole`, a longer body is an error,
+/// otherwise it is cut at `cap` (the rest is never read or kept).
+async fn read_body(
+    mut resp: reqwest::Response,
+    cap: usize,
+    whole: bool,
+) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
         .map_err(|e| format!("reading response: {e}"))?
     {
-        if body.len() + chunk.len() > MAX_REPLY {
-            return Err("response body too large".into());
+        if body.len() + chunk.len() > cap {
+            if whole {
+                return Err("response body too large".into());
+            }
+            body.extend_from_slice(&chunk[..cap - body.len()]);
+            break;
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Most bytes of a failure's response body kept (what `knativeerrordata` carries).
+pub const MAX_FAILURE_BODY: usize = 1024;
+
+/// A URL for status output and `knativeerrordest`: user info and query string replaced by
+/// `redacted`, fragment dropped (they may hold passwords and tokens).
+pub fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_password(None);
+        let _ = u.set_username("redacted");
+    }
+    if u.query().is_some() {
+        u.set_query(Some("redacted"));
+    }
+    u.set_fragment(None);
+    u.to_string()
 }
 
 fn failed(
@@ -382,8 +418,10 @@ fn failed(
     retryable: bool,
     reason: String,
 ) -> Outcome {
+    let mut body = body;
+    body.truncate(MAX_FAILURE_BODY);
     Outcome::Failed(Failure {
-        dest: url.to_string(),
+        dest: redact(url),
         status,
         body,
         retryable,
@@ -442,7 +480,7 @@ fn classify(
         None
     };
     Outcome::Failed(Failure {
-        dest: url.to_string(),
+        dest: redact(url),
         status: Some(code),
         retryable: is_retryable(code),
         retry_after,
@@ -470,7 +508,8 @@ pub fn stamp_error(event: &mut EventRecord, f: &Failure) {
         event.set_extension(ERROR_CODE, i64::from(code).into());
     }
     if !f.body.is_empty() {
-        let mut data = base64::engine::general_purpose::STANDARD.encode(&f.body);
+        let body = &f.body[..f.body.len().min(MAX_FAILURE_BODY)];
+        let mut data = base64::engine::general_purpose::STANDARD.encode(body);
         data.truncate(1024);
         event.set_extension(ERROR_DATA, data.into());
     }

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::delivery::{DeliveryEngine, Plan};
+use crate::delivery::{DeliveryEngine, Plan, redact};
 use crate::dispatcher::{Checkpoint, Router, TriggerQueue, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
@@ -349,8 +349,8 @@ impl BrokerService {
                 views.push(TriggerView {
                     namespace: tm.namespace.clone(),
                     name: tm.name.clone(),
-                    subscriber_uri: Some(subscriber.to_string()),
-                    dead_letter_sink_uri: dead_letter.as_ref().map(Url::to_string),
+                    subscriber_uri: Some(redact(&subscriber)),
+                    dead_letter_sink_uri: dead_letter.as_ref().map(redact),
                     not_ready_reason: None,
                     counters: CounterSnapshot::default(),
                 });
@@ -518,7 +518,7 @@ impl BrokerService {
                 namespace: b.namespace.clone(),
                 name: b.name.clone(),
                 url: b.url.to_string(),
-                dead_letter_sink_uri: b.dead_letter.as_ref().map(Url::to_string),
+                dead_letter_sink_uri: b.dead_letter.as_ref().map(redact),
                 routed_offset: b.router_next.load(Ordering::Relaxed),
                 counters: b.counters.snapshot(),
             })
