@@ -174,7 +174,8 @@ impl Mesh {
                     ingress: ingress.clone(),
                     ready: ready.clone(),
                 }))
-                .merge(display::routes());
+                .merge(display::routes())
+                .merge(evmesh_broker::telemetry::metrics_routes());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(async move {
             let shutdown = async move {

@@ -523,6 +523,7 @@ async fn failure_body_is_cut_to_1024_bytes_on_receipt() {
         namespace: "demo".into(),
         subscriber_ca_certs: None,
         dead_letter_ca_certs: None,
+        metrics: None,
     };
     let record =
         evmesh::evmesh_broker::record::EventRecord::from_event(event("1", "t")).expect("record");

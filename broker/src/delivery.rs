@@ -43,6 +43,8 @@ pub struct Plan {
     pub subscriber_ca_certs: Option<Arc<str>>,
     /// The dead-letter sink Destination's `CACerts` (PEM).
     pub dead_letter_ca_certs: Option<Arc<str>>,
+    /// Where each attempt is counted (Prometheus `event_count`, `event_dispatch_latencies`).
+    pub metrics: Option<Arc<crate::telemetry::DeliveryMetrics>>,
 }
 
 /// Result of one HTTP attempt.
@@ -331,9 +333,16 @@ impl DeliveryEngine {
         if want_reply {
             req = req.header("prefer", "reply");
         }
+        let started = std::time::Instant::now();
+        let record = |code: Option<u16>| {
+            if let Some(m) = &plan.metrics {
+                m.attempt(code, started.elapsed());
+            }
+        };
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
+                record(None);
                 let reason = if e.is_timeout() {
                     "timed out".to_string()
                 } else {
@@ -343,6 +352,7 @@ impl DeliveryEngine {
             }
         };
         let status = resp.status();
+        record(Some(status.as_u16()));
         let headers = resp.headers().clone();
         // A reply is read whole (up to the limit); anything else only as far as a dead letter
         // needs, so a large error body is never held in memory.
@@ -537,6 +547,7 @@ mod tests {
             namespace: "default".into(),
             subscriber_ca_certs: None,
             dead_letter_ca_certs: None,
+            metrics: None,
         }
     }
 

@@ -373,6 +373,8 @@ impl Worker {
                 slots.remove(&offset);
             }
         }
+        let pending = slots.values().filter(|s| s.due.is_some()).count();
+        self.shared.counters.pending_retries(pending);
     }
 
     fn attempt(

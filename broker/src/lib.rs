@@ -20,6 +20,7 @@ pub mod ingress;
 pub mod metrics;
 pub mod record;
 mod service;
+pub mod telemetry;
 pub mod tls;
 
 pub use service::{

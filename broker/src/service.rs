@@ -151,6 +151,7 @@ impl Publisher {
         match self.broker.append(reply).await {
             Ok(_) => Ok(()),
             Err(PublishError::TtlExpired) => {
+                crate::telemetry::reply_loop_stopped(&self.broker.namespace, &self.broker.name);
                 // As in Knative: the broker answers the reply with 400, so the original event
                 // fails (not retryable) and goes to the dead-letter sink.
                 tracing::warn!(
@@ -305,7 +306,7 @@ impl BrokerService {
                     Some(d) => resolver.resolve(d, &tm.namespace).map(Some),
                     None => Ok(None),
                 };
-                let counters = Counters::default();
+                let counters = Counters::for_trigger(&tm.namespace, &meta.name, &tm.name);
                 trigger_counters.insert((tm.namespace.clone(), tm.name.clone()), counters.clone());
                 let (subscriber, dead_letter) = match (subscriber, dead_letter) {
                     (Ok(s), Ok(d)) => (s, d),
@@ -372,6 +373,7 @@ impl BrokerService {
                             .as_ref()
                             .and_then(|d| d.ca_certs.as_deref())
                             .map(Arc::from),
+                        metrics: counters.delivery_metrics(),
                         delivery,
                         namespace: tm.namespace.clone(),
                     },
