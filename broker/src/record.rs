@@ -82,14 +82,19 @@ fn is_text_content_type(ct: &str) -> bool {
 }
 
 /// The kind of a body received in binary mode: JSON when the content type says JSON (or there is
-/// none) and the bytes parse as JSON; text for a textual content type and valid UTF-8; otherwise
-/// binary. The bytes themselves are kept as they are whatever the kind.
+/// none) and the bytes parse as JSON; text for a textual, non-JSON content type and valid UTF-8;
+/// otherwise binary. The bytes themselves are kept as they are whatever the kind.
 pub fn classify_body(content_type: Option<&str>, body: &[u8]) -> DataKind {
     let json_ct = content_type.is_none_or(is_json_content_type);
     if json_ct && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
         return DataKind::Json;
     }
-    if content_type.is_some_and(is_text_content_type) && std::str::from_utf8(body).is_ok() {
+    // Invalid JSON under a JSON content type stays bytes: as a JSON string it would read back
+    // as JSON text.
+    if !json_ct
+        && content_type.is_some_and(is_text_content_type)
+        && std::str::from_utf8(body).is_ok()
+    {
         return DataKind::Text;
     }
     DataKind::Binary
