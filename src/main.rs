@@ -18,8 +18,36 @@ use evmesh_config::MeshConfig;
     about = "Knative Eventing without Kubernetes"
 )]
 struct Cli {
+    /// Log line format on stderr: `text` (colours only on a terminal) or `json`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EVMESH_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging to stderr: `EVMESH_LOG` (default `info`); the storage engine's INFO chatter is off
+/// unless `EVMESH_LOG` names it.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let user = std::env::var("EVMESH_LOG").unwrap_or_else(|_| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("fjall=warn,lsm_tree=warn,{user}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -89,14 +117,8 @@ enum Command {
 
 fn main() -> ExitCode {
     evmesh_broker::tls::install_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EVMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

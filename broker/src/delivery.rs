@@ -287,8 +287,13 @@ impl DeliveryEngine {
         if dead_letter && let Some(f) = &progress.last_failure {
             stamp_error(&mut event, f);
         }
-        self.send_to(url, progress.ca_certs(plan), &event, plan, !dead_letter)
-            .await
+        let outcome = self
+            .send_to(url, progress.ca_certs(plan), &event, plan, !dead_letter)
+            .await;
+        if !dead_letter && let Some(m) = &plan.metrics {
+            m.outcome(&outcome);
+        }
+        outcome
     }
 
     /// POSTs one event to `url` (trusting the web PKI roots and the engine's CA file).
@@ -522,6 +527,33 @@ pub fn stamp_error(event: &mut EventRecord, f: &Failure) {
         let mut data = base64::engine::general_purpose::STANDARD.encode(body);
         data.truncate(1024);
         event.set_extension(ERROR_DATA, data.into());
+    }
+}
+
+/// Warns when the host of a trigger's subscriber does not resolve (checked once, at start).
+pub async fn warn_if_unresolvable(trigger: String, url: Url) {
+    let Some(host) = url.host_str() else {
+        return;
+    };
+    if url
+        .host()
+        .is_some_and(|h| !matches!(h, url::Host::Domain(_)))
+    {
+        return;
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let lookup = tokio::net::lookup_host((host.to_string(), port));
+    match tokio::time::timeout(Duration::from_secs(5), lookup)
+        .await
+        .map(|r| r.map(|mut addrs| addrs.next().is_some()))
+    {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Ok(Err(_)) => {
+            tracing::warn!(trigger = %trigger, url = %redact(&url), "subscriber host {host} does not resolve; deliveries fail until it does");
+        }
+        Err(_) => {
+            tracing::warn!(trigger = %trigger, url = %redact(&url), "resolving subscriber host {host} timed out");
+        }
     }
 }
 

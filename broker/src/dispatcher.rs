@@ -348,6 +348,12 @@ impl Worker {
             AttemptEnd::Next(Next::Done { .. }) => {
                 if slot.progress.phase == delivery::Phase::DeadLetter {
                     self.shared.counters.dead_lettered();
+                    let dls = self.shared.plan.dead_letter.as_ref().map(delivery::redact);
+                    self.shared.counters.log_dead_lettered(
+                        &id,
+                        slot.progress.last_failure.as_ref(),
+                        dls.as_deref().unwrap_or(""),
+                    );
                 } else {
                     self.shared.counters.delivered();
                 }
@@ -360,11 +366,7 @@ impl Worker {
             }
             AttemptEnd::Next(Next::Dropped(f)) => {
                 self.shared.counters.dropped();
-                tracing::warn!(
-                    trigger = %self.shared.name, event = %id, status = ?f.status,
-                    "delivery failed for good and there is no dead-letter sink (or it failed too): event dropped: {}",
-                    f.reason
-                );
+                self.shared.counters.log_dropped(&id, &f);
                 slots.remove(&offset);
             }
             AttemptEnd::Gone(reason) => {

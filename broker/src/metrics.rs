@@ -55,6 +55,23 @@ impl Counters {
     pub(crate) fn delivery_metrics(&self) -> Option<Arc<DeliveryMetrics>> {
         self.0.prometheus.clone()
     }
+    /// Logs a dead-lettered event (rate-limited per trigger).
+    pub(crate) fn log_dead_lettered(
+        &self,
+        event: &str,
+        failure: Option<&crate::delivery::Failure>,
+        dead_letter_sink: &str,
+    ) {
+        if let Some(p) = &self.0.prometheus {
+            p.log_dead_lettered(event, failure, dead_letter_sink);
+        }
+    }
+    /// Logs a dropped event (rate-limited per trigger).
+    pub(crate) fn log_dropped(&self, event: &str, failure: &crate::delivery::Failure) {
+        if let Some(p) = &self.0.prometheus {
+            p.log_dropped(event, failure);
+        }
+    }
     /// Sets the number of deliveries waiting for a retry.
     pub(crate) fn pending_retries(&self, n: usize) {
         if let Some(p) = &self.0.prometheus {

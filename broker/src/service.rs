@@ -347,6 +347,17 @@ impl BrokerService {
                         inflight: vec![],
                     },
                 };
+                tracing::info!(
+                    trigger = %format!("{}/{}", tm.namespace, tm.name),
+                    broker = %meta.name,
+                    subscriber = %redact(&subscriber),
+                    dead_letter_sink = %dead_letter.as_ref().map(redact).unwrap_or_default(),
+                    "trigger ready"
+                );
+                tokio::spawn(crate::delivery::warn_if_unresolvable(
+                    format!("{}/{}", tm.namespace, tm.name),
+                    subscriber.clone(),
+                ));
                 views.push(TriggerView {
                     namespace: tm.namespace.clone(),
                     name: tm.name.clone(),

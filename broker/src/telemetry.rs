@@ -13,8 +13,9 @@
 //! - `evmesh_dead_lettered_total`, `evmesh_dropped_total` (counters, per trigger).
 //! - `evmesh_reply_loops_stopped_total` (counter, per broker): replies refused for TTL.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::header;
@@ -179,9 +180,12 @@ pub fn reply_loop_stopped(namespace: &str, broker: &str) {
     .increment(1);
 }
 
-/// The metrics of one trigger's deliveries (labels and handles).
+/// The metrics and failure log of one trigger's deliveries (labels, handles, rate limit).
 #[derive(Debug)]
 pub struct DeliveryMetrics {
+    trigger: String,
+    failing: AtomicBool,
+    limiter: Mutex<LogLimiter>,
     labels: Vec<(&'static str, String)>,
     dead_lettered: metrics::Counter,
     dropped: metrics::Counter,
@@ -198,6 +202,9 @@ impl DeliveryMetrics {
             ("trigger_name", trigger.to_string()),
         ];
         DeliveryMetrics {
+            trigger: format!("{namespace}/{trigger}"),
+            failing: AtomicBool::new(false),
+            limiter: Mutex::new(LogLimiter::default()),
             dead_lettered: metrics::counter!("evmesh_dead_lettered_total", &labels),
             dropped: metrics::counter!("evmesh_dropped_total", &labels),
             pending_retries: metrics::gauge!("evmesh_pending_retries", &labels),
@@ -230,5 +237,114 @@ impl DeliveryMetrics {
         metrics::counter!("event_count", &labels).increment(1);
         metrics::histogram!("event_dispatch_latencies", &labels)
             .record(elapsed.as_secs_f64() * 1000.0);
+    }
+}
+
+/// Failure log lines a trigger writes per [`LOG_WINDOW`] at most; the rest are counted and
+/// reported with the next line that is written.
+pub const LOG_LINES_PER_WINDOW: u32 = 10;
+/// The rate-limit window of failure log lines.
+pub const LOG_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+struct LogLimiter {
+    window_start: Option<Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// Whether a line may be written now, and how many were suppressed before it.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= LOG_WINDOW)
+        {
+            self.window_start = Some(now);
+            self.written = 0;
+        }
+        if self.written >= LOG_LINES_PER_WINDOW {
+            self.suppressed += 1;
+            return None;
+        }
+        self.written += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+impl DeliveryMetrics {
+    fn admit(&self) -> Option<u64> {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(Instant::now())
+    }
+
+    /// Notes an attempt's outcome: the first failure after a success (or since start) is logged
+    /// at WARN with the URL and reason.
+    pub(crate) fn outcome(&self, outcome: &crate::delivery::Outcome) {
+        match outcome {
+            crate::delivery::Outcome::Delivered { .. } => {
+                self.failing.store(false, Ordering::Relaxed);
+            }
+            crate::delivery::Outcome::Failed(f) => {
+                if !self.failing.swap(true, Ordering::Relaxed)
+                    && let Some(suppressed) = self.admit()
+                {
+                    tracing::warn!(
+                        trigger = %self.trigger, url = %f.dest, status = ?f.status, suppressed,
+                        "delivery failing: {}", f.reason
+                    );
+                }
+            }
+        }
+    }
+
+    /// Logs a dead-lettered event (rate-limited).
+    pub(crate) fn log_dead_lettered(
+        &self,
+        event: &str,
+        failure: Option<&crate::delivery::Failure>,
+        dead_letter_sink: &str,
+    ) {
+        if let Some(suppressed) = self.admit() {
+            tracing::warn!(
+                trigger = %self.trigger, event, url = failure.map(|f| f.dest.as_str()).unwrap_or(""),
+                status = ?failure.and_then(|f| f.status), dead_letter_sink, suppressed,
+                "event dead-lettered: {}", failure.map(|f| f.reason.as_str()).unwrap_or("delivery failed")
+            );
+        }
+    }
+
+    /// Logs a dropped event (rate-limited).
+    pub(crate) fn log_dropped(&self, event: &str, failure: &crate::delivery::Failure) {
+        if let Some(suppressed) = self.admit() {
+            tracing::warn!(
+                trigger = %self.trigger, event, url = %failure.dest, status = ?failure.status, suppressed,
+                "event dropped (no dead-letter sink, or it failed too): {}", failure.reason
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_writes_a_bounded_number_of_lines_per_window_and_counts_the_rest() {
+        let mut l = LogLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..LOG_LINES_PER_WINDOW {
+            assert_eq!(l.admit(t0), Some(0));
+        }
+        assert_eq!(l.admit(t0), None);
+        assert_eq!(l.admit(t0 + Duration::from_secs(1)), None);
+        assert_eq!(
+            l.admit(t0 + LOG_WINDOW),
+            Some(2),
+            "reports what it suppressed"
+        );
+        assert_eq!(l.admit(t0 + LOG_WINDOW), Some(0));
     }
 }
