@@ -262,24 +262,39 @@ spec:
 }
 
 #[tokio::test]
-async fn reply_data_arrives_byte_for_byte() {
-    let first = TestSink::start().await;
-    let second = TestSink::start().await;
-    let reply = EventBuilderV10::new()
-        .id("r1")
-        .source("/replier")
-        .ty("reply")
-        .data("application/json", Data::Binary(ODD_JSON.to_vec()))
-        .build()
-        .expect("reply");
-    first.always(Reply::Event(reply));
-    let m = mesh(&two_trigger_yaml(&first, &second, "")).await;
-    assert_eq!(
-        post_binary(&m.url("/demo/default"), event("1", "t")).await,
-        202
-    );
-    eventually("reply delivered", WAIT, || second.count() == 1).await;
-    assert_eq!(second.received()[0].body, ODD_JSON);
+async fn reply_data_arrives_byte_for_byte_in_both_modes() {
+    for structured_out in [false, true] {
+        let first = TestSink::start().await;
+        let second = TestSink::start().await;
+        let reply = EventBuilderV10::new()
+            .id("r1")
+            .source("/replier")
+            .ty("reply")
+            .data("application/json", Data::Binary(ODD_JSON.to_vec()))
+            .build()
+            .expect("reply");
+        first.always(Reply::Event(reply));
+        let mut yaml = two_trigger_yaml(&first, &second, "");
+        if structured_out {
+            yaml.push_str("  delivery: {format: json}\n");
+        }
+        let m = mesh(&yaml).await;
+        assert_eq!(
+            post_binary(&m.url("/demo/default"), event("1", "t")).await,
+            202
+        );
+        eventually("reply delivered", WAIT, || second.count() == 1).await;
+        let got = second.received().remove(0);
+        if structured_out {
+            assert_eq!(
+                got.header("content-type").as_deref(),
+                Some("application/cloudevents+json")
+            );
+            assert_eq!(raw_data_member(&got.body), ODD_JSON);
+        } else {
+            assert_eq!(got.body, ODD_JSON);
+        }
+    }
 }
 
 #[tokio::test]
