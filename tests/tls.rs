@@ -146,3 +146,31 @@ async fn invalid_cacerts_pem_is_a_configuration_error() {
     .expect_err("invalid PEM rejected");
     assert!(err.to_string().contains("CACerts"), "{err}");
 }
+
+#[tokio::test]
+async fn serve_with_an_unreadable_ca_file_fails_to_start_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n",
+    )
+    .expect("config");
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").expect("bad pem");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evmesh"))
+        .args(["serve", "-f"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--ca-file")
+        .arg(&bad)
+        .output()
+        .expect("run evmesh");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CA file") && stderr.contains("not-a-ca.pem"),
+        "{stderr}"
+    );
+}
