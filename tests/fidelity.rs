@@ -604,3 +604,27 @@ spec:
         format!("http://redacted@{}/hook?redacted", failing.addr)
     );
 }
+
+#[tokio::test]
+async fn cloudevents_0_3_reply_is_accepted_and_delivered_as_0_3() {
+    use cloudevents::EventBuilderV03;
+    let first = TestSink::start().await;
+    let second = TestSink::start().await;
+    first.always(Reply::Event(
+        EventBuilderV03::new()
+            .id("r03")
+            .source("/replier")
+            .ty("reply")
+            .build()
+            .expect("0.3 reply"),
+    ));
+    let m = mesh(&two_trigger_yaml(&first, &second, "")).await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("1", "t")).await,
+        202
+    );
+    eventually("0.3 reply delivered", WAIT, || second.count() == 1).await;
+    let got = second.received().remove(0);
+    assert_eq!(got.header("ce-specversion").as_deref(), Some("0.3"));
+    assert_eq!(got.header("ce-id").as_deref(), Some("r03"));
+}
