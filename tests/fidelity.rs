@@ -628,3 +628,51 @@ async fn cloudevents_0_3_reply_is_accepted_and_delivered_as_0_3() {
     assert_eq!(got.header("ce-specversion").as_deref(), Some("0.3"));
     assert_eq!(got.header("ce-id").as_deref(), Some("r03"));
 }
+
+#[tokio::test]
+async fn events_stored_in_the_previous_format_are_still_delivered() {
+    use evmesh::evmesh_store::{self, LogId};
+    let sink = TestSink::start().await;
+    let yaml = broker_and_trigger(&sink, "");
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    {
+        // What evmesh stored before the event record: serde_json of a cloudevents::Event.
+        let store = evmesh_store::open(Default::default(), data_dir.path()).expect("store");
+        let old = EventBuilderV10::new()
+            .id("old-1")
+            .source("/s")
+            .ty("t")
+            .extension("knativebrokerttl", 255)
+            .data("application/json", serde_json::json!({"a": 1}))
+            .build()
+            .expect("event");
+        store
+            .append(
+                &LogId::new("demo/default"),
+                serde_json::to_vec(&old).expect("json"),
+            )
+            .await
+            .expect("append");
+        store
+            .put_checkpoint(
+                "t/demo/default/t1",
+                br#"{"taken_upto":0,"inflight":[]}"#.to_vec(),
+            )
+            .expect("checkpoint");
+        store.flush().await.expect("flush");
+    }
+    let dir = data_dir.path().to_path_buf();
+    let _m = mesh_with(&yaml, |mut o| {
+        o.data_dir = dir.clone();
+        o
+    })
+    .await;
+    eventually("previous-format event delivered", WAIT, || {
+        sink.count() == 1
+    })
+    .await;
+    let got = sink.received().remove(0);
+    assert_eq!(got.header("ce-id").as_deref(), Some("old-1"));
+    assert_eq!(got.body, br#"{"a":1}"#);
+    assert!(got.header("ce-knativebrokerttl").is_none());
+}
