@@ -25,6 +25,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(2);
+
 const MS_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
 ];
@@ -58,6 +61,20 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             match builder.and_then(PrometheusBuilder::install_recorder) {
                 Ok(h) => {
                     describe();
+                    // Histogram samples collect until upkeep drains them: drain every few
+                    // seconds whether or not anyone scrapes, so memory stays bounded.
+                    let upkeep = h.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(UPKEEP_EVERY);
+                                upkeep.run_upkeep();
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!("metrics upkeep thread not started: {e}");
+                    }
                     Some(h)
                 }
                 Err(e) => {
