@@ -282,6 +282,7 @@ async fn send(
     let enc = evmesh_broker::codec::encode_binary(event)?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .tls_backend_preconfigured(evmesh_broker::tls::client_config(&[])?)
         .build()?;
     let resp = client
         .post(&to)

@@ -237,9 +237,15 @@ pub fn event(id: &str, ty: &str) -> Event {
         .expect("valid event")
 }
 
+/// An HTTP client trusting the web PKI roots (built from a static list: cheap, unlike loading
+/// the system's certificate store for every client).
 pub fn client() -> reqwest::Client {
     evmesh::evmesh_broker::tls::install_provider();
-    reqwest::Client::new()
+    let tls = evmesh::evmesh_broker::tls::client_config(&[]).expect("TLS config");
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .expect("HTTP client")
 }
 
 /// POSTs an event in binary mode; returns the status code.
