@@ -194,7 +194,7 @@ impl Mesh {
         let store = tokio::task::spawn_blocking(move || evmesh_store::open(engine, &dir))
             .await
             .map_err(std::io::Error::other)??;
-        let service = BrokerService::new(store.clone(), self.options.service.clone());
+        let service = BrokerService::new(store.clone(), self.options.service.clone())?;
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store,
@@ -211,7 +211,8 @@ impl Mesh {
                     ready: ready.clone(),
                     token: self.options.admin_token.as_deref().map(Arc::from),
                 }))
-                .merge(display::routes());
+                .merge(display::routes())
+                .merge(evmesh_broker::telemetry::metrics_routes());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(async move {
             let shutdown = async move {

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::delivery::{self, DeliveryEngine, Next, Outcome, Plan, Progress};
 use crate::metrics::Counters;
+use crate::record::EventRecord;
 use crate::service::Publisher;
 
 /// Above this many queued events, a trigger's queue keeps offsets only and reloads the events
@@ -44,7 +45,7 @@ pub(crate) const PARTITION_KEY: &str = "partitionkey";
 /// What the router hands to a trigger worker.
 #[derive(Default)]
 pub(crate) struct TriggerQueue {
-    items: VecDeque<(Offset, Option<Arc<Event>>)>,
+    items: VecDeque<(Offset, Option<Arc<EventRecord>>)>,
 }
 
 /// A request to a running trigger worker.
@@ -151,12 +152,12 @@ impl TriggerShared {
         }
     }
 
-    fn push(&self, offset: Offset, event: &Arc<Event>) {
+    fn push(&self, offset: Offset, event: &Arc<EventRecord>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let keep = q.items.len() < QUEUE_KEEP_EVENTS;
         q.items.push_back((offset, keep.then(|| event.clone())));
     }
-    fn pop(&self) -> Option<(Offset, Option<Arc<Event>>)> {
+    fn pop(&self) -> Option<(Offset, Option<Arc<EventRecord>>)> {
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -313,7 +314,7 @@ impl Router {
                     break;
                 }
                 for record in batch.iter().take_while(|r| r.offset < next) {
-                    if let Ok(event) = serde_json::from_slice::<Event>(&record.payload) {
+                    if let Ok(event) = EventRecord::from_stored(&record.payload) {
                         let event = Arc::new(event);
                         for (t, f) in fresh.iter().zip(&filters) {
                             if record.offset >= t.start && f.matches(&event) {
@@ -369,7 +370,7 @@ impl Router {
             } else {
                 let batch = self.read(from, ROUTER_BATCH).await;
                 for record in &batch {
-                    match serde_json::from_slice::<Event>(&record.payload) {
+                    match EventRecord::from_stored(&record.payload) {
                         Ok(event) => {
                             let event = Arc::new(event);
                             matched.clear();
@@ -430,7 +431,7 @@ fn lane_of(event: &Event) -> Lane {
 }
 
 struct Slot {
-    event: Option<Arc<Event>>,
+    event: Option<Arc<EventRecord>>,
     progress: Progress,
     due: Option<(Instant, u64)>,
     running: bool,
@@ -438,7 +439,7 @@ struct Slot {
     lane: Option<Lane>,
 }
 
-type AttemptResult = (Offset, Option<Arc<Event>>, Progress, AttemptEnd);
+type AttemptResult = (Offset, Option<Arc<EventRecord>>, Progress, AttemptEnd);
 
 enum AttemptEnd {
     Next(Next),
@@ -455,7 +456,7 @@ struct State {
     /// Reading the log itself from this offset (after a replay or a restart).
     catch_up: Option<Offset>,
     /// Matching events read by catch-up, not taken yet.
-    backlog: VecDeque<(Offset, Arc<Event>)>,
+    backlog: VecDeque<(Offset, Arc<EventRecord>)>,
     /// Queue entries below this were already read by catch-up.
     skip_below: Offset,
     catch_up_wait: Option<Instant>,
@@ -791,7 +792,7 @@ impl Worker {
 
     /// The next event to take: from catch-up (reading the log) while it runs, else from the
     /// router's queue.
-    async fn next_event(&self, st: &mut State) -> Option<(Offset, Option<Arc<Event>>)> {
+    async fn next_event(&self, st: &mut State) -> Option<(Offset, Option<Arc<EventRecord>>)> {
         let mut reads = 0;
         loop {
             if let Some((offset, event)) = st.backlog.pop_front() {
@@ -844,7 +845,7 @@ impl Worker {
     async fn read_matching(
         &self,
         from: Offset,
-    ) -> Result<(Vec<(Offset, Arc<Event>)>, Offset, bool), String> {
+    ) -> Result<(Vec<(Offset, Arc<EventRecord>)>, Offset, bool), String> {
         let store = self.store.clone();
         let log = self.log.clone();
         let batch = tokio::task::spawn_blocking(move || store.read(&log, from, ROUTER_BATCH))
@@ -857,7 +858,7 @@ impl Worker {
         let filter = self.shared.filter();
         for record in batch {
             next = record.offset + 1;
-            match serde_json::from_slice::<Event>(&record.payload) {
+            match EventRecord::from_stored(&record.payload) {
                 Ok(event) if filter.matches(&event) => {
                     matched.push((record.offset, Arc::new(event)));
                 }
@@ -939,7 +940,7 @@ impl Worker {
         &self,
         st: &mut State,
         offset: Offset,
-        event: Option<Arc<Event>>,
+        event: Option<Arc<EventRecord>>,
         mut progress: Progress,
         end: AttemptEnd,
     ) -> bool {
@@ -963,6 +964,13 @@ impl Worker {
             AttemptEnd::Next(Next::Done { .. }) => {
                 if slot.progress.phase == delivery::Phase::DeadLetter {
                     self.shared.counters.dead_lettered();
+                    let plan = self.shared.plan();
+                    let dls = plan.dead_letter.as_ref().map(delivery::redact);
+                    self.shared.counters.log_dead_lettered(
+                        &id,
+                        slot.progress.last_failure.as_ref(),
+                        dls.as_deref().unwrap_or(""),
+                    );
                 } else {
                     self.shared.counters.delivered();
                 }
@@ -974,15 +982,12 @@ impl Worker {
                 }
                 let due_ms = unix_ms() + wait.as_millis() as u64;
                 slot.due = Some((Instant::now() + wait, due_ms));
+                self.report_pending_retries(st);
                 return false;
             }
             AttemptEnd::Next(Next::Dropped(f)) => {
                 self.shared.counters.dropped();
-                tracing::warn!(
-                    trigger = %self.shared.name, event = %id, status = ?f.status,
-                    "delivery failed for good and there is no dead-letter sink (or it failed too): event dropped: {}",
-                    f.reason
-                );
+                self.shared.counters.log_dropped(&id, &f);
             }
             AttemptEnd::Gone(reason) => {
                 self.shared.counters.dropped();
@@ -990,13 +995,19 @@ impl Worker {
             }
         }
         st.remove(offset);
+        self.report_pending_retries(st);
         true
+    }
+
+    fn report_pending_retries(&self, st: &State) {
+        let pending = st.slots.values().filter(|s| s.due.is_some()).count();
+        self.shared.counters.pending_retries(pending);
     }
 
     fn attempt(
         &self,
         offset: Offset,
-        event: Option<Arc<Event>>,
+        event: Option<Arc<EventRecord>>,
         mut progress: Progress,
     ) -> impl std::future::Future<Output = AttemptResult> + Send + 'static {
         let store = self.store.clone();
@@ -1019,13 +1030,13 @@ impl Worker {
                 // The reply must be stored before the delivery counts as done.
                 outcome = match publisher.publish_reply(*reply, &event).await {
                     Ok(()) => Outcome::Delivered { reply: None },
-                    Err(reason) => Outcome::Failed(delivery::Failure {
+                    Err(e) => Outcome::Failed(delivery::Failure {
                         dest: plan.subscriber.to_string(),
-                        status: None,
+                        status: e.status,
                         body: Vec::new(),
-                        retryable: true,
+                        retryable: e.retryable,
                         retry_after: None,
-                        reason,
+                        reason: e.reason,
                     }),
                 };
             }
@@ -1042,13 +1053,13 @@ async fn load(
     store: Arc<dyn EventStore>,
     log: LogId,
     offset: Offset,
-) -> Result<Arc<Event>, String> {
+) -> Result<Arc<EventRecord>, String> {
     let records = tokio::task::spawn_blocking(move || store.read(&log, offset, 1))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     match records.into_iter().next() {
-        Some(r) if r.offset == offset => serde_json::from_slice(&r.payload)
+        Some(r) if r.offset == offset => EventRecord::from_stored(&r.payload)
             .map(Arc::new)
             .map_err(|e| format!("stored event at offset {offset} is undecodable: {e}")),
         _ => Err(format!(

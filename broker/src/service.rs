@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cloudevents::Event;
-use cloudevents::event::ExtensionValue;
 use evmesh_config::{
     BrokerConfig, MeshConfig, ReplayFrom, Resolver, Trigger, TriggerConfig, broker_url,
 };
@@ -17,10 +16,11 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::delivery::{DeliveryEngine, Plan};
+use crate::delivery::{DeliveryEngine, Plan, redact};
 use crate::dispatcher::{Checkpoint, Command, Router, Routes, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
+use crate::record::EventRecord;
 use crate::replay::ReplayError;
 
 /// Tuning of the broker service.
@@ -34,6 +34,8 @@ pub struct ServiceOptions {
     pub retention: Retention,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// PEM file of a private CA trusted for https deliveries besides the web PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceOptions {
@@ -46,6 +48,7 @@ impl Default for ServiceOptions {
                 max_bytes: None,
             },
             retention_interval: Duration::from_secs(60),
+            ca_file: None,
         }
     }
 }
@@ -105,7 +108,7 @@ pub(crate) struct BrokerRuntime {
 
 impl BrokerRuntime {
     /// Stamps and durably appends one event.
-    async fn append(&self, mut event: Event) -> Result<Offset, PublishError> {
+    async fn append(&self, mut event: EventRecord) -> Result<Offset, PublishError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
         }
@@ -115,21 +118,27 @@ impl BrokerRuntime {
                 self.namespace, self.name
             )));
         }
-        let ttl = match event.extension(TTL_EXTENSION) {
+        let ttl = match event.extension_json(TTL_EXTENSION) {
             None => MAX_TTL,
-            Some(ExtensionValue::Integer(n)) => n.saturating_sub(1),
-            Some(ExtensionValue::String(s)) => s.parse::<i64>().map(|n| n - 1).unwrap_or(MAX_TTL),
-            Some(ExtensionValue::Boolean(_)) => MAX_TTL,
+            Some(serde_json::Value::Number(n)) => {
+                n.as_i64().map_or(MAX_TTL, |n| n.saturating_sub(1))
+            }
+            Some(serde_json::Value::String(s)) => {
+                s.parse::<i64>().map(|n| n - 1).unwrap_or(MAX_TTL)
+            }
+            Some(_) => MAX_TTL,
         };
         if ttl <= 0 {
             return Err(PublishError::TtlExpired);
         }
-        event.set_extension(TTL_EXTENSION, ttl);
+        event.set_extension(TTL_EXTENSION, ttl.into());
         event.set_extension(
             ARRIVAL_EXTENSION,
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                .into(),
         );
-        let bytes = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let bytes = event.to_stored();
         let offset = self.store.append(&self.log, bytes).await?;
         self.notify.notify_one();
         Ok(offset)
@@ -143,28 +152,57 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `reply` with the TTL of the event it answers (so reply loops end).
+    /// Publishes `reply` with the TTL of the event it answers (so reply loops end) and its
+    /// passed-through headers (the reply's own take precedence).
     pub(crate) async fn publish_reply(
         &self,
-        mut reply: Event,
-        original: &Event,
-    ) -> Result<(), String> {
-        if let Some(ttl) = original.extension(TTL_EXTENSION) {
+        mut reply: EventRecord,
+        original: &EventRecord,
+    ) -> Result<(), ReplyFailure> {
+        if let Some(ttl) = original.extension_json(TTL_EXTENSION) {
             reply.set_extension(TTL_EXTENSION, ttl.clone());
         }
+        let mut headers = reply.headers().to_vec();
+        for (name, value) in original.headers() {
+            if !headers.iter().any(|(n, _)| n == name) {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        reply.set_headers(headers);
         match self.broker.append(reply).await {
             Ok(_) => Ok(()),
             Err(PublishError::TtlExpired) => {
+                crate::telemetry::reply_loop_stopped(&self.broker.namespace, &self.broker.name);
+                // As in Knative: the broker answers the reply with 400, so the original event
+                // fails (not retryable) and goes to the dead-letter sink.
                 tracing::warn!(
                     broker = %self.broker.log.as_str(),
                     event = %crate::delivery::describe(original),
-                    "reply dropped: knativebrokerttl exhausted (reply loop)"
+                    "reply rejected: knativebrokerttl exhausted (reply loop); the original event is dead-lettered"
                 );
-                Ok(())
+                Err(ReplyFailure {
+                    status: Some(400),
+                    retryable: false,
+                    reason: PublishError::TtlExpired.to_string(),
+                })
             }
-            Err(e) => Err(format!("storing the reply failed: {e}")),
+            Err(e) => Err(ReplyFailure {
+                status: None,
+                retryable: true,
+                reason: format!("storing the reply failed: {e}"),
+            }),
         }
     }
+}
+
+/// Why a reply was not stored.
+pub(crate) struct ReplyFailure {
+    /// The status ingress would have answered.
+    pub(crate) status: Option<u16>,
+    /// Whether the delivery is tried again.
+    pub(crate) retryable: bool,
+    /// Human-readable reason.
+    pub(crate) reason: String,
 }
 
 /// What the admin API shows of a broker.
@@ -303,17 +341,25 @@ async fn blocking<T: Send + 'static>(
 
 impl BrokerService {
     /// A service with no brokers yet; [`reconcile`](Self::reconcile) gives it its configuration.
-    pub fn new(store: Arc<dyn EventStore>, options: ServiceOptions) -> BrokerService {
-        BrokerService {
+    ///
+    /// # Errors
+    /// When `options.ca_file` cannot be read or holds no certificate.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        options: ServiceOptions,
+    ) -> Result<BrokerService, StartError> {
+        let engine = DeliveryEngine::with_ca_file(options.ca_file.as_deref())
+            .map_err(|e| StartError(e.to_string()))?;
+        Ok(BrokerService {
             inner: Arc::new(Inner {
                 store,
                 options,
-                engine: DeliveryEngine::new(),
+                engine,
                 state: std::sync::RwLock::new(State::default()),
                 reconcile: tokio::sync::Mutex::new(()),
                 accepting: Arc::new(AtomicBool::new(true)),
             }),
-        }
+        })
     }
 
     /// Opens every broker's log, restores trigger progress and starts routing and delivery.
@@ -323,7 +369,7 @@ impl BrokerService {
         store: Arc<dyn EventStore>,
         options: ServiceOptions,
     ) -> Result<BrokerService, StartError> {
-        let service = BrokerService::new(store, options);
+        let service = BrokerService::new(store, options)?;
         service.reconcile(mesh, resolver).await?;
         Ok(service)
     }
@@ -572,11 +618,26 @@ impl BrokerService {
                 };
                 match (subscriber, dead_letter) {
                     (Ok(s), Ok(d)) => {
-                        subscriber_uri = Some(s.to_string());
-                        dead_letter_uri = d.as_ref().map(Url::to_string);
+                        subscriber_uri = Some(redact(&s));
+                        dead_letter_uri = d.as_ref().map(redact);
+                        let subscriber_ca_certs = t
+                            .resource
+                            .spec
+                            .subscriber
+                            .ca_certs
+                            .as_deref()
+                            .map(Arc::from);
+                        let dead_letter_ca_certs = delivery
+                            .dead_letter_sink
+                            .as_ref()
+                            .and_then(|d| d.ca_certs.as_deref())
+                            .map(Arc::from);
                         plan = Some(Plan {
                             subscriber: s,
                             dead_letter: d,
+                            subscriber_ca_certs,
+                            dead_letter_ca_certs,
+                            metrics: None,
                             delivery,
                             namespace: tm.namespace.clone(),
                         });
@@ -610,7 +671,7 @@ impl BrokerService {
             .unwrap_or_else(|| TriggerEntry {
                 resource: t.resource.clone(),
                 checkpoint_key: ck.clone(),
-                counters: Counters::default(),
+                counters: Counters::for_trigger(&tm.namespace, &t.resource.spec.broker, &tm.name),
                 subscriber_uri: None,
                 dead_letter_uri: None,
                 not_ready: None,
@@ -625,7 +686,8 @@ impl BrokerService {
                 let _ = self.inner.store.delete_checkpoint(&entry.checkpoint_key);
             }
             entry.checkpoint_key = ck.clone();
-            entry.counters = Counters::default();
+            entry.counters =
+                Counters::for_trigger(&tm.namespace, &t.resource.spec.broker, &tm.name);
         }
         let spec_changed = entry.resource.spec != t.resource.spec;
         let replay_changed = entry
@@ -645,7 +707,8 @@ impl BrokerService {
         }
         entry.not_ready = not_ready;
         match (plan, broker) {
-            (Some(plan), Some(broker)) => {
+            (Some(mut plan), Some(broker)) => {
+                plan.metrics = entry.counters.delivery_metrics();
                 // Kept running (updated in place) unless its broker or its delivery order changed.
                 let same_broker = entry
                     .running
@@ -692,7 +755,18 @@ impl BrokerService {
                         .await
                     {
                         Ok(run) => {
-                            tracing::info!(trigger = %label, subscriber = %run.shared.plan().subscriber, "trigger ready");
+                            let plan = run.shared.plan();
+                            tracing::info!(
+                                trigger = %label,
+                                broker = %t.resource.spec.broker,
+                                subscriber = %redact(&plan.subscriber),
+                                dead_letter_sink = %plan.dead_letter.as_ref().map(redact).unwrap_or_default(),
+                                "trigger ready"
+                            );
+                            tokio::spawn(crate::delivery::warn_if_unresolvable(
+                                label.clone(),
+                                plan.subscriber.clone(),
+                            ));
                             entry.running = Some(run);
                         }
                         Err(reason) => {
@@ -818,6 +892,18 @@ impl BrokerService {
         name: &str,
         event: Event,
     ) -> Result<Offset, PublishError> {
+        let record = EventRecord::from_event(event).map_err(|e| PublishError::Encode(e.0))?;
+        self.publish_record(namespace, name, record).await
+    }
+
+    /// Publishes an [`EventRecord`] (attributes, data bytes and passed-through headers as
+    /// received), like [`BrokerService::publish`].
+    pub async fn publish_record(
+        &self,
+        namespace: &str,
+        name: &str,
+        event: EventRecord,
+    ) -> Result<Offset, PublishError> {
         let broker = self
             .state()
             .brokers
@@ -866,7 +952,7 @@ impl BrokerService {
                     .dead_letter
                     .read()
                     .ok()
-                    .and_then(|d| d.as_ref().map(Url::to_string)),
+                    .and_then(|d| d.as_ref().map(redact)),
                 routed_offset: b.router_next.load(Ordering::Relaxed),
                 counters: b.counters.snapshot(),
             })

@@ -345,12 +345,22 @@ fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destinat
             }
         }
     }
-    if dest.ca_certs.is_some() {
-        ctx.warn(
-            doc,
-            &format!("{field}.CACerts"),
-            "TLS trust bundles are not supported yet; the system roots are used",
-        );
+    if let Some(pem) = &dest.ca_certs {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        match CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => {}
+            Ok(_) => ctx.error(
+                doc,
+                &format!("{field}.CACerts"),
+                "no PEM CERTIFICATE block found",
+            ),
+            Err(e) => ctx.error(
+                doc,
+                &format!("{field}.CACerts"),
+                format!("invalid PEM certificate: {e}"),
+            ),
+        }
     }
     if dest.audience.is_some() {
         ctx.warn(
