@@ -440,6 +440,22 @@ impl Runtime {
             .store(rv, std::sync::atomic::Ordering::Release);
     }
 
+    /// Changes the readers' snapshot in place (no copy while no reader holds it) and returns
+    /// the new configuration.
+    fn update_snapshot(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<ResKey, Stored>, &mut MeshConfig),
+    ) -> Arc<MeshConfig> {
+        let mut snap = self
+            .inner
+            .snapshot
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let (resources, mesh) = &mut *snap;
+        f(Arc::make_mut(resources), Arc::make_mut(mesh));
+        mesh.clone()
+    }
+
     fn publish_snapshot(&self, desired: &Desired, mesh: Arc<MeshConfig>) {
         if let Ok(mut s) = self.inner.snapshot.write() {
             *s = (Arc::new(desired.resources.clone()), mesh);
@@ -492,7 +508,6 @@ impl Runtime {
         create: bool,
     ) -> Result<(u16, Value, Vec<Warning>), WriteError> {
         let mut desired = self.inner.desired.lock().await;
-        let mesh = self.mesh();
         let Some(mut manifest) = body else {
             // Delete.
             let name = name.unwrap_or_default();
@@ -513,11 +528,12 @@ impl Runtime {
                 .await
                 .map_err(|e| WriteError::Internal(e.to_string()))?;
             desired.resources.remove(&key);
-            let mut next = (*mesh).clone();
-            remove_from_mesh(&mut next, kind, namespace, name);
-            let next = Arc::new(next);
-            self.publish_snapshot(&desired, next.clone());
+            let next = self.update_snapshot(|resources, mesh| {
+                resources.remove(&key);
+                remove_from_mesh(mesh, kind, namespace, name);
+            });
             self.reconcile_one(kind, namespace, name, &next).await;
+            drop(next);
             let mut deleted = old.manifest.clone();
             if let Some(m) = deleted.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
@@ -632,14 +648,14 @@ impl Runtime {
             &format!("<api {} {namespace}/{name}>", kind.kind),
             manifest.clone(),
         );
-        let one =
-            validate_with_brokers(std::slice::from_ref(&doc), &brokers_of(&mesh)).map_err(|e| {
-                WriteError::Invalid {
-                    kind,
-                    name: name.clone(),
-                    causes: causes(&e),
-                }
-            })?;
+        let brokers = brokers_of(&self.mesh());
+        let one = validate_with_brokers(std::slice::from_ref(&doc), &brokers).map_err(|e| {
+            WriteError::Invalid {
+                kind,
+                name: name.clone(),
+                causes: causes(&e),
+            }
+        })?;
         let mut rv = desired.rv;
         let stamped = self.stamp(manifest, previous.as_ref().map(|p| &p.manifest), &mut rv);
         let unchanged = previous.as_ref().is_some_and(|p| p.manifest == stamped);
@@ -665,12 +681,13 @@ impl Runtime {
                 .await
                 .map_err(|e| WriteError::Internal(e.to_string()))?;
             desired.rv = rv;
-            desired.resources.insert(key.clone(), stored);
-            let mut next = (*mesh).clone();
-            splice_into_mesh(&mut next, kind, namespace, &name, one.clone());
-            let next = Arc::new(next);
-            self.publish_snapshot(&desired, next.clone());
+            desired.resources.insert(key.clone(), stored.clone());
+            let next = self.update_snapshot(|resources, mesh| {
+                resources.insert(key.clone(), stored);
+                splice_into_mesh(mesh, kind, namespace, &name, one.clone());
+            });
             self.reconcile_one(kind, namespace, &name, &next).await;
+            drop(next);
             let t = if previous.is_some() {
                 "MODIFIED"
             } else {

@@ -299,9 +299,15 @@ impl Router {
         self.routes.dirty.store(false, Ordering::Release);
         let members = self.routes.snapshot();
         let next = self.next.load(Ordering::Acquire);
+        // Members by address (a `usize`, so the set may live across the awaits below).
+        let known: std::collections::HashSet<usize> = table
+            .triggers
+            .iter()
+            .map(|t| Arc::as_ptr(t) as usize)
+            .collect();
         let fresh: Vec<Arc<TriggerShared>> = members
             .iter()
-            .filter(|m| !table.triggers.iter().any(|t| Arc::ptr_eq(t, m)))
+            .filter(|m| !known.contains(&(Arc::as_ptr(m) as usize)))
             .filter(|m| m.start < next)
             .cloned()
             .collect();
