@@ -40,6 +40,7 @@ pub(crate) fn extend(router: Router, admin: Admin) -> Router {
             Router::new()
                 .route("/version", get(version))
                 .route("/api", get(api))
+                .route("/api/v1/namespaces/{ns}", get(namespace))
                 .route("/apis", get(apis))
                 .route("/apis/{group}", get(api_group))
                 .route("/apis/{group}/{version}", get(resource_list))
@@ -110,6 +111,15 @@ async fn version() -> Json<Value> {
 /// The core group: evmesh serves none of it.
 async fn api() -> Json<Value> {
     Json(json!({"kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": []}))
+}
+
+/// Namespaces need no creating in evmesh: every one exists. kubectl asks after a NotFound, to
+/// tell a missing object from a missing namespace.
+async fn namespace(Path(ns): Path<String>) -> Json<Value> {
+    Json(json!({
+        "kind": "Namespace", "apiVersion": "v1",
+        "metadata": {"name": ns}, "spec": {}, "status": {"phase": "Active"},
+    }))
 }
 
 /// The groups of the registry, each with its versions (first registered is preferred).
