@@ -48,7 +48,8 @@ pub(crate) fn extend(router: Router, admin: Admin) -> Router {
                 .route("/openapi/v3/apis/{group}/{version}", get(openapi_gv))
                 .with_state(admin),
         )
-        .layer(axum::middleware::from_fn(shape));
+        .layer(axum::middleware::from_fn(shape))
+        .layer(axum::middleware::from_fn(strict));
     let inner = api.clone();
     api.route(
         &format!("{KUBE_PREFIX}{{*rest}}"),
@@ -319,10 +320,16 @@ async fn openapi_gv(Path((group, version)): Path<(String, String)>) -> Response 
 pub(crate) async fn patch(
     State(a): State<Admin>,
     Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match patch_inner(&a, &group, &version, &ns, &plural, &name, &headers, &body).await {
+    let strict = strict_requested(&query_map(&uri));
+    match patch_inner(
+        &a, &group, &version, &ns, &plural, &name, &headers, &body, strict,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -338,6 +345,7 @@ async fn patch_inner(
     name: &str,
     headers: &HeaderMap,
     body: &Bytes,
+    strict: bool,
 ) -> Result<Response, WriteError> {
     a.authorized(headers)?;
     let kind = registry::by_plural(group, version, plural)
@@ -379,6 +387,9 @@ async fn patch_inner(
         }
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
             let applied = admin::parse_body(body)?;
+            if strict {
+                check_strict(kind, &applied)?;
+            }
             match current {
                 None => {
                     let (code, obj, warnings) = a
@@ -412,11 +423,85 @@ async fn patch_inner(
                 .into_response());
         }
     };
+    if strict {
+        let mut spec_only = merged.clone();
+        if let Some(o) = spec_only.as_object_mut() {
+            o.remove("status");
+        }
+        check_strict(kind, &spec_only)?;
+    }
     let (code, obj, warnings) = a
         .runtime
         .write(kind, ns, Some(name), Some(merged), false)
         .await?;
     Ok(admin::written(code, obj, warnings))
+}
+
+// ---- fieldValidation=Strict ----
+
+fn query_map(uri: &axum::http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// With `fieldValidation=Strict` (kubectl's default), unknown fields are an error, as the
+/// Kubernetes API server answers them: 400 "strict decoding error". Without it evmesh ignores
+/// them with a warning.
+fn check_strict(kind: &KindInfo, object: &Value) -> Result<(), WriteError> {
+    let doc = evmesh_config::Document::from_value("<request>", object.clone());
+    let warnings = match evmesh_config::validate(std::slice::from_ref(&doc)) {
+        Ok(m) => m.warnings,
+        Err(e) => e.warnings,
+    };
+    let unknown: Vec<String> = warnings
+        .iter()
+        .filter(|w| w.message.starts_with("unknown field"))
+        .map(|w| format!("unknown field {:?}", w.location.field))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(WriteError::BadRequest(format!(
+        "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+        unknown.join(", "),
+        kind = kind.kind,
+        version = kind.version,
+    )))
+}
+
+fn strict_requested(q: &HashMap<String, String>) -> bool {
+    q.get("fieldValidation").is_some_and(|v| v == "Strict")
+}
+
+/// Middleware on creates and replaces: applies `fieldValidation=Strict` before the write.
+async fn strict(req: Request, next: Next) -> Response {
+    let segments: Vec<&str> = req.uri().path().split('/').collect();
+    let write = req.method() == Method::POST || req.method() == Method::PUT;
+    if !write || segments.get(1) != Some(&"apis") || segments.len() < 7 {
+        return next.run(req).await;
+    }
+    let Some(kind) = registry::by_plural(segments[2], segments[3], segments[6]) else {
+        return next.run(req).await;
+    };
+    if !strict_requested(&query_map(req.uri())) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return WriteError::BadRequest("the body is too large".into()).into_response();
+    };
+    if let Ok(object) = admin::parse_body(&bytes)
+        && let Err(e) = check_strict(kind, &object)
+    {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 // ---- Selectors and Table output ----

@@ -475,6 +475,28 @@ async fn invalid_resources_unknown_types_and_a_wrong_token_answer_as_kubernetes_
         out.all()
     );
 
+    // kubectl's default --validate=strict: an unknown field is refused as Kubernetes refuses
+    // it; with --validate=false it is ignored with evmesh's warning.
+    let unknown = k.file(
+        "unknown.yaml",
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: unknown}\nspec:\n  broker: default\n  bogus: 1\n  subscriber: {uri: \"http://127.0.0.1:9/\"}\n",
+    );
+    let out = k.run(&["apply", "-f", &unknown]);
+    assert!(!out.ok, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("strict decoding error: unknown field \"spec.bogus\""),
+        "{}",
+        out.all()
+    );
+    let out = k.run(&["apply", "-f", &unknown, "--validate=false"]);
+    assert!(out.ok, "{}", out.all());
+    assert!(
+        out.stderr.contains("unknown field 'bogus' is ignored"),
+        "{}",
+        out.all()
+    );
+
     let out = k.run(&["get", "subscriptions.messaging.knative.dev"]);
     assert!(!out.ok, "{}", out.all());
     assert!(
