@@ -109,9 +109,42 @@ async fn version() -> Json<Value> {
     }))
 }
 
+/// The content type of aggregated discovery (`apidiscovery.k8s.io/v2`).
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the client accepts aggregated discovery v2 (kubectl 1.30+ asks for it first).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let params: Vec<String> = media.split(';').map(|p| p.trim().to_string()).collect();
+            ["g=apidiscovery.k8s.io", "v=v2", "as=APIGroupDiscoveryList"]
+                .iter()
+                .all(|want| params.iter().any(|p| p == want))
+        })
+}
+
+fn aggregated(items: Vec<Value>) -> Response {
+    let body = json!({
+        "kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {}, "items": items,
+    });
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED));
+    resp
+}
+
 /// The core group: evmesh serves none of it.
-async fn api() -> Json<Value> {
+async fn api(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        return aggregated(vec![]);
+    }
     Json(json!({"kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": []}))
+        .into_response()
 }
 
 /// Namespaces need no creating in evmesh: every one exists. kubectl asks after a NotFound, to
@@ -147,12 +180,47 @@ fn group_json(group: &str, versions: &[&str]) -> Value {
     json!({"name": group, "versions": vs, "preferredVersion": vs.first()})
 }
 
-/// `APIGroupList`, plain: kubectl falls back to it when aggregated discovery is not offered
-/// (the response's content type says which it got).
-async fn apis() -> Json<Value> {
+/// Aggregated discovery (every group, version and resource in one answer) when the client
+/// asks for it, else the plain `APIGroupList` (the response's content type says which).
+async fn apis(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        let items = groups()
+            .into_iter()
+            .map(|(g, vs)| {
+                let versions: Vec<Value> = vs
+                    .iter()
+                    .map(|v| {
+                        let resources: Vec<Value> = KINDS
+                            .iter()
+                            .filter(|k| k.group == g && k.version == *v)
+                            .map(|k| {
+                                json!({
+                                    "resource": k.plural,
+                                    "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
+                                    "scope": "Namespaced",
+                                    "singularResource": k.singular,
+                                    "verbs": VERBS,
+                                    "shortNames": k.short_names,
+                                    "categories": k.categories,
+                                })
+                            })
+                            .collect();
+                        json!({"version": v, "resources": resources, "freshness": "Current"})
+                    })
+                    .collect();
+                json!({"metadata": {"name": g}, "versions": versions})
+            })
+            .collect();
+        return aggregated(items);
+    }
     let groups: Vec<Value> = groups().iter().map(|(g, vs)| group_json(g, vs)).collect();
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})).into_response()
 }
+
+/// What every served resource supports.
+const VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 async fn api_group(Path(group): Path<String>) -> Response {
     match groups().into_iter().find(|(g, _)| *g == group) {
@@ -178,7 +246,7 @@ async fn resource_list(Path((group, version)): Path<(String, String)>) -> Respon
             let mut r = json!({
                 "name": k.plural, "singularName": k.singular, "namespaced": true,
                 "kind": k.kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                "verbs": VERBS,
             });
             if !k.short_names.is_empty() {
                 r["shortNames"] = json!(k.short_names);

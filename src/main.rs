@@ -199,7 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kubeconfig { namespace, connect } => {
             print!(
                 "{}",
-                client::kubeconfig(&connect.server()?, namespace.as_deref())
+                client::kubeconfig(&connect.server()?, namespace.as_deref())?
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -444,6 +444,31 @@ async fn explain_and_api_resources_come_from_the_registry() {
             "{out}"
         );
     }
+    // kubectl 1.30+ takes aggregated discovery: one request for every group and resource.
+    let out = k.run(&["api-resources", "-v=6"]);
+    assert!(out.ok, "{}", out.all());
+    assert!(out.stdout.contains("triggers"), "{}", out.all());
+    assert!(
+        !out.stderr.contains("/apis/eventing.knative.dev/v1?"),
+        "asked per group-version: {}",
+        out.stderr
+    );
+    // Clients without aggregated discovery get the plain documents.
+    let (code, groups) = get_json(&k.em.url("/apis")).await;
+    assert_eq!(code, 200);
+    assert_eq!(groups["kind"], "APIGroupList");
+    let (code, list) = get_json(&k.em.url("/apis/eventing.knative.dev/v1")).await;
+    assert_eq!(code, 200);
+    assert_eq!(list["kind"], "APIResourceList");
+    let triggers = list["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "triggers"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(triggers["kind"], "Trigger");
+    assert_eq!(triggers["namespaced"], true);
+    assert_eq!(triggers["singularName"], "trigger");
+
     let out = k.ok(&["explain", "trigger.spec.filters"]);
     assert!(out.contains("KIND:       Trigger"), "{out}");
     assert!(out.contains("FIELD: filters <[]Object>"), "{out}");
