@@ -42,7 +42,6 @@ pub(crate) fn extend(router: Router, admin: Admin) -> Router {
                 .route("/api", get(api))
                 .route("/api/v1/namespaces/{ns}", get(namespace))
                 .route("/apis", get(apis))
-                .route("/apis/{group}", get(api_group))
                 .route("/apis/{group}/{version}", get(resource_list))
                 .route("/openapi/v3", get(openapi_root))
                 .route("/openapi/v3/apis/{group}/{version}", get(openapi_gv))
@@ -221,18 +220,6 @@ async fn apis(headers: HeaderMap) -> Response {
 const VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
-
-async fn api_group(Path(group): Path<String>) -> Response {
-    match groups().into_iter().find(|(g, _)| *g == group) {
-        Some((g, vs)) => {
-            let mut v = group_json(g, &vs);
-            v["kind"] = json!("APIGroup");
-            v["apiVersion"] = json!("v1");
-            Json(v).into_response()
-        }
-        None => not_found(),
-    }
-}
 
 fn not_found() -> Response {
     WriteError::UnknownResource("no such API".into()).into_response()
