@@ -398,25 +398,33 @@ async fn get_watch_sees_added_modified_and_deleted() {
             seen.lock().expect("lines").push(line);
         }
     });
-    let has = |ev: &str| {
+    // Waits for a line of `kubectl get -w --output-watch-events` about w1, failing with
+    // everything kubectl printed.
+    let wait_for = |ev: &'static str| {
         let lines = lines.clone();
-        let ev = ev.to_string();
-        move || {
-            lines
-                .lock()
-                .expect("lines")
-                .iter()
-                .any(|l| l.starts_with(&ev) && l.contains(" w1 "))
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let got = lines.lock().expect("lines").clone();
+                if got.iter().any(|l| l.starts_with(ev) && l.contains(" w1 ")) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no {ev} w1 line from kubectl get -w; it printed: {got:#?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     };
     let path = k.file("w1.yaml", &trigger("w1", "a", "", &sink.url()));
     k.ok(&["apply", "-f", &path]);
-    eventually("ADDED w1", Duration::from_secs(20), has("ADDED")).await;
+    wait_for("ADDED").await;
     std::fs::write(&path, trigger("w1", "b", "", &sink.url())).expect("rewrite");
     k.ok(&["apply", "-f", &path]);
-    eventually("MODIFIED w1", Duration::from_secs(20), has("MODIFIED")).await;
+    wait_for("MODIFIED").await;
     k.ok(&["delete", "-f", &path]);
-    eventually("DELETED w1", Duration::from_secs(20), has("DELETED")).await;
+    wait_for("DELETED").await;
     let _ = child.kill();
     let _ = child.wait();
     let lines = lines.lock().expect("lines").clone();
