@@ -3,6 +3,7 @@
 //! kind registry.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -45,9 +46,9 @@ pub(crate) fn extend(router: Router, admin: Admin) -> Router {
                 .route("/apis/{group}/{version}", get(resource_list))
                 .route("/openapi/v3", get(openapi_root))
                 .route("/openapi/v3/apis/{group}/{version}", get(openapi_gv))
-                .with_state(admin),
+                .with_state(admin.clone()),
         )
-        .layer(axum::middleware::from_fn(shape))
+        .layer(axum::middleware::from_fn_with_state(admin.clone(), shape))
         .layer(axum::middleware::from_fn(strict));
     let inner = api.clone();
     api.route(
@@ -624,7 +625,7 @@ struct Shape {
 
 /// Middleware on reads of resources: applies `fieldSelector`/`labelSelector` to lists and
 /// watches, and answers as a `meta.k8s.io/v1` Table when the Accept header asks for one.
-async fn shape(req: Request, next: Next) -> Response {
+async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if req.method() != Method::GET || !path.starts_with("/apis/") || path.split('/').count() < 5 {
         return next.run(req).await;
@@ -652,9 +653,17 @@ async fn shape(req: Request, next: Next) -> Response {
         (Ok(f), Ok(l)) => (f, l),
         (Err(e), _) | (_, Err(e)) => return WriteError::BadRequest(e).into_response(),
     };
-    if !table && fields.is_empty() && labels.is_empty() {
+    let watch = q
+        .get("watch")
+        .is_some_and(|w| w == "true" || w == "1" || w.is_empty());
+    if !table && fields.is_empty() && labels.is_empty() && !watch {
         return next.run(req).await;
     }
+    let watched = watched_collection(req.uri().path());
+    let from_rv = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v != 0);
     let shape = Shape {
         table,
         include_object: q
@@ -664,17 +673,20 @@ async fn shape(req: Request, next: Next) -> Response {
         fields,
         labels,
     };
-    let watch = q
-        .get("watch")
-        .is_some_and(|w| w == "true" || w == "1" || w.is_empty());
     let resp = next.run(req).await;
     if !resp.status().is_success() {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
     if watch {
-        let stream = watch_lines(body, shape);
-        return Response::from_parts(parts, Body::from_stream(stream));
+        let shape = std::sync::Arc::new(shape);
+        let lines = watch_lines(body, shape.clone());
+        let Some((kind, ns)) = watched else {
+            return Response::from_parts(parts, Body::from_stream(lines));
+        };
+        let status = status_changes(a, kind, ns, from_rv, shape);
+        let both = futures_util::stream::select(lines, status);
+        return Response::from_parts(parts, Body::from_stream(both));
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return WriteError::Internal("reading the response".into()).into_response();
@@ -721,11 +733,102 @@ fn reshape(value: Value, shape: &Shape) -> Value {
     }
 }
 
+/// The kind and namespace (none: all) of a collection path, `/apis/{g}/{v}/{plural}` or
+/// `/apis/{g}/{v}/namespaces/{ns}/{plural}`.
+fn watched_collection(path: &str) -> Option<(&'static KindInfo, Option<String>)> {
+    let s: Vec<&str> = path.split('/').collect();
+    match s.as_slice() {
+        ["", "apis", g, v, plural] => Some((registry::by_plural(g, v, plural)?, None)),
+        ["", "apis", g, v, "namespaces", ns, plural] => {
+            Some((registry::by_plural(g, v, plural)?, Some(ns.to_string())))
+        }
+        _ => None,
+    }
+}
+
+/// How often a watch looks for status changes no write caused.
+const STATUS_POLL: Duration = Duration::from_millis(500);
+
+/// What readiness is judged by: conditions, observed generation, addresses (not counters).
+fn readiness(o: &Value) -> Value {
+    let st = &o["status"];
+    json!([
+        st["conditions"],
+        st["observedGeneration"],
+        st["address"],
+        st["subscriberUri"]
+    ])
+}
+
+/// MODIFIED events for status changes that no write of the object caused (a Trigger turning
+/// Ready when its Broker is applied), so `kubectl wait` and `get -w` see them. When writes
+/// happened between the client's list and this watch, every object is compared afresh.
+fn status_changes(
+    a: Admin,
+    kind: &'static KindInfo,
+    ns: Option<String>,
+    from_rv: Option<u64>,
+    shape: std::sync::Arc<Shape>,
+) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send {
+    let key = |o: &Value| {
+        (
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let current = from_rv.is_none_or(|rv| rv == a.runtime.resource_version());
+    let seen: HashMap<(String, String), Value> = if current {
+        a.runtime
+            .list(kind, ns.as_deref())
+            .iter()
+            .map(|o| (key(o), readiness(o)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    futures_util::stream::unfold(
+        (seen, std::collections::VecDeque::<Bytes>::new()),
+        move |(mut seen, mut pending)| {
+            let a = a.clone();
+            let ns = ns.clone();
+            let shape = shape.clone();
+            async move {
+                loop {
+                    if let Some(b) = pending.pop_front() {
+                        return Some((Ok(b), (seen, pending)));
+                    }
+                    tokio::time::sleep(STATUS_POLL).await;
+                    for o in a.runtime.list(kind, ns.as_deref()) {
+                        if !matches(&o, &shape.fields, &shape.labels) {
+                            continue;
+                        }
+                        let r = readiness(&o);
+                        let k = key(&o);
+                        if seen.get(&k) != Some(&r) {
+                            seen.insert(k, r);
+                            let ev = json!({"type": "MODIFIED", "object": reshape(o, &shape)});
+                            let mut text = ev.to_string();
+                            text.push('\n');
+                            pending.push_back(Bytes::from(text));
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// Rewrites a watch stream line by line: events not matching the selectors are dropped, and
 /// objects become one-row Tables when asked.
 fn watch_lines(
     body: Body,
-    shape: Shape,
+    shape: std::sync::Arc<Shape>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send {
     use futures_util::StreamExt;
     let stream = body.into_data_stream();

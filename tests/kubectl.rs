@@ -583,3 +583,93 @@ async fn invalid_resources_unknown_types_and_a_wrong_token_answer_as_kubernetes_
     let out = k.run(&["get", "trigger", "t"]);
     assert!(!out.ok && out.stderr.contains("NotFound"), "{}", out.all());
 }
+
+#[tokio::test]
+async fn wait_sees_a_trigger_turn_ready_when_its_broker_is_applied_later() {
+    let Some(k) = Kube::start() else { return };
+    let sink = TestSink::start().await;
+    let t = k.file(
+        "late.yaml",
+        &format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: late, namespace: later}}\nspec:\n  broker: b\n  subscriber: {{uri: \"{}\"}}\n",
+            sink.url()
+        ),
+    );
+    k.ok(&["apply", "-f", &t]);
+    let ready = k.ok(&[
+        "get",
+        "trigger",
+        "late",
+        "-n",
+        "later",
+        "-o",
+        "jsonpath={.status.conditions[0].status}",
+    ]);
+    assert_eq!(ready, "False");
+    // At the HTTP level first, deterministically: a watch already open sees the status change.
+    let token =
+        std::fs::read_to_string(k.dir.path().join("data").join("admin-token")).expect("token");
+    let mut watch = client()
+        .get(k.em.url(&format!(
+            "/_evmesh/kube/{}/apis/eventing.knative.dev/v1/namespaces/later/triggers?watch=true&fieldSelector=metadata.name%3Dlate",
+            token.trim()
+        )))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    // kubectl wait lists, then watches; the Broker is applied while it waits. No write touches
+    // the Trigger: its status change alone must reach the watch.
+    let waiter = k
+        .command(
+            &k.kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "trigger/late",
+                "-n",
+                "later",
+                "--timeout=30s",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl wait");
+    let b = k.file(
+        "b.yaml",
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: b, namespace: later}\n",
+    );
+    k.ok(&["apply", "-f", &b]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut text = String::new();
+    loop {
+        let ready = text.lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|ev| {
+                ev["type"] == "MODIFIED"
+                    && ev["object"]["status"]["conditions"][0]["status"] == "True"
+            })
+        });
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no MODIFIED Ready event: {text}"
+        );
+        match tokio::time::timeout(Duration::from_secs(30), watch.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("watch ended: {other:?}; got {text}"),
+        }
+    }
+    let out = waiter.wait_with_output().expect("kubectl wait output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("condition met"),
+        "{text}"
+    );
+}
