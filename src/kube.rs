@@ -660,10 +660,6 @@ async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let watched = watched_collection(req.uri().path());
-    let from_rv = q
-        .get("resourceVersion")
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|v| *v != 0);
     let shape = Shape {
         table,
         include_object: q
@@ -684,7 +680,7 @@ async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
         let Some((kind, ns)) = watched else {
             return Response::from_parts(parts, Body::from_stream(lines));
         };
-        let status = status_changes(a, kind, ns, from_rv, shape);
+        let status = status_changes(a, kind, ns, shape);
         let both = futures_util::stream::select(lines, status);
         return Response::from_parts(parts, Body::from_stream(both));
     }
@@ -761,13 +757,12 @@ fn readiness(o: &Value) -> Value {
 }
 
 /// MODIFIED events for status changes that no write of the object caused (a Trigger turning
-/// Ready when its Broker is applied), so `kubectl wait` and `get -w` see them. When writes
-/// happened between the client's list and this watch, every object is compared afresh.
+/// Ready when its Broker is applied), so `kubectl wait` and `get -w` see them. The first look
+/// (after [`STATUS_POLL`]) reports every watched object once, as it is then.
 fn status_changes(
     a: Admin,
     kind: &'static KindInfo,
     ns: Option<String>,
-    from_rv: Option<u64>,
     shape: std::sync::Arc<Shape>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send {
     let key = |o: &Value| {
@@ -782,16 +777,9 @@ fn status_changes(
                 .to_string(),
         )
     };
-    let current = from_rv.is_none_or(|rv| rv == a.runtime.resource_version());
-    let seen: HashMap<(String, String), Value> = if current {
-        a.runtime
-            .list(kind, ns.as_deref())
-            .iter()
-            .map(|o| (key(o), readiness(o)))
-            .collect()
-    } else {
-        HashMap::new()
-    };
+    // What the client saw is not known here (its list came before this watch, and a
+    // reconcile may have finished in between), so the first look reports every object once.
+    let seen: HashMap<(String, String), Value> = HashMap::new();
     futures_util::stream::unfold(
         (seen, std::collections::VecDeque::<Bytes>::new()),
         move |(mut seen, mut pending)| {

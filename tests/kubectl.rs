@@ -400,13 +400,16 @@ async fn get_watch_sees_added_modified_and_deleted() {
     });
     // Waits for a line of `kubectl get -w --output-watch-events` about w1, failing with
     // everything kubectl printed.
-    let wait_for = |ev: &'static str| {
+    let wait_for = |ev: &'static str, needle: String| {
         let lines = lines.clone();
         async move {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             loop {
                 let got = lines.lock().expect("lines").clone();
-                if got.iter().any(|l| l.starts_with(ev) && l.contains(" w1 ")) {
+                if got
+                    .iter()
+                    .any(|l| l.starts_with(ev) && l.contains(" w1 ") && l.contains(&needle))
+                {
                     return;
                 }
                 assert!(
@@ -419,12 +422,14 @@ async fn get_watch_sees_added_modified_and_deleted() {
     };
     let path = k.file("w1.yaml", &trigger("w1", "a", "", &sink.url()));
     k.ok(&["apply", "-f", &path]);
-    wait_for("ADDED").await;
-    std::fs::write(&path, trigger("w1", "b", "", &sink.url())).expect("rewrite");
+    wait_for("ADDED", sink.url()).await;
+    // The change shows in the row (a watch may also repeat an unchanged row).
+    let changed = format!("{}changed", sink.url());
+    std::fs::write(&path, trigger("w1", "b", "", &changed)).expect("rewrite");
     k.ok(&["apply", "-f", &path]);
-    wait_for("MODIFIED").await;
+    wait_for("MODIFIED", changed.clone()).await;
     k.ok(&["delete", "-f", &path]);
-    wait_for("DELETED").await;
+    wait_for("DELETED", String::new()).await;
     let _ = child.kill();
     let _ = child.wait();
     let lines = lines.lock().expect("lines").clone();
