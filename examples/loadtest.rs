@@ -8,6 +8,11 @@
 //!   (p50/p99) measured at the sink. It fails (exit 1) on any non-2xx answer or transport error
 //!   at ingress, and when some accepted event did not reach every matching trigger (it counts
 //!   distinct (trigger, id) pairs at the sink, so duplicates cannot hide a loss).
+//! * `loadtest ordered --keys 1000 --seconds 8 --concurrency 64 [--order unordered]
+//!   [--sink-delay-ms 0]`: one trigger with `kafka.eventing.knative.dev/delivery.order`; every
+//!   event carries a `partitionkey` (1,000 keys) and a per-key sequence number; each key is sent
+//!   by one sender, one event after the other, so its log order is its sequence order. The sink
+//!   counts deliveries that arrive out of sequence for their key.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -54,9 +59,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
             .await
         }
+        Some("ordered") => {
+            ordered(
+                arg("--keys", "1000").parse()?,
+                &arg("--order", "ordered"),
+                arg("--seconds", "8").parse()?,
+                arg("--concurrency", "64").parse()?,
+                arg("--sink-delay-ms", "0").parse()?,
+            )
+            .await
+        }
         _ => {
             eprintln!(
-                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C]"
+                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D]"
             );
             std::process::exit(2);
         }
@@ -234,5 +249,154 @@ async fn e2e(
         std::process::exit(1);
     }
     println!("ok: every accepted event reached every matching trigger, no ingress failure");
+    Ok(())
+}
+
+/// What the ordered-delivery sink saw.
+#[derive(Default)]
+struct OrderedSink {
+    /// Per key, the highest sequence number delivered so far.
+    last: std::collections::HashMap<String, u64>,
+    delivered: u64,
+    out_of_order: u64,
+    latencies_us: Vec<u64>,
+}
+
+async fn ordered(
+    keys: usize,
+    order: &str,
+    seconds: u64,
+    concurrency: usize,
+    sink_delay_ms: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let concurrency = concurrency.clamp(1, keys.max(1));
+    let state = Arc::new(std::sync::Mutex::new(OrderedSink::default()));
+    let st = state.clone();
+    let sink = Router::new().fallback(post(move |headers: HeaderMap| {
+        let st = st.clone();
+        async move {
+            if sink_delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(sink_delay_ms)).await;
+            }
+            let h = |n: &str| {
+                headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let key = h("ce-partitionkey").unwrap_or_default();
+            let seq = h("ce-seq").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let sent = h("ce-sentus").and_then(|v| v.parse::<u64>().ok());
+            if let Ok(mut s) = st.lock() {
+                s.delivered += 1;
+                let prev = s.last.insert(key, seq);
+                if prev.is_some_and(|p| p + 1 != seq) || (prev.is_none() && seq != 0) {
+                    s.out_of_order += 1;
+                }
+                if let Some(sent) = sent {
+                    s.latencies_us.push(now_us().saturating_sub(sent));
+                }
+            }
+            StatusCode::ACCEPTED
+        }
+    }));
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_url = format!("http://{}/", sink_listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(sink_listener, sink).await });
+
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: ordered\n  annotations: {{kafka.eventing.knative.dev/delivery.order: {order}}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{sink_url}\"}}\n"
+    );
+    let dir = std::env::temp_dir().join(format!("evmesh-loadtest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let running = evmesh::Mesh::from_yaml(&yaml)?
+        .data_dir(&dir)
+        .start(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+        .await?;
+    let ingress = running.broker_url("default", "default").to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for w in 0..concurrency {
+        let (stop, accepted, ingress) = (stop.clone(), accepted.clone(), ingress.clone());
+        // Sender `w` owns keys w, w + concurrency, ...: one key's events leave one at a time.
+        let my_keys: Vec<usize> = (w..keys).step_by(concurrency).collect();
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut seqs = vec![0u64; my_keys.len()];
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let slot = i % my_keys.len();
+                i += 1;
+                let key = my_keys[slot];
+                let seq = seqs[slot];
+                let Ok(event) = EventBuilderV10::new()
+                    .id(format!("{key}-{seq}"))
+                    .source("loadtest")
+                    .ty("bench.ordered")
+                    .extension("partitionkey", format!("k{key}"))
+                    .extension("seq", seq.to_string())
+                    .extension("sentus", now_us().to_string())
+                    .data("application/json", r#"{"n":1}"#.to_string())
+                    .build()
+                else {
+                    break;
+                };
+                let Ok(enc) = evmesh::evmesh_broker::codec::encode_binary(event) else {
+                    break;
+                };
+                match client
+                    .post(&ingress)
+                    .headers(enc.headers)
+                    .body(enc.body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        seqs[slot] += 1;
+                    }
+                    // Not accepted: the same sequence number is sent again later.
+                    _ => {}
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.await;
+    }
+    let send_time = started.elapsed();
+    let expected = accepted.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let delivered = || state.lock().map(|s| s.delivered).unwrap_or(0);
+    while delivered() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_time = started.elapsed();
+    let (delivered, out_of_order, mut lat) = state
+        .lock()
+        .map(|s| (s.delivered, s.out_of_order, s.latencies_us.clone()))
+        .unwrap_or_default();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "order={order} keys={keys} concurrency={concurrency} sink_delay={sink_delay_ms}ms: accepted {expected} in {:.1}s = {:.0} ev/s; delivered {delivered} in {:.1}s = {:.0} deliveries/s; out of sequence for their key: {out_of_order}; latency ingress->sink p50 {:.2} ms, p99 {:.2} ms",
+        send_time.as_secs_f64(),
+        expected as f64 / send_time.as_secs_f64(),
+        total_time.as_secs_f64(),
+        delivered as f64 / total_time.as_secs_f64(),
+        pct(0.50) as f64 / 1000.0,
+        pct(0.99) as f64 / 1000.0,
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

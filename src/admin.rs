@@ -43,6 +43,10 @@ pub(crate) fn routes(admin: Admin) -> Router {
                 .delete(delete)
                 .patch(crate::kube::patch),
         )
+        .route(
+            "/apis/eventing.knative.dev/v1/namespaces/{ns}/triggers/{name}/replay",
+            axum::routing::post(replay),
+        )
         .with_state(admin.clone());
     crate::kube::extend(router, admin)
 }
@@ -449,4 +453,47 @@ where
             |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) },
         );
     futures_util::StreamExt::chain(head, tail)
+}
+
+/// `POST .../triggers/{name}/replay` with `{"from": "earliest" | "<RFC 3339>"}`: re-delivers from
+/// that point of the broker's log through the trigger's filter, to that trigger only.
+async fn replay(
+    State(a): State<Admin>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = a.authorized(&headers) {
+        return e.into_response();
+    }
+    let from = match parse_body(&body) {
+        Ok(v) => v.get("from").and_then(Value::as_str).map(str::to_string),
+        Err(e) => return e.into_response(),
+    };
+    let Some(from) = from else {
+        return WriteError::BadRequest(
+            "the body must be {\"from\": \"earliest\" | \"<RFC 3339 time>\"}".into(),
+        )
+        .into_response();
+    };
+    let from = match evmesh_config::ReplayFrom::parse(&from) {
+        Ok(f) => f,
+        Err(e) => return WriteError::BadRequest(e).into_response(),
+    };
+    match a.runtime.replay(&ns, &name, from).await {
+        Ok(offset) => Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "message": format!("trigger {ns}/{name} replays from offset {offset}"),
+            "details": {"name": name, "group": "eventing.knative.dev", "kind": "triggers"},
+            "evmesh": {"offset": offset},
+        }))
+        .into_response(),
+        Err(evmesh_broker::ReplayError::NotFound(_)) => WriteError::NotFound {
+            kind: registry::by_kind("eventing.knative.dev/v1", "Trigger")
+                .unwrap_or(&registry::KINDS[1]),
+            name,
+        }
+        .into_response(),
+        Err(e) => status(StatusCode::CONFLICT, "Conflict", e.to_string(), None),
+    }
 }

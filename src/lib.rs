@@ -195,7 +195,7 @@ impl Mesh {
         let store = tokio::task::spawn_blocking(move || evmesh_store::open(engine, &dir))
             .await
             .map_err(std::io::Error::other)??;
-        let service = BrokerService::new(store.clone(), self.options.service.clone());
+        let service = BrokerService::new(store.clone(), self.options.service.clone())?;
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store,
@@ -212,7 +212,8 @@ impl Mesh {
                     ready: ready.clone(),
                     token: self.options.admin_token.as_deref().map(Arc::from),
                 }))
-                .merge(display::routes());
+                .merge(display::routes())
+                .merge(evmesh_broker::telemetry::metrics_routes());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(async move {
             let shutdown = async move {
@@ -233,7 +234,7 @@ impl Mesh {
             files: self.files,
             ready,
             stop: stop_tx,
-            server: tokio::sync::Mutex::new(Some(server)),
+            server,
         })
     }
 }
@@ -256,7 +257,7 @@ pub struct RunningMesh {
     files: Vec<PathBuf>,
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
-    server: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl RunningMesh {
@@ -311,13 +312,11 @@ impl RunningMesh {
 
     /// Graceful shutdown: stops accepting events (503), drains in-flight deliveries, saves
     /// progress, flushes the store, then stops the HTTP server.
-    /// Callable through a shared handle (`Arc<RunningMesh>`); later calls wait for nothing more.
-    pub async fn shutdown(&self) {
+    /// Consumes the handle so that the store is closed (and its directory unlocked) on return.
+    pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
         self.service.shutdown().await;
         let _ = self.stop.send(true);
-        if let Some(server) = self.server.lock().await.take() {
-            let _ = server.await;
-        }
+        let _ = self.server.await;
     }
 }

@@ -44,8 +44,36 @@ impl Connect {
     about = "Knative Eventing without Kubernetes"
 )]
 struct Cli {
+    /// Log line format on stderr: `text` (colours only on a terminal) or `json`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EVMESH_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging to stderr: `EVMESH_LOG` (default `info`); the storage engine's INFO chatter is off
+/// unless `EVMESH_LOG` names it.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let user = std::env::var("EVMESH_LOG").unwrap_or_else(|_| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("fjall=warn,lsm_tree=warn,{user}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -79,6 +107,10 @@ enum Command {
         /// Deliveries in flight per trigger.
         #[arg(long, default_value_t = 100)]
         max_in_flight: usize,
+        /// PEM file of a private CA to trust for https subscribers and dead-letter sinks
+        /// (besides the web PKI roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// File holding the bearer token the admin API requires for writes (default: a random
         /// token kept in DATA_DIR/admin-token, mode 0600).
         #[arg(long)]
@@ -169,14 +201,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EVMESH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    evmesh_broker::tls::install_provider();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -252,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_in_flight,
             admin_token_file,
             no_watch,
+            ca_file,
         } => {
             let mesh = if files.is_empty() {
                 tracing::info!(
@@ -286,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 options.engine = e;
             }
             options.service.max_in_flight = max_in_flight;
+            options.service.ca_file = ca_file;
             options.service.retention.max_age =
                 Some(evmesh_config::parse_duration(&retention).map_err(anyhow::Error::msg)?);
             options.service.retention.max_bytes = retention_bytes;
@@ -293,9 +322,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let running = std::sync::Arc::new(mesh.options(options).start(listener).await?);
-            if !files.is_empty() {
-                tokio::spawn(watch_files(running.clone(), !no_watch));
-            }
+            let watcher =
+                (!files.is_empty()).then(|| tokio::spawn(watch_files(running.clone(), !no_watch)));
             tracing::info!(
                 "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
                 running.local_addr(),
@@ -303,7 +331,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             wait_for_signal().await;
             tracing::info!("shutting down: draining deliveries");
-            running.shutdown().await;
+            if let Some(w) = watcher {
+                w.abort();
+                let _ = w.await;
+            }
+            match std::sync::Arc::try_unwrap(running) {
+                Ok(running) => running.shutdown().await,
+                Err(_) => bail!("internal error: the running mesh is still shared at shutdown"),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -476,6 +511,7 @@ async fn send(
     let enc = evmesh_broker::codec::encode_binary(event)?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .tls_backend_preconfigured(evmesh_broker::tls::client_config(&[])?)
         .build()?;
     let resp = client
         .post(&to)

@@ -762,6 +762,16 @@ impl Runtime {
             .collect()
     }
 
+    /// Repositions a trigger on its broker's log (see [`BrokerService::replay`]).
+    pub(crate) async fn replay(
+        &self,
+        namespace: &str,
+        name: &str,
+        from: evmesh_config::ReplayFrom,
+    ) -> Result<u64, evmesh_broker::ReplayError> {
+        self.inner.service.replay(namespace, name, from).await
+    }
+
     /// The resourceVersion of the latest change.
     pub(crate) fn resource_version(&self) -> u64 {
         self.inner

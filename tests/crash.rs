@@ -103,7 +103,7 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
     for worker in 0..16 {
         let (url, accepted, stop) = (url.clone(), accepted.clone(), stop.clone());
         load.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = client();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;

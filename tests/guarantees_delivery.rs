@@ -94,7 +94,9 @@ async fn a_structured_mode_reply_is_published_and_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_loop_stops_after_exactly_255_deliveries() {
     // Knative: 255 on first ingress; each reply re-enters with the TTL decremented; a reply whose
-    // TTL would reach 0 is refused. Stored TTLs are 255, 254, ..., 1: 255 deliveries.
+    // TTL would reach 0 is refused. Stored TTLs are 255, 254, ..., 1: 255 deliveries. The last
+    // one's reply is refused with 400, so that delivery fails (not retried) and, without a
+    // dead-letter sink, is dropped — as Knative's broker treats a reply it rejects.
     let sink = TestSink::start().await;
     sink.always(Reply::Map(|e| {
         EventBuilderV10::new()
@@ -115,7 +117,7 @@ async fn a_reply_loop_stops_after_exactly_255_deliveries() {
         "demo",
         "t1",
         Duration::from_secs(60),
-        |c| c["delivered"] == 255,
+        |c| c["delivered"] == 254 && c["dropped"] == 1,
     )
     .await;
     quiet(&m, "demo", "default", 255).await;
@@ -127,10 +129,10 @@ async fn a_reply_loop_stops_after_exactly_255_deliveries() {
         "the original and 254 replies stored and routed: {c}"
     );
     let c = admin_counters(&base(&m), "triggers", "demo", "t1").await;
-    assert_eq!(c["delivered"], 255);
+    assert_eq!(c["delivered"], 254);
     assert_eq!(
-        c["dropped"], 0,
-        "the last reply is refused, the delivery itself succeeded"
+        c["dropped"], 1,
+        "the last reply is refused, so its delivery fails for good"
     );
 }
 

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use cloudevents::AttributesReader;
 use common::*;
 
 async fn demo_mesh(sink: &TestSink) -> TestMesh {
@@ -87,9 +88,9 @@ async fn ingress_rejects_request_without_specversion_with_400() {
 }
 
 #[tokio::test]
-async fn ingress_rejects_specversion_other_than_1_0_with_400() {
+async fn ingress_rejects_specversion_other_than_1_0_and_0_3_with_400() {
     let mut h = without("ce-specversion");
-    h.push(("ce-specversion", "0.3"));
+    h.push(("ce-specversion", "2.0"));
     assert_rejected(&h, "{}", "specversion").await;
     let mut h = without("ce-specversion");
     h.push(("ce-specversion", "19.0"));
@@ -222,4 +223,84 @@ async fn percent_encoded_header_values_are_decoded() {
         .extension("note")
         .map(|v| v.to_string());
     assert_eq!(got.as_deref(), Some("café au lait"));
+}
+
+fn with(name: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut h = without(name);
+    h.push((name, value));
+    h
+}
+
+#[tokio::test]
+async fn ingress_rejects_event_with_empty_id_with_400() {
+    assert_rejected(&with("ce-id", ""), "{}", "id").await;
+}
+
+#[tokio::test]
+async fn ingress_rejects_event_with_empty_source_with_400() {
+    assert_rejected(&with("ce-source", ""), "{}", "source").await;
+}
+
+#[tokio::test]
+async fn ingress_rejects_event_with_empty_type_with_400() {
+    assert_rejected(&with("ce-type", ""), "{}", "type").await;
+}
+
+#[tokio::test]
+async fn ingress_rejects_structured_event_with_empty_id_with_400() {
+    assert_rejected(
+        &[("content-type", "application/cloudevents+json")],
+        r#"{"specversion":"1.0","id":"","source":"/s","type":"t"}"#,
+        "id",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ingress_rejects_batched_content_mode_with_400() {
+    assert_rejected(
+        &[("content-type", "application/cloudevents-batch+json")],
+        r#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"}]"#,
+        "batch",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn structured_mode_detection_ignores_case() {
+    let sink = TestSink::start().await;
+    let m = demo_mesh(&sink).await;
+    let body = r#"{"specversion":"1.0","id":"s1","source":"/s","type":"t"}"#;
+    let (status, reason) = post_raw(
+        &m.url("/demo/default"),
+        &[(
+            "content-type",
+            "Application/CloudEvents+JSON; charset=UTF-8",
+        )],
+        body,
+    )
+    .await;
+    assert_eq!(status, 202, "{reason}");
+    eventually("delivery", Duration::from_secs(5), || sink.count() == 1).await;
+    assert_eq!(sink.received()[0].header("ce-id").as_deref(), Some("s1"));
+}
+
+#[tokio::test]
+async fn percent_encoded_ce_dataschema_is_the_dataschema_attribute() {
+    let sink = TestSink::start().await;
+    let m = demo_mesh(&sink).await;
+    let (status, reason) = post_raw(
+        &m.url("/demo/default"),
+        &with("ce-dataschema", "https://example.com/a%3Ab"),
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 202, "{reason}");
+    eventually("delivery", Duration::from_secs(5), || sink.count() == 1).await;
+    let got = sink.received()[0].event().clone();
+    assert_eq!(
+        got.dataschema().map(|u| u.to_string()).as_deref(),
+        Some("https://example.com/a:b"),
+        "the header value is percent-decoded"
+    );
 }

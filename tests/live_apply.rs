@@ -523,3 +523,59 @@ impl Lines {
         }
     }
 }
+
+#[tokio::test]
+async fn replay_endpoint_redelivers_from_earliest_to_that_trigger_only() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh(&format!(
+        "{BROKER}---\n{}---\n{}",
+        trigger_yaml("ta", &a, "a"),
+        trigger_yaml("tb", &b, "a")
+    ))
+    .await;
+    for id in ["e1", "e2"] {
+        assert_eq!(
+            post_binary(&m.url("/demo/default"), event(id, "a")).await,
+            202
+        );
+    }
+    eventually("both delivered to both", Duration::from_secs(10), || {
+        a.count() == 2 && b.count() == 2
+    })
+    .await;
+    let (code, status) = send(
+        reqwest::Method::POST,
+        &format!("{}/ta/replay", triggers_url(&m)),
+        Some(r#"{"from": "earliest"}"#.into()),
+    )
+    .await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["status"], "Success");
+    eventually("ta re-delivered both", Duration::from_secs(10), || {
+        a.count() == 4
+    })
+    .await;
+    assert_eq!(a.ids(), ["e1", "e2", "e1", "e2"]);
+    // tb is not replayed: an event after the replay reaches it, and nothing else did.
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("e3", "a")).await,
+        202
+    );
+    eventually("e3 to tb", Duration::from_secs(10), || b.count() == 3).await;
+    assert_eq!(b.ids(), ["e1", "e2", "e3"]);
+
+    let (code, status) = send(
+        reqwest::Method::POST,
+        &format!("{}/nope/replay", triggers_url(&m)),
+        Some(r#"{"from": "earliest"}"#.into()),
+    )
+    .await;
+    assert_eq!(code, 404, "{status}");
+    let (code, status) = send(
+        reqwest::Method::POST,
+        &format!("{}/ta/replay", triggers_url(&m)),
+        Some(r#"{"from": "yesterday"}"#.into()),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+}

@@ -1,16 +1,21 @@
 //! CloudEvents over HTTP: decoding requests and replies, encoding deliveries (binary or structured).
 //!
-//! The encoding itself is cloudevents-sdk's; this module adds what SDK 0.9 leaves out of the
-//! HTTP binding: percent-encoding of `ce-*` header values (CloudEvents HTTP binding §3.1.3.2).
+//! Requests and replies decode into an [`EventRecord`] (attributes as received, data bytes as
+//! sent) and deliveries encode from one, so data reaches subscribers byte for byte. `ce-*`
+//! header values are percent-encoded (CloudEvents HTTP binding §3.1.3.2). CloudEvents 1.0 and
+//! 0.3 are accepted, as Knative accepts them, and delivered in the version they came in.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use cloudevents::binding::http::{Builder, Serializer, to_event};
+use bytes::Bytes;
+use cloudevents::Event;
+use cloudevents::binding::http::{Builder, Serializer};
 use cloudevents::message::BinaryDeserializer;
-use cloudevents::{AttributesReader, Event};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, percent_decode, percent_encode};
+
+use crate::record::{self, EventRecord};
 
 /// Characters that must be percent-encoded in a `ce-*` header value: everything outside
 /// U+0021..U+007E, plus space, `"` and `%`.
@@ -25,52 +30,51 @@ const CE_HEADER: &AsciiSet = &percent_encoding::CONTROLS
 #[error("{0}")]
 pub struct DecodeError(pub String);
 
-/// Decodes a CloudEvent from HTTP headers and body, in binary or structured content mode.
-/// Only CloudEvents 1.0 is accepted.
+/// Decodes a CloudEvent from HTTP headers and body, in binary or structured content mode
+/// (CloudEvents 1.0 or 0.3), into the [`cloudevents::Event`] view (data as the raw bytes).
 pub fn decode(headers: &HeaderMap, body: Vec<u8>) -> Result<Event, DecodeError> {
-    let mut event = to_event(headers, body).map_err(|e| DecodeError(describe(&e.to_string())))?;
-    if event.specversion() != cloudevents::event::SpecVersion::V10 {
-        return Err(DecodeError(format!(
-            "specversion {} is not supported, only 1.0",
-            event.specversion()
-        )));
-    }
-    if headers.contains_key("ce-specversion") && !is_structured(headers) {
-        percent_decode_attributes(headers, &mut event)?;
-    }
-    Ok(event)
+    decode_record(headers, Bytes::from(body)).map(|r| r.event().clone())
 }
 
-fn is_structured(headers: &HeaderMap) -> bool {
-    headers
+/// Decodes a request or reply into an [`EventRecord`]: attributes as received, data bytes as
+/// sent, and the passed-through headers (trace context, `x-request-id`, B3, `knative-*`).
+pub fn decode_record(headers: &HeaderMap, body: Bytes) -> Result<EventRecord, DecodeError> {
+    let passthrough = record::passthrough_headers(headers);
+    let ct = headers
         .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.to_ascii_lowercase()
-                .starts_with("application/cloudevents")
-        })
-}
-
-fn describe(sdk: &str) -> String {
-    if sdk.contains("Wrong encoding") || sdk.to_lowercase().contains("unknown encoding") {
-        "not a CloudEvent: no ce-specversion header (binary mode) and Content-Type is not application/cloudevents+json (structured mode)".to_string()
-    } else {
-        format!("invalid CloudEvent: {sdk}")
+        .and_then(|v| v.to_str().ok());
+    if let Some(ct) = ct {
+        let lower = ct.trim().to_ascii_lowercase();
+        if lower.starts_with("application/cloudevents-batch") {
+            return Err(DecodeError(
+                "batched content mode (application/cloudevents-batch+json) is not supported".into(),
+            ));
+        }
+        if lower.starts_with("application/cloudevents") {
+            if !lower.starts_with("application/cloudevents+json")
+                && !lower.starts_with("application/cloudevents;")
+                && lower != "application/cloudevents"
+            {
+                return Err(DecodeError(format!(
+                    "structured content type {ct} is not supported (only application/cloudevents+json)"
+                )));
+            }
+            return record::from_structured(&body, passthrough)
+                .map_err(|e| DecodeError(format!("invalid CloudEvent: {e}")));
+        }
     }
-}
-
-/// Binary-mode header values are percent-encoded on the wire (the SDK reads them raw): decode
-/// every `ce-*` value that needs it, rejecting invalid UTF-8.
-fn percent_decode_attributes(headers: &HeaderMap, event: &mut Event) -> Result<(), DecodeError> {
-    use cloudevents::AttributesWriter;
+    if !headers.contains_key("ce-specversion") {
+        return Err(DecodeError(describe("Wrong encoding")));
+    }
+    let mut attributes = serde_json::Map::new();
     for (k, v) in headers {
         let Some(name) = k.as_str().strip_prefix("ce-") else {
             continue;
         };
-        let mut raw = v.as_bytes();
-        if !raw.iter().any(|b| *b == b'%' || *b == b'"') {
-            continue;
+        if attributes.contains_key(name) {
+            return Err(DecodeError(format!("header {k} is repeated")));
         }
+        let mut raw = v.as_bytes();
         // RFC 7230 quoted string: unquote first.
         if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
             raw = &raw[1..raw.len() - 1];
@@ -83,26 +87,70 @@ fn percent_decode_attributes(headers: &HeaderMap, event: &mut Event) -> Result<(
                 ))
             })?
             .into_owned();
-        match name {
-            "specversion" | "time" | "datacontenttype" => {}
-            "id" => {
-                event.set_id(text);
+        if name == "datacontenttype" {
+            // Binary mode carries it as Content-Type.
+            continue;
+        }
+        attributes.insert(name.to_string(), serde_json::Value::String(text));
+    }
+    if let Some(ct) = ct {
+        attributes.insert(
+            "datacontenttype".into(),
+            serde_json::Value::String(ct.to_string()),
+        );
+    }
+    let data = (!body.is_empty()).then(|| (record::classify_body(ct, &body), body));
+    EventRecord::new(attributes, data, passthrough)
+        .map_err(|e| DecodeError(format!("invalid CloudEvent: {e}")))
+}
+
+fn describe(sdk: &str) -> String {
+    if sdk.contains("Wrong encoding") || sdk.to_lowercase().contains("unknown encoding") {
+        "not a CloudEvent: no ce-specversion header (binary mode) and Content-Type is not application/cloudevents+json (structured mode)".to_string()
+    } else {
+        format!("invalid CloudEvent: {sdk}")
+    }
+}
+
+/// Encodes a record in binary content mode: each attribute in a percent-encoded `ce-*` header,
+/// `datacontenttype` as `Content-Type`, the data bytes as the body, unchanged.
+pub fn encode_record_binary(record: &EventRecord) -> Encoded {
+    let mut headers = HeaderMap::new();
+    for (name, value) in record.attributes() {
+        if name == "datacontenttype" {
+            if let Some(ct) = value.as_str().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(http::header::CONTENT_TYPE, ct);
             }
-            "type" => {
-                event.set_type(text);
-            }
-            "subject" => {
-                event.set_subject(Some(text));
-            }
-            "source" => {
-                event.set_source(text);
-            }
-            _ => {
-                event.set_extension(name, text);
-            }
+            continue;
+        }
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let Ok(hname) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) else {
+            continue;
+        };
+        let enc = percent_encode(text.as_bytes(), CE_HEADER).to_string();
+        if let Ok(hv) = HeaderValue::from_str(&enc) {
+            headers.insert(hname, hv);
         }
     }
-    Ok(())
+    let body = record.data().map(|(_, b)| b.to_vec()).unwrap_or_default();
+    Encoded { headers, body }
+}
+
+/// Encodes a record in structured content mode (`application/cloudevents+json`): JSON data
+/// embedded as sent, text as a JSON string, bytes as `data_base64`.
+pub fn encode_record_structured(record: &EventRecord) -> Encoded {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/cloudevents+json"),
+    );
+    Encoded {
+        headers,
+        body: record.to_structured_json(),
+    }
 }
 
 /// An HTTP message body with its headers, produced by [`encode_binary`] / [`encode_structured`].
@@ -162,7 +210,7 @@ pub fn encode_structured(event: &Event) -> Result<Encoded, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cloudevents::{EventBuilder, EventBuilderV10};
+    use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
 
     #[test]
     fn binary_round_trip_percent_encodes_non_ascii_and_spaces() {
@@ -189,16 +237,26 @@ mod tests {
     }
 
     #[test]
-    fn rejects_specversion_other_than_1_0() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("ce-specversion", "0.3"),
-            ("ce-id", "1"),
-            ("ce-source", "/s"),
-            ("ce-type", "t"),
-        ] {
-            h.insert(k, HeaderValue::from_static(v));
-        }
-        assert!(decode(&h, vec![]).is_err());
+    fn accepts_0_3_and_rejects_other_specversions() {
+        let headers = |version: &'static str| {
+            let mut h = HeaderMap::new();
+            for (k, v) in [
+                ("ce-specversion", version),
+                ("ce-id", "1"),
+                ("ce-source", "/s"),
+                ("ce-type", "t"),
+            ] {
+                h.insert(k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert!(decode(&headers("2.0"), vec![]).is_err());
+        let r = decode_record(&headers("0.3"), Bytes::new()).expect("0.3 accepted");
+        assert_eq!(r.spec_version(), "0.3");
+        let out = encode_record_binary(&r);
+        assert_eq!(
+            out.headers.get("ce-specversion").map(|v| v.as_bytes()),
+            Some(&b"0.3"[..])
+        );
     }
 }

@@ -2,16 +2,22 @@
 //! per Knative's data-plane contract, and the retry / backoff / dead-letter state machine
 //! ([`Progress::next`]). Triggers use it today; subscriptions and sources will use it too.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use cloudevents::{AttributesReader, Event};
+use cloudevents::AttributesReader;
 use evmesh_config::{Delivery, DeliveryFormat};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::codec;
+use crate::record::EventRecord;
+use crate::tls::{self, TlsError};
+use rustls_pki_types::CertificateDer;
 
 /// Extension set on dead-lettered events: the URL that failed.
 pub const ERROR_DEST: &str = "knativeerrordest";
@@ -33,6 +39,12 @@ pub struct Plan {
     pub delivery: Delivery,
     /// Sent as `Kn-Namespace`.
     pub namespace: String,
+    /// The subscriber Destination's `CACerts` (PEM), trusted besides the web PKI roots.
+    pub subscriber_ca_certs: Option<Arc<str>>,
+    /// The dead-letter sink Destination's `CACerts` (PEM).
+    pub dead_letter_ca_certs: Option<Arc<str>>,
+    /// Where each attempt is counted (Prometheus `event_count`, `event_dispatch_latencies`).
+    pub metrics: Option<Arc<crate::telemetry::DeliveryMetrics>>,
 }
 
 /// Result of one HTTP attempt.
@@ -41,7 +53,7 @@ pub enum Outcome {
     /// 2xx; with the reply event when the response carried one (never for 202).
     Delivered {
         /// The reply CloudEvent.
-        reply: Option<Box<Event>>,
+        reply: Option<Box<EventRecord>>,
     },
     /// Anything else.
     Failed(Failure),
@@ -121,7 +133,7 @@ pub enum Next {
     /// Delivery is complete (possibly with a reply to route).
     Done {
         /// The reply, if any.
-        reply: Option<Box<Event>>,
+        reply: Option<Box<EventRecord>>,
     },
     /// Try again (same leg, or the first dead-letter attempt) after this wait.
     Retry(Duration),
@@ -175,12 +187,23 @@ impl Progress {
             _ => &plan.subscriber,
         }
     }
+
+    /// The `CACerts` of the Destination the next attempt goes to.
+    pub fn ca_certs<'a>(&self, plan: &'a Plan) -> Option<&'a str> {
+        match (self.phase, &plan.dead_letter) {
+            (Phase::DeadLetter, Some(_)) => plan.dead_letter_ca_certs.as_deref(),
+            _ => plan.subscriber_ca_certs.as_deref(),
+        }
+    }
 }
 
-/// Sends events over HTTP. Cheap to clone (one shared connection pool).
+/// Sends events over HTTP(S). Cheap to clone (shared connection pools: one for the trusted roots,
+/// one per distinct Destination `CACerts`).
 #[derive(Clone, Debug)]
 pub struct DeliveryEngine {
     client: reqwest::Client,
+    extra_roots: Arc<Vec<CertificateDer<'static>>>,
+    per_ca: Arc<Mutex<HashMap<String, reqwest::Client>>>,
 }
 
 impl Default for DeliveryEngine {
@@ -193,20 +216,70 @@ impl Default for DeliveryEngine {
 /// ingress limit are read whole).
 const MAX_REPLY: usize = 4 * 1024 * 1024;
 
+fn build_client(extra: &[CertificateDer<'static>]) -> Result<reqwest::Client, TlsError> {
+    let tls = tls::client_config(extra)?;
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| TlsError(format!("building the HTTP client: {e}")))
+}
+
 impl DeliveryEngine {
-    /// A new engine with its own connection pool.
+    /// A new engine with its own connection pool, trusting the web PKI roots.
     pub fn new() -> Self {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        DeliveryEngine { client }
+        tls::install_provider();
+        let client = build_client(&[]).unwrap_or_else(|e| {
+            tracing::error!("{e}; https deliveries will use reqwest's defaults");
+            reqwest::Client::new()
+        });
+        DeliveryEngine {
+            client,
+            extra_roots: Arc::new(Vec::new()),
+            per_ca: Arc::default(),
+        }
+    }
+
+    /// An engine trusting the web PKI roots plus the CA certificates of the PEM file `ca_file`
+    /// (a private CA, `--ca-file`).
+    pub fn with_ca_file(ca_file: Option<&Path>) -> Result<Self, TlsError> {
+        tls::install_provider();
+        let extra = match ca_file {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| TlsError(format!("reading CA file {}: {e}", path.display())))?;
+                tls::parse_pem(&pem)
+                    .map_err(|e| TlsError(format!("CA file {}: {e}", path.display())))?
+            }
+        };
+        Ok(DeliveryEngine {
+            client: build_client(&extra)?,
+            extra_roots: Arc::new(extra),
+            per_ca: Arc::default(),
+        })
+    }
+
+    /// The client for a Destination: the shared one, or one that also trusts its `CACerts`.
+    fn client_for(&self, ca_certs: Option<&str>) -> Result<reqwest::Client, TlsError> {
+        let Some(pem) = ca_certs else {
+            return Ok(self.client.clone());
+        };
+        let mut cache = self.per_ca.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.get(pem) {
+            return Ok(c.clone());
+        }
+        let mut roots = (*self.extra_roots).clone();
+        roots.extend(tls::parse_pem(pem)?);
+        let client = build_client(&roots)?;
+        cache.insert(pem.to_string(), client.clone());
+        Ok(client)
     }
 
     /// Makes one attempt according to `progress`: the subscriber with `Prefer: reply`, or the
     /// dead-letter sink with the error extensions.
-    pub async fn attempt(&self, plan: &Plan, progress: &Progress, event: &Event) -> Outcome {
+    pub async fn attempt(&self, plan: &Plan, progress: &Progress, event: &EventRecord) -> Outcome {
         let url = progress.url(plan);
         let mut event = event.clone();
         event.remove_extension(crate::ingress::TTL_EXTENSION);
@@ -214,42 +287,67 @@ impl DeliveryEngine {
         if dead_letter && let Some(f) = &progress.last_failure {
             stamp_error(&mut event, f);
         }
-        self.send(url, &event, plan, !dead_letter).await
+        let outcome = self
+            .send_to(url, progress.ca_certs(plan), &event, plan, !dead_letter)
+            .await;
+        if !dead_letter && let Some(m) = &plan.metrics {
+            m.outcome(&outcome);
+        }
+        outcome
     }
 
-    /// POSTs one event to `url`.
-    pub async fn send(&self, url: &Url, event: &Event, plan: &Plan, want_reply: bool) -> Outcome {
+    /// POSTs one event to `url` (trusting the web PKI roots and the engine's CA file).
+    pub async fn send(
+        &self,
+        url: &Url,
+        event: &EventRecord,
+        plan: &Plan,
+        want_reply: bool,
+    ) -> Outcome {
+        self.send_to(url, None, event, plan, want_reply).await
+    }
+
+    /// POSTs one event to `url`, also trusting `ca_certs` (a Destination's PEM `CACerts`).
+    pub async fn send_to(
+        &self,
+        url: &Url,
+        ca_certs: Option<&str>,
+        event: &EventRecord,
+        plan: &Plan,
+        want_reply: bool,
+    ) -> Outcome {
+        let client = match self.client_for(ca_certs) {
+            Ok(c) => c,
+            Err(e) => return failed(url, None, vec![], false, format!("CACerts: {e}")),
+        };
         let encoded = match plan.delivery.format {
-            DeliveryFormat::Json => codec::encode_structured(event),
-            DeliveryFormat::Binary => codec::encode_binary(event.clone()),
+            DeliveryFormat::Json => codec::encode_record_structured(event),
+            DeliveryFormat::Binary => codec::encode_record_binary(event),
         };
-        let encoded = match encoded {
-            Ok(e) => e,
-            Err(e) => {
-                return failed(
-                    url,
-                    None,
-                    vec![],
-                    false,
-                    format!("cannot encode event: {e}"),
-                );
-            }
-        };
-        let mut req = self
-            .client
+        let mut req = client
             .post(url.clone())
             .timeout(plan.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT))
             .headers(encoded.headers)
             .body(encoded.body);
+        for (name, value) in event.headers() {
+            req = req.header(name.as_str(), value.as_str());
+        }
         if let Ok(ns) = HeaderValue::from_str(&plan.namespace) {
             req = req.header("kn-namespace", ns);
         }
         if want_reply {
             req = req.header("prefer", "reply");
         }
+        let started = std::time::Instant::now();
+        let record = |code: Option<u16>| {
+            if let Some(m) = &plan.metrics {
+                m.attempt(code, started.elapsed());
+            }
+        };
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
+                record(None);
                 let reason = if e.is_timeout() {
                     "timed out".to_string()
                 } else {
@@ -259,8 +357,17 @@ impl DeliveryEngine {
             }
         };
         let status = resp.status();
+        record(Some(status.as_u16()));
         let headers = resp.headers().clone();
-        let body = match read_body(resp).await {
+        // A reply is read whole (up to the limit); anything else only as far as a dead letter
+        // needs, so a large error body is never held in memory.
+        let is_reply = want_reply && status.is_success() && status.as_u16() != 202;
+        let (cap, whole) = if is_reply {
+            (MAX_REPLY, true)
+        } else {
+            (MAX_FAILURE_BODY, false)
+        };
+        let body = match read_body(resp, cap, whole).await {
             Ok(b) => b,
             Err(e) => return failed(url, Some(status.as_u16()), vec![], true, e),
         };
@@ -276,19 +383,47 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-async fn read_body(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+/// Reads at most `cap` bytes of a response body; with `whole`, a longer body is an error,
+/// otherwise it is cut at `cap` (the rest is never read or kept).
+async fn read_body(
+    mut resp: reqwest::Response,
+    cap: usize,
+    whole: bool,
+) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
         .map_err(|e| format!("reading response: {e}"))?
     {
-        if body.len() + chunk.len() > MAX_REPLY {
-            return Err("response body too large".into());
+        if body.len() + chunk.len() > cap {
+            if whole {
+                return Err("response body too large".into());
+            }
+            body.extend_from_slice(&chunk[..cap - body.len()]);
+            break;
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Most bytes of a failure's response body kept (what `knativeerrordata` carries).
+pub const MAX_FAILURE_BODY: usize = 1024;
+
+/// A URL for status output and `knativeerrordest`: user info and query string replaced by
+/// `redacted`, fragment dropped (they may hold passwords and tokens).
+pub fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_password(None);
+        let _ = u.set_username("redacted");
+    }
+    if u.query().is_some() {
+        u.set_query(Some("redacted"));
+    }
+    u.set_fragment(None);
+    u.to_string()
 }
 
 fn failed(
@@ -298,8 +433,10 @@ fn failed(
     retryable: bool,
     reason: String,
 ) -> Outcome {
+    let mut body = body;
+    body.truncate(MAX_FAILURE_BODY);
     Outcome::Failed(Failure {
-        dest: url.to_string(),
+        dest: redact(url),
         status,
         body,
         retryable,
@@ -342,7 +479,7 @@ fn classify(
                 ),
             );
         }
-        return match codec::decode(headers, body.clone()) {
+        return match codec::decode_record(headers, bytes::Bytes::from(body.clone())) {
             Ok(reply) => Outcome::Delivered {
                 reply: Some(Box::new(reply)),
             },
@@ -358,7 +495,7 @@ fn classify(
         None
     };
     Outcome::Failed(Failure {
-        dest: url.to_string(),
+        dest: redact(url),
         status: Some(code),
         retryable: is_retryable(code),
         retry_after,
@@ -380,20 +517,48 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 }
 
 /// Adds `knativeerrordest`, `knativeerrorcode` and `knativeerrordata` to a dead-lettered event.
-pub fn stamp_error(event: &mut Event, f: &Failure) {
-    event.set_extension(ERROR_DEST, f.dest.clone());
+pub fn stamp_error(event: &mut EventRecord, f: &Failure) {
+    event.set_extension(ERROR_DEST, f.dest.clone().into());
     if let Some(code) = f.status {
-        event.set_extension(ERROR_CODE, i64::from(code));
+        event.set_extension(ERROR_CODE, i64::from(code).into());
     }
     if !f.body.is_empty() {
-        let mut data = base64::engine::general_purpose::STANDARD.encode(&f.body);
+        let body = &f.body[..f.body.len().min(MAX_FAILURE_BODY)];
+        let mut data = base64::engine::general_purpose::STANDARD.encode(body);
         data.truncate(1024);
-        event.set_extension(ERROR_DATA, data);
+        event.set_extension(ERROR_DATA, data.into());
+    }
+}
+
+/// Warns when the host of a trigger's subscriber does not resolve (checked once, at start).
+pub async fn warn_if_unresolvable(trigger: String, url: Url) {
+    let Some(host) = url.host_str() else {
+        return;
+    };
+    if url
+        .host()
+        .is_some_and(|h| !matches!(h, url::Host::Domain(_)))
+    {
+        return;
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let lookup = tokio::net::lookup_host((host.to_string(), port));
+    match tokio::time::timeout(Duration::from_secs(5), lookup)
+        .await
+        .map(|r| r.map(|mut addrs| addrs.next().is_some()))
+    {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Ok(Err(_)) => {
+            tracing::warn!(trigger = %trigger, url = %redact(&url), "subscriber host {host} does not resolve; deliveries fail until it does");
+        }
+        Err(_) => {
+            tracing::warn!(trigger = %trigger, url = %redact(&url), "resolving subscriber host {host} timed out");
+        }
     }
 }
 
 /// The id of an event, for logs.
-pub fn describe(event: &Event) -> String {
+pub fn describe(event: &EventRecord) -> String {
     format!("{} (source {})", event.id(), event.source())
 }
 
@@ -412,6 +577,9 @@ mod tests {
             dead_letter: dls.then(|| "http://dls.example/".parse().expect("url")),
             delivery,
             namespace: "default".into(),
+            subscriber_ca_certs: None,
+            dead_letter_ca_certs: None,
+            metrics: None,
         }
     }
 

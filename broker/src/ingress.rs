@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use crate::codec;
 use crate::service::{BrokerService, PublishError};
+use crate::{codec, telemetry};
 
 /// The TTL extension Knative's broker uses against reply loops.
 pub const TTL_EXTENSION: &str = "knativebrokerttl";
@@ -98,13 +98,35 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match receive(&ingress, &namespace, &broker, method, headers, body).await {
+    let started = std::time::Instant::now();
+    let mut event_type = None;
+    let resp = match receive(
+        &ingress,
+        &namespace,
+        &broker,
+        method,
+        headers,
+        body,
+        &mut event_type,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             ingress.service.count_rejected(&namespace, &broker);
             e.into_response()
         }
+    };
+    if ingress.service.has_broker(&namespace, &broker) {
+        telemetry::ingress_request(
+            &namespace,
+            &broker,
+            event_type.as_deref(),
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
     }
+    resp
 }
 
 async fn receive(
@@ -114,6 +136,7 @@ async fn receive(
     method: Method,
     headers: HeaderMap,
     body: Body,
+    event_type: &mut Option<String>,
 ) -> Result<Response, IngressError> {
     if method == Method::OPTIONS {
         let mut resp = StatusCode::OK.into_response();
@@ -141,9 +164,14 @@ async fn receive(
     let bytes = to_bytes(body, ingress.max_size)
         .await
         .map_err(|_| IngressError::TooLarge(ingress.max_size))?;
-    let event =
-        codec::decode(&headers, bytes.to_vec()).map_err(|e| IngressError::BadRequest(e.0))?;
-    ingress.service.publish(namespace, broker, event).await?;
+    let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
+    *event_type = Some(cloudevents::AttributesReader::ty(event.event()).to_string());
+    let append_started = std::time::Instant::now();
+    ingress
+        .service
+        .publish_record(namespace, broker, event)
+        .await?;
+    telemetry::appended(namespace, broker, append_started.elapsed());
     let mut resp = StatusCode::ACCEPTED.into_response();
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));

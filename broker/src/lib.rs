@@ -18,8 +18,14 @@ pub mod delivery;
 mod dispatcher;
 pub mod ingress;
 pub mod metrics;
+pub mod record;
+mod replay;
 mod service;
+mod supervise;
+pub mod telemetry;
+pub mod tls;
 
+pub use replay::ReplayError;
 pub use service::{
     BrokerService, BrokerView, PublishError, ServiceOptions, StartError, TriggerView,
 };

@@ -5,8 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::telemetry::DeliveryMetrics;
+
 #[derive(Default, Debug)]
 struct Inner {
+    prometheus: Option<Arc<DeliveryMetrics>>,
     accepted: AtomicU64,
     rejected: AtomicU64,
     routed: AtomicU64,
@@ -41,6 +44,40 @@ pub struct CounterSnapshot {
 }
 
 impl Counters {
+    /// Counters of a trigger that also feed its Prometheus metrics.
+    pub(crate) fn for_trigger(namespace: &str, broker: &str, trigger: &str) -> Counters {
+        Counters(Arc::new(Inner {
+            prometheus: Some(Arc::new(DeliveryMetrics::new(namespace, broker, trigger))),
+            ..Inner::default()
+        }))
+    }
+    /// The Prometheus metrics of a trigger's deliveries, for its delivery plan.
+    pub(crate) fn delivery_metrics(&self) -> Option<Arc<DeliveryMetrics>> {
+        self.0.prometheus.clone()
+    }
+    /// Logs a dead-lettered event (rate-limited per trigger).
+    pub(crate) fn log_dead_lettered(
+        &self,
+        event: &str,
+        failure: Option<&crate::delivery::Failure>,
+        dead_letter_sink: &str,
+    ) {
+        if let Some(p) = &self.0.prometheus {
+            p.log_dead_lettered(event, failure, dead_letter_sink);
+        }
+    }
+    /// Logs a dropped event (rate-limited per trigger).
+    pub(crate) fn log_dropped(&self, event: &str, failure: &crate::delivery::Failure) {
+        if let Some(p) = &self.0.prometheus {
+            p.log_dropped(event, failure);
+        }
+    }
+    /// Sets the number of deliveries waiting for a retry.
+    pub(crate) fn pending_retries(&self, n: usize) {
+        if let Some(p) = &self.0.prometheus {
+            p.pending_retries(n);
+        }
+    }
     pub(crate) fn accepted(&self) {
         self.0.accepted.fetch_add(1, Ordering::Relaxed);
     }
@@ -58,9 +95,15 @@ impl Counters {
     }
     pub(crate) fn dead_lettered(&self) {
         self.0.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.0.prometheus {
+            p.dead_lettered();
+        }
     }
     pub(crate) fn dropped(&self) {
         self.0.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.0.prometheus {
+            p.dropped();
+        }
     }
 
     /// Current values.

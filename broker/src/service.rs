@@ -7,18 +7,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cloudevents::Event;
-use cloudevents::event::ExtensionValue;
-use evmesh_config::{BrokerConfig, MeshConfig, Resolver, Trigger, TriggerConfig, broker_url};
+use evmesh_config::{
+    BrokerConfig, MeshConfig, ReplayFrom, Resolver, Trigger, TriggerConfig, broker_url,
+};
 use evmesh_store::{EventStore, LogId, Offset, Retention};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::delivery::{DeliveryEngine, Plan};
-use crate::dispatcher::{Checkpoint, Router, Routes, TriggerShared, Worker};
+use crate::delivery::{DeliveryEngine, Plan, redact};
+use crate::dispatcher::{Checkpoint, Command, Router, Routes, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
+use crate::record::EventRecord;
+use crate::replay::ReplayError;
 
 /// Tuning of the broker service.
 #[derive(Clone, Debug)]
@@ -31,6 +34,8 @@ pub struct ServiceOptions {
     pub retention: Retention,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// PEM file of a private CA trusted for https deliveries besides the web PKI roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ServiceOptions {
@@ -43,6 +48,7 @@ impl Default for ServiceOptions {
                 max_bytes: None,
             },
             retention_interval: Duration::from_secs(60),
+            ca_file: None,
         }
     }
 }
@@ -102,7 +108,7 @@ pub(crate) struct BrokerRuntime {
 
 impl BrokerRuntime {
     /// Stamps and durably appends one event.
-    async fn append(&self, mut event: Event) -> Result<Offset, PublishError> {
+    async fn append(&self, mut event: EventRecord) -> Result<Offset, PublishError> {
         if !self.accepting.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
         }
@@ -112,21 +118,27 @@ impl BrokerRuntime {
                 self.namespace, self.name
             )));
         }
-        let ttl = match event.extension(TTL_EXTENSION) {
+        let ttl = match event.extension_json(TTL_EXTENSION) {
             None => MAX_TTL,
-            Some(ExtensionValue::Integer(n)) => n.saturating_sub(1),
-            Some(ExtensionValue::String(s)) => s.parse::<i64>().map(|n| n - 1).unwrap_or(MAX_TTL),
-            Some(ExtensionValue::Boolean(_)) => MAX_TTL,
+            Some(serde_json::Value::Number(n)) => {
+                n.as_i64().map_or(MAX_TTL, |n| n.saturating_sub(1))
+            }
+            Some(serde_json::Value::String(s)) => {
+                s.parse::<i64>().map(|n| n - 1).unwrap_or(MAX_TTL)
+            }
+            Some(_) => MAX_TTL,
         };
         if ttl <= 0 {
             return Err(PublishError::TtlExpired);
         }
-        event.set_extension(TTL_EXTENSION, ttl);
+        event.set_extension(TTL_EXTENSION, ttl.into());
         event.set_extension(
             ARRIVAL_EXTENSION,
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                .into(),
         );
-        let bytes = serde_json::to_vec(&event).map_err(|e| PublishError::Encode(e.to_string()))?;
+        let bytes = event.to_stored();
         let offset = self.store.append(&self.log, bytes).await?;
         self.notify.notify_one();
         Ok(offset)
@@ -140,28 +152,57 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes `reply` with the TTL of the event it answers (so reply loops end).
+    /// Publishes `reply` with the TTL of the event it answers (so reply loops end) and its
+    /// passed-through headers (the reply's own take precedence).
     pub(crate) async fn publish_reply(
         &self,
-        mut reply: Event,
-        original: &Event,
-    ) -> Result<(), String> {
-        if let Some(ttl) = original.extension(TTL_EXTENSION) {
+        mut reply: EventRecord,
+        original: &EventRecord,
+    ) -> Result<(), ReplyFailure> {
+        if let Some(ttl) = original.extension_json(TTL_EXTENSION) {
             reply.set_extension(TTL_EXTENSION, ttl.clone());
         }
+        let mut headers = reply.headers().to_vec();
+        for (name, value) in original.headers() {
+            if !headers.iter().any(|(n, _)| n == name) {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+        reply.set_headers(headers);
         match self.broker.append(reply).await {
             Ok(_) => Ok(()),
             Err(PublishError::TtlExpired) => {
+                crate::telemetry::reply_loop_stopped(&self.broker.namespace, &self.broker.name);
+                // As in Knative: the broker answers the reply with 400, so the original event
+                // fails (not retryable) and goes to the dead-letter sink.
                 tracing::warn!(
                     broker = %self.broker.log.as_str(),
                     event = %crate::delivery::describe(original),
-                    "reply dropped: knativebrokerttl exhausted (reply loop)"
+                    "reply rejected: knativebrokerttl exhausted (reply loop); the original event is dead-lettered"
                 );
-                Ok(())
+                Err(ReplyFailure {
+                    status: Some(400),
+                    retryable: false,
+                    reason: PublishError::TtlExpired.to_string(),
+                })
             }
-            Err(e) => Err(format!("storing the reply failed: {e}")),
+            Err(e) => Err(ReplyFailure {
+                status: None,
+                retryable: true,
+                reason: format!("storing the reply failed: {e}"),
+            }),
         }
     }
+}
+
+/// Why a reply was not stored.
+pub(crate) struct ReplyFailure {
+    /// The status ingress would have answered.
+    pub(crate) status: Option<u16>,
+    /// Whether the delivery is tried again.
+    pub(crate) retryable: bool,
+    /// Human-readable reason.
+    pub(crate) reason: String,
 }
 
 /// What the admin API shows of a broker.
@@ -300,17 +341,25 @@ async fn blocking<T: Send + 'static>(
 
 impl BrokerService {
     /// A service with no brokers yet; [`reconcile`](Self::reconcile) gives it its configuration.
-    pub fn new(store: Arc<dyn EventStore>, options: ServiceOptions) -> BrokerService {
-        BrokerService {
+    ///
+    /// # Errors
+    /// When `options.ca_file` cannot be read or holds no certificate.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        options: ServiceOptions,
+    ) -> Result<BrokerService, StartError> {
+        let engine = DeliveryEngine::with_ca_file(options.ca_file.as_deref())
+            .map_err(|e| StartError(e.to_string()))?;
+        Ok(BrokerService {
             inner: Arc::new(Inner {
                 store,
                 options,
-                engine: DeliveryEngine::new(),
+                engine,
                 state: std::sync::RwLock::new(State::default()),
                 reconcile: tokio::sync::Mutex::new(()),
                 accepting: Arc::new(AtomicBool::new(true)),
             }),
-        }
+        })
     }
 
     /// Opens every broker's log, restores trigger progress and starts routing and delivery.
@@ -320,7 +369,7 @@ impl BrokerService {
         store: Arc<dyn EventStore>,
         options: ServiceOptions,
     ) -> Result<BrokerService, StartError> {
-        let service = BrokerService::new(store, options);
+        let service = BrokerService::new(store, options)?;
         service.reconcile(mesh, resolver).await?;
         Ok(service)
     }
@@ -516,15 +565,15 @@ impl BrokerService {
             stop,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
-        let router = Router {
+        let router = Arc::new(Router {
             store: self.inner.store.clone(),
             log,
             routes: runtime.routes.clone(),
             notify: runtime.notify.clone(),
             next: runtime.router_next.clone(),
             counters: runtime.counters.clone(),
-        };
-        let router_task = tokio::spawn(router.run(stop_rx.clone()));
+        });
+        let router_task = tokio::spawn(supervised_router(router, stop_rx.clone()));
         let retention_task = tokio::spawn(retention(
             runtime.clone(),
             self.inner.options.clone(),
@@ -569,11 +618,26 @@ impl BrokerService {
                 };
                 match (subscriber, dead_letter) {
                     (Ok(s), Ok(d)) => {
-                        subscriber_uri = Some(s.to_string());
-                        dead_letter_uri = d.as_ref().map(Url::to_string);
+                        subscriber_uri = Some(redact(&s));
+                        dead_letter_uri = d.as_ref().map(redact);
+                        let subscriber_ca_certs = t
+                            .resource
+                            .spec
+                            .subscriber
+                            .ca_certs
+                            .as_deref()
+                            .map(Arc::from);
+                        let dead_letter_ca_certs = delivery
+                            .dead_letter_sink
+                            .as_ref()
+                            .and_then(|d| d.ca_certs.as_deref())
+                            .map(Arc::from);
                         plan = Some(Plan {
                             subscriber: s,
                             dead_letter: d,
+                            subscriber_ca_certs,
+                            dead_letter_ca_certs,
+                            metrics: None,
                             delivery,
                             namespace: tm.namespace.clone(),
                         });
@@ -607,7 +671,7 @@ impl BrokerService {
             .unwrap_or_else(|| TriggerEntry {
                 resource: t.resource.clone(),
                 checkpoint_key: ck.clone(),
-                counters: Counters::default(),
+                counters: Counters::for_trigger(&tm.namespace, &t.resource.spec.broker, &tm.name),
                 subscriber_uri: None,
                 dead_letter_uri: None,
                 not_ready: None,
@@ -622,9 +686,19 @@ impl BrokerService {
                 let _ = self.inner.store.delete_checkpoint(&entry.checkpoint_key);
             }
             entry.checkpoint_key = ck.clone();
-            entry.counters = Counters::default();
+            entry.counters =
+                Counters::for_trigger(&tm.namespace, &t.resource.spec.broker, &tm.name);
         }
         let spec_changed = entry.resource.spec != t.resource.spec;
+        let replay_changed = entry
+            .resource
+            .metadata
+            .annotations
+            .get(evmesh_config::REPLAY_FROM_ANNOTATION)
+            != t.resource
+                .metadata
+                .annotations
+                .get(evmesh_config::REPLAY_FROM_ANNOTATION);
         entry.resource = t.resource.clone();
         entry.subscriber_uri = subscriber_uri;
         entry.dead_letter_uri = dead_letter_uri;
@@ -633,17 +707,40 @@ impl BrokerService {
         }
         entry.not_ready = not_ready;
         match (plan, broker) {
-            (Some(plan), Some(broker)) => {
+            (Some(mut plan), Some(broker)) => {
+                plan.metrics = entry.counters.delivery_metrics();
+                // Kept running (updated in place) unless its broker or its delivery order changed.
                 let same_broker = entry
                     .running
                     .as_ref()
-                    .is_some_and(|r| Arc::ptr_eq(&r.broker, &broker));
+                    .is_some_and(|r| Arc::ptr_eq(&r.broker, &broker) && r.shared.order == t.order);
                 if same_broker {
                     if let Some(run) = &entry.running {
                         run.shared.set_plan(plan);
                         if spec_changed {
                             run.shared.set_filter(t.filter.clone());
                             broker.routes.changed();
+                        }
+                        if replay_changed && let Some((from, text)) = t.replay_from.clone() {
+                            // A changed `evmesh.dev/replay-from` repositions the running trigger
+                            // (the worker skips a value it already applied).
+                            let (done, answer) = tokio::sync::oneshot::channel();
+                            let cmd = Command::Replay {
+                                from,
+                                annotation: Some(text),
+                                done,
+                            };
+                            if run.shared.commands.send(cmd).is_ok() {
+                                match answer.await {
+                                    Ok(Ok(at)) => {
+                                        tracing::info!(trigger = %label, offset = at, "replay-from applied")
+                                    }
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(trigger = %label, "replay-from not applied: {e}")
+                                    }
+                                    Err(_) => {}
+                                }
+                            }
                         }
                     }
                 } else {
@@ -658,7 +755,18 @@ impl BrokerService {
                         .await
                     {
                         Ok(run) => {
-                            tracing::info!(trigger = %label, subscriber = %run.shared.plan().subscriber, "trigger ready");
+                            let plan = run.shared.plan();
+                            tracing::info!(
+                                trigger = %label,
+                                broker = %t.resource.spec.broker,
+                                subscriber = %redact(&plan.subscriber),
+                                dead_letter_sink = %plan.dead_letter.as_ref().map(redact).unwrap_or_default(),
+                                "trigger ready"
+                            );
+                            tokio::spawn(crate::delivery::warn_if_unresolvable(
+                                label.clone(),
+                                plan.subscriber.clone(),
+                            ));
                             entry.running = Some(run);
                         }
                         Err(reason) => {
@@ -714,7 +822,7 @@ impl BrokerService {
                 let head = blocking(move || s.next_offset(&l)).await?;
                 let cp = Checkpoint {
                     taken_upto: head,
-                    inflight: vec![],
+                    ..Checkpoint::default()
                 };
                 let bytes = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
                 self.inner
@@ -731,14 +839,15 @@ impl BrokerService {
                 let _ = self.inner.store.delete_checkpoint(&legacy);
             }
         }
-        let shared = Arc::new(TriggerShared::new(
+        let (shared, commands) = TriggerShared::new(
             format!("{}/{}", tm.namespace, tm.name),
             key.clone(),
             plan,
             t.filter.clone(),
+            t.order,
             checkpoint.taken_upto,
             entry.counters.clone(),
-        ));
+        );
         broker.routes.insert(shared.clone());
         broker.notify.notify_one();
         let (stop, stop_rx) = watch::channel(false);
@@ -754,11 +863,12 @@ impl BrokerService {
             router_next: broker.router_next.clone(),
             max_in_flight: self.inner.options.max_in_flight.max(1),
             drain_timeout: self.inner.options.drain_timeout,
+            replay_from: t.replay_from.clone(),
         };
         let store = self.inner.store.clone();
         let del = delete_after.clone();
         let task = tokio::spawn(async move {
-            worker.run(checkpoint, stop_rx).await;
+            worker.supervised(checkpoint, commands, stop_rx).await;
             if del.load(Ordering::Acquire)
                 && let Err(e) = store.delete_checkpoint(&key)
             {
@@ -781,6 +891,18 @@ impl BrokerService {
         namespace: &str,
         name: &str,
         event: Event,
+    ) -> Result<Offset, PublishError> {
+        let record = EventRecord::from_event(event).map_err(|e| PublishError::Encode(e.0))?;
+        self.publish_record(namespace, name, record).await
+    }
+
+    /// Publishes an [`EventRecord`] (attributes, data bytes and passed-through headers as
+    /// received), like [`BrokerService::publish`].
+    pub async fn publish_record(
+        &self,
+        namespace: &str,
+        name: &str,
+        event: EventRecord,
     ) -> Result<Offset, PublishError> {
         let broker = self
             .state()
@@ -830,7 +952,7 @@ impl BrokerService {
                     .dead_letter
                     .read()
                     .ok()
-                    .and_then(|d| d.as_ref().map(Url::to_string)),
+                    .and_then(|d| d.as_ref().map(redact)),
                 routed_offset: b.router_next.load(Ordering::Relaxed),
                 counters: b.counters.snapshot(),
             })
@@ -841,9 +963,14 @@ impl BrokerService {
 
     fn view(entry: &TriggerEntry) -> TriggerView {
         let m = &entry.resource.metadata;
-        let (code, reason) = match &entry.not_ready {
-            Some((c, r)) => (Some(c.clone()), Some(r.clone())),
-            None => (None, None),
+        let running_reason = entry
+            .running
+            .as_ref()
+            .and_then(|r| r.shared.not_ready_reason());
+        let (code, reason) = match (&entry.not_ready, running_reason) {
+            (Some((c, r)), _) => (Some(c.clone()), Some(r.clone())),
+            (None, Some(r)) => (Some("WorkerFailed".to_string()), Some(r)),
+            (None, None) => (None, None),
         };
         TriggerView {
             namespace: m.namespace.clone(),
@@ -868,6 +995,76 @@ impl BrokerService {
             .triggers
             .get(&(namespace.to_string(), name.to_string()))
             .map(Self::view)
+    }
+
+    /// Positions trigger `namespace/name` on its broker's log at `from` (`earliest`, or the first
+    /// event appended at or after a time) and re-delivers from there through its filter, to it
+    /// only. Its pending deliveries and retries are dropped and the new position is saved before
+    /// this returns the offset it resumes from.
+    pub async fn replay(
+        &self,
+        namespace: &str,
+        name: &str,
+        from: ReplayFrom,
+    ) -> Result<Offset, ReplayError> {
+        let id = format!("{namespace}/{name}");
+        let shared = {
+            let state = self.state();
+            match state
+                .triggers
+                .get(&(namespace.to_string(), name.to_string()))
+            {
+                None => return Err(ReplayError::NotFound(id)),
+                Some(entry) => match &entry.running {
+                    Some(run) => run.shared.clone(),
+                    None => {
+                        let reason = entry
+                            .not_ready
+                            .as_ref()
+                            .map(|(_, r)| r.clone())
+                            .unwrap_or_default();
+                        return Err(ReplayError::NotReady(id, reason));
+                    }
+                },
+            }
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let cmd = Command::Replay {
+            from,
+            annotation: None,
+            done,
+        };
+        if shared.commands.send(cmd).is_err() {
+            return Err(ReplayError::Failed(id, "the trigger has stopped".into()));
+        }
+        match answer.await {
+            Ok(Ok(offset)) => Ok(offset),
+            Ok(Err(e)) => Err(ReplayError::Failed(id, e)),
+            Err(_) => Err(ReplayError::Failed(
+                id,
+                "the trigger stopped before replaying".into(),
+            )),
+        }
+    }
+
+    /// Fault injection for tests (cargo feature `fault-injection`): the delivery worker of
+    /// trigger `namespace/name` panics at its next turn and then at each of its next `times - 1`
+    /// restarts. Returns whether the trigger runs.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_worker_panic(&self, namespace: &str, name: &str, times: u32) -> bool {
+        let state = self.state();
+        match state
+            .triggers
+            .get(&(namespace.to_string(), name.to_string()))
+            .and_then(|e| e.running.as_ref())
+        {
+            Some(run) => {
+                run.shared.panics_left.store(times, Ordering::Release);
+                run.shared.notify.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops accepting events, lets in-flight deliveries finish (up to the drain timeout), saves
@@ -903,6 +1100,31 @@ impl BrokerService {
     pub async fn flush(&self) -> Result<(), evmesh_store::StoreError> {
         self.inner.store.flush().await
     }
+}
+
+/// Runs a broker's router under a supervisor: after a panic it restarts (with backoff) at the
+/// offset it had reached, and meanwhile the broker's triggers are not ready.
+async fn supervised_router(router: Arc<Router>, shutdown: watch::Receiver<bool>) {
+    let routes = router.routes.clone();
+    let sd = shutdown.clone();
+    crate::supervise::supervise(
+        format!("router of broker {}", router.log.as_str()),
+        move |_| {
+            let router = router.clone();
+            let shutdown = sd.clone();
+            async move {
+                router.run(shutdown).await;
+                Ok(())
+            }
+        },
+        move |reason| {
+            for t in routes.snapshot() {
+                t.set_not_ready("router", Some(reason.clone()));
+            }
+        },
+        shutdown,
+    )
+    .await
 }
 
 async fn retention(

@@ -20,6 +20,7 @@
 //! assert_eq!(mesh.triggers.len(), 1);
 //! ```
 
+mod annotations;
 mod error;
 mod loader;
 mod model;
@@ -30,6 +31,9 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use annotations::{
+    DELIVERY_ORDER_ANNOTATION, DeliveryOrder, REPLAY_FROM_ANNOTATION, ReplayFrom,
+};
 pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, load_str};
 pub use model::*;

@@ -91,7 +91,7 @@ pub struct Destination {
     /// An absolute URL, or a URL relative to the `ref`'s address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri: Option<String>,
-    /// `CACerts` (TLS trust for this destination): not supported yet.
+    /// `CACerts`: PEM CA certificates trusted for this destination (added to the web PKI roots).
     #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
     pub ca_certs: Option<String>,
     /// `audience` (OIDC): not supported yet.

@@ -7,6 +7,9 @@ use evmesh_filter::Filter;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::annotations::{
+    DELIVERY_ORDER_ANNOTATION, DeliveryOrder, REPLAY_FROM_ANNOTATION, ReplayFrom,
+};
 use crate::error::{ConfigError, ConfigErrors, Location, Warning};
 use crate::loader::Document;
 use crate::model::*;
@@ -88,6 +91,11 @@ pub struct TriggerConfig {
     pub filter: Filter,
     /// Its own delivery, if it sets one (it then replaces the broker's entirely).
     pub delivery: Option<Delivery>,
+    /// Delivery order (annotation `kafka.eventing.knative.dev/delivery.order`).
+    pub order: DeliveryOrder,
+    /// Replay position asked for by the annotation `evmesh.dev/replay-from`, with the
+    /// annotation's text (what the trigger remembers as applied).
+    pub replay_from: Option<(ReplayFrom, String)>,
     /// Where its YAML is.
     pub location: Option<Location>,
 }
@@ -337,12 +345,22 @@ fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destinat
             }
         }
     }
-    if dest.ca_certs.is_some() {
-        ctx.warn(
-            doc,
-            &format!("{field}.CACerts"),
-            "TLS trust bundles are not supported yet; the system roots are used",
-        );
+    if let Some(pem) = &dest.ca_certs {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        match CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => {}
+            Ok(_) => ctx.error(
+                doc,
+                &format!("{field}.CACerts"),
+                "no PEM CERTIFICATE block found",
+            ),
+            Err(e) => ctx.error(
+                doc,
+                &format!("{field}.CACerts"),
+                format!("invalid PEM certificate: {e}"),
+            ),
+        }
     }
     if dest.audience.is_some() {
         ctx.warn(
@@ -707,6 +725,28 @@ pub fn validate_with_brokers(
         }
         let name = format!("{ns}/{}", trigger.metadata.name);
         let filter = compile_filter(&mut ctx, doc, &trigger.spec, &name);
+        let annotations = &trigger.metadata.annotations;
+        let order = match annotations.get(DELIVERY_ORDER_ANNOTATION) {
+            None => DeliveryOrder::Unordered,
+            Some(v) => DeliveryOrder::parse(v).unwrap_or_else(|e| {
+                ctx.error(doc, "metadata.annotations", e);
+                DeliveryOrder::Unordered
+            }),
+        };
+        let replay_from =
+            annotations
+                .get(REPLAY_FROM_ANNOTATION)
+                .and_then(|v| match ReplayFrom::parse(v) {
+                    Ok(r) => Some((r, v.clone())),
+                    Err(e) => {
+                        ctx.error(
+                            doc,
+                            "metadata.annotations",
+                            format!("{REPLAY_FROM_ANNOTATION} {e}"),
+                        );
+                        None
+                    }
+                });
         if ctx.errors.len() == errors_before
             && let Some(filter) = filter
         {
@@ -714,6 +754,8 @@ pub fn validate_with_brokers(
                 resource: trigger,
                 filter,
                 delivery,
+                order,
+                replay_from,
                 location: Some(doc.locate("")),
             });
         }

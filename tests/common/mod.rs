@@ -14,6 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 
+pub mod tls;
+
 /// One request the sink received.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -70,6 +72,7 @@ struct SinkState {
 pub struct TestSink {
     pub addr: SocketAddr,
     state: Arc<Mutex<SinkState>>,
+    scheme: &'static str,
 }
 
 impl TestSink {
@@ -88,11 +91,34 @@ impl TestSink {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        TestSink { addr, state }
+        TestSink {
+            addr,
+            state,
+            scheme: "http",
+        }
+    }
+
+    /// A sink answering 202 over https, with a server certificate signed by `ca`.
+    pub async fn start_tls(ca: &tls::TestCa) -> TestSink {
+        let state = Arc::new(Mutex::new(SinkState::default()));
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sink");
+        let addr = tcp.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config()));
+        let app = Router::new().fallback(record).with_state(state.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(tls::TlsListener { tcp, acceptor }, app).await;
+        });
+        TestSink {
+            addr,
+            state,
+            scheme: "https",
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("{}://{}/", self.scheme, self.addr)
     }
 
     /// The next requests get these answers, in order; afterwards the default applies.
@@ -241,8 +267,15 @@ pub fn event(id: &str, ty: &str) -> Event {
         .expect("valid event")
 }
 
+/// An HTTP client trusting the web PKI roots (built from a static list: cheap, unlike loading
+/// the system's certificate store for every client).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    evmesh::evmesh_broker::tls::install_provider();
+    let tls = evmesh::evmesh_broker::tls::client_config(&[]).expect("TLS config");
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .expect("HTTP client")
 }
 
 /// POSTs an event in binary mode; returns the status code.

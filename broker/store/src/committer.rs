@@ -240,6 +240,9 @@ impl Committer {
                 .writes
                 .insert(keys::checkpoint_key(key), value.clone());
         }
+        if !waiting.is_empty() {
+            metrics::histogram!("evmesh_fsync_batch_size").record(waiting.len() as f64);
+        }
         let result = if batch.is_empty() {
             Ok(())
         } else {

@@ -1,0 +1,576 @@
+//! evmesh's own event record: attributes as received, data as the bytes sent, the passed-through
+//! request headers, and a format version byte for the stored form.
+//!
+//! Stored form (version 2): `[2][u32 LE n][n bytes: attributes JSON object][u32 LE m][m bytes:
+//! headers JSON array of [name, value]][kind: 0 none, 1 JSON, 2 text, 3 binary][data bytes]`.
+//! The previous form (a serde_json `cloudevents::Event`, starting with `{`) is still read.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use cloudevents::Event;
+use cloudevents::event::{Data, ExtensionValue};
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+/// Version byte of the current stored form.
+pub const FORMAT_VERSION: u8 = 2;
+/// Most bytes of passed-through headers (names plus values) kept with one event.
+pub const MAX_PASSTHROUGH_BYTES: usize = 8 * 1024;
+
+/// Why bytes are not an event record.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordError(pub String);
+
+/// How an event's data is represented in structured mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataKind {
+    /// JSON text, embedded as sent (`"data": <the bytes>`).
+    Json,
+    /// UTF-8 text, embedded as a JSON string.
+    Text,
+    /// Bytes, embedded as `data_base64` (`datacontentencoding: base64` in CloudEvents 0.3).
+    Binary,
+}
+
+impl DataKind {
+    fn byte(self) -> u8 {
+        match self {
+            DataKind::Json => 1,
+            DataKind::Text => 2,
+            DataKind::Binary => 3,
+        }
+    }
+}
+
+/// One event as evmesh keeps it. The [`cloudevents::Event`] view (through [`EventRecord::event`]
+/// or `Deref`) is for filters and logs; its data is the raw bytes as `Data::Binary`.
+#[derive(Clone, Debug)]
+pub struct EventRecord {
+    attributes: Map<String, Value>,
+    data: Option<(DataKind, Bytes)>,
+    headers: Vec<(String, String)>,
+    view: Event,
+}
+
+impl std::ops::Deref for EventRecord {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.view
+    }
+}
+
+/// Whether a media type is JSON (`application/json`, `text/json`, `*/*+json`); parameters ignored.
+pub fn is_json_content_type(ct: &str) -> bool {
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || media == "text/json" || media.ends_with("+json")
+}
+
+fn is_text_content_type(ct: &str) -> bool {
+    let lower = ct.to_ascii_lowercase();
+    let media = lower.split(';').next().unwrap_or("").trim();
+    media.starts_with("text/")
+        || media == "application/xml"
+        || media.ends_with("+xml")
+        || media == "application/x-www-form-urlencoded"
+        || lower.contains("charset=")
+}
+
+/// The kind of a body received in binary mode: JSON when the content type says JSON (or there is
+/// none) and the bytes parse as JSON; text for a textual, non-JSON content type and valid UTF-8;
+/// otherwise binary. The bytes themselves are kept as they are whatever the kind.
+pub fn classify_body(content_type: Option<&str>, body: &[u8]) -> DataKind {
+    let json_ct = content_type.is_none_or(is_json_content_type);
+    if json_ct && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        return DataKind::Json;
+    }
+    // Invalid JSON under a JSON content type stays bytes: as a JSON string it would read back
+    // as JSON text.
+    if !json_ct
+        && content_type.is_some_and(is_text_content_type)
+        && std::str::from_utf8(body).is_ok()
+    {
+        return DataKind::Text;
+    }
+    DataKind::Binary
+}
+
+/// Whether a request header is passed through to subscribers as Knative passes it: W3C trace
+/// context and baggage, `x-request-id`, B3, and `knative-*`.
+pub fn is_passthrough_header(name: &str) -> bool {
+    matches!(
+        name,
+        "traceparent" | "tracestate" | "baggage" | "x-request-id" | "b3"
+    ) || name.starts_with("x-b3-")
+        || name.starts_with("knative-")
+}
+
+/// The headers of `headers` that are passed through, bounded to [`MAX_PASSTHROUGH_BYTES`] (headers
+/// past the bound are left out).
+pub fn passthrough_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut size = 0;
+    for (name, value) in headers {
+        if !is_passthrough_header(name.as_str()) {
+            continue;
+        }
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        let n = name.as_str().len() + value.len();
+        if size + n > MAX_PASSTHROUGH_BYTES {
+            tracing::debug!(header = %name, "passed-through headers over {MAX_PASSTHROUGH_BYTES} bytes: header left out");
+            continue;
+        }
+        size += n;
+        out.push((name.as_str().to_string(), value.to_string()));
+    }
+    out
+}
+
+fn attr_str<'a>(attributes: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    attributes.get(name).and_then(Value::as_str)
+}
+
+fn extension_value(v: &Value) -> ExtensionValue {
+    match v {
+        Value::Bool(b) => ExtensionValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => ExtensionValue::Integer(i),
+            None => ExtensionValue::String(n.to_string()),
+        },
+        Value::String(s) => ExtensionValue::String(s.clone()),
+        other => ExtensionValue::String(other.to_string()),
+    }
+}
+
+impl EventRecord {
+    /// A record from attributes (as received, including `specversion`, without data fields),
+    /// data and passed-through headers. Checks the event as CloudEvents 1.0 or 0.3 requires:
+    /// `id`, `source` and `type` present and not empty, attributes well formed.
+    pub fn new(
+        attributes: Map<String, Value>,
+        data: Option<(DataKind, Bytes)>,
+        headers: Vec<(String, String)>,
+    ) -> Result<EventRecord, RecordError> {
+        match attr_str(&attributes, "specversion") {
+            Some("1.0") | Some("0.3") => {}
+            Some(other) => {
+                return Err(RecordError(format!(
+                    "specversion {other} is not supported (1.0 and 0.3 are)"
+                )));
+            }
+            None => return Err(RecordError("specversion is missing".into())),
+        }
+        for required in ["id", "source", "type"] {
+            match attributes.get(required) {
+                Some(Value::String(s)) if !s.is_empty() => {}
+                Some(Value::String(_)) => {
+                    return Err(RecordError(format!("attribute {required} is empty")));
+                }
+                Some(_) => {
+                    return Err(RecordError(format!("attribute {required} is not a string")));
+                }
+                None => return Err(RecordError(format!("attribute {required} is missing"))),
+            }
+        }
+        for (name, value) in &attributes {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                return Err(RecordError(format!(
+                    "attribute name {name:?} is invalid (lower-case letters and digits only)"
+                )));
+            }
+            if value.is_null() {
+                return Err(RecordError(format!("attribute {name} is null")));
+            }
+        }
+        let mut view: Event = serde_json::from_value(Value::Object(attributes.clone()))
+            .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?;
+        if let Some((_, bytes)) = &data {
+            view.set_data_unchecked(Data::Binary(bytes.to_vec()));
+        }
+        Ok(EventRecord {
+            attributes,
+            data,
+            headers,
+            view,
+        })
+    }
+
+    /// A record from a [`cloudevents::Event`] (the Rust API, and the previous stored form).
+    pub fn from_event(event: Event) -> Result<EventRecord, RecordError> {
+        let mut event = event;
+        let (_, _, data) = event.take_data();
+        let mut attributes = match serde_json::to_value(&event) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => return Err(RecordError("event is not a JSON object".into())),
+            Err(e) => return Err(RecordError(e.to_string())),
+        };
+        attributes.remove("data");
+        attributes.remove("data_base64");
+        attributes.remove("datacontentencoding");
+        let ct = attr_str(&attributes, "datacontenttype").map(str::to_string);
+        let data = match data {
+            None => None,
+            Some(Data::Json(v)) => Some((
+                DataKind::Json,
+                Bytes::from(serde_json::to_vec(&v).map_err(|e| RecordError(e.to_string()))?),
+            )),
+            Some(Data::String(s)) => {
+                if ct.as_deref().is_none_or(is_json_content_type) {
+                    let raw = serde_json::to_vec(&s).map_err(|e| RecordError(e.to_string()))?;
+                    Some((DataKind::Json, Bytes::from(raw)))
+                } else {
+                    Some((DataKind::Text, Bytes::from(s)))
+                }
+            }
+            Some(Data::Binary(b)) => Some((classify_body(ct.as_deref(), &b), Bytes::from(b))),
+        };
+        EventRecord::new(attributes, data, Vec::new())
+    }
+
+    /// The CloudEvent view (data as the raw bytes, `Data::Binary`), for filters and logs.
+    pub fn event(&self) -> &Event {
+        &self.view
+    }
+
+    /// The attributes and extensions as received (plus the broker's own extensions).
+    pub fn attributes(&self) -> &Map<String, Value> {
+        &self.attributes
+    }
+
+    /// The data and its kind.
+    pub fn data(&self) -> Option<(DataKind, &Bytes)> {
+        self.data.as_ref().map(|(k, b)| (*k, b))
+    }
+
+    /// The passed-through request headers.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// The CloudEvents spec version, `1.0` or `0.3`.
+    pub fn spec_version(&self) -> &str {
+        attr_str(&self.attributes, "specversion").unwrap_or("1.0")
+    }
+
+    /// An extension as received.
+    pub fn extension_json(&self, name: &str) -> Option<&Value> {
+        self.attributes.get(name)
+    }
+
+    /// Sets an extension attribute; data bytes are never touched.
+    pub fn set_extension(&mut self, name: &str, value: Value) {
+        self.view.set_extension(name, extension_value(&value));
+        self.attributes.insert(name.to_string(), value);
+    }
+
+    /// Removes an extension attribute.
+    pub fn remove_extension(&mut self, name: &str) {
+        self.view.remove_extension(name);
+        self.attributes.shift_remove(name);
+    }
+
+    /// Sets the passed-through headers.
+    pub fn set_headers(&mut self, headers: Vec<(String, String)>) {
+        self.headers = headers;
+    }
+
+    /// The stored form (current version).
+    pub fn to_stored(&self) -> Vec<u8> {
+        let attrs = serde_json::to_vec(&self.attributes).unwrap_or_else(|_| b"{}".to_vec());
+        let headers = serde_json::to_vec(&self.headers).unwrap_or_else(|_| b"[]".to_vec());
+        let data_len = self.data.as_ref().map_or(0, |(_, b)| b.len());
+        let mut out = Vec::with_capacity(10 + attrs.len() + headers.len() + data_len);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&(attrs.len() as u32).to_le_bytes());
+        out.extend_from_slice(&attrs);
+        out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+        out.extend_from_slice(&headers);
+        match &self.data {
+            None => out.push(0),
+            Some((kind, bytes)) => {
+                out.push(kind.byte());
+                out.extend_from_slice(bytes);
+            }
+        }
+        out
+    }
+
+    /// Reads a stored record: the current version or the previous one (serde_json of a
+    /// `cloudevents::Event`).
+    pub fn from_stored(bytes: &[u8]) -> Result<EventRecord, RecordError> {
+        match bytes.first() {
+            Some(&FORMAT_VERSION) => Self::from_v2(&bytes[1..]),
+            Some(b'{') => {
+                let event: Event = serde_json::from_slice(bytes)
+                    .map_err(|e| RecordError(format!("previous-format record: {e}")))?;
+                Self::from_event(event)
+            }
+            Some(v) => Err(RecordError(format!("unknown record format version {v}"))),
+            None => Err(RecordError("empty record".into())),
+        }
+    }
+
+    fn from_v2(mut rest: &[u8]) -> Result<EventRecord, RecordError> {
+        fn take<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], RecordError> {
+            if rest.len() < 4 {
+                return Err(RecordError("truncated record".into()));
+            }
+            let (len, tail) = rest.split_at(4);
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            if tail.len() < len {
+                return Err(RecordError("truncated record".into()));
+            }
+            let (part, tail) = tail.split_at(len);
+            *rest = tail;
+            Ok(part)
+        }
+        let attributes: Map<String, Value> = serde_json::from_slice(take(&mut rest)?)
+            .map_err(|e| RecordError(format!("record attributes: {e}")))?;
+        let headers: Vec<(String, String)> = serde_json::from_slice(take(&mut rest)?)
+            .map_err(|e| RecordError(format!("record headers: {e}")))?;
+        let (&kind, data) = rest
+            .split_first()
+            .ok_or_else(|| RecordError("truncated record".into()))?;
+        let data = match kind {
+            0 => None,
+            1 => Some((DataKind::Json, Bytes::copy_from_slice(data))),
+            2 => Some((DataKind::Text, Bytes::copy_from_slice(data))),
+            3 => Some((DataKind::Binary, Bytes::copy_from_slice(data))),
+            k => return Err(RecordError(format!("unknown data kind {k}"))),
+        };
+        EventRecord::new(attributes, data, headers)
+    }
+
+    /// The structured-mode JSON of the event: attributes as received; JSON data embedded as
+    /// sent, text as a JSON string, bytes as `data_base64` (0.3: `datacontentencoding: base64`).
+    pub fn to_structured_json(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(256 + self.data.as_ref().map_or(0, |(_, b)| b.len() * 4 / 3));
+        out.push(b'{');
+        let mut first = true;
+        let mut field = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // A JSON string of a name never fails to serialize.
+            out.extend_from_slice(&serde_json::to_vec(name).unwrap_or_default());
+            out.push(b':');
+            out.extend_from_slice(value);
+        };
+        for (name, value) in &self.attributes {
+            let v = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+            field(&mut out, name, &v);
+        }
+        let v03 = self.spec_version() == "0.3";
+        match &self.data {
+            None => {}
+            Some((DataKind::Json, bytes)) => field(&mut out, "data", bytes),
+            Some((DataKind::Text, bytes)) => {
+                let text = String::from_utf8_lossy(bytes);
+                let v = serde_json::to_vec(&text).unwrap_or_default();
+                field(&mut out, "data", &v);
+            }
+            Some((DataKind::Binary, bytes)) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                let v = serde_json::to_vec(&b64).unwrap_or_default();
+                if v03 {
+                    field(&mut out, "datacontentencoding", b"\"base64\"");
+                    field(&mut out, "data", &v);
+                } else {
+                    field(&mut out, "data_base64", &v);
+                }
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Decodes a structured-mode body (`application/cloudevents+json`): attributes as received, the
+/// raw span of `data`, or `data_base64` (0.3: `data` with `datacontentencoding: base64`) decoded.
+pub fn from_structured(
+    body: &[u8],
+    headers: Vec<(String, String)>,
+) -> Result<EventRecord, RecordError> {
+    let fields: Vec<(String, Box<serde_json::value::RawValue>)> =
+        serde_json::from_slice::<OrderedObject>(body)
+            .map_err(|e| RecordError(format!("structured body is not a JSON object: {e}")))?
+            .0;
+    let mut attributes = Map::new();
+    let mut data_raw = None;
+    let mut data_b64 = None;
+    let mut encoding = None;
+    for (name, raw) in fields {
+        match name.as_str() {
+            "data" => data_raw = Some(raw),
+            "data_base64" => data_b64 = Some(raw),
+            "datacontentencoding" => encoding = Some(raw),
+            _ => {
+                let v: Value = serde_json::from_str(raw.get())
+                    .map_err(|e| RecordError(format!("attribute {name}: {e}")))?;
+                attributes.insert(name, v);
+            }
+        }
+    }
+    let ct = attr_str(&attributes, "datacontenttype").map(str::to_string);
+    let decode_b64 = |raw: &serde_json::value::RawValue, what: &str| {
+        let s: String = serde_json::from_str(raw.get())
+            .map_err(|_| RecordError(format!("{what} must be a string")))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(|b| (DataKind::Binary, Bytes::from(b)))
+            .map_err(|e| RecordError(format!("{what} is not valid base64: {e}")))
+    };
+    let base64_encoded = match &encoding {
+        None => false,
+        Some(raw) => {
+            let enc: String = serde_json::from_str(raw.get())
+                .map_err(|_| RecordError("datacontentencoding must be a string".into()))?;
+            if !enc.eq_ignore_ascii_case("base64") {
+                return Err(RecordError(format!(
+                    "datacontentencoding {enc} is not supported (only base64)"
+                )));
+            }
+            true
+        }
+    };
+    let data = match (data_raw, data_b64) {
+        (Some(_), Some(_)) => {
+            return Err(RecordError("both data and data_base64 are present".into()));
+        }
+        (None, Some(raw)) => Some(decode_b64(&raw, "data_base64")?),
+        (Some(raw), None) if base64_encoded => Some(decode_b64(&raw, "data")?),
+        (Some(raw), None) => {
+            let text = raw.get();
+            if text.starts_with('"') && !ct.as_deref().is_none_or(is_json_content_type) {
+                let s: String =
+                    serde_json::from_str(text).map_err(|e| RecordError(format!("data: {e}")))?;
+                Some((DataKind::Text, Bytes::from(s)))
+            } else if text == "null" {
+                None
+            } else {
+                Some((DataKind::Json, Bytes::copy_from_slice(text.as_bytes())))
+            }
+        }
+        (None, None) => None,
+    };
+    EventRecord::new(attributes, data, headers)
+}
+
+/// A JSON object's fields in order, values kept raw.
+struct OrderedObject(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderedObject, A::Error> {
+                let mut fields: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
+                while let Some((k, v)) =
+                    map.next_entry::<String, Box<serde_json::value::RawValue>>()?
+                {
+                    if fields.iter().any(|(name, _)| *name == k) {
+                        return Err(serde::de::Error::custom(format!("duplicate field {k}")));
+                    }
+                    fields.push((k, v));
+                }
+                Ok(OrderedObject(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::AttributesReader;
+
+    fn attrs(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn structured_json_data_keeps_its_bytes() {
+        let body = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/json","data": { "price" : 10.50, "big": 123456789012345678901234567890 }}"#;
+        let r = from_structured(body, vec![]).expect("valid");
+        let (kind, data) = r.data().expect("data");
+        assert_eq!(kind, DataKind::Json);
+        assert_eq!(
+            &data[..],
+            br#"{ "price" : 10.50, "big": 123456789012345678901234567890 }"#
+        );
+        let out = r.to_structured_json();
+        let back = from_structured(&out, vec![]).expect("round trip");
+        assert_eq!(
+            back.data().map(|(_, b)| b.clone()),
+            r.data().map(|(_, b)| b.clone())
+        );
+    }
+
+    #[test]
+    fn stored_form_round_trips_and_previous_form_is_read() {
+        let r = EventRecord::new(
+            attrs(serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","priority":5})),
+            Some((DataKind::Binary, Bytes::from_static(&[0, 159, 146, 150]))),
+            vec![("traceparent".into(), "00-abc-def-01".into())],
+        )
+        .expect("valid");
+        let back = EventRecord::from_stored(&r.to_stored()).expect("decodes");
+        assert_eq!(back.attributes(), r.attributes());
+        assert_eq!(back.headers(), r.headers());
+        assert_eq!(
+            back.data().map(|(k, b)| (k, b.clone())),
+            r.data().map(|(k, b)| (k, b.clone()))
+        );
+        let old = serde_json::to_vec(r.event()).expect("previous form");
+        let from_old = EventRecord::from_stored(&old).expect("previous form read");
+        assert_eq!(from_old.id(), "1");
+        assert!(EventRecord::from_stored(&[9, 1, 2]).is_err());
+        assert!(EventRecord::from_stored(&[FORMAT_VERSION, 200, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn empty_required_attributes_are_rejected() {
+        for empty in ["id", "source", "type"] {
+            let mut a =
+                attrs(serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t"}));
+            a.insert(empty.into(), Value::String(String::new()));
+            assert!(EventRecord::new(a, None, vec![]).is_err(), "{empty}");
+        }
+    }
+
+    #[test]
+    fn passthrough_headers_are_allowlisted_and_bounded() {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", "00-1-2-01".parse().expect("value"));
+        h.insert("x-b3-traceid", "abc".parse().expect("value"));
+        h.insert("authorization", "Bearer secret".parse().expect("value"));
+        h.insert("knative-foo", "x".repeat(9000).parse().expect("value"));
+        let kept = passthrough_headers(&h);
+        let names: Vec<_> = kept.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec!["traceparent", "x-b3-traceid"]);
+    }
+}

@@ -1,0 +1,235 @@
+//! Prometheus `/metrics`: Knative's eventing metric names and labels, and evmesh's own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn scrape(m: &TestMesh) -> String {
+    let resp = client()
+        .get(m.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.text().await.expect("text")
+}
+
+/// The value of the first sample of `name` whose labels contain all of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && l[name.len()..].starts_with(['{', ' '])
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+}
+
+#[tokio::test]
+async fn metrics_have_knative_names_and_labels_and_evmesh_counters() {
+    let ok = TestSink::start().await;
+    let failing = TestSink::start().await;
+    failing.always(Reply::Status(503));
+    let dls = TestSink::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: mbroker, namespace: mns}}
+spec:
+  delivery: {{retry: 0}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: good, namespace: mns}}
+spec: {{broker: mbroker, subscriber: {{uri: "{}"}}}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: bad, namespace: mns}}
+spec:
+  broker: mbroker
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 0, deadLetterSink: {{uri: "{}"}}}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: lost, namespace: mns}}
+spec: {{broker: mbroker, subscriber: {{uri: "{}"}}}}
+"#,
+        ok.url(),
+        failing.url(),
+        dls.url(),
+        failing.url()
+    );
+    let m = mesh(&yaml).await;
+    let url = m.url("/mns/mbroker");
+    assert_eq!(post_binary(&url, event("1", "order.created")).await, 202);
+    let (status, _) = post_raw(&url, &[("ce-specversion", "1.0")], "").await;
+    assert_eq!(status, 400);
+    eventually("deliveries", WAIT, || {
+        ok.count() == 1 && dls.count() == 1 && failing.count() == 2
+    })
+    .await;
+    eventually("dropped counted", WAIT, || {
+        m.mesh
+            .service()
+            .triggers()
+            .iter()
+            .any(|t| t.name == "lost" && t.counters.dropped == 1)
+    })
+    .await;
+    let text = scrape(&m).await;
+    let broker = [("namespace_name", "mns"), ("broker_name", "mbroker")];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
+        broker.iter().chain(extra).copied().collect()
+    };
+    assert_eq!(
+        sample(
+            &text,
+            "event_count",
+            &with(&[
+                ("container_name", "ingress"),
+                ("event_type", "order.created"),
+                ("response_code", "202"),
+                ("response_code_class", "2xx"),
+            ])
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "event_count",
+            &with(&[("container_name", "ingress"), ("response_code", "400")])
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "event_count",
+            &with(&[
+                ("container_name", "filter"),
+                ("trigger_name", "good"),
+                ("response_code", "202"),
+                ("response_code_class", "2xx"),
+            ])
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "event_count",
+            &with(&[
+                ("trigger_name", "bad"),
+                ("response_code", "503"),
+                ("response_code_class", "5xx"),
+            ])
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "event_dispatch_latencies_count",
+            &with(&[("container_name", "filter"), ("trigger_name", "good")])
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "event_dispatch_latencies_bucket",
+            &with(&[("le", "+Inf")])
+        )
+        .is_some(),
+        "a histogram with buckets: {text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "evmesh_dead_lettered_total",
+            &with(&[("trigger_name", "bad")])
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "evmesh_dropped_total",
+            &with(&[("trigger_name", "lost")])
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "evmesh_append_latency_seconds_count", &broker).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "evmesh_fsync_batch_size_count", &[]).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "evmesh_pending_retries",
+            &with(&[("trigger_name", "bad")])
+        )
+        .is_some(),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn reply_loops_stopped_are_counted() {
+    let sink = TestSink::start().await;
+    sink.always(Reply::Event(event("loop", "loop.type")));
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: loopy, namespace: mns2}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: t, namespace: mns2}}
+spec: {{broker: loopy, subscriber: {{uri: "{}"}}, delivery: {{retry: 0}}}}
+"#,
+        sink.url()
+    );
+    let m = mesh(&yaml).await;
+    post_binary(&m.url("/mns2/loopy"), event("start", "loop.type")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(&m).await;
+        if sample(
+            &text,
+            "evmesh_reply_loops_stopped_total",
+            &[("namespace_name", "mns2"), ("broker_name", "loopy")],
+        ) == Some(1.0)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loop not counted: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,286 @@
+//! Replay: a trigger re-delivers from a log position (earliest, or a time) through its own
+//! filter, to it only — through the Rust API and the `evmesh.dev/replay-from` annotation.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use evmesh::evmesh_config::ReplayFrom;
+
+/// Two triggers on one broker: `t1` takes type `keep` only, `t2` everything.
+fn two_triggers(a: &TestSink, b: &TestSink, t1_annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default, namespace: demo}}
+spec:
+  delivery: {{retry: 0}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: t1
+  namespace: demo
+  annotations: {{{t1_annotations}}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: keep}}}}
+  subscriber: {{uri: "{}"}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: t2, namespace: demo}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+"#,
+        a.url(),
+        b.url()
+    )
+}
+
+async fn post_all(url: &str, ids: &[(&str, &str)]) {
+    for (id, ty) in ids {
+        assert_eq!(post_binary(url, event(id, ty)).await, 202);
+    }
+}
+
+fn count_of(sink: &TestSink, id: &str) -> usize {
+    sink.ids().iter().filter(|i| *i == id).count()
+}
+
+/// Posts a marker both triggers match and waits until both got it: whatever either trigger had
+/// queued before it has been handled by then.
+async fn marker(url: &str, a: &TestSink, b: &TestSink, id: &str) {
+    assert_eq!(post_binary(url, event(id, "keep")).await, 202);
+    eventually("marker delivered to both", Duration::from_secs(10), || {
+        count_of(a, id) == 1 && count_of(b, id) == 1
+    })
+    .await;
+    settle().await;
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+fn sorted_of(ids: &[&str]) -> Vec<String> {
+    sorted(ids.iter().map(|s| s.to_string()).collect())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn replay_from_earliest_redelivers_through_the_filter_to_that_trigger_only() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh(&two_triggers(&a, &b, "")).await;
+    let url = m.url("/demo/default");
+    post_all(&url, &[("1", "keep"), ("2", "other"), ("3", "keep")]).await;
+    eventually("first delivery", Duration::from_secs(10), || {
+        a.count() == 2 && b.count() == 3
+    })
+    .await;
+
+    let at = m
+        .mesh
+        .service()
+        .replay("demo", "t1", ReplayFrom::Earliest)
+        .await
+        .expect("replay");
+    assert_eq!(at, 0);
+    eventually("t1 re-delivers", Duration::from_secs(10), || a.count() == 4).await;
+    marker(&url, &a, &b, "m").await;
+    assert_eq!(
+        sorted(a.ids()),
+        sorted_of(&["1", "1", "3", "3", "m"]),
+        "t1: through its filter"
+    );
+    assert_eq!(
+        sorted(b.ids()),
+        sorted_of(&["1", "2", "3", "m"]),
+        "t2 did not re-deliver"
+    );
+}
+
+#[tokio::test]
+async fn replay_from_a_time_redelivers_what_was_appended_since() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh(&two_triggers(&a, &b, "")).await;
+    let url = m.url("/demo/default");
+    post_all(&url, &[("old1", "keep"), ("old2", "keep")]).await;
+    eventually("old delivered", Duration::from_secs(10), || a.count() == 2).await;
+    // A time strictly after the old events' append times.
+    let t0 = now_ms();
+    eventually("the clock moves on", Duration::from_secs(1), || {
+        now_ms() > t0
+    })
+    .await;
+    let from = now_ms();
+    post_all(
+        &url,
+        &[("new1", "keep"), ("new2", "other"), ("new3", "keep")],
+    )
+    .await;
+    eventually("new delivered", Duration::from_secs(10), || {
+        a.count() == 4 && b.count() == 5
+    })
+    .await;
+
+    let rfc3339 = chrono::DateTime::from_timestamp_millis(from as i64)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let from = ReplayFrom::parse(&rfc3339).expect("RFC 3339");
+    let at = m
+        .mesh
+        .service()
+        .replay("demo", "t1", from)
+        .await
+        .expect("replay");
+    assert_eq!(
+        at, 2,
+        "positioned at the first event appended at or after {rfc3339}"
+    );
+    eventually("t1 re-delivers", Duration::from_secs(10), || a.count() == 6).await;
+    marker(&url, &a, &b, "m").await;
+    assert_eq!(
+        sorted(a.ids()),
+        sorted_of(&["old1", "old2", "new1", "new3", "new1", "new3", "m"])
+    );
+    assert_eq!(b.count(), 6, "t2 did not re-deliver");
+}
+
+#[tokio::test]
+async fn replay_of_an_unknown_trigger_is_not_found() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh(&two_triggers(&a, &b, "")).await;
+    let err = m
+        .mesh
+        .service()
+        .replay("demo", "nope", ReplayFrom::Earliest)
+        .await
+        .expect_err("unknown trigger");
+    assert!(
+        matches!(err, evmesh::evmesh_broker::ReplayError::NotFound(_)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn replay_from_annotation_applies_once_per_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let plain = two_triggers(&a, &b, "");
+    let m = start_in(dir.path(), &plain).await;
+    let url = m.url("/demo/default");
+    post_all(&url, &[("1", "keep"), ("2", "keep")]).await;
+    eventually("delivered", Duration::from_secs(10), || a.count() == 2).await;
+    m.shutdown().await;
+
+    // The annotation appears: the trigger is positioned at the earliest event at start.
+    let annotated = two_triggers(&a, &b, r#""evmesh.dev/replay-from": earliest"#);
+    let m = start_in(dir.path(), &annotated).await;
+    let url = m.url("/demo/default");
+    eventually("replayed", Duration::from_secs(10), || a.count() == 4).await;
+    marker(&url, &a, &b, "m1").await;
+    assert_eq!(sorted(a.ids()), sorted_of(&["1", "2", "1", "2", "m1"]));
+    m.shutdown().await;
+
+    // The same value again: already applied, nothing is re-delivered.
+    let m = start_in(dir.path(), &annotated).await;
+    let url = m.url("/demo/default");
+    marker(&url, &a, &b, "m2").await;
+    assert_eq!(
+        sorted(a.ids()),
+        sorted_of(&["1", "2", "1", "2", "m1", "m2"])
+    );
+    assert_eq!(
+        sorted(b.ids()),
+        sorted_of(&["1", "2", "m1", "m2"]),
+        "t2 never re-delivered"
+    );
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_replay_from_annotation_is_a_validation_error() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let yaml = two_triggers(&a, &b, r#""evmesh.dev/replay-from": yesterday"#);
+    let err = evmesh::Mesh::from_yaml(&yaml).expect_err("invalid");
+    assert!(err.to_string().contains("evmesh.dev/replay-from"), "{err}");
+}
+
+/// A mesh on 127.0.0.1:0 over an existing data directory.
+async fn start_in(dir: &std::path::Path, yaml: &str) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mesh = evmesh::Mesh::from_yaml(yaml)
+        .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
+        .data_dir(dir)
+        .start(listener)
+        .await
+        .expect("mesh starts");
+    Running(mesh)
+}
+
+struct Running(evmesh::RunningMesh);
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.0.url().as_str().trim_end_matches('/'), path)
+    }
+    async fn shutdown(self) {
+        self.0.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reads_a_long_log_in_batches_keeping_only_matches() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh(&two_triggers(&a, &b, "")).await;
+    let total = 4500; // more than one catch-up turn (8 batches of 512)
+    let mesh = std::sync::Arc::new(m);
+    for chunk in (0..total).collect::<Vec<_>>().chunks(200) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let mesh = mesh.clone();
+            tasks.push(tokio::spawn(async move {
+                let ty = if i % 1000 == 999 { "keep" } else { "other" };
+                mesh.mesh
+                    .publish("demo", "default", event(&format!("e{i}"), ty))
+                    .await
+                    .expect("published");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("publisher");
+        }
+    }
+    eventually("first delivery", Duration::from_secs(60), || {
+        a.count() == 4 && b.count() == total
+    })
+    .await;
+    mesh.mesh
+        .service()
+        .replay("demo", "t1", ReplayFrom::Earliest)
+        .await
+        .expect("replay");
+    eventually(
+        "t1 re-delivers its 4 matches",
+        Duration::from_secs(30),
+        || a.count() == 8,
+    )
+    .await;
+    let url = mesh.url("/demo/default");
+    marker(&url, &a, &b, "m").await;
+    assert_eq!(a.count(), 9);
+    assert_eq!(b.count(), total + 1, "t2 did not re-deliver");
+}

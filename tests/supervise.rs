@@ -1,0 +1,95 @@
+//! Supervision: a trigger's delivery worker that panics is restarted with backoff, shows not
+//! ready with the reason meanwhile, and resumes from its checkpoint. Panics are injected with
+//! the `fault-injection` feature's `BrokerService::inject_worker_panic` (tests only).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn reason(m: &TestMesh) -> Option<String> {
+    m.mesh
+        .service()
+        .triggers()
+        .into_iter()
+        .find(|t| t.name == "t1")
+        .expect("trigger t1")
+        .not_ready_reason
+}
+
+fn delivered(m: &TestMesh) -> u64 {
+    m.mesh
+        .service()
+        .triggers()
+        .into_iter()
+        .find(|t| t.name == "t1")
+        .map(|t| t.counters.delivered)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_worker_restarts_shows_not_ready_meanwhile_and_resumes_from_its_checkpoint() {
+    let sink = TestSink::start().await;
+    let m = mesh(&broker_and_trigger(&sink, "")).await;
+    let url = m.url("/demo/default");
+    for i in 0..5 {
+        assert_eq!(
+            post_binary(&url, event(&format!("before-{i}"), "t")).await,
+            202
+        );
+    }
+    // Counted once the worker has the subscriber's answer (the sink records on receipt).
+    eventually(
+        "delivered before the panic",
+        Duration::from_secs(10),
+        || delivered(&m) == 5,
+    )
+    .await;
+    assert_eq!(reason(&m), None);
+
+    // Panics now and at its next two restarts (backoff 100 ms, 200 ms, 400 ms).
+    assert!(m.mesh.service().inject_worker_panic("demo", "t1", 3));
+    let mut seen = None;
+    eventually("not ready with the reason", Duration::from_secs(5), || {
+        seen = reason(&m);
+        seen.is_some()
+    })
+    .await;
+    let seen = seen.unwrap_or_default();
+    assert!(seen.contains("panicked"), "{seen}");
+    assert!(seen.contains("fault injection"), "{seen}");
+    // Events accepted while it is down are delivered once it is back.
+    for i in 0..5 {
+        assert_eq!(
+            post_binary(&url, event(&format!("during-{i}"), "t")).await,
+            202
+        );
+    }
+    eventually("ready again", Duration::from_secs(10), || {
+        reason(&m).is_none()
+    })
+    .await;
+    for i in 0..5 {
+        assert_eq!(
+            post_binary(&url, event(&format!("after-{i}"), "t")).await,
+            202
+        );
+    }
+    eventually("everything delivered", Duration::from_secs(10), || {
+        sink.count() >= 15
+    })
+    .await;
+    let ids = sink.ids();
+    for phase in ["before", "during", "after"] {
+        for i in 0..5 {
+            let id = format!("{phase}-{i}");
+            let n = ids.iter().filter(|x| **x == id).count();
+            if phase == "before" {
+                assert_eq!(n, 1, "{id}: resumed from the checkpoint, not re-delivered");
+            } else {
+                assert!(n >= 1, "{id} delivered");
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! https delivery: the web PKI roots, a Destination's `CACerts` and `--ca-file`, against local
+//! TLS sinks whose CA is made in the test.
+
+mod common;
+
+use std::time::Duration;
+
+use cloudevents::AttributesReader;
+use common::tls::TestCa;
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn indent(pem: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    pem.lines()
+        .map(|l| format!("{pad}{l}\n"))
+        .collect::<String>()
+}
+
+/// A broker and trigger `t1` to `subscriber` (with `sub_ca` as its CACerts), retry 1, and an
+/// optional dead-letter sink with its own CACerts.
+fn yaml(subscriber: &str, sub_ca: Option<&str>, dls: Option<(&str, Option<&str>)>) -> String {
+    let mut y = format!(
+        r#"apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default, namespace: demo}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: t1, namespace: demo}}
+spec:
+  broker: default
+  subscriber:
+    uri: "{subscriber}"
+"#
+    );
+    if let Some(ca) = sub_ca {
+        y += &format!("    CACerts: |\n{}", indent(ca, 6));
+    }
+    y += "  delivery:\n    retry: 1\n    backoffDelay: PT0.01S\n";
+    if let Some((uri, ca)) = dls {
+        y += &format!("    deadLetterSink:\n      uri: \"{uri}\"\n");
+        if let Some(ca) = ca {
+            y += &format!("      CACerts: |\n{}", indent(ca, 8));
+        }
+    }
+    y
+}
+
+#[tokio::test]
+async fn https_subscriber_trusted_through_cacerts_gets_the_event() {
+    let ca = TestCa::new("evmesh test CA");
+    let sink = TestSink::start_tls(&ca).await;
+    let m = mesh(&yaml(&sink.url(), Some(&ca.pem()), None)).await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("1", "t")).await,
+        202
+    );
+    eventually("https delivery", WAIT, || sink.count() == 1).await;
+    assert_eq!(sink.received()[0].event().id(), "1");
+}
+
+#[tokio::test]
+async fn https_subscriber_with_wrong_ca_fails_as_transport_error_and_is_dead_lettered() {
+    let real = TestCa::new("the sink's CA");
+    let wrong = TestCa::new("some other CA");
+    let sink = TestSink::start_tls(&real).await;
+    // The dead-letter sink is https too, trusted through its own CACerts.
+    let dls = TestSink::start_tls(&real).await;
+    let m = mesh(&yaml(
+        &sink.url(),
+        Some(&wrong.pem()),
+        Some((&dls.url(), Some(&real.pem()))),
+    ))
+    .await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("1", "t")).await,
+        202
+    );
+    eventually("dead letter", WAIT, || dls.count() == 1).await;
+    let dead = dls.received()[0].event().clone();
+    assert_eq!(
+        dead.extension("knativeerrordest").map(|v| v.to_string()),
+        Some(sink.url())
+    );
+    assert!(
+        dead.extension("knativeerrorcode").is_none(),
+        "a TLS failure has no HTTP status"
+    );
+    assert_eq!(sink.count(), 0, "no request got past the handshake");
+    eventually("dead letter counted", WAIT, || {
+        m.mesh.service().triggers()[0].counters.dead_lettered == 1
+    })
+    .await;
+    let t = &m.mesh.service().triggers()[0];
+    assert_eq!(
+        t.counters.retried, 1,
+        "one retry; the move to the dead-letter sink is not a retry"
+    );
+}
+
+#[tokio::test]
+async fn https_subscriber_with_untrusted_ca_and_no_dead_letter_sink_is_dropped() {
+    let ca = TestCa::new("private CA nobody trusts");
+    let sink = TestSink::start_tls(&ca).await;
+    let m = mesh(&yaml(&sink.url(), None, None)).await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("1", "t")).await,
+        202
+    );
+    eventually("dropped after the retry", WAIT, || {
+        m.mesh.service().triggers()[0].counters.dropped == 1
+    })
+    .await;
+    assert_eq!(m.mesh.service().triggers()[0].counters.retried, 1);
+    assert_eq!(sink.count(), 0);
+}
+
+#[tokio::test]
+async fn ca_file_option_trusts_a_private_ca_for_every_destination() {
+    let ca = TestCa::new("private CA from --ca-file");
+    let sink = TestSink::start_tls(&ca).await;
+    let pem_dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = pem_dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA file");
+    let m = mesh_with(&yaml(&sink.url(), None, None), |mut o| {
+        o.service.ca_file = Some(ca_file.clone());
+        o
+    })
+    .await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("1", "t")).await,
+        202
+    );
+    eventually("https delivery", WAIT, || sink.count() == 1).await;
+}
+
+#[tokio::test]
+async fn invalid_cacerts_pem_is_a_configuration_error() {
+    let err = evmesh::Mesh::from_yaml(&yaml(
+        "https://127.0.0.1:1/",
+        Some("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----"),
+        None,
+    ))
+    .expect_err("invalid PEM rejected");
+    assert!(err.to_string().contains("CACerts"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_with_an_unreadable_ca_file_fails_to_start_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n",
+    )
+    .expect("config");
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello").expect("bad pem");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evmesh"))
+        .args(["serve", "-f"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--ca-file")
+        .arg(&bad)
+        .output()
+        .expect("run evmesh");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CA file") && stderr.contains("not-a-ca.pem"),
+        "{stderr}"
+    );
+}
