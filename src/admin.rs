@@ -28,7 +28,7 @@ pub(crate) struct Admin {
 }
 
 pub(crate) fn routes(admin: Admin) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/apis/{group}/{version}/{plural}", get(list_all))
@@ -38,13 +38,17 @@ pub(crate) fn routes(admin: Admin) -> Router {
         )
         .route(
             "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
-            get(get_one).put(replace).delete(delete),
+            get(get_one)
+                .put(replace)
+                .delete(delete)
+                .patch(crate::kube::patch),
         )
         .route(
             "/apis/eventing.knative.dev/v1/namespaces/{ns}/triggers/{name}/replay",
             axum::routing::post(replay),
         )
-        .with_state(admin)
+        .with_state(admin.clone());
+    crate::kube::extend(router, admin)
 }
 
 /// 503 while shutting down, or while a resource cannot run (not merely waiting for another
@@ -151,7 +155,7 @@ impl IntoResponse for WriteError {
 }
 
 impl Admin {
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), WriteError> {
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> Result<(), WriteError> {
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -168,7 +172,7 @@ impl Admin {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -240,7 +244,7 @@ async fn get_one(
 }
 
 /// Parses a request body in JSON or YAML (one document).
-fn parse_body(body: &Bytes) -> Result<Value, WriteError> {
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, WriteError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| WriteError::BadRequest("the body is not UTF-8".into()))?;
     if let Ok(v) = serde_json::from_str::<Value>(text) {
@@ -257,7 +261,7 @@ fn parse_body(body: &Bytes) -> Result<Value, WriteError> {
     }
 }
 
-fn written(code: u16, object: Value, warnings: Vec<evmesh_config::Warning>) -> Response {
+pub(crate) fn written(code: u16, object: Value, warnings: Vec<evmesh_config::Warning>) -> Response {
     let mut resp = (
         StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
         Json(object),

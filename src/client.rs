@@ -387,3 +387,36 @@ pub(crate) async fn get(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// A kubeconfig for `server`: cluster, user and context all named `evmesh`, the context
+/// current. Values are JSON strings, which YAML reads as they are.
+///
+/// kubectl sends a kubeconfig user's token only over TLS, so the server URL carries the token
+/// too (`{server}/_evmesh/kube/{token}`, a prefix evmesh serves the whole API under).
+pub(crate) fn kubeconfig(server: &Server, namespace: Option<&str>) -> anyhow::Result<String> {
+    let q = |s: &str| Value::String(s.to_string()).to_string();
+    let url = match &server.token {
+        Some(t)
+            if !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) =>
+        {
+            format!("{}/_evmesh/kube/{t}", server.url)
+        }
+        Some(_) => bail!(
+            "the admin token holds characters that cannot go in a URL path; use a token of letters, digits and -._~ (the generated one is hex)"
+        ),
+        None => server.url.clone(),
+    };
+    let user = match &server.token {
+        Some(t) => format!("    token: {}\n", q(t)),
+        None => "    {}\n".to_string(),
+    };
+    let ns = namespace
+        .map(|n| format!("    namespace: {}\n", q(n)))
+        .unwrap_or_default();
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: evmesh\n  cluster:\n    server: {}\nusers:\n- name: evmesh\n  user:\n{user}contexts:\n- name: evmesh\n  context:\n    cluster: evmesh\n    user: evmesh\n{ns}current-context: evmesh\npreferences: {{}}\n",
+        q(&url)
+    ))
+}

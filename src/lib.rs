@@ -37,6 +37,7 @@
 
 mod admin;
 mod display;
+mod kube;
 mod runtime;
 
 use std::net::SocketAddr;

@@ -161,6 +161,16 @@ enum Command {
         #[command(flatten)]
         connect: Connect,
     },
+    /// Print a kubeconfig for a running evmesh (cluster, user with the admin token and context
+    /// all named `evmesh`), so the real kubectl works against it:
+    /// `evmesh kubeconfig > kc && kubectl --kubeconfig kc get triggers`.
+    Kubeconfig {
+        /// Default namespace of the context.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        connect: Connect,
+    },
     /// Check Knative YAML; prints each problem with file, line and field.
     Validate {
         /// A YAML file or a directory; repeatable.
@@ -213,6 +223,13 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { files } => Ok(validate(&files)),
+        Command::Kubeconfig { namespace, connect } => {
+            print!(
+                "{}",
+                client::kubeconfig(&connect.server()?, namespace.as_deref())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send {
             to,
             ty,

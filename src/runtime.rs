@@ -435,9 +435,15 @@ impl Runtime {
         {
             tracing::warn!("saving the resource version: {e}");
         }
+    }
+
+    /// Makes `rv` the resourceVersion lists report. Only once what it counts is visible to
+    /// readers: a list must never report a version ahead of its items, or a watch from that
+    /// version would skip the change.
+    fn publish_rv(&self, rv: u64) {
         self.inner
             .current_rv
-            .store(rv, std::sync::atomic::Ordering::Release);
+            .fetch_max(rv, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Changes the readers' snapshot in place (no copy while no reader holds it) and returns
@@ -460,6 +466,7 @@ impl Runtime {
         if let Ok(mut s) = self.inner.snapshot.write() {
             *s = (Arc::new(desired.resources.clone()), mesh);
         }
+        self.publish_rv(desired.rv);
     }
 
     fn emit(&self, key: &ResKey, manifest: &Value, event_type: &'static str, rv: &mut u64) {
@@ -477,6 +484,7 @@ impl Runtime {
                 m.insert("resourceVersion".into(), Value::String(rv.to_string()));
             }
             self.persist_rv(*rv);
+            self.publish_rv(*rv);
         }
         let ev_rv = object["metadata"]["resourceVersion"]
             .as_str()

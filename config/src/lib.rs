@@ -26,6 +26,7 @@ mod loader;
 mod model;
 pub mod registry;
 mod resolve;
+mod schemas;
 mod validate;
 
 use std::path::{Path, PathBuf};

@@ -16,7 +16,55 @@ pub struct KindInfo {
     pub singular: &'static str,
     /// Short names as Knative's CRDs declare them.
     pub short_names: &'static [&'static str],
+    /// Categories (`kubectl get all`, `kubectl get knative`...) as Knative's CRDs declare them.
+    pub categories: &'static [&'static str],
+    /// The columns `kubectl get` prints after NAME: the CRD's `additionalPrinterColumns`.
+    pub printer_columns: &'static [PrinterColumn],
+    /// The OpenAPI v3 schema of `spec` (JSON text), as the CRD's `openAPIV3Schema` declares it.
+    pub spec_schema: &'static str,
+    /// One line describing the kind (`kubectl explain`).
+    pub description: &'static str,
 }
+
+/// One column of `kubectl get` output, as a CRD's `additionalPrinterColumns` entry declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrinterColumn {
+    /// Column name, e.g. `Ready`.
+    pub name: &'static str,
+    /// OpenAPI type: `string`, `integer`, `number`, `boolean` or `date`.
+    pub type_: &'static str,
+    /// JSONPath into the object, in the CRD's syntax, e.g. `.status.address.url`.
+    pub json_path: &'static str,
+    /// What the column shows.
+    pub description: &'static str,
+    /// 0: always shown; 1 and above: shown with `-o wide`.
+    pub priority: u32,
+}
+
+const READY: &str = ".status.conditions[?(@.type==\"Ready\")].status";
+const REASON: &str = ".status.conditions[?(@.type==\"Ready\")].reason";
+
+const AGE: PrinterColumn = PrinterColumn {
+    name: "Age",
+    type_: "date",
+    json_path: ".metadata.creationTimestamp",
+    description: "",
+    priority: 0,
+};
+const READY_COL: PrinterColumn = PrinterColumn {
+    name: "Ready",
+    type_: "string",
+    json_path: READY,
+    description: "",
+    priority: 0,
+};
+const REASON_COL: PrinterColumn = PrinterColumn {
+    name: "Reason",
+    type_: "string",
+    json_path: REASON,
+    description: "",
+    priority: 0,
+};
 
 impl KindInfo {
     /// `group/version`.
@@ -34,6 +82,21 @@ pub const KINDS: &[KindInfo] = &[
         plural: "brokers",
         singular: "broker",
         short_names: &[],
+        categories: &["all", "knative", "eventing"],
+        printer_columns: &[
+            PrinterColumn {
+                name: "URL",
+                type_: "string",
+                json_path: ".status.address.url",
+                description: "",
+                priority: 0,
+            },
+            AGE,
+            READY_COL,
+            REASON_COL,
+        ],
+        spec_schema: crate::schemas::BROKER_SPEC,
+        description: "Broker collects a pool of events that are consumable using Triggers. Brokers provide a well-known endpoint for event delivery that senders can use with minimal knowledge of the event routing strategy. Subscribers use Triggers to request delivery of events from a Broker's pool to a specific URL or Addressable endpoint.",
     },
     KindInfo {
         group: "eventing.knative.dev",
@@ -42,6 +105,28 @@ pub const KINDS: &[KindInfo] = &[
         plural: "triggers",
         singular: "trigger",
         short_names: &[],
+        categories: &["all", "knative", "eventing"],
+        printer_columns: &[
+            PrinterColumn {
+                name: "Broker",
+                type_: "string",
+                json_path: ".spec.broker",
+                description: "",
+                priority: 0,
+            },
+            PrinterColumn {
+                name: "Subscriber_URI",
+                type_: "string",
+                json_path: ".status.subscriberUri",
+                description: "",
+                priority: 0,
+            },
+            AGE,
+            READY_COL,
+            REASON_COL,
+        ],
+        spec_schema: crate::schemas::TRIGGER_SPEC,
+        description: "Trigger represents a request to have events delivered to a subscriber from a Broker's event pool.",
     },
     KindInfo {
         group: "evmesh.dev",
@@ -50,6 +135,20 @@ pub const KINDS: &[KindInfo] = &[
         plural: "eventdisplays",
         singular: "eventdisplay",
         short_names: &[],
+        categories: &["all", "evmesh"],
+        printer_columns: &[
+            PrinterColumn {
+                name: "URL",
+                type_: "string",
+                json_path: ".status.address.url",
+                description: "",
+                priority: 0,
+            },
+            AGE,
+            READY_COL,
+        ],
+        spec_schema: crate::schemas::EVENT_DISPLAY_SPEC,
+        description: "EventDisplay is evmesh's built-in sink that prints the events it receives (like Knative's event_display).",
     },
 ];
 
