@@ -645,8 +645,9 @@ async fn retryable_statuses_are_retried_and_others_fail_at_once() {
     post_ok(&m.url("/default/default"), event("n-1", "t")).await;
     quiet(&m, "default", "default", 1).await;
     for (code, s) in others.iter().zip(&sinks) {
-        assert_eq!(s.count(), 1, "{code} is not retried");
         let c = admin_counters(&m.url(""), "triggers", "default", &format!("s{code}")).await;
+        let b = admin_counters(&m.url(""), "brokers", "default", "default").await;
+        assert_eq!(s.count(), 1, "{code} is not retried: {c} broker {b}");
         assert_eq!(c["dropped"], 1, "{code}: {c}");
     }
 }

@@ -355,9 +355,21 @@ impl Router {
         let mut matched = Vec::new();
         loop {
             let notified = self.notify.notified();
-            if self.routes.dirty.load(Ordering::Acquire)
-                && last_refresh.elapsed() >= ROUTES_DEBOUNCE
-            {
+            if self.routes.dirty.load(Ordering::Acquire) {
+                // Never route with a stale table: a trigger being added must not see the router
+                // pass offsets it has not been handed (`routedOffset` would then claim them).
+                // Rebuilds are at most every ROUTES_DEBOUNCE, so applying many triggers is not
+                // quadratic; routing waits for at most that long.
+                let since = last_refresh.elapsed();
+                if since < ROUTES_DEBOUNCE {
+                    tokio::select! {
+                        _ = tokio::time::sleep(ROUTES_DEBOUNCE - since) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                }
                 self.refresh(&mut table).await;
                 last_refresh = Instant::now();
             }
