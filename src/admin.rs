@@ -285,27 +285,45 @@ pub(crate) fn written(code: u16, object: Value, warnings: Vec<evmesh_config::War
     resp
 }
 
+/// One write through the admin API: token, kind, body (none for a delete), then the runtime.
+async fn write(
+    a: &Admin,
+    headers: &HeaderMap,
+    (group, version, plural): (&str, &str, &str),
+    ns: &str,
+    name: Option<&str>,
+    body: Option<&Bytes>,
+) -> Response {
+    let result = async {
+        a.authorized(headers)?;
+        let kind = kind_of(group, version, plural)?;
+        let value = body.map(parse_body).transpose()?;
+        // A body without a name in the URL is a create.
+        let create = name.is_none();
+        a.runtime.write(kind, ns, name, value, create).await
+    }
+    .await;
+    match result {
+        Ok((code, obj, warnings)) => written(code, obj, warnings),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn create(
     State(a): State<Admin>,
     Path((group, version, ns, plural)): Path<(String, String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = a.authorized(&headers) {
-        return e.into_response();
-    }
-    let kind = match kind_of(&group, &version, &plural) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let value = match parse_body(&body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    match a.runtime.write(kind, &ns, None, Some(value), true).await {
-        Ok((code, obj, warnings)) => written(code, obj, warnings),
-        Err(e) => e.into_response(),
-    }
+    write(
+        &a,
+        &headers,
+        (&group, &version, &plural),
+        &ns,
+        None,
+        Some(&body),
+    )
+    .await
 }
 
 async fn replace(
@@ -314,25 +332,15 @@ async fn replace(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = a.authorized(&headers) {
-        return e.into_response();
-    }
-    let kind = match kind_of(&group, &version, &plural) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    let value = match parse_body(&body) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    match a
-        .runtime
-        .write(kind, &ns, Some(&name), Some(value), false)
-        .await
-    {
-        Ok((code, obj, warnings)) => written(code, obj, warnings),
-        Err(e) => e.into_response(),
-    }
+    write(
+        &a,
+        &headers,
+        (&group, &version, &plural),
+        &ns,
+        Some(&name),
+        Some(&body),
+    )
+    .await
 }
 
 async fn delete(
@@ -340,17 +348,15 @@ async fn delete(
     Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = a.authorized(&headers) {
-        return e.into_response();
-    }
-    let kind = match kind_of(&group, &version, &plural) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
-    match a.runtime.write(kind, &ns, Some(&name), None, false).await {
-        Ok((code, obj, _)) => written(code, obj, vec![]),
-        Err(e) => e.into_response(),
-    }
+    write(
+        &a,
+        &headers,
+        (&group, &version, &plural),
+        &ns,
+        Some(&name),
+        None,
+    )
+    .await
 }
 
 fn line(event_type: &str, object: &Value) -> Bytes {
