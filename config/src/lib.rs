@@ -27,6 +27,7 @@ mod model;
 pub mod registry;
 mod resolve;
 mod schemas;
+mod sources;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,12 @@ pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, load_str};
 pub use model::*;
 pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, event_display_url};
+pub use sources::{
+    CloudEventOverrides, CronSchedule, GITHUB_EVENT_TYPE_PREFIX, GITHUB_EVENT_TYPES,
+    GitHubSourceSpec, PING_EVENT_TYPE, PingSourceConfig, PingSourceSpec, SOURCES_V1,
+    SOURCES_V1ALPHA1, SOURCES_V1BETA2, ScheduleError, ScheduleZone, SecretBytes, SecretConfig,
+    SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec, secret_value,
+};
 pub use validate::{
     BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
     validate_with_brokers,

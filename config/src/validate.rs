@@ -111,6 +111,10 @@ pub struct MeshConfig {
     pub externals: Vec<ExternalResource>,
     /// What evmesh accepted but does not act on.
     pub warnings: Vec<Warning>,
+    /// Sources (PingSource, GitHubSource).
+    pub sources: Vec<crate::sources::SourceConfig>,
+    /// `v1` Secrets (sources read their tokens from them).
+    pub secrets: Vec<crate::sources::SecretConfig>,
 }
 
 const KNATIVE_EVENTING_GROUPS: &[&str] = &[
@@ -129,10 +133,8 @@ const NOT_YET_SERVED: &[&str] = &[
     "Subscription",
     "Sequence",
     "Parallel",
-    "PingSource",
     "KafkaSource",
     "ApiServerSource",
-    "GitHubSource",
     "ContainerSource",
     "SinkBinding",
     "EventType",
@@ -147,19 +149,19 @@ const NOT_YET_SERVED: &[&str] = &[
     "RabbitmqSource",
 ];
 
-struct Ctx {
-    errors: Vec<ConfigError>,
+pub(crate) struct Ctx {
+    pub(crate) errors: Vec<ConfigError>,
     warnings: Vec<Warning>,
 }
 
 impl Ctx {
-    fn error(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
         self.errors.push(ConfigError::Invalid {
             location: doc.locate(field),
             message: message.into(),
         });
     }
-    fn warn(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
         self.warnings.push(Warning {
             location: doc.locate(field),
             message: message.into(),
@@ -188,7 +190,7 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
 
 /// Deserializes `value` (found at `base` inside the document) into `T`, warning about every
 /// field `T` does not know.
-fn typed<T: DeserializeOwned>(
+pub(crate) fn typed<T: DeserializeOwned>(
     ctx: &mut Ctx,
     doc: &Document,
     base: &str,
@@ -251,6 +253,20 @@ const KNOWN_FIELDS: &[&str] = &[
     "spec",
     "metadata",
     "status",
+    "schedule",
+    "timezone",
+    "contentType",
+    "dataBase64",
+    "ceOverrides",
+    "extensions",
+    "sink",
+    "ownerAndRepository",
+    "eventTypes",
+    "accessToken",
+    "secretToken",
+    "secretKeyRef",
+    "githubAPIURL",
+    "stringData",
 ];
 
 /// The closest known field name, when it is close enough to be a likely typo.
@@ -313,7 +329,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not an ISO-8601 duration (e.g. PT0.5S, PT10S): {e}"))
 }
 
-fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destination) {
+pub(crate) fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destination) {
     match (&dest.reference, &dest.uri) {
         (None, None) => ctx.error(doc, field, "a destination needs `ref` or `uri`"),
         (None, Some(uri)) => match url::Url::parse(uri) {
@@ -480,6 +496,8 @@ pub fn validate_with_brokers(
     let mut brokers: Vec<(Broker, &Document)> = Vec::new();
     let mut triggers: Vec<(Trigger, &Document)> = Vec::new();
     let mut externals = Vec::new();
+    let mut sources: Vec<(crate::sources::SourceConfig, &Document)> = Vec::new();
+    let mut secrets = Vec::new();
     let mut seen = HashSet::new();
 
     for doc in docs {
@@ -580,6 +598,19 @@ pub fn validate_with_brokers(
                     metadata: meta,
                     address: None,
                 });
+            }
+            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource")) => {
+                if let Some(s) =
+                    crate::sources::check_source(&mut ctx, doc, api_version, k, meta, &spec)
+                {
+                    sources.push((s, doc));
+                }
+            }
+            ("v1", "Secret") => {
+                if let Some(s) = crate::sources::check_secret(&mut ctx, doc, api_version, meta, obj)
+                {
+                    secrets.push(s);
+                }
             }
             (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) && NOT_YET_SERVED.contains(&k) => {
                 ctx.warn(
@@ -761,6 +792,17 @@ pub fn validate_with_brokers(
         }
     }
     mesh.externals = externals;
+    let secret_names: HashSet<(String, String)> = secrets
+        .iter()
+        .map(|s: &crate::sources::SecretConfig| {
+            (s.metadata.namespace.clone(), s.metadata.name.clone())
+        })
+        .collect();
+    for (source, doc) in sources {
+        crate::sources::check_source_refs(&mut ctx, doc, &source, &broker_names, &secret_names);
+        mesh.sources.push(source);
+    }
+    mesh.secrets = secrets;
     if ctx.errors.is_empty() {
         mesh.warnings = ctx.warnings;
         Ok(mesh)
@@ -783,7 +825,7 @@ fn check_api_version(ctx: &mut Ctx, doc: &Document, got: &str, want: &str) {
 }
 
 /// A ref to a kind evmesh serves must name an existing resource.
-fn check_ref_target(
+pub(crate) fn check_ref_target(
     ctx: &mut Ctx,
     doc: &Document,
     field: &str,
