@@ -106,6 +106,8 @@ struct GhState {
     sink: Option<Arc<dyn EventSink>>,
     sink_uri: Option<String>,
     hook_id: Option<String>,
+    /// The webhook was registered or updated by this run.
+    configured: bool,
     webhook_error: Option<String>,
     forwarded: u64,
     rejected: u64,
@@ -599,6 +601,7 @@ impl GitHubSource {
                     tracing::info!(namespace = %self.namespace, name = %self.name, hook = %id, "GitHub webhook configured");
                     self.update(|s| {
                         s.hook_id = Some(id);
+                        s.configured = true;
                         s.webhook_error = None;
                     });
                     return;
@@ -630,7 +633,10 @@ impl Source for GitHubSource {
             });
             self.register(&ctx.shutdown).await;
             ctx.shutdown.cancelled().await;
-            self.update(|s| s.sink = None);
+            self.update(|s| {
+                s.sink = None;
+                s.configured = false;
+            });
         })
     }
 
@@ -642,7 +648,7 @@ impl Source for GitHubSource {
                 Some("NotRunning".to_string()),
                 Some("the source is not running".to_string()),
             )
-        } else if self.access_token.is_some() && s.hook_id.is_none() {
+        } else if self.access_token.is_some() && !s.configured {
             (
                 false,
                 Some("WebhookNotConfigured".to_string()),
