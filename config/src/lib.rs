@@ -23,6 +23,7 @@
 mod annotations;
 mod error;
 mod loader;
+pub mod messaging;
 mod model;
 pub mod registry;
 mod resolve;
@@ -37,8 +38,9 @@ pub use annotations::{
 };
 pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, load_str};
+pub use messaging::{ChannelConfig, ChannelKind, SubscriptionConfig};
 pub use model::*;
-pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, event_display_url};
+pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
 pub use sources::{
     CloudEventOverrides, CronSchedule, GITHUB_EVENT_TYPE_PREFIX, GITHUB_EVENT_TYPES,
     GitHubSourceSpec, PING_EVENT_TYPE, PingSourceConfig, PingSourceSpec, SOURCES_V1,

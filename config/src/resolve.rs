@@ -134,3 +134,16 @@ pub fn event_display_url(ingress: &Url, namespace: &str, name: &str) -> Url {
     url.set_path(&format!("/_evmesh/event-display/{namespace}/{name}"));
     url
 }
+
+/// The address of a channel evmesh runs (an InMemoryChannel, or the backing channel of a Channel,
+/// Sequence or Parallel): `{ingress}/channels/{namespace}/{name}`.
+///
+/// ```
+/// let u = evmesh_config::channel_url(&"http://127.0.0.1:8080".parse().unwrap(), "default", "c");
+/// assert_eq!(u.as_str(), "http://127.0.0.1:8080/channels/default/c");
+/// ```
+pub fn channel_url(ingress: &Url, namespace: &str, name: &str) -> Url {
+    let mut url = ingress.clone();
+    url.set_path(&format!("/channels/{namespace}/{name}"));
+    url
+}

@@ -109,6 +109,11 @@ pub struct MeshConfig {
     pub triggers: Vec<TriggerConfig>,
     /// Resources of kinds evmesh does not serve, kept for `ref` resolution.
     pub externals: Vec<ExternalResource>,
+    /// Channels the data plane runs (InMemoryChannels as written, and those backing Channels,
+    /// Sequences and Parallels).
+    pub channels: Vec<crate::messaging::ChannelConfig>,
+    /// Subscriptions the data plane runs (as written, and those wiring Sequences and Parallels).
+    pub subscriptions: Vec<crate::messaging::SubscriptionConfig>,
     /// What evmesh accepted but does not act on.
     pub warnings: Vec<Warning>,
     /// Sources (PingSource, GitHubSource).
