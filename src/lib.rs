@@ -39,6 +39,7 @@ mod admin;
 mod display;
 mod kube;
 mod runtime;
+mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -213,6 +214,7 @@ impl Mesh {
                     token: self.options.admin_token.as_deref().map(Arc::from),
                 }))
                 .merge(display::routes())
+                .merge(runtime.sources().router())
                 .merge(evmesh_broker::telemetry::metrics_routes());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let server = tokio::spawn(async move {
@@ -315,6 +317,8 @@ impl RunningMesh {
     /// Consumes the handle so that the store is closed (and its directory unlocked) on return.
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::Release);
+        // Sources stop first: they publish into the brokers.
+        self.runtime.sources().shutdown().await;
         self.service.shutdown().await;
         let _ = self.stop.send(true);
         let _ = self.server.await;

@@ -91,6 +91,7 @@ struct Desired {
 
 struct Inner {
     service: BrokerService,
+    sources: crate::sources::SourceRuntime,
     store: Arc<dyn EventStore>,
     ingress: Url,
     url_template: Option<String>,
@@ -213,6 +214,7 @@ impl Runtime {
         let (events, _) = broadcast::channel(1024);
         let runtime = Runtime {
             inner: Arc::new(Inner {
+                sources: crate::sources::SourceRuntime::new(service.clone(), ingress.clone()),
                 service,
                 store,
                 ingress,
@@ -229,6 +231,11 @@ impl Runtime {
             .await
             .map_err(crate::Error::Config)?;
         Ok((runtime, warnings))
+    }
+
+    /// The mesh's sources.
+    pub(crate) fn sources(&self) -> &crate::sources::SourceRuntime {
+        &self.inner.sources
     }
 
     /// The validated desired configuration.
@@ -374,6 +381,10 @@ impl Runtime {
         {
             tracing::error!("reconcile: {e}");
         }
+        self.inner
+            .sources
+            .reconcile(&mesh, &self.resolver(&mesh))
+            .await;
         let mut rv = desired.rv;
         for (k, s, t) in changes {
             if let Some(s) = s {
@@ -722,6 +733,8 @@ impl Runtime {
         if let Err(e) = result {
             tracing::error!("reconcile {} {namespace}/{name}: {e}", kind.kind);
         }
+        // Sources follow every change: their sink broker may have come or gone.
+        self.inner.sources.reconcile(mesh, &resolver).await;
     }
 
     /// The stored manifests of one kind (optionally in one namespace), rendered with status.
@@ -873,6 +886,7 @@ impl Runtime {
                     "evmesh": v.map(|v| json!({"counters": v.counters})),
                 })
             }
+            ("sources.knative.dev", k) => self.inner.sources.status(k, ns, name, generation),
             _ => {
                 let url = event_display_url(&self.inner.ingress, ns, name);
                 json!({
@@ -903,6 +917,9 @@ fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     match kind.kind {
         "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
         "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
+        "PingSource" | "GitHubSource" => mesh
+            .sources
+            .retain(|s| !(s.kind() == kind.kind && is(&s.metadata))),
         k => mesh.externals.retain(|e| !(e.kind == k && is(&e.metadata))),
     }
 }
@@ -912,4 +929,5 @@ fn splice_into_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     mesh.brokers.extend(one.brokers);
     mesh.triggers.extend(one.triggers);
     mesh.externals.extend(one.externals);
+    mesh.sources.extend(one.sources);
 }
