@@ -24,6 +24,9 @@ use url::Url;
 /// `(kind, namespace, name)`.
 type Key = (String, String, String);
 
+/// A built source, and the same as a GitHubSource when it is one (for its webhook route).
+type Built = (Arc<dyn Source>, Option<Arc<GitHubSource>>);
+
 /// Publishes into a Broker this mesh serves.
 struct BrokerSink {
     service: BrokerService,
@@ -168,7 +171,7 @@ impl SourceRuntime {
         s: &SourceConfig,
         mesh: &MeshConfig,
         hook_id: Option<String>,
-    ) -> Result<(Arc<dyn Source>, Option<Arc<GitHubSource>>), NotRunning> {
+    ) -> Result<Built, NotRunning> {
         match &s.spec {
             SourceSpec::Ping(_) => {
                 let p = PingSource::new(s).map_err(|e| NotRunning {
@@ -247,10 +250,10 @@ impl SourceRuntime {
                         let ctx = SourceContext::new(sink, Some(uri), stop.clone());
                         let runner = source.clone();
                         let task = tokio::spawn(async move { runner.run(ctx).await });
-                        if let Some(g) = &github {
-                            if let Ok(mut h) = self.hooks.write() {
-                                h.insert((k.1.clone(), k.2.clone()), g.clone());
-                            }
+                        if let Some(g) = &github
+                            && let Ok(mut h) = self.hooks.write()
+                        {
+                            h.insert((k.1.clone(), k.2.clone()), g.clone());
                         }
                         tracing::info!(kind = %k.0, namespace = %k.1, name = %k.2, "source started");
                         state.not_running.remove(&k);
