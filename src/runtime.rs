@@ -373,10 +373,14 @@ impl Runtime {
         desired.resources = next;
         let mesh = Arc::new(mesh);
         self.publish_snapshot(&desired, mesh.clone());
+        // The data plane also runs each source's internal channel and subscription; deleted
+        // sources stop before their channels go.
+        self.inner.sources.prune(&mesh).await;
+        let data_plane = crate::sources::with_source_channels(&mesh);
         if let Err(e) = self
             .inner
             .service
-            .reconcile(&mesh, &self.resolver(&mesh))
+            .reconcile(data_plane.as_ref().unwrap_or(&mesh), &self.resolver(&mesh))
             .await
         {
             tracing::error!("reconcile: {e}");
@@ -728,7 +732,12 @@ impl Runtime {
                 .reconcile_trigger(namespace, name, mesh, &resolver)
                 .await
         } else {
-            self.inner.service.reconcile(mesh, &resolver).await
+            self.inner.sources.prune(mesh).await;
+            let data_plane = crate::sources::with_source_channels(mesh);
+            self.inner
+                .service
+                .reconcile(data_plane.as_ref().unwrap_or(mesh), &resolver)
+                .await
         };
         if let Err(e) = result {
             tracing::error!("reconcile {} {namespace}/{name}: {e}", kind.kind);

@@ -1,10 +1,11 @@
 //! Runs the mesh's sources (PingSource, GitHubSource): starts, restarts and stops them as the
 //! resources change, routes GitHub webhooks to them, and reports their status.
 //!
-//! A source publishes through an [`EventSink`]. Today that sink is the in-process publish into a
-//! Broker evmesh serves (durable before the publish resolves; the broker's triggers then deliver
-//! with retries and dead-letter sinks). Sinks that are not a Broker wait for the per-source log
-//! the runtime is getting; such a source reports `Ready: False`, reason `SinkNotSupported`.
+//! A source is a composition, as the design card has it: an internal channel (a durable log,
+//! `_source.<kind>.<name>` in the source's namespace) with one subscription delivering to the
+//! resolved `sink` through the shared delivery engine (retries; in process when the sink is one
+//! of evmesh's own brokers or channels). The source's [`EventSink`] publishes into that channel
+//! and resolves once the event is durable.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -13,7 +14,10 @@ use std::time::Duration;
 
 use axum::Router;
 use evmesh_broker::{BrokerService, PublishError};
-use evmesh_config::{MeshConfig, Resolver, SourceConfig, SourceSpec};
+use evmesh_config::{
+    BackoffPolicy, ChannelConfig, ChannelKind, Delivery, MeshConfig, ObjectMeta, Resolver,
+    SourceConfig, SourceSpec, SubscriptionConfig,
+};
 use evmesh_sources::{
     BoxFuture, CancellationToken, EventRecord, EventSink, GitHubSource, PingSource, SinkError,
     SinkErrorKind, Source, SourceContext, WebhookHooks, webhook_router, webhook_url,
@@ -27,19 +31,64 @@ type Key = (String, String, String);
 /// A built source, and the same as a GitHubSource when it is one (for its webhook route).
 type Built = (Arc<dyn Source>, Option<Arc<GitHubSource>>);
 
-/// Publishes into a Broker this mesh serves.
-struct BrokerSink {
+/// The internal channel (and subscription) of a source: `_source.<kind>.<name>`. The `_` keeps
+/// it apart from any Kubernetes name.
+pub(crate) fn internal_channel(kind: &str, name: &str) -> String {
+    format!("_source.{}.{name}", kind.to_ascii_lowercase())
+}
+
+/// Delivery from a source's channel to its sink: Knative's source adapters retry 5 times,
+/// exponentially from 50 ms.
+fn source_delivery() -> Delivery {
+    Delivery {
+        retry: 5,
+        backoff_policy: BackoffPolicy::Exponential,
+        backoff_delay: Some(Duration::from_millis(50)),
+        ..Delivery::single_attempt()
+    }
+}
+
+/// The mesh the data plane runs: `mesh` plus one internal channel and one subscription to the
+/// sink per source (`None` when there are no sources: nothing to add).
+pub(crate) fn with_source_channels(mesh: &MeshConfig) -> Option<MeshConfig> {
+    if mesh.sources.is_empty() {
+        return None;
+    }
+    let mut m = mesh.clone();
+    for s in &mesh.sources {
+        let name = internal_channel(s.kind(), &s.metadata.name);
+        let metadata = ObjectMeta::namespaced(&s.metadata.namespace, &name);
+        m.channels.push(ChannelConfig {
+            kind: ChannelKind::InMemory,
+            metadata: metadata.clone(),
+            delivery: None,
+            location: s.location.clone(),
+        });
+        m.subscriptions.push(SubscriptionConfig {
+            metadata,
+            channel: (ChannelKind::InMemory, name),
+            subscriber: Some(s.sink().clone()),
+            reply: None,
+            delivery: Some(source_delivery()),
+            location: s.location.clone(),
+        });
+    }
+    Some(m)
+}
+
+/// Publishes into a source's internal channel.
+struct ChannelSink {
     service: BrokerService,
     namespace: String,
     name: String,
 }
 
-impl EventSink for BrokerSink {
+impl EventSink for ChannelSink {
     fn publish(&self, event: EventRecord) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             match self
                 .service
-                .publish_record(&self.namespace, &self.name, event)
+                .publish_channel(&self.namespace, &self.name, event)
                 .await
             {
                 Ok(_) => Ok(()),
@@ -92,12 +141,11 @@ fn key(s: &SourceConfig) -> Key {
 }
 
 /// What the running source depends on: a change restarts it.
-fn fingerprint(s: &SourceConfig, mesh: &MeshConfig, sink: &(String, String), uri: &str) -> u64 {
+fn fingerprint(s: &SourceConfig, mesh: &MeshConfig, uri: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.api_version.hash(&mut h);
     s.metadata.uid.hash(&mut h);
     format!("{:?}", s.spec).hash(&mut h);
-    sink.hash(&mut h);
     uri.hash(&mut h);
     if let SourceSpec::GitHub(g) = &s.spec {
         let ns = &s.metadata.namespace;
@@ -129,41 +177,16 @@ impl SourceRuntime {
         webhook_router(self.hooks.clone())
     }
 
-    /// The sink of `s`: a Broker this mesh serves, with its URL.
-    fn plan(
-        &self,
-        s: &SourceConfig,
-        resolver: &Resolver,
-    ) -> Result<((String, String), String), NotRunning> {
-        let ns = &s.metadata.namespace;
-        let dest = s.sink();
-        let uri = resolver.resolve(dest, ns).map_err(|e| NotRunning {
-            reason: "NotFound".into(),
-            message: format!("sink not resolved: {e}"),
-            sink_uri: None,
-        })?;
-        let broker = dest.reference.as_ref().filter(|r| {
-            let group = r.api_version.split('/').next().unwrap_or("");
-            r.kind == "Broker"
-                && (group.is_empty() || group == "eventing.knative.dev")
-                && dest.uri.is_none()
-        });
-        match broker {
-            Some(r) => Ok((
-                (
-                    r.namespace.clone().unwrap_or_else(|| ns.clone()),
-                    r.name.clone(),
-                ),
-                uri.to_string(),
-            )),
-            None => Err(NotRunning {
-                reason: "SinkNotSupported".into(),
-                message: format!(
-                    "evmesh runs sources whose sink is a Broker it serves; the sink {uri} waits for the per-source log (not done yet)"
-                ),
-                sink_uri: Some(uri.to_string()),
-            }),
-        }
+    /// The resolved sink URL of `s` (shown as `status.sinkUri`).
+    fn plan(&self, s: &SourceConfig, resolver: &Resolver) -> Result<String, NotRunning> {
+        resolver
+            .resolve(s.sink(), &s.metadata.namespace)
+            .map(|u| u.to_string())
+            .map_err(|e| NotRunning {
+                reason: "NotFound".into(),
+                message: format!("sink not resolved: {e}"),
+                sink_uri: None,
+            })
     }
 
     fn build(
@@ -215,8 +238,8 @@ impl SourceRuntime {
                 wanted.insert(k.clone());
                 let planned = self
                     .plan(s, resolver)
-                    .map(|(sink, uri)| (fingerprint(s, mesh, &sink, &uri), sink, uri));
-                let (fp, sink, uri) = match planned {
+                    .map(|uri| (fingerprint(s, mesh, &uri), uri));
+                let (fp, uri) = match planned {
                     Ok(p) => p,
                     Err(nr) => {
                         if let Some(old) = state.running.remove(&k) {
@@ -241,10 +264,10 @@ impl SourceRuntime {
                 }
                 match self.build(s, mesh, hook_id) {
                     Ok((source, github)) => {
-                        let sink: Arc<dyn EventSink> = Arc::new(BrokerSink {
+                        let sink: Arc<dyn EventSink> = Arc::new(ChannelSink {
                             service: self.service.clone(),
-                            namespace: sink.0,
-                            name: sink.1,
+                            namespace: k.1.clone(),
+                            name: internal_channel(&k.0, &k.2),
                         });
                         let stop = CancellationToken::new();
                         let ctx = SourceContext::new(sink, Some(uri), stop.clone());
@@ -293,6 +316,32 @@ impl SourceRuntime {
         }
     }
 
+    /// Stops the sources that are no longer in `mesh` (deleted: their GitHub webhooks are
+    /// removed). Runs before the data plane drops their channels, so nothing is published into
+    /// a channel that is gone.
+    pub(crate) async fn prune(&self, mesh: &MeshConfig) {
+        let wanted: HashSet<Key> = mesh.sources.iter().map(key).collect();
+        let gone: Vec<(Key, Running)> = match self.state.lock() {
+            Ok(mut state) => {
+                let keys: Vec<Key> = state
+                    .running
+                    .keys()
+                    .filter(|k| !wanted.contains(*k))
+                    .cloned()
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| state.running.remove(&k).map(|r| (k, r)))
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (k, r) in gone {
+            self.unhook(&k, &r);
+            tracing::info!(kind = %k.0, namespace = %k.1, name = %k.2, "source deleted");
+            stop(r, true).await;
+        }
+    }
+
     fn unhook(&self, k: &Key, r: &Running) {
         if r.github.is_some()
             && let Ok(mut h) = self.hooks.write()
@@ -308,7 +357,19 @@ impl SourceRuntime {
             return json!({});
         };
         if let Some(r) = state.running.get(&k) {
-            return r.source.status().to_json(generation);
+            let mut st = r.source.status();
+            // The subscription to the sink can be what is not ready (e.g. a sink not resolved).
+            if st.ready
+                && let Some(sub) = self
+                    .service
+                    .subscription(namespace, &internal_channel(kind, name))
+                && let Some(reason) = sub.not_ready_reason
+            {
+                st.ready = false;
+                st.reason = Some(sub.not_ready_code.unwrap_or_else(|| "NotReady".into()));
+                st.message = Some(reason);
+            }
+            return st.to_json(generation);
         }
         let nr = state.not_running.get(&k).cloned().unwrap_or(NotRunning {
             reason: "NotRunning".into(),

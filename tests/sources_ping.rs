@@ -117,18 +117,44 @@ async fn ping_source_whose_broker_is_missing_is_not_ready() {
 }
 
 #[tokio::test]
-async fn ping_source_with_a_uri_sink_reports_it_cannot_run_yet() {
+async fn ping_source_delivers_to_a_uri_sink() {
     let sink = TestSink::start().await;
     let yaml = PING.replace(
         "{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}",
         &format!("{{uri: \"{}\"}}", sink.url()),
     );
     let m = mesh(&yaml).await;
+    eventually("a ping delivered", Duration::from_secs(10), || {
+        sink.count() >= 1
+    })
+    .await;
+    let r = &sink.received()[0];
+    assert_eq!(
+        r.header("ce-type").as_deref(),
+        Some("dev.knative.sources.ping")
+    );
     let (_, obj) = get_json(&pingsource_url(&m, "ping")).await;
-    let c = &obj["status"]["conditions"][0];
-    assert_eq!(c["status"], "False", "{obj}");
-    assert_eq!(c["reason"], "SinkNotSupported", "{obj}");
     assert_eq!(obj["status"]["sinkUri"], Value::String(sink.url()));
+    assert_eq!(obj["status"]["conditions"][0]["status"], "True", "{obj}");
+}
+
+#[tokio::test]
+async fn ping_source_event_is_retried_until_the_sink_takes_it() {
+    let sink = TestSink::start().await;
+    sink.script([Reply::Status(503), Reply::Status(500)]);
+    let yaml = PING.replace(
+        "{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}",
+        &format!("{{uri: \"{}\"}}", sink.url()),
+    );
+    let _m = mesh(&yaml).await;
+    // Two refusals, then the third attempt of the first tick's event is taken.
+    eventually("three attempts", Duration::from_secs(10), || {
+        sink.count() >= 3
+    })
+    .await;
+    let ids = sink.ids();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[1], ids[2]);
 }
 
 #[tokio::test]
