@@ -214,7 +214,11 @@ impl Runtime {
         let (events, _) = broadcast::channel(1024);
         let runtime = Runtime {
             inner: Arc::new(Inner {
-                sources: crate::sources::SourceRuntime::new(service.clone(), ingress.clone()),
+                sources: crate::sources::SourceRuntime::new(
+                    service.clone(),
+                    store.clone(),
+                    ingress.clone(),
+                ),
                 service,
                 store,
                 ingress,

@@ -22,8 +22,13 @@ use evmesh_sources::{
     BoxFuture, CancellationToken, EventRecord, EventSink, GitHubSource, PingSource, SinkError,
     SinkErrorKind, Source, SourceContext, WebhookHooks, webhook_router, webhook_url,
 };
+use evmesh_store::EventStore;
 use serde_json::{Value, json};
 use url::Url;
+
+/// Checkpoint key prefix of the GitHub webhook ids (`status.webhookIDKey`), kept across restarts
+/// so a restarted evmesh updates its webhook instead of registering another.
+const HOOK_KEY: &str = "src~github-hook/";
 
 /// `(kind, namespace, name)`.
 type Key = (String, String, String);
@@ -127,6 +132,7 @@ struct State {
 #[derive(Clone)]
 pub(crate) struct SourceRuntime {
     service: BrokerService,
+    store: Arc<dyn EventStore>,
     base: Url,
     hooks: WebhookHooks,
     state: Arc<Mutex<State>>,
@@ -162,10 +168,16 @@ fn fingerprint(s: &SourceConfig, mesh: &MeshConfig, uri: &str) -> u64 {
 }
 
 impl SourceRuntime {
-    /// Sources publishing into `service`'s brokers; webhooks served under `base`.
-    pub(crate) fn new(service: BrokerService, base: Url) -> SourceRuntime {
+    /// Sources publishing through `service`, keeping their state in `store`; webhooks served
+    /// under `base`.
+    pub(crate) fn new(
+        service: BrokerService,
+        store: Arc<dyn EventStore>,
+        base: Url,
+    ) -> SourceRuntime {
         SourceRuntime {
             service,
+            store,
             base,
             hooks: Arc::default(),
             state: Arc::default(),
@@ -218,7 +230,31 @@ impl SourceRuntime {
                         sink_uri: None,
                     }
                 })?;
-                let g = Arc::new(g.with_hook_id(hook_id));
+                let key = format!("{HOOK_KEY}{}/{}", s.metadata.namespace, s.metadata.name);
+                let hook_id = hook_id.or_else(|| {
+                    let saved = self.store.checkpoints(&key).ok()?;
+                    saved
+                        .into_iter()
+                        .find(|(k, _)| *k == key)
+                        .and_then(|(_, v)| String::from_utf8(v).ok())
+                });
+                let store = self.store.clone();
+                let observer: evmesh_sources::HookObserver = Arc::new(move |id: Option<&str>| {
+                    let result = match id {
+                        Some(id) => store.put_checkpoint(&key, id.as_bytes().to_vec()),
+                        None => store.delete_checkpoint(&key),
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "storing the GitHub webhook id failed");
+                    }
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store.flush().await {
+                            tracing::warn!(error = %e, "storing the GitHub webhook id failed");
+                        }
+                    });
+                });
+                let g = Arc::new(g.with_hook_id(hook_id).with_hook_observer(observer));
                 Ok((g.clone(), Some(g)))
             }
         }

@@ -277,3 +277,42 @@ async fn access_token_registers_the_webhook_and_deleting_the_source_removes_it()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_restarted_evmesh_updates_its_webhook_instead_of_registering_another() {
+    let gh = FakeGitHub::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api = format!("http://{}/", listener.local_addr().expect("addr"));
+    let app = axum::Router::new().fallback(record).with_state(gh.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    let sink = TestSink::start().await;
+    let config = yaml(
+        &sink,
+        &format!(
+            "  githubAPIURL: {api}\n  accessToken: {{secretKeyRef: {{name: githubsecret, key: accessToken}}}}\n"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calls = || gh.calls.lock().expect("lock").clone();
+    let first = mesh_at(dir.path(), &config, |o| o).await;
+    eventually("webhook registered", Duration::from_secs(10), || {
+        calls().len() == 1
+    })
+    .await;
+    first.shutdown().await;
+    // Stopping evmesh is not deleting the source: the webhook stays.
+    assert_eq!(calls().len(), 1);
+    let second = mesh_at(dir.path(), &config, |o| o).await;
+    eventually("webhook updated", Duration::from_secs(10), || {
+        calls().len() == 2
+    })
+    .await;
+    let c = &calls()[1];
+    assert_eq!(
+        (c.0.as_str(), c.1.as_str()),
+        ("PATCH", "/repos/Codertocat/Hello-World/hooks/4242")
+    );
+    second.shutdown().await;
+}

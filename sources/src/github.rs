@@ -46,6 +46,10 @@ pub fn webhook_url(base: &Url, namespace: &str, name: &str) -> Url {
     url
 }
 
+/// Told the webhook id whenever it changes (`Some` after a registration, `None` after the
+/// removal), so a runtime can persist it across restarts.
+pub type HookObserver = Arc<dyn Fn(Option<&str>) + Send + Sync>;
+
 /// The GitHubSources served now, by `(namespace, name)`; the runtime adds and removes them.
 pub type WebhookHooks = Arc<RwLock<HashMap<(String, String), Arc<GitHubSource>>>>;
 
@@ -125,6 +129,7 @@ pub struct GitHubSource {
     webhook_url: Url,
     extensions: BTreeMap<String, String>,
     api: Option<GitHubApi>,
+    observer: Option<HookObserver>,
     state: Mutex<GhState>,
 }
 
@@ -429,6 +434,7 @@ impl GitHubSource {
             webhook_url,
             extensions: config.extensions(),
             api,
+            observer: None,
             state: Mutex::new(GhState::default()),
         })
     }
@@ -437,6 +443,12 @@ impl GitHubSource {
     /// so it updates that webhook instead of registering another.
     pub fn with_hook_id(self, hook_id: Option<String>) -> GitHubSource {
         self.update(|s| s.hook_id = hook_id);
+        self
+    }
+
+    /// The same source telling `observer` the webhook id whenever it changes.
+    pub fn with_hook_observer(mut self, observer: HookObserver) -> GitHubSource {
+        self.observer = Some(observer);
         self
     }
 
@@ -599,6 +611,9 @@ impl GitHubSource {
             match result {
                 Ok(id) => {
                     tracing::info!(namespace = %self.namespace, name = %self.name, hook = %id, "GitHub webhook configured");
+                    if let Some(o) = &self.observer {
+                        o(Some(&id));
+                    }
                     self.update(|s| {
                         s.hook_id = Some(id);
                         s.configured = true;
@@ -701,6 +716,9 @@ impl Source for GitHubSource {
             api.delete_hook(&token, owner, repo, &id).await?;
             tracing::info!(namespace = %self.namespace, name = %self.name, hook = %id, "GitHub webhook removed");
             self.update(|s| s.hook_id = None);
+            if let Some(o) = &self.observer {
+                o(None);
+            }
             Ok(())
         })
     }

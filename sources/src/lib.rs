@@ -49,7 +49,9 @@ use std::sync::Arc;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use evmesh_broker::record::EventRecord;
-pub use github::{GitHubSource, WEBHOOK_ROUTE, WebhookHooks, webhook_router, webhook_url};
+pub use github::{
+    GitHubSource, HookObserver, WEBHOOK_ROUTE, WebhookHooks, webhook_router, webhook_url,
+};
 pub use ping::PingSource;
 pub use tokio_util::sync::CancellationToken;
 
