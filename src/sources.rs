@@ -217,7 +217,14 @@ impl SourceRuntime {
                 Ok((Arc::new(p), None))
             }
             SourceSpec::GitHub(_) => {
-                let url = webhook_url(&self.base, &s.metadata.namespace, &s.metadata.name);
+                // Validated as an absolute URL; the listen URL when absent.
+                let base = s
+                    .metadata
+                    .annotations
+                    .get(evmesh_config::PUBLIC_URL_ANNOTATION)
+                    .and_then(|u| Url::parse(u).ok())
+                    .unwrap_or_else(|| self.base.clone());
+                let url = webhook_url(&base, &s.metadata.namespace, &s.metadata.name);
                 let g = GitHubSource::new(s, &mesh.secrets, url).map_err(|e| {
                     let reason = if e.0.starts_with("spec.accessToken") {
                         "AccessTokenNotFound"

@@ -237,12 +237,18 @@ async fn access_token_registers_the_webhook_and_deleting_the_source_removes_it()
     let app = axum::Router::new().fallback(record).with_state(gh.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
     let sink = TestSink::start().await;
-    let m = mesh(&yaml(
-        &sink,
-        &format!(
-            "  githubAPIURL: {api}\n  accessToken: {{secretKeyRef: {{name: githubsecret, key: accessToken}}}}\n"
+    let m = mesh(
+        &yaml(
+            &sink,
+            &format!(
+                "  githubAPIURL: {api}\n  accessToken: {{secretKeyRef: {{name: githubsecret, key: accessToken}}}}\n"
+            ),
+        )
+        .replace(
+            "metadata: {name: gh, namespace: demo}",
+            "metadata: {name: gh, namespace: demo, annotations: {evmesh.dev/public-url: \"https://events.example.com\"}}",
         ),
-    ))
+    )
     .await;
     let calls = || gh.calls.lock().expect("lock").clone();
     eventually("webhook registered", Duration::from_secs(10), || {
@@ -268,6 +274,11 @@ async fn access_token_registers_the_webhook_and_deleting_the_source_removes_it()
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(status["webhookIDKey"], "4242", "{status}");
+    // The URL GitHub was given: the public URL annotation, not the listen address.
+    assert_eq!(
+        status["address"]["url"],
+        "https://events.example.com/webhooks/github/demo/gh"
+    );
     let resp = client().delete(&url).send().await.expect("delete");
     assert_eq!(resp.status().as_u16(), 200);
     eventually("webhook removed", Duration::from_secs(10), || {

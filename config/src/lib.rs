@@ -43,9 +43,9 @@ pub use model::*;
 pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
 pub use sources::{
     CloudEventOverrides, CronSchedule, GITHUB_EVENT_TYPE_PREFIX, GITHUB_EVENT_TYPES,
-    GitHubSourceSpec, PING_EVENT_TYPE, PingSourceConfig, PingSourceSpec, SOURCES_V1,
-    SOURCES_V1ALPHA1, SOURCES_V1BETA2, ScheduleError, ScheduleZone, SecretBytes, SecretConfig,
-    SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec, secret_value,
+    GitHubSourceSpec, PING_EVENT_TYPE, PUBLIC_URL_ANNOTATION, PingSourceConfig, PingSourceSpec,
+    SOURCES_V1, SOURCES_V1ALPHA1, SOURCES_V1BETA2, ScheduleError, ScheduleZone, SecretBytes,
+    SecretConfig, SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec, secret_value,
 };
 pub use validate::{
     BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,

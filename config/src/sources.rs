@@ -26,6 +26,11 @@ pub const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
 /// The prefix of GitHubSource event types (`dev.knative.source.github.<event>`).
 pub const GITHUB_EVENT_TYPE_PREFIX: &str = "dev.knative.source.github";
 
+/// GitHubSource annotation: the public base URL GitHub reaches evmesh at (e.g.
+/// `https://events.example.com`); the webhook URL registered and shown is
+/// `<base>/webhooks/github/<namespace>/<name>`. Without it, evmesh's own listen URL is used.
+pub const PUBLIC_URL_ANNOTATION: &str = "evmesh.dev/public-url";
+
 /// The GitHub webhook events Knative's GitHubSource adapter parses (`pkg/common/events.go`).
 pub const GITHUB_EVENT_TYPES: &[&str] = &[
     "check_run",
@@ -671,6 +676,21 @@ pub(crate) fn check_source(
                     "spec.serviceAccountName",
                     "is not used by evmesh (the webhook is served by evmesh itself)",
                 );
+            }
+            if let Some(u) = metadata.annotations.get(PUBLIC_URL_ANNOTATION) {
+                match url::Url::parse(u) {
+                    Ok(p) if p.has_host() && matches!(p.scheme(), "http" | "https") => {}
+                    _ => {
+                        ctx.error(
+                            doc,
+                            "metadata.annotations",
+                            format!(
+                                "{PUBLIC_URL_ANNOTATION} {u:?} must be an absolute http(s) URL"
+                            ),
+                        );
+                        return None;
+                    }
+                }
             }
             if !check_github(ctx, doc, &s) {
                 return None;

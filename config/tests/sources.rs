@@ -272,3 +272,16 @@ fn secret_data_must_be_base64() {
     let text = errors(&GITHUB.replace("Z2hwX3Rva2Vu", "not base64!"));
     assert!(text.contains("sources.yaml:9: data.accessToken"), "{text}");
 }
+
+#[test]
+fn github_source_public_url_annotation_must_be_a_url() {
+    let yaml = GITHUB.replace(
+        "metadata: {name: gh, namespace: demo}",
+        "metadata: {name: gh, namespace: demo, annotations: {evmesh.dev/public-url: \"not a url\"}}",
+    );
+    let text = errors(&yaml);
+    assert!(
+        text.contains("metadata.annotations") && text.contains("evmesh.dev/public-url"),
+        "{text}"
+    );
+}
