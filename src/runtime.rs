@@ -336,16 +336,24 @@ impl Runtime {
             .unwrap_or_default();
         // Persist what changed, then reconcile, then tell watchers.
         let mut changes = Vec::new();
+        let mut generated = Vec::new();
         for (k, s) in &next {
             match desired.resources.get(k) {
                 Some(old) if old.manifest == s.manifest && old.source == s.source => {}
-                Some(_) => changes.push((k.clone(), Some(s.clone()), "MODIFIED")),
-                None => changes.push((k.clone(), Some(s.clone()), "ADDED")),
+                Some(old) => {
+                    changes.push((k.clone(), Some(s.clone()), "MODIFIED"));
+                    generated.push((Some(old.manifest.clone()), Some(s.manifest.clone())));
+                }
+                None => {
+                    changes.push((k.clone(), Some(s.clone()), "ADDED"));
+                    generated.push((None, Some(s.manifest.clone())));
+                }
             }
         }
         for (k, old) in &desired.resources {
             if !next.contains_key(k) {
                 changes.push((k.clone(), Some(old.clone()), "DELETED"));
+                generated.push((Some(old.manifest.clone()), None));
             }
         }
         for (k, s, t) in &changes {
@@ -394,6 +402,9 @@ impl Runtime {
             if let Some(s) = s {
                 self.emit(&k, &s.manifest, t, &mut rv);
             }
+        }
+        for (old, new) in generated {
+            self.emit_generated(old.as_ref(), new.as_ref(), &mut rv);
         }
         desired.rv = rv;
         Ok(warnings)
@@ -521,6 +532,38 @@ impl Runtime {
         let _ = self.inner.events.send(ev);
     }
 
+    /// Watch events for the resources a Channel, Sequence or Parallel generates, as it goes from
+    /// `old` to `new` (`None`: absent); each event has a resourceVersion of its own.
+    fn emit_generated(&self, old: Option<&Value>, new: Option<&Value>, rv: &mut u64) {
+        let defaults = self.mesh().channel_defaults.clone();
+        let before = messaging::children(old, &defaults);
+        let after = messaging::children(new, &defaults);
+        for (k, v) in &after {
+            let t = match before.get(k) {
+                Some(o) if o == v => continue,
+                Some(_) => "MODIFIED",
+                None => "ADDED",
+            };
+            *rv += 1;
+            let mut v = v.clone();
+            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            }
+            self.persist_rv(*rv);
+            self.publish_rv(*rv);
+            self.emit(k, &v, t, rv);
+        }
+        for (k, v) in &before {
+            if !after.contains_key(k) {
+                let mut v = v.clone();
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+                }
+                self.emit(k, &v, "DELETED", rv);
+            }
+        }
+    }
+
     /// Creates (`create`), replaces or deletes one resource through the admin API.
     pub(crate) async fn write(
         &self,
@@ -563,6 +606,7 @@ impl Runtime {
             }
             let mut rv = desired.rv;
             self.emit(&key, &deleted, "DELETED", &mut rv);
+            self.emit_generated(Some(&old.manifest), None, &mut rv);
             desired.rv = rv;
             return Ok((200, deleted, vec![]));
         };
@@ -731,6 +775,11 @@ impl Runtime {
             };
             let mut rv = desired.rv;
             self.emit(&key, &stamped, t, &mut rv);
+            self.emit_generated(
+                previous.as_ref().map(|p| &p.manifest),
+                Some(&stamped),
+                &mut rv,
+            );
             desired.rv = rv;
         }
         let code = if previous.is_some() { 200 } else { 201 };

@@ -274,3 +274,88 @@ async fn a_name_a_sequence_generated_cannot_be_created_by_hand() {
     assert_eq!(code, 422, "{obj}");
     assert!(obj.to_string().contains("generated for Sequence"), "{obj}");
 }
+
+#[tokio::test]
+async fn a_watch_on_subscriptions_sees_those_a_sequence_generates_come_and_go() {
+    let m = mesh("").await;
+    let resp = client()
+        .get(format!("{}?watch=true", subscriptions(&m)))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut lines = Lines::new(resp);
+    let url = m.url("/apis/flows.knative.dev/v1/namespaces/default/sequences");
+    let two = sequence_yaml(
+        "http://127.0.0.1:9/a",
+        "http://127.0.0.1:9/b",
+        "x",
+        "http://127.0.0.1:9/d",
+    )
+    .replace("    - uri: x\n", "");
+    let (code, obj) = send(reqwest::Method::POST, &url, Some(two)).await;
+    assert_eq!(code, 201, "{obj}");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let ev = lines.next().await;
+        seen.push(format!(
+            "{} {}",
+            ev["type"].as_str().unwrap_or(""),
+            ev["object"]["metadata"]["name"].as_str().unwrap_or("")
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            "ADDED sequence-kn-sequence-0",
+            "ADDED sequence-kn-sequence-1"
+        ]
+    );
+    send(reqwest::Method::DELETE, &format!("{url}/sequence"), None).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let ev = lines.next().await;
+        seen.push(format!(
+            "{} {}",
+            ev["type"].as_str().unwrap_or(""),
+            ev["object"]["metadata"]["name"].as_str().unwrap_or("")
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            "DELETED sequence-kn-sequence-0",
+            "DELETED sequence-kn-sequence-1"
+        ]
+    );
+}
+
+/// Reads a watch response line by line.
+struct Lines {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn new(resp: reqwest::Response) -> Lines {
+        Lines {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+    async fn next(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return serde_json::from_slice(&line).expect("a JSON watch event per line");
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .expect("a watch event within 10 s")
+                .expect("read")
+                .expect("stream still open");
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+}

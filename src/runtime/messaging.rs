@@ -394,3 +394,34 @@ pub(super) fn status(cx: &Cx, kind: &KindInfo, manifest: &Value) -> Value {
     }
     status
 }
+
+/// The resources a stored Channel, Sequence or Parallel manifest generates, by key (for watch
+/// events when it changes).
+pub(super) fn children(
+    manifest: Option<&Value>,
+    defaults: &evmesh_config::messaging::ChannelDefaults,
+) -> BTreeMap<ResKey, Value> {
+    let mut out = BTreeMap::new();
+    let Some(w) = manifest.and_then(|m| wiring::wire(m, defaults)) else {
+        return out;
+    };
+    let key = |group: &str, kind: &str, m: &evmesh_config::ObjectMeta| {
+        (
+            group.to_string(),
+            kind.to_string(),
+            m.namespace.clone(),
+            m.name.clone(),
+        )
+    };
+    for c in &w.channels {
+        let group = c.template.api_version.split('/').next().unwrap_or_default();
+        out.insert(key(group, &c.template.kind, &c.metadata), c.manifest());
+    }
+    for s in &w.subscriptions {
+        out.insert(
+            key("messaging.knative.dev", "Subscription", &s.metadata),
+            s.manifest(),
+        );
+    }
+    out
+}
