@@ -340,16 +340,19 @@ impl ChannelDefaults {
     }
 }
 
-/// The controlling owner of a resource evmesh generated (`metadata.ownerReferences` with
-/// `controller: true`, else the first): `(kind, name)`.
+/// The Channel, Sequence or Parallel a channel or subscription was generated for: its
+/// controlling owner (`metadata.ownerReferences` with `controller: true`) when that is one of
+/// those kinds, as `(kind, name)`; `None` for a resource a user wrote.
 pub fn owner_of(meta: &ObjectMeta) -> Option<(String, String)> {
     let refs = meta.other.get("ownerReferences")?.as_array()?;
     let owner = refs
         .iter()
-        .find(|r| r.get("controller").and_then(serde_json::Value::as_bool) == Some(true))
-        .or_else(|| refs.first())?;
-    Some((
-        owner.get("kind")?.as_str()?.to_string(),
-        owner.get("name")?.as_str()?.to_string(),
-    ))
+        .find(|r| r.get("controller").and_then(serde_json::Value::as_bool) == Some(true))?;
+    let api = owner.get("apiVersion")?.as_str()?;
+    let kind = owner.get("kind")?.as_str()?;
+    let generator = matches!(
+        (api, kind),
+        (MESSAGING_V1, "Channel") | (FLOWS_V1, "Sequence" | "Parallel")
+    );
+    generator.then(|| Some((kind.to_string(), owner.get("name")?.as_str()?.to_string())))?
 }

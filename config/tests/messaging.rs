@@ -599,3 +599,18 @@ fn the_default_channel_flag_value_parses_and_refuses_kinds_not_run_yet() {
     assert!("NatsJetStreamChannel".parse::<ChannelKind>().is_err());
     assert!("Broker".parse::<ChannelKind>().is_err());
 }
+
+#[test]
+fn only_a_channel_sequence_or_parallel_owner_makes_a_resource_generated() {
+    let m = mesh(
+        r#"
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata:
+  name: exported
+  ownerReferences:
+    - {apiVersion: apps/v1, kind: Deployment, name: app, uid: x, controller: true}
+"#,
+    );
+    assert_eq!(owner(&m.channels[0].metadata), "-");
+}
