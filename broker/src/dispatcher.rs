@@ -1045,24 +1045,58 @@ impl Worker {
             let plan = &*plan;
             let mut outcome = engine.attempt(plan, &progress, &event).await;
             if let Outcome::Delivered { reply: Some(reply) } = outcome {
-                // The reply must be stored before the delivery counts as done.
-                outcome = match publisher.publish_reply(*reply, &event).await {
-                    Ok(()) => Outcome::Delivered { reply: None },
-                    Err(e) => Outcome::Failed(delivery::Failure {
-                        dest: plan.subscriber.to_string(),
-                        status: e.status,
-                        body: Vec::new(),
-                        retryable: e.retryable,
-                        retry_after: None,
-                        reason: e.reason,
-                    }),
-                };
+                // The reply must be stored (or handed on) before the delivery counts as done; if
+                // that fails, the whole delivery is tried again (as Knative's dispatcher does).
+                outcome = route_reply(&engine, &publisher, plan, *reply, &event).await;
             }
             if let Outcome::Failed(f) = &outcome {
                 tracing::debug!(trigger = %shared.name, offset, status = ?f.status, "attempt failed: {}", f.reason);
             }
             let next = progress.next(plan, outcome);
             (offset, Some(event), progress, AttemptEnd::Next(next))
+        }
+    }
+}
+
+/// Sends a subscriber's reply where the plan says: back into the home broker, on to a
+/// Destination, or nowhere.
+async fn route_reply(
+    engine: &DeliveryEngine,
+    publisher: &Publisher,
+    plan: &Plan,
+    reply: EventRecord,
+    original: &EventRecord,
+) -> Outcome {
+    let dest = plan
+        .subscriber
+        .as_ref()
+        .map(delivery::redact)
+        .unwrap_or_default();
+    match &plan.reply {
+        delivery::ReplyTo::Discard => Outcome::Delivered { reply: None },
+        delivery::ReplyTo::Home => match publisher.publish_reply(reply, original).await {
+            Ok(()) => Outcome::Delivered { reply: None },
+            Err(e) => Outcome::Failed(delivery::Failure {
+                dest,
+                status: e.status,
+                body: Vec::new(),
+                retryable: e.retryable,
+                retry_after: None,
+                reason: e.reason,
+            }),
+        },
+        delivery::ReplyTo::Url { url, ca_certs } => {
+            let reply = crate::service::reply_of(reply, original);
+            match engine
+                .send_to(url, ca_certs.as_deref(), &reply, plan, false)
+                .await
+            {
+                Outcome::Failed(mut f) => {
+                    f.reason = format!("sending the reply to {}: {}", f.dest, f.reason);
+                    Outcome::Failed(f)
+                }
+                ok => ok,
+            }
         }
     }
 }

@@ -27,5 +27,6 @@ pub mod tls;
 
 pub use replay::ReplayError;
 pub use service::{
-    BrokerService, BrokerView, PublishError, ServiceOptions, StartError, TriggerView,
+    BrokerService, BrokerView, ChannelView, PublishError, ServiceOptions, StartError,
+    SubscriptionView, TriggerView,
 };

@@ -47,6 +47,20 @@ impl Delivery {
         }
     }
 
+    /// One attempt, no retries, no dead-letter sink: what a Knative channel does for a
+    /// subscription when neither it nor its channel sets a delivery.
+    pub fn single_attempt() -> Self {
+        Delivery {
+            retry: 0,
+            backoff_policy: BackoffPolicy::Exponential,
+            backoff_delay: None,
+            timeout: None,
+            retry_after_max: None,
+            dead_letter_sink: None,
+            format: DeliveryFormat::Binary,
+        }
+    }
+
     /// The wait before retry number `k` (1-based): linear `delay × k`, exponential
     /// `delay × 2^(k-1)`.
     ///
