@@ -29,7 +29,11 @@ pub(crate) const SOURCE_API: &str = "api";
 const KEY_PREFIX: &str = "r/";
 const RV_KEY: &str = "r~rv";
 /// Not-ready reasons that mean "waiting for another resource", not "cannot run".
-const WAITING_REASONS: &[&str] = &["BrokerDoesNotExist", "DestinationNotResolved"];
+const WAITING_REASONS: &[&str] = &[
+    "BrokerDoesNotExist",
+    "ChannelDoesNotExist",
+    "DestinationNotResolved",
+];
 /// Watch events kept for resuming watches from a `resourceVersion`.
 const HISTORY: usize = 4096;
 
@@ -849,22 +853,35 @@ impl Runtime {
     /// Resources that cannot run (a worker that keeps failing, unreadable progress), with why.
     /// Resources waiting for another one (a Trigger before its Broker) are not failing.
     pub(crate) fn failing(&self) -> Vec<(String, String)> {
-        self.inner
+        let failing = |code: &Option<String>| {
+            code.as_deref()
+                .is_some_and(|c| !WAITING_REASONS.contains(&c))
+        };
+        let triggers = self
+            .inner
             .service
             .triggers()
             .into_iter()
-            .filter(|t| {
-                t.not_ready_code
-                    .as_deref()
-                    .is_some_and(|c| !WAITING_REASONS.contains(&c))
-            })
+            .filter(|t| failing(&t.not_ready_code))
             .map(|t| {
                 (
                     format!("trigger {}/{}", t.namespace, t.name),
                     t.not_ready_reason.unwrap_or_default(),
                 )
-            })
-            .collect()
+            });
+        let subscriptions = self
+            .inner
+            .service
+            .subscriptions()
+            .into_iter()
+            .filter(|s| failing(&s.not_ready_code))
+            .map(|s| {
+                (
+                    format!("subscription {}/{}", s.namespace, s.name),
+                    s.not_ready_reason.unwrap_or_default(),
+                )
+            });
+        triggers.chain(subscriptions).collect()
     }
 
     /// Repositions a trigger on its broker's log (see [`BrokerService::replay`]).
@@ -934,6 +951,7 @@ impl Runtime {
                     resolver: self.resolver(&mesh),
                     mesh,
                     ingress: self.inner.ingress.clone(),
+                    service: self.inner.service.clone(),
                 }
             });
             let mut obj = manifest.clone();

@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::time::Duration;
+
+use cloudevents::AttributesReader;
 use common::*;
 use serde_json::Value;
 
@@ -357,5 +360,381 @@ impl Lines {
                 .expect("stream still open");
             self.buf.extend_from_slice(&chunk);
         }
+    }
+}
+
+// ---- Data plane: events through Sequences and Parallels (real evmesh, real HTTP sinks).
+
+fn text_of(e: &cloudevents::Event) -> String {
+    match e.data() {
+        Some(cloudevents::Data::String(s)) => s.clone(),
+        Some(cloudevents::Data::Binary(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(cloudevents::Data::Json(v)) => v.to_string(),
+        None => String::new(),
+    }
+}
+
+fn append(e: &cloudevents::Event, suffix: &str) -> cloudevents::Event {
+    let mut out = e.clone();
+    out.set_data("text/plain", format!("{}{suffix}", text_of(e)));
+    out
+}
+
+fn step1(e: &cloudevents::Event) -> cloudevents::Event {
+    append(e, "-step1")
+}
+fn step2(e: &cloudevents::Event) -> cloudevents::Event {
+    append(e, "-step2")
+}
+fn step3(e: &cloudevents::Event) -> cloudevents::Event {
+    append(e, "-step3")
+}
+fn same(e: &cloudevents::Event) -> cloudevents::Event {
+    e.clone()
+}
+fn appended_data(e: &cloudevents::Event) -> cloudevents::Event {
+    let mut out = e.clone();
+    out.set_data("text/plain", "appended data");
+    out
+}
+
+fn text_event(id: &str, text: &str) -> cloudevents::Event {
+    let mut e = event(id, "dev.knative.sources.ping");
+    e.set_data("text/plain", text.to_string());
+    e
+}
+
+/// Three step sinks appending `-stepN` (Knative's Sequence feature test) and a reply sink.
+async fn three_steps() -> [TestSink; 4] {
+    let s = [
+        TestSink::start().await,
+        TestSink::start().await,
+        TestSink::start().await,
+        TestSink::start().await,
+    ];
+    s[0].always(Reply::Map(step1));
+    s[1].always(Reply::Map(step2));
+    s[2].always(Reply::Map(step3));
+    s
+}
+
+#[tokio::test]
+async fn a_sequence_runs_its_steps_in_order_and_sends_the_last_reply() {
+    let s = three_steps().await;
+    let m = mesh(&sequence_yaml(
+        &s[0].url(),
+        &s[1].url(),
+        &s[2].url(),
+        &s[3].url(),
+    ))
+    .await;
+    post_ok(
+        &m.url("/channels/default/sequence-kn-sequence-0"),
+        text_event("p1", "hello"),
+    )
+    .await;
+    eventually(
+        "the reply gets the event after three steps",
+        Duration::from_secs(10),
+        || s[3].count() == 1,
+    )
+    .await;
+    let got = s[3].received()[0].event().clone();
+    assert_eq!(text_of(&got), "hello-step1-step2-step3");
+    assert_eq!(got.ty(), "dev.knative.sources.ping", "attributes are kept");
+    assert_eq!(got.id(), "p1");
+}
+
+#[tokio::test]
+async fn a_step_answering_202_ends_the_flow_quietly() {
+    let s = three_steps().await;
+    // Step 2 answers the first event with 202 and no event, and passes the second on.
+    s[1].script([Reply::Status(202)]);
+    let m = mesh(&sequence_yaml(
+        &s[0].url(),
+        &s[1].url(),
+        &s[2].url(),
+        &s[3].url(),
+    ))
+    .await;
+    let address = m.url("/channels/default/sequence-kn-sequence-0");
+    post_ok(&address, text_event("stops", "a")).await;
+    eventually(
+        "step 2 gets the first event",
+        Duration::from_secs(10),
+        || s[1].count() == 1,
+    )
+    .await;
+    post_ok(&address, text_event("passes", "b")).await;
+    eventually(
+        "the second event gets through",
+        Duration::from_secs(10),
+        || s[3].count() == 1,
+    )
+    .await;
+    wait_subscriptions_idle(&m).await;
+    assert_eq!(s[2].ids(), ["passes"], "step 3 never saw the stopped event");
+    assert_eq!(s[3].ids(), ["passes"]);
+}
+
+/// A Parallel as Knative's feature test has it: branch 0's filter passes (replies with the
+/// event), branch 1's filter blocks (202, no event); branch 2 has no filter and its own reply.
+fn parallel_yaml(
+    f0: &TestSink,
+    b0: &TestSink,
+    f1: &TestSink,
+    b1: &TestSink,
+    b2: &TestSink,
+    b2_reply: &TestSink,
+    reply: &TestSink,
+) -> String {
+    format!(
+        r#"
+apiVersion: flows.knative.dev/v1
+kind: Parallel
+metadata: {{name: p}}
+spec:
+  branches:
+    - filter: {{uri: "{}"}}
+      subscriber: {{uri: "{}"}}
+    - filter: {{uri: "{}"}}
+      subscriber: {{uri: "{}"}}
+    - subscriber: {{uri: "{}"}}
+      reply: {{uri: "{}"}}
+  reply: {{uri: "{}"}}
+"#,
+        f0.url(),
+        b0.url(),
+        f1.url(),
+        b1.url(),
+        b2.url(),
+        b2_reply.url(),
+        reply.url()
+    )
+}
+
+#[tokio::test]
+async fn a_parallel_runs_the_branches_whose_filter_passes_and_replies_per_branch() {
+    let sinks: Vec<TestSink> =
+        futures_util::future::join_all((0..7).map(|_| TestSink::start())).await;
+    let [f0, b0, f1, b1, b2, b2_reply, reply] = &sinks[..] else {
+        unreachable!()
+    };
+    f0.always(Reply::Map(same));
+    f1.always(Reply::Status(202));
+    b0.always(Reply::Map(appended_data));
+    b1.always(Reply::Map(appended_data));
+    b2.always(Reply::Map(step1));
+    let m = mesh(&parallel_yaml(f0, b0, f1, b1, b2, b2_reply, reply)).await;
+    post_ok(
+        &m.url("/channels/default/p-kn-parallel"),
+        text_event("e1", "x"),
+    )
+    .await;
+    eventually(
+        "the passing branch replies to the Parallel's reply",
+        Duration::from_secs(10),
+        || reply.count() == 1,
+    )
+    .await;
+    eventually(
+        "the unfiltered branch replies to its own reply",
+        Duration::from_secs(10),
+        || b2_reply.count() == 1,
+    )
+    .await;
+    wait_subscriptions_idle(&m).await;
+    assert_eq!(f1.count(), 1, "the blocking filter saw the event");
+    assert_eq!(b1.count(), 0, "a blocked branch's subscriber never runs");
+    assert_eq!(
+        reply.count(),
+        1,
+        "exactly one event from the passing branch"
+    );
+    assert_eq!(text_of(reply.received()[0].event()), "appended data");
+    assert_eq!(text_of(b2_reply.received()[0].event()), "x-step1");
+}
+
+#[tokio::test]
+async fn a_trigger_whose_subscriber_is_a_sequence_feeds_it() {
+    let s = three_steps().await;
+    let yaml = format!(
+        "{}---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: to-sequence}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: dev.knative.sources.ping}}}}\n  subscriber:\n    ref: {{apiVersion: flows.knative.dev/v1, kind: Sequence, name: sequence}}\n",
+        sequence_yaml(&s[0].url(), &s[1].url(), &s[2].url(), &s[3].url())
+    );
+    let m = mesh(&yaml).await;
+    let (_, t) =
+        get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/default/triggers/to-sequence"))
+            .await;
+    assert_eq!(
+        t["status"]["subscriberUri"],
+        m.url("/channels/default/sequence-kn-sequence-0"),
+        "{t}"
+    );
+    post_ok(&m.url("/default/default"), text_event("b1", "from-broker")).await;
+    eventually(
+        "the sequence's reply gets the event",
+        Duration::from_secs(10),
+        || s[3].count() == 1,
+    )
+    .await;
+    assert_eq!(
+        text_of(s[3].received()[0].event()),
+        "from-broker-step1-step2-step3"
+    );
+}
+
+#[tokio::test]
+async fn a_sequence_changed_and_deleted_through_the_api_while_events_flow_loses_none() {
+    let s = three_steps().await;
+    let other = TestSink::start().await;
+    other.always(Reply::Map(step2));
+    let m = mesh("").await;
+    let url = m.url("/apis/flows.knative.dev/v1/namespaces/default/sequences");
+    let (code, obj) = send(
+        reqwest::Method::POST,
+        &url,
+        Some(sequence_yaml(
+            &s[0].url(),
+            &s[1].url(),
+            &s[2].url(),
+            &s[3].url(),
+        )),
+    )
+    .await;
+    assert_eq!(code, 201, "{obj}");
+    let address = m.url("/channels/default/sequence-kn-sequence-0");
+    let mut accepted = Vec::new();
+    for i in 0..60 {
+        if i == 30 {
+            // Step 2 moves to another service while events are inside the sequence.
+            let (code, obj) = send(
+                reqwest::Method::PUT,
+                &format!("{url}/sequence"),
+                Some(sequence_yaml(
+                    &s[0].url(),
+                    &other.url(),
+                    &s[2].url(),
+                    &s[3].url(),
+                )),
+            )
+            .await;
+            assert_eq!(code, 200, "{obj}");
+        }
+        let id = format!("live-{i}");
+        if post_binary(&address, text_event(&id, "x")).await == 202 {
+            accepted.push(id);
+        }
+    }
+    assert_eq!(accepted.len(), 60);
+    eventually(
+        "every accepted event reaches the end",
+        Duration::from_secs(20),
+        || {
+            let got: std::collections::HashSet<String> = s[3].ids().into_iter().collect();
+            accepted.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    assert!(other.count() > 0, "the changed step took over");
+    let (code, _) = send(reqwest::Method::DELETE, &format!("{url}/sequence"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        post_binary(&address, text_event("late", "x")).await,
+        404,
+        "a deleted sequence has no address"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_with_events_inside_a_sequence_then_restart_loses_none() {
+    let s = three_steps().await;
+    // Step 2 fails until the restart: the events wait inside the sequence, retrying.
+    s[1].always(Reply::Status(503));
+    let yaml = sequence_yaml(&s[0].url(), &s[1].url(), &s[2].url(), &s[3].url()).replace(
+        &format!("    - uri: {}\n", s[1].url()),
+        &format!("    - uri: {}\n      delivery: {{retry: 10000, backoffPolicy: linear, backoffDelay: PT0.01S}}\n", s[1].url()),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &yaml);
+    let data = dir.path().join("data");
+    let em = EvmeshProcess::start(&config, &data, &[]);
+    let ids: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        post_ok(
+            &em.url("/channels/default/sequence-kn-sequence-0"),
+            text_event(id, "x"),
+        )
+        .await;
+    }
+    eventually(
+        "every event reached the failing step",
+        Duration::from_secs(20),
+        || {
+            let got: std::collections::HashSet<String> = s[1].ids().into_iter().collect();
+            ids.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    em.kill9();
+    s[1].always(Reply::Map(step2));
+    let em = EvmeshProcess::start(&config, &data, &[]);
+    eventually(
+        "every event reaches the end after the restart",
+        Duration::from_secs(30),
+        || {
+            let got: std::collections::HashSet<String> = s[3].ids().into_iter().collect();
+            ids.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    assert!(
+        s[3].received()
+            .iter()
+            .all(|r| text_of(r.event()) == "x-step1-step2-step3"),
+        "{}",
+        em.stderr_tail()
+    );
+}
+
+/// Waits until every channel in namespace `default` has routed every event it stored and every
+/// subscription has finished (delivered, dead-lettered or dropped) every event routed to it:
+/// after this nothing more can reach a sink, so "never delivered" can be asserted.
+async fn wait_subscriptions_idle(m: &TestMesh) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, chans) =
+            get_json(&m.url("/apis/messaging.knative.dev/v1/namespaces/default/inmemorychannels"))
+                .await;
+        let (_, subs) =
+            get_json(&m.url("/apis/messaging.knative.dev/v1/namespaces/default/subscriptions"))
+                .await;
+        let items = |v: &Value| v["items"].as_array().cloned().unwrap_or_default();
+        let subs = items(&subs);
+        let idle = items(&chans).iter().all(|c| {
+            let e = &c["status"]["evmesh"];
+            let name = &c["metadata"]["name"];
+            let finished: u64 = subs
+                .iter()
+                .filter(|s| &s["spec"]["channel"]["name"] == name)
+                .map(|s| {
+                    let k = &s["status"]["evmesh"]["counters"];
+                    ["delivered", "deadLettered", "dropped"]
+                        .iter()
+                        .map(|f| k[*f].as_u64().unwrap_or(0))
+                        .sum::<u64>()
+                })
+                .sum();
+            e["routedOffset"].as_u64().is_some()
+                && e["routedOffset"] == e["counters"]["accepted"]
+                && e["counters"]["routed"].as_u64() == Some(finished)
+        });
+        if idle {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("channels never went idle:\n{chans}\n{subs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -18,6 +18,8 @@ pub(super) struct Cx {
     pub(super) mesh: Arc<MeshConfig>,
     pub(super) resolver: Resolver,
     pub(super) ingress: Url,
+    /// The data plane: what runs, and its counters.
+    pub(super) service: evmesh_broker::BrokerService,
 }
 
 /// Why something is not ready: `(reason, message)`.
@@ -117,7 +119,46 @@ struct Physical {
     not_ready: NotReady,
 }
 
+/// Readiness and URIs of a subscription: Knative's reasons for what the configuration lacks
+/// (a missing channel, an unresolvable destination), then what the data plane reports.
 fn physical(cx: &Cx, s: &SubscriptionConfig) -> Physical {
+    let config = configured(cx, s);
+    let live = cx
+        .service
+        .subscription(&s.metadata.namespace, &s.metadata.name);
+    let not_ready = config.not_ready.clone().or_else(|| match &live {
+        None => Some((
+            "SubscriptionNotRunning".to_string(),
+            format!(
+                "subscription {}/{} is not running",
+                s.metadata.namespace, s.metadata.name
+            ),
+        )),
+        Some(v) => v.not_ready_reason.clone().map(|r| {
+            (
+                v.not_ready_code
+                    .clone()
+                    .unwrap_or_else(|| "NotReady".into()),
+                r,
+            )
+        }),
+    });
+    match live {
+        Some(v) => Physical {
+            subscriber: v.subscriber_uri.or(config.subscriber),
+            reply: v.reply_uri.or(config.reply),
+            dead_letter: v.dead_letter_sink_uri.or(config.dead_letter),
+            not_ready,
+        },
+        None => Physical {
+            not_ready,
+            ..config
+        },
+    }
+}
+
+/// What the configuration alone says of a subscription.
+fn configured(cx: &Cx, s: &SubscriptionConfig) -> Physical {
     let ns = &s.metadata.namespace;
     let mut not_ready: NotReady = None;
     let mut fail = |reason: &str, message: String| {
@@ -190,7 +231,13 @@ fn channel_status(cx: &Cx, ns: &str, name: &str, kind: ChannelKind) -> (Value, N
         .as_ref()
         .and_then(|d| d.dead_letter_sink.as_ref())
         .map(|d| cx.resolver.resolve(d, ns));
-    let mut not_ready = None;
+    let live = cx.service.channel(ns, name);
+    let mut not_ready = live.is_none().then(|| {
+        (
+            "ChannelNotRunning".to_string(),
+            format!("{} {ns}/{name} is not running", kind.kind()),
+        )
+    });
     let dead_letter_sink_uri = match dls {
         Some(Ok(u)) => Some(u.to_string()),
         Some(Err(e)) => {
@@ -202,11 +249,16 @@ fn channel_status(cx: &Cx, ns: &str, name: &str, kind: ChannelKind) -> (Value, N
         }
         None => None,
     };
+    let url = live
+        .as_ref()
+        .map(|v| v.url.clone())
+        .unwrap_or_else(|| channel_url(&cx.ingress, ns, name).to_string());
     (
         json!({
-            "address": {"url": channel_url(&cx.ingress, ns, name).to_string()},
+            "address": {"url": url},
             "subscribers": subscribers,
-            "deadLetterSinkUri": dead_letter_sink_uri,
+            "deadLetterSinkUri": live.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()).or(dead_letter_sink_uri),
+            "evmesh": live.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),
         }),
         not_ready,
     )
@@ -223,12 +275,19 @@ fn subscription_status(cx: &Cx, ns: &str, name: &str) -> (Value, NotReady) {
         ),
         Some(s) => {
             let p = physical(cx, s);
+            let counters = cx
+                .service
+                .subscription(ns, name)
+                .map(|v| json!({"counters": v.counters}));
             (
-                json!({"physicalSubscription": {
-                    "subscriberUri": p.subscriber,
-                    "replyUri": p.reply,
-                    "deadLetterSinkUri": p.dead_letter,
-                }}),
+                json!({
+                    "physicalSubscription": {
+                        "subscriberUri": p.subscriber,
+                        "replyUri": p.reply,
+                        "deadLetterSinkUri": p.dead_letter,
+                    },
+                    "evmesh": counters,
+                }),
                 p.not_ready,
             )
         }
