@@ -343,3 +343,72 @@ async fn a_channel_can_be_a_dead_letter_sink() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_subscription_changed_and_a_channel_deleted_through_the_api_while_events_flow() {
+    let (old, new) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh("").await;
+    let (code, obj) = send(
+        reqwest::Method::POST,
+        &api(&m, "inmemorychannels"),
+        Some(
+            "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: live}\n"
+                .into(),
+        ),
+    )
+    .await;
+    assert_eq!(code, 201, "{obj}");
+    let sub = |sink: &TestSink| {
+        format!(
+            "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {{name: s}}\nspec:\n  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: live}}\n  subscriber: {{uri: \"{}\"}}\n",
+            sink.url()
+        )
+    };
+    let (code, obj) = send(
+        reqwest::Method::POST,
+        &api(&m, "subscriptions"),
+        Some(sub(&old)),
+    )
+    .await;
+    assert_eq!(code, 201, "{obj}");
+    let address = m.url("/channels/default/live");
+    let mut accepted = Vec::new();
+    for i in 0..40 {
+        if i == 20 {
+            let (code, obj) = send(
+                reqwest::Method::PUT,
+                &format!("{}/s", api(&m, "subscriptions")),
+                Some(sub(&new)),
+            )
+            .await;
+            assert_eq!(code, 200, "{obj}");
+        }
+        let id = format!("c{i}");
+        post_ok(&address, event(&id, "t")).await;
+        accepted.push(id);
+    }
+    eventually(
+        "every accepted event reaches the old or the new subscriber",
+        Duration::from_secs(15),
+        || {
+            let got: std::collections::HashSet<String> =
+                old.ids().into_iter().chain(new.ids()).collect();
+            accepted.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    assert!(
+        new.ids().contains(&"c39".to_string()),
+        "events after the change go to the new subscriber"
+    );
+    let (code, _) = send(
+        reqwest::Method::DELETE,
+        &format!("{}/live", api(&m, "inmemorychannels")),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(post_binary(&address, event("late", "t")).await, 404);
+    let (_, s) = get_json(&format!("{}/s", api(&m, "subscriptions"))).await;
+    assert_eq!(s["status"]["conditions"][0]["status"], "False", "{s}");
+}

@@ -738,3 +738,39 @@ async fn wait_subscriptions_idle(m: &TestMesh) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_running_sequence_is_ready_and_one_with_a_step_that_cannot_resolve_is_not() {
+    let s = three_steps().await;
+    let m = mesh(&sequence_yaml(
+        &s[0].url(),
+        &s[1].url(),
+        &s[2].url(),
+        &s[3].url(),
+    ))
+    .await;
+    let url = m.url("/apis/flows.knative.dev/v1/namespaces/default/sequences/sequence");
+    let (_, seq) = get_json(&url).await;
+    assert_eq!(seq["status"]["conditions"][0]["status"], "True", "{seq}");
+    assert_eq!(
+        seq["status"]["subscriptionStatuses"][2]["ready"]["status"], "True",
+        "{seq}"
+    );
+    let broken = sequence_yaml(&s[0].url(), "x", &s[2].url(), &s[3].url()).replace(
+        "    - uri: x\n",
+        "    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: missing}\n",
+    );
+    let (code, obj) = send(reqwest::Method::PUT, &url, Some(broken)).await;
+    assert_eq!(code, 200, "{obj}");
+    let (_, seq) = get_json(&url).await;
+    let c = &seq["status"]["conditions"][0];
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("SubscriberResolveFailed")),
+        "{seq}"
+    );
+    assert_eq!(
+        seq["status"]["subscriptionStatuses"][1]["ready"]["status"], "False",
+        "{seq}"
+    );
+}
