@@ -41,8 +41,8 @@ pub use messaging::{ChannelConfig, ChannelKind, SubscriptionConfig};
 pub use model::*;
 pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
 pub use validate::{
-    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
-    validate_with_brokers,
+    BrokerConfig, Delivery, MeshConfig, TriggerConfig, ValidationContext, parse_duration, validate,
+    validate_in, validate_with_brokers,
 };
 
 impl MeshConfig {
