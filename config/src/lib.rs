@@ -48,8 +48,8 @@ pub use sources::{
     SecretConfig, SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec, secret_value,
 };
 pub use validate::{
-    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
-    validate_with_brokers,
+    BrokerConfig, Delivery, MeshConfig, TriggerConfig, ValidationContext, parse_duration, validate,
+    validate_in, validate_with_brokers,
 };
 
 impl MeshConfig {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::error::Location;
 use crate::loader::Document;
 use crate::model::{Destination, ObjectMeta};
-use crate::validate::{Ctx, check_destination, check_ref_target, typed};
+use crate::validate::{Ctx, Known, check_destination, check_ref_target, typed};
 
 /// `sources.knative.dev/v1`.
 pub const SOURCES_V1: &str = "sources.knative.dev/v1";
@@ -712,11 +712,11 @@ pub(crate) fn check_source_refs(
     ctx: &mut Ctx,
     doc: &Document,
     source: &SourceConfig,
-    brokers: &HashSet<(String, String)>,
+    known: &Known,
     secrets: &HashSet<(String, String)>,
 ) {
     let ns = &source.metadata.namespace;
-    check_ref_target(ctx, doc, "spec.sink.ref", source.sink(), ns, brokers);
+    check_ref_target(ctx, doc, "spec.sink.ref", source.sink(), ns, known);
     if let SourceSpec::GitHub(g) = &source.spec {
         let refs = [
             ("spec.secretToken", Some(&g.secret_token)),
