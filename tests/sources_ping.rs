@@ -194,3 +194,86 @@ async fn ping_source_applied_live_starts_and_deleted_stops() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sink.count(), count);
 }
+
+#[tokio::test]
+async fn ping_source_sink_can_be_a_channel() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {{name: pings, namespace: demo}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: to-sink, namespace: demo}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: pings}}
+  subscriber: {{uri: "{}"}}
+---
+{}"#,
+        sink.url(),
+        PING.replace(
+            "{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}",
+            "{ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: pings}}",
+        )
+    );
+    let m = mesh(&yaml).await;
+    eventually(
+        "a ping through the channel",
+        Duration::from_secs(10),
+        || sink.count() >= 1,
+    )
+    .await;
+    let r = &sink.received()[0];
+    assert_eq!(
+        r.header("ce-type").as_deref(),
+        Some("dev.knative.sources.ping")
+    );
+    let (_, obj) = get_json(&pingsource_url(&m, "ping")).await;
+    assert_eq!(
+        obj["status"]["sinkUri"],
+        Value::String(m.url("/channels/demo/pings"))
+    );
+}
+
+#[tokio::test]
+async fn ping_source_sink_can_be_a_sequence() {
+    let step = TestSink::start().await;
+    step.always(Reply::Map(|e| e.clone()));
+    let reply = TestSink::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: flows.knative.dev/v1
+kind: Sequence
+metadata: {{name: seq, namespace: demo}}
+spec:
+  steps:
+    - uri: "{}"
+  reply: {{uri: "{}"}}
+---
+{}"#,
+        step.url(),
+        reply.url(),
+        PING.replace(
+            "{ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}",
+            "{ref: {apiVersion: flows.knative.dev/v1, kind: Sequence, name: seq}}",
+        )
+    );
+    let _m = mesh(&yaml).await;
+    eventually(
+        "a ping through the sequence",
+        Duration::from_secs(10),
+        || reply.count() >= 1,
+    )
+    .await;
+    let r = &reply.received()[0];
+    assert_eq!(
+        r.header("ce-type").as_deref(),
+        Some("dev.knative.sources.ping")
+    );
+    assert_eq!(
+        r.header("ce-source").as_deref(),
+        Some("/apis/v1/namespaces/demo/pingsources/ping")
+    );
+}
