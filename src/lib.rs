@@ -39,6 +39,9 @@ mod admin;
 mod display;
 mod kube;
 mod runtime;
+mod server;
+
+pub use server::ServerLimits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,6 +81,8 @@ pub struct Options {
     /// Bearer token the admin API requires for writes (create, replace, delete); `None` leaves
     /// writes open (embedders that do not serve the admin API to others).
     pub admin_token: Option<String>,
+    /// Connection cap and header, idle and body timeouts of the HTTP server.
+    pub server: ServerLimits,
 }
 
 impl Default for Options {
@@ -89,6 +94,7 @@ impl Default for Options {
             url_template: None,
             service: ServiceOptions::default(),
             admin_token: None,
+            server: ServerLimits::default(),
         }
     }
 }
@@ -214,18 +220,13 @@ impl Mesh {
                 }))
                 .merge(display::routes())
                 .merge(evmesh_broker::telemetry::metrics_routes());
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!("server error: {e}");
-            }
-        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(server::serve(
+            listener,
+            app,
+            self.options.server.clone(),
+            stop_rx,
+        ));
         Ok(RunningMesh {
             addr,
             url: ingress,

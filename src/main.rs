@@ -37,6 +37,57 @@ impl Connect {
     }
 }
 
+/// Connection limits and timeouts of `serve` (durations like `10s`, `500ms`, `2m`).
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Time a client has to send a complete request head, from its first byte (or from
+    /// connecting); the connection is closed after it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    header_read_timeout: Duration,
+    /// Time a keep-alive connection may stay idle between requests.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+    idle_timeout: Duration,
+    /// Time a client has to send a request body after its head (408 after it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    body_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog (default: half the
+    /// open-file limit, at most 10000).
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+impl LimitArgs {
+    fn server_limits(&self) -> evmesh::ServerLimits {
+        evmesh::ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m` or `1h` (a bare number is seconds).
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 500ms, 10s, 2m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
 #[derive(Parser)]
 #[command(
     name = "evmesh",
@@ -118,6 +169,8 @@ enum Command {
         /// Do not poll the -f files for changes (re-read them on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Create or update resources in a running evmesh (like `kubectl apply -f`).
     Apply {
@@ -280,6 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token_file,
             no_watch,
             ca_file,
+            limits,
         } => {
             let mesh = if files.is_empty() {
                 tracing::info!(
@@ -308,6 +362,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir,
                 max_event_size,
                 url_template: Some(url_template),
+                server: limits.server_limits(),
                 ..Options::default()
             };
             if let Some(e) = storage_engine {

@@ -20,6 +20,12 @@ pub const MAX_TTL: i64 = 255;
 /// Default limit of an event's HTTP body (1 MiB, like Kafka's default message size).
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
 
+/// The error a request body gives once its read deadline passed (the server wraps every
+/// request body with one); ingress answers `408 Request Timeout` for it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received within {0:?}")]
+pub struct BodyTimeout(pub std::time::Duration);
+
 #[derive(Clone)]
 struct Ingress {
     service: BrokerService,
@@ -50,6 +56,8 @@ pub enum IngressError {
     NotFound(String),
     /// 405.
     MethodNotAllowed,
+    /// 408: the body did not arrive in time.
+    Timeout(String),
     /// 413.
     TooLarge(usize),
     /// 503.
@@ -65,6 +73,7 @@ impl IntoResponse for IngressError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "only POST (and OPTIONS) are allowed".into(),
             ),
+            IngressError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
             IngressError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("event larger than the limit of {max} bytes"),
@@ -163,7 +172,7 @@ async fn receive(
     }
     let bytes = to_bytes(body, ingress.max_size)
         .await
-        .map_err(|_| IngressError::TooLarge(ingress.max_size))?;
+        .map_err(|e| body_error(&e, ingress.max_size))?;
     let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
     *event_type = Some(cloudevents::AttributesReader::ty(event.event()).to_string());
     let append_started = std::time::Instant::now();
@@ -176,4 +185,20 @@ async fn receive(
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
     Ok(resp)
+}
+
+/// Why reading a request body failed: over the size limit (413), too slow (408), or broken
+/// framing such as malformed chunked encoding or a connection closed early (400).
+fn body_error(e: &axum::Error, max_size: usize) -> IngressError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return IngressError::TooLarge(max_size);
+        }
+        if let Some(t) = c.downcast_ref::<BodyTimeout>() {
+            return IngressError::Timeout(t.to_string());
+        }
+        cause = c.source();
+    }
+    IngressError::BadRequest(format!("reading the request body failed: {e}"))
 }
