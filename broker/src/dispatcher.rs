@@ -1055,6 +1055,7 @@ impl Worker {
                         retryable: e.retryable,
                         retry_after: None,
                         reason: e.reason,
+                        local: e.local,
                     }),
                 };
             }
