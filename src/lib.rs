@@ -83,6 +83,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// Connection cap and header, idle and body timeouts of the HTTP server.
     pub server: ServerLimits,
+    /// Store tuning (the bound of the append queue).
+    pub store: evmesh_store::StoreOptions,
 }
 
 impl Default for Options {
@@ -95,6 +97,7 @@ impl Default for Options {
             service: ServiceOptions::default(),
             admin_token: None,
             server: ServerLimits::default(),
+            store: evmesh_store::StoreOptions::default(),
         }
     }
 }
@@ -197,10 +200,13 @@ impl Mesh {
         let ingress = base_url(addr)?;
         let dir = self.options.data_dir.clone();
         let engine = self.options.engine;
+        let store_options = self.options.store;
         std::fs::create_dir_all(&dir)?;
-        let store = tokio::task::spawn_blocking(move || evmesh_store::open(engine, &dir))
-            .await
-            .map_err(std::io::Error::other)??;
+        let store = tokio::task::spawn_blocking(move || {
+            evmesh_store::open_with(engine, &dir, store_options)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         let service = BrokerService::new(store.clone(), self.options.service.clone())?;
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),

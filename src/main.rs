@@ -37,7 +37,8 @@ impl Connect {
     }
 }
 
-/// Connection limits and timeouts of `serve` (durations like `10s`, `500ms`, `2m`).
+/// Connection limits, timeouts and the append bound of `serve` (durations like `10s`, `500ms`,
+/// `2m`).
 #[derive(clap::Args)]
 struct LimitArgs {
     /// Time a client has to send a complete request head, from its first byte (or from
@@ -54,6 +55,10 @@ struct LimitArgs {
     /// open-file limit, at most 10000).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Most bytes of events waiting to be written to disk; beyond it ingress answers 503 with
+    /// Retry-After instead of queueing more.
+    #[arg(long, default_value_t = evmesh_store::DEFAULT_MAX_QUEUED_BYTES)]
+    max_append_queue_bytes: usize,
 }
 
 impl LimitArgs {
@@ -363,6 +368,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_event_size,
                 url_template: Some(url_template),
                 server: limits.server_limits(),
+                store: evmesh_store::StoreOptions {
+                    max_queued_bytes: limits.max_append_queue_bytes,
+                },
                 ..Options::default()
             };
             if let Some(e) = storage_engine {

@@ -60,12 +60,16 @@ pub enum IngressError {
     Timeout(String),
     /// 413.
     TooLarge(usize),
-    /// 503.
-    Unavailable(String),
+    /// 503, with `Retry-After` in seconds when given (the store is busy or failing).
+    Unavailable(String, Option<u32>),
 }
+
+/// `Retry-After` (seconds) of a 503 for a store that is busy or failing.
+pub const STORE_RETRY_AFTER_SECS: u32 = 1;
 
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, msg) = match self {
             IngressError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             IngressError::NotFound(m) => (StatusCode::NOT_FOUND, m),
@@ -78,11 +82,18 @@ impl IntoResponse for IngressError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("event larger than the limit of {max} bytes"),
             ),
-            IngressError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            IngressError::Unavailable(m, retry) => {
+                retry_after = retry;
+                (StatusCode::SERVICE_UNAVAILABLE, m)
+            }
         };
         let mut resp = (status, msg + "\n").into_response();
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }
@@ -93,9 +104,12 @@ impl From<PublishError> for IngressError {
             PublishError::NotFound(m) => IngressError::NotFound(format!("broker {m} not found")),
             PublishError::TtlExpired => IngressError::BadRequest(e.to_string()),
             PublishError::Encode(m) => IngressError::BadRequest(m),
-            PublishError::Store(_) | PublishError::ShuttingDown => {
-                IngressError::Unavailable(e.to_string())
+            // Busy (append queue full) or failing (disk full, I/O error): nothing was stored,
+            // and the client may send it again shortly.
+            PublishError::Store(_) => {
+                IngressError::Unavailable(e.to_string(), Some(STORE_RETRY_AFTER_SECS))
             }
+            PublishError::ShuttingDown => IngressError::Unavailable(e.to_string(), None),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,6 +65,8 @@ pub(crate) struct Committer {
     metas: HashMap<String, LogMeta>,
     /// Checkpoint writes not yet committed (shared with readers, kept across a failed commit).
     pending: Arc<PendingCheckpoints>,
+    /// Payload bytes of appends sent and not answered yet (the store's admission bound).
+    queued: Arc<AtomicUsize>,
 }
 
 /// Checkpoint writes handed to the store but not yet committed, each with a sequence number so
@@ -127,12 +129,14 @@ impl Committer {
         engine: Arc<dyn KvEngine>,
         counters: Arc<Counters>,
         pending: Arc<PendingCheckpoints>,
+        queued: Arc<AtomicUsize>,
     ) -> Self {
         Committer {
             engine,
             counters,
             metas: HashMap::new(),
             pending,
+            queued,
         }
     }
 
@@ -177,9 +181,11 @@ impl Committer {
                 } => retentions.push((log, retention, keep_from, reply)),
             }
         }
+        let appended_bytes: usize = appends.iter().map(|(_, p, _)| p.len()).sum();
         if !appends.is_empty() || !flushes.is_empty() || !self.pending.is_empty() {
             self.commit_cycle(appends, flushes);
         }
+        self.queued.fetch_sub(appended_bytes, Ordering::AcqRel);
         for (log, retention, keep_from, reply) in retentions {
             let result = self.retention(&log, retention, keep_from);
             // The caller may have gone away; nothing to do then.

@@ -2,7 +2,7 @@
 //! commit by a dedicated committer thread.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -14,6 +14,7 @@ use crate::keys;
 use crate::kv::{KvEngine, engine_err};
 use crate::{
     BoxFuture, EngineKind, EventStore, LogId, Offset, Record, Result, Retention, StoreError,
+    StoreOptions,
 };
 
 /// Counters of a [`KvEventStore`] since it was opened.
@@ -40,6 +41,9 @@ pub struct KvEventStore {
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
     pending: Arc<PendingCheckpoints>,
+    /// Payload bytes of appends handed to the committer and not answered yet.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl std::fmt::Debug for KvEventStore {
@@ -55,21 +59,36 @@ impl KvEventStore {
     /// Opens (or creates) the store of engine `kind` in `dir` (created if missing) and starts
     /// its committer thread.
     pub fn open(kind: EngineKind, dir: &Path) -> Result<Self> {
+        Self::open_with(kind, dir, StoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with options.
+    pub fn open_with(kind: EngineKind, dir: &Path, options: StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(engine_err)?;
         let engine: Arc<dyn KvEngine> = match kind {
             EngineKind::Sled => Arc::new(crate::sled_engine::SledEngine::open(dir)?),
             EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(dir)?),
             EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(dir)?),
         };
-        Self::start(kind, engine)
+        Self::start(kind, engine, options)
     }
 
     /// Starts the committer thread on an opened engine.
-    pub(crate) fn start(kind: EngineKind, engine: Arc<dyn KvEngine>) -> Result<Self> {
+    pub(crate) fn start(
+        kind: EngineKind,
+        engine: Arc<dyn KvEngine>,
+        options: StoreOptions,
+    ) -> Result<Self> {
         let counters = Arc::new(Counters::default());
         let pending = Arc::new(PendingCheckpoints::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
-        let committer = Committer::new(engine.clone(), counters.clone(), pending.clone());
+        let committer = Committer::new(
+            engine.clone(),
+            counters.clone(),
+            pending.clone(),
+            queued.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("evmesh-store-{}", kind.as_str()))
             .spawn(move || committer.run(rx))
@@ -81,6 +100,8 @@ impl KvEventStore {
             thread: Mutex::new(Some(thread)),
             counters,
             pending,
+            queued,
+            max_queued: options.max_queued_bytes,
         })
     }
 
@@ -144,12 +165,27 @@ impl EventStore for KvEventStore {
     fn append<'a>(&'a self, log: &'a LogId, payload: Vec<u8>) -> BoxFuture<'a, Result<Offset>> {
         Box::pin(async move {
             keys::check_log(log.as_str())?;
+            let n = payload.len();
+            // Admit the append only while the queue holds less than its limit (always when it
+            // is empty, so one large event is never refused for good). The committer gives the
+            // bytes back once it answered the append.
+            let before = self.queued.fetch_add(n, Ordering::AcqRel);
+            if before > 0 && before.saturating_add(n) > self.max_queued {
+                self.queued.fetch_sub(n, Ordering::AcqRel);
+                return Err(StoreError::Busy {
+                    queued: before,
+                    limit: self.max_queued,
+                });
+            }
             let (reply, rx) = oneshot::channel();
-            self.send(Request::Append {
+            if let Err(e) = self.send(Request::Append {
                 log: log.as_str().to_owned(),
                 payload,
                 reply,
-            })?;
+            }) {
+                self.queued.fetch_sub(n, Ordering::AcqRel);
+                return Err(e);
+            }
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
