@@ -61,7 +61,10 @@ async fn a_full_append_queue_answers_503_with_retry_after_and_every_202_event_is
     quiet(&m, "demo", "default", accepted.len() as u64).await;
     let got = id_counts(&sink);
     for id in &accepted {
-        assert!(got.contains_key(id), "accepted event {id} was not delivered");
+        assert!(
+            got.contains_key(id),
+            "accepted event {id} was not delivered"
+        );
     }
     for (id, _, _) in &busy {
         assert!(!got.contains_key(id), "refused event {id} was delivered");
