@@ -210,7 +210,7 @@ impl Mesh {
         let service = BrokerService::new(store.clone(), self.options.service.clone())?;
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
-            store,
+            store.clone(),
             ingress.clone(),
             self.options.url_template.clone(),
             self.docs.clone(),
@@ -223,6 +223,7 @@ impl Mesh {
                     runtime: runtime.clone(),
                     ready: ready.clone(),
                     token: self.options.admin_token.as_deref().map(Arc::from),
+                    store,
                 }))
                 .merge(display::routes())
                 .merge(evmesh_broker::telemetry::metrics_routes());

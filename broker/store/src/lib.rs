@@ -164,6 +164,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Resolves once everything handed to the store so far (appends and checkpoints) is durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// `Err` with the reason while the store cannot write (disk full, I/O error); `Ok` once it
+    /// writes again. The embedded store recovers by itself, probing the disk while it fails.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The embedded storage engines evmesh can run on.

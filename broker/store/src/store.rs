@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::committer::{Committer, Counters, PendingCheckpoints, Request};
 use crate::keys;
-use crate::kv::{KvEngine, engine_err};
+use crate::kv::{EngineSlot, KvEngine, Reopen, engine_err};
 use crate::{
     BoxFuture, EngineKind, EventStore, LogId, Offset, Record, Result, Retention, StoreError,
     StoreOptions,
@@ -36,7 +36,8 @@ pub struct StoreStats {
 /// store commits what is pending and stops the thread.
 pub struct KvEventStore {
     kind: EngineKind,
-    engine: Arc<dyn KvEngine>,
+    engine: Arc<EngineSlot>,
+    health: Arc<crate::committer::Health>,
     tx: RwLock<Option<Sender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
@@ -65,20 +66,31 @@ impl KvEventStore {
     /// [`open`](Self::open) with options.
     pub fn open_with(kind: EngineKind, dir: &Path, options: StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(engine_err)?;
-        let engine: Arc<dyn KvEngine> = match kind {
-            EngineKind::Sled => Arc::new(crate::sled_engine::SledEngine::open(dir)?),
-            EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(dir)?),
-            EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(dir)?),
-        };
-        Self::start(kind, engine, options)
+        let path = dir.to_path_buf();
+        let open: Reopen = Box::new(move || -> Result<Arc<dyn KvEngine>> {
+            Ok(match kind {
+                EngineKind::Sled => Arc::new(crate::sled_engine::SledEngine::open(&path)?),
+                EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(&path)?),
+                EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(&path)?),
+            })
+        });
+        let engine = open()?;
+        Self::start_slot(kind, EngineSlot::new(engine, Some(open)), options)
     }
 
     /// Starts the committer thread on an opened engine.
+    #[cfg(test)]
     pub(crate) fn start(
         kind: EngineKind,
         engine: Arc<dyn KvEngine>,
         options: StoreOptions,
     ) -> Result<Self> {
+        Self::start_slot(kind, EngineSlot::new(engine, None), options)
+    }
+
+    fn start_slot(kind: EngineKind, slot: EngineSlot, options: StoreOptions) -> Result<Self> {
+        let engine = Arc::new(slot);
+        let health = Arc::new(crate::committer::Health::default());
         let counters = Arc::new(Counters::default());
         let pending = Arc::new(PendingCheckpoints::default());
         let queued = Arc::new(AtomicUsize::new(0));
@@ -88,6 +100,7 @@ impl KvEventStore {
             counters.clone(),
             pending.clone(),
             queued.clone(),
+            health.clone(),
         );
         let thread = std::thread::Builder::new()
             .name(format!("evmesh-store-{}", kind.as_str()))
@@ -96,6 +109,7 @@ impl KvEventStore {
         Ok(KvEventStore {
             kind,
             engine,
+            health,
             tx: RwLock::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             counters,
@@ -151,7 +165,7 @@ impl KvEventStore {
 
     fn meta(&self, log: &LogId) -> Result<keys::LogMeta> {
         keys::check_log(log.as_str())?;
-        keys::load_meta(self.engine.as_ref(), log.as_str())
+        keys::load_meta(self.engine.get()?.as_ref(), log.as_str())
     }
 }
 
@@ -197,7 +211,7 @@ impl EventStore for KvEventStore {
         // Start at the first stored record: below it an LSM engine (fjall) would wade through
         // the tombstones retention left.
         let from = from.max(self.meta(log)?.first);
-        let rows = self.engine.scan(
+        let rows = self.engine.get()?.scan(
             &keys::record_key(log.as_str(), from),
             &keys::record_end(log.as_str()),
             max,
@@ -235,7 +249,7 @@ impl EventStore for KvEventStore {
         let start = keys::checkpoint_key(prefix);
         let end = keys::prefix_end(&start);
         let mut out = std::collections::BTreeMap::new();
-        for (k, v) in self.engine.scan(&start, &end, usize::MAX)? {
+        for (k, v) in self.engine.get()?.scan(&start, &end, usize::MAX)? {
             let key = k
                 .get(2..)
                 .and_then(|k| String::from_utf8(k.to_vec()).ok())
@@ -262,6 +276,13 @@ impl EventStore for KvEventStore {
             reply,
         })?;
         rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn health(&self) -> Result<()> {
+        match self.health.failing() {
+            Some(reason) => Err(StoreError::Engine(reason)),
+            None => Ok(()),
+        }
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<()>> {

@@ -167,3 +167,27 @@ async fn appends_beyond_the_queued_bytes_bound_fail_busy_and_the_bound_frees_up_
         .await
         .expect("admitted when the queue is empty");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_reports_it_and_recovers_by_itself_once_writes_succeed() {
+    let (engine, store) = store();
+    assert!(store.health().is_ok());
+    engine.fail.store(true, Ordering::SeqCst);
+    assert!(store.append(&LogId::new("l"), vec![1]).await.is_err());
+    let reason = store.health().expect_err("failing after a failed commit");
+    assert!(reason.to_string().contains("disk on fire"), "{reason}");
+    engine.fail.store(false, Ordering::SeqCst);
+    // No request needed: the committer probes the disk by itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.health().is_err() {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store
+            .append(&LogId::new("l"), vec![2])
+            .await
+            .expect("append"),
+        0
+    );
+}
