@@ -240,8 +240,16 @@ async fn serve_connection(
         async move {
             let req = req.map(|b| Body::new(DeadlineBody::new(b, deadline, body_timeout)));
             let resp = app.oneshot(req).await;
-            drop(active);
-            resp
+            // The request counts as in progress until its response body is sent (a watch
+            // streams for long): idle and header timeouts start after it.
+            resp.map(|r| {
+                r.map(|body| {
+                    Body::new(Guarded {
+                        inner: body,
+                        _active: active,
+                    })
+                })
+            })
         }
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
@@ -319,6 +327,32 @@ impl AsyncWrite for Watched {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// A response body holding its connection's [`Active`] mark until it is sent or dropped.
+struct Guarded {
+    inner: Body,
+    _active: Active,
+}
+
+impl HttpBody for Guarded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -219,3 +219,57 @@ async fn malformed_chunked_framing_gets_400() {
     assert_eq!(read_response(&mut s).await, 400);
     assert_eq!(sink.count(), 0);
 }
+
+#[tokio::test]
+async fn a_streaming_watch_response_outlives_the_idle_and_header_timeouts() {
+    let sink = TestSink::start().await;
+    let m = mesh_with_limits(
+        &sink,
+        evmesh::ServerLimits {
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+            ..evmesh::ServerLimits::default()
+        },
+    )
+    .await;
+    let url = m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers");
+    let mut watch = client()
+        .get(format!("{url}?watch=true"))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status().as_u16(), 200);
+    let first = watch
+        .chunk()
+        .await
+        .expect("read watch")
+        .expect("first event");
+    assert!(String::from_utf8_lossy(&first).contains("\"t1\""));
+    // Longer than both timeouts with nothing sent either way: a response in progress is not idle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t2 = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t2, namespace: demo}}\n\
+         spec:\n  broker: default\n  subscriber: {{uri: \"{}\"}}\n",
+        sink.url()
+    );
+    let created = client()
+        .post(&url)
+        .header("content-type", "application/yaml")
+        .body(t2)
+        .send()
+        .await
+        .expect("create t2");
+    assert!(created.status().is_success(), "{}", created.status());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, watch.chunk())
+            .await
+            .expect("the watch delivers the change in time")
+            .expect("the watch connection is still open")
+            .expect("a watch event, not the end of the stream");
+        if String::from_utf8_lossy(&chunk).contains("\"t2\"") {
+            break;
+        }
+    }
+}
