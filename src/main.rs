@@ -174,6 +174,10 @@ enum Command {
         /// Do not poll the -f files for changes (re-read them on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
+        /// Channel kind of Channels, Sequences and Parallels without channelTemplate (as
+        /// Knative's default-ch-webhook clusterDefault; such a ConfigMap in the YAML wins).
+        #[arg(long, default_value = "InMemoryChannel")]
+        default_channel: evmesh_config::ChannelKind,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -338,6 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token_file,
             no_watch,
             ca_file,
+            default_channel,
             limits,
         } => {
             let mesh = if files.is_empty() {
@@ -367,6 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir,
                 max_event_size,
                 url_template: Some(url_template),
+                default_channel: Some(default_channel),
                 server: limits.server_limits(),
                 store: evmesh_store::StoreOptions {
                     max_queued_bytes: limits.max_append_queue_bytes,

@@ -23,6 +23,7 @@
 mod annotations;
 mod error;
 mod loader;
+pub mod messaging;
 mod model;
 pub mod names;
 pub mod registry;
@@ -37,11 +38,12 @@ pub use annotations::{
 };
 pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, MAX_YAML_BYTES, load_str, read_yaml, read_yaml_file};
+pub use messaging::{ChannelConfig, ChannelKind, SubscriptionConfig};
 pub use model::*;
-pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, event_display_url};
+pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
 pub use validate::{
-    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
-    validate_with_brokers,
+    BrokerConfig, Delivery, MeshConfig, TriggerConfig, ValidationContext, parse_duration, validate,
+    validate_in, validate_with_brokers,
 };
 
 impl MeshConfig {
