@@ -714,18 +714,28 @@ impl Runtime {
                 )],
             });
         }
-        if let Some(prev) = &previous
-            && kind.kind == "Subscription"
-            && prev.manifest["spec"]["channel"] != manifest["spec"]["channel"]
-        {
-            return Err(WriteError::Invalid {
-                kind,
-                name,
-                causes: vec![(
-                    "spec.channel".into(),
-                    "Immutable field changed (as in Knative)".into(),
-                )],
-            });
+        // Immutable as in Knative: a Subscription's channel, a Channel's template (once set).
+        let immutable = match kind.kind {
+            "Subscription" => Some("channel"),
+            "Channel" => Some("channelTemplate"),
+            _ => None,
+        };
+        if let (Some(prev), Some(field)) = (&previous, immutable) {
+            let (old, new) = (&prev.manifest["spec"][field], &manifest["spec"][field]);
+            let changed = match kind.kind {
+                "Channel" => !old.is_null() && !new.is_null() && old != new,
+                _ => old != new,
+            };
+            if changed {
+                return Err(WriteError::Invalid {
+                    kind,
+                    name,
+                    causes: vec![(
+                        format!("spec.{field}"),
+                        "Immutable field changed (as in Knative)".into(),
+                    )],
+                });
+            }
         }
         // Validate this resource in the context of the running configuration.
         let doc = Document::from_value(

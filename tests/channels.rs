@@ -412,3 +412,44 @@ async fn a_subscription_changed_and_a_channel_deleted_through_the_api_while_even
     let (_, s) = get_json(&format!("{}/s", api(&m, "subscriptions"))).await;
     assert_eq!(s["status"]["conditions"][0]["status"], "False", "{s}");
 }
+
+#[tokio::test]
+async fn a_channels_template_cannot_change_once_set() {
+    let m = mesh("").await;
+    let ch = |spec: &str| {
+        format!(
+            "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata: {{name: c}}\nspec:\n{spec}"
+        )
+    };
+    let with_template =
+        ch("  channelTemplate: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}\n");
+    let (code, obj) = send(
+        reqwest::Method::POST,
+        &api(&m, "channels"),
+        Some(with_template),
+    )
+    .await;
+    assert_eq!(code, 201, "{obj}");
+    let changed = ch(
+        "  channelTemplate: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, spec: {delivery: {retry: 1}}}\n",
+    );
+    let (code, obj) = send(
+        reqwest::Method::PUT,
+        &format!("{}/c", api(&m, "channels")),
+        Some(changed),
+    )
+    .await;
+    assert_eq!(code, 422, "{obj}");
+    assert!(obj.to_string().contains("spec.channelTemplate"), "{obj}");
+    // The Channel's own delivery may change.
+    let delivery = ch(
+        "  channelTemplate: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}\n  delivery: {retry: 2}\n",
+    );
+    let (code, obj) = send(
+        reqwest::Method::PUT,
+        &format!("{}/c", api(&m, "channels")),
+        Some(delivery),
+    )
+    .await;
+    assert_eq!(code, 200, "{obj}");
+}

@@ -774,3 +774,120 @@ async fn a_running_sequence_is_ready_and_one_with_a_step_that_cannot_resolve_is_
         "{seq}"
     );
 }
+
+#[tokio::test]
+async fn a_broker_and_a_channel_can_be_steps() {
+    let (first, via_broker, via_channel) = (
+        TestSink::start().await,
+        TestSink::start().await,
+        TestSink::start().await,
+    );
+    first.always(Reply::Map(step1));
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: all}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Channel
+metadata: {{name: tap}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: tap-reader}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: tap}}
+  subscriber: {{uri: "{}"}}
+---
+apiVersion: flows.knative.dev/v1
+kind: Sequence
+metadata: {{name: to-broker}}
+spec:
+  steps:
+    - uri: "{}"
+    - ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+---
+apiVersion: flows.knative.dev/v1
+kind: Sequence
+metadata: {{name: to-channel}}
+spec:
+  steps:
+    - ref: {{apiVersion: messaging.knative.dev/v1, kind: Channel, name: tap}}
+"#,
+        via_broker.url(),
+        via_channel.url(),
+        first.url()
+    );
+    let m = mesh(&yaml).await;
+    post_ok(
+        &m.url("/channels/default/to-broker-kn-sequence-0"),
+        text_event("b", "x"),
+    )
+    .await;
+    post_ok(
+        &m.url("/channels/default/to-channel-kn-sequence-0"),
+        text_event("c", "y"),
+    )
+    .await;
+    eventually(
+        "the broker step's trigger gets the first step's reply",
+        Duration::from_secs(10),
+        || via_broker.count() == 1,
+    )
+    .await;
+    eventually(
+        "the channel step's subscription gets the event",
+        Duration::from_secs(10),
+        || via_channel.ids() == ["c"],
+    )
+    .await;
+    assert_eq!(text_of(via_broker.received()[0].event()), "x-step1");
+}
+
+#[tokio::test]
+async fn a_parallel_can_be_a_subscriptions_reply() {
+    let (sub, branch) = (TestSink::start().await, TestSink::start().await);
+    sub.always(Reply::Map(step1));
+    let yaml = format!(
+        r#"
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {{name: in}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: s}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: in}}
+  subscriber: {{uri: "{}"}}
+  reply:
+    ref: {{apiVersion: flows.knative.dev/v1, kind: Parallel, name: p}}
+---
+apiVersion: flows.knative.dev/v1
+kind: Parallel
+metadata: {{name: p}}
+spec:
+  branches:
+    - subscriber: {{uri: "{}"}}
+"#,
+        sub.url(),
+        branch.url()
+    );
+    let m = mesh(&yaml).await;
+    post_ok(&m.url("/channels/default/in"), text_event("r", "z")).await;
+    eventually(
+        "the Parallel's branch gets the subscriber's reply",
+        Duration::from_secs(10),
+        || branch.count() == 1,
+    )
+    .await;
+    assert_eq!(text_of(branch.received()[0].event()), "z-step1");
+}

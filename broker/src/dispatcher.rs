@@ -29,6 +29,8 @@ use crate::service::Publisher;
 /// from the log when it gets to them.
 const QUEUE_KEEP_EVENTS: usize = 10_000;
 const ROUTER_BATCH: usize = 512;
+/// How often a router stopped at a record it cannot read tries it again.
+const STALL_RETRY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 /// Bytes of a failed response body kept in a checkpoint: what `knativeerrordata` needs.
 const MAX_KEPT_BODY: usize = 1024;
@@ -300,7 +302,15 @@ impl Router {
 
     /// Swaps in the current members; a member new to the table is caught up on the offsets
     /// routed since its start (it was created while the old table was in use).
-    async fn refresh(&self, table: &mut Table) {
+    ///
+    /// A record that cannot be decoded stops the catch-up there (it is never skipped): the new
+    /// members are reported not ready and stay out of the table; `resume` remembers how far each
+    /// was caught up, so the next try hands nothing out twice.
+    async fn refresh(
+        &self,
+        table: &mut Table,
+        resume: &mut HashMap<usize, Offset>,
+    ) -> Result<(), String> {
         self.routes.dirty.store(false, Ordering::Release);
         let members = self.routes.snapshot();
         let next = self.next.load(Ordering::Acquire);
@@ -316,7 +326,17 @@ impl Router {
             .filter(|m| m.start < next)
             .cloned()
             .collect();
-        if let Some(from) = fresh.iter().map(|t| t.start).min() {
+        let starts: Vec<Offset> = fresh
+            .iter()
+            .map(|t| {
+                resume
+                    .get(&(Arc::as_ptr(t) as usize))
+                    .copied()
+                    .unwrap_or(t.start)
+                    .max(t.start)
+            })
+            .collect();
+        if let Some(from) = starts.iter().copied().min() {
             let filters: Vec<Filter> = fresh.iter().map(|t| t.filter()).collect();
             let mut at = from;
             while at < next {
@@ -325,15 +345,24 @@ impl Router {
                     break;
                 }
                 for record in batch.iter().take_while(|r| r.offset < next) {
-                    if let Ok(event) = EventRecord::from_stored(&record.payload) {
-                        let event = Arc::new(event);
-                        for (t, f) in fresh.iter().zip(&filters) {
-                            if record.offset >= t.start && f.matches(&event) {
-                                self.counters.routed(1);
-                                t.push(record.offset, &event);
-                                t.notify.notify_one();
+                    let event = match EventRecord::from_stored(&record.payload) {
+                        Ok(event) => Arc::new(event),
+                        Err(e) => {
+                            let reason = self.stalled_reason(record.offset, &e.to_string());
+                            for t in &fresh {
+                                t.set_not_ready("router", Some(reason.clone()));
                             }
+                            self.routes.changed();
+                            return Err(reason);
                         }
+                    };
+                    for ((t, f), start) in fresh.iter().zip(&filters).zip(&starts) {
+                        if record.offset >= *start && f.matches(&event) {
+                            self.counters.routed(1);
+                            t.push(record.offset, &event);
+                            t.notify.notify_one();
+                        }
+                        resume.insert(Arc::as_ptr(t) as usize, record.offset + 1);
                     }
                     at = record.offset + 1;
                 }
@@ -344,8 +373,20 @@ impl Router {
         }
         for m in &members {
             m.attached.store(true, Ordering::Release);
+            resume.remove(&(Arc::as_ptr(m) as usize));
         }
         *table = Table::build(members);
+        Ok(())
+    }
+
+    /// Why routing stopped at `offset`.
+    fn stalled_reason(&self, offset: Offset, error: &str) -> String {
+        let reason = format!(
+            "record {offset} of log {} cannot be read ({error}); delivery stops there rather than skip it (a newer evmesh wrote it, or the store is damaged)",
+            self.log.as_str()
+        );
+        tracing::error!(log = self.log.as_str(), offset, "{reason}");
+        reason
     }
 
     /// Routes until shutdown. A panic here is caught by the supervisor, which runs it again: it
@@ -358,6 +399,7 @@ impl Router {
         let mut last_refresh = Instant::now() - ROUTES_DEBOUNCE;
         self.routes.dirty.store(true, Ordering::Release);
         let mut matched = Vec::new();
+        let mut resume = HashMap::new();
         loop {
             let notified = self.notify.notified();
             if self.routes.dirty.load(Ordering::Acquire) {
@@ -375,8 +417,18 @@ impl Router {
                         return;
                     }
                 }
-                self.refresh(&mut table).await;
+                let refreshed = self.refresh(&mut table, &mut resume).await;
                 last_refresh = Instant::now();
+                if refreshed.is_err() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(STALL_RETRY) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    continue;
+                }
             }
             let mut progressed = false;
             let from = self.next.load(Ordering::Acquire);
@@ -392,6 +444,7 @@ impl Router {
                 }
             } else {
                 let batch = self.read(from, ROUTER_BATCH).await;
+                let mut stalled = false;
                 for record in &batch {
                     match EventRecord::from_stored(&record.payload) {
                         Ok(event) => {
@@ -407,14 +460,28 @@ impl Router {
                                 }
                             }
                         }
-                        Err(e) => tracing::error!(
-                            log = self.log.as_str(),
-                            offset = record.offset,
-                            "undecodable record skipped: {e}"
-                        ),
+                        Err(e) => {
+                            // Never skipped: routing stops here, each trigger says why.
+                            let reason = self.stalled_reason(record.offset, &e.to_string());
+                            for t in &table.triggers {
+                                t.set_not_ready("router", Some(reason.clone()));
+                            }
+                            stalled = true;
+                            break;
+                        }
                     }
                     self.next.store(record.offset + 1, Ordering::Release);
                     progressed = true;
+                }
+                if stalled {
+                    tokio::select! {
+                        _ = tokio::time::sleep(STALL_RETRY) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    continue;
                 }
                 if batch.len() == ROUTER_BATCH {
                     continue;

@@ -217,11 +217,20 @@ impl EmbeddedCursor {
                     matched.push((record.offset, Arc::new(event)));
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(
-                    route = %self.shared.name,
-                    offset = record.offset,
-                    "undecodable record skipped: {e}"
-                ),
+                Err(e) => {
+                    // Never skipped: the catch-up stops here and retries; the route says why.
+                    let reason = format!(
+                        "record {} of log {} cannot be read ({e}); delivery stops there rather than skip it",
+                        record.offset,
+                        self.log.as_str()
+                    );
+                    self.shared.set_not_ready("log", Some(reason.clone()));
+                    if matched.is_empty() {
+                        return Err(reason);
+                    }
+                    // Deliver what matched before it; the next read starts at the bad record.
+                    return Ok((matched, record.offset, false));
+                }
             }
         }
         Ok((matched, next, at_end))
@@ -249,6 +258,7 @@ impl EmbeddedCursor {
             reads += 1;
             match self.read_matching(cursor).await {
                 Ok((matched, next, at_end)) => {
+                    self.shared.set_not_ready("log", None);
                     if matched.is_empty() {
                         self.taken_upto = self.taken_upto.max(next);
                     }

@@ -834,6 +834,12 @@ fn validate_impl(
         let name = format!("{ns}/{}", trigger.metadata.name);
         let filter = compile_filter(&mut ctx, doc, &trigger.spec, &name);
         let annotations = &trigger.metadata.annotations;
+        warn_unused_annotations(
+            &mut ctx,
+            doc,
+            annotations,
+            &[DELIVERY_ORDER_ANNOTATION, REPLAY_FROM_ANNOTATION],
+        );
         let order = match annotations.get(DELIVERY_ORDER_ANNOTATION) {
             None => DeliveryOrder::Unordered,
             Some(v) => DeliveryOrder::parse(v).unwrap_or_else(|e| {
@@ -878,6 +884,31 @@ fn validate_impl(
             errors: ctx.errors,
             warnings: ctx.warnings,
         })
+    }
+}
+
+/// Warns about each Knative or evmesh annotation (a key in a `knative.dev` or `evmesh.dev`
+/// domain) that evmesh does not act on for this kind: such an annotation changes behaviour in
+/// Knative, so ignoring it silently would mislead. Other annotations are the user's own.
+fn warn_unused_annotations(
+    ctx: &mut Ctx,
+    doc: &Document,
+    annotations: &BTreeMap<String, String>,
+    acted_on: &[&str],
+) {
+    for key in annotations.keys() {
+        let domain = key.split_once('/').map(|(d, _)| d).unwrap_or("");
+        let ours = domain == "knative.dev"
+            || domain.ends_with(".knative.dev")
+            || domain == "evmesh.dev"
+            || domain.ends_with(".evmesh.dev");
+        if ours && !acted_on.contains(&key.as_str()) {
+            ctx.warn(
+                doc,
+                "metadata.annotations",
+                format!("annotation {key:?} is not acted on by evmesh (ignored)"),
+            );
+        }
     }
 }
 
