@@ -25,6 +25,8 @@ pub(crate) struct Admin {
     pub(crate) ready: Arc<AtomicBool>,
     /// Bearer token required for writes.
     pub(crate) token: Option<Arc<str>>,
+    /// The event store, whose health `/readyz` reports.
+    pub(crate) store: Arc<dyn evmesh_store::EventStore>,
 }
 
 pub(crate) fn routes(admin: Admin) -> Router {
@@ -56,6 +58,13 @@ pub(crate) fn routes(admin: Admin) -> Router {
 async fn readyz(State(a): State<Admin>) -> Response {
     if !a.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    if let Err(e) = a.store.health() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: cannot write events: {e}\n"),
+        )
+            .into_response();
     }
     let failing: Vec<String> = a
         .runtime

@@ -1,7 +1,6 @@
 //! The CLI's client commands (`apply`, `delete`, `get`): they talk to a running evmesh's admin
 //! API the way kubectl talks to a cluster.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -105,8 +104,8 @@ fn read_docs(files: &[PathBuf]) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     for f in files {
         if f.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
+            let text = evmesh_config::read_yaml(std::io::stdin().lock())
+                .map_err(|e| anyhow::anyhow!("standard input {e}"))?;
             let docs = evmesh_config::load_str("<stdin>", &text).map_err(anyhow::Error::msg)?;
             out.extend(docs.into_iter().map(|d| d.value));
         } else {

@@ -39,7 +39,10 @@ mod admin;
 mod display;
 mod kube;
 mod runtime;
+mod server;
 mod sources;
+
+pub use server::ServerLimits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +86,10 @@ pub struct Options {
     /// Bearer token the admin API requires for writes (create, replace, delete); `None` leaves
     /// writes open (embedders that do not serve the admin API to others).
     pub admin_token: Option<String>,
+    /// Connection cap and header, idle and body timeouts of the HTTP server.
+    pub server: ServerLimits,
+    /// Store tuning (the bound of the append queue).
+    pub store: evmesh_store::StoreOptions,
 }
 
 impl Default for Options {
@@ -95,6 +102,8 @@ impl Default for Options {
             default_channel: None,
             service: ServiceOptions::default(),
             admin_token: None,
+            server: ServerLimits::default(),
+            store: evmesh_store::StoreOptions::default(),
         }
     }
 }
@@ -197,14 +206,17 @@ impl Mesh {
         let ingress = base_url(addr)?;
         let dir = self.options.data_dir.clone();
         let engine = self.options.engine;
+        let store_options = self.options.store;
         std::fs::create_dir_all(&dir)?;
-        let store = tokio::task::spawn_blocking(move || evmesh_store::open(engine, &dir))
-            .await
-            .map_err(std::io::Error::other)??;
+        let store = tokio::task::spawn_blocking(move || {
+            evmesh_store::open_with(engine, &dir, store_options)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         let service = BrokerService::new(store.clone(), self.options.service.clone())?;
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
-            store,
+            store.clone(),
             ingress.clone(),
             self.options.url_template.clone(),
             self.options.default_channel,
@@ -218,22 +230,18 @@ impl Mesh {
                     runtime: runtime.clone(),
                     ready: ready.clone(),
                     token: self.options.admin_token.as_deref().map(Arc::from),
+                    store,
                 }))
                 .merge(display::routes())
                 .merge(runtime.sources().router())
                 .merge(evmesh_broker::telemetry::metrics_routes());
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!("server error: {e}");
-            }
-        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(server::serve(
+            listener,
+            app,
+            self.options.server.clone(),
+            stop_rx,
+        ));
         Ok(RunningMesh {
             addr,
             url: ingress,

@@ -37,6 +37,62 @@ impl Connect {
     }
 }
 
+/// Connection limits, timeouts and the append bound of `serve` (durations like `10s`, `500ms`,
+/// `2m`).
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Time a client has to send a complete request head, from its first byte (or from
+    /// connecting); the connection is closed after it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    header_read_timeout: Duration,
+    /// Time a keep-alive connection may stay idle between requests.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+    idle_timeout: Duration,
+    /// Time a client has to send a request body after its head (408 after it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    body_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog (default: half the
+    /// open-file limit, at most 10000).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Most bytes of events waiting to be written to disk; beyond it ingress answers 503 with
+    /// Retry-After instead of queueing more.
+    #[arg(long, default_value_t = evmesh_store::DEFAULT_MAX_QUEUED_BYTES)]
+    max_append_queue_bytes: usize,
+}
+
+impl LimitArgs {
+    fn server_limits(&self) -> evmesh::ServerLimits {
+        evmesh::ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m` or `1h` (a bare number is seconds).
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 500ms, 10s, 2m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
 #[derive(Parser)]
 #[command(
     name = "evmesh",
@@ -122,6 +178,8 @@ enum Command {
         /// Knative's default-ch-webhook clusterDefault; such a ConfigMap in the YAML wins).
         #[arg(long, default_value = "InMemoryChannel")]
         default_channel: evmesh_config::ChannelKind,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Create or update resources in a running evmesh (like `kubectl apply -f`).
     Apply {
@@ -285,6 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_watch,
             ca_file,
             default_channel,
+            limits,
         } => {
             let mesh = if files.is_empty() {
                 tracing::info!(
@@ -314,6 +373,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_event_size,
                 url_template: Some(url_template),
                 default_channel: Some(default_channel),
+                server: limits.server_limits(),
+                store: evmesh_store::StoreOptions {
+                    max_queued_bytes: limits.max_append_queue_bytes,
+                },
                 ..Options::default()
             };
             if let Some(e) = storage_engine {

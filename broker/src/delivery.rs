@@ -163,6 +163,11 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
     /// Human-readable reason.
     pub reason: String,
+    /// The attempt failed for a reason of evmesh's own (out of file descriptors or memory, a
+    /// local I/O error), not the subscriber's: it waits and is retried without spending the
+    /// retry budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 mod b64 {
@@ -202,6 +207,13 @@ pub struct Progress {
     pub failures: u32,
     /// The last subscriber failure (what the dead-lettered event reports).
     pub last_failure: Option<Failure>,
+    /// Local failures in a row (they set the wait before the next attempt, not the budget).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub local_waits: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for Progress {
@@ -210,9 +222,16 @@ impl Default for Progress {
             phase: Phase::Subscriber,
             failures: 0,
             last_failure: None,
+            local_waits: 0,
         }
     }
 }
+
+/// First wait after a local failure; it doubles per local failure in a row up to
+/// [`MAX_LOCAL_WAIT`].
+pub const FIRST_LOCAL_WAIT: Duration = Duration::from_millis(50);
+/// Longest wait after a local failure.
+pub const MAX_LOCAL_WAIT: Duration = Duration::from_secs(5);
 
 /// What to do after an attempt.
 #[derive(Debug)]
@@ -230,7 +249,22 @@ pub enum Next {
 
 impl Progress {
     /// Applies one attempt's outcome. `plan` gives the retry budget, backoff and DLS.
+    ///
+    /// A [local](Failure::local) failure spends nothing: the same leg is tried again after a
+    /// wait that grows from [`FIRST_LOCAL_WAIT`] to [`MAX_LOCAL_WAIT`], as often as it takes.
     pub fn next(&mut self, plan: &Plan, outcome: Outcome) -> Next {
+        if let Outcome::Failed(f) = &outcome
+            && f.local
+        {
+            let exp = self.local_waits.min(16);
+            self.local_waits = self.local_waits.saturating_add(1);
+            return Next::Retry(
+                FIRST_LOCAL_WAIT
+                    .saturating_mul(1 << exp)
+                    .min(MAX_LOCAL_WAIT),
+            );
+        }
+        self.local_waits = 0;
         let failure = match outcome {
             Outcome::Delivered { reply } => {
                 // A dead-letter sink's reply is not routed anywhere.
@@ -429,6 +463,17 @@ impl DeliveryEngine {
             }
             return match result {
                 Ok(()) => Outcome::Delivered { reply: None },
+                // 503: this process's own store is busy or failing (or shutting down): evmesh's
+                // own trouble, waited out without spending the retry budget.
+                Err(r) if r.status == 503 => Outcome::Failed(Failure {
+                    dest: redact(url),
+                    status: Some(r.status),
+                    body: Vec::new(),
+                    retryable: true,
+                    retry_after: None,
+                    reason: r.reason,
+                    local: true,
+                }),
                 Err(r) => failed(
                     url,
                     Some(r.status),
@@ -468,6 +513,19 @@ impl DeliveryEngine {
         };
         let resp = match req.send().await {
             Ok(r) => r,
+            Err(e) if local_cause(&e).is_some() => {
+                // The request never left evmesh: no attempt to count against the subscriber.
+                let cause = local_cause(&e).unwrap_or_default();
+                return Outcome::Failed(Failure {
+                    dest: redact(url),
+                    status: None,
+                    body: Vec::new(),
+                    retryable: true,
+                    retry_after: None,
+                    reason: format!("evmesh could not send the request: {cause}"),
+                    local: true,
+                });
+            }
             Err(e) => {
                 record(None);
                 let reason = if e.is_timeout() {
@@ -494,6 +552,49 @@ impl DeliveryEngine {
             Err(e) => return failed(url, Some(status.as_u16()), vec![], true, e),
         };
         classify(url, status, &headers, body, want_reply)
+    }
+}
+
+/// The local cause of a failed request, when it is one: evmesh out of file descriptors, memory,
+/// buffer space or local ports (the request never reached the subscriber).
+pub fn local_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if is_local_io_error(io) {
+                return Some(io.to_string());
+            }
+            // An io::Error wrapping another error reports the wrapped one's source, not the
+            // wrapped one itself: look inside.
+            if let Some(inner) = io.get_ref()
+                && let Some(cause) = local_cause(inner)
+            {
+                return Some(cause);
+            }
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Whether an I/O error is a shortage of evmesh's own resources.
+pub fn is_local_io_error(e: &std::io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::OutOfMemory | std::io::ErrorKind::AddrNotAvailable
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EADDRNOTAVAIL)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        false
     }
 }
 
@@ -564,6 +665,7 @@ fn failed(
         retryable,
         retry_after: None,
         reason,
+        local: false,
     })
 }
 
@@ -623,6 +725,7 @@ fn classify(
         retry_after,
         reason: format!("subscriber answered {code}"),
         body,
+        local: false,
     })
 }
 
@@ -714,7 +817,57 @@ mod tests {
             retryable: is_retryable(status),
             retry_after: None,
             reason: String::new(),
+            local: false,
         })
+    }
+
+    fn local_failure() -> Outcome {
+        Outcome::Failed(Failure {
+            dest: "http://sub.example/".into(),
+            status: None,
+            body: vec![],
+            retryable: true,
+            retry_after: None,
+            reason: "Too many open files".into(),
+            local: true,
+        })
+    }
+
+    #[test]
+    fn a_local_failure_waits_and_retries_without_spending_the_retry_budget() {
+        let p = plan(0, false);
+        let mut prog = Progress::default();
+        let waits: Vec<_> = (0..10)
+            .map(|_| match prog.next(&p, local_failure()) {
+                Next::Retry(w) => w,
+                other => panic!("a local failure must not end delivery: {other:?}"),
+            })
+            .collect();
+        assert_eq!(waits[0], FIRST_LOCAL_WAIT);
+        assert_eq!(waits[1], FIRST_LOCAL_WAIT * 2);
+        assert_eq!(waits[9], MAX_LOCAL_WAIT);
+        assert_eq!(prog.failures, 0);
+        assert_eq!(prog.phase, Phase::Subscriber);
+        assert!(prog.last_failure.is_none());
+        // The subscriber's own failure still ends it (retry 0, no DLS).
+        assert!(matches!(prog.next(&p, fail(500)), Next::Dropped(_)));
+    }
+
+    #[test]
+    fn fd_and_memory_exhaustion_are_local_errors_but_a_refused_connection_is_not() {
+        for code in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
+            let e = std::io::Error::from_raw_os_error(code);
+            assert!(is_local_io_error(&e), "{e}");
+            let wrapped = std::io::Error::other(e);
+            assert!(local_cause(&wrapped).is_some());
+        }
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(!is_local_io_error(&refused));
     }
 
     #[test]

@@ -994,6 +994,7 @@ async fn route_reply(
                 retryable: e.retryable,
                 retry_after: None,
                 reason: e.reason,
+                local: e.local,
             }),
         },
         delivery::ReplyTo::Url { url, ca_certs } => {

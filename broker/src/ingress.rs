@@ -20,6 +20,12 @@ pub const MAX_TTL: i64 = 255;
 /// Default limit of an event's HTTP body (1 MiB, like Kafka's default message size).
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
 
+/// The error a request body gives once its read deadline passed (the server wraps every
+/// request body with one); ingress answers `408 Request Timeout` for it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received within {0:?}")]
+pub struct BodyTimeout(pub std::time::Duration);
+
 #[derive(Clone)]
 struct Ingress {
     service: BrokerService,
@@ -52,14 +58,20 @@ pub enum IngressError {
     NotFound(String),
     /// 405.
     MethodNotAllowed,
+    /// 408: the body did not arrive in time.
+    Timeout(String),
     /// 413.
     TooLarge(usize),
-    /// 503.
-    Unavailable(String),
+    /// 503, with `Retry-After` in seconds when given (the store is busy or failing).
+    Unavailable(String, Option<u32>),
 }
+
+/// `Retry-After` (seconds) of a 503 for a store that is busy or failing.
+pub const STORE_RETRY_AFTER_SECS: u32 = 1;
 
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
+        let mut retry_after = None;
         let (status, msg) = match self {
             IngressError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             IngressError::NotFound(m) => (StatusCode::NOT_FOUND, m),
@@ -67,15 +79,23 @@ impl IntoResponse for IngressError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "only POST (and OPTIONS) are allowed".into(),
             ),
+            IngressError::Timeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
             IngressError::TooLarge(max) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("event larger than the limit of {max} bytes"),
             ),
-            IngressError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            IngressError::Unavailable(m, retry) => {
+                retry_after = retry;
+                (StatusCode::SERVICE_UNAVAILABLE, m)
+            }
         };
         let mut resp = (status, msg + "\n").into_response();
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }
@@ -86,9 +106,12 @@ impl From<PublishError> for IngressError {
             PublishError::NotFound(m) => IngressError::NotFound(format!("{m} not found")),
             PublishError::TtlExpired => IngressError::BadRequest(e.to_string()),
             PublishError::Encode(m) => IngressError::BadRequest(m),
-            PublishError::Store(_) | PublishError::ShuttingDown => {
-                IngressError::Unavailable(e.to_string())
+            // Busy (append queue full) or failing (disk full, I/O error): nothing was stored,
+            // and the client may send it again shortly.
+            PublishError::Store(_) => {
+                IngressError::Unavailable(e.to_string(), Some(STORE_RETRY_AFTER_SECS))
             }
+            PublishError::ShuttingDown => IngressError::Unavailable(e.to_string(), None),
         }
     }
 }
@@ -209,7 +232,7 @@ async fn receive(
     }
     let bytes = to_bytes(body, ingress.max_size)
         .await
-        .map_err(|_| IngressError::TooLarge(ingress.max_size))?;
+        .map_err(|e| body_error(&e, ingress.max_size))?;
     let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
     *event_type = Some(cloudevents::AttributesReader::ty(event.event()).to_string());
     let append_started = std::time::Instant::now();
@@ -232,4 +255,20 @@ async fn receive(
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
     Ok(resp)
+}
+
+/// Why reading a request body failed: over the size limit (413), too slow (408), or broken
+/// framing such as malformed chunked encoding or a connection closed early (400).
+fn body_error(e: &axum::Error, max_size: usize) -> IngressError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return IngressError::TooLarge(max_size);
+        }
+        if let Some(t) = c.downcast_ref::<BodyTimeout>() {
+            return IngressError::Timeout(t.to_string());
+        }
+        cause = c.source();
+    }
+    IngressError::BadRequest(format!("reading the request body failed: {e}"))
 }

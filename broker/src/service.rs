@@ -234,11 +234,14 @@ impl Publisher {
                     status: Some(400),
                     retryable: false,
                     reason: PublishError::TtlExpired.to_string(),
+                    local: false,
                 })
             }
             Err(e) => Err(ReplyFailure {
                 status: None,
                 retryable: true,
+                // The store failing or shutting down is evmesh's own trouble, not the subscriber's.
+                local: matches!(e, PublishError::Store(_) | PublishError::ShuttingDown),
                 reason: format!("storing the reply failed: {e}"),
             }),
         }
@@ -269,6 +272,8 @@ pub(crate) struct ReplyFailure {
     pub(crate) retryable: bool,
     /// Human-readable reason.
     pub(crate) reason: String,
+    /// A failure of evmesh's own (the store): retried without spending the retry budget.
+    pub(crate) local: bool,
 }
 
 /// What the admin API shows of a broker.

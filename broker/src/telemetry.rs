@@ -322,6 +322,14 @@ impl DeliveryMetrics {
             crate::delivery::Outcome::Delivered { .. } => {
                 self.failing.store(false, Ordering::Relaxed);
             }
+            crate::delivery::Outcome::Failed(f) if f.local => {
+                if let Some(suppressed) = self.admit() {
+                    tracing::warn!(
+                        trigger = %self.trigger, url = %f.dest, suppressed,
+                        "delivery postponed: {}; the event waits and is retried without spending its retry budget", f.reason
+                    );
+                }
+            }
             crate::delivery::Outcome::Failed(f) => {
                 if !self.failing.swap(true, Ordering::Relaxed)
                     && let Some(suppressed) = self.admit()

@@ -25,6 +25,7 @@ mod error;
 mod loader;
 pub mod messaging;
 mod model;
+pub mod names;
 pub mod registry;
 mod resolve;
 mod schemas;
@@ -37,7 +38,7 @@ pub use annotations::{
     DELIVERY_ORDER_ANNOTATION, DeliveryOrder, REPLAY_FROM_ANNOTATION, ReplayFrom,
 };
 pub use error::{ConfigError, ConfigErrors, Location, Warning};
-pub use loader::{Document, load_str};
+pub use loader::{Document, MAX_YAML_BYTES, load_str, read_yaml, read_yaml_file};
 pub use messaging::{ChannelConfig, ChannelKind, SubscriptionConfig};
 pub use model::*;
 pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
@@ -125,7 +126,7 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<Document>, Vec<ConfigError>) {
     let mut errors = Vec::new();
     for file in expand(paths, &mut errors) {
         let name = file.display().to_string();
-        match std::fs::read_to_string(&file) {
+        match read_yaml_file(&file) {
             Ok(text) => match load_str(&name, &text) {
                 Ok(d) => docs.extend(d),
                 Err(e) => errors.push(e),

@@ -52,9 +52,45 @@ impl Document {
     }
 }
 
-/// Parses every YAML document in `text`. Empty documents are skipped.
+/// Largest YAML input evmesh reads: a file, standard input or a request body (8 MiB). Parsing
+/// takes many times the input's size in memory, so larger input is refused with an error.
+pub const MAX_YAML_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads a YAML file of at most [`MAX_YAML_BYTES`], without reading further than the limit
+/// (so `/dev/zero` or a runaway file is refused, not read to the end).
+pub fn read_yaml_file(path: &std::path::Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    read_yaml(file)
+}
+
+/// Reads YAML text of at most [`MAX_YAML_BYTES`] from `input` (a file, standard input).
+pub fn read_yaml(input: impl std::io::Read) -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    input
+        .take(MAX_YAML_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_YAML_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())
+}
+
+fn too_large() -> String {
+    format!("is larger than the limit of {MAX_YAML_BYTES} bytes (8 MiB) of YAML input")
+}
+
+/// Parses every YAML document in `text`. Empty documents are skipped. Text longer than
+/// [`MAX_YAML_BYTES`] is an error.
 pub fn load_str(file: &str, text: &str) -> Result<Vec<Document>, ConfigError> {
     let file: Arc<str> = Arc::from(file);
+    if text.len() > MAX_YAML_BYTES {
+        return Err(ConfigError::Yaml {
+            location: Location::new(file, 1, ""),
+            message: too_large(),
+        });
+    }
     let docs = MarkedYaml::load_from_str(text).map_err(|e| ConfigError::Yaml {
         location: Location::new(file.clone(), e.marker().line(), ""),
         message: e.info().to_string(),

@@ -609,6 +609,16 @@ fn validate_impl(
         let Some(meta) = typed::<ObjectMeta>(&mut ctx, doc, "metadata", &obj["metadata"]) else {
             continue;
         };
+        // Names become URL paths and store keys: checked as Kubernetes checks them.
+        let bad_name = crate::names::dns1123_subdomain(&meta.name)
+            .map_err(|e| ("metadata.name", e))
+            .and_then(|()| {
+                crate::names::dns1123_label(&meta.namespace).map_err(|e| ("metadata.namespace", e))
+            });
+        if let Err((field, e)) = bad_name {
+            ctx.error(doc, field, e);
+            continue;
+        }
         if !seen.insert((kind.to_string(), meta.namespace.clone(), meta.name.clone())) {
             ctx.error(
                 doc,

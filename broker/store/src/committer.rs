@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::keys::{self, LogMeta};
-use crate::kv::{Batch, KvEngine};
+use crate::kv::{Batch, EngineSlot};
 use crate::{Offset, Result, Retention, StoreError};
 
 /// How long checkpoint writes alone wait for more work before they are committed.
@@ -20,6 +20,8 @@ const CHECKPOINT_LINGER: Duration = Duration::from_millis(2);
 const MAX_BATCH_REQUESTS: usize = 8192;
 /// Records read per step while applying retention.
 const RETENTION_SCAN_CHUNK: usize = 1024;
+/// While the store fails: how often it reopens the engine and probes the disk with a write.
+const RECOVER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A request to the committer.
 pub(crate) enum Request {
@@ -57,14 +59,42 @@ pub(crate) struct Counters {
     pub(crate) failed_commits: AtomicU64,
 }
 
+/// Whether the store can write, shared with the store's readers (`/readyz`).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    failing: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// The reason writes fail, `None` while they succeed.
+    pub(crate) fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, reason: Option<String>) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+}
+
 /// State owned by the committer thread.
 pub(crate) struct Committer {
-    engine: Arc<dyn KvEngine>,
+    engine: Arc<EngineSlot>,
     counters: Arc<Counters>,
     /// Metadata of the logs touched so far, as committed.
     metas: HashMap<String, LogMeta>,
     /// Checkpoint writes not yet committed (shared with readers, kept across a failed commit).
     pending: Arc<PendingCheckpoints>,
+    /// Payload bytes of appends sent and not answered yet (the store's admission bound).
+    queued: Arc<AtomicUsize>,
+    health: Arc<Health>,
+    /// The last commit failed; cleared by the next successful one.
+    failing: bool,
+    /// The engine must be opened again before it can write (set by a failed commit).
+    needs_reopen: bool,
+    last_reopen: Option<Instant>,
 }
 
 /// Checkpoint writes handed to the store but not yet committed, each with a sequence number so
@@ -124,25 +154,45 @@ impl PendingCheckpoints {
 
 impl Committer {
     pub(crate) fn new(
-        engine: Arc<dyn KvEngine>,
+        engine: Arc<EngineSlot>,
         counters: Arc<Counters>,
         pending: Arc<PendingCheckpoints>,
+        queued: Arc<AtomicUsize>,
+        health: Arc<Health>,
     ) -> Self {
         Committer {
             engine,
             counters,
             metas: HashMap::new(),
             pending,
+            queued,
+            health,
+            failing: false,
+            needs_reopen: false,
+            last_reopen: None,
         }
     }
 
     /// Runs until every sender is gone, committing whatever is pending before returning.
+    /// While writes fail it probes the disk every [`RECOVER_INTERVAL`], so the store recovers
+    /// (and reports it) without waiting for the next request.
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
         let mut open = true;
         while open {
-            let first = match rx.recv() {
-                Ok(r) => r,
-                Err(_) => break,
+            let first = if self.failing {
+                match rx.recv_timeout(RECOVER_INTERVAL) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.probe();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
             };
             let mut reqs = vec![first];
             open = drain(&rx, &mut reqs);
@@ -156,7 +206,67 @@ impl Committer {
         }
     }
 
+    /// Notes a failed write: the store reports it, and an engine that can be reopened is.
+    fn mark_failing(&mut self, reason: &str) {
+        if !self.failing {
+            tracing::error!(error = %reason, "the store cannot write; refusing events (503) until it can");
+        }
+        self.failing = true;
+        self.needs_reopen = self.engine.can_reopen();
+        self.health.set(Some(reason.to_owned()));
+    }
+
+    fn mark_healthy(&mut self) {
+        if self.failing {
+            tracing::info!("the store writes again");
+        }
+        self.failing = false;
+        self.health.set(None);
+    }
+
+    /// Reopens the engine after a failure (at most every [`RECOVER_INTERVAL`]).
+    fn reopen_if_due(&mut self) {
+        if !self.needs_reopen
+            || self
+                .last_reopen
+                .is_some_and(|t| t.elapsed() < RECOVER_INTERVAL)
+        {
+            return;
+        }
+        self.last_reopen = Some(Instant::now());
+        match self.engine.reopen() {
+            Ok(()) => {
+                self.needs_reopen = false;
+                // What was committed is read back from the engine.
+                self.metas.clear();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reopening the storage engine failed");
+                self.health.set(Some(e.to_string()));
+            }
+        }
+    }
+
+    /// While failing: reopens the engine if needed and tries one small durable write.
+    fn probe(&mut self) {
+        self.reopen_if_due();
+        if self.needs_reopen {
+            return;
+        }
+        let mut batch = Batch::default();
+        batch
+            .writes
+            .insert(keys::probe_key(), Some(now_ms().to_be_bytes().to_vec()));
+        match self.engine.get().and_then(|e| e.commit(batch)) {
+            Ok(()) => self.mark_healthy(),
+            Err(e) => self.mark_failing(&e.to_string()),
+        }
+    }
+
     fn process(&mut self, reqs: Vec<Request>) {
+        if self.failing {
+            self.reopen_if_due();
+        }
         let mut appends = Vec::new();
         let mut flushes = Vec::new();
         let mut retentions = Vec::new();
@@ -192,7 +302,7 @@ impl Committer {
         if let Some(m) = self.metas.get(log) {
             return Ok(*m);
         }
-        let m = keys::load_meta(self.engine.as_ref(), log)?;
+        let m = keys::load_meta(self.engine.get()?.as_ref(), log)?;
         self.metas.insert(log.to_owned(), m);
         Ok(m)
     }
@@ -204,6 +314,9 @@ impl Committer {
         flushes: Vec<oneshot::Sender<Result<()>>>,
     ) {
         let now = now_ms();
+        // Given back to the admission bound before any append is answered, so an answered
+        // client finds its bytes released.
+        let appended_bytes: usize = appends.iter().map(|(_, p, _)| p.len()).sum();
         let mut batch = Batch::default();
         let mut dirty: HashMap<String, LogMeta> = HashMap::new();
         let mut waiting = Vec::with_capacity(appends.len());
@@ -246,18 +359,23 @@ impl Committer {
         let result = if batch.is_empty() {
             Ok(())
         } else {
-            let r = self.engine.commit(batch);
+            let r = self.engine.get().and_then(|e| e.commit(batch));
             match &r {
                 Ok(()) => {
                     self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                    self.mark_healthy();
                 }
                 Err(e) => {
                     self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, appends = waiting.len(), "group commit failed");
+                    if !self.failing {
+                        tracing::error!(error = %e, appends = waiting.len(), "group commit failed");
+                    }
+                    self.mark_failing(&e.to_string());
                 }
             }
             r
         };
+        self.queued.fetch_sub(appended_bytes, Ordering::AcqRel);
         match result {
             Ok(()) => {
                 self.metas.extend(dirty);
@@ -300,7 +418,7 @@ impl Committer {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut cursor = meta.first;
         'scan: while cursor < limit {
-            let chunk = self.engine.scan(
+            let chunk = self.engine.get()?.scan(
                 &keys::record_key(log, cursor),
                 &keys::record_key(log, limit),
                 RETENTION_SCAN_CHUNK,
@@ -332,7 +450,7 @@ impl Committer {
         batch
             .writes
             .insert(keys::meta_key(log), Some(meta.encode()));
-        self.engine.commit(batch)?;
+        self.engine.get()?.commit(batch)?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.metas.insert(log.to_owned(), meta);
         Ok(meta.first - old_first)

@@ -105,6 +105,11 @@ pub(crate) fn checkpoint_key(key: &str) -> Vec<u8> {
     k
 }
 
+/// The key the store writes to probe the disk while its writes fail.
+pub(crate) fn probe_key() -> Vec<u8> {
+    b"h/probe".to_vec()
+}
+
 /// The smallest key above every key starting with `prefix` (`prefix` must not be all `0xff`,
 /// which holds for every key this store makes: they start with an ASCII tag).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {

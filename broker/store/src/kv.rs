@@ -1,6 +1,7 @@
 //! The small ordered key-value engine trait the store runs on, and its batch type.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use crate::Result;
 
@@ -43,4 +44,54 @@ pub(crate) trait KvEngine: Send + Sync + 'static {
 /// Maps any engine error to [`crate::StoreError::Engine`].
 pub(crate) fn engine_err(e: impl std::fmt::Display) -> crate::StoreError {
     crate::StoreError::Engine(e.to_string())
+}
+
+/// Opens the engine again (after a failure left it unusable, as fjall is after a failed
+/// journal write).
+pub(crate) type Reopen = Box<dyn Fn() -> crate::Result<Arc<dyn KvEngine>> + Send + Sync>;
+
+/// The engine in use, replaceable by a fresh instance of the same files after a failure.
+pub(crate) struct EngineSlot {
+    current: RwLock<Option<Arc<dyn KvEngine>>>,
+    reopen: Option<Reopen>,
+}
+
+impl EngineSlot {
+    pub(crate) fn new(engine: Arc<dyn KvEngine>, reopen: Option<Reopen>) -> Self {
+        EngineSlot {
+            current: RwLock::new(Some(engine)),
+            reopen,
+        }
+    }
+
+    /// The engine, or an error while it is closed between a failure and a successful reopen.
+    pub(crate) fn get(&self) -> crate::Result<Arc<dyn KvEngine>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                crate::StoreError::Engine(
+                    "the storage engine is closed after a failure; reopening it".into(),
+                )
+            })
+    }
+
+    /// Whether [`reopen`](Self::reopen) can do anything.
+    pub(crate) fn can_reopen(&self) -> bool {
+        self.reopen.is_some()
+    }
+
+    /// Closes the engine and opens its files again. On failure the slot stays empty (reads
+    /// fail) until a later call succeeds; an engine handle a reader still holds keeps the files
+    /// locked until it is dropped, so a retry later succeeds.
+    pub(crate) fn reopen(&self) -> crate::Result<()> {
+        let Some(open) = &self.reopen else {
+            return Ok(());
+        };
+        let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+        drop(slot.take());
+        *slot = Some(open()?);
+        Ok(())
+    }
 }

@@ -86,6 +86,40 @@ pub enum StoreError {
     /// The store was closed; nothing more is accepted.
     #[error("store is closed")]
     Closed,
+    /// The append queue holds its limit of bytes already (the disk is not keeping up); try
+    /// again shortly. Nothing was stored.
+    #[error("store busy: {queued} bytes waiting to be written (limit {limit}); try again shortly")]
+    Busy {
+        /// Bytes of appends waiting for the committer.
+        queued: usize,
+        /// [`StoreOptions::max_queued_bytes`].
+        limit: usize,
+    },
+}
+
+/// Tuning of the embedded store.
+///
+/// ```
+/// let options = evmesh_store::StoreOptions { max_queued_bytes: 8 << 20 };
+/// assert!(options.max_queued_bytes < evmesh_store::StoreOptions::default().max_queued_bytes);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Most payload bytes of appends waiting to be committed; an append beyond it fails at once
+    /// with [`StoreError::Busy`] instead of queueing (ingress answers 503 with `Retry-After`).
+    /// One append is always admitted when nothing is queued, however large.
+    pub max_queued_bytes: usize,
+}
+
+/// Default [`StoreOptions::max_queued_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+        }
+    }
 }
 
 /// Result type of the store.
@@ -130,6 +164,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Resolves once everything handed to the store so far (appends and checkpoints) is durable.
     fn flush(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// `Err` with the reason while the store cannot write (disk full, I/O error); `Ok` once it
+    /// writes again. The embedded store recovers by itself, probing the disk while it fails.
+    fn health(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The embedded storage engines evmesh can run on.
@@ -192,4 +232,13 @@ impl std::str::FromStr for EngineKind {
 /// Use [`KvEventStore::open`] directly to keep access to its statistics.
 pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn EventStore>> {
     Ok(Arc::new(KvEventStore::open(kind, dir)?))
+}
+
+/// [`open`] with options.
+pub fn open_with(
+    kind: EngineKind,
+    dir: &Path,
+    options: StoreOptions,
+) -> Result<Arc<dyn EventStore>> {
+    Ok(Arc::new(KvEventStore::open_with(kind, dir, options)?))
 }

@@ -2,7 +2,7 @@
 //! commit by a dedicated committer thread.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -11,9 +11,10 @@ use tokio::sync::oneshot;
 
 use crate::committer::{Committer, Counters, PendingCheckpoints, Request};
 use crate::keys;
-use crate::kv::{KvEngine, engine_err};
+use crate::kv::{EngineSlot, KvEngine, Reopen, engine_err};
 use crate::{
     BoxFuture, EngineKind, EventStore, LogId, Offset, Record, Result, Retention, StoreError,
+    StoreOptions,
 };
 
 /// Counters of a [`KvEventStore`] since it was opened.
@@ -35,11 +36,15 @@ pub struct StoreStats {
 /// store commits what is pending and stops the thread.
 pub struct KvEventStore {
     kind: EngineKind,
-    engine: Arc<dyn KvEngine>,
+    engine: Arc<EngineSlot>,
+    health: Arc<crate::committer::Health>,
     tx: RwLock<Option<Sender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
     pending: Arc<PendingCheckpoints>,
+    /// Payload bytes of appends handed to the committer and not answered yet.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl std::fmt::Debug for KvEventStore {
@@ -55,21 +60,48 @@ impl KvEventStore {
     /// Opens (or creates) the store of engine `kind` in `dir` (created if missing) and starts
     /// its committer thread.
     pub fn open(kind: EngineKind, dir: &Path) -> Result<Self> {
+        Self::open_with(kind, dir, StoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with options.
+    pub fn open_with(kind: EngineKind, dir: &Path, options: StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(engine_err)?;
-        let engine: Arc<dyn KvEngine> = match kind {
-            EngineKind::Sled => Arc::new(crate::sled_engine::SledEngine::open(dir)?),
-            EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(dir)?),
-            EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(dir)?),
-        };
-        Self::start(kind, engine)
+        let path = dir.to_path_buf();
+        let open: Reopen = Box::new(move || -> Result<Arc<dyn KvEngine>> {
+            Ok(match kind {
+                EngineKind::Sled => Arc::new(crate::sled_engine::SledEngine::open(&path)?),
+                EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(&path)?),
+                EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(&path)?),
+            })
+        });
+        let engine = open()?;
+        Self::start_slot(kind, EngineSlot::new(engine, Some(open)), options)
     }
 
     /// Starts the committer thread on an opened engine.
-    pub(crate) fn start(kind: EngineKind, engine: Arc<dyn KvEngine>) -> Result<Self> {
+    #[cfg(test)]
+    pub(crate) fn start(
+        kind: EngineKind,
+        engine: Arc<dyn KvEngine>,
+        options: StoreOptions,
+    ) -> Result<Self> {
+        Self::start_slot(kind, EngineSlot::new(engine, None), options)
+    }
+
+    fn start_slot(kind: EngineKind, slot: EngineSlot, options: StoreOptions) -> Result<Self> {
+        let engine = Arc::new(slot);
+        let health = Arc::new(crate::committer::Health::default());
         let counters = Arc::new(Counters::default());
         let pending = Arc::new(PendingCheckpoints::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
-        let committer = Committer::new(engine.clone(), counters.clone(), pending.clone());
+        let committer = Committer::new(
+            engine.clone(),
+            counters.clone(),
+            pending.clone(),
+            queued.clone(),
+            health.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("evmesh-store-{}", kind.as_str()))
             .spawn(move || committer.run(rx))
@@ -77,10 +109,13 @@ impl KvEventStore {
         Ok(KvEventStore {
             kind,
             engine,
+            health,
             tx: RwLock::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             counters,
             pending,
+            queued,
+            max_queued: options.max_queued_bytes,
         })
     }
 
@@ -130,7 +165,7 @@ impl KvEventStore {
 
     fn meta(&self, log: &LogId) -> Result<keys::LogMeta> {
         keys::check_log(log.as_str())?;
-        keys::load_meta(self.engine.as_ref(), log.as_str())
+        keys::load_meta(self.engine.get()?.as_ref(), log.as_str())
     }
 }
 
@@ -144,12 +179,27 @@ impl EventStore for KvEventStore {
     fn append<'a>(&'a self, log: &'a LogId, payload: Vec<u8>) -> BoxFuture<'a, Result<Offset>> {
         Box::pin(async move {
             keys::check_log(log.as_str())?;
+            let n = payload.len();
+            // Admit the append only while the queue holds less than its limit (always when it
+            // is empty, so one large event is never refused for good). The committer gives the
+            // bytes back once it answered the append.
+            let before = self.queued.fetch_add(n, Ordering::AcqRel);
+            if before > 0 && before.saturating_add(n) > self.max_queued {
+                self.queued.fetch_sub(n, Ordering::AcqRel);
+                return Err(StoreError::Busy {
+                    queued: before,
+                    limit: self.max_queued,
+                });
+            }
             let (reply, rx) = oneshot::channel();
-            self.send(Request::Append {
+            if let Err(e) = self.send(Request::Append {
                 log: log.as_str().to_owned(),
                 payload,
                 reply,
-            })?;
+            }) {
+                self.queued.fetch_sub(n, Ordering::AcqRel);
+                return Err(e);
+            }
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
@@ -161,7 +211,7 @@ impl EventStore for KvEventStore {
         // Start at the first stored record: below it an LSM engine (fjall) would wade through
         // the tombstones retention left.
         let from = from.max(self.meta(log)?.first);
-        let rows = self.engine.scan(
+        let rows = self.engine.get()?.scan(
             &keys::record_key(log.as_str(), from),
             &keys::record_end(log.as_str()),
             max,
@@ -199,7 +249,7 @@ impl EventStore for KvEventStore {
         let start = keys::checkpoint_key(prefix);
         let end = keys::prefix_end(&start);
         let mut out = std::collections::BTreeMap::new();
-        for (k, v) in self.engine.scan(&start, &end, usize::MAX)? {
+        for (k, v) in self.engine.get()?.scan(&start, &end, usize::MAX)? {
             let key = k
                 .get(2..)
                 .and_then(|k| String::from_utf8(k.to_vec()).ok())
@@ -226,6 +276,13 @@ impl EventStore for KvEventStore {
             reply,
         })?;
         rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn health(&self) -> Result<()> {
+        match self.health.failing() {
+            Some(reason) => Err(StoreError::Engine(reason)),
+            None => Ok(()),
+        }
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<()>> {

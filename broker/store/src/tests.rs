@@ -63,7 +63,12 @@ impl KvEngine for MemEngine {
 
 fn store() -> (Arc<MemEngine>, Arc<KvEventStore>) {
     let engine = Arc::new(MemEngine::default());
-    let store = KvEventStore::start(EngineKind::Fjall, engine.clone()).expect("start");
+    let store = KvEventStore::start(
+        EngineKind::Fjall,
+        engine.clone(),
+        crate::StoreOptions::default(),
+    )
+    .expect("start");
     (engine, Arc::new(store))
 }
 
@@ -134,4 +139,55 @@ async fn an_append_resolves_only_after_its_batch_is_committed() {
     }
     let commits = engine.commits.load(Ordering::SeqCst);
     assert!(commits < 100, "{commits} commits for 200 appends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_beyond_the_queued_bytes_bound_fail_busy_and_the_bound_frees_up_after_commit() {
+    let engine = Arc::new(MemEngine::default());
+    let options = crate::StoreOptions {
+        max_queued_bytes: 1,
+    };
+    let store = Arc::new(KvEventStore::start(EngineKind::Fjall, engine, options).expect("start"));
+    let results = append_many(&store, 50).await;
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Busy { .. })))
+        .count();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(busy > 0, "no append was refused");
+    assert_eq!(ok + busy, 50, "{results:?}");
+    // Every admitted append was stored, at the offsets handed out.
+    assert_eq!(
+        store.next_offset(&LogId::new("l")).expect("next"),
+        ok as u64
+    );
+    // With nothing queued, an append is admitted again.
+    store
+        .append(&LogId::new("l"), vec![0; 100])
+        .await
+        .expect("admitted when the queue is empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_reports_it_and_recovers_by_itself_once_writes_succeed() {
+    let (engine, store) = store();
+    assert!(store.health().is_ok());
+    engine.fail.store(true, Ordering::SeqCst);
+    assert!(store.append(&LogId::new("l"), vec![1]).await.is_err());
+    let reason = store.health().expect_err("failing after a failed commit");
+    assert!(reason.to_string().contains("disk on fire"), "{reason}");
+    engine.fail.store(false, Ordering::SeqCst);
+    // No request needed: the committer probes the disk by itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.health().is_err() {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store
+            .append(&LogId::new("l"), vec![2])
+            .await
+            .expect("append"),
+        0
+    );
 }
