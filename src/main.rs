@@ -104,6 +104,9 @@ enum Command {
         /// Also delete the oldest events once a broker's log holds more than this many bytes.
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// How often retention runs (ISO-8601).
+        #[arg(long, default_value = "PT60S")]
+        retention_interval: String,
         /// Deliveries in flight per trigger.
         #[arg(long, default_value_t = 100)]
         max_in_flight: usize,
@@ -276,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url_template,
             retention,
             retention_bytes,
+            retention_interval,
             max_in_flight,
             admin_token_file,
             no_watch,
@@ -318,6 +322,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.service.retention.max_age =
                 Some(evmesh_config::parse_duration(&retention).map_err(anyhow::Error::msg)?);
             options.service.retention.max_bytes = retention_bytes;
+            options.service.retention_interval =
+                evmesh_config::parse_duration(&retention_interval).map_err(anyhow::Error::msg)?;
+            if options.service.retention_interval.is_zero() {
+                bail!("--retention-interval must be above zero");
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;

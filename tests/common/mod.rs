@@ -1,5 +1,7 @@
 //! Shared helpers for the black-box tests: a real HTTP test sink, a mesh on 127.0.0.1:0 from
-//! inline YAML, CloudEvent senders and an `eventually` wait with a deadline.
+//! inline YAML, CloudEvent senders, waits for observable state with a deadline (`eventually`,
+//! `quiesce`, `routed_up_to`), the real binary (`process`) and a stopped mesh's leftovers
+//! (`progress`).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::collections::VecDeque;
