@@ -63,6 +63,12 @@ async fn unreadable_checkpoint_makes_the_trigger_not_ready_and_is_kept() {
     let m = mesh_at(dir.path(), &yaml, |o| o).await;
     let r = reason(&m).expect("not ready");
     assert!(r.contains("unreadable"), "{r}");
+    let (code, body) = get_text(&mesh_url(&m, "/readyz")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("trigger demo/t1") && body.contains("unreadable"),
+        "/readyz names the trigger and why: {body}"
+    );
     assert_eq!(
         post_binary(&mesh_url(&m, "/demo/default"), event("1", "t")).await,
         202

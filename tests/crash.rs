@@ -71,18 +71,19 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed under load: once 200 events were accepted, with 16 senders still posting.
+    eventually(
+        "200 events accepted under load",
+        Duration::from_secs(60),
+        || accepted.lock().expect("lock").len() >= 200,
+    )
+    .await;
     first.kill9();
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.expect("load task");
     }
     let accepted: Vec<String> = accepted.lock().expect("lock").clone();
-    assert!(
-        accepted.len() > 100,
-        "the load run got only {} events in",
-        accepted.len()
-    );
 
     let _second = start(&config, &data, engine);
     let want: HashSet<String> = accepted.iter().cloned().collect();

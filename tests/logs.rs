@@ -242,3 +242,15 @@ spec:
     );
     assert!(cesql_warnings(&e, "weight").len() <= 2);
 }
+
+#[tokio::test]
+async fn storage_engine_info_lines_appear_when_evmesh_log_names_the_engine() {
+    let failing = TestSink::start().await;
+    let dls = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &yaml(&failing, &dls));
+    let e =
+        EvmeshProcess::start_with_log(&config, &dir.path().join("data"), &[], "info,fjall=info");
+    e.wait_for_line("fjall's own INFO lines", &["INFO", "fjall"], WAIT)
+        .await;
+}

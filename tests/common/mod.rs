@@ -383,6 +383,13 @@ pub fn mesh_url(m: &evmesh::RunningMesh, path: &str) -> String {
     format!("{}{}", m.url().as_str().trim_end_matches('/'), path)
 }
 
+/// GETs a URL; returns (status, body text).
+pub async fn get_text(url: &str) -> (u16, String) {
+    let resp = client().get(url).send().await.expect("get");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
 /// GETs a URL; returns (status, JSON body or `Null`).
 pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
     let resp = client().get(url).send().await.expect("get");

@@ -30,6 +30,11 @@ impl EvmeshProcess {
         Self::spawn(config, data, extra, None)
     }
 
+    /// As [`EvmeshProcess::start`], with `EVMESH_LOG` set to `log`.
+    pub fn start_with_log(config: &Path, data: &Path, extra: &[&str], log: &str) -> Self {
+        Self::spawn(config, data, extra, Some(log))
+    }
+
     fn spawn(config: &Path, data: &Path, extra: &[&str], log: Option<&str>) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
         cmd.args(["serve", "-f"])
