@@ -331,14 +331,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let running = std::sync::Arc::new(mesh.options(options).start(listener).await?);
-            let watcher =
-                (!files.is_empty()).then(|| tokio::spawn(watch_files(running.clone(), !no_watch)));
+            // Signal handlers are in place before "listening" is logged: a SIGTERM or SIGHUP
+            // right after start must not kill the process by the signal's default action.
+            let shutdown_signal = ShutdownSignal::install();
+            let watcher = (!files.is_empty())
+                .then(|| tokio::spawn(watch_files(running.clone(), !no_watch, hangup_signal())));
             tracing::info!(
                 "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
                 running.local_addr(),
                 running.url().as_str().trim_end_matches('/')
             );
-            wait_for_signal().await;
+            shutdown_signal.wait().await;
             tracing::info!("shutting down: draining deliveries");
             if let Some(w) = watcher {
                 w.abort();
@@ -398,7 +401,25 @@ fn admin_token(
 
 /// Re-reads the served files on SIGHUP and when one of them changes on disk, and applies the
 /// difference.
-async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool) {
+/// SIGHUP as a stream (registered at once, so that SIGHUP no longer terminates the process);
+/// `None` where there is no SIGHUP or it cannot be registered.
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool, hup: Hangup) {
     let stamp = |files: &[PathBuf]| -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
         files
             .iter()
@@ -414,7 +435,9 @@ async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool) {
     };
     let mut seen = stamp(&running.watched_files());
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hup = hup;
+    #[cfg(not(unix))]
+    let _ = hup;
     loop {
         #[cfg(unix)]
         let hup_recv = async {
@@ -451,19 +474,51 @@ async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool) {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), registered when installed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    fn install() -> ShutdownSignal {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            ShutdownSignal {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
-            return;
         }
+        #[cfg(not(unix))]
+        ShutdownSignal {}
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            async fn on(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            let (mut term, mut int) = (self.term, self.int);
+            if term.is_some() || int.is_some() {
+                tokio::select! {
+                    _ = on(term.as_mut()) => {}
+                    _ = on(int.as_mut()) => {}
+                }
+                return;
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

@@ -248,3 +248,23 @@ async fn the_binary_drains_for_30_seconds_by_default() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_start_is_a_graceful_shutdown() {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &one_trigger(&sink));
+    // The signal comes as soon as the process says it listens: it must not die of it.
+    for round in 0..5 {
+        let data = dir.path().join(format!("data-{round}"));
+        let mut p = EvmeshProcess::start(&config, &data, &[]);
+        p.sigterm();
+        let status = p.wait_exit(WAIT).await;
+        assert_eq!(status.code(), Some(0), "round {round}: {}", p.stderr_tail());
+        assert!(
+            p.has_line(&["shutting down: draining deliveries"]),
+            "round {round}: {}",
+            p.stderr_tail()
+        );
+    }
+}

@@ -215,3 +215,27 @@ async fn serve_rereads_its_files_on_sighup() {
     })
     .await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_right_after_start_rereads_the_files_and_does_not_stop_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, BROKER).expect("write");
+    // The signal comes as soon as the process says it listens: it must not die of it.
+    for round in 0..5 {
+        let data = dir.path().join(format!("data-{round}"));
+        let mut em = EvmeshProcess::start(&config, &data, &["--no-watch"]);
+        em.signal("HUP");
+        em.wait_for_line(
+            "the reload",
+            &["configuration reloaded (SIGHUP)"],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            em.child.try_wait().expect("try_wait").is_none(),
+            "round {round}: evmesh exited on SIGHUP"
+        );
+    }
+}
