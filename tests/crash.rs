@@ -65,7 +65,11 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
                     .await
                 {
                     Ok(r) if r.status().as_u16() == 202 => accepted.lock().expect("lock").push(id),
-                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        panic!("unexpected status {status} for {id}: {body}")
+                    }
                     Err(_) => break, // the process is gone
                 }
             }
