@@ -537,8 +537,10 @@ async fn failure_body_is_cut_to_1024_bytes_on_receipt() {
     use evmesh::evmesh_broker::delivery::{DeliveryEngine, Outcome, Plan};
     let sink = TestSink::start().await;
     sink.always(Reply::StatusWithBody(503, "x".repeat(1024 * 1024)));
+    let url: url::Url = sink.url().parse().expect("url");
     let plan = Plan {
-        subscriber: sink.url().parse().expect("url"),
+        subscriber: Some(url.clone()),
+        reply: evmesh::evmesh_broker::delivery::ReplyTo::Discard,
         dead_letter: None,
         delivery: evmesh::evmesh_config::Delivery::knative_default(),
         namespace: "demo".into(),
@@ -548,9 +550,7 @@ async fn failure_body_is_cut_to_1024_bytes_on_receipt() {
     };
     let record =
         evmesh::evmesh_broker::record::EventRecord::from_event(event("1", "t")).expect("record");
-    let outcome = DeliveryEngine::new()
-        .send(&plan.subscriber, &record, &plan, true)
-        .await;
+    let outcome = DeliveryEngine::new().send(&url, &record, &plan, true).await;
     let Outcome::Failed(f) = outcome else {
         panic!("a 503 is a failure: {outcome:?}");
     };

@@ -28,11 +28,15 @@ pub const ERROR_DATA: &str = "knativeerrordata";
 /// Default per-attempt timeout when `delivery.timeout` is unset (the Kafka broker's: 10 minutes).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Where and how one stream of events is delivered (a trigger's resolved delivery).
+/// Where and how one stream of events is delivered (a trigger's or a subscription's resolved
+/// delivery).
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// The subscriber URL.
-    pub subscriber: Url,
+    /// The subscriber URL; `None` forwards every event to the reply target as it is (a Knative
+    /// Subscription without a subscriber: channel → reply).
+    pub subscriber: Option<Url>,
+    /// Where a subscriber's reply goes.
+    pub reply: ReplyTo,
     /// Resolved dead-letter sink.
     pub dead_letter: Option<Url>,
     /// Retry/backoff/timeout/format options.
@@ -45,6 +49,89 @@ pub struct Plan {
     pub dead_letter_ca_certs: Option<Arc<str>>,
     /// Where each attempt is counted (Prometheus `event_count`, `event_dispatch_latencies`).
     pub metrics: Option<Arc<crate::telemetry::DeliveryMetrics>>,
+}
+
+/// Where the reply of a subscriber goes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ReplyTo {
+    /// Back into the broker the trigger belongs to (with the original's TTL, so loops end).
+    Home,
+    /// To a Destination (a Subscription's `reply`), as one more step of the same delivery: if it
+    /// fails, the whole delivery is tried again.
+    Url {
+        /// The resolved reply URL.
+        url: Url,
+        /// The reply Destination's `CACerts`.
+        ca_certs: Option<Arc<str>>,
+    },
+    /// Replies are dropped (a Subscription without `reply`).
+    #[default]
+    Discard,
+}
+
+/// An evmesh address served in this process (a broker's or a channel's ingress): deliveries to
+/// its URL are handed over in memory, never over loopback HTTP, and never re-encoded.
+pub trait LocalSink: Send + Sync {
+    /// Accepts one event as the address's ingress would; resolves once it is durably stored.
+    fn accept(
+        &self,
+        event: EventRecord,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LocalRefusal>> + Send + '_>>;
+}
+
+/// Why a [`LocalSink`] refused an event: the status its HTTP ingress would have answered.
+#[derive(Clone, Debug)]
+pub struct LocalRefusal {
+    /// The HTTP status ingress would answer (404 unknown, 400 loop, 503 store/shutdown).
+    pub status: u16,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// The evmesh addresses served in this process, by URL (see [`LocalSink`]).
+#[derive(Default)]
+pub struct LocalSinks {
+    sinks: std::sync::RwLock<HashMap<String, Arc<dyn LocalSink>>>,
+}
+
+impl std::fmt::Debug for LocalSinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.sinks.read().map(|s| s.len()).unwrap_or(0);
+        f.debug_struct("LocalSinks").field("sinks", &n).finish()
+    }
+}
+
+/// The key of a URL among local sinks: scheme, host, port and path without a trailing `/`.
+fn local_key(url: &Url) -> String {
+    format!(
+        "{}://{}:{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(0),
+        url.path().trim_end_matches('/')
+    )
+}
+
+impl LocalSinks {
+    /// Serves `url` in process through `sink` (replacing what served it before).
+    pub fn insert(&self, url: &Url, sink: Arc<dyn LocalSink>) {
+        if let Ok(mut s) = self.sinks.write() {
+            s.insert(local_key(url), sink);
+        }
+    }
+    /// Stops serving `url` in process.
+    pub fn remove(&self, url: &Url) {
+        if let Ok(mut s) = self.sinks.write() {
+            s.remove(&local_key(url));
+        }
+    }
+    /// The sink serving `url`, if any (a URL with a query string is never local).
+    pub fn get(&self, url: &Url) -> Option<Arc<dyn LocalSink>> {
+        if url.query().is_some() {
+            return None;
+        }
+        self.sinks.read().ok()?.get(&local_key(url)).cloned()
+    }
 }
 
 /// Result of one HTTP attempt.
@@ -180,11 +267,11 @@ impl Progress {
         }
     }
 
-    /// Where the next attempt goes.
-    pub fn url<'a>(&self, plan: &'a Plan) -> &'a Url {
+    /// Where the next attempt goes (`None`: no subscriber, the event goes to the reply target).
+    pub fn url<'a>(&self, plan: &'a Plan) -> Option<&'a Url> {
         match (self.phase, &plan.dead_letter) {
-            (Phase::DeadLetter, Some(dls)) => dls,
-            _ => &plan.subscriber,
+            (Phase::DeadLetter, Some(dls)) => Some(dls),
+            _ => plan.subscriber.as_ref(),
         }
     }
 
@@ -204,6 +291,7 @@ pub struct DeliveryEngine {
     client: reqwest::Client,
     extra_roots: Arc<Vec<CertificateDer<'static>>>,
     per_ca: Arc<Mutex<HashMap<String, reqwest::Client>>>,
+    local: Arc<LocalSinks>,
 }
 
 impl Default for DeliveryEngine {
@@ -238,6 +326,7 @@ impl DeliveryEngine {
             client,
             extra_roots: Arc::new(Vec::new()),
             per_ca: Arc::default(),
+            local: Arc::default(),
         }
     }
 
@@ -258,7 +347,13 @@ impl DeliveryEngine {
             client: build_client(&extra)?,
             extra_roots: Arc::new(extra),
             per_ca: Arc::default(),
+            local: Arc::default(),
         })
+    }
+
+    /// The addresses this engine delivers to in memory instead of over HTTP.
+    pub fn local_sinks(&self) -> &Arc<LocalSinks> {
+        &self.local
     }
 
     /// The client for a Destination: the shared one, or one that also trusts its `CACerts`.
@@ -280,7 +375,12 @@ impl DeliveryEngine {
     /// Makes one attempt according to `progress`: the subscriber with `Prefer: reply`, or the
     /// dead-letter sink with the error extensions.
     pub async fn attempt(&self, plan: &Plan, progress: &Progress, event: &EventRecord) -> Outcome {
-        let url = progress.url(plan);
+        let Some(url) = progress.url(plan) else {
+            // No subscriber (channel → reply): the event itself goes on to the reply target.
+            return Outcome::Delivered {
+                reply: Some(Box::new(event.clone())),
+            };
+        };
         let mut event = event.clone();
         event.remove_extension(crate::ingress::TTL_EXTENSION);
         let dead_letter = progress.phase == Phase::DeadLetter;
@@ -316,6 +416,28 @@ impl DeliveryEngine {
         plan: &Plan,
         want_reply: bool,
     ) -> Outcome {
+        if let Some(sink) = self.local.get(url) {
+            // An evmesh address of this process: handed over in memory, as its ingress takes it.
+            let started = std::time::Instant::now();
+            let result = sink.accept(event.clone()).await;
+            let code = match &result {
+                Ok(()) => 202,
+                Err(r) => r.status,
+            };
+            if let Some(m) = &plan.metrics {
+                m.attempt(Some(code), started.elapsed());
+            }
+            return match result {
+                Ok(()) => Outcome::Delivered { reply: None },
+                Err(r) => failed(
+                    url,
+                    Some(r.status),
+                    vec![],
+                    is_retryable(r.status),
+                    r.reason,
+                ),
+            };
+        }
         let client = match self.client_for(ca_certs) {
             Ok(c) => c,
             Err(e) => return failed(url, None, vec![], false, format!("CACerts: {e}")),
@@ -573,7 +695,8 @@ mod tests {
         delivery.backoff_policy = BackoffPolicy::Exponential;
         delivery.backoff_delay = Some(Duration::from_millis(100));
         Plan {
-            subscriber: "http://sub.example/".parse().expect("url"),
+            subscriber: Some("http://sub.example/".parse().expect("url")),
+            reply: ReplyTo::Discard,
             dead_letter: dls.then(|| "http://dls.example/".parse().expect("url")),
             delivery,
             namespace: "default".into(),
@@ -607,7 +730,7 @@ mod tests {
         assert_eq!(waits, vec![100, 200, 400]);
         assert!(matches!(prog.next(&p, fail(503)), Next::Retry(w) if w.is_zero()));
         assert_eq!(prog.phase, Phase::DeadLetter);
-        assert_eq!(prog.url(&p).as_str(), "http://dls.example/");
+        assert_eq!(prog.url(&p).map(Url::as_str), Some("http://dls.example/"));
     }
 
     #[test]

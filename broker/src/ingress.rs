@@ -38,6 +38,8 @@ pub fn routes(service: BrokerService, max_size: usize) -> Router {
     Router::new()
         .route("/{namespace}/{broker}", any(handle))
         .route("/{namespace}/{broker}/", any(handle))
+        .route("/channels/{namespace}/{channel}", any(handle_channel))
+        .route("/channels/{namespace}/{channel}/", any(handle_channel))
         .with_state(state)
 }
 
@@ -81,13 +83,46 @@ impl IntoResponse for IngressError {
 impl From<PublishError> for IngressError {
     fn from(e: PublishError) -> Self {
         match e {
-            PublishError::NotFound(m) => IngressError::NotFound(format!("broker {m} not found")),
+            PublishError::NotFound(m) => IngressError::NotFound(format!("{m} not found")),
             PublishError::TtlExpired => IngressError::BadRequest(e.to_string()),
             PublishError::Encode(m) => IngressError::BadRequest(m),
             PublishError::Store(_) | PublishError::ShuttingDown => {
                 IngressError::Unavailable(e.to_string())
             }
         }
+    }
+}
+
+/// What an ingress path publishes into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Broker,
+    Channel,
+}
+
+/// `POST /channels/{namespace}/{channel}`: a channel's address (its `status.address.url`).
+async fn handle_channel(
+    State(ingress): State<Ingress>,
+    Path((namespace, channel)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut event_type = None;
+    match receive(
+        &ingress,
+        Target::Channel,
+        &namespace,
+        &channel,
+        method,
+        headers,
+        body,
+        &mut event_type,
+    )
+    .await
+    {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -102,6 +137,7 @@ async fn handle(
     let mut event_type = None;
     let resp = match receive(
         &ingress,
+        Target::Broker,
         &namespace,
         &broker,
         method,
@@ -129,8 +165,10 @@ async fn handle(
     resp
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     ingress: &Ingress,
+    target: Target,
     namespace: &str,
     broker: &str,
     method: Method,
@@ -149,9 +187,17 @@ async fn receive(
     if method != Method::POST {
         return Err(IngressError::MethodNotAllowed);
     }
-    if !ingress.service.has_broker(namespace, broker) {
+    let exists = match target {
+        Target::Broker => ingress.service.has_broker(namespace, broker),
+        Target::Channel => ingress.service.has_channel(namespace, broker),
+    };
+    if !exists {
+        let noun = match target {
+            Target::Broker => "broker",
+            Target::Channel => "channel",
+        };
         return Err(IngressError::NotFound(format!(
-            "broker {namespace}/{broker} not found"
+            "{noun} {namespace}/{broker} not found"
         )));
     }
     let declared = headers
@@ -167,11 +213,21 @@ async fn receive(
     let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
     *event_type = Some(cloudevents::AttributesReader::ty(event.event()).to_string());
     let append_started = std::time::Instant::now();
-    ingress
-        .service
-        .publish_record(namespace, broker, event)
-        .await?;
-    telemetry::appended(namespace, broker, append_started.elapsed());
+    match target {
+        Target::Broker => {
+            ingress
+                .service
+                .publish_record(namespace, broker, event)
+                .await?;
+            telemetry::appended(namespace, broker, append_started.elapsed());
+        }
+        Target::Channel => {
+            ingress
+                .service
+                .publish_channel(namespace, broker, event)
+                .await?;
+        }
+    }
     let mut resp = StatusCode::ACCEPTED.into_response();
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod delivery;
 mod dispatcher;
 pub mod ingress;
+pub mod log;
 pub mod metrics;
 pub mod record;
 mod replay;
@@ -27,5 +28,6 @@ pub mod tls;
 
 pub use replay::ReplayError;
 pub use service::{
-    BrokerService, BrokerView, PublishError, ServiceOptions, StartError, TriggerView,
+    BrokerService, BrokerView, ChannelView, PublishError, ServiceOptions, StartError,
+    SubscriptionView, TriggerView,
 };

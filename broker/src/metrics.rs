@@ -51,6 +51,15 @@ impl Counters {
             ..Inner::default()
         }))
     }
+    /// Counters of a subscription that also feed its Prometheus metrics.
+    pub(crate) fn for_subscription(namespace: &str, channel: &str, name: &str) -> Counters {
+        Counters(Arc::new(Inner {
+            prometheus: Some(Arc::new(DeliveryMetrics::for_subscription(
+                namespace, channel, name,
+            ))),
+            ..Inner::default()
+        }))
+    }
     /// The Prometheus metrics of a trigger's deliveries, for its delivery plan.
     pub(crate) fn delivery_metrics(&self) -> Option<Arc<DeliveryMetrics>> {
         self.0.prometheus.clone()

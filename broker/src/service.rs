@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use cloudevents::Event;
 use evmesh_config::{
-    BrokerConfig, MeshConfig, ReplayFrom, Resolver, Trigger, TriggerConfig, broker_url,
+    Delivery, DeliveryOrder, MeshConfig, ReplayFrom, Resolver, SubscriptionConfig, Trigger,
+    TriggerConfig, broker_url, channel_url,
 };
+use evmesh_filter::Filter;
 use evmesh_store::{EventStore, LogId, Offset, Retention};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use crate::delivery::{DeliveryEngine, Plan, redact};
+use crate::delivery::{DeliveryEngine, Plan, ReplyTo, redact};
 use crate::dispatcher::{Checkpoint, Command, Router, Routes, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
 use crate::metrics::{CounterSnapshot, Counters};
@@ -56,8 +58,8 @@ impl Default for ServiceOptions {
 /// Why an event was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// No such broker.
-    #[error("broker {0} not found")]
+    /// No such broker or channel (the message names which).
+    #[error("{0} not found")]
     NotFound(String),
     /// The `knativebrokerttl` extension ran out: the event is looping.
     #[error("event dropped: knativebrokerttl reached 0 (reply loop protection)")]
@@ -85,8 +87,28 @@ impl StartError {
     }
 }
 
-/// One broker at run time.
+/// What a log serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum StreamKind {
+    /// A broker: ingress stamps `knativebrokerttl` and `knativearrivaltime`; triggers filter it
+    /// and their replies come back into it.
+    Broker,
+    /// A channel: events are stored as received and go to every subscription.
+    Channel,
+}
+
+impl StreamKind {
+    fn noun(self) -> &'static str {
+        match self {
+            StreamKind::Broker => "broker",
+            StreamKind::Channel => "channel",
+        }
+    }
+}
+
+/// One broker or channel at run time: its log, its router and its ingress.
 pub(crate) struct BrokerRuntime {
+    pub(crate) kind: StreamKind,
     pub(crate) namespace: String,
     pub(crate) name: String,
     pub(crate) log: LogId,
@@ -114,9 +136,17 @@ impl BrokerRuntime {
         }
         if !self.open.load(Ordering::Acquire) {
             return Err(PublishError::NotFound(format!(
-                "{}/{}",
-                self.namespace, self.name
+                "{} {}/{}",
+                self.kind.noun(),
+                self.namespace,
+                self.name
             )));
+        }
+        if self.kind == StreamKind::Channel {
+            // A channel keeps the event exactly as received.
+            let offset = self.store.append(&self.log, event.to_stored()).await?;
+            self.notify.notify_one();
+            return Ok(offset);
         }
         let ttl = match event.extension_json(TTL_EXTENSION) {
             None => MAX_TTL,
@@ -145,6 +175,35 @@ impl BrokerRuntime {
     }
 }
 
+impl crate::delivery::LocalSink for BrokerRuntime {
+    fn accept(
+        &self,
+        event: EventRecord,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<(), crate::delivery::LocalRefusal>> + Send + '_,
+        >,
+    > {
+        Box::pin(async move {
+            let result = self.append(event).await;
+            match &result {
+                Ok(_) => self.counters.accepted(),
+                Err(_) => self.counters.rejected(),
+            }
+            result
+                .map(|_| ())
+                .map_err(|e| crate::delivery::LocalRefusal {
+                    status: match e {
+                        PublishError::NotFound(_) => 404,
+                        PublishError::TtlExpired | PublishError::Encode(_) => 400,
+                        PublishError::Store(_) | PublishError::ShuttingDown => 503,
+                    },
+                    reason: e.to_string(),
+                })
+        })
+    }
+}
+
 /// Publishes replies back into the broker a trigger belongs to.
 #[derive(Clone)]
 pub(crate) struct Publisher {
@@ -156,19 +215,10 @@ impl Publisher {
     /// passed-through headers (the reply's own take precedence).
     pub(crate) async fn publish_reply(
         &self,
-        mut reply: EventRecord,
+        reply: EventRecord,
         original: &EventRecord,
     ) -> Result<(), ReplyFailure> {
-        if let Some(ttl) = original.extension_json(TTL_EXTENSION) {
-            reply.set_extension(TTL_EXTENSION, ttl.clone());
-        }
-        let mut headers = reply.headers().to_vec();
-        for (name, value) in original.headers() {
-            if !headers.iter().any(|(n, _)| n == name) {
-                headers.push((name.clone(), value.clone()));
-            }
-        }
-        reply.set_headers(headers);
+        let reply = reply_of(reply, original);
         match self.broker.append(reply).await {
             Ok(_) => Ok(()),
             Err(PublishError::TtlExpired) => {
@@ -193,6 +243,22 @@ impl Publisher {
             }),
         }
     }
+}
+
+/// A reply as it travels on: with the TTL of the event it answers (so reply loops end) and its
+/// passed-through headers (the reply's own take precedence).
+pub(crate) fn reply_of(mut reply: EventRecord, original: &EventRecord) -> EventRecord {
+    if let Some(ttl) = original.extension_json(TTL_EXTENSION) {
+        reply.set_extension(TTL_EXTENSION, ttl.clone());
+    }
+    let mut headers = reply.headers().to_vec();
+    for (name, value) in original.headers() {
+        if !headers.iter().any(|(n, _)| n == name) {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    reply.set_headers(headers);
+    reply
 }
 
 /// Why a reply was not stored.
@@ -245,12 +311,97 @@ pub struct TriggerView {
     pub counters: CounterSnapshot,
 }
 
-/// A configured trigger: running, or waiting (broker missing, subscriber unresolvable).
+/// A route from a log to a subscriber: a Trigger (filtered, replies back into its broker) or a
+/// Subscription (every event of its channel, replies to its `reply`).
+#[derive(Clone, Debug, PartialEq)]
+enum RouteResource {
+    Trigger(Trigger),
+    Subscription(SubscriptionConfig),
+}
+
+impl RouteResource {
+    fn metadata(&self) -> &evmesh_config::ObjectMeta {
+        match self {
+            RouteResource::Trigger(t) => &t.metadata,
+            RouteResource::Subscription(s) => &s.metadata,
+        }
+    }
+    /// The part whose change swaps the filter and plan of a running route.
+    fn spec_changed(&self, other: &RouteResource) -> bool {
+        match (self, other) {
+            (RouteResource::Trigger(a), RouteResource::Trigger(b)) => a.spec != b.spec,
+            (RouteResource::Subscription(a), RouteResource::Subscription(b)) => {
+                (&a.channel, &a.subscriber, &a.reply, &a.delivery)
+                    != (&b.channel, &b.subscriber, &b.reply, &b.delivery)
+            }
+            _ => true,
+        }
+    }
+    fn replay_annotation(&self) -> Option<&String> {
+        self.metadata()
+            .annotations
+            .get(evmesh_config::REPLAY_FROM_ANNOTATION)
+    }
+    fn noun(&self) -> &'static str {
+        match self {
+            RouteResource::Trigger(_) => "trigger",
+            RouteResource::Subscription(_) => "subscription",
+        }
+    }
+}
+
+/// What the admin API shows of a channel.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its address (`status.address.url`).
+    pub url: String,
+    /// Resolved dead-letter sink of the channel's default delivery.
+    pub dead_letter_sink_uri: Option<String>,
+    /// Next offset of its log the router reaches.
+    pub routed_offset: u64,
+    /// Its running subscriptions.
+    pub subscribers: Vec<SubscriptionView>,
+    /// Counters.
+    pub counters: CounterSnapshot,
+}
+
+/// What the admin API shows of a subscription.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The channel it reads.
+    pub channel: String,
+    /// Resolved subscriber URL; `None` without a subscriber or when it could not be resolved.
+    pub subscriber_uri: Option<String>,
+    /// Resolved reply URL.
+    pub reply_uri: Option<String>,
+    /// Resolved dead-letter sink.
+    pub dead_letter_sink_uri: Option<String>,
+    /// Why the subscription is not ready, if it is not (a message).
+    pub not_ready_reason: Option<String>,
+    /// The Kubernetes-style reason code when not ready (e.g. `ChannelDoesNotExist`).
+    pub not_ready_code: Option<String>,
+    /// Counters.
+    pub counters: CounterSnapshot,
+}
+
+/// A configured trigger or subscription: running, or waiting (its broker or channel missing, a
+/// destination unresolvable).
 struct TriggerEntry {
-    resource: Trigger,
+    resource: RouteResource,
     checkpoint_key: String,
     counters: Counters,
     subscriber_uri: Option<String>,
+    reply_uri: Option<String>,
     dead_letter_uri: Option<String>,
     not_ready: Option<(String, String)>,
     running: Option<RunningTrigger>,
@@ -277,12 +428,72 @@ impl RunningTrigger {
     }
 }
 
+/// The desired state of one route, resolved against the running configuration.
+struct RouteDesired {
+    resource: RouteResource,
+    key: (String, String),
+    label: String,
+    /// The log it reads, when it runs; `Err((reason code, message))` when it cannot run now.
+    stream: Option<Arc<BrokerRuntime>>,
+    plan: Result<Plan, (String, String)>,
+    subscriber_uri: Option<String>,
+    reply_uri: Option<String>,
+    dead_letter_uri: Option<String>,
+    checkpoint_key: String,
+    legacy_checkpoint_key: Option<String>,
+    filter: Filter,
+    order: DeliveryOrder,
+    replay_from: Option<(ReplayFrom, String)>,
+    counters: fn(&str, &str, &str) -> Counters,
+    /// `(namespace, broker or channel, name)` for its counters' labels.
+    labels: (String, String, String),
+}
+
 #[derive(Default)]
 struct State {
     brokers: HashMap<(String, String), Arc<BrokerRuntime>>,
+    channels: HashMap<(String, String), Arc<BrokerRuntime>>,
     triggers: BTreeMap<(String, String), TriggerEntry>,
-    /// Whether the first reconcile (which drops checkpoints of triggers that are gone) ran.
+    subscriptions: BTreeMap<(String, String), TriggerEntry>,
+    /// Whether the first reconcile (which drops checkpoints of routes that are gone) ran.
     started: bool,
+}
+
+impl State {
+    fn routes_mut(&mut self, kind: RouteKind) -> &mut BTreeMap<(String, String), TriggerEntry> {
+        match kind {
+            RouteKind::Trigger => &mut self.triggers,
+            RouteKind::Subscription => &mut self.subscriptions,
+        }
+    }
+    fn routes(&self, kind: RouteKind) -> &BTreeMap<(String, String), TriggerEntry> {
+        match kind {
+            RouteKind::Trigger => &self.triggers,
+            RouteKind::Subscription => &self.subscriptions,
+        }
+    }
+    fn streams(&self, kind: StreamKind) -> &HashMap<(String, String), Arc<BrokerRuntime>> {
+        match kind {
+            StreamKind::Broker => &self.brokers,
+            StreamKind::Channel => &self.channels,
+        }
+    }
+    fn streams_mut(
+        &mut self,
+        kind: StreamKind,
+    ) -> &mut HashMap<(String, String), Arc<BrokerRuntime>> {
+        match kind {
+            StreamKind::Broker => &mut self.brokers,
+            StreamKind::Channel => &mut self.channels,
+        }
+    }
+}
+
+/// Which map a route lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RouteKind {
+    Trigger,
+    Subscription,
 }
 
 struct Inner {
@@ -382,11 +593,12 @@ impl BrokerService {
         self.inner.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes the running brokers and triggers match `mesh`: starts what is new, updates what
-    /// changed in place (a changed trigger keeps its position and pending retries), stops what is
-    /// gone (a deleted trigger finishes its in-flight attempts, then its progress is dropped; a
-    /// deleted broker answers 404 at once and keeps its log). Triggers whose broker does not
-    /// exist wait, not ready, and start when it appears.
+    /// Makes the running brokers, channels, triggers and subscriptions match `mesh`: starts what
+    /// is new, updates what changed in place (a changed trigger or subscription keeps its
+    /// position and pending retries), stops what is gone (a deleted route finishes its in-flight
+    /// attempts, then its progress is dropped; a deleted broker or channel answers 404 at once
+    /// and keeps its log). Routes whose broker or channel does not exist wait, not ready, and
+    /// start when it appears.
     pub async fn reconcile(
         &self,
         mesh: &MeshConfig,
@@ -397,36 +609,120 @@ impl BrokerService {
             return Ok(());
         }
         let first = !self.state().started;
-        // Brokers: add new ones, update changed ones, remove deleted ones.
-        let desired: HashMap<(String, String), &BrokerConfig> = mesh
+        // Brokers and channels: add new ones, update changed ones, remove deleted ones.
+        let brokers: HashMap<(String, String), Option<Url>> = mesh
             .brokers
             .iter()
             .map(|b| {
                 let m = &b.resource.metadata;
-                ((m.namespace.clone(), m.name.clone()), b)
+                let dls = b
+                    .delivery
+                    .dead_letter_sink
+                    .as_ref()
+                    .and_then(|d| resolver.resolve(d, &m.namespace).ok());
+                ((m.namespace.clone(), m.name.clone()), dls)
             })
             .collect();
+        self.reconcile_streams(StreamKind::Broker, brokers, resolver)
+            .await?;
+        let channels: HashMap<(String, String), Option<Url>> = mesh
+            .channels
+            .iter()
+            .map(|c| {
+                let m = &c.metadata;
+                let dls = c
+                    .delivery
+                    .as_ref()
+                    .and_then(|d| d.dead_letter_sink.as_ref())
+                    .and_then(|d| resolver.resolve(d, &m.namespace).ok());
+                ((m.namespace.clone(), m.name.clone()), dls)
+            })
+            .collect();
+        self.reconcile_streams(StreamKind::Channel, channels, resolver)
+            .await?;
+        // Triggers and subscriptions.
+        let mut saved: HashMap<String, Vec<u8>> = HashMap::new();
+        if first {
+            for prefix in ["t/", "s/"] {
+                let store = self.inner.store.clone();
+                saved.extend(
+                    blocking(move || store.checkpoints(prefix))
+                        .await
+                        .map_err(|e| StartError(format!("reading checkpoints: {e}")))?,
+                );
+            }
+        }
+        let desired: Vec<RouteDesired> = mesh
+            .triggers
+            .iter()
+            .map(|t| self.trigger_desired(t, mesh, resolver))
+            .chain(
+                mesh.subscriptions
+                    .iter()
+                    .map(|s| self.subscription_desired(s, mesh, resolver)),
+            )
+            .collect();
+        for kind in [RouteKind::Trigger, RouteKind::Subscription] {
+            let wanted: HashSet<&(String, String)> = desired
+                .iter()
+                .filter(|d| d.kind() == kind)
+                .map(|d| &d.key)
+                .collect();
+            let gone: Vec<(String, String)> = self
+                .state()
+                .routes(kind)
+                .keys()
+                .filter(|k| !wanted.contains(k))
+                .cloned()
+                .collect();
+            for key in gone {
+                self.delete_route(kind, &key);
+            }
+        }
+        let mut live_keys = HashSet::new();
+        for d in desired {
+            live_keys.insert(d.checkpoint_key.clone());
+            live_keys.extend(d.legacy_checkpoint_key.clone());
+            self.apply_route(d, first.then_some(&saved)).await?;
+        }
+        if first {
+            for key in saved.keys().filter(|k| !live_keys.contains(*k)) {
+                tracing::info!(checkpoint = %key, "route no longer configured: forgetting its progress");
+                if let Err(e) = self.inner.store.delete_checkpoint(key) {
+                    tracing::warn!("deleting stale checkpoint {key}: {e}");
+                }
+            }
+            self.state_mut().started = true;
+        }
+        Ok(())
+    }
+
+    /// Starts, updates (dead-letter sink shown in status) and removes the brokers or channels
+    /// so that they are `desired`.
+    async fn reconcile_streams(
+        &self,
+        kind: StreamKind,
+        desired: HashMap<(String, String), Option<Url>>,
+        resolver: &Resolver,
+    ) -> Result<(), StartError> {
         let removed: Vec<(String, String)> = self
             .state()
-            .brokers
+            .streams(kind)
             .keys()
             .filter(|k| !desired.contains_key(*k))
             .cloned()
             .collect();
         for key in removed {
-            if let Some(b) = self.state_mut().brokers.remove(&key) {
+            let gone = self.state_mut().streams_mut(kind).remove(&key);
+            if let Some(b) = gone {
                 b.open.store(false, Ordering::Release);
+                self.inner.engine.local_sinks().remove(&b.url);
                 let _ = b.stop.send(true);
-                tracing::info!(broker = %format!("{}/{}", key.0, key.1), "broker deleted; its log is kept");
+                tracing::info!(stream = %format!("{}/{}", key.0, key.1), "{} deleted; its log is kept", kind.noun());
             }
         }
-        for (key, b) in &desired {
-            let dls = b
-                .delivery
-                .dead_letter_sink
-                .as_ref()
-                .and_then(|d| resolver.resolve(d, &key.0).ok());
-            let existing = self.state().brokers.get(key).cloned();
+        for (key, dls) in desired {
+            let existing = self.state().streams(kind).get(&key).cloned();
             match existing {
                 Some(runtime) => {
                     *runtime
@@ -435,54 +731,14 @@ impl BrokerService {
                         .unwrap_or_else(|e| e.into_inner()) = dls;
                 }
                 None => {
-                    let runtime = self.start_broker(&key.0, &key.1, resolver, dls).await?;
-                    self.state_mut().brokers.insert(key.clone(), runtime);
+                    let runtime = self
+                        .start_stream(kind, &key.0, &key.1, resolver, dls)
+                        .await?;
+                    self.state_mut()
+                        .streams_mut(kind)
+                        .insert(key.clone(), runtime);
                 }
             }
-        }
-        // Triggers.
-        let mut saved: HashMap<String, Vec<u8>> = HashMap::new();
-        if first {
-            let store = self.inner.store.clone();
-            saved = blocking(move || store.checkpoints("t/"))
-                .await
-                .map_err(|e| StartError(format!("reading checkpoints: {e}")))?
-                .into_iter()
-                .collect();
-        }
-        let wanted: HashSet<(String, String)> = mesh
-            .triggers
-            .iter()
-            .map(|t| {
-                let m = &t.resource.metadata;
-                (m.namespace.clone(), m.name.clone())
-            })
-            .collect();
-        let gone: Vec<(String, String)> = self
-            .state()
-            .triggers
-            .keys()
-            .filter(|k| !wanted.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.delete_trigger(&key);
-        }
-        let mut live_keys = HashSet::new();
-        for t in &mesh.triggers {
-            live_keys.insert(checkpoint_key(&t.resource));
-            live_keys.insert(legacy_checkpoint_key(&t.resource));
-            self.apply_trigger(t, mesh, resolver, first.then_some(&saved))
-                .await?;
-        }
-        if first {
-            for key in saved.keys().filter(|k| !live_keys.contains(*k)) {
-                tracing::info!(checkpoint = %key, "trigger no longer configured: forgetting its progress");
-                if let Err(e) = self.inner.store.delete_checkpoint(key) {
-                    tracing::warn!("deleting stale checkpoint {key}: {e}");
-                }
-            }
-            self.state_mut().started = true;
         }
         Ok(())
     }
@@ -504,19 +760,25 @@ impl BrokerService {
             t.resource.metadata.namespace == namespace && t.resource.metadata.name == name
         });
         match found {
-            Some(t) => self.apply_trigger(t, mesh, resolver, None).await,
+            Some(t) => {
+                let d = self.trigger_desired(t, mesh, resolver);
+                self.apply_route(d, None).await
+            }
             None => {
-                self.delete_trigger(&(namespace.to_string(), name.to_string()));
+                self.delete_route(
+                    RouteKind::Trigger,
+                    &(namespace.to_string(), name.to_string()),
+                );
                 Ok(())
             }
         }
     }
 
-    fn delete_trigger(&self, key: &(String, String)) {
-        let Some(mut entry) = self.state_mut().triggers.remove(key) else {
+    fn delete_route(&self, kind: RouteKind, key: &(String, String)) {
+        let Some(mut entry) = self.state_mut().routes_mut(kind).remove(key) else {
             return;
         };
-        tracing::info!(trigger = %format!("{}/{}", key.0, key.1), "trigger deleted: finishing its in-flight deliveries");
+        tracing::info!(route = %format!("{}/{}", key.0, key.1), "{} deleted: finishing its in-flight deliveries", entry.resource.noun());
         if let Some(run) = entry.running.take() {
             drop(run.stop(true));
         } else {
@@ -535,14 +797,25 @@ impl BrokerService {
         }
     }
 
-    async fn start_broker(
+    async fn start_stream(
         &self,
+        kind: StreamKind,
         namespace: &str,
         name: &str,
         resolver: &Resolver,
         dead_letter: Option<Url>,
     ) -> Result<Arc<BrokerRuntime>, StartError> {
-        let log = LogId::new(format!("{namespace}/{name}"));
+        let (log, url) = match kind {
+            StreamKind::Broker => (
+                LogId::new(format!("{namespace}/{name}")),
+                broker_url(resolver.ingress(), namespace, name),
+            ),
+            StreamKind::Channel => (
+                // `:` never appears in a Kubernetes name, so no broker's log is named so.
+                LogId::new(format!("imc:{namespace}/{name}")),
+                channel_url(resolver.ingress(), namespace, name),
+            ),
+        };
         let s = self.inner.store.clone();
         let l = log.clone();
         let head = blocking(move || s.next_offset(&l))
@@ -550,10 +823,11 @@ impl BrokerService {
             .map_err(|e| StartError(format!("opening log {}: {e}", log.as_str())))?;
         let (stop, stop_rx) = watch::channel(false);
         let runtime = Arc::new(BrokerRuntime {
+            kind,
             namespace: namespace.to_string(),
             name: name.to_string(),
             log: log.clone(),
-            url: broker_url(resolver.ingress(), namespace, name),
+            url,
             dead_letter: std::sync::RwLock::new(dead_letter),
             notify: Arc::new(Notify::new()),
             counters: Counters::default(),
@@ -583,145 +857,221 @@ impl BrokerService {
             t.push(router_task);
             t.push(retention_task);
         }
-        tracing::info!(broker = %format!("{namespace}/{name}"), url = %runtime.url, "broker ready");
+        self.inner
+            .engine
+            .local_sinks()
+            .insert(&runtime.url, runtime.clone());
+        tracing::info!(stream = %format!("{namespace}/{name}"), url = %runtime.url, "{} ready", kind.noun());
         Ok(runtime)
     }
 
-    /// Starts, updates or parks one trigger so that it matches `t`.
-    async fn apply_trigger(
+    /// What a trigger should be, resolved against the running brokers.
+    fn trigger_desired(
         &self,
         t: &TriggerConfig,
         mesh: &MeshConfig,
         resolver: &Resolver,
-        saved: Option<&HashMap<String, Vec<u8>>>,
-    ) -> Result<(), StartError> {
+    ) -> RouteDesired {
         let tm = &t.resource.metadata;
-        let key = (tm.namespace.clone(), tm.name.clone());
-        let label = format!("{}/{}", tm.namespace, tm.name);
-        let broker = self
+        let broker_name = &t.resource.spec.broker;
+        let stream = self
             .state()
             .brokers
-            .get(&(tm.namespace.clone(), t.resource.spec.broker.clone()))
+            .get(&(tm.namespace.clone(), broker_name.clone()))
             .cloned();
-        let broker_cfg = mesh.broker(&tm.namespace, &t.resource.spec.broker);
-        // Resolve what it needs; any failure parks it, not ready, keeping its progress.
-        let mut plan = None;
-        let mut not_ready = None;
-        let (mut subscriber_uri, mut dead_letter_uri) = (None, None);
-        match (broker.as_ref(), broker_cfg) {
-            (Some(_), Some(bc)) => {
+        let broker_cfg = mesh.broker(&tm.namespace, broker_name);
+        let mut d = RouteDesired {
+            resource: RouteResource::Trigger(t.resource.clone()),
+            key: (tm.namespace.clone(), tm.name.clone()),
+            label: format!("{}/{}", tm.namespace, tm.name),
+            stream: None,
+            plan: Err((String::new(), String::new())),
+            subscriber_uri: None,
+            reply_uri: None,
+            dead_letter_uri: None,
+            checkpoint_key: checkpoint_key(&t.resource),
+            legacy_checkpoint_key: Some(legacy_checkpoint_key(&t.resource)),
+            filter: t.filter.clone(),
+            order: t.order,
+            replay_from: t.replay_from.clone(),
+            counters: Counters::for_trigger,
+            labels: (tm.namespace.clone(), broker_name.clone(), tm.name.clone()),
+        };
+        match (stream, broker_cfg) {
+            (Some(stream), Some(bc)) => {
                 let delivery = t.delivery.clone().unwrap_or_else(|| bc.delivery.clone());
-                let subscriber = resolver.resolve(&t.resource.spec.subscriber, &tm.namespace);
-                let dead_letter = match &delivery.dead_letter_sink {
-                    Some(d) => resolver.resolve(d, &tm.namespace).map(Some),
-                    None => Ok(None),
-                };
-                match (subscriber, dead_letter) {
-                    (Ok(s), Ok(d)) => {
-                        subscriber_uri = Some(redact(&s));
-                        dead_letter_uri = d.as_ref().map(redact);
-                        let subscriber_ca_certs = t
-                            .resource
-                            .spec
-                            .subscriber
-                            .ca_certs
-                            .as_deref()
-                            .map(Arc::from);
-                        let dead_letter_ca_certs = delivery
-                            .dead_letter_sink
-                            .as_ref()
-                            .and_then(|d| d.ca_certs.as_deref())
-                            .map(Arc::from);
-                        plan = Some(Plan {
-                            subscriber: s,
-                            dead_letter: d,
-                            subscriber_ca_certs,
-                            dead_letter_ca_certs,
-                            metrics: None,
-                            delivery,
-                            namespace: tm.namespace.clone(),
-                        });
-                    }
-                    (s, d) => {
-                        let reason = [s.err(), d.err()]
-                            .into_iter()
-                            .flatten()
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        not_ready = Some(("DestinationNotResolved".to_string(), reason));
-                    }
-                }
+                d.plan = build_plan(
+                    &mut d,
+                    resolver,
+                    &tm.namespace,
+                    Some(&t.resource.spec.subscriber),
+                    delivery,
+                    ReplyTo::Home,
+                );
+                d.stream = Some(stream);
             }
             _ => {
-                not_ready = Some((
+                d.plan = Err((
                     "BrokerDoesNotExist".to_string(),
                     format!(
-                        "broker {:?} does not exist in namespace {:?}",
-                        t.resource.spec.broker, tm.namespace
+                        "broker {broker_name:?} does not exist in namespace {:?}",
+                        tm.namespace
                     ),
                 ));
             }
         }
-        let ck = checkpoint_key(&t.resource);
+        d
+    }
+
+    /// What a subscription should be, resolved against the running channels.
+    fn subscription_desired(
+        &self,
+        s: &SubscriptionConfig,
+        mesh: &MeshConfig,
+        resolver: &Resolver,
+    ) -> RouteDesired {
+        let m = &s.metadata;
+        let channel = &s.channel.1;
+        let stream = self
+            .state()
+            .channels
+            .get(&(m.namespace.clone(), channel.clone()))
+            .cloned();
+        let channel_cfg = mesh
+            .channels
+            .iter()
+            .find(|c| c.metadata.namespace == m.namespace && c.metadata.name == *channel);
+        let base = format!("s/{}/{}/{}", m.namespace, channel, m.name);
+        let mut d = RouteDesired {
+            resource: RouteResource::Subscription(s.clone()),
+            key: (m.namespace.clone(), m.name.clone()),
+            label: format!("{}/{}", m.namespace, m.name),
+            stream: None,
+            plan: Err((String::new(), String::new())),
+            subscriber_uri: None,
+            reply_uri: None,
+            dead_letter_uri: None,
+            checkpoint_key: match &m.uid {
+                Some(uid) => format!("{base}/{uid}"),
+                None => base,
+            },
+            legacy_checkpoint_key: None,
+            filter: Filter::match_all(),
+            order: DeliveryOrder::Unordered,
+            replay_from: None,
+            counters: Counters::for_subscription,
+            labels: (m.namespace.clone(), channel.clone(), m.name.clone()),
+        };
+        match (stream, channel_cfg) {
+            (Some(stream), Some(cc)) => {
+                // A Subscription's delivery replaces the channel's; without either, one attempt
+                // and no dead-letter sink (as a Knative channel dispatcher).
+                let delivery = s
+                    .delivery
+                    .clone()
+                    .or_else(|| cc.delivery.clone())
+                    .unwrap_or_else(Delivery::single_attempt);
+                let reply = match &s.reply {
+                    None => Ok(ReplyTo::Discard),
+                    Some(r) => resolver.resolve(r, &m.namespace).map(|url| ReplyTo::Url {
+                        url,
+                        ca_certs: r.ca_certs.as_deref().map(Arc::from),
+                    }),
+                };
+                d.plan = match reply {
+                    Ok(reply) => build_plan(
+                        &mut d,
+                        resolver,
+                        &m.namespace,
+                        s.subscriber.as_ref(),
+                        delivery,
+                        reply,
+                    ),
+                    Err(e) => Err(("DestinationNotResolved".to_string(), format!("reply: {e}"))),
+                };
+                d.stream = Some(stream);
+            }
+            _ => {
+                d.plan = Err((
+                    "ChannelDoesNotExist".to_string(),
+                    format!(
+                        "channel {channel:?} does not exist in namespace {:?}",
+                        m.namespace
+                    ),
+                ));
+            }
+        }
+        d
+    }
+
+    /// Starts, updates or parks one trigger or subscription so that it matches `d`.
+    async fn apply_route(
+        &self,
+        mut d: RouteDesired,
+        saved: Option<&HashMap<String, Vec<u8>>>,
+    ) -> Result<(), StartError> {
+        let kind = d.kind();
+        let label = d.label.clone();
+        let noun = d.resource.noun();
         // Take the current entry out (or make one).
+        let (ns, stream_name, name) = d.labels.clone();
+        let (ns, stream_name, name) = (&ns, &stream_name, &name);
         let mut entry = self
             .state_mut()
-            .triggers
-            .remove(&key)
+            .routes_mut(kind)
+            .remove(&d.key)
             .unwrap_or_else(|| TriggerEntry {
-                resource: t.resource.clone(),
-                checkpoint_key: ck.clone(),
-                counters: Counters::for_trigger(&tm.namespace, &t.resource.spec.broker, &tm.name),
+                resource: d.resource.clone(),
+                checkpoint_key: d.checkpoint_key.clone(),
+                counters: (d.counters)(ns, stream_name, name),
                 subscriber_uri: None,
+                reply_uri: None,
                 dead_letter_uri: None,
                 not_ready: None,
                 running: None,
                 stopping: None,
             });
-        // A trigger moved to another broker (or re-created under a new uid) starts afresh.
-        if entry.checkpoint_key != ck {
+        // A route moved to another broker or channel (or re-created under a new uid) starts
+        // afresh.
+        if entry.checkpoint_key != d.checkpoint_key {
             if let Some(run) = entry.running.take() {
                 entry.stopping = Some(run.stop(true));
             } else {
                 let _ = self.inner.store.delete_checkpoint(&entry.checkpoint_key);
             }
-            entry.checkpoint_key = ck.clone();
-            entry.counters =
-                Counters::for_trigger(&tm.namespace, &t.resource.spec.broker, &tm.name);
+            entry.checkpoint_key = d.checkpoint_key.clone();
+            entry.counters = (d.counters)(ns, stream_name, name);
         }
-        let spec_changed = entry.resource.spec != t.resource.spec;
-        let replay_changed = entry
-            .resource
-            .metadata
-            .annotations
-            .get(evmesh_config::REPLAY_FROM_ANNOTATION)
-            != t.resource
-                .metadata
-                .annotations
-                .get(evmesh_config::REPLAY_FROM_ANNOTATION);
-        entry.resource = t.resource.clone();
-        entry.subscriber_uri = subscriber_uri;
-        entry.dead_letter_uri = dead_letter_uri;
+        let spec_changed = entry.resource.spec_changed(&d.resource);
+        let replay_changed = entry.resource.replay_annotation() != d.resource.replay_annotation();
+        entry.resource = d.resource.clone();
+        entry.subscriber_uri = d.subscriber_uri.clone();
+        entry.reply_uri = d.reply_uri.clone();
+        entry.dead_letter_uri = d.dead_letter_uri.clone();
+        let (plan, not_ready) = match std::mem::replace(&mut d.plan, Err(Default::default())) {
+            Ok(p) => (Some(p), None),
+            Err(nr) => (None, Some(nr)),
+        };
         if let Some((code, msg)) = &not_ready {
-            tracing::warn!(trigger = %label, reason = %code, "not ready: {msg}");
+            tracing::warn!(route = %label, reason = %code, "{noun} not ready: {msg}");
         }
         entry.not_ready = not_ready;
-        match (plan, broker) {
+        match (plan, d.stream.clone()) {
             (Some(mut plan), Some(broker)) => {
                 plan.metrics = entry.counters.delivery_metrics();
-                // Kept running (updated in place) unless its broker or its delivery order changed.
+                // Kept running (updated in place) unless its log or its delivery order changed.
                 let same_broker = entry
                     .running
                     .as_ref()
-                    .is_some_and(|r| Arc::ptr_eq(&r.broker, &broker) && r.shared.order == t.order);
+                    .is_some_and(|r| Arc::ptr_eq(&r.broker, &broker) && r.shared.order == d.order);
                 if same_broker {
                     if let Some(run) = &entry.running {
                         run.shared.set_plan(plan);
                         if spec_changed {
-                            run.shared.set_filter(t.filter.clone());
+                            run.shared.set_filter(d.filter.clone());
                             broker.routes.changed();
                         }
-                        if replay_changed && let Some((from, text)) = t.replay_from.clone() {
+                        if replay_changed && let Some((from, text)) = d.replay_from.clone() {
                             // A changed `evmesh.dev/replay-from` repositions the running trigger
                             // (the worker skips a value it already applied).
                             let (done, answer) = tokio::sync::oneshot::channel();
@@ -751,26 +1101,28 @@ impl BrokerService {
                         let _ = prev.await;
                     }
                     match self
-                        .start_trigger(t, &entry, plan, broker.clone(), saved)
+                        .start_route(&d, &entry, plan, broker.clone(), saved)
                         .await
                     {
                         Ok(run) => {
                             let plan = run.shared.plan();
                             tracing::info!(
-                                trigger = %label,
-                                broker = %t.resource.spec.broker,
-                                subscriber = %redact(&plan.subscriber),
+                                route = %label,
+                                stream = %stream_name,
+                                subscriber = %plan.subscriber.as_ref().map(redact).unwrap_or_default(),
                                 dead_letter_sink = %plan.dead_letter.as_ref().map(redact).unwrap_or_default(),
-                                "trigger ready"
+                                "{noun} ready"
                             );
-                            tokio::spawn(crate::delivery::warn_if_unresolvable(
-                                label.clone(),
-                                plan.subscriber.clone(),
-                            ));
+                            if let Some(url) = plan.subscriber.clone() {
+                                tokio::spawn(crate::delivery::warn_if_unresolvable(
+                                    label.clone(),
+                                    url,
+                                ));
+                            }
                             entry.running = Some(run);
                         }
                         Err(reason) => {
-                            tracing::error!(trigger = %label, "not ready: {reason}");
+                            tracing::error!(route = %label, "{noun} not ready: {reason}");
                             entry.not_ready = Some(("CheckpointUnreadable".to_string(), reason));
                         }
                     }
@@ -782,21 +1134,25 @@ impl BrokerService {
                 }
             }
         }
-        self.state_mut().triggers.insert(key, entry);
+        self.state_mut()
+            .routes_mut(kind)
+            .insert(d.key.clone(), entry);
         Ok(())
     }
 
-    async fn start_trigger(
+    async fn start_route(
         &self,
-        t: &TriggerConfig,
+        d: &RouteDesired,
         entry: &TriggerEntry,
         plan: Plan,
         broker: Arc<BrokerRuntime>,
         saved: Option<&HashMap<String, Vec<u8>>>,
     ) -> Result<RunningTrigger, String> {
-        let tm = &t.resource.metadata;
         let key = entry.checkpoint_key.clone();
-        let legacy = legacy_checkpoint_key(&t.resource);
+        let legacy = d
+            .legacy_checkpoint_key
+            .clone()
+            .unwrap_or_else(|| key.clone());
         let (stored, from_legacy) = match saved {
             Some(saved) => match saved.get(&key) {
                 Some(v) => (Some(v.clone()), false),
@@ -815,7 +1171,7 @@ impl BrokerService {
             Some(bytes) => serde_json::from_slice::<Checkpoint>(&bytes)
                 .map_err(|e| format!("its saved progress ({key}) is unreadable: {e}"))?,
             None => {
-                // A new trigger starts at its broker's head; that position is saved at once, so a
+                // A new route starts at its log's head; that position is saved at once, so a
                 // crash before its first checkpoint does not skip events accepted in between.
                 let s = self.inner.store.clone();
                 let l = broker.log.clone();
@@ -840,11 +1196,11 @@ impl BrokerService {
             }
         }
         let (shared, commands) = TriggerShared::new(
-            format!("{}/{}", tm.namespace, tm.name),
+            d.label.clone(),
             key.clone(),
             plan,
-            t.filter.clone(),
-            t.order,
+            d.filter.clone(),
+            d.order,
             checkpoint.taken_upto,
             entry.counters.clone(),
         );
@@ -859,23 +1215,28 @@ impl BrokerService {
         broker.notify.notify_one();
         let (stop, stop_rx) = watch::channel(false);
         let delete_after = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
+        let group = Arc::new(crate::log::EmbeddedGroup {
             shared: shared.clone(),
             store: self.inner.store.clone(),
             log: broker.log.clone(),
+            router_next: broker.router_next.clone(),
+            restored: std::sync::Mutex::new(Some(checkpoint)),
+        });
+        let worker = Worker {
+            shared: shared.clone(),
+            group,
             engine: self.inner.engine.clone(),
             publisher: Publisher {
                 broker: broker.clone(),
             },
-            router_next: broker.router_next.clone(),
             max_in_flight: self.inner.options.max_in_flight.max(1),
             drain_timeout: self.inner.options.drain_timeout,
-            replay_from: t.replay_from.clone(),
+            replay_from: d.replay_from.clone(),
         };
         let store = self.inner.store.clone();
         let del = delete_after.clone();
         let task = tokio::spawn(async move {
-            worker.supervised(checkpoint, commands, stop_rx).await;
+            worker.supervised(commands, stop_rx).await;
             if del.load(Ordering::Acquire)
                 && let Err(e) = store.delete_checkpoint(&key)
             {
@@ -917,7 +1278,7 @@ impl BrokerService {
             .get(&(namespace.to_string(), name.to_string()))
             .cloned();
         let Some(broker) = broker else {
-            return Err(PublishError::NotFound(format!("{namespace}/{name}")));
+            return Err(PublishError::NotFound(format!("broker {namespace}/{name}")));
         };
         let result = broker.append(event).await;
         match &result {
@@ -968,27 +1329,151 @@ impl BrokerService {
         v
     }
 
-    fn view(entry: &TriggerEntry) -> TriggerView {
-        let m = &entry.resource.metadata;
+    /// The not-ready `(code, reason)` of a route, if it is not ready.
+    fn not_ready(entry: &TriggerEntry) -> (Option<String>, Option<String>) {
         let running_reason = entry
             .running
             .as_ref()
             .and_then(|r| r.shared.not_ready_reason());
-        let (code, reason) = match (&entry.not_ready, running_reason) {
+        match (&entry.not_ready, running_reason) {
             (Some((c, r)), _) => (Some(c.clone()), Some(r.clone())),
             (None, Some(r)) => (Some("WorkerFailed".to_string()), Some(r)),
             (None, None) => (None, None),
+        }
+    }
+
+    fn view(entry: &TriggerEntry) -> TriggerView {
+        let m = entry.resource.metadata();
+        let (code, reason) = Self::not_ready(entry);
+        let broker = match &entry.resource {
+            RouteResource::Trigger(t) => t.spec.broker.clone(),
+            RouteResource::Subscription(s) => s.channel.1.clone(),
         };
         TriggerView {
             namespace: m.namespace.clone(),
             name: m.name.clone(),
-            broker: entry.resource.spec.broker.clone(),
+            broker,
             subscriber_uri: entry.subscriber_uri.clone(),
             dead_letter_sink_uri: entry.dead_letter_uri.clone(),
             not_ready_reason: reason,
             not_ready_code: code,
             counters: entry.counters.snapshot(),
         }
+    }
+
+    fn subscription_view(entry: &TriggerEntry) -> SubscriptionView {
+        let m = entry.resource.metadata();
+        let (code, reason) = Self::not_ready(entry);
+        let channel = match &entry.resource {
+            RouteResource::Subscription(s) => s.channel.1.clone(),
+            RouteResource::Trigger(t) => t.spec.broker.clone(),
+        };
+        SubscriptionView {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            channel,
+            subscriber_uri: entry.subscriber_uri.clone(),
+            reply_uri: entry.reply_uri.clone(),
+            dead_letter_sink_uri: entry.dead_letter_uri.clone(),
+            not_ready_reason: reason,
+            not_ready_code: code,
+            counters: entry.counters.snapshot(),
+        }
+    }
+
+    /// The subscriptions (sorted by namespace and name), for the admin API.
+    pub fn subscriptions(&self) -> Vec<SubscriptionView> {
+        self.state()
+            .subscriptions
+            .values()
+            .map(Self::subscription_view)
+            .collect()
+    }
+
+    /// One subscription's status.
+    pub fn subscription(&self, namespace: &str, name: &str) -> Option<SubscriptionView> {
+        self.state()
+            .subscriptions
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(Self::subscription_view)
+    }
+
+    /// The channels, for the admin API.
+    pub fn channels(&self) -> Vec<ChannelView> {
+        let state = self.state();
+        let mut v: Vec<_> = state
+            .channels
+            .values()
+            .map(|c| Self::channel_view(&state, c))
+            .collect();
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        v
+    }
+
+    /// One channel's status (`None` when it does not run).
+    pub fn channel(&self, namespace: &str, name: &str) -> Option<ChannelView> {
+        let state = self.state();
+        state
+            .channels
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|c| Self::channel_view(&state, c))
+    }
+
+    fn channel_view(state: &State, c: &BrokerRuntime) -> ChannelView {
+        ChannelView {
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            url: c.url.to_string(),
+            dead_letter_sink_uri: c
+                .dead_letter
+                .read()
+                .ok()
+                .and_then(|d| d.as_ref().map(redact)),
+            routed_offset: c.router_next.load(Ordering::Relaxed),
+            subscribers: state
+                .subscriptions
+                .values()
+                .filter(|e| {
+                    matches!(&e.resource, RouteResource::Subscription(s)
+                        if s.metadata.namespace == c.namespace && s.channel.1 == c.name)
+                })
+                .map(Self::subscription_view)
+                .collect(),
+            counters: c.counters.snapshot(),
+        }
+    }
+
+    /// Publishes an [`EventRecord`] into channel `namespace/name` (stored as received; resolves
+    /// once it is durable).
+    pub async fn publish_channel(
+        &self,
+        namespace: &str,
+        name: &str,
+        event: EventRecord,
+    ) -> Result<Offset, PublishError> {
+        let channel = self
+            .state()
+            .channels
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned();
+        let Some(channel) = channel else {
+            return Err(PublishError::NotFound(format!(
+                "channel {namespace}/{name}"
+            )));
+        };
+        let result = channel.append(event).await;
+        match &result {
+            Ok(_) => channel.counters.accepted(),
+            Err(_) => channel.counters.rejected(),
+        }
+        result
+    }
+
+    /// Whether channel `namespace/name` runs.
+    pub fn has_channel(&self, namespace: &str, name: &str) -> bool {
+        self.state()
+            .channels
+            .contains_key(&(namespace.to_string(), name.to_string()))
     }
 
     /// The triggers (sorted by namespace and name), for the admin API.
@@ -1082,15 +1567,20 @@ impl BrokerService {
         let mut tasks = Vec::new();
         {
             let mut state = self.state_mut();
-            // Brokers first: their retention must not see the triggers leave (a broker without
-            // triggers pins nothing) while those still hold pending events.
-            for b in state.brokers.values() {
+            let state = &mut *state;
+            // Brokers and channels first: their retention must not see the triggers leave (a
+            // log without readers pins nothing) while those still hold pending events.
+            for b in state.brokers.values().chain(state.channels.values()) {
                 let _ = b.stop.send(true);
                 if let Ok(mut t) = b.tasks.lock() {
                     tasks.append(&mut t);
                 }
             }
-            for entry in state.triggers.values_mut() {
+            for entry in state
+                .triggers
+                .values_mut()
+                .chain(state.subscriptions.values_mut())
+            {
                 if let Some(run) = entry.running.take() {
                     tasks.push(run.stop(false));
                 }
@@ -1108,6 +1598,68 @@ impl BrokerService {
     /// Resolves once everything handed to the store so far (events, progress) is durable.
     pub async fn flush(&self) -> Result<(), evmesh_store::StoreError> {
         self.inner.store.flush().await
+    }
+}
+
+impl RouteDesired {
+    fn kind(&self) -> RouteKind {
+        match self.resource {
+            RouteResource::Trigger(_) => RouteKind::Trigger,
+            RouteResource::Subscription(_) => RouteKind::Subscription,
+        }
+    }
+}
+
+/// Resolves a route's subscriber and dead-letter sink into a plan (recording the URIs its status
+/// shows), or the reason it cannot run.
+fn build_plan(
+    d: &mut RouteDesired,
+    resolver: &Resolver,
+    namespace: &str,
+    subscriber: Option<&evmesh_config::Destination>,
+    delivery: Delivery,
+    reply: ReplyTo,
+) -> Result<Plan, (String, String)> {
+    let sub = subscriber
+        .map(|s| resolver.resolve(s, namespace))
+        .transpose();
+    let dead_letter = match &delivery.dead_letter_sink {
+        Some(dls) => resolver.resolve(dls, namespace).map(Some),
+        None => Ok(None),
+    };
+    match (sub, dead_letter) {
+        (Ok(s), Ok(dl)) => {
+            d.subscriber_uri = s.as_ref().map(redact);
+            d.dead_letter_uri = dl.as_ref().map(redact);
+            d.reply_uri = match &reply {
+                ReplyTo::Url { url, .. } => Some(redact(url)),
+                _ => None,
+            };
+            Ok(Plan {
+                subscriber: s,
+                reply,
+                dead_letter: dl,
+                subscriber_ca_certs: subscriber
+                    .and_then(|s| s.ca_certs.as_deref())
+                    .map(Arc::from),
+                dead_letter_ca_certs: delivery
+                    .dead_letter_sink
+                    .as_ref()
+                    .and_then(|d| d.ca_certs.as_deref())
+                    .map(Arc::from),
+                metrics: None,
+                delivery,
+                namespace: namespace.to_string(),
+            })
+        }
+        (s, dl) => {
+            let reason = [s.err(), dl.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(("DestinationNotResolved".to_string(), reason))
+        }
     }
 }
 

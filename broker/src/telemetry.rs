@@ -212,14 +212,32 @@ pub struct DeliveryMetrics {
 impl DeliveryMetrics {
     /// Metrics labelled with a trigger (installs the recorder first).
     pub fn new(namespace: &str, broker: &str, trigger: &str) -> DeliveryMetrics {
+        Self::labelled(
+            format!("{namespace}/{trigger}"),
+            vec![
+                ("namespace_name", namespace.to_string()),
+                ("broker_name", broker.to_string()),
+                ("trigger_name", trigger.to_string()),
+            ],
+        )
+    }
+
+    /// Metrics labelled with a channel subscription (installs the recorder first).
+    pub fn for_subscription(namespace: &str, channel: &str, name: &str) -> DeliveryMetrics {
+        Self::labelled(
+            format!("{namespace}/{name}"),
+            vec![
+                ("namespace_name", namespace.to_string()),
+                ("channel_name", channel.to_string()),
+                ("subscription_name", name.to_string()),
+            ],
+        )
+    }
+
+    fn labelled(trigger: String, labels: Vec<(&'static str, String)>) -> DeliveryMetrics {
         install();
-        let labels = vec![
-            ("namespace_name", namespace.to_string()),
-            ("broker_name", broker.to_string()),
-            ("trigger_name", trigger.to_string()),
-        ];
         DeliveryMetrics {
-            trigger: format!("{namespace}/{trigger}"),
+            trigger,
             failing: AtomicBool::new(false),
             limiter: Mutex::new(LogLimiter::default()),
             dead_lettered: metrics::counter!("evmesh_dead_lettered_total", &labels),

@@ -23,6 +23,7 @@
 mod annotations;
 mod error;
 mod loader;
+pub mod messaging;
 mod model;
 pub mod registry;
 mod resolve;
@@ -36,11 +37,12 @@ pub use annotations::{
 };
 pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, load_str};
+pub use messaging::{ChannelConfig, ChannelKind, SubscriptionConfig};
 pub use model::*;
-pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, event_display_url};
+pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
 pub use validate::{
-    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
-    validate_with_brokers,
+    BrokerConfig, Delivery, MeshConfig, TriggerConfig, ValidationContext, parse_duration, validate,
+    validate_in, validate_with_brokers,
 };
 
 impl MeshConfig {

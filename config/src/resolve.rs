@@ -10,7 +10,8 @@ use crate::validate::MeshConfig;
 /// The default template for refs to kinds evmesh neither serves nor finds an address for.
 pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local";
 
-/// Resolves [`Destination`]s to URLs: evmesh's own addressables (brokers) to their ingress URL,
+/// Resolves [`Destination`]s to URLs: evmesh's own addressables to their ingress URL (brokers;
+/// channels, generic Channels, Sequences and Parallels to the channel they front),
 /// other kinds to the `status.address.url` / `status.url` the YAML declares, else to a URL
 /// template (`{name}`, `{namespace}`, `{kind}` placeholders).
 ///
@@ -52,6 +53,11 @@ impl Resolver {
                 ),
                 Some(url.to_string()),
             );
+        }
+        // Channels, and the generic Channels, Sequences and Parallels whose address is one.
+        for ((group, kind, ns, name), channel) in crate::messaging::check::addressables(mesh) {
+            let url = channel_url(&ingress, &ns, &channel);
+            addressables.insert((group, kind, ns, name), Some(url.to_string()));
         }
         for e in &mesh.externals {
             let m = &e.metadata;
@@ -110,6 +116,9 @@ impl Resolver {
             None if group == "eventing.knative.dev" && r.kind == "Broker" => {
                 return Err(format!("broker {rns}/{} not found", r.name));
             }
+            None if crate::messaging::check::is_served(&group, &r.kind) => {
+                return Err(format!("{} {rns}/{} not found", r.kind, r.name));
+            }
             None => {}
         }
         let url = self
@@ -132,5 +141,18 @@ pub fn broker_url(ingress: &Url, namespace: &str, name: &str) -> Url {
 pub fn event_display_url(ingress: &Url, namespace: &str, name: &str) -> Url {
     let mut url = ingress.clone();
     url.set_path(&format!("/_evmesh/event-display/{namespace}/{name}"));
+    url
+}
+
+/// The address of a channel evmesh runs (an InMemoryChannel, or the backing channel of a Channel,
+/// Sequence or Parallel): `{ingress}/channels/{namespace}/{name}`.
+///
+/// ```
+/// let u = evmesh_config::channel_url(&"http://127.0.0.1:8080".parse().unwrap(), "default", "c");
+/// assert_eq!(u.as_str(), "http://127.0.0.1:8080/channels/default/c");
+/// ```
+pub fn channel_url(ingress: &Url, namespace: &str, name: &str) -> Url {
+    let mut url = ingress.clone();
+    url.set_path(&format!("/channels/{namespace}/{name}"));
     url
 }
