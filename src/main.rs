@@ -160,6 +160,9 @@ enum Command {
         /// Also delete the oldest events once a broker's log holds more than this many bytes.
         #[arg(long)]
         retention_bytes: Option<u64>,
+        /// How often retention runs (ISO-8601).
+        #[arg(long, default_value = "PT60S")]
+        retention_interval: String,
         /// Deliveries in flight per trigger.
         #[arg(long, default_value_t = 100)]
         max_in_flight: usize,
@@ -338,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             url_template,
             retention,
             retention_bytes,
+            retention_interval,
             max_in_flight,
             admin_token_file,
             no_watch,
@@ -387,18 +391,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.service.retention.max_age =
                 Some(evmesh_config::parse_duration(&retention).map_err(anyhow::Error::msg)?);
             options.service.retention.max_bytes = retention_bytes;
+            options.service.retention_interval =
+                evmesh_config::parse_duration(&retention_interval).map_err(anyhow::Error::msg)?;
+            if options.service.retention_interval.is_zero() {
+                bail!("--retention-interval must be above zero");
+            }
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             let running = std::sync::Arc::new(mesh.options(options).start(listener).await?);
-            let watcher =
-                (!files.is_empty()).then(|| tokio::spawn(watch_files(running.clone(), !no_watch)));
+            // Signal handlers are in place before "listening" is logged: a SIGTERM or SIGHUP
+            // right after start must not kill the process by the signal's default action.
+            let shutdown_signal = ShutdownSignal::install();
+            let watcher = (!files.is_empty())
+                .then(|| tokio::spawn(watch_files(running.clone(), !no_watch, hangup_signal())));
             tracing::info!(
                 "evmesh listening on {} (ingress {}/<namespace>/<broker>)",
                 running.local_addr(),
                 running.url().as_str().trim_end_matches('/')
             );
-            wait_for_signal().await;
+            shutdown_signal.wait().await;
             tracing::info!("shutting down: draining deliveries");
             if let Some(w) = watcher {
                 w.abort();
@@ -458,7 +470,25 @@ fn admin_token(
 
 /// Re-reads the served files on SIGHUP and when one of them changes on disk, and applies the
 /// difference.
-async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool) {
+/// SIGHUP as a stream (registered at once, so that SIGHUP no longer terminates the process);
+/// `None` where there is no SIGHUP or it cannot be registered.
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool, hup: Hangup) {
     let stamp = |files: &[PathBuf]| -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
         files
             .iter()
@@ -474,7 +504,9 @@ async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool) {
     };
     let mut seen = stamp(&running.watched_files());
     #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hup = hup;
+    #[cfg(not(unix))]
+    let _ = hup;
     loop {
         #[cfg(unix)]
         let hup_recv = async {
@@ -511,19 +543,51 @@ async fn watch_files(running: std::sync::Arc<evmesh::RunningMesh>, poll: bool) {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), registered when installed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignal {
+    fn install() -> ShutdownSignal {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            ShutdownSignal {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
-            return;
         }
+        #[cfg(not(unix))]
+        ShutdownSignal {}
     }
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            async fn on(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            let (mut term, mut int) = (self.term, self.int);
+            if term.is_some() || int.is_some() {
+                tokio::select! {
+                    _ = on(term.as_mut()) => {}
+                    _ = on(int.as_mut()) => {}
+                }
+                return;
+            }
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

@@ -12,23 +12,6 @@ use evmesh::evmesh_store;
 
 const KEY: &str = "t/demo/default/t1";
 
-/// A mesh on 127.0.0.1:0 over an existing data directory.
-async fn start_in(dir: &Path, yaml: &str) -> evmesh::RunningMesh {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    evmesh::Mesh::from_yaml(yaml)
-        .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
-        .data_dir(dir)
-        .start(listener)
-        .await
-        .expect("mesh starts")
-}
-
-fn url(m: &evmesh::RunningMesh, path: &str) -> String {
-    format!("{}{}", m.url().as_str().trim_end_matches('/'), path)
-}
-
 fn reason(m: &evmesh::RunningMesh) -> Option<String> {
     m.service()
         .triggers()
@@ -73,23 +56,31 @@ async fn unreadable_checkpoint_makes_the_trigger_not_ready_and_is_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = TestSink::start().await;
     let yaml = broker_and_trigger(&sink, "");
-    let m = start_in(dir.path(), &yaml).await;
+    let m = mesh_at(dir.path(), &yaml, |o| o).await;
     m.shutdown().await;
     put_checkpoint(dir.path(), b"{not json").await;
 
-    let m = start_in(dir.path(), &yaml).await;
+    let m = mesh_at(dir.path(), &yaml, |o| o).await;
     let r = reason(&m).expect("not ready");
     assert!(r.contains("unreadable"), "{r}");
+    let (code, body) = get_text(&mesh_url(&m, "/readyz")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("trigger demo/t1") && body.contains("unreadable"),
+        "/readyz names the trigger and why: {body}"
+    );
     assert_eq!(
-        post_binary(&url(&m, "/demo/default"), event("1", "t")).await,
+        post_binary(&mesh_url(&m, "/demo/default"), event("1", "t")).await,
         202
     );
-    settle().await;
+    // The router passed the event and handed it to no trigger (one that restarted at the head
+    // would have been handed it).
     assert_eq!(
-        sink.count(),
+        routed_up_to(&mesh_url(&m, ""), "demo", "default", 1).await,
         0,
-        "a trigger without its position delivers nothing"
+        "a trigger without its position is handed nothing"
     );
+    assert_eq!(sink.count(), 0);
     m.shutdown().await;
     assert_eq!(
         saved_checkpoint(dir.path()).await.as_deref(),
@@ -103,9 +94,9 @@ async fn trigger_that_is_not_ready_keeps_its_position() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = TestSink::start().await;
     let good = broker_and_trigger(&sink, "");
-    let m = start_in(dir.path(), &good).await;
+    let m = mesh_at(dir.path(), &good, |o| o).await;
     assert_eq!(
-        post_binary(&url(&m, "/demo/default"), event("1", "t")).await,
+        post_binary(&mesh_url(&m, "/demo/default"), event("1", "t")).await,
         202
     );
     eventually("delivered", Duration::from_secs(10), || sink.count() == 1).await;
@@ -119,10 +110,10 @@ async fn trigger_that_is_not_ready_keeps_its_position() {
             "subscriber: {ref: {apiVersion: v1, kind: Service, name: bad}}"
         )
     );
-    let m = start_in(dir.path(), &broken).await;
+    let m = mesh_at(dir.path(), &broken, |o| o).await;
     assert!(reason(&m).is_some(), "not ready");
     assert_eq!(
-        post_binary(&url(&m, "/demo/default"), event("2", "t")).await,
+        post_binary(&mesh_url(&m, "/demo/default"), event("2", "t")).await,
         202
     );
     m.shutdown().await;
@@ -132,7 +123,7 @@ async fn trigger_that_is_not_ready_keeps_its_position() {
     );
 
     // Fixed again: it resumes where it was, so the event accepted meanwhile is delivered.
-    let m = start_in(dir.path(), &good).await;
+    let m = mesh_at(dir.path(), &good, |o| o).await;
     eventually("event 2 delivered", Duration::from_secs(10), || {
         sink.count() == 2
     })
@@ -150,9 +141,9 @@ async fn pending_retry_keeps_at_most_1024_bytes_of_the_failure_body() {
         &sink,
         "  delivery: {retry: 3, backoffPolicy: linear, backoffDelay: PT60S}",
     );
-    let m = start_in(dir.path(), &yaml).await;
+    let m = mesh_at(dir.path(), &yaml, |o| o).await;
     assert_eq!(
-        post_binary(&url(&m, "/demo/default"), event("1", "t")).await,
+        post_binary(&mesh_url(&m, "/demo/default"), event("1", "t")).await,
         202
     );
     eventually("first attempt failed", Duration::from_secs(10), || {

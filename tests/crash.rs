@@ -4,9 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,63 +12,12 @@ use std::time::Duration;
 use cloudevents::AttributesReader;
 use common::*;
 
-/// A running `evmesh serve` process and the address it listens on.
-struct Evmesh {
-    child: Child,
-    addr: String,
-}
-
-impl Evmesh {
-    fn start(config: &Path, data: &Path, engine: Option<&str>) -> Evmesh {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
-        cmd.args(["serve", "-f"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .env("EVMESH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(e) = engine {
-            cmd.args(["--storage-engine", e]);
-        }
-        let mut child = cmd.spawn().expect("spawn evmesh");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("evmesh exited before listening")
-                .expect("read stderr");
-            if let Some(rest) = line.split("evmesh listening on ").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_string();
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
-        Evmesh { child, addr }
+/// `evmesh serve` on `engine` (the default engine when `None`).
+fn start(config: &Path, data: &Path, engine: Option<&str>) -> EvmeshProcess {
+    match engine {
+        Some(e) => EvmeshProcess::start(config, data, &["--storage-engine", e]),
+        None => EvmeshProcess::start(config, data, &[]),
     }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Evmesh {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
-    let path = dir.join("mesh.yaml");
-    std::fs::write(&path, yaml).expect("write config");
-    path
 }
 
 async fn kill9_during_load_loses_no_accepted_event(engine: Option<&str>) {
@@ -95,7 +42,7 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
         ),
     );
     let data = dir.path().join("data");
-    let first = Evmesh::start(&config, &data, engine);
+    let first = start(&config, &data, engine);
     let url = first.url("/default/default");
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -118,26 +65,31 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
                     .await
                 {
                     Ok(r) if r.status().as_u16() == 202 => accepted.lock().expect("lock").push(id),
-                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Ok(r) => {
+                        let status = r.status();
+                        let body = r.text().await.unwrap_or_default();
+                        panic!("unexpected status {status} for {id}: {body}")
+                    }
                     Err(_) => break, // the process is gone
                 }
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed under load: once 200 events were accepted, with 16 senders still posting.
+    eventually(
+        "200 events accepted under load",
+        Duration::from_secs(60),
+        || accepted.lock().expect("lock").len() >= 200,
+    )
+    .await;
     first.kill9();
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.expect("load task");
     }
     let accepted: Vec<String> = accepted.lock().expect("lock").clone();
-    assert!(
-        accepted.len() > 100,
-        "the load run got only {} events in",
-        accepted.len()
-    );
 
-    let _second = Evmesh::start(&config, &data, engine);
+    let _second = start(&config, &data, engine);
     let want: HashSet<String> = accepted.iter().cloned().collect();
     eventually(
         "every accepted event delivered after the restart",
@@ -191,7 +143,7 @@ spec:
         ),
     );
     let data = dir.path().join("data");
-    let first = Evmesh::start(&config, &data, None);
+    let first = start(&config, &data, None);
     assert_eq!(
         post_binary(&first.url("/default/default"), event("r-1", "t")).await,
         202
@@ -203,7 +155,7 @@ spec:
     .await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     first.kill9();
-    let _second = Evmesh::start(&config, &data, None);
+    let _second = start(&config, &data, None);
     eventually(
         "dead-lettered after the restart",
         Duration::from_secs(15),
@@ -236,7 +188,7 @@ async fn restart_does_not_redeliver_completed_events() {
         ),
     );
     let data = dir.path().join("data");
-    let first = Evmesh::start(&config, &data, None);
+    let first = start(&config, &data, None);
     for i in 0..20 {
         assert_eq!(
             post_binary(
@@ -255,7 +207,7 @@ async fn restart_does_not_redeliver_completed_events() {
     // are durable. 200 ms is far beyond it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     first.kill9();
-    let second = Evmesh::start(&config, &data, None);
+    let second = start(&config, &data, None);
     assert_eq!(
         post_binary(&second.url("/default/default"), event("after", "t")).await,
         202

@@ -310,16 +310,45 @@ async fn retry_after_is_respected_up_to_retry_after_max() {
 #[tokio::test]
 async fn slow_subscriber_is_cut_off_by_delivery_timeout_and_retried() {
     let sink = TestSink::start().await;
-    sink.script([Reply::Delay(Duration::from_secs(3))]);
+    sink.script([Reply::Delay(Duration::from_secs(5))]);
     let _m = one_event(
         &sink,
-        "  delivery: {retry: 1, timeout: PT0.2S, backoffDelay: PT0.01S}",
+        "  delivery: {retry: 1, timeout: PT0.3S, backoffDelay: PT0.01S}",
     )
     .await;
-    eventually("retry after the timeout", Duration::from_secs(2), || {
-        sink.count() == 2
+    eventually("retry after the timeout", WAIT, || sink.count() == 2).await;
+    let r = sink.received();
+    let gap = r[1].at - r[0].at;
+    // The first attempt was given its 0.3 s, then cut off: the retry came before the
+    // subscriber would have answered it (after 5 s).
+    assert!(
+        gap >= Duration::from_millis(300),
+        "retried after {gap:?}, before the timeout"
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "retried after {gap:?}: the timeout did not cut the attempt"
+    );
+}
+
+#[tokio::test]
+async fn without_a_timeout_an_attempt_gets_the_default_10_minutes() {
+    // The default itself (10 minutes, as the Kafka broker) is not waited for here; a subscriber
+    // far slower than a configured timeout is waited for, in one attempt.
+    assert_eq!(
+        evmesh::evmesh_broker::delivery::DEFAULT_TIMEOUT,
+        Duration::from_secs(600)
+    );
+    let sink = TestSink::start().await;
+    sink.always(Reply::Delay(Duration::from_secs(3)));
+    let m = one_event(&sink, "  delivery: {retry: 3, backoffDelay: PT0.01S}").await;
+    eventually_counters(&m.url(""), "triggers", "demo", "t1", WAIT, |c| {
+        c["delivered"] == 1
     })
     .await;
+    let c = admin_counters(&m.url(""), "triggers", "demo", "t1").await;
+    assert_eq!(c["retried"], 0, "the slow attempt was not cut: {c}");
+    assert_eq!(sink.count(), 1);
 }
 
 #[tokio::test]

@@ -169,7 +169,7 @@ spec:
     orders.always(Reply::Status(202));
     money.always(Reply::Status(202));
     let restart = std::time::Instant::now();
-    let second = EvmeshProcess::start(&config, &data, &["--max-in-flight", &max]);
+    let mut second = EvmeshProcess::start(&config, &data, &["--max-in-flight", &max]);
 
     eventually("orders has every order after the restart", WAIT, || {
         as_set(&ids_after(&orders, restart)) == want["orders"]
@@ -181,8 +181,7 @@ spec:
         || as_set(&ids_after(&money, restart)) == want["money"],
     )
     .await;
-    // The restarted process itself delivered the backlog (its own counters), and has nothing
-    // left in flight before "nothing else arrives" is checked.
+    // The restarted process itself delivered the backlog (its own counters).
     let base = second.url("");
     for t in ["orders", "money"] {
         let n = want[t].len() as u64;
@@ -191,7 +190,23 @@ spec:
         })
         .await;
     }
-    settle().await;
+    // Stopped gracefully with nothing left to deliver: what the sinks got is all they get.
+    second.sigterm();
+    assert_eq!(second.wait_exit(WAIT).await.code(), Some(0));
+    let money_filter = |e: &Event| ["order", "payment"].contains(&e.ty());
+    let receipts_filter = |e: &Event| e.ty().starts_with("rece");
+    assert_nothing_left(
+        &data,
+        "default",
+        "default",
+        &[
+            ("orders", &of_type("order")),
+            ("money", &money_filter),
+            ("replier", &of_type("payment")),
+            ("receipts", &receipts_filter),
+        ],
+    )
+    .await;
 
     // Exactly as the filters say, across both runs.
     assert_eq!(

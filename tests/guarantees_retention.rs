@@ -136,3 +136,162 @@ async fn retention_never_deletes_an_event_with_pending_retries_even_across_a_res
     .await;
     assert_eq!(ok.count(), 20, "completed events are not delivered again");
 }
+
+/// Events the `retention` log lines of `p` say were deleted, in total.
+fn deleted_by_retention(p: &EvmeshProcess) -> u64 {
+    p.lines()
+        .iter()
+        .filter(|l| l.contains("retention"))
+        .filter_map(|l| l.split("deleted=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The real binary with retention `flags` (and a short `--retention-interval`): the events
+/// before one whose retries are pending are deleted, that one and those after it are kept
+/// (graceful stop, then the log read from the data dir); after a restart the pending event is
+/// delivered from the log (and, with `then_everything_is_deleted`, retention deletes the rest).
+async fn retention_flags_delete_what_is_done_and_keep_what_is_pending(
+    flags: &[&str],
+    then_everything_is_deleted: bool,
+) {
+    let ok = TestSink::start().await;
+    let stuck = TestSink::start().await;
+    stuck.always(Reply::Status(503));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: ok}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: ok}}}}
+  subscriber: {{uri: "{}"}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: stuck}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: stuck}}}}
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 10000, backoffPolicy: linear, backoffDelay: PT0.05S}}
+"#,
+            ok.url(),
+            stuck.url()
+        ),
+    );
+    let data = dir.path().join("data");
+    let args: Vec<&str> = flags
+        .iter()
+        .copied()
+        .chain(["--retention-interval", "PT0.05S"])
+        .collect();
+    let mut first = EvmeshProcess::start(&config, &data, &args);
+    let url = first.url("/default/default");
+    for i in 0..5 {
+        post_ok(&url, event(&format!("old-{i}"), "ok")).await;
+    }
+    eventually("the old events delivered", WAIT, || ok.count() == 5).await;
+    post_ok(&url, event("pending", "stuck")).await; // offset 5
+    eventually("the pending event is being retried", WAIT, || {
+        stuck.count() >= 3
+    })
+    .await;
+    for i in 0..5 {
+        post_ok(&url, event(&format!("new-{i}"), "ok")).await;
+    }
+    eventually("the new events delivered", WAIT, || ok.count() == 10).await;
+    eventually("retention deleted the 5 old events", WAIT, || {
+        deleted_by_retention(&first) >= 5
+    })
+    .await;
+    first.sigterm();
+    assert_eq!(first.wait_exit(WAIT).await.code(), Some(0));
+    assert_eq!(
+        deleted_by_retention(&first),
+        5,
+        "only the events before the pending one were deleted:\n{}",
+        first.stderr_tail()
+    );
+    let store = evmesh::evmesh_store::open(EngineKind::default(), &data).expect("reopen store");
+    let log = LogId::new("default/default");
+    assert_eq!(
+        store.first_offset(&log).expect("first offset"),
+        Some(5),
+        "the pending event is the first one kept"
+    );
+    assert_eq!(store.next_offset(&log).expect("head"), 11);
+
+    store.flush().await.expect("flush");
+    drop(store);
+
+    // The subscriber recovers: the restarted process delivers the event from the log.
+    stuck.always(Reply::Status(202));
+    let attempts_before = stuck.count();
+    let mut second = EvmeshProcess::start(&config, &data, &args);
+    eventually(
+        "the pending event delivered after the restart",
+        WAIT,
+        || {
+            stuck.received()[attempts_before..]
+                .iter()
+                .any(|r| r.event.as_ref().map(|e| e.id()) == Some("pending"))
+        },
+    )
+    .await;
+    if then_everything_is_deleted {
+        // Nothing is pending any more: retention deletes the rest (6 events).
+        let deadline = std::time::Instant::now() + WAIT;
+        while deleted_by_retention(&second) < 6 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "retention did not delete the rest:\n{}",
+                second.stderr_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    second.sigterm();
+    assert_eq!(second.wait_exit(WAIT).await.code(), Some(0));
+    assert_nothing_left(
+        &data,
+        "default",
+        "default",
+        &[("ok", &of_type("ok")), ("stuck", &of_type("stuck"))],
+    )
+    .await;
+    assert_eq!(ok.count(), 10, "completed events are not delivered again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_flag_deletes_old_events_but_never_a_pending_one() {
+    retention_flags_delete_what_is_done_and_keep_what_is_pending(&["--retention", "PT0S"], false)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bytes_flag_deletes_old_events_but_never_a_pending_one() {
+    retention_flags_delete_what_is_done_and_keep_what_is_pending(
+        &["--retention-bytes", "1"],
+        false,
+    )
+    .await;
+}
+
+/// Known bug (left for the dispatcher's owner): a trigger's position follows the router only
+/// while the trigger has work, so a trigger that gets no more matching events pins retention at
+/// its last position, and the log behind it is kept for ever.
+#[ignore = "known bug: an idle trigger pins retention at its last position"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_what_an_idle_trigger_has_passed() {
+    retention_flags_delete_what_is_done_and_keep_what_is_pending(&["--retention-bytes", "1"], true)
+        .await;
+}

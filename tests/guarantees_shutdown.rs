@@ -158,3 +158,113 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
         "the refused event was not stored"
     );
 }
+
+fn one_trigger(sink: &TestSink) -> String {
+    format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: all}}
+spec: {{broker: default, subscriber: {{uri: "{}"}}}}
+"#,
+        sink.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_a_hung_subscriber_after_the_drain_timeout_and_the_event_is_redelivered()
+ {
+    let sink = TestSink::start().await;
+    sink.always(Reply::Delay(Duration::from_secs(300)));
+    let drain = Duration::from_secs(1);
+    let yaml = one_trigger(&sink);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = mesh_at(dir.path(), &yaml, |mut o| {
+        o.service.drain_timeout = drain;
+        o
+    })
+    .await;
+    post_ok(&mesh_url(&first, "/default/default"), event("hung", "t")).await;
+    eventually("the delivery is in flight", WAIT, || sink.count() == 1).await;
+    let started = std::time::Instant::now();
+    first.shutdown().await;
+    let took = started.elapsed();
+    // It waited for the in-flight delivery up to the drain timeout, then gave up on it (the
+    // subscriber would answer only after 300 s).
+    assert!(
+        took >= drain,
+        "shutdown took {took:?}, less than the drain timeout"
+    );
+    assert!(took < Duration::from_secs(60), "shutdown took {took:?}");
+
+    sink.always(Reply::Status(202));
+    let second = mesh_at(dir.path(), &yaml, |o| o).await;
+    eventually("the abandoned delivery is made again", WAIT, || {
+        sink.count() == 2
+    })
+    .await;
+    assert_eq!(sink.ids(), vec!["hung", "hung"]);
+    second.shutdown().await;
+    assert_nothing_left(dir.path(), "default", "default", &[("all", &every)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_drains_for_30_seconds_by_default() {
+    assert_eq!(
+        evmesh::Options::default().service.drain_timeout,
+        Duration::from_secs(30)
+    );
+    let sink = TestSink::start().await;
+    sink.always(Reply::Delay(Duration::from_secs(300)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &one_trigger(&sink));
+    let data = dir.path().join("data");
+    let mut first = EvmeshProcess::start(&config, &data, &[]);
+    post_ok(&first.url("/default/default"), event("hung", "t")).await;
+    eventually("the delivery is in flight", WAIT, || sink.count() == 1).await;
+    let started = std::time::Instant::now();
+    first.sigterm();
+    let status = first.wait_exit(Duration::from_secs(120)).await;
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took >= Duration::from_secs(30),
+        "exited {took:?} after SIGTERM, before the 30 s drain timeout"
+    );
+    assert!(
+        first.has_line(&["drain timeout", "resumed after restart"]),
+        "{}",
+        first.stderr_tail()
+    );
+
+    sink.always(Reply::Status(202));
+    let _second = EvmeshProcess::start(&config, &data, &[]);
+    eventually("the abandoned delivery is made again", WAIT, || {
+        sink.count() == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_start_is_a_graceful_shutdown() {
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &one_trigger(&sink));
+    // The signal comes as soon as the process says it listens: it must not die of it.
+    for round in 0..5 {
+        let data = dir.path().join(format!("data-{round}"));
+        let mut p = EvmeshProcess::start(&config, &data, &[]);
+        p.sigterm();
+        let status = p.wait_exit(WAIT).await;
+        assert_eq!(status.code(), Some(0), "round {round}: {}", p.stderr_tail());
+        assert!(
+            p.has_line(&["shutting down: draining deliveries"]),
+            "round {round}: {}",
+            p.stderr_tail()
+        );
+    }
+}

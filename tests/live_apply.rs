@@ -246,6 +246,11 @@ async fn trigger_before_broker_waits_not_ready_then_delivers() {
         post_binary(&m.url("/demo/default"), event("lost", "a")).await,
         404
     );
+    assert_eq!(
+        get_text(&m.url("/readyz")).await,
+        (200, "ready\n".to_string()),
+        "a trigger waiting for its broker does not make the mesh unready"
+    );
     let (code, b) = send(
         reqwest::Method::POST,
         &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers"),
@@ -394,15 +399,30 @@ async fn apply_change_and_delete_under_load_lose_nothing() {
         accepted.extend(s.await.expect("sender"));
     }
     let all: HashSet<String> = accepted.iter().cloned().collect();
-    eventually(
-        "the steady trigger got every accepted event",
-        Duration::from_secs(30),
-        || {
-            let got: HashSet<String> = a.ids().into_iter().chain(b.ids()).collect();
-            all.is_subset(&got)
-        },
-    )
-    .await;
+    // On failure, say which events are missing and what the trigger and broker report.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: HashSet<String> = a.ids().into_iter().chain(b.ids()).collect();
+        if all.is_subset(&got) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let missing: Vec<&String> = all.difference(&got).collect();
+            let steady = admin_counters(&m.url(""), "triggers", "demo", "steady").await;
+            let (_, broker) =
+                get_json(&m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers/default"))
+                    .await;
+            panic!(
+                "the steady trigger did not get every accepted event: missing {missing:?} of \
+                 {} accepted; a got {}, b got {}; steady {steady}; broker {}",
+                all.len(),
+                a.count(),
+                b.count(),
+                broker["status"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!b.ids().is_empty(), "the changed subscriber got events");
     // Every event accepted after `late` was created reached it: senders number ids in order, so
     // those are the ids numbered past each sender's count at that moment; check the bulk: at
@@ -415,22 +435,27 @@ async fn apply_change_and_delete_under_load_lose_nothing() {
     )
     .await;
     assert!(late.is_subset(&all));
-    // The deleted trigger stops getting events.
-    let doomed_before = c.count();
+    // The deleted trigger is handed nothing new: one more event is routed to the two live
+    // triggers only (the broker's `routed` counts (event, trigger) matches).
+    let stored = accepted.len() as u64;
+    let routed_before = routed_up_to(&m.url(""), "demo", "default", stored).await;
     assert_eq!(
         post_binary(&m.url("/demo/default"), event("after", "a")).await,
         202
     );
-    eventually("delivered to steady", Duration::from_secs(10), || {
-        b.ids().contains(&"after".to_string())
-    })
-    .await;
-    settle().await;
+    let routed_after = routed_up_to(&m.url(""), "demo", "default", stored + 1).await;
     assert_eq!(
-        c.count(),
-        doomed_before,
-        "a deleted trigger delivers nothing new"
+        routed_after - routed_before,
+        2,
+        "the last event went to the steady and the late trigger, not to the deleted one"
     );
+    eventually(
+        "delivered to steady and late",
+        Duration::from_secs(10),
+        || b.ids().contains(&"after".to_string()) && d.ids().contains(&"after".to_string()),
+    )
+    .await;
+    assert!(!c.ids().contains(&"after".to_string()));
 }
 
 #[tokio::test]

@@ -4,96 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-struct Evmesh {
-    child: Child,
-    addr: String,
-}
-
-impl Evmesh {
-    fn start(config: &Path, data: &Path) -> Evmesh {
-        Self::start_with(config, data, &[])
-    }
-
-    fn start_with(config: &Path, data: &Path, extra: &[&str]) -> Evmesh {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_evmesh"))
-            .args(["serve", "-f"])
-            .arg(config)
-            .args(extra)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .env("EVMESH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn evmesh");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("evmesh exited before listening")
-                .expect("read stderr");
-            if let Some(rest) = line.split("evmesh listening on ").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines.by_ref() {});
-        Evmesh { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// Runs an `evmesh` client command against this server; returns (success, stdout+stderr).
-    fn cli(&self, data: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_evmesh"))
-            .args(args)
-            .args(["--server", &self.url(""), "--data-dir"])
-            .arg(data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn evmesh client");
-        if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write stdin");
-        } else {
-            drop(child.stdin.take());
-        }
-        let out = child.wait_with_output().expect("client output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Evmesh {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const BROKER: &str = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default, namespace: demo}\nspec:\n  delivery: {retry: 3, backoffDelay: PT0.05S}\n";
 
@@ -111,7 +24,7 @@ async fn apply_from_stdin_then_get_and_delete_with_the_data_dir_token() {
     let config = dir.path().join("mesh.yaml");
     std::fs::write(&config, BROKER).expect("write");
     let data = dir.path().join("data");
-    let em = Evmesh::start(&config, &data);
+    let em = EvmeshProcess::start(&config, &data, &[]);
     let token = std::fs::read_to_string(data.join("admin-token")).expect("token written");
     assert!(token.len() >= 32);
     #[cfg(unix)]
@@ -191,7 +104,7 @@ async fn resources_applied_through_the_api_survive_kill9() {
     let config = dir.path().join("mesh.yaml");
     std::fs::write(&config, BROKER).expect("write");
     let data = dir.path().join("data");
-    let em = Evmesh::start(&config, &data);
+    let em = EvmeshProcess::start(&config, &data, &[]);
     let (ok, out) = em.cli(
         &data,
         &["apply", "-f", "-"],
@@ -207,7 +120,7 @@ async fn resources_applied_through_the_api_survive_kill9() {
         .1;
     em.kill9();
 
-    let em = Evmesh::start(&config, &data);
+    let em = EvmeshProcess::start(&config, &data, &[]);
     let (ok, out) = em.cli(
         &data,
         &["get", "trigger", "applied", "-n", "demo", "-o", "json"],
@@ -236,7 +149,7 @@ async fn serve_reloads_its_files_when_they_change() {
     let config = dir.path().join("mesh.yaml");
     std::fs::write(&config, format!("{BROKER}---\n{}", trigger("ta", &a))).expect("write");
     let data = dir.path().join("data");
-    let em = Evmesh::start(&config, &data);
+    let em = EvmeshProcess::start(&config, &data, &[]);
     assert_eq!(
         post_binary(&em.url("/demo/default"), event("e1", "t")).await,
         202
@@ -286,13 +199,9 @@ async fn serve_rereads_its_files_on_sighup() {
     std::fs::write(&config, BROKER).expect("write");
     let data = dir.path().join("data");
     // --no-watch: only SIGHUP can make it re-read the file.
-    let em = Evmesh::start_with(&config, &data, &["--no-watch"]);
+    let em = EvmeshProcess::start(&config, &data, &["--no-watch"]);
     std::fs::write(&config, format!("{BROKER}---\n{}", trigger("th", &sink))).expect("write");
-    let status = Command::new("kill")
-        .args(["-HUP", &em.child.id().to_string()])
-        .status()
-        .expect("kill -HUP");
-    assert!(status.success());
+    em.signal("HUP");
     assert!(
         wait_for_200(&em.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/th")).await,
         "SIGHUP applied the file"
@@ -305,4 +214,28 @@ async fn serve_rereads_its_files_on_sighup() {
         sink.ids() == vec!["e1".to_string()]
     })
     .await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_right_after_start_rereads_the_files_and_does_not_stop_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, BROKER).expect("write");
+    // The signal comes as soon as the process says it listens: it must not die of it.
+    for round in 0..5 {
+        let data = dir.path().join(format!("data-{round}"));
+        let mut em = EvmeshProcess::start(&config, &data, &["--no-watch"]);
+        em.signal("HUP");
+        em.wait_for_line(
+            "the reload",
+            &["configuration reloaded (SIGHUP)"],
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            em.child.try_wait().expect("try_wait").is_none(),
+            "round {round}: evmesh exited on SIGHUP"
+        );
+    }
 }

@@ -233,3 +233,44 @@ spec: {{broker: loopy, subscriber: {{uri: "{}"}}, delivery: {{retry: 0}}}}
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_transport_error_is_counted_with_response_code_0_and_class_transport() {
+    // A listener held for the whole test that never accepts: the attempt times out without a
+    // response (no released port number is reused).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: tbroker, namespace: tns}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: silent, namespace: tns}}
+spec:
+  broker: tbroker
+  subscriber: {{uri: "http://{addr}/hook"}}
+  delivery: {{retry: 0, timeout: PT0.2S}}
+"#
+    );
+    let m = mesh(&yaml).await;
+    post_ok(&m.url("/tns/tbroker"), event("1", "t")).await;
+    quiet(&m, "tns", "tbroker", 1).await;
+    let text = scrape(&m).await;
+    assert_eq!(
+        sample(
+            &text,
+            "event_count",
+            &[
+                ("namespace_name", "tns"),
+                ("trigger_name", "silent"),
+                ("response_code", "0"),
+                ("response_code_class", "transport"),
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

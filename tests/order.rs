@@ -279,9 +279,9 @@ async fn ordered_trigger_keeps_key_order_across_a_restart_with_pending_retries()
             "{retry: 20, backoffPolicy: linear, backoffDelay: PT0.2S}",
         )
     };
-    let m = start_in(dir.path(), &yaml(&failing.url())).await;
+    let m = mesh_at(dir.path(), &yaml(&failing.url()), |o| o).await;
     let keys = keys(5);
-    post_keyed_load(&m.url(&broker_path()), &keys, 6).await;
+    post_keyed_load(&mesh_url(&m, "/demo/default"), &keys, 6).await;
     eventually("first events attempted", Duration::from_secs(10), || {
         failing.count() >= keys.len()
     })
@@ -297,7 +297,7 @@ async fn ordered_trigger_keeps_key_order_across_a_restart_with_pending_retries()
 
     // Second run on the same data: the restored entries keep their order.
     let sink = OrderSink::start(Duration::from_millis(2), 0).await;
-    let m = start_in(dir.path(), &yaml(&sink.url())).await;
+    let m = mesh_at(dir.path(), &yaml(&sink.url()), |o| o).await;
     eventually("every event delivered", Duration::from_secs(30), || {
         sink.delivered_count() >= keys.len() * 6
     })
@@ -307,33 +307,4 @@ async fn ordered_trigger_keeps_key_order_across_a_restart_with_pending_retries()
     }
     assert_eq!(sink.with(|s| s.max_same_key), 1);
     m.shutdown().await;
-}
-
-fn broker_path() -> String {
-    "/demo/default".to_string()
-}
-
-/// A mesh on 127.0.0.1:0 over an existing data directory.
-async fn start_in(dir: &std::path::Path, yaml: &str) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let mesh = evmesh::Mesh::from_yaml(yaml)
-        .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
-        .data_dir(dir)
-        .start(listener)
-        .await
-        .expect("mesh starts");
-    Running(mesh)
-}
-
-struct Running(evmesh::RunningMesh);
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.0.url().as_str().trim_end_matches('/'), path)
-    }
-    async fn shutdown(self) {
-        self.0.shutdown().await;
-    }
 }

@@ -51,15 +51,27 @@ fn count_of(sink: &TestSink, id: &str) -> usize {
     sink.ids().iter().filter(|i| *i == id).count()
 }
 
-/// Posts a marker both triggers match and waits until both got it: whatever either trigger had
-/// queued before it has been handled by then.
+/// Posts a marker both triggers match and waits until both got it: the triggers' workers are
+/// running (a replay applied at start came first).
 async fn marker(url: &str, a: &TestSink, b: &TestSink, id: &str) {
     assert_eq!(post_binary(url, event(id, "keep")).await, 202);
     eventually("marker delivered to both", Duration::from_secs(10), || {
         count_of(a, id) == 1 && count_of(b, id) == 1
     })
     .await;
-    settle().await;
+}
+
+/// Stops the mesh gracefully and checks that neither trigger had anything left to deliver:
+/// after this, what the sinks got is all they will ever get.
+async fn stop_with_nothing_left(mesh: evmesh::RunningMesh, data: &std::path::Path) {
+    mesh.shutdown().await;
+    assert_nothing_left(
+        data,
+        "demo",
+        "default",
+        &[("t1", &of_type("keep")), ("t2", &every)],
+    )
+    .await;
 }
 
 fn sorted(mut ids: Vec<String>) -> Vec<String> {
@@ -97,15 +109,15 @@ async fn replay_from_earliest_redelivers_through_the_filter_to_that_trigger_only
         .expect("replay");
     assert_eq!(at, 0);
     eventually("t1 re-delivers", Duration::from_secs(10), || a.count() == 4).await;
-    marker(&url, &a, &b, "m").await;
+    stop_with_nothing_left(m.mesh, m.dir.path()).await;
     assert_eq!(
         sorted(a.ids()),
-        sorted_of(&["1", "1", "3", "3", "m"]),
+        sorted_of(&["1", "1", "3", "3"]),
         "t1: through its filter"
     );
     assert_eq!(
         sorted(b.ids()),
-        sorted_of(&["1", "2", "3", "m"]),
+        sorted_of(&["1", "2", "3"]),
         "t2 did not re-deliver"
     );
 }
@@ -149,12 +161,12 @@ async fn replay_from_a_time_redelivers_what_was_appended_since() {
         "positioned at the first event appended at or after {rfc3339}"
     );
     eventually("t1 re-delivers", Duration::from_secs(10), || a.count() == 6).await;
-    marker(&url, &a, &b, "m").await;
+    stop_with_nothing_left(m.mesh, m.dir.path()).await;
     assert_eq!(
         sorted(a.ids()),
-        sorted_of(&["old1", "old2", "new1", "new3", "new1", "new3", "m"])
+        sorted_of(&["old1", "old2", "new1", "new3", "new1", "new3"])
     );
-    assert_eq!(b.count(), 6, "t2 did not re-deliver");
+    assert_eq!(b.count(), 5, "t2 did not re-deliver");
 }
 
 #[tokio::test]
@@ -178,25 +190,26 @@ async fn replay_from_annotation_applies_once_per_value() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (TestSink::start().await, TestSink::start().await);
     let plain = two_triggers(&a, &b, "");
-    let m = start_in(dir.path(), &plain).await;
-    let url = m.url("/demo/default");
+    let m = mesh_at(dir.path(), &plain, |o| o).await;
+    let url = mesh_url(&m, "/demo/default");
     post_all(&url, &[("1", "keep"), ("2", "keep")]).await;
     eventually("delivered", Duration::from_secs(10), || a.count() == 2).await;
     m.shutdown().await;
 
     // The annotation appears: the trigger is positioned at the earliest event at start.
     let annotated = two_triggers(&a, &b, r#""evmesh.dev/replay-from": earliest"#);
-    let m = start_in(dir.path(), &annotated).await;
-    let url = m.url("/demo/default");
+    let m = mesh_at(dir.path(), &annotated, |o| o).await;
+    let url = mesh_url(&m, "/demo/default");
     eventually("replayed", Duration::from_secs(10), || a.count() == 4).await;
     marker(&url, &a, &b, "m1").await;
+    stop_with_nothing_left(m, dir.path()).await;
     assert_eq!(sorted(a.ids()), sorted_of(&["1", "2", "1", "2", "m1"]));
-    m.shutdown().await;
 
     // The same value again: already applied, nothing is re-delivered.
-    let m = start_in(dir.path(), &annotated).await;
-    let url = m.url("/demo/default");
+    let m = mesh_at(dir.path(), &annotated, |o| o).await;
+    let url = mesh_url(&m, "/demo/default");
     marker(&url, &a, &b, "m2").await;
+    stop_with_nothing_left(m, dir.path()).await;
     assert_eq!(
         sorted(a.ids()),
         sorted_of(&["1", "2", "1", "2", "m1", "m2"])
@@ -206,7 +219,6 @@ async fn replay_from_annotation_applies_once_per_value() {
         sorted_of(&["1", "2", "m1", "m2"]),
         "t2 never re-delivered"
     );
-    m.shutdown().await;
 }
 
 #[tokio::test]
@@ -215,31 +227,6 @@ async fn invalid_replay_from_annotation_is_a_validation_error() {
     let yaml = two_triggers(&a, &b, r#""evmesh.dev/replay-from": yesterday"#);
     let err = evmesh::Mesh::from_yaml(&yaml).expect_err("invalid");
     assert!(err.to_string().contains("evmesh.dev/replay-from"), "{err}");
-}
-
-/// A mesh on 127.0.0.1:0 over an existing data directory.
-async fn start_in(dir: &std::path::Path, yaml: &str) -> Running {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let mesh = evmesh::Mesh::from_yaml(yaml)
-        .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
-        .data_dir(dir)
-        .start(listener)
-        .await
-        .expect("mesh starts");
-    Running(mesh)
-}
-
-struct Running(evmesh::RunningMesh);
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.0.url().as_str().trim_end_matches('/'), path)
-    }
-    async fn shutdown(self) {
-        self.0.shutdown().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,8 +266,10 @@ async fn replay_reads_a_long_log_in_batches_keeping_only_matches() {
         || a.count() == 8,
     )
     .await;
-    let url = mesh.url("/demo/default");
-    marker(&url, &a, &b, "m").await;
-    assert_eq!(a.count(), 9);
-    assert_eq!(b.count(), total + 1, "t2 did not re-deliver");
+    let Ok(m) = std::sync::Arc::try_unwrap(mesh) else {
+        panic!("the mesh is no longer shared");
+    };
+    stop_with_nothing_left(m.mesh, m.dir.path()).await;
+    assert_eq!(a.count(), 8);
+    assert_eq!(b.count(), total, "t2 did not re-deliver");
 }

@@ -1209,6 +1209,13 @@ impl BrokerService {
             checkpoint.taken_upto,
             entry.counters.clone(),
         );
+        // Retention must keep the restored in-flight events from the start, not only once the
+        // worker has saved its first progress.
+        if let Some(low) = checkpoint.inflight.iter().map(|e| e.offset).min() {
+            shared
+                .low_watermark
+                .fetch_min(low, std::sync::atomic::Ordering::AcqRel);
+        }
         broker.routes.insert(shared.clone());
         broker.notify.notify_one();
         let (stop, stop_rx) = watch::channel(false);
@@ -1566,6 +1573,14 @@ impl BrokerService {
         {
             let mut state = self.state_mut();
             let state = &mut *state;
+            // Brokers and channels first: their retention must not see the triggers leave (a
+            // log without readers pins nothing) while those still hold pending events.
+            for b in state.brokers.values().chain(state.channels.values()) {
+                let _ = b.stop.send(true);
+                if let Ok(mut t) = b.tasks.lock() {
+                    tasks.append(&mut t);
+                }
+            }
             for entry in state
                 .triggers
                 .values_mut()
@@ -1575,12 +1590,6 @@ impl BrokerService {
                     tasks.push(run.stop(false));
                 }
                 tasks.extend(entry.stopping.take());
-            }
-            for b in state.brokers.values().chain(state.channels.values()) {
-                let _ = b.stop.send(true);
-                if let Ok(mut t) = b.tasks.lock() {
-                    tasks.append(&mut t);
-                }
             }
         }
         for t in tasks {
@@ -1701,6 +1710,11 @@ async fn retention(
             .low_watermark()
             .map(|low| low.min(broker.router_next.load(Ordering::Acquire)))
             .unwrap_or(u64::MAX);
+        // Shutdown signals the broker before its triggers leave `routes`: once they may have
+        // left, this sees the signal, and the position read above is not used.
+        if *shutdown.borrow() {
+            return;
+        }
         let store = broker.store.clone();
         let log = broker.log.clone();
         let retention = options.retention;

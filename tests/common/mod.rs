@@ -1,5 +1,7 @@
 //! Shared helpers for the black-box tests: a real HTTP test sink, a mesh on 127.0.0.1:0 from
-//! inline YAML, CloudEvent senders and an `eventually` wait with a deadline.
+//! inline YAML, CloudEvent senders, waits for observable state with a deadline (`eventually`,
+//! `quiesce`, `routed_up_to`), the real binary (`process`) and a stopped mesh's leftovers
+//! (`progress`).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::collections::VecDeque;
@@ -14,7 +16,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 
+pub mod process;
+pub mod progress;
 pub mod tls;
+
+#[allow(unused_imports)]
+pub use process::*;
+#[allow(unused_imports)]
+pub use progress::*;
 
 /// One request the sink received.
 #[derive(Clone, Debug)]
@@ -314,11 +323,6 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
     }
 }
 
-/// Gives asynchronous delivery a moment, for asserting that something did NOT happen.
-pub async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 /// A Broker + one Trigger to `sink` with extra trigger spec lines (indented 2 spaces under spec).
 pub fn broker_and_trigger(sink: &TestSink, trigger_spec_extra: &str) -> String {
     format!(
@@ -372,6 +376,18 @@ pub async fn mesh_at(
         .start(listener)
         .await
         .expect("mesh starts")
+}
+
+/// The URL of `path` on a running mesh (`path` starts with `/`).
+pub fn mesh_url(m: &evmesh::RunningMesh, path: &str) -> String {
+    format!("{}{}", m.url().as_str().trim_end_matches('/'), path)
+}
+
+/// GETs a URL; returns (status, body text).
+pub async fn get_text(url: &str) -> (u16, String) {
+    let resp = client().get(url).send().await.expect("get");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
 }
 
 /// GETs a URL; returns (status, JSON body or `Null`).
@@ -428,117 +444,6 @@ pub fn id_counts(sink: &TestSink) -> std::collections::HashMap<String, usize> {
     m
 }
 
-/// A running `evmesh serve` process (the real binary) and the address it listens on.
-pub struct EvmeshProcess {
-    pub child: std::process::Child,
-    pub addr: String,
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl EvmeshProcess {
-    /// Spawns `evmesh serve -f config --listen 127.0.0.1:0 --data-dir data extra...` and waits
-    /// until it logs its address.
-    pub fn start(config: &std::path::Path, data: &std::path::Path, extra: &[&str]) -> Self {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_evmesh"))
-            .args(["serve", "-f"])
-            .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .env("EVMESH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn evmesh");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("evmesh exited before listening")
-                .expect("read stderr");
-            if let Some(rest) = line.split("evmesh listening on ").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_string();
-            }
-        };
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let tail = stderr_tail.clone();
-        // Keep draining stderr so the child never blocks on a full pipe; keep the last lines.
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let mut t = tail.lock().expect("tail");
-                if t.len() == 200 {
-                    t.pop_front();
-                }
-                t.push_back(line);
-            }
-        });
-        EvmeshProcess {
-            child,
-            addr,
-            stderr_tail,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// The last lines the process wrote to stderr.
-    pub fn stderr_tail(&self) -> String {
-        let t = self.stderr_tail.lock().expect("tail");
-        t.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    /// SIGKILL, and reap the process.
-    pub fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM to this process (by its pid).
-    pub fn sigterm(&self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits for the process to exit, failing after `timeout`.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "evmesh did not exit within {timeout:?}; stderr:\n{}",
-                    self.stderr_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for EvmeshProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Writes `yaml` to `dir/mesh.yaml` and returns the path.
-pub fn write_config(dir: &std::path::Path, yaml: &str) -> std::path::PathBuf {
-    let path = dir.join("mesh.yaml");
-    std::fs::write(&path, yaml).expect("write config");
-    path
-}
-
 /// POSTs an event in binary mode and asserts it was accepted (202).
 pub async fn post_ok(url: &str, event: Event) {
     let id = event.id().to_string();
@@ -589,6 +494,31 @@ pub async fn quiesce(base: &str, ns: &str, broker: &str, stored: u64, timeout: D
                  finished {finished}"
             );
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until broker `ns/broker` at `base` has routed its log up to `offset` (its
+/// `routedOffset`); returns its `routed` counter ((event, trigger) matches handed to triggers)
+/// at that point, which is final for the events below `offset`.
+pub async fn routed_up_to(base: &str, ns: &str, broker: &str, offset: u64) -> u64 {
+    let url = format!(
+        "{}/apis/eventing.knative.dev/v1/namespaces/{ns}/brokers/{broker}",
+        base.trim_end_matches('/')
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, b) = get_json(&url).await;
+        let at = b["status"]["evmesh"]["routedOffset"].as_u64();
+        if at == Some(offset) {
+            return b["status"]["evmesh"]["counters"]["routed"]
+                .as_u64()
+                .expect("routed counter");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {ns}/{broker} did not route up to {offset}: at {at:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
