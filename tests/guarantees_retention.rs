@@ -286,10 +286,8 @@ async fn retention_bytes_flag_deletes_old_events_but_never_a_pending_one() {
     .await;
 }
 
-/// Known bug (left for the dispatcher's owner): a trigger's position follows the router only
-/// while the trigger has work, so a trigger that gets no more matching events pins retention at
-/// its last position, and the log behind it is kept for ever.
-#[ignore = "known bug: an idle trigger pins retention at its last position"]
+/// A trigger that gets no more matching events still moves its position past the events it did
+/// not match, so it does not pin retention at its last match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_what_an_idle_trigger_has_passed() {
     retention_flags_delete_what_is_done_and_keep_what_is_pending(&["--retention-bytes", "1"], true)

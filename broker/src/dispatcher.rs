@@ -32,6 +32,8 @@ const ROUTER_BATCH: usize = 512;
 /// How often a router stopped at a record it cannot read tries it again.
 const STALL_RETRY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
+/// How often an idle run looks whether the log has moved past its saved position.
+const IDLE_RECHECK: Duration = Duration::from_secs(2);
 /// Bytes of a failed response body kept in a checkpoint: what `knativeerrordata` needs.
 const MAX_KEPT_BODY: usize = 1024;
 /// The CloudEvents extension that orders deliveries of an ordered trigger.
@@ -767,6 +769,11 @@ impl Worker {
             if stopping && attempts.is_empty() {
                 break;
             }
+            // Idle, and the log moved past our position (events this route does not match):
+            // save the new position, so retention is not pinned at our last match.
+            if !dirty && st.slots.is_empty() && cursor.passed_by() {
+                dirty = true;
+            }
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 cursor.save(&st.pending());
                 dirty = false;
@@ -789,7 +796,7 @@ impl Worker {
                 (true, Some(d)) => d.min(last_checkpoint + CHECKPOINT_EVERY),
                 (true, None) => last_checkpoint + CHECKPOINT_EVERY,
                 (false, Some(d)) => d,
-                (false, None) => now + Duration::from_secs(3600),
+                (false, None) => now + IDLE_RECHECK,
             };
             let drain_deadline = drain_at.unwrap_or(now + Duration::from_secs(3600));
             let wakeup = cursor.wakeup();

@@ -87,6 +87,12 @@ pub trait Cursor: Send {
     fn applied_tag(&self) -> Option<&str>;
     /// Where the run stands: the first position not yet handed out.
     fn position(&self) -> Pos;
+    /// Whether the log has moved past the run's saved position without handing it anything (the
+    /// records there were not for it): a [`save`](Cursor::save) with nothing pending would then
+    /// move the position, so retention is not held back by an idle run.
+    fn passed_by(&self) -> bool {
+        false
+    }
 }
 
 /// A consumer group on a log: opens the cursor of a run; opened again after the run failed, it
@@ -395,6 +401,19 @@ impl Cursor for EmbeddedCursor {
 
     fn applied_tag(&self) -> Option<&str> {
         self.replay_applied.as_deref()
+    }
+
+    fn passed_by(&self) -> bool {
+        self.catch_up.is_none()
+            && self.backlog.is_empty()
+            && self.shared.is_attached()
+            && self.router_next.load(Ordering::Acquire) > self.taken_upto
+            && self
+                .shared
+                .queue
+                .lock()
+                .map(|q| q.is_empty())
+                .unwrap_or(false)
     }
 
     fn position(&self) -> Pos {
