@@ -462,6 +462,9 @@ type AttemptResult = (Offset, Option<Arc<EventRecord>>, Progress, AttemptEnd);
 enum AttemptEnd {
     Next(Next),
     Gone(String),
+    /// Not attempted: the worker is stopping and its in-process subscriber is not listening;
+    /// the delivery stays pending (with its progress) for the next start.
+    Abandoned,
 }
 
 /// A worker's pending deliveries and where it reads next.
@@ -675,6 +678,7 @@ impl Worker {
                             offset,
                             slot.event.clone(),
                             slot.progress.clone(),
+                            shutdown.clone(),
                         ));
                     }
                 }
@@ -717,7 +721,12 @@ impl Worker {
                     .is_none_or(|l| st.lanes.get(l).is_none_or(VecDeque::is_empty));
                 if first {
                     slot.running = true;
-                    attempts.push(self.attempt(offset, slot.event.clone(), slot.progress.clone()));
+                    attempts.push(self.attempt(
+                        offset,
+                        slot.event.clone(),
+                        slot.progress.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 st.insert(offset, slot);
             }
@@ -1007,6 +1016,7 @@ impl Worker {
                 self.shared.counters.dropped();
                 self.shared.counters.log_dropped(&id, &f);
             }
+            AttemptEnd::Abandoned => return false,
             AttemptEnd::Gone(reason) => {
                 self.shared.counters.dropped();
                 tracing::error!(trigger = %self.shared.name, offset, "event dropped: {reason}");
@@ -1027,6 +1037,7 @@ impl Worker {
         offset: Offset,
         event: Option<Arc<EventRecord>>,
         mut progress: Progress,
+        stop: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = AttemptResult> + Send + 'static {
         let store = self.store.clone();
         let log = self.log.clone();
@@ -1043,7 +1054,16 @@ impl Worker {
             };
             let plan = shared.plan();
             let plan = &*plan;
-            let mut outcome = engine.attempt(plan, &progress, &event).await;
+            let local = progress.url(plan).and_then(|u| engine.local_sinks().get(u));
+            let mut outcome = match local {
+                None => engine.attempt(plan, &progress, &event).await,
+                Some(sink) => tokio::select! {
+                    o = engine.attempt(plan, &progress, &event) => o,
+                    _ = abandon_when_stopping(sink, stop) => {
+                        return (offset, Some(event), progress, AttemptEnd::Abandoned);
+                    }
+                },
+            };
             if let Outcome::Delivered { reply: Some(reply) } = outcome {
                 // The reply must be stored (or handed on) before the delivery counts as done; if
                 // that fails, the whole delivery is tried again (as Knative's dispatcher does).
@@ -1055,6 +1075,22 @@ impl Worker {
             let next = progress.next(plan, outcome);
             (offset, Some(event), progress, AttemptEnd::Next(next))
         }
+    }
+}
+
+/// Resolves once the worker is stopping while `sink` is not ready (an in-process subscriber
+/// nobody listens on): an attempt waiting for it then gives way instead of holding shutdown up
+/// for the drain timeout. Checked every 25 ms while stopping only.
+async fn abandon_when_stopping(
+    sink: Arc<dyn delivery::LocalSink>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        // No stop signal will come: the attempt runs to its end.
+        std::future::pending::<()>().await;
+    }
+    while sink.not_ready().is_none() {
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

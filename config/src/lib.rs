@@ -39,7 +39,10 @@ pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, load_str};
 pub use messaging::{ChannelConfig, ChannelKind, SubscriptionConfig};
 pub use model::*;
-pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
+pub use resolve::{
+    DEFAULT_URL_TEMPLATE, Resolver, SUBSCRIBER_GROUP, SUBSCRIBER_KIND, SUBSCRIBERS_PATH,
+    broker_url, channel_url, event_display_url, subscriber_url,
+};
 pub use validate::{
     BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
     validate_with_brokers,
