@@ -1,15 +1,17 @@
-//! evmesh: Knative Eventing without Kubernetes.
+//! evmesh: Knative Eventing without Kubernetes, as a library.
 //!
-//! Build a mesh from the Knative YAML you already have (Broker, Trigger), start it on a listener
-//! of your choosing, publish CloudEvents into a broker over HTTP or straight from Rust, and shut
-//! it down gracefully. Every accepted event is stored durably before it is acknowledged and
+//! Build a mesh from the Knative YAML you already have (Broker, Trigger, Channel, Subscription)
+//! or from typed resources, run it on a listener of your own or inside your axum app, publish
+//! CloudEvents into a broker over HTTP or straight from Rust, and receive them in Rust through
+//! in-process subscribers. Every accepted event is stored durably before it is acknowledged and
 //! delivered at least once to every trigger that matches it, with Knative's retry, backoff and
 //! dead-letter rules.
 //!
 //! ```no_run
+//! use evmesh::prelude::*;
+//!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use cloudevents::{EventBuilder, EventBuilderV10};
-//! let mesh = evmesh::Mesh::from_yaml(r#"
+//! let mesh = Mesh::from_yaml(r#"
 //! apiVersion: eventing.knative.dev/v1
 //! kind: Broker
 //! metadata: {name: default}
@@ -20,20 +22,51 @@
 //! spec:
 //!   broker: default
 //!   filter: {attributes: {type: order.created}}
-//!   subscriber: {uri: "http://127.0.0.1:9000/"}
+//!   subscriber:
+//!     ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: orders}
 //! "#)?
 //! .data_dir("./evmesh-data");
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let running = mesh.start(listener).await?;
+//! let running = mesh.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
+//! let mut orders = running.subscribe("orders");
 //! let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created").build()?;
 //! running.publish("default", "default", event).await?; // durable once this returns
-//! running.shutdown().await; // drains in-flight deliveries
+//! if let Some(delivery) = orders.next().await {
+//!     println!("got {}", delivery.event().id());
+//!     delivery.ack();
+//! }
+//! running.shutdown().await; // drains in-flight deliveries, unlocks the data dir
 //! # Ok(()) }
 //! ```
 //!
-//! The crates behind it: [`evmesh_config`] (resource model, YAML, validation, resolution),
-//! [`evmesh_broker`] (ingress, dispatcher, delivery), [`evmesh_filter`] (filters),
-//! [`evmesh_store`] (durable log).
+//! # In-process subscribers
+//! A Destination `ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: orders}` (in
+//! a Trigger's `subscriber`, a Subscription's `subscriber` or `reply`, any `deadLetterSink`)
+//! addresses [`RunningMesh::subscribe`]`("orders")` (namespace of the resource; see
+//! [`RunningMesh::subscribe_in`]). The delivery engine hands each event over in memory, exactly
+//! as it would POST it: a [`Delivery`] is answered with [`Delivery::ack`], [`Delivery::reply`]
+//! (routed as an HTTP reply would be) or [`Delivery::nack`] ([`Nack::retry`]: retried with the
+//! trigger's backoff; [`Nack::reject`]: dead-lettered at once). A delivery dropped unanswered
+//! is a retryable failure; one not answered within the delivery's `timeout` (default 10
+//! minutes) too. While no subscription listens, deliveries wait and the trigger reports
+//! `SubscriberNotReady`; they are not retried or dropped meanwhile, and survive a restart.
+//! [`RunningMesh::handle`] is the closure form.
+//!
+//! # Next to an existing axum app
+//! [`Mesh::launch`] starts a mesh without a server; [`RunningMesh::router`] (or
+//! [`ingress_router`](RunningMesh::ingress_router), [`admin_router`](RunningMesh::admin_router),
+//! [`metrics_router`](RunningMesh::metrics_router)) gives its routes to merge into your app.
+//!
+//! # Guarantees
+//! At-least-once: an event is durable when `publish` returns (or ingress answers 202), and a
+//! delivery counts as done only once answered; after a crash unfinished deliveries are made
+//! again, so a subscriber may see an event twice (deduplicate on `id` + `source`). An ordered
+//! trigger (`kafka.eventing.knative.dev/delivery.order: ordered`) hands one event per
+//! `partitionkey` at a time, in log order, across retries. Replies are stored in the broker
+//! before the delivery they answer counts as done.
+//!
+//! # Features
+//! `cli` (default): the `evmesh` binary and its dependencies (clap, tracing-subscriber,
+//! anyhow). Build with `default-features = false` for the library alone.
 
 mod admin;
 mod closing;

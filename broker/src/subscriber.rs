@@ -103,7 +103,7 @@ impl std::fmt::Display for Nack {
 impl std::error::Error for Nack {}
 
 enum Answer {
-    Ack(Option<EventRecord>),
+    Ack(Option<Box<EventRecord>>),
     Nack(Nack),
     /// Dropped before it was handed out (its subscription went away): deliver it again.
     Returned,
@@ -170,7 +170,7 @@ impl Delivery {
     /// reply does.
     pub fn reply(mut self, reply: Event) {
         let answer = match EventRecord::from_event(reply) {
-            Ok(r) => Answer::Ack(Some(r)),
+            Ok(r) => Answer::Ack(Some(Box::new(r))),
             Err(e) => Answer::Nack(Nack::retry(format!("malformed reply: {e}")).with_status(502)),
         };
         self.answer(answer);
@@ -178,7 +178,7 @@ impl Delivery {
 
     /// Like [`reply`](Self::reply) with an [`EventRecord`] (data bytes kept as they are).
     pub fn reply_record(mut self, reply: EventRecord) {
-        self.answer(Answer::Ack(Some(reply)));
+        self.answer(Answer::Ack(Some(Box::new(reply))));
     }
 
     /// The event was not handled: retried or dead-lettered as `nack` says.
@@ -377,7 +377,7 @@ impl LocalSink for Address {
                 return match answer {
                     Some(Answer::Returned) => continue,
                     Some(Answer::Ack(reply)) => Outcome::Delivered {
-                        reply: reply.filter(|_| request.want_reply).map(Box::new),
+                        reply: reply.filter(|_| request.want_reply),
                     },
                     Some(Answer::Nack(n)) => failure(&request.url, &n),
                     None => failure(
