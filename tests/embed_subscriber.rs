@@ -427,3 +427,33 @@ async fn closure_handler_acks_replies_and_nacks() {
     d.ack();
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn subscriptions_to_one_name_share_its_deliveries() {
+    let (running, _dir) = start(&trigger("orders", "order.created", "orders", "")).await;
+    let mut a = running.subscribe("orders");
+    let mut b = running.subscribe("orders");
+    for i in 0..10 {
+        running
+            .publish("default", "default", order(&format!("q-{i}")))
+            .await
+            .expect("publish");
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let (mut from_a, mut from_b) = (0, 0);
+    while ids.len() < 10 {
+        let d = tokio::select! {
+            Some(d) = a.next() => { from_a += 1; d }
+            Some(d) = b.next() => { from_b += 1; d }
+            _ = tokio::time::sleep(WAIT) => panic!("only {} of 10 delivered", ids.len()),
+        };
+        assert!(ids.insert(d.event().id().to_string()), "delivered twice");
+        d.ack();
+    }
+    assert!(from_a > 0 && from_b > 0, "a got {from_a}, b got {from_b}");
+    eventually("all counted", WAIT, || {
+        counters(&running, "orders").delivered == 10
+    })
+    .await;
+    running.shutdown().await;
+}
