@@ -375,7 +375,7 @@ impl Mesh {
         let (stop, _) = watch::channel(false);
         Ok(RunningMesh {
             inner: Arc::new(MeshInner {
-                addr: None,
+                addr: std::sync::OnceLock::new(),
                 url: base,
                 service,
                 runtime,
@@ -398,7 +398,7 @@ impl Mesh {
     pub async fn start(self, listener: TcpListener) -> Result<RunningMesh, Error> {
         let addr = listener.local_addr()?;
         let ingress = base_url(addr)?;
-        let mut running = self.launch(ingress).await?;
+        let running = self.launch(ingress).await?;
         let app = running.router();
         let mut stop_rx = running.inner.stop.subscribe();
         let server = tokio::spawn(async move {
@@ -412,10 +412,8 @@ impl Mesh {
                 tracing::error!("server error: {e}");
             }
         });
-        if let Some(inner) = Arc::get_mut(&mut running.inner) {
-            inner.addr = Some(addr);
-            inner.server = tokio::sync::Mutex::new(Some(server));
-        }
+        let _ = running.inner.addr.set(addr);
+        *running.inner.server.lock().await = Some(server);
         Ok(running)
     }
 
@@ -487,7 +485,8 @@ impl std::fmt::Debug for RunningMesh {
 }
 
 struct MeshInner {
-    addr: Option<SocketAddr>,
+    /// Set by [`Mesh::start`]; unset for a mesh launched without a listener.
+    addr: std::sync::OnceLock<SocketAddr>,
     url: Url,
     service: BrokerService,
     runtime: runtime::Runtime,
@@ -594,6 +593,8 @@ impl RunningMesh {
     pub fn local_addr(&self) -> SocketAddr {
         self.inner
             .addr
+            .get()
+            .copied()
             .unwrap_or_else(|| SocketAddr::new([0, 0, 0, 0].into(), 0))
     }
 
