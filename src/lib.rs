@@ -127,6 +127,10 @@ pub struct Options {
     pub max_event_size: usize,
     /// URL template for refs to kinds evmesh does not serve (`{name}`, `{namespace}`, `{kind}`).
     pub url_template: Option<String>,
+    /// The channel kind of Channels, Sequences and Parallels that name none (`serve
+    /// --default-channel`); a `default-ch-webhook` ConfigMap in the YAML replaces it.
+    /// `None`: InMemoryChannel.
+    pub default_channel: Option<evmesh_config::ChannelKind>,
     /// Dispatcher tuning, retention.
     pub service: ServiceOptions,
     /// Bearer token the admin API requires for writes (create, replace, delete); `None` leaves
@@ -144,6 +148,7 @@ impl Default for Options {
             engine: EngineKind::default(),
             max_event_size: evmesh_broker::ingress::DEFAULT_MAX_EVENT_SIZE,
             url_template: None,
+            default_channel: None,
             service: ServiceOptions::default(),
             admin_token: None,
             strict: false,
@@ -369,6 +374,7 @@ impl Mesh {
             store.clone(),
             base.clone(),
             options.url_template.clone(),
+            options.default_channel,
             self.docs.clone(),
         )
         .await?;

@@ -118,6 +118,10 @@ enum Command {
         /// Do not poll the -f files for changes (re-read them on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
+        /// Channel kind of Channels, Sequences and Parallels without channelTemplate (as
+        /// Knative's default-ch-webhook clusterDefault; such a ConfigMap in the YAML wins).
+        #[arg(long, default_value = "InMemoryChannel")]
+        default_channel: evmesh_config::ChannelKind,
     },
     /// Create or update resources in a running evmesh (like `kubectl apply -f`).
     Apply {
@@ -280,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token_file,
             no_watch,
             ca_file,
+            default_channel,
         } => {
             let mesh = if files.is_empty() {
                 tracing::info!(
@@ -306,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir,
                 max_event_size,
                 url_template: Some(url_template),
+                default_channel: Some(default_channel),
                 ..Options::default()
             };
             if let Some(e) = storage_engine {

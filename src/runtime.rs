@@ -3,14 +3,17 @@
 //! streams from. Files, the admin API and reloads all go through [`Runtime::apply`] /
 //! [`Runtime::delete`] / [`Runtime::sync_declared`].
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+mod messaging;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use evmesh_broker::BrokerService;
+use evmesh_config::messaging::ChannelKind;
 use evmesh_config::registry::{self, KindInfo};
 use evmesh_config::{
-    ConfigError, ConfigErrors, Document, MeshConfig, Resolver, Warning, event_display_url,
-    validate, validate_with_brokers,
+    ConfigError, ConfigErrors, Document, MeshConfig, Resolver, ValidationContext, Warning,
+    event_display_url, validate_in,
 };
 use evmesh_store::EventStore;
 use serde::{Deserialize, Serialize};
@@ -26,7 +29,11 @@ pub(crate) const SOURCE_API: &str = "api";
 const KEY_PREFIX: &str = "r/";
 const RV_KEY: &str = "r~rv";
 /// Not-ready reasons that mean "waiting for another resource", not "cannot run".
-const WAITING_REASONS: &[&str] = &["BrokerDoesNotExist", "DestinationNotResolved"];
+const WAITING_REASONS: &[&str] = &[
+    "BrokerDoesNotExist",
+    "ChannelDoesNotExist",
+    "DestinationNotResolved",
+];
 /// Watch events kept for resuming watches from a `resourceVersion`.
 const HISTORY: usize = 4096;
 
@@ -94,6 +101,8 @@ struct Inner {
     store: Arc<dyn EventStore>,
     ingress: Url,
     url_template: Option<String>,
+    /// `serve --default-channel`.
+    default_channel: Option<ChannelKind>,
     desired: tokio::sync::Mutex<Desired>,
     /// Snapshot for readers: the resources and the validated configuration.
     snapshot: RwLock<Snapshot>,
@@ -148,16 +157,6 @@ fn user_part(v: &Value) -> Value {
     })
 }
 
-fn brokers_of(mesh: &MeshConfig) -> HashSet<(String, String)> {
-    mesh.brokers
-        .iter()
-        .map(|b| {
-            let m = &b.resource.metadata;
-            (m.namespace.clone(), m.name.clone())
-        })
-        .collect()
-}
-
 fn causes(e: &ConfigErrors) -> Vec<(String, String)> {
     e.errors
         .iter()
@@ -177,6 +176,7 @@ impl Runtime {
         store: Arc<dyn EventStore>,
         ingress: Url,
         url_template: Option<String>,
+        default_channel: Option<ChannelKind>,
         declared: Vec<Document>,
     ) -> Result<(Runtime, Vec<Warning>), crate::Error> {
         let s = store.clone();
@@ -217,6 +217,7 @@ impl Runtime {
                 store,
                 ingress,
                 url_template,
+                default_channel,
                 desired: tokio::sync::Mutex::new(Desired { resources, rv }),
                 snapshot: RwLock::new((Arc::default(), Arc::default())),
                 events,
@@ -238,6 +239,21 @@ impl Runtime {
             .read()
             .map(|s| s.1.clone())
             .unwrap_or_default()
+    }
+
+    /// Validates `docs`, applied to `running` when given (one resource written through the API).
+    fn validate(
+        &self,
+        docs: &[Document],
+        running: Option<&MeshConfig>,
+    ) -> Result<MeshConfig, ConfigErrors> {
+        validate_in(
+            docs,
+            &ValidationContext {
+                running,
+                default_channel: self.inner.default_channel,
+            },
+        )
     }
 
     fn resolver(&self, mesh: &MeshConfig) -> Resolver {
@@ -272,7 +288,7 @@ impl Runtime {
     ) -> Result<Vec<Warning>, ConfigErrors> {
         let mut desired = self.inner.desired.lock().await;
         // Validate the declared documents as written (their own file:line errors).
-        let mut first_errors = match validate(&declared) {
+        let mut first_errors = match self.validate(&declared, None) {
             Ok(_) => Vec::new(),
             Err(e) => e.errors,
         };
@@ -302,7 +318,7 @@ impl Runtime {
         }
         let mut all = Self::docs(&next);
         all.extend(externals.iter().cloned());
-        let mesh = match validate(&all) {
+        let mesh = match self.validate(&all, None) {
             Ok(m) => m,
             Err(e) => {
                 first_errors.extend(e.errors);
@@ -318,19 +334,30 @@ impl Runtime {
                 warnings: mesh.warnings,
             });
         }
-        let warnings = validate(&declared).map(|m| m.warnings).unwrap_or_default();
+        let warnings = self
+            .validate(&declared, None)
+            .map(|m| m.warnings)
+            .unwrap_or_default();
         // Persist what changed, then reconcile, then tell watchers.
         let mut changes = Vec::new();
+        let mut generated = Vec::new();
         for (k, s) in &next {
             match desired.resources.get(k) {
                 Some(old) if old.manifest == s.manifest && old.source == s.source => {}
-                Some(_) => changes.push((k.clone(), Some(s.clone()), "MODIFIED")),
-                None => changes.push((k.clone(), Some(s.clone()), "ADDED")),
+                Some(old) => {
+                    changes.push((k.clone(), Some(s.clone()), "MODIFIED"));
+                    generated.push((Some(old.manifest.clone()), Some(s.manifest.clone())));
+                }
+                None => {
+                    changes.push((k.clone(), Some(s.clone()), "ADDED"));
+                    generated.push((None, Some(s.manifest.clone())));
+                }
             }
         }
         for (k, old) in &desired.resources {
             if !next.contains_key(k) {
                 changes.push((k.clone(), Some(old.clone()), "DELETED"));
+                generated.push((Some(old.manifest.clone()), None));
             }
         }
         for (k, s, t) in &changes {
@@ -379,6 +406,9 @@ impl Runtime {
             if let Some(s) = s {
                 self.emit(&k, &s.manifest, t, &mut rv);
             }
+        }
+        for (old, new) in generated {
+            self.emit_generated(old.as_ref(), new.as_ref(), &mut rv);
         }
         desired.rv = rv;
         Ok(warnings)
@@ -506,6 +536,38 @@ impl Runtime {
         let _ = self.inner.events.send(ev);
     }
 
+    /// Watch events for the resources a Channel, Sequence or Parallel generates, as it goes from
+    /// `old` to `new` (`None`: absent); each event has a resourceVersion of its own.
+    fn emit_generated(&self, old: Option<&Value>, new: Option<&Value>, rv: &mut u64) {
+        let defaults = self.mesh().channel_defaults.clone();
+        let before = messaging::children(old, &defaults);
+        let after = messaging::children(new, &defaults);
+        for (k, v) in &after {
+            let t = match before.get(k) {
+                Some(o) if o == v => continue,
+                Some(_) => "MODIFIED",
+                None => "ADDED",
+            };
+            *rv += 1;
+            let mut v = v.clone();
+            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            }
+            self.persist_rv(*rv);
+            self.publish_rv(*rv);
+            self.emit(k, &v, t, rv);
+        }
+        for (k, v) in &before {
+            if !after.contains_key(k) {
+                let mut v = v.clone();
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+                }
+                self.emit(k, &v, "DELETED", rv);
+            }
+        }
+    }
+
     /// Creates (`create`), replaces or deletes one resource through the admin API.
     pub(crate) async fn write(
         &self,
@@ -548,6 +610,7 @@ impl Runtime {
             }
             let mut rv = desired.rv;
             self.emit(&key, &deleted, "DELETED", &mut rv);
+            self.emit_generated(Some(&old.manifest), None, &mut rv);
             desired.rv = rv;
             return Ok((200, deleted, vec![]));
         };
@@ -651,19 +714,42 @@ impl Runtime {
                 )],
             });
         }
+        // Immutable as in Knative: a Subscription's channel, a Channel's template (once set).
+        let immutable = match kind.kind {
+            "Subscription" => Some("channel"),
+            "Channel" => Some("channelTemplate"),
+            _ => None,
+        };
+        if let (Some(prev), Some(field)) = (&previous, immutable) {
+            let (old, new) = (&prev.manifest["spec"][field], &manifest["spec"][field]);
+            let changed = match kind.kind {
+                "Channel" => !old.is_null() && !new.is_null() && old != new,
+                _ => old != new,
+            };
+            if changed {
+                return Err(WriteError::Invalid {
+                    kind,
+                    name,
+                    causes: vec![(
+                        format!("spec.{field}"),
+                        "Immutable field changed (as in Knative)".into(),
+                    )],
+                });
+            }
+        }
         // Validate this resource in the context of the running configuration.
         let doc = Document::from_value(
             &format!("<api {} {namespace}/{name}>", kind.kind),
             manifest.clone(),
         );
-        let brokers = brokers_of(&self.mesh());
-        let one = validate_with_brokers(std::slice::from_ref(&doc), &brokers).map_err(|e| {
-            WriteError::Invalid {
+        let running = self.mesh();
+        let one = self
+            .validate(std::slice::from_ref(&doc), Some(&running))
+            .map_err(|e| WriteError::Invalid {
                 kind,
                 name: name.clone(),
                 causes: causes(&e),
-            }
-        })?;
+            })?;
         let mut rv = desired.rv;
         let stamped = self.stamp(manifest, previous.as_ref().map(|p| &p.manifest), &mut rv);
         let unchanged = previous.as_ref().is_some_and(|p| p.manifest == stamped);
@@ -703,6 +789,11 @@ impl Runtime {
             };
             let mut rv = desired.rv;
             self.emit(&key, &stamped, t, &mut rv);
+            self.emit_generated(
+                previous.as_ref().map(|p| &p.manifest),
+                Some(&stamped),
+                &mut rv,
+            );
             desired.rv = rv;
         }
         let code = if previous.is_some() { 200 } else { 201 };
@@ -724,59 +815,83 @@ impl Runtime {
         }
     }
 
-    /// The stored manifests of one kind (optionally in one namespace), rendered with status.
+    /// The stored manifests of one kind (optionally in one namespace), and those a Channel,
+    /// Sequence or Parallel generated, rendered with status.
     pub(crate) fn list(&self, kind: &'static KindInfo, namespace: Option<&str>) -> Vec<Value> {
-        let resources = self
+        let (resources, mesh) = self
             .inner
             .snapshot
             .read()
-            .map(|s| s.0.clone())
+            .map(|s| s.clone())
             .unwrap_or_default();
-        resources
+        let mut cx = None;
+        let mut out: Vec<Value> = resources
             .iter()
             .filter(|(k, _)| k.0 == kind.group && k.1 == kind.kind)
             .filter(|(k, _)| namespace.is_none_or(|n| n == k.2))
-            .map(|(_, s)| self.render(kind, &s.manifest))
-            .collect()
+            .map(|(_, s)| self.render_in(kind, &s.manifest, &mut cx))
+            .collect();
+        for m in messaging::generated(&resources, &mesh, kind, namespace) {
+            out.push(self.render_in(kind, &m, &mut cx));
+        }
+        out
     }
 
-    /// One resource rendered with status.
+    /// One resource (stored, or generated by a Channel, Sequence or Parallel) rendered with
+    /// status.
     pub(crate) fn get(
         &self,
         kind: &'static KindInfo,
         namespace: &str,
         name: &str,
     ) -> Option<Value> {
-        let resources = self
+        let (resources, mesh) = self
             .inner
             .snapshot
             .read()
-            .map(|s| s.0.clone())
+            .map(|s| s.clone())
             .unwrap_or_default();
-        resources
-            .get(&key_of(kind, namespace, name))
-            .map(|s| self.render(kind, &s.manifest))
+        if let Some(s) = resources.get(&key_of(kind, namespace, name)) {
+            return Some(self.render(kind, &s.manifest));
+        }
+        messaging::generated(&resources, &mesh, kind, Some(namespace))
+            .into_iter()
+            .find(|m| m["metadata"]["name"] == name)
+            .map(|m| self.render(kind, &m))
     }
 
     /// Resources that cannot run (a worker that keeps failing, unreadable progress), with why.
     /// Resources waiting for another one (a Trigger before its Broker) are not failing.
     pub(crate) fn failing(&self) -> Vec<(String, String)> {
-        self.inner
+        let failing = |code: &Option<String>| {
+            code.as_deref()
+                .is_some_and(|c| !WAITING_REASONS.contains(&c))
+        };
+        let triggers = self
+            .inner
             .service
             .triggers()
             .into_iter()
-            .filter(|t| {
-                t.not_ready_code
-                    .as_deref()
-                    .is_some_and(|c| !WAITING_REASONS.contains(&c))
-            })
+            .filter(|t| failing(&t.not_ready_code))
             .map(|t| {
                 (
                     format!("trigger {}/{}", t.namespace, t.name),
                     t.not_ready_reason.unwrap_or_default(),
                 )
-            })
-            .collect()
+            });
+        let subscriptions = self
+            .inner
+            .service
+            .subscriptions()
+            .into_iter()
+            .filter(|s| failing(&s.not_ready_code))
+            .map(|s| {
+                (
+                    format!("subscription {}/{}", s.namespace, s.name),
+                    s.not_ready_reason.unwrap_or_default(),
+                )
+            });
+        triggers.chain(subscriptions).collect()
     }
 
     /// Repositions a trigger on its broker's log (see [`BrokerService::replay`]).
@@ -828,6 +943,33 @@ impl Runtime {
 
     /// A resource with its status as the service reports it.
     pub(crate) fn render(&self, kind: &KindInfo, manifest: &Value) -> Value {
+        self.render_in(kind, manifest, &mut None)
+    }
+
+    /// [`render`](Self::render), with what rendering channels and flows reads built once in
+    /// `cx` (for a list).
+    fn render_in(
+        &self,
+        kind: &KindInfo,
+        manifest: &Value,
+        cx: &mut Option<messaging::Cx>,
+    ) -> Value {
+        if messaging::is_messaging(kind) {
+            let cx = cx.get_or_insert_with(|| {
+                let mesh = self.mesh();
+                messaging::Cx {
+                    resolver: self.resolver(&mesh),
+                    mesh,
+                    ingress: self.inner.ingress.clone(),
+                    service: self.inner.service.clone(),
+                }
+            });
+            let mut obj = manifest.clone();
+            if let Some(o) = obj.as_object_mut() {
+                o.insert("status".into(), messaging::status(cx, kind, manifest));
+            }
+            return obj;
+        }
         let mut obj = manifest.clone();
         let meta = &manifest["metadata"];
         let ns = meta["namespace"].as_str().unwrap_or("default");
@@ -900,9 +1042,23 @@ fn conditions(not_ready: Option<(&str, &str)>) -> Value {
 
 fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str) {
     let is = |m: &evmesh_config::ObjectMeta| m.namespace == ns && m.name == name;
+    // What a Channel, Sequence or Parallel generated is owned by it.
+    let owned = |m: &evmesh_config::ObjectMeta| {
+        m.namespace == ns
+            && evmesh_config::messaging::owner_of(m)
+                .is_some_and(|(k, n)| k == kind.kind && n == name)
+    };
+    let written =
+        |m: &evmesh_config::ObjectMeta| is(m) && evmesh_config::messaging::owner_of(m).is_none();
     match kind.kind {
         "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
         "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
+        "InMemoryChannel" => mesh.channels.retain(|c| !written(&c.metadata)),
+        "Subscription" => mesh.subscriptions.retain(|s| !written(&s.metadata)),
+        "Channel" | "Sequence" | "Parallel" => {
+            mesh.channels.retain(|c| !owned(&c.metadata));
+            mesh.subscriptions.retain(|s| !owned(&s.metadata));
+        }
         k => mesh.externals.retain(|e| !(e.kind == k && is(&e.metadata))),
     }
 }
@@ -912,4 +1068,6 @@ fn splice_into_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     mesh.brokers.extend(one.brokers);
     mesh.triggers.extend(one.triggers);
     mesh.externals.extend(one.externals);
+    mesh.channels.extend(one.channels);
+    mesh.subscriptions.extend(one.subscriptions);
 }

@@ -133,8 +133,7 @@ async fn unknown_resources_get_a_kubernetes_style_404() {
     assert_eq!(status, 404);
     assert_eq!(body["kind"], "Status");
     assert_eq!(body["reason"], "NotFound");
-    let (status, _) =
-        get_json(&m.url("/apis/messaging.knative.dev/v1/namespaces/shop/channels")).await;
+    let (status, _) = get_json(&m.url("/apis/example.com/v1/namespaces/shop/widgets")).await;
     assert_eq!(status, 404);
 }
 

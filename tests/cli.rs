@@ -259,3 +259,34 @@ async fn send_exits_1_and_prints_the_status_when_a_real_server_answers_400() {
     quiet(&m, "demo", "default", 0).await;
     assert_eq!(sink.count(), 0, "the rejected event is not delivered");
 }
+
+#[test]
+fn validate_names_the_line_of_a_bad_sequence_step() {
+    let yaml = "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {name: s}\nspec:\n  steps:\n    - uri: http://127.0.0.1:9/a\n    - uri: not-absolute\n";
+    let (ok, out) = validate(&[("seq.yaml", yaml)]);
+    assert!(!ok, "{out}");
+    assert!(
+        line_with(&out, "seq.yaml:7").contains("spec.steps[1].uri"),
+        "{out}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_default_channel_it_does_not_run() {
+    let out = Command::new(env!("CARGO_BIN_EXE_evmesh"))
+        .args([
+            "serve",
+            "--default-channel",
+            "KafkaChannel",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run evmesh serve");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("KafkaChannel is not run by evmesh yet"),
+        "{text}"
+    );
+}

@@ -447,6 +447,14 @@ async fn explain_and_api_resources_come_from_the_registry() {
         ("brokers", "eventing.knative.dev/v1", "Broker"),
         ("triggers", "eventing.knative.dev/v1", "Trigger"),
         ("eventdisplays", "evmesh.dev/v1alpha1", "EventDisplay"),
+        (
+            "inmemorychannels",
+            "messaging.knative.dev/v1",
+            "InMemoryChannel",
+        ),
+        ("subscriptions", "messaging.knative.dev/v1", "Subscription"),
+        ("sequences", "flows.knative.dev/v1", "Sequence"),
+        ("parallels", "flows.knative.dev/v1", "Parallel"),
     ] {
         let line = out
             .lines()
@@ -535,11 +543,11 @@ async fn invalid_resources_unknown_types_and_a_wrong_token_answer_as_kubernetes_
         out.all()
     );
 
-    let out = k.run(&["get", "subscriptions.messaging.knative.dev"]);
+    let out = k.run(&["get", "widgets.example.com"]);
     assert!(!out.ok, "{}", out.all());
     assert!(
         out.stderr
-            .contains("the server doesn't have a resource type \"subscriptions\""),
+            .contains("the server doesn't have a resource type \"widgets\""),
         "{}",
         out.all()
     );
@@ -677,4 +685,52 @@ async fn wait_sees_a_trigger_turn_ready_when_its_broker_is_applied_later() {
         out.status.success() && text.contains("condition met"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_sequence_applied_with_kubectl_shows_its_generated_channels_and_subscriptions() {
+    let Some(k) = Kube::start() else { return };
+    let path = k.file(
+        "sequence.yaml",
+        "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {name: sequence}\nspec:\n  steps:\n    - uri: http://127.0.0.1:9/first\n    - uri: http://127.0.0.1:9/second\n",
+    );
+    let out = k.ok(&["apply", "-f", &path]);
+    assert!(
+        out.contains("sequence.flows.knative.dev/sequence created"),
+        "{out}"
+    );
+    let imc = k.ok(&["get", "imc"]);
+    let header = imc.lines().next().unwrap_or_default();
+    for col in ["NAME", "URL", "AGE", "READY", "REASON"] {
+        assert!(header.contains(col), "{imc}");
+    }
+    assert!(
+        imc.contains("sequence-kn-sequence-0") && imc.contains("sequence-kn-sequence-1"),
+        "{imc}"
+    );
+    let subs = k.ok(&["get", "sub", "-o", "name"]);
+    assert_eq!(
+        subs.lines().collect::<Vec<_>>(),
+        [
+            "subscription.messaging.knative.dev/sequence-kn-sequence-0",
+            "subscription.messaging.knative.dev/sequence-kn-sequence-1"
+        ],
+        "{subs}"
+    );
+    let owner = k.ok(&[
+        "get",
+        "sub",
+        "sequence-kn-sequence-1",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owner, "Sequence");
+    let url = k.ok(&[
+        "get",
+        "sequence",
+        "sequence",
+        "-o",
+        "jsonpath={.status.address.url}",
+    ]);
+    assert_eq!(url, k.em.url("/channels/demo/sequence-kn-sequence-0"));
 }

@@ -1,14 +1,10 @@
-//! Dispatch: a router per broker reads the durable log, finds the matching triggers through the
-//! filter index and queues the event for each; a worker per trigger delivers with bounded
-//! concurrency (per partition key in order, when the trigger asks for ordered delivery),
-//! schedules retries on a timer, dead-letters, routes replies, and checkpoints its progress so a
-//! restart resumes exactly where it stopped. A worker can also read the log itself ("catch-up"):
-//! after a replay, and after it was restarted following a panic.
-//!
-//! Progress of a trigger is `{taken_upto, inflight}`: every matching event below `taken_upto`
-//! is complete except those listed in `inflight` (being attempted, waiting for a retry, or in
-//! ordered mode waiting for an earlier event of its key, with their retry state). That record
-//! stays small (bounded by the in-flight limit) however far a trigger lags behind.
+//! Dispatch: a router per broker or channel reads the durable log, finds the matching triggers
+//! (every subscription, for a channel) through the filter index and queues the event for each;
+//! a worker per trigger or subscription is the one delivery engine's run: it takes events from a
+//! [`Cursor`](crate::log::Cursor) (the embedded one reads that queue, or the log itself after a
+//! replay or a restart), delivers with bounded concurrency (per partition key in order, when
+//! asked), schedules retries on a timer, dead-letters, routes replies, and saves where it stands
+//! through the cursor so a restart resumes exactly where it stopped.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::delivery::{self, DeliveryEngine, Next, Outcome, Plan, Progress};
+use crate::log::{ConsumerGroup, Cursor, Pending, Pos};
 use crate::metrics::Counters;
 use crate::record::EventRecord;
 use crate::service::Publisher;
@@ -32,13 +29,11 @@ use crate::service::Publisher;
 /// from the log when it gets to them.
 const QUEUE_KEEP_EVENTS: usize = 10_000;
 const ROUTER_BATCH: usize = 512;
+/// How often a router stopped at a record it cannot read tries it again.
+const STALL_RETRY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
 /// Bytes of a failed response body kept in a checkpoint: what `knativeerrordata` needs.
 const MAX_KEPT_BODY: usize = 1024;
-/// How long a catch-up read that failed waits before it is tried again.
-const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
-/// Log batches a catch-up reads before the worker's loop takes a turn.
-const CATCH_UP_READS_PER_TURN: usize = 8;
 /// The CloudEvents extension that orders deliveries of an ordered trigger.
 pub(crate) const PARTITION_KEY: &str = "partitionkey";
 
@@ -46,6 +41,13 @@ pub(crate) const PARTITION_KEY: &str = "partitionkey";
 #[derive(Default)]
 pub(crate) struct TriggerQueue {
     items: VecDeque<(Offset, Option<Arc<EventRecord>>)>,
+}
+
+impl TriggerQueue {
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
 }
 
 /// A request to a running trigger worker.
@@ -157,7 +159,12 @@ impl TriggerShared {
         let keep = q.items.len() < QUEUE_KEEP_EVENTS;
         q.items.push_back((offset, keep.then(|| event.clone())));
     }
-    fn pop(&self) -> Option<(Offset, Option<Arc<EventRecord>>)> {
+    /// Whether the router has this route in its table (and caught it up).
+    pub(crate) fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn pop(&self) -> Option<(Offset, Option<Arc<EventRecord>>)> {
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -295,7 +302,15 @@ impl Router {
 
     /// Swaps in the current members; a member new to the table is caught up on the offsets
     /// routed since its start (it was created while the old table was in use).
-    async fn refresh(&self, table: &mut Table) {
+    ///
+    /// A record that cannot be decoded stops the catch-up there (it is never skipped): the new
+    /// members are reported not ready and stay out of the table; `resume` remembers how far each
+    /// was caught up, so the next try hands nothing out twice.
+    async fn refresh(
+        &self,
+        table: &mut Table,
+        resume: &mut HashMap<usize, Offset>,
+    ) -> Result<(), String> {
         self.routes.dirty.store(false, Ordering::Release);
         let members = self.routes.snapshot();
         let next = self.next.load(Ordering::Acquire);
@@ -311,7 +326,17 @@ impl Router {
             .filter(|m| m.start < next)
             .cloned()
             .collect();
-        if let Some(from) = fresh.iter().map(|t| t.start).min() {
+        let starts: Vec<Offset> = fresh
+            .iter()
+            .map(|t| {
+                resume
+                    .get(&(Arc::as_ptr(t) as usize))
+                    .copied()
+                    .unwrap_or(t.start)
+                    .max(t.start)
+            })
+            .collect();
+        if let Some(from) = starts.iter().copied().min() {
             let filters: Vec<Filter> = fresh.iter().map(|t| t.filter()).collect();
             let mut at = from;
             while at < next {
@@ -320,15 +345,24 @@ impl Router {
                     break;
                 }
                 for record in batch.iter().take_while(|r| r.offset < next) {
-                    if let Ok(event) = EventRecord::from_stored(&record.payload) {
-                        let event = Arc::new(event);
-                        for (t, f) in fresh.iter().zip(&filters) {
-                            if record.offset >= t.start && f.matches(&event) {
-                                self.counters.routed(1);
-                                t.push(record.offset, &event);
-                                t.notify.notify_one();
+                    let event = match EventRecord::from_stored(&record.payload) {
+                        Ok(event) => Arc::new(event),
+                        Err(e) => {
+                            let reason = self.stalled_reason(record.offset, &e.to_string());
+                            for t in &fresh {
+                                t.set_not_ready("router", Some(reason.clone()));
                             }
+                            self.routes.changed();
+                            return Err(reason);
                         }
+                    };
+                    for ((t, f), start) in fresh.iter().zip(&filters).zip(&starts) {
+                        if record.offset >= *start && f.matches(&event) {
+                            self.counters.routed(1);
+                            t.push(record.offset, &event);
+                            t.notify.notify_one();
+                        }
+                        resume.insert(Arc::as_ptr(t) as usize, record.offset + 1);
                     }
                     at = record.offset + 1;
                 }
@@ -339,8 +373,20 @@ impl Router {
         }
         for m in &members {
             m.attached.store(true, Ordering::Release);
+            resume.remove(&(Arc::as_ptr(m) as usize));
         }
         *table = Table::build(members);
+        Ok(())
+    }
+
+    /// Why routing stopped at `offset`.
+    fn stalled_reason(&self, offset: Offset, error: &str) -> String {
+        let reason = format!(
+            "record {offset} of log {} cannot be read ({error}); delivery stops there rather than skip it (a newer evmesh wrote it, or the store is damaged)",
+            self.log.as_str()
+        );
+        tracing::error!(log = self.log.as_str(), offset, "{reason}");
+        reason
     }
 
     /// Routes until shutdown. A panic here is caught by the supervisor, which runs it again: it
@@ -353,6 +399,7 @@ impl Router {
         let mut last_refresh = Instant::now() - ROUTES_DEBOUNCE;
         self.routes.dirty.store(true, Ordering::Release);
         let mut matched = Vec::new();
+        let mut resume = HashMap::new();
         loop {
             let notified = self.notify.notified();
             if self.routes.dirty.load(Ordering::Acquire) {
@@ -370,8 +417,18 @@ impl Router {
                         return;
                     }
                 }
-                self.refresh(&mut table).await;
+                let refreshed = self.refresh(&mut table, &mut resume).await;
                 last_refresh = Instant::now();
+                if refreshed.is_err() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(STALL_RETRY) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    continue;
+                }
             }
             let mut progressed = false;
             let from = self.next.load(Ordering::Acquire);
@@ -387,6 +444,7 @@ impl Router {
                 }
             } else {
                 let batch = self.read(from, ROUTER_BATCH).await;
+                let mut stalled = false;
                 for record in &batch {
                     match EventRecord::from_stored(&record.payload) {
                         Ok(event) => {
@@ -402,14 +460,28 @@ impl Router {
                                 }
                             }
                         }
-                        Err(e) => tracing::error!(
-                            log = self.log.as_str(),
-                            offset = record.offset,
-                            "undecodable record skipped: {e}"
-                        ),
+                        Err(e) => {
+                            // Never skipped: routing stops here, each trigger says why.
+                            let reason = self.stalled_reason(record.offset, &e.to_string());
+                            for t in &table.triggers {
+                                t.set_not_ready("router", Some(reason.clone()));
+                            }
+                            stalled = true;
+                            break;
+                        }
                     }
                     self.next.store(record.offset + 1, Ordering::Release);
                     progressed = true;
+                }
+                if stalled {
+                    tokio::select! {
+                        _ = tokio::time::sleep(STALL_RETRY) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    continue;
                 }
                 if batch.len() == ROUTER_BATCH {
                     continue;
@@ -457,7 +529,7 @@ struct Slot {
     lane: Option<Lane>,
 }
 
-type AttemptResult = (Offset, Option<Arc<EventRecord>>, Progress, AttemptEnd);
+type AttemptResult = (Pos, Option<Arc<EventRecord>>, Progress, AttemptEnd);
 
 enum AttemptEnd {
     Next(Next),
@@ -467,67 +539,70 @@ enum AttemptEnd {
     Abandoned,
 }
 
-/// A worker's pending deliveries and where it reads next.
+/// A run's pending deliveries (being attempted, waiting for a retry, or in ordered mode waiting
+/// for an earlier event of their key).
 #[derive(Default)]
 struct State {
-    slots: BTreeMap<Offset, Slot>,
+    slots: BTreeMap<Pos, Slot>,
     /// Ordered mode: the slots of each lane, in log order.
-    lanes: HashMap<Lane, VecDeque<Offset>>,
-    taken_upto: Offset,
-    /// Reading the log itself from this offset (after a replay or a restart).
-    catch_up: Option<Offset>,
-    /// Matching events read by catch-up, not taken yet.
-    backlog: VecDeque<(Offset, Arc<EventRecord>)>,
-    /// Queue entries below this were already read by catch-up.
-    skip_below: Offset,
-    catch_up_wait: Option<Instant>,
-    replay_applied: Option<String>,
+    lanes: HashMap<Lane, VecDeque<Pos>>,
 }
 
 impl State {
-    /// Whether the slot at `offset` may run now (in ordered mode: it is first in its lane).
-    fn first_in_lane(&self, offset: Offset, lane: Option<&Lane>) -> bool {
+    /// Whether the slot at `pos` may run now (in ordered mode: it is first in its lane).
+    fn first_in_lane(&self, pos: Pos, lane: Option<&Lane>) -> bool {
         match lane {
             None => true,
-            Some(l) => self.lanes.get(l).and_then(|q| q.front()) == Some(&offset),
+            Some(l) => self.lanes.get(l).and_then(|q| q.front()) == Some(&pos),
         }
     }
 
-    fn insert(&mut self, offset: Offset, slot: Slot) {
+    fn insert(&mut self, pos: Pos, slot: Slot) {
         if let Some(l) = &slot.lane {
-            self.lanes.entry(l.clone()).or_default().push_back(offset);
+            self.lanes.entry(l.clone()).or_default().push_back(pos);
         }
-        self.slots.insert(offset, slot);
+        self.slots.insert(pos, slot);
     }
 
-    fn remove(&mut self, offset: Offset) {
-        let Some(slot) = self.slots.remove(&offset) else {
+    fn remove(&mut self, pos: Pos) {
+        let Some(slot) = self.slots.remove(&pos) else {
             return;
         };
         if let Some(l) = slot.lane
             && let Some(q) = self.lanes.get_mut(&l)
         {
-            if q.front() == Some(&offset) {
+            if q.front() == Some(&pos) {
                 q.pop_front();
             } else {
-                q.retain(|&o| o != offset);
+                q.retain(|&o| o != pos);
             }
             if q.is_empty() {
                 self.lanes.remove(&l);
             }
         }
     }
+
+    fn pending(&self) -> Vec<Pending<'_>> {
+        self.slots
+            .iter()
+            .map(|(&pos, s)| Pending {
+                pos,
+                progress: &s.progress,
+                due_ms: s.due.map(|(_, ms)| ms),
+            })
+            .collect()
+    }
 }
 
-/// Delivers one trigger's events.
+/// Delivers one trigger's or subscription's events: the one delivery engine's run over a
+/// [`Cursor`] (bounded concurrency, per-key order when asked, retries on a timer, dead letters,
+/// replies), saving where it stands through the cursor.
 #[derive(Clone)]
 pub(crate) struct Worker {
     pub(crate) shared: Arc<TriggerShared>,
-    pub(crate) store: Arc<dyn EventStore>,
-    pub(crate) log: LogId,
+    pub(crate) group: Arc<dyn ConsumerGroup>,
     pub(crate) engine: DeliveryEngine,
     pub(crate) publisher: Publisher,
-    pub(crate) router_next: Arc<AtomicU64>,
     pub(crate) max_in_flight: usize,
     pub(crate) drain_timeout: Duration,
     /// The trigger's `evmesh.dev/replay-from` annotation (parsed, and as written).
@@ -535,34 +610,26 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Runs the worker under a supervisor: a panic restarts it (with backoff) from its saved
-    /// checkpoint, reading the log itself from there; meanwhile the trigger is not ready.
+    /// Runs the worker under a supervisor: a panic restarts it (with backoff) with a cursor
+    /// opened again from the saved progress; meanwhile the trigger is not ready.
     pub(crate) async fn supervised(
         self,
-        restored: Checkpoint,
         commands: mpsc::UnboundedReceiver<Command>,
         shutdown: watch::Receiver<bool>,
     ) {
         let commands = Arc::new(tokio::sync::Mutex::new(commands));
-        let mut first = Some(restored);
         let shared = self.shared.clone();
         let sd = shutdown.clone();
         crate::supervise::supervise(
-            format!("delivery worker of trigger {}", self.shared.name),
+            format!("delivery worker of {}", self.shared.name),
             move |_restarts| {
                 let worker = self.clone();
-                let restored = first.take();
                 let commands = commands.clone();
                 let shutdown = sd.clone();
                 async move {
-                    let (checkpoint, catch_up) = match restored {
-                        Some(cp) => (cp, false),
-                        None => (worker.reload_checkpoint().await?, true),
-                    };
+                    let cursor = worker.group.open().await?;
                     let mut commands = commands.lock().await;
-                    worker
-                        .run(checkpoint, catch_up, &mut commands, shutdown)
-                        .await;
+                    worker.run(cursor, &mut commands, shutdown).await;
                     Ok(())
                 }
             },
@@ -572,49 +639,20 @@ impl Worker {
         .await
     }
 
-    async fn reload_checkpoint(&self) -> Result<Checkpoint, String> {
-        let store = self.store.clone();
-        let key = self.shared.checkpoint_key.clone();
-        let saved = tokio::task::spawn_blocking(move || store.checkpoints(&key))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("could not read its checkpoint: {e}"))?;
-        match saved
-            .into_iter()
-            .find(|(k, _)| *k == self.shared.checkpoint_key)
-        {
-            Some((_, bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("its checkpoint is unreadable: {e}")),
-            // It failed before its first checkpoint: it starts where it started before.
-            None => Ok(Checkpoint {
-                taken_upto: self.shared.start,
-                ..Checkpoint::default()
-            }),
-        }
-    }
-
-    /// Delivers until shutdown. With `catch_up`, everything from the checkpoint's `taken_upto`
-    /// is read from the log with the trigger's own filter (queue entries below are skipped).
+    /// Delivers until shutdown.
     async fn run(
         self,
-        restored: Checkpoint,
-        catch_up: bool,
+        mut cursor: Box<dyn Cursor>,
         commands: &mut mpsc::UnboundedReceiver<Command>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let ordered = self.shared.order == DeliveryOrder::Ordered;
-        let mut st = State {
-            taken_upto: restored.taken_upto,
-            skip_below: restored.taken_upto,
-            catch_up: catch_up.then_some(restored.taken_upto),
-            replay_applied: restored.replay_applied,
-            ..State::default()
-        };
-        for e in restored.inflight {
+        let mut st = State::default();
+        for e in cursor.restored() {
             let due = e.due_ms.map(|ms| (instant_from_unix_ms(ms), ms));
             // Ordered mode needs the key: read the event now (at most max_in_flight reads).
             let (event, lane) = if ordered {
-                match load(self.store.clone(), self.log.clone(), e.offset).await {
+                match cursor.load(e.pos).await {
                     Ok(ev) => {
                         let lane = lane_of(&ev);
                         (Some(ev), Some(lane))
@@ -626,7 +664,7 @@ impl Worker {
                 (None, None)
             };
             st.insert(
-                e.offset,
+                e.pos,
                 Slot {
                     event,
                     progress: e.progress,
@@ -638,11 +676,14 @@ impl Worker {
         }
         let mut attempts = FuturesUnordered::new();
         if let Some((from, text)) = self.replay_from.clone()
-            && st.replay_applied.as_deref() != Some(text.as_str())
+            && cursor.applied_tag() != Some(text.as_str())
         {
-            match self.replay(&mut st, from, Some(text.clone())).await {
+            match self
+                .replay(&mut st, cursor.as_mut(), from, Some(text.clone()))
+                .await
+            {
                 Ok(at) => {
-                    tracing::info!(trigger = %self.shared.name, offset = at, "positioned by {} {text}", evmesh_config::REPLAY_FROM_ANNOTATION)
+                    tracing::info!(trigger = %self.shared.name, offset = at.offset, "positioned by {} {text}", evmesh_config::REPLAY_FROM_ANNOTATION)
                 }
                 Err(e) => {
                     tracing::error!(trigger = %self.shared.name, "applying {} {text}: {e}", evmesh_config::REPLAY_FROM_ANNOTATION)
@@ -662,20 +703,21 @@ impl Worker {
             // Start attempts that are due (restored, retry wait over, or first in their lane).
             if scan && !stopping {
                 let mut start = Vec::new();
-                for (&offset, slot) in st.slots.iter() {
+                for (&pos, slot) in st.slots.iter() {
                     if !slot.running
                         && slot.due.is_none_or(|(d, _)| d <= now)
-                        && st.first_in_lane(offset, slot.lane.as_ref())
+                        && st.first_in_lane(pos, slot.lane.as_ref())
                     {
-                        start.push(offset);
+                        start.push(pos);
                     }
                 }
-                for offset in start {
-                    if let Some(slot) = st.slots.get_mut(&offset) {
+                for pos in start {
+                    if let Some(slot) = st.slots.get_mut(&pos) {
                         slot.running = true;
                         slot.due = None;
                         attempts.push(self.attempt(
-                            offset,
+                            cursor.as_ref(),
+                            pos,
                             slot.event.clone(),
                             slot.progress.clone(),
                             shutdown.clone(),
@@ -686,10 +728,9 @@ impl Worker {
             scan = false;
             // Take new events while there is room.
             while !stopping && st.slots.len() < self.max_in_flight {
-                let Some((offset, event)) = self.next_event(&mut st).await else {
+                let Some((pos, event)) = cursor.next().await else {
                     break;
                 };
-                st.taken_upto = st.taken_upto.max(offset + 1);
                 dirty = true;
                 let (event, lane) = match (ordered, event) {
                     (false, event) => (event, None),
@@ -697,20 +738,17 @@ impl Worker {
                         let lane = lane_of(&e);
                         (Some(e), Some(lane))
                     }
-                    (true, None) => {
-                        match load(self.store.clone(), self.log.clone(), offset).await {
-                            Ok(e) => {
-                                let lane = lane_of(&e);
-                                (Some(e), Some(lane))
-                            }
-                            Err(_) => (None, Some(Lane::NoKey)),
+                    (true, None) => match cursor.load(pos).await {
+                        Ok(e) => {
+                            let lane = lane_of(&e);
+                            (Some(e), Some(lane))
                         }
-                    }
+                        Err(_) => (None, Some(Lane::NoKey)),
+                    },
                 };
-                let progress = Progress::default();
                 let mut slot = Slot {
                     event,
-                    progress,
+                    progress: Progress::default(),
                     due: None,
                     running: false,
                     lane,
@@ -722,34 +760,20 @@ impl Worker {
                 if first {
                     slot.running = true;
                     attempts.push(self.attempt(
-                        offset,
+                        cursor.as_ref(),
+                        pos,
                         slot.event.clone(),
                         slot.progress.clone(),
                         shutdown.clone(),
                     ));
                 }
-                st.insert(offset, slot);
+                st.insert(pos, slot);
             }
             if stopping && attempts.is_empty() {
                 break;
             }
             if dirty && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                if st.catch_up.is_none() && st.backlog.is_empty() {
-                    // Attached first, then the router position: once the router has this trigger
-                    // in its table, everything below that position that matched was queued.
-                    let attached = self.shared.attached.load(Ordering::Acquire);
-                    let routed = self.router_next.load(Ordering::Acquire);
-                    let queue_empty = self
-                        .shared
-                        .queue
-                        .lock()
-                        .map(|q| q.items.is_empty())
-                        .unwrap_or(false);
-                    if queue_empty && attached {
-                        st.taken_upto = st.taken_upto.max(routed);
-                    }
-                }
-                self.checkpoint(&st);
+                cursor.save(&st.pending());
                 dirty = false;
                 last_checkpoint = Instant::now();
             }
@@ -764,7 +788,7 @@ impl Worker {
                 .values()
                 .filter(|s| !s.running)
                 .filter_map(|s| s.due.map(|(d, _)| d))
-                .chain(st.catch_up_wait)
+                .chain(cursor.wake_at())
                 .min();
             let sleep_until = match (dirty, next_due) {
                 (true, Some(d)) => d.min(last_checkpoint + CHECKPOINT_EVERY),
@@ -773,26 +797,27 @@ impl Worker {
                 (false, None) => now + Duration::from_secs(3600),
             };
             let drain_deadline = drain_at.unwrap_or(now + Duration::from_secs(3600));
+            let wakeup = cursor.wakeup();
             tokio::select! {
-                Some((offset, event, progress, end)) = attempts.next(), if !attempts.is_empty() => {
+                Some((pos, event, progress, end)) = attempts.next(), if !attempts.is_empty() => {
                     dirty = true;
-                    if self.finish(&mut st, offset, event, progress, end) && ordered {
+                    if self.finish(&mut st, pos, event, progress, end) && ordered {
                         // The next slot of its lane may run now.
                         scan = true;
                     }
                 }
                 _ = tokio::time::sleep_until(sleep_until.into()) => { scan = true; }
-                _ = self.shared.notify.notified(), if !stopping => {}
+                _ = wakeup, if !stopping => {}
                 Some(cmd) = commands.recv(), if !stopping => {
                     match cmd {
                         Command::Replay { done, annotation: Some(text), .. }
-                            if st.replay_applied.as_deref() == Some(text.as_str()) =>
+                            if cursor.applied_tag() == Some(text.as_str()) =>
                         {
                             // This annotation value was applied before: nothing to do.
-                            let _ = done.send(Ok(st.taken_upto));
+                            let _ = done.send(Ok(cursor.position().offset));
                         }
                         Command::Replay { from, annotation, done } => {
-                            let result = self.replay(&mut st, from, annotation).await;
+                            let result = self.replay(&mut st, cursor.as_mut(), from, annotation).await;
                             if result.is_ok() {
                                 // In-flight attempts of the old position are abandoned.
                                 attempts = FuturesUnordered::new();
@@ -800,7 +825,7 @@ impl Worker {
                                 dirty = false;
                                 scan = true;
                             }
-                            let _ = done.send(result);
+                            let _ = done.send(result.map(|p| p.offset));
                         }
                     }
                 }
@@ -814,164 +839,38 @@ impl Worker {
                 }
             }
         }
-        self.checkpoint(&st);
+        cursor.save(&st.pending());
     }
 
-    /// The next event to take: from catch-up (reading the log) while it runs, else from the
-    /// router's queue.
-    async fn next_event(&self, st: &mut State) -> Option<(Offset, Option<Arc<EventRecord>>)> {
-        let mut reads = 0;
-        loop {
-            if let Some((offset, event)) = st.backlog.pop_front() {
-                return Some((offset, Some(event)));
-            }
-            let Some(cursor) = st.catch_up else {
-                break;
-            };
-            if st.catch_up_wait.is_some_and(|w| w > Instant::now()) {
-                return None;
-            }
-            st.catch_up_wait = None;
-            if reads == CATCH_UP_READS_PER_TURN {
-                // Let the worker's loop handle completions and checkpoints, then go on at once.
-                st.catch_up_wait = Some(Instant::now());
-                return None;
-            }
-            reads += 1;
-            match self.read_matching(cursor).await {
-                Ok((matched, next, at_end)) => {
-                    if matched.is_empty() {
-                        st.taken_upto = st.taken_upto.max(next);
-                    }
-                    st.backlog.extend(matched);
-                    if at_end {
-                        // Everything from `next` on is (or will be) queued by the router.
-                        st.catch_up = None;
-                        st.skip_below = next;
-                    } else {
-                        st.catch_up = Some(next);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(trigger = %self.shared.name, offset = cursor, "reading the log: {e}");
-                    st.catch_up_wait = Some(Instant::now() + CATCH_UP_RETRY);
-                    return None;
-                }
-            }
-        }
-        while let Some((offset, event)) = self.shared.pop() {
-            if offset >= st.skip_below {
-                return Some((offset, event));
-            }
-        }
-        None
-    }
-
-    /// Reads one batch from `from` and keeps what matches the trigger's filter. Returns the
-    /// matches, the offset after the batch and whether the batch reached the log's end.
-    async fn read_matching(
-        &self,
-        from: Offset,
-    ) -> Result<(Vec<(Offset, Arc<EventRecord>)>, Offset, bool), String> {
-        let store = self.store.clone();
-        let log = self.log.clone();
-        let batch = tokio::task::spawn_blocking(move || store.read(&log, from, ROUTER_BATCH))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let at_end = batch.len() < ROUTER_BATCH;
-        let mut next = from;
-        let mut matched = Vec::new();
-        let filter = self.shared.filter();
-        for record in batch {
-            next = record.offset + 1;
-            match EventRecord::from_stored(&record.payload) {
-                Ok(event) if filter.matches(&event) => {
-                    matched.push((record.offset, Arc::new(event)));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(
-                    trigger = %self.shared.name,
-                    offset = record.offset,
-                    "undecodable record skipped: {e}"
-                ),
-            }
-        }
-        Ok((matched, next, at_end))
-    }
-
-    /// Positions the trigger at `from`: drops pending deliveries, persists the new position and
-    /// starts reading the log from there.
+    /// Positions the run at `from`: drops pending deliveries and lets the cursor seek (it saves
+    /// the new position before answering).
     async fn replay(
         &self,
         st: &mut State,
+        cursor: &mut dyn Cursor,
         from: ReplayFrom,
         annotation: Option<String>,
-    ) -> Result<Offset, String> {
-        let store = self.store.clone();
-        let log = self.log.clone();
-        let at =
-            tokio::task::spawn_blocking(move || crate::replay::seek(store.as_ref(), &log, from))
-                .await
-                .map_err(|e| e.to_string())??;
+    ) -> Result<Pos, String> {
+        let at = cursor.seek(from, annotation).await?;
         let dropped = st.slots.len();
-        *st = State {
-            taken_upto: at,
-            skip_below: at,
-            catch_up: Some(at),
-            replay_applied: annotation.or(st.replay_applied.take()),
-            ..State::default()
-        };
-        tracing::info!(trigger = %self.shared.name, from = %from, offset = at, dropped, "replay");
-        self.checkpoint(st);
+        *st = State::default();
+        self.shared
+            .low_watermark
+            .store(at.offset, Ordering::Release);
+        tracing::info!(trigger = %self.shared.name, from = %from, offset = at.offset, dropped, "replay");
         Ok(at)
-    }
-
-    fn checkpoint(&self, st: &State) {
-        let cp = Checkpoint {
-            taken_upto: st.taken_upto,
-            inflight: st
-                .slots
-                .iter()
-                .map(|(&offset, s)| InflightEntry {
-                    offset,
-                    progress: s.progress.clone(),
-                    due_ms: s.due.map(|(_, ms)| ms),
-                })
-                .collect(),
-            replay_applied: st.replay_applied.clone(),
-        };
-        let low = st
-            .slots
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(st.taken_upto)
-            .min(st.taken_upto);
-        self.shared.low_watermark.store(low, Ordering::Release);
-        match serde_json::to_vec(&cp) {
-            Ok(bytes) => {
-                if let Err(e) = self
-                    .store
-                    .put_checkpoint(&self.shared.checkpoint_key, bytes)
-                {
-                    tracing::error!(trigger = %self.shared.name, "saving progress: {e}");
-                }
-            }
-            Err(e) => tracing::error!(trigger = %self.shared.name, "encoding progress: {e}"),
-        }
     }
 
     /// Applies an attempt's end; returns whether the slot is complete (and was removed).
     fn finish(
         &self,
         st: &mut State,
-        offset: Offset,
+        pos: Pos,
         event: Option<Arc<EventRecord>>,
         mut progress: Progress,
         end: AttemptEnd,
     ) -> bool {
-        let Some(slot) = st.slots.get_mut(&offset) else {
+        let Some(slot) = st.slots.get_mut(&pos) else {
             return false;
         };
         if let Some(f) = progress.last_failure.as_mut() {
@@ -1019,10 +918,10 @@ impl Worker {
             AttemptEnd::Abandoned => return false,
             AttemptEnd::Gone(reason) => {
                 self.shared.counters.dropped();
-                tracing::error!(trigger = %self.shared.name, offset, "event dropped: {reason}");
+                tracing::error!(trigger = %self.shared.name, offset = pos.offset, "event dropped: {reason}");
             }
         }
-        st.remove(offset);
+        st.remove(pos);
         self.report_pending_retries(st);
         true
     }
@@ -1034,23 +933,31 @@ impl Worker {
 
     fn attempt(
         &self,
-        offset: Offset,
+        cursor: &dyn Cursor,
+        pos: Pos,
         event: Option<Arc<EventRecord>>,
         mut progress: Progress,
         stop: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = AttemptResult> + Send + 'static {
-        let store = self.store.clone();
-        let log = self.log.clone();
+        let loading = event.is_none().then(|| cursor.load(pos));
         let engine = self.engine.clone();
         let shared = self.shared.clone();
         let publisher = self.publisher.clone();
         async move {
-            let event = match event {
-                Some(e) => e,
-                None => match load(store, log, offset).await {
+            let event = match (event, loading) {
+                (Some(e), _) => e,
+                (None, Some(loading)) => match loading.await {
                     Ok(e) => e,
-                    Err(reason) => return (offset, None, progress, AttemptEnd::Gone(reason)),
+                    Err(reason) => return (pos, None, progress, AttemptEnd::Gone(reason)),
                 },
+                (None, None) => {
+                    return (
+                        pos,
+                        None,
+                        progress,
+                        AttemptEnd::Gone("event not available".into()),
+                    );
+                }
             };
             let plan = shared.plan();
             let plan = &*plan;
@@ -1060,7 +967,7 @@ impl Worker {
                 Some(sink) => tokio::select! {
                     o = engine.attempt(plan, &progress, &event) => o,
                     _ = abandon_when_stopping(sink, stop) => {
-                        return (offset, Some(event), progress, AttemptEnd::Abandoned);
+                        return (pos, Some(event), progress, AttemptEnd::Abandoned);
                     }
                 },
             };
@@ -1070,10 +977,10 @@ impl Worker {
                 outcome = route_reply(&engine, &publisher, plan, *reply, &event).await;
             }
             if let Outcome::Failed(f) = &outcome {
-                tracing::debug!(trigger = %shared.name, offset, status = ?f.status, "attempt failed: {}", f.reason);
+                tracing::debug!(trigger = %shared.name, offset = pos.offset, status = ?f.status, "attempt failed: {}", f.reason);
             }
             let next = progress.next(plan, outcome);
-            (offset, Some(event), progress, AttemptEnd::Next(next))
+            (pos, Some(event), progress, AttemptEnd::Next(next))
         }
     }
 }
@@ -1134,25 +1041,6 @@ async fn route_reply(
                 ok => ok,
             }
         }
-    }
-}
-
-async fn load(
-    store: Arc<dyn EventStore>,
-    log: LogId,
-    offset: Offset,
-) -> Result<Arc<EventRecord>, String> {
-    let records = tokio::task::spawn_blocking(move || store.read(&log, offset, 1))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    match records.into_iter().next() {
-        Some(r) if r.offset == offset => EventRecord::from_stored(&r.payload)
-            .map(Arc::new)
-            .map_err(|e| format!("stored event at offset {offset} is undecodable: {e}")),
-        _ => Err(format!(
-            "event at offset {offset} is no longer in the log (retention)"
-        )),
     }
 }
 

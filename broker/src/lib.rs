@@ -17,6 +17,7 @@ pub mod codec;
 pub mod delivery;
 mod dispatcher;
 pub mod ingress;
+pub mod log;
 pub mod metrics;
 pub mod record;
 mod replay;

@@ -1225,15 +1225,20 @@ impl BrokerService {
         broker.notify.notify_one();
         let (stop, stop_rx) = watch::channel(false);
         let delete_after = Arc::new(AtomicBool::new(false));
-        let worker = Worker {
+        let group = Arc::new(crate::log::EmbeddedGroup {
             shared: shared.clone(),
             store: self.inner.store.clone(),
             log: broker.log.clone(),
+            router_next: broker.router_next.clone(),
+            restored: std::sync::Mutex::new(Some(checkpoint)),
+        });
+        let worker = Worker {
+            shared: shared.clone(),
+            group,
             engine: self.inner.engine.clone(),
             publisher: Publisher {
                 broker: broker.clone(),
             },
-            router_next: broker.router_next.clone(),
             max_in_flight: self.inner.options.max_in_flight.max(1),
             drain_timeout: self.inner.options.drain_timeout,
             replay_from: d.replay_from.clone(),
@@ -1241,7 +1246,7 @@ impl BrokerService {
         let store = self.inner.store.clone();
         let del = delete_after.clone();
         let task = tokio::spawn(async move {
-            worker.supervised(checkpoint, commands, stop_rx).await;
+            worker.supervised(commands, stop_rx).await;
             if del.load(Ordering::Acquire)
                 && let Err(e) = store.delete_checkpoint(&key)
             {

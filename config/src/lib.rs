@@ -44,8 +44,8 @@ pub use resolve::{
     broker_url, channel_url, event_display_url, subscriber_url,
 };
 pub use validate::{
-    BrokerConfig, Delivery, MeshConfig, TriggerConfig, parse_duration, validate,
-    validate_with_brokers,
+    BrokerConfig, Delivery, MeshConfig, TriggerConfig, ValidationContext, parse_duration, validate,
+    validate_in, validate_with_brokers,
 };
 
 impl MeshConfig {

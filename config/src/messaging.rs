@@ -5,11 +5,16 @@
 //! Subscriptions (named `<seq>-kn-sequence-<i>`, `<p>-kn-parallel[-<i>]`); the data plane only ever
 //! runs [`ChannelConfig`]s and [`SubscriptionConfig`]s.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::Location;
 use crate::model::{DeliverySpec, Destination, KReference, ObjectMeta};
 use crate::validate::Delivery;
+
+pub(crate) mod check;
+pub mod wiring;
 
 /// `messaging.knative.dev/v1`.
 pub const MESSAGING_V1: &str = "messaging.knative.dev/v1";
@@ -24,7 +29,51 @@ pub enum ChannelKind {
     InMemory,
 }
 
+/// Channel kinds Knative users write that evmesh does not run yet.
+const NOT_RUN_YET: &[&str] = &["KafkaChannel", "NatsJetStreamChannel"];
+
 impl ChannelKind {
+    /// The channel kind a `channelTemplate` (or a channel `ref`) names: its `apiVersion` and
+    /// `kind`. An empty `apiVersion` is accepted for a kind evmesh knows.
+    ///
+    /// ```
+    /// use evmesh_config::ChannelKind;
+    /// assert_eq!(ChannelKind::from_template("messaging.knative.dev/v1", "InMemoryChannel"), Ok(ChannelKind::InMemory));
+    /// assert!(ChannelKind::from_template("messaging.knative.dev/v1beta1", "KafkaChannel").is_err());
+    /// ```
+    pub fn from_template(api_version: &str, kind: &str) -> Result<ChannelKind, String> {
+        let all = [ChannelKind::InMemory];
+        if let Some(k) = all.iter().find(|k| k.kind() == kind) {
+            if !api_version.is_empty() && api_version != k.api_version() {
+                return Err(format!(
+                    "{kind} is served as {:?}, not {api_version:?}",
+                    k.api_version()
+                ));
+            }
+            return Ok(*k);
+        }
+        if NOT_RUN_YET.contains(&kind) {
+            return Err(format!(
+                "{kind} is not run by evmesh yet; use InMemoryChannel (durable in evmesh)"
+            ));
+        }
+        if kind.is_empty() {
+            return Err("a channel kind is required (e.g. InMemoryChannel)".into());
+        }
+        Err(format!(
+            "{kind:?} is not a channel kind evmesh knows (it runs InMemoryChannel)"
+        ))
+    }
+
+    /// A `channelTemplate` naming this kind (no spec).
+    pub fn template(self) -> ChannelTemplate {
+        ChannelTemplate {
+            api_version: self.api_version().to_string(),
+            kind: self.kind().to_string(),
+            spec: None,
+        }
+    }
+
     /// The Kubernetes `kind`.
     pub fn kind(self) -> &'static str {
         match self {
@@ -35,6 +84,27 @@ impl ChannelKind {
     pub fn api_version(self) -> &'static str {
         match self {
             ChannelKind::InMemory => MESSAGING_V1,
+        }
+    }
+}
+
+/// Parses the `serve --default-channel` value: a kind (`InMemoryChannel`), its short name
+/// (`imc`) or `apiVersion/Kind` (`messaging.knative.dev/v1/InMemoryChannel`).
+///
+/// ```
+/// use evmesh_config::ChannelKind;
+/// assert_eq!("imc".parse::<ChannelKind>(), Ok(ChannelKind::InMemory));
+/// assert!("KafkaChannel".parse::<ChannelKind>().unwrap_err().contains("not run by evmesh yet"));
+/// ```
+impl std::str::FromStr for ChannelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ChannelKind, String> {
+        if s.eq_ignore_ascii_case("imc") || s.eq_ignore_ascii_case("inmemorychannel") {
+            return Ok(ChannelKind::InMemory);
+        }
+        match s.rsplit_once('/') {
+            Some((api, kind)) => ChannelKind::from_template(api, kind),
+            None => ChannelKind::from_template("", s),
         }
     }
 }
@@ -129,4 +199,160 @@ pub struct SubscriptionConfig {
     pub delivery: Option<Delivery>,
     /// Where its YAML is.
     pub location: Option<Location>,
+}
+
+/// One step of a Sequence: a destination (`ref`/`uri` inline, as Knative's `SequenceStep`)
+/// plus its own delivery.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SequenceStep {
+    /// The step's addressable.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<KReference>,
+    /// An absolute URL, or a URL relative to the `ref`'s address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// PEM CA certificates trusted for this step.
+    #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
+    pub ca_certs: Option<String>,
+    /// OIDC audience (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Delivery of this step's subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+impl SequenceStep {
+    /// The step as a [`Destination`].
+    pub fn destination(&self) -> Destination {
+        Destination {
+            reference: self.reference.clone(),
+            uri: self.uri.clone(),
+            ca_certs: self.ca_certs.clone(),
+            audience: self.audience.clone(),
+        }
+    }
+}
+
+/// `spec` of a `flows.knative.dev/v1` `Sequence`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SequenceSpec {
+    /// The steps, in order (at least one).
+    #[serde(default)]
+    pub steps: Vec<SequenceStep>,
+    /// The kind of the channels in front of each step (default: the default channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_template: Option<ChannelTemplate>,
+    /// Where the last step's replies go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Destination>,
+}
+
+/// One branch of a Parallel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParallelBranch {
+    /// Decides whether the branch runs: the branch gets the event the filter replies with (none:
+    /// the branch always runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Destination>,
+    /// The branch's subscriber.
+    pub subscriber: Destination,
+    /// Where the subscriber's replies go (else the Parallel's `reply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Destination>,
+    /// Delivery of the subscriber's subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// `spec` of a `flows.knative.dev/v1` `Parallel`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParallelSpec {
+    /// The branches (at least one); every branch gets every event.
+    #[serde(default)]
+    pub branches: Vec<ParallelBranch>,
+    /// The kind of the ingress and branch channels (default: the default channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_template: Option<ChannelTemplate>,
+    /// Where branch replies go when the branch sets no `reply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Destination>,
+}
+
+/// Name of the `default-ch-webhook` ConfigMap that sets the default channel, as Knative's.
+pub const DEFAULT_CHANNEL_CONFIGMAP: &str = "default-ch-webhook";
+/// Namespace of [`DEFAULT_CHANNEL_CONFIGMAP`].
+pub const DEFAULT_CHANNEL_CONFIGMAP_NAMESPACE: &str = "knative-eventing";
+/// Key of [`DEFAULT_CHANNEL_CONFIGMAP`]'s data holding the defaults (YAML).
+pub const DEFAULT_CHANNEL_CONFIG_KEY: &str = "default-ch-config";
+
+/// The channel kind a Channel, Sequence or Parallel without `channelTemplate` gets: a cluster
+/// default and per-namespace defaults (Knative's `default-ch-webhook` ConfigMap; `serve
+/// --default-channel` sets the cluster default).
+///
+/// ```
+/// use evmesh_config::messaging::ChannelDefaults;
+/// let d = ChannelDefaults::default();
+/// assert_eq!(d.template_for("default").kind, "InMemoryChannel");
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelDefaults {
+    /// The default everywhere a namespace has none of its own.
+    #[serde(default = "imc_template")]
+    pub cluster_default: ChannelTemplate,
+    /// Defaults per namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_defaults: BTreeMap<String, ChannelTemplate>,
+}
+
+fn imc_template() -> ChannelTemplate {
+    ChannelKind::InMemory.template()
+}
+
+impl Default for ChannelDefaults {
+    fn default() -> Self {
+        ChannelDefaults {
+            cluster_default: imc_template(),
+            namespace_defaults: BTreeMap::new(),
+        }
+    }
+}
+
+impl ChannelDefaults {
+    /// Defaults with `kind` as the cluster default.
+    pub fn with_cluster_default(kind: ChannelKind) -> Self {
+        ChannelDefaults {
+            cluster_default: kind.template(),
+            namespace_defaults: BTreeMap::new(),
+        }
+    }
+
+    /// The template a channel in namespace `ns` gets when it names none.
+    pub fn template_for(&self, ns: &str) -> &ChannelTemplate {
+        self.namespace_defaults
+            .get(ns)
+            .unwrap_or(&self.cluster_default)
+    }
+}
+
+/// The Channel, Sequence or Parallel a channel or subscription was generated for: its
+/// controlling owner (`metadata.ownerReferences` with `controller: true`) when that is one of
+/// those kinds, as `(kind, name)`; `None` for a resource a user wrote.
+pub fn owner_of(meta: &ObjectMeta) -> Option<(String, String)> {
+    let refs = meta.other.get("ownerReferences")?.as_array()?;
+    let owner = refs
+        .iter()
+        .find(|r| r.get("controller").and_then(serde_json::Value::as_bool) == Some(true))?;
+    let api = owner.get("apiVersion")?.as_str()?;
+    let kind = owner.get("kind")?.as_str()?;
+    let generator = matches!(
+        (api, kind),
+        (MESSAGING_V1, "Channel") | (FLOWS_V1, "Sequence" | "Parallel")
+    );
+    generator.then(|| Some((kind.to_string(), owner.get("name")?.as_str()?.to_string())))?
 }

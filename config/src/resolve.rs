@@ -10,7 +10,8 @@ use crate::validate::MeshConfig;
 /// The default template for refs to kinds evmesh neither serves nor finds an address for.
 pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.{namespace}.svc.cluster.local";
 
-/// Resolves [`Destination`]s to URLs: evmesh's own addressables (brokers) to their ingress URL,
+/// Resolves [`Destination`]s to URLs: evmesh's own addressables to their ingress URL (brokers;
+/// channels, generic Channels, Sequences and Parallels to the channel they front),
 /// other kinds to the `status.address.url` / `status.url` the YAML declares, else to a URL
 /// template (`{name}`, `{namespace}`, `{kind}` placeholders).
 ///
@@ -52,6 +53,11 @@ impl Resolver {
                 ),
                 Some(url.to_string()),
             );
+        }
+        // Channels, and the generic Channels, Sequences and Parallels whose address is one.
+        for ((group, kind, ns, name), channel) in crate::messaging::check::addressables(mesh) {
+            let url = channel_url(&ingress, &ns, &channel);
+            addressables.insert((group, kind, ns, name), Some(url.to_string()));
         }
         for e in &mesh.externals {
             let m = &e.metadata;
@@ -113,6 +119,9 @@ impl Resolver {
             Some(None) => {}
             None if group == "eventing.knative.dev" && r.kind == "Broker" => {
                 return Err(format!("broker {rns}/{} not found", r.name));
+            }
+            None if crate::messaging::check::is_served(&group, &r.kind) => {
+                return Err(format!("{} {rns}/{} not found", r.kind, r.name));
             }
             None => {}
         }

@@ -97,6 +97,140 @@ pub(crate) const TRIGGER_SPEC: &str = concat!(
 /// EventDisplay `spec` (evmesh's built-in printing sink: no settings).
 pub(crate) const EVENT_DISPLAY_SPEC: &str = r#"{"type": "object", "description": "Spec of the EventDisplay (no settings yet).", "x-kubernetes-preserve-unknown-fields": true}"#;
 
+/// A `channelTemplate` (the kind and spec of the channels created).
+macro_rules! channel_template {
+    () => {
+        r#"{"type": "object", "description": "ChannelTemplate specifies which Channel CRD to use to create the CRD Channel backing this resource.",
+  "properties": {
+    "apiVersion": {"type": "string", "description": "APIVersion of the channel kind, e.g. messaging.knative.dev/v1."},
+    "kind": {"type": "string", "description": "Kind of the channel, e.g. InMemoryChannel."},
+    "spec": {"type": "object", "description": "Spec defines the Spec to use for each channel created.", "x-kubernetes-preserve-unknown-fields": true}
+  }}"#
+    };
+}
+
+/// Channelable `subscribers` (server-managed).
+macro_rules! subscribers {
+    () => {
+        r#"{"type": "array", "description": "This is the list of subscriptions for this subscribable (managed by the server).", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}"#
+    };
+}
+
+/// InMemoryChannel `spec`.
+pub(crate) const IN_MEMORY_CHANNEL_SPEC: &str = concat!(
+    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
+  "properties": {
+    "delivery": "#,
+    delivery!(),
+    r#",
+    "subscribers": "#,
+    subscribers!(),
+    r#"
+  }}"#
+);
+
+/// Channel `spec`.
+pub(crate) const CHANNEL_SPEC: &str = concat!(
+    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
+  "properties": {
+    "channelTemplate": "#,
+    channel_template!(),
+    r#",
+    "delivery": "#,
+    delivery!(),
+    r#",
+    "subscribers": "#,
+    subscribers!(),
+    r#"
+  }}"#
+);
+
+/// Subscription `spec`.
+pub(crate) const SUBSCRIPTION_SPEC: &str = concat!(
+    r#"{"type": "object", "description": "Spec defines the desired state of the Subscription.",
+  "required": ["channel"],
+  "properties": {
+    "channel": {"type": "object", "description": "Reference to a channel that will be used to create the subscription. You can specify only the following fields of the KReference: Kind, APIVersion, Name. This field is immutable.",
+      "properties": {
+        "apiVersion": {"type": "string", "description": "API version of the referent."},
+        "kind": {"type": "string", "description": "Kind of the referent."},
+        "name": {"type": "string", "description": "Name of the referent."}
+      }},
+    "subscriber": "#,
+    destination!(
+        "Subscriber is reference to function for processing events. Events from the Channel will be delivered here and replies are sent to a Destination as specified by the Reply."
+    ),
+    r#",
+    "reply": "#,
+    destination!(
+        "Reply specifies (optionally) how to handle events returned from the Subscriber target."
+    ),
+    r#",
+    "delivery": "#,
+    delivery!(),
+    r#"
+  }}"#
+);
+
+/// Sequence `spec`.
+pub(crate) const SEQUENCE_SPEC: &str = concat!(
+    r#"{"type": "object", "description": "Spec defines the desired state of the Sequence.",
+  "properties": {
+    "channelTemplate": "#,
+    channel_template!(),
+    r#",
+    "steps": {"type": "array", "description": "Steps is the list of Destinations (processors / functions) that will be called in the order provided. Each step has its own delivery options.",
+      "items": {"type": "object", "description": "A Destination plus its delivery options.",
+        "properties": {
+          "ref": {"type": "object", "description": "Ref points to an Addressable.", "x-kubernetes-preserve-unknown-fields": true},
+          "uri": {"type": "string", "description": "URI can be an absolute URL or a URL relative to the Ref's address."},
+          "CACerts": {"type": "string", "description": "Certification Authority (CA) certificates in PEM format."},
+          "audience": {"type": "string", "description": "Audience is the OIDC audience."},
+          "delivery": "#,
+    delivery!(),
+    r#"
+        }}},
+    "reply": "#,
+    destination!("Reply is a Reference to where the result of the last Subscriber gets sent to."),
+    r#"
+  }}"#
+);
+
+/// Parallel `spec`.
+pub(crate) const PARALLEL_SPEC: &str = concat!(
+    r#"{"type": "object", "description": "Spec defines the desired state of the Parallel.",
+  "properties": {
+    "channelTemplate": "#,
+    channel_template!(),
+    r#",
+    "branches": {"type": "array", "description": "Branches is the list of Filter/Subscribers pairs.",
+      "items": {"type": "object",
+        "properties": {
+          "filter": "#,
+    destination!(
+        "Filter is the expression guarding the branch: the branch gets the event the filter replies with."
+    ),
+    r#",
+          "subscriber": "#,
+    destination!("Subscriber receiving the event when the filter passes."),
+    r#",
+          "reply": "#,
+    destination!(
+        "Reply is a Reference to where the result of Subscriber of this case gets sent to. If not specified, sent the result to the Parallel Reply."
+    ),
+    r#",
+          "delivery": "#,
+    delivery!(),
+    r#"
+        }}},
+    "reply": "#,
+    destination!(
+        "Reply is a Reference to where the result of a case Subscriber gets sent to when the case does not have a Reply."
+    ),
+    r#"
+  }}"#
+);
+
 #[cfg(test)]
 mod tests {
     #[test]

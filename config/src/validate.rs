@@ -128,6 +128,9 @@ pub struct MeshConfig {
     pub channels: Vec<crate::messaging::ChannelConfig>,
     /// Subscriptions the data plane runs (as written, and those wiring Sequences and Parallels).
     pub subscriptions: Vec<crate::messaging::SubscriptionConfig>,
+    /// The channel kind of Channels, Sequences and Parallels that name none (Knative's
+    /// `default-ch-webhook` ConfigMap, else `serve --default-channel`, else InMemoryChannel).
+    pub channel_defaults: crate::messaging::ChannelDefaults,
     /// What evmesh accepted but does not act on.
     pub warnings: Vec<Warning>,
 }
@@ -142,12 +145,7 @@ const KNATIVE_EVENTING_GROUPS: &[&str] = &[
 
 /// Kinds of Knative Eventing that evmesh will serve but does not yet.
 const NOT_YET_SERVED: &[&str] = &[
-    "Channel",
-    "InMemoryChannel",
     "KafkaChannel",
-    "Subscription",
-    "Sequence",
-    "Parallel",
     "PingSource",
     "KafkaSource",
     "ApiServerSource",
@@ -166,19 +164,20 @@ const NOT_YET_SERVED: &[&str] = &[
     "RabbitmqSource",
 ];
 
-struct Ctx {
-    errors: Vec<ConfigError>,
-    warnings: Vec<Warning>,
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub(crate) errors: Vec<ConfigError>,
+    pub(crate) warnings: Vec<Warning>,
 }
 
 impl Ctx {
-    fn error(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
         self.errors.push(ConfigError::Invalid {
             location: doc.locate(field),
             message: message.into(),
         });
     }
-    fn warn(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, doc: &Document, field: &str, message: impl Into<String>) {
         self.warnings.push(Warning {
             location: doc.locate(field),
             message: message.into(),
@@ -207,7 +206,7 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
 
 /// Deserializes `value` (found at `base` inside the document) into `T`, warning about every
 /// field `T` does not know.
-fn typed<T: DeserializeOwned>(
+pub(crate) fn typed<T: DeserializeOwned>(
     ctx: &mut Ctx,
     doc: &Document,
     base: &str,
@@ -267,6 +266,12 @@ const KNOWN_FIELDS: &[&str] = &[
     "cesql",
     "labels",
     "annotations",
+    "channel",
+    "reply",
+    "steps",
+    "branches",
+    "channelTemplate",
+    "subscribers",
     "spec",
     "metadata",
     "status",
@@ -332,7 +337,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not an ISO-8601 duration (e.g. PT0.5S, PT10S): {e}"))
 }
 
-fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destination) {
+pub(crate) fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destination) {
     match (&dest.reference, &dest.uri) {
         (None, None) => ctx.error(doc, field, "a destination needs `ref` or `uri`"),
         (None, Some(uri)) => match url::Url::parse(uri) {
@@ -390,7 +395,7 @@ fn check_destination(ctx: &mut Ctx, doc: &Document, field: &str, dest: &Destinat
     }
 }
 
-fn check_delivery(
+pub(crate) fn check_delivery(
     ctx: &mut Ctx,
     doc: &Document,
     field: &str,
@@ -492,10 +497,65 @@ pub fn validate_with_brokers(
     docs: &[Document],
     existing_brokers: &HashSet<(String, String)>,
 ) -> Result<MeshConfig, ConfigErrors> {
-    let mut ctx = Ctx {
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    validate_impl(docs, existing_brokers, &ValidationContext::default())
+}
+
+/// What a validation knows beyond its documents.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ValidationContext<'a> {
+    /// The running mesh the documents are applied to: refs to its brokers and channels need no
+    /// "does not exist" warning, Subscriptions find its Channels, its default channel applies.
+    pub running: Option<&'a MeshConfig>,
+    /// The cluster default channel (`serve --default-channel`); a `default-ch-webhook`
+    /// ConfigMap replaces it.
+    pub default_channel: Option<crate::messaging::ChannelKind>,
+}
+
+/// Like [`validate`], with what the caller knows beyond the documents.
+///
+/// ```
+/// use evmesh_config::{ValidationContext, load_str, validate_in};
+/// let running = evmesh_config::MeshConfig::from_yaml("a.yaml",
+///     "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: orders}\n").unwrap();
+/// let docs = load_str("b.yaml", "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {name: s}\nspec:\n  channel: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: orders}\n  subscriber: {uri: http://127.0.0.1:9000/}\n").unwrap();
+/// let mesh = validate_in(&docs, &ValidationContext { running: Some(&running), ..Default::default() }).unwrap();
+/// assert!(mesh.warnings.is_empty());
+/// assert_eq!(mesh.subscriptions[0].channel.1, "orders");
+/// ```
+pub fn validate_in(
+    docs: &[Document],
+    context: &ValidationContext<'_>,
+) -> Result<MeshConfig, ConfigErrors> {
+    let brokers = context
+        .running
+        .map(|m| {
+            m.brokers
+                .iter()
+                .map(|b| {
+                    let m = &b.resource.metadata;
+                    (m.namespace.clone(), m.name.clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    validate_impl(docs, &brokers, context)
+}
+
+/// Addressables evmesh serves that a `ref` may name: brokers `(namespace, name)` and channels,
+/// generic Channels, Sequences and Parallels `(group, kind, namespace, name)`.
+#[derive(Default)]
+pub(crate) struct Known {
+    pub(crate) brokers: HashSet<(String, String)>,
+    pub(crate) channels: HashSet<(String, String, String, String)>,
+}
+
+fn validate_impl(
+    docs: &[Document],
+    existing_brokers: &HashSet<(String, String)>,
+    context: &ValidationContext<'_>,
+) -> Result<MeshConfig, ConfigErrors> {
+    let mut ctx = Ctx::default();
+    let mut messaging = crate::messaging::check::Pending::default();
     let mut brokers: Vec<(Broker, &Document)> = Vec::new();
     let mut triggers: Vec<(Trigger, &Document)> = Vec::new();
     let mut externals = Vec::new();
@@ -591,6 +651,12 @@ pub fn validate_with_brokers(
                     ));
                 }
             }
+            (g, k) if crate::messaging::check::is_served(g, k) => {
+                messaging.collect(&mut ctx, doc, k, api_version, meta, &spec);
+            }
+            (_, k) if crate::messaging::check::is_default_channel_config(api_version, k, &meta) => {
+                messaging.collect_config_map(&mut ctx, doc, &doc.value);
+            }
             ("evmesh.dev", "EventDisplay") => {
                 // Built-in sink that prints events (like Knative's event_display); served by evmesh.
                 externals.push(ExternalResource {
@@ -641,6 +707,19 @@ pub fn validate_with_brokers(
         .map(|(b, _)| (b.metadata.namespace.clone(), b.metadata.name.clone()))
         .collect();
     broker_names.extend(existing_brokers.iter().cloned());
+    let channel_defaults = messaging.defaults(&mut ctx, context);
+    let mut known = Known {
+        brokers: broker_names.clone(),
+        channels: HashSet::new(),
+    };
+    if let Some(running) = context.running {
+        known.channels.extend(
+            crate::messaging::check::addressables(running)
+                .into_iter()
+                .map(|(k, _)| k),
+        );
+    }
+    messaging.known(&channel_defaults, &mut known);
 
     for (broker, doc) in brokers {
         if let Some(class) = broker
@@ -720,7 +799,7 @@ pub fn validate_with_brokers(
             "spec.subscriber.ref",
             &trigger.spec.subscriber,
             &ns,
-            &broker_names,
+            &known,
         );
         let delivery = trigger
             .spec
@@ -739,12 +818,18 @@ pub fn validate_with_brokers(
                 "spec.delivery.deadLetterSink.ref",
                 dls,
                 &ns,
-                &broker_names,
+                &known,
             );
         }
         let name = format!("{ns}/{}", trigger.metadata.name);
         let filter = compile_filter(&mut ctx, doc, &trigger.spec, &name);
         let annotations = &trigger.metadata.annotations;
+        warn_unused_annotations(
+            &mut ctx,
+            doc,
+            annotations,
+            &[DELIVERY_ORDER_ANNOTATION, REPLAY_FROM_ANNOTATION],
+        );
         let order = match annotations.get(DELIVERY_ORDER_ANNOTATION) {
             None => DeliveryOrder::Unordered,
             Some(v) => DeliveryOrder::parse(v).unwrap_or_else(|e| {
@@ -779,6 +864,7 @@ pub fn validate_with_brokers(
             });
         }
     }
+    messaging.finish(&mut ctx, context, channel_defaults, &known, &mut mesh);
     mesh.externals = externals;
     if ctx.errors.is_empty() {
         mesh.warnings = ctx.warnings;
@@ -791,7 +877,32 @@ pub fn validate_with_brokers(
     }
 }
 
-fn check_api_version(ctx: &mut Ctx, doc: &Document, got: &str, want: &str) {
+/// Warns about each Knative or evmesh annotation (a key in a `knative.dev` or `evmesh.dev`
+/// domain) that evmesh does not act on for this kind: such an annotation changes behaviour in
+/// Knative, so ignoring it silently would mislead. Other annotations are the user's own.
+fn warn_unused_annotations(
+    ctx: &mut Ctx,
+    doc: &Document,
+    annotations: &BTreeMap<String, String>,
+    acted_on: &[&str],
+) {
+    for key in annotations.keys() {
+        let domain = key.split_once('/').map(|(d, _)| d).unwrap_or("");
+        let ours = domain == "knative.dev"
+            || domain.ends_with(".knative.dev")
+            || domain == "evmesh.dev"
+            || domain.ends_with(".evmesh.dev");
+        if ours && !acted_on.contains(&key.as_str()) {
+            ctx.warn(
+                doc,
+                "metadata.annotations",
+                format!("annotation {key:?} is not acted on by evmesh (ignored)"),
+            );
+        }
+    }
+}
+
+pub(crate) fn check_api_version(ctx: &mut Ctx, doc: &Document, got: &str, want: &str) {
     if got != want {
         ctx.error(
             doc,
@@ -802,27 +913,46 @@ fn check_api_version(ctx: &mut Ctx, doc: &Document, got: &str, want: &str) {
 }
 
 /// A ref to a kind evmesh serves must name an existing resource.
-fn check_ref_target(
+pub(crate) fn check_ref_target(
     ctx: &mut Ctx,
     doc: &Document,
     field: &str,
     dest: &Destination,
     ns: &str,
-    brokers: &HashSet<(String, String)>,
+    known: &Known,
 ) {
     let Some(r) = &dest.reference else { return };
     let group = r.api_version.split('/').next().unwrap_or("");
-    if r.kind == "Broker" && (group.is_empty() || group == "eventing.knative.dev") {
-        let rns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
-        if !brokers.contains(&(rns.clone(), r.name.clone())) {
+    let rns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
+    if crate::messaging::check::is_served(group, &r.kind) && r.kind != "Subscription" {
+        let key = (
+            group.to_string(),
+            r.kind.clone(),
+            rns.clone(),
+            r.name.clone(),
+        );
+        if !known.channels.contains(&key) {
             ctx.warn(
                 doc,
                 field,
                 format!(
-                    "broker {:?} does not exist in namespace {rns:?} (yet): not ready until it does",
-                    r.name
+                    "{} {:?} does not exist in namespace {rns:?} (yet): not ready until it does",
+                    r.kind, r.name
                 ),
             );
         }
+    }
+    if r.kind == "Broker"
+        && (group.is_empty() || group == "eventing.knative.dev")
+        && !known.brokers.contains(&(rns.clone(), r.name.clone()))
+    {
+        ctx.warn(
+            doc,
+            field,
+            format!(
+                "broker {:?} does not exist in namespace {rns:?} (yet): not ready until it does",
+                r.name
+            ),
+        );
     }
 }

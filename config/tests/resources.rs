@@ -62,3 +62,33 @@ fn typed_resources_are_validated() {
         err.warnings
     );
 }
+
+#[test]
+fn a_knative_annotation_evmesh_does_not_act_on_is_warned_about() {
+    let yaml = r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: t
+  annotations:
+    kafka.eventing.knative.dev/delivery.order: ordered
+    knative.dev/dependency: '{"kind":"Service","name":"x","apiVersion":"serving.knative.dev/v1"}'
+    example.com/owner: team-a
+spec:
+  broker: default
+  subscriber: {uri: http://127.0.0.1:9/}
+"#;
+    let mesh = evmesh_config::MeshConfig::from_yaml("t.yaml", yaml).expect("valid");
+    let about: Vec<&str> = mesh
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("is not acted on"))
+        .map(|w| w.message.as_str())
+        .collect();
+    assert_eq!(about.len(), 1, "{about:?}");
+    assert!(about[0].contains("knative.dev/dependency"), "{about:?}");
+}

@@ -1,0 +1,423 @@
+//! The log seam: a delivery run reads the events it delivers through a [`Cursor`] opened from a
+//! [`ConsumerGroup`], and tells the cursor what is still pending; the run itself owns retries,
+//! ordering lanes and attempts. The embedded broker/channel log ([`EmbeddedGroup`]: the router's
+//! queue, catch-up reads of the store and a checkpoint blob) is the first implementation;
+//! Kafka topics and JetStream streams implement the same two traits.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use evmesh_config::ReplayFrom;
+use evmesh_store::{EventStore, LogId, Offset};
+
+use crate::delivery::Progress;
+use crate::dispatcher::{Checkpoint, InflightEntry, TriggerShared};
+use crate::record::EventRecord;
+
+/// A boxed future, so that the seam's traits stay object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The position of a record: partition and offset (the embedded log has one partition, 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    /// Partition.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+}
+
+impl Pos {
+    /// A position in the embedded log's only partition.
+    pub fn embedded(offset: u64) -> Pos {
+        Pos {
+            partition: 0,
+            offset,
+        }
+    }
+}
+
+/// A delivery that has not finished, as a run hands it to [`Cursor::save`].
+#[derive(Debug)]
+pub struct Pending<'a> {
+    /// Where the event is.
+    pub pos: Pos,
+    /// Its retry state.
+    pub progress: &'a Progress,
+    /// When its next attempt is due (Unix ms); `None` = at once or running.
+    pub due_ms: Option<u64>,
+}
+
+/// A pending delivery restored from a log's saved state, to be resumed first.
+#[derive(Debug)]
+pub struct Restored {
+    /// Where the event is.
+    pub pos: Pos,
+    /// Its retry state.
+    pub progress: Progress,
+    /// When its next attempt is due (Unix ms).
+    pub due_ms: Option<u64>,
+}
+
+/// One run's view of a log: the records it has to deliver, in log order per partition, and where
+/// it stands. Only the run that opened it uses it.
+pub trait Cursor: Send {
+    /// Pending deliveries saved by an earlier run (with their retry state); taken once.
+    fn restored(&mut self) -> Vec<Restored>;
+    /// The next record to deliver, or `None` when none is available now (then the run waits for
+    /// [`wakeup`](Cursor::wakeup) or [`wake_at`](Cursor::wake_at)). The event may be left out
+    /// (`None`) when the cursor did not keep it in memory; the run then [`load`](Cursor::load)s it.
+    fn next(&mut self) -> BoxFuture<'_, Option<(Pos, Option<Arc<EventRecord>>)>>;
+    /// When [`next`](Cursor::next) should be called again even without a wakeup.
+    fn wake_at(&self) -> Option<Instant>;
+    /// Resolves when new records may be available.
+    fn wakeup(&self) -> BoxFuture<'static, ()>;
+    /// Reads the event at `pos`.
+    fn load(&self, pos: Pos) -> BoxFuture<'static, Result<Arc<EventRecord>, String>>;
+    /// Saves where the run stands: every record handed out by `next` is done except `pending`.
+    /// A log with durable local state keeps the retry state too; others keep the position.
+    fn save(&mut self, pending: &[Pending<'_>]);
+    /// Repositions the run at `to` (a replay). `tag` is remembered as applied (see
+    /// [`applied_tag`](Cursor::applied_tag)). Resolves with the position it resumes from.
+    fn seek(&mut self, to: ReplayFrom, tag: Option<String>) -> BoxFuture<'_, Result<Pos, String>>;
+    /// The tag of the last applied [`seek`](Cursor::seek) (the `evmesh.dev/replay-from` value).
+    fn applied_tag(&self) -> Option<&str>;
+    /// Where the run stands: the first position not yet handed out.
+    fn position(&self) -> Pos;
+}
+
+/// A consumer group on a log: opens the cursor of a run; opened again after the run failed, it
+/// resumes from the saved state.
+pub trait ConsumerGroup: Send + Sync {
+    /// Opens a cursor for a run.
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn Cursor>, String>>;
+}
+
+/// Records read per batch from the embedded store.
+const READ_BATCH: usize = 512;
+/// How long a catch-up read that failed waits before it is tried again.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
+/// Log batches a catch-up reads before the run's loop takes a turn.
+const CATCH_UP_READS_PER_TURN: usize = 8;
+/// Bytes of a failed response body kept in a checkpoint: what `knativeerrordata` needs.
+const MAX_KEPT_BODY: usize = 1024;
+
+/// A trigger's or subscription's membership in an embedded broker's or channel's log: the
+/// router feeds its queue, and its progress is a checkpoint blob in the store.
+pub(crate) struct EmbeddedGroup {
+    pub(crate) shared: Arc<TriggerShared>,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) log: LogId,
+    pub(crate) router_next: Arc<AtomicU64>,
+    /// The checkpoint read when the route started; the first run resumes from it (reading the
+    /// router's queue), later runs from the saved one (reading the log themselves).
+    pub(crate) restored: Mutex<Option<Checkpoint>>,
+}
+
+impl ConsumerGroup for EmbeddedGroup {
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn Cursor>, String>> {
+        Box::pin(async move {
+            let first = self
+                .restored
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let (checkpoint, catch_up) = match first {
+                Some(cp) => (cp, false),
+                None => (self.reload_checkpoint().await?, true),
+            };
+            let at = checkpoint.taken_upto;
+            Ok(Box::new(EmbeddedCursor {
+                shared: self.shared.clone(),
+                store: self.store.clone(),
+                log: self.log.clone(),
+                router_next: self.router_next.clone(),
+                taken_upto: at,
+                skip_below: at,
+                catch_up: catch_up.then_some(at),
+                backlog: VecDeque::new(),
+                catch_up_wait: None,
+                replay_applied: checkpoint.replay_applied,
+                restored: checkpoint.inflight,
+            }) as Box<dyn Cursor>)
+        })
+    }
+}
+
+impl EmbeddedGroup {
+    async fn reload_checkpoint(&self) -> Result<Checkpoint, String> {
+        let store = self.store.clone();
+        let key = self.shared.checkpoint_key.clone();
+        let saved = tokio::task::spawn_blocking(move || store.checkpoints(&key))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("could not read its checkpoint: {e}"))?;
+        match saved
+            .into_iter()
+            .find(|(k, _)| *k == self.shared.checkpoint_key)
+        {
+            Some((_, bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("its checkpoint is unreadable: {e}")),
+            // It failed before its first checkpoint: it starts where it started before.
+            None => Ok(Checkpoint {
+                taken_upto: self.shared.start,
+                ..Checkpoint::default()
+            }),
+        }
+    }
+}
+
+/// The cursor of a run on the embedded log: events from the router's queue, or read from the
+/// store itself ("catch-up": after a replay, and after the run was restarted).
+///
+/// Progress is `{taken_upto, inflight}`: every matching event below `taken_upto` is complete
+/// except those listed in `inflight` (with their retry state). That record stays small (bounded
+/// by the in-flight limit) however far the run lags behind.
+struct EmbeddedCursor {
+    shared: Arc<TriggerShared>,
+    store: Arc<dyn EventStore>,
+    log: LogId,
+    router_next: Arc<AtomicU64>,
+    taken_upto: Offset,
+    /// Queue entries below this were already read by catch-up.
+    skip_below: Offset,
+    /// Reading the log itself from this offset.
+    catch_up: Option<Offset>,
+    /// Matching events read by catch-up, not taken yet.
+    backlog: VecDeque<(Offset, Arc<EventRecord>)>,
+    catch_up_wait: Option<Instant>,
+    replay_applied: Option<String>,
+    restored: Vec<InflightEntry>,
+}
+
+impl EmbeddedCursor {
+    /// Reads one batch from `from` and keeps what matches the route's filter. Returns the
+    /// matches, the offset after the batch and whether the batch reached the log's end.
+    async fn read_matching(
+        &self,
+        from: Offset,
+    ) -> Result<(Vec<(Offset, Arc<EventRecord>)>, Offset, bool), String> {
+        let store = self.store.clone();
+        let log = self.log.clone();
+        let batch = tokio::task::spawn_blocking(move || store.read(&log, from, READ_BATCH))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let at_end = batch.len() < READ_BATCH;
+        let mut next = from;
+        let mut matched = Vec::new();
+        let filter = self.shared.filter();
+        for record in batch {
+            next = record.offset + 1;
+            match EventRecord::from_stored(&record.payload) {
+                Ok(event) if filter.matches(&event) => {
+                    matched.push((record.offset, Arc::new(event)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Never skipped: the catch-up stops here and retries; the route says why.
+                    let reason = format!(
+                        "record {} of log {} cannot be read ({e}); delivery stops there rather than skip it",
+                        record.offset,
+                        self.log.as_str()
+                    );
+                    self.shared.set_not_ready("log", Some(reason.clone()));
+                    if matched.is_empty() {
+                        return Err(reason);
+                    }
+                    // Deliver what matched before it; the next read starts at the bad record.
+                    return Ok((matched, record.offset, false));
+                }
+            }
+        }
+        Ok((matched, next, at_end))
+    }
+
+    async fn next_event(&mut self) -> Option<(Pos, Option<Arc<EventRecord>>)> {
+        let mut reads = 0;
+        loop {
+            if let Some((offset, event)) = self.backlog.pop_front() {
+                self.taken_upto = self.taken_upto.max(offset + 1);
+                return Some((Pos::embedded(offset), Some(event)));
+            }
+            let Some(cursor) = self.catch_up else {
+                break;
+            };
+            if self.catch_up_wait.is_some_and(|w| w > Instant::now()) {
+                return None;
+            }
+            self.catch_up_wait = None;
+            if reads == CATCH_UP_READS_PER_TURN {
+                // Let the run's loop handle completions and checkpoints, then go on at once.
+                self.catch_up_wait = Some(Instant::now());
+                return None;
+            }
+            reads += 1;
+            match self.read_matching(cursor).await {
+                Ok((matched, next, at_end)) => {
+                    self.shared.set_not_ready("log", None);
+                    if matched.is_empty() {
+                        self.taken_upto = self.taken_upto.max(next);
+                    }
+                    self.backlog.extend(matched);
+                    if at_end {
+                        // Everything from `next` on is (or will be) queued by the router.
+                        self.catch_up = None;
+                        self.skip_below = next;
+                    } else {
+                        self.catch_up = Some(next);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(route = %self.shared.name, offset = cursor, "reading the log: {e}");
+                    self.catch_up_wait = Some(Instant::now() + CATCH_UP_RETRY);
+                    return None;
+                }
+            }
+        }
+        while let Some((offset, event)) = self.shared.pop() {
+            if offset >= self.skip_below {
+                self.taken_upto = self.taken_upto.max(offset + 1);
+                return Some((Pos::embedded(offset), event));
+            }
+        }
+        None
+    }
+}
+
+impl Cursor for EmbeddedCursor {
+    fn restored(&mut self) -> Vec<Restored> {
+        std::mem::take(&mut self.restored)
+            .into_iter()
+            .map(|e| Restored {
+                pos: Pos::embedded(e.offset),
+                progress: e.progress,
+                due_ms: e.due_ms,
+            })
+            .collect()
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Option<(Pos, Option<Arc<EventRecord>>)>> {
+        Box::pin(self.next_event())
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        self.catch_up_wait
+    }
+
+    fn wakeup(&self) -> BoxFuture<'static, ()> {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.notify.notified().await })
+    }
+
+    fn load(&self, pos: Pos) -> BoxFuture<'static, Result<Arc<EventRecord>, String>> {
+        Box::pin(load(self.store.clone(), self.log.clone(), pos.offset))
+    }
+
+    fn save(&mut self, pending: &[Pending<'_>]) {
+        if self.catch_up.is_none() && self.backlog.is_empty() {
+            // Attached first, then the router position: once the router has this route in its
+            // table, everything below that position that matched was queued.
+            let attached = self.shared.is_attached();
+            let routed = self.router_next.load(Ordering::Acquire);
+            let queue_empty = self
+                .shared
+                .queue
+                .lock()
+                .map(|q| q.is_empty())
+                .unwrap_or(false);
+            if queue_empty && attached {
+                self.taken_upto = self.taken_upto.max(routed);
+            }
+        }
+        let cp = Checkpoint {
+            taken_upto: self.taken_upto,
+            inflight: pending
+                .iter()
+                .map(|p| {
+                    let mut progress = p.progress.clone();
+                    if let Some(f) = progress.last_failure.as_mut() {
+                        f.body.truncate(MAX_KEPT_BODY);
+                    }
+                    InflightEntry {
+                        offset: p.pos.offset,
+                        progress,
+                        due_ms: p.due_ms,
+                    }
+                })
+                .collect(),
+            replay_applied: self.replay_applied.clone(),
+        };
+        let low = pending
+            .iter()
+            .map(|p| p.pos.offset)
+            .min()
+            .unwrap_or(self.taken_upto)
+            .min(self.taken_upto);
+        self.shared.low_watermark.store(low, Ordering::Release);
+        match serde_json::to_vec(&cp) {
+            Ok(bytes) => {
+                if let Err(e) = self
+                    .store
+                    .put_checkpoint(&self.shared.checkpoint_key, bytes)
+                {
+                    tracing::error!(route = %self.shared.name, "saving progress: {e}");
+                }
+            }
+            Err(e) => tracing::error!(route = %self.shared.name, "encoding progress: {e}"),
+        }
+    }
+
+    fn seek(&mut self, to: ReplayFrom, tag: Option<String>) -> BoxFuture<'_, Result<Pos, String>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            let log = self.log.clone();
+            let at =
+                tokio::task::spawn_blocking(move || crate::replay::seek(store.as_ref(), &log, to))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            self.taken_upto = at;
+            self.skip_below = at;
+            self.catch_up = Some(at);
+            self.backlog.clear();
+            self.catch_up_wait = None;
+            if tag.is_some() {
+                self.replay_applied = tag;
+            }
+            // Nothing is pending at the new position: saved at once.
+            self.save(&[]);
+            Ok(Pos::embedded(at))
+        })
+    }
+
+    fn applied_tag(&self) -> Option<&str> {
+        self.replay_applied.as_deref()
+    }
+
+    fn position(&self) -> Pos {
+        Pos::embedded(self.taken_upto)
+    }
+}
+
+/// Reads one event of the embedded log.
+pub(crate) async fn load(
+    store: Arc<dyn EventStore>,
+    log: LogId,
+    offset: Offset,
+) -> Result<Arc<EventRecord>, String> {
+    let records = tokio::task::spawn_blocking(move || store.read(&log, offset, 1))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    match records.into_iter().next() {
+        Some(r) if r.offset == offset => EventRecord::from_stored(&r.payload)
+            .map(Arc::new)
+            .map_err(|e| format!("stored event at offset {offset} is undecodable: {e}")),
+        _ => Err(format!(
+            "event at offset {offset} is no longer in the log (retention)"
+        )),
+    }
+}
