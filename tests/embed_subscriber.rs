@@ -457,3 +457,31 @@ async fn subscriptions_to_one_name_share_its_deliveries() {
     .await;
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_yaml_subscription_delivers_to_an_in_process_subscriber() {
+    let yaml = r#"apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {name: jobs}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {name: workers}
+spec:
+  channel: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: jobs}
+  subscriber:
+    ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: workers}
+"#;
+    let (running, _dir) = start(yaml).await;
+    let mut workers = running.subscribe("workers");
+    let status = common::post_binary(
+        &format!("{}channels/default/jobs", running.url()),
+        order("job-1"),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let d = next(&mut workers).await;
+    assert_eq!(d.event().id(), "job-1");
+    d.ack();
+    running.shutdown().await;
+}
