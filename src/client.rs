@@ -278,6 +278,8 @@ fn print_table(kind: &KindInfo, items: &[Value], all_namespaces: bool) {
     match kind.kind {
         "Broker" => header.extend(["URL", "AGE", "READY", "REASON"]),
         "Trigger" => header.extend(["BROKER", "SUBSCRIBER_URI", "AGE", "READY", "REASON"]),
+        "PingSource" => header.extend(["SINK", "SCHEDULE", "AGE", "READY", "REASON"]),
+        "GitHubSource" => header.extend(["SINK", "AGE", "READY", "REASON"]),
         _ => header.extend(["URL", "AGE", "READY", "REASON"]),
     }
     for item in items {
@@ -301,6 +303,13 @@ fn print_table(kind: &KindInfo, items: &[Value], all_namespaces: bool) {
                         .unwrap_or("")
                         .to_string(),
                 );
+            }
+            "PingSource" | "GitHubSource" => {
+                let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+                row.push(text(&item["status"]["sinkUri"]));
+                if kind.kind == "PingSource" {
+                    row.push(text(&item["spec"]["schedule"]));
+                }
             }
             _ => row.push(
                 item["status"]["address"]["url"]

@@ -74,6 +74,7 @@ mod display;
 mod kube;
 pub mod prelude;
 mod runtime;
+mod sources;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -516,10 +517,12 @@ impl Drop for MeshInner {
         self.ready.store(false, Ordering::Release);
         let _ = self.stop.send(true);
         let service = self.service.clone();
+        let runtime = self.runtime.clone();
         let subscribers = self.service.subscribers().clone();
         let store = self.store.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                runtime.sources().shutdown().await;
                 service.shutdown().await;
                 subscribers.close();
                 store.close();
@@ -699,10 +702,11 @@ impl RunningMesh {
         })
     }
 
-    /// The mesh's HTTP routes (broker and channel ingress, admin API and health, event display,
-    /// `/metrics`) for merging into an existing axum app at its root.
+    /// The mesh's HTTP routes (broker and channel ingress, source webhooks, admin API and health,
+    /// event display, `/metrics`) for merging into an existing axum app at its root.
     pub fn router(&self) -> Router {
         self.ingress_router()
+            .merge(self.inner.runtime.sources().router())
             .merge(self.admin_router())
             .merge(display::routes())
             .merge(self.metrics_router())
@@ -783,6 +787,8 @@ impl RunningMesh {
             return;
         }
         self.inner.ready.store(false, Ordering::Release);
+        // Sources stop first: they publish into the brokers.
+        self.inner.runtime.sources().shutdown().await;
         self.inner.service.shutdown().await;
         self.inner.service.subscribers().close();
         self.inner.store.close();

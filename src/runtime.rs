@@ -98,6 +98,7 @@ struct Desired {
 
 struct Inner {
     service: BrokerService,
+    sources: crate::sources::SourceRuntime,
     store: Arc<dyn EventStore>,
     ingress: Url,
     url_template: Option<String>,
@@ -213,6 +214,11 @@ impl Runtime {
         let (events, _) = broadcast::channel(1024);
         let runtime = Runtime {
             inner: Arc::new(Inner {
+                sources: crate::sources::SourceRuntime::new(
+                    service.clone(),
+                    store.clone(),
+                    ingress.clone(),
+                ),
                 service,
                 store,
                 ingress,
@@ -230,6 +236,11 @@ impl Runtime {
             .await
             .map_err(crate::Error::Config)?;
         Ok((runtime, warnings))
+    }
+
+    /// The mesh's sources.
+    pub(crate) fn sources(&self) -> &crate::sources::SourceRuntime {
+        &self.inner.sources
     }
 
     /// The validated desired configuration.
@@ -393,14 +404,22 @@ impl Runtime {
         desired.resources = next;
         let mesh = Arc::new(mesh);
         self.publish_snapshot(&desired, mesh.clone());
+        // The data plane also runs each source's internal channel and subscription; deleted
+        // sources stop before their channels go.
+        self.inner.sources.prune(&mesh).await;
+        let data_plane = crate::sources::with_source_channels(&mesh);
         if let Err(e) = self
             .inner
             .service
-            .reconcile(&mesh, &self.resolver(&mesh))
+            .reconcile(data_plane.as_ref().unwrap_or(&mesh), &self.resolver(&mesh))
             .await
         {
             tracing::error!("reconcile: {e}");
         }
+        self.inner
+            .sources
+            .reconcile(&mesh, &self.resolver(&mesh))
+            .await;
         let mut rv = desired.rv;
         for (k, s, t) in changes {
             if let Some(s) = s {
@@ -808,11 +827,18 @@ impl Runtime {
                 .reconcile_trigger(namespace, name, mesh, &resolver)
                 .await
         } else {
-            self.inner.service.reconcile(mesh, &resolver).await
+            self.inner.sources.prune(mesh).await;
+            let data_plane = crate::sources::with_source_channels(mesh);
+            self.inner
+                .service
+                .reconcile(data_plane.as_ref().unwrap_or(mesh), &resolver)
+                .await
         };
         if let Err(e) = result {
             tracing::error!("reconcile {} {namespace}/{name}: {e}", kind.kind);
         }
+        // Sources follow every change: their sink broker may have come or gone.
+        self.inner.sources.reconcile(mesh, &resolver).await;
     }
 
     /// The stored manifests of one kind (optionally in one namespace), and those a Channel,
@@ -1015,6 +1041,7 @@ impl Runtime {
                     "evmesh": v.map(|v| json!({"counters": v.counters})),
                 })
             }
+            ("sources.knative.dev", k) => self.inner.sources.status(k, ns, name, generation),
             _ => {
                 let url = event_display_url(&self.inner.ingress, ns, name);
                 json!({
@@ -1053,6 +1080,9 @@ fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     match kind.kind {
         "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
         "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
+        "PingSource" | "GitHubSource" => mesh
+            .sources
+            .retain(|s| !(s.kind() == kind.kind && is(&s.metadata))),
         "InMemoryChannel" => mesh.channels.retain(|c| !written(&c.metadata)),
         "Subscription" => mesh.subscriptions.retain(|s| !written(&s.metadata)),
         "Channel" | "Sequence" | "Parallel" => {
@@ -1068,6 +1098,7 @@ fn splice_into_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     mesh.brokers.extend(one.brokers);
     mesh.triggers.extend(one.triggers);
     mesh.externals.extend(one.externals);
+    mesh.sources.extend(one.sources);
     mesh.channels.extend(one.channels);
     mesh.subscriptions.extend(one.subscriptions);
 }

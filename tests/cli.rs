@@ -163,10 +163,13 @@ fn validate_warns_about_unsupported_fields_instead_of_ignoring_them() {
 
 #[test]
 fn validate_warns_about_knative_kinds_not_served_yet() {
-    let yaml = "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata: {name: p}\nspec: {schedule: '* * * * *'}\n";
-    let (ok, out) = validate(&[("ping.yaml", yaml)]);
+    let yaml = "apiVersion: sources.knative.dev/v1\nkind: ApiServerSource\nmetadata: {name: a}\nspec: {mode: Reference}\n";
+    let (ok, out) = validate(&[("apiserver.yaml", yaml)]);
     assert!(ok, "{out}");
-    assert!(line_with(&out, "PingSource").contains("warning"), "{out}");
+    assert!(
+        line_with(&out, "ApiServerSource").contains("warning"),
+        "{out}"
+    );
 }
 
 #[test]

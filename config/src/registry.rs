@@ -73,6 +73,28 @@ const REASON_COL: PrinterColumn = PrinterColumn {
     priority: 0,
 };
 
+const SINK_COL: PrinterColumn = PrinterColumn {
+    name: "Sink",
+    type_: "string",
+    json_path: ".status.sinkUri",
+    description: "",
+    priority: 0,
+};
+const PING_COLUMNS: &[PrinterColumn] = &[
+    SINK_COL,
+    PrinterColumn {
+        name: "Schedule",
+        type_: "string",
+        json_path: ".spec.schedule",
+        description: "",
+        priority: 0,
+    },
+    AGE,
+    READY_COL,
+    REASON_COL,
+];
+const PING_DESCRIPTION: &str = "PingSource describes an event source with a fixed payload produced on a specified cron schedule.";
+
 impl KindInfo {
     /// `group/version`.
     pub fn api_version(&self) -> String {
@@ -216,6 +238,42 @@ pub const KINDS: &[KindInfo] = &[
         printer_columns: &[URL_COL, AGE, READY_COL, REASON_COL],
         spec_schema: crate::schemas::PARALLEL_SPEC,
         description: "Parallel defines conditional branches that will be wired in series through Channels and Subscriptions.",
+    },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1",
+        kind: "PingSource",
+        plural: "pingsources",
+        singular: "pingsource",
+        short_names: &[],
+        categories: &["all", "knative", "sources"],
+        printer_columns: PING_COLUMNS,
+        spec_schema: crate::schemas::PING_SOURCE_SPEC,
+        description: PING_DESCRIPTION,
+    },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1beta2",
+        kind: "PingSource",
+        plural: "pingsources",
+        singular: "pingsource",
+        short_names: &[],
+        categories: &["all", "knative", "sources"],
+        printer_columns: PING_COLUMNS,
+        spec_schema: crate::schemas::PING_SOURCE_SPEC,
+        description: PING_DESCRIPTION,
+    },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1alpha1",
+        kind: "GitHubSource",
+        plural: "githubsources",
+        singular: "githubsource",
+        short_names: &[],
+        categories: &["all", "knative", "eventing", "sources"],
+        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
+        spec_schema: crate::schemas::GITHUB_SOURCE_SPEC,
+        description: "GitHubSource is the Schema for the githubsources API: it turns GitHub webhook deliveries into CloudEvents sent to its sink.",
     },
 ];
 

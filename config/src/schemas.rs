@@ -231,6 +231,79 @@ pub(crate) const PARALLEL_SPEC: &str = concat!(
   }}"#
 );
 
+/// `ceOverrides` of a source.
+macro_rules! ce_overrides {
+    () => {
+        r#"{"type": "object", "description": "CloudEventOverrides defines overrides to control the output format and modifications of the event sent to the sink.",
+  "properties": {
+    "extensions": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Extensions specify what attribute are added or overridden on the outbound event. Each `Extensions` key-value pair are set on the event as an attribute extension independently."}
+  }}"#
+    };
+}
+
+/// A `secretKeyRef` holder.
+macro_rules! secret_value {
+    ($desc:literal) => {
+        concat!(
+            r#"{"type": "object", "description": ""#,
+            $desc,
+            r#"",
+  "properties": {
+    "secretKeyRef": {"type": "object", "description": "The Secret key to select from.",
+      "required": ["key"],
+      "properties": {
+        "name": {"type": "string", "description": "Name of the referent (a v1 Secret in the same namespace)."},
+        "key": {"type": "string", "description": "The key of the secret to select from."},
+        "optional": {"type": "boolean", "description": "Specify whether the Secret or its key must be defined."}
+      }}
+  }}"#
+        )
+    };
+}
+
+/// PingSource `spec` (v1 and v1beta2).
+pub(crate) const PING_SOURCE_SPEC: &str = concat!(
+    r#"{"type": "object", "description": "PingSourceSpec defines the desired state of the PingSource (from the client).",
+  "properties": {
+    "ceOverrides": "#,
+    ce_overrides!(),
+    r#",
+    "contentType": {"type": "string", "description": "ContentType is the media type of `data` or `dataBase64`. Default is empty."},
+    "data": {"type": "string", "description": "Data is data used as the body of the event posted to the sink. Default is empty. Mutually exclusive with `dataBase64`."},
+    "dataBase64": {"type": "string", "description": "DataBase64 is the base64-encoded string of the actual event's body posted to the sink. Default is empty. Mutually exclusive with `data`."},
+    "schedule": {"type": "string", "description": "Schedule is the cron schedule. Defaults to `* * * * *`."},
+    "sink": "#,
+    destination!("Sink is a reference to an object that will resolve to a uri to use as the sink."),
+    r#",
+    "timezone": {"type": "string", "description": "Timezone modifies the actual time relative to the specified timezone. Defaults to the system time zone."}
+  }}"#
+);
+
+/// GitHubSource `spec` (v1alpha1).
+pub(crate) const GITHUB_SOURCE_SPEC: &str = concat!(
+    r#"{"type": "object", "description": "GitHubSourceSpec defines the desired state of GitHubSource.",
+  "required": ["ownerAndRepository", "eventTypes", "secretToken"],
+  "properties": {
+    "accessToken": "#,
+    secret_value!("Access token for the GitHub API, used to register the webhook."),
+    r#",
+    "ceOverrides": "#,
+    ce_overrides!(),
+    r#",
+    "eventTypes": {"type": "array", "minItems": 1, "description": "List of webhooks to enable on the selected GitHub repository.", "items": {"type": "string"}},
+    "githubAPIURL": {"type": "string", "description": "URL for enterprise GitHub."},
+    "ownerAndRepository": {"type": "string", "minLength": 1, "description": "Reference to the GitHub repository to receive events from, in the format user/repository."},
+    "secretToken": "#,
+    secret_value!("Arbitrary token used to validate requests to webhooks."),
+    r#",
+    "secure": {"type": "boolean", "description": "Set to true to enable secure webhook invocation."},
+    "serviceAccountName": {"type": "string", "description": "Service Account to run Receive Adapter as. If omitted, uses 'default'."},
+    "sink": "#,
+    destination!("Reference to an object that will resolve to a domain name to use as the sink."),
+    r#"
+  }}"#
+);
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -133,6 +133,10 @@ pub struct MeshConfig {
     pub channel_defaults: crate::messaging::ChannelDefaults,
     /// What evmesh accepted but does not act on.
     pub warnings: Vec<Warning>,
+    /// Sources (PingSource, GitHubSource).
+    pub sources: Vec<crate::sources::SourceConfig>,
+    /// `v1` Secrets (sources read their tokens from them).
+    pub secrets: Vec<crate::sources::SecretConfig>,
 }
 
 const KNATIVE_EVENTING_GROUPS: &[&str] = &[
@@ -146,10 +150,8 @@ const KNATIVE_EVENTING_GROUPS: &[&str] = &[
 /// Kinds of Knative Eventing that evmesh will serve but does not yet.
 const NOT_YET_SERVED: &[&str] = &[
     "KafkaChannel",
-    "PingSource",
     "KafkaSource",
     "ApiServerSource",
-    "GitHubSource",
     "ContainerSource",
     "SinkBinding",
     "EventType",
@@ -275,6 +277,20 @@ const KNOWN_FIELDS: &[&str] = &[
     "spec",
     "metadata",
     "status",
+    "schedule",
+    "timezone",
+    "contentType",
+    "dataBase64",
+    "ceOverrides",
+    "extensions",
+    "sink",
+    "ownerAndRepository",
+    "eventTypes",
+    "accessToken",
+    "secretToken",
+    "secretKeyRef",
+    "githubAPIURL",
+    "stringData",
 ];
 
 /// The closest known field name, when it is close enough to be a likely typo.
@@ -559,6 +575,8 @@ fn validate_impl(
     let mut brokers: Vec<(Broker, &Document)> = Vec::new();
     let mut triggers: Vec<(Trigger, &Document)> = Vec::new();
     let mut externals = Vec::new();
+    let mut sources: Vec<(crate::sources::SourceConfig, &Document)> = Vec::new();
+    let mut secrets = Vec::new();
     let mut seen = HashSet::new();
 
     for doc in docs {
@@ -665,6 +683,19 @@ fn validate_impl(
                     metadata: meta,
                     address: None,
                 });
+            }
+            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource")) => {
+                if let Some(s) =
+                    crate::sources::check_source(&mut ctx, doc, api_version, k, meta, &spec)
+                {
+                    sources.push((s, doc));
+                }
+            }
+            ("v1", "Secret") => {
+                if let Some(s) = crate::sources::check_secret(&mut ctx, doc, api_version, meta, obj)
+                {
+                    secrets.push(s);
+                }
             }
             (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) && NOT_YET_SERVED.contains(&k) => {
                 ctx.warn(
@@ -866,6 +897,17 @@ fn validate_impl(
     }
     messaging.finish(&mut ctx, context, channel_defaults, &known, &mut mesh);
     mesh.externals = externals;
+    let secret_names: HashSet<(String, String)> = secrets
+        .iter()
+        .map(|s: &crate::sources::SecretConfig| {
+            (s.metadata.namespace.clone(), s.metadata.name.clone())
+        })
+        .collect();
+    for (source, doc) in sources {
+        crate::sources::check_source_refs(&mut ctx, doc, &source, &known, &secret_names);
+        mesh.sources.push(source);
+    }
+    mesh.secrets = secrets;
     if ctx.errors.is_empty() {
         mesh.warnings = ctx.warnings;
         Ok(mesh)
