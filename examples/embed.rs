@@ -1,15 +1,17 @@
-//! Embedding evmesh in a Rust service: build a mesh from YAML, start it on your own listener,
-//! publish an event without HTTP, watch it get delivered, shut down gracefully.
+//! Embedding evmesh in a Rust service, using only `evmesh::prelude`: build a mesh from YAML,
+//! start it on your own listener, receive order events in an in-process subscriber (no HTTP),
+//! answer them with a reply that a second trigger routes, shut down gracefully.
 //!
 //! Run: `cargo run --example embed`
 
 use std::time::Duration;
 
-use cloudevents::{EventBuilder, EventBuilderV10};
+use evmesh::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // A broker and a trigger that sends order events to the built-in event display.
+    // Orders go to the in-process subscriber `orders`; its replies (order.confirmed) come back
+    // into the broker and go to the built-in event display.
     let yaml = r#"
 apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -21,7 +23,16 @@ metadata: {name: orders}
 spec:
   broker: default
   filters:
-    - cesql: "type LIKE 'order.%'"
+    - cesql: "type = 'order.created'"
+  subscriber:
+    ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: orders}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: confirmations}
+spec:
+  broker: default
+  filter: {attributes: {type: order.confirmed}}
   subscriber:
     ref: {apiVersion: evmesh.dev/v1alpha1, kind: EventDisplay, name: display}
 ---
@@ -30,7 +41,7 @@ kind: EventDisplay
 metadata: {name: display}
 "#;
     let data = std::env::temp_dir().join(format!("evmesh-embed-{}", std::process::id()));
-    let mesh = evmesh::Mesh::from_yaml(yaml)?.data_dir(&data);
+    let mesh = Mesh::from_yaml(yaml)?.data_dir(&data).strict(true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let running = mesh.start(listener).await?;
     println!(
@@ -38,29 +49,54 @@ metadata: {name: display}
         running.broker_url("default", "default")
     );
 
+    // The subscriber: confirms each order with a reply event.
+    let mut orders = running.subscribe("orders");
+    let subscriber = tokio::spawn(async move {
+        while let Some(delivery) = orders.next().await {
+            let id = delivery.event().id().to_string();
+            println!(
+                "order {id}: {}",
+                String::from_utf8_lossy(delivery.data().unwrap_or_default())
+            );
+            match EventBuilderV10::new()
+                .id(format!("confirm-{id}"))
+                .source("/embed/billing")
+                .ty("order.confirmed")
+                .build()
+            {
+                Ok(reply) => delivery.reply(reply),
+                Err(e) => delivery.nack(Nack::reject(e.to_string())),
+            }
+        }
+    });
+
     let event = EventBuilderV10::new()
         .id("order-1")
         .source("/embed")
         .ty("order.created")
-        .data("application/json", serde_json::json!({"total": 42}))
+        .data("application/json", br#"{"total": 42.50}"#.to_vec())
         .build()?;
     let offset = running.publish("default", "default", event).await?;
     println!("stored at offset {offset}");
 
-    // Wait (bounded) until the trigger reports the delivery.
-    let mut delivered = 0;
-    for _ in 0..100 {
-        delivered = running.service().triggers()[0].counters.delivered;
-        if delivered == 1 {
+    // Wait (bounded) until the confirmation went through the second trigger.
+    let mut done = false;
+    for _ in 0..200 {
+        let confirmed = running
+            .trigger("default", "confirmations")
+            .map(|t| t.counters.delivered);
+        if confirmed == Some(1) {
+            done = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    running.shutdown().await;
+    running.shutdown().await; // the subscription stream ends here
+    subscriber.await?;
     let _ = std::fs::remove_dir_all(&data);
-    if delivered != 1 {
-        return Err("the event was not delivered".into());
+    if !done {
+        return Err("the order was not confirmed".into());
     }
-    println!("delivered: {delivered}");
+    println!("order confirmed through an in-process subscriber");
     Ok(())
 }

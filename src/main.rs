@@ -367,9 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            for w in &mesh.config().warnings {
-                tracing::warn!("{w}");
-            }
+            // Configuration warnings are logged by the library at start.
             let admin_token = admin_token(admin_token_file.as_deref(), &data_dir)?;
             let mut options = Options {
                 admin_token: Some(admin_token),

@@ -69,14 +69,65 @@ pub enum ReplyTo {
     Discard,
 }
 
-/// An evmesh address served in this process (a broker's or a channel's ingress): deliveries to
-/// its URL are handed over in memory, never over loopback HTTP, and never re-encoded.
+/// A boxed future a [`LocalSink`] answers with.
+pub type LocalFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// One delivery to a [`LocalSink`]: what an HTTP attempt would carry, without the encoding.
+#[derive(Clone, Debug)]
+pub struct LocalRequest {
+    /// The URL the delivery is addressed to (for `knativeerrordest` and status).
+    pub url: Url,
+    /// The event, as stored (never re-encoded).
+    pub event: EventRecord,
+    /// Whether a reply is wanted (`Prefer: reply`): a subscriber attempt, not a dead letter or
+    /// a reply hop.
+    pub want_reply: bool,
+    /// The delivery's per-attempt timeout (`delivery.timeout`), `None` for the default.
+    pub timeout: Option<Duration>,
+}
+
+/// An evmesh address served in this process (a broker's or a channel's ingress, an embedder's
+/// in-process subscriber): deliveries to its URL are handed over in memory, never over loopback
+/// HTTP, and never re-encoded.
 pub trait LocalSink: Send + Sync {
     /// Accepts one event as the address's ingress would; resolves once it is durably stored.
-    fn accept(
-        &self,
-        event: EventRecord,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LocalRefusal>> + Send + '_>>;
+    fn accept(&self, event: EventRecord) -> LocalFuture<'_, Result<(), LocalRefusal>>;
+
+    /// One delivery attempt, answered as a subscriber answers: delivered (with a reply event or
+    /// not) or failed (with a status, a body and whether to retry). The default hands the event
+    /// to [`accept`](Self::accept): accepted is delivered without a reply, a refusal fails with
+    /// its status (retried per Knative's contract).
+    fn deliver(&self, request: LocalRequest) -> LocalFuture<'_, Outcome> {
+        Box::pin(async move {
+            match self.accept(request.event).await {
+                Ok(()) => Outcome::Delivered { reply: None },
+                // 503: this process's own store is busy or failing (or shutting down): evmesh's
+                // own trouble, waited out without spending the retry budget.
+                Err(r) if r.status == 503 => Outcome::Failed(Failure {
+                    dest: redact(&request.url),
+                    status: Some(r.status),
+                    body: Vec::new(),
+                    retryable: true,
+                    retry_after: None,
+                    reason: r.reason,
+                    local: true,
+                }),
+                Err(r) => failed(
+                    &request.url,
+                    Some(r.status),
+                    vec![],
+                    is_retryable(r.status),
+                    r.reason,
+                ),
+            }
+        })
+    }
+
+    /// Why the address cannot take deliveries now (an in-process subscriber nobody listens on);
+    /// `None` when it can. Deliveries to it wait instead of failing; status shows the reason.
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why a [`LocalSink`] refused an event: the status its HTTP ingress would have answered.
@@ -88,10 +139,14 @@ pub struct LocalRefusal {
     pub reason: String,
 }
 
+/// Finds the sink for the rest of a path under a prefix (see [`LocalSinks::insert_prefix`]).
+pub type LocalLookup = Arc<dyn Fn(&str) -> Option<Arc<dyn LocalSink>> + Send + Sync>;
+
 /// The evmesh addresses served in this process, by URL (see [`LocalSink`]).
 #[derive(Default)]
 pub struct LocalSinks {
     sinks: std::sync::RwLock<HashMap<String, Arc<dyn LocalSink>>>,
+    prefixes: std::sync::RwLock<Vec<(String, LocalLookup)>>,
 }
 
 impl std::fmt::Debug for LocalSinks {
@@ -125,12 +180,30 @@ impl LocalSinks {
             s.remove(&local_key(url));
         }
     }
+    /// Serves every URL under `prefix` in process: `lookup` gets the rest of the path (without
+    /// the `/` after the prefix) and names the sink, or `None` (not local). Replaces an earlier
+    /// lookup of the same prefix.
+    pub fn insert_prefix(&self, prefix: &Url, lookup: LocalLookup) {
+        if let Ok(mut p) = self.prefixes.write() {
+            let key = local_key(prefix);
+            p.retain(|(k, _)| *k != key);
+            p.push((key, lookup));
+        }
+    }
     /// The sink serving `url`, if any (a URL with a query string is never local).
     pub fn get(&self, url: &Url) -> Option<Arc<dyn LocalSink>> {
         if url.query().is_some() {
             return None;
         }
-        self.sinks.read().ok()?.get(&local_key(url)).cloned()
+        let key = local_key(url);
+        if let Some(sink) = self.sinks.read().ok()?.get(&key).cloned() {
+            return Some(sink);
+        }
+        let prefixes = self.prefixes.read().ok()?;
+        prefixes.iter().find_map(|(p, lookup)| {
+            let rest = key.strip_prefix(p.as_str())?.strip_prefix('/')?;
+            lookup(rest)
+        })
     }
 }
 
@@ -453,35 +526,23 @@ impl DeliveryEngine {
         if let Some(sink) = self.local.get(url) {
             // An evmesh address of this process: handed over in memory, as its ingress takes it.
             let started = std::time::Instant::now();
-            let result = sink.accept(event.clone()).await;
-            let code = match &result {
-                Ok(()) => 202,
-                Err(r) => r.status,
-            };
+            let outcome = sink
+                .deliver(LocalRequest {
+                    url: url.clone(),
+                    event: event.clone(),
+                    want_reply,
+                    timeout: plan.delivery.timeout,
+                })
+                .await;
             if let Some(m) = &plan.metrics {
-                m.attempt(Some(code), started.elapsed());
+                let code = match &outcome {
+                    Outcome::Delivered { reply: Some(_) } => Some(200),
+                    Outcome::Delivered { reply: None } => Some(202),
+                    Outcome::Failed(f) => f.status,
+                };
+                m.attempt(code, started.elapsed());
             }
-            return match result {
-                Ok(()) => Outcome::Delivered { reply: None },
-                // 503: this process's own store is busy or failing (or shutting down): evmesh's
-                // own trouble, waited out without spending the retry budget.
-                Err(r) if r.status == 503 => Outcome::Failed(Failure {
-                    dest: redact(url),
-                    status: Some(r.status),
-                    body: Vec::new(),
-                    retryable: true,
-                    retry_after: None,
-                    reason: r.reason,
-                    local: true,
-                }),
-                Err(r) => failed(
-                    url,
-                    Some(r.status),
-                    vec![],
-                    is_retryable(r.status),
-                    r.reason,
-                ),
-            };
+            return outcome;
         }
         let client = match self.client_for(ca_certs) {
             Ok(c) => c,
@@ -649,7 +710,8 @@ pub fn redact(url: &Url) -> String {
     u.to_string()
 }
 
-fn failed(
+/// A failed attempt's outcome (the body is cut to [`MAX_FAILURE_BODY`]).
+pub fn failed(
     url: &Url,
     status: Option<u16>,
     body: Vec<u8>,

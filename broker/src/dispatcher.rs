@@ -536,6 +536,9 @@ type AttemptResult = (Pos, Option<Arc<EventRecord>>, Progress, AttemptEnd);
 enum AttemptEnd {
     Next(Next),
     Gone(String),
+    /// Not attempted: the worker is stopping and its in-process subscriber is not listening;
+    /// the delivery stays pending (with its progress) for the next start.
+    Abandoned,
 }
 
 /// A run's pending deliveries (being attempted, waiting for a retry, or in ordered mode waiting
@@ -719,6 +722,7 @@ impl Worker {
                             pos,
                             slot.event.clone(),
                             slot.progress.clone(),
+                            shutdown.clone(),
                         ));
                     }
                 }
@@ -762,6 +766,7 @@ impl Worker {
                         pos,
                         slot.event.clone(),
                         slot.progress.clone(),
+                        shutdown.clone(),
                     ));
                 }
                 st.insert(pos, slot);
@@ -917,6 +922,7 @@ impl Worker {
                 self.shared.counters.dropped();
                 self.shared.counters.log_dropped(&id, &f);
             }
+            AttemptEnd::Abandoned => return false,
             AttemptEnd::Gone(reason) => {
                 self.shared.counters.dropped();
                 tracing::error!(trigger = %self.shared.name, offset = pos.offset, "event dropped: {reason}");
@@ -938,6 +944,7 @@ impl Worker {
         pos: Pos,
         event: Option<Arc<EventRecord>>,
         mut progress: Progress,
+        stop: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = AttemptResult> + Send + 'static {
         let loading = event.is_none().then(|| cursor.load(pos));
         let engine = self.engine.clone();
@@ -961,7 +968,16 @@ impl Worker {
             };
             let plan = shared.plan();
             let plan = &*plan;
-            let mut outcome = engine.attempt(plan, &progress, &event).await;
+            let local = progress.url(plan).and_then(|u| engine.local_sinks().get(u));
+            let mut outcome = match local {
+                None => engine.attempt(plan, &progress, &event).await,
+                Some(sink) => tokio::select! {
+                    o = engine.attempt(plan, &progress, &event) => o,
+                    _ = abandon_when_stopping(sink, stop) => {
+                        return (pos, Some(event), progress, AttemptEnd::Abandoned);
+                    }
+                },
+            };
             if let Outcome::Delivered { reply: Some(reply) } = outcome {
                 // The reply must be stored (or handed on) before the delivery counts as done; if
                 // that fails, the whole delivery is tried again (as Knative's dispatcher does).
@@ -973,6 +989,22 @@ impl Worker {
             let next = progress.next(plan, outcome);
             (pos, Some(event), progress, AttemptEnd::Next(next))
         }
+    }
+}
+
+/// Resolves once the worker is stopping while `sink` is not ready (an in-process subscriber
+/// nobody listens on): an attempt waiting for it then gives way instead of holding shutdown up
+/// for the drain timeout. Checked every 25 ms while stopping only.
+async fn abandon_when_stopping(
+    sink: Arc<dyn delivery::LocalSink>,
+    mut stop: watch::Receiver<bool>,
+) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        // No stop signal will come: the attempt runs to its end.
+        std::future::pending::<()>().await;
+    }
+    while sink.not_ready().is_none() {
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

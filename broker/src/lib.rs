@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod record;
 mod replay;
 mod service;
+pub mod subscriber;
 mod supervise;
 pub mod telemetry;
 pub mod tls;

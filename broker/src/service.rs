@@ -179,11 +179,7 @@ impl crate::delivery::LocalSink for BrokerRuntime {
     fn accept(
         &self,
         event: EventRecord,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = Result<(), crate::delivery::LocalRefusal>> + Send + '_,
-        >,
-    > {
+    ) -> crate::delivery::LocalFuture<'_, Result<(), crate::delivery::LocalRefusal>> {
         Box::pin(async move {
             let result = self.append(event).await;
             match &result {
@@ -508,6 +504,7 @@ struct Inner {
     state: std::sync::RwLock<State>,
     reconcile: tokio::sync::Mutex<()>,
     accepting: Arc<AtomicBool>,
+    subscribers: crate::subscriber::Subscribers,
 }
 
 /// The running brokers and triggers of a mesh. Cheap to clone.
@@ -574,6 +571,7 @@ impl BrokerService {
                 state: std::sync::RwLock::new(State::default()),
                 reconcile: tokio::sync::Mutex::new(()),
                 accepting: Arc::new(AtomicBool::new(true)),
+                subscribers: crate::subscriber::Subscribers::default(),
             }),
         })
     }
@@ -614,6 +612,7 @@ impl BrokerService {
             return Ok(());
         }
         let first = !self.state().started;
+        self.serve_subscribers(resolver.ingress());
         // Brokers and channels: add new ones, update changed ones, remove deleted ones.
         let brokers: HashMap<(String, String), Option<Url>> = mesh
             .brokers
@@ -777,6 +776,24 @@ impl BrokerService {
                 Ok(())
             }
         }
+    }
+
+    /// Serves the in-process subscriber addresses under `ingress` (see [`Self::subscribers`]).
+    fn serve_subscribers(&self, ingress: &Url) {
+        let mut prefix = ingress.clone();
+        prefix.set_path(evmesh_config::SUBSCRIBERS_PATH);
+        let subscribers = self.inner.subscribers.clone();
+        self.inner
+            .engine
+            .local_sinks()
+            .insert_prefix(&prefix, Arc::new(move |rest| subscribers.sink(rest)));
+    }
+
+    /// The in-process subscribers: deliveries to `{ingress}/_evmesh/subscribers/{ns}/{name}`
+    /// (a Destination `ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name}`) go to
+    /// the [`Subscription`](crate::subscriber::Subscription)s made here, in memory.
+    pub fn subscribers(&self) -> &crate::subscriber::Subscribers {
+        &self.inner.subscribers
     }
 
     fn delete_route(&self, kind: RouteKind, key: &(String, String)) {
@@ -1335,7 +1352,7 @@ impl BrokerService {
     }
 
     /// The not-ready `(code, reason)` of a route, if it is not ready.
-    fn not_ready(entry: &TriggerEntry) -> (Option<String>, Option<String>) {
+    fn not_ready(&self, entry: &TriggerEntry) -> (Option<String>, Option<String>) {
         let running_reason = entry
             .running
             .as_ref()
@@ -1343,13 +1360,24 @@ impl BrokerService {
         match (&entry.not_ready, running_reason) {
             (Some((c, r)), _) => (Some(c.clone()), Some(r.clone())),
             (None, Some(r)) => (Some("WorkerFailed".to_string()), Some(r)),
-            (None, None) => (None, None),
+            (None, None) => {
+                // An in-process subscriber nobody listens on: its deliveries wait.
+                let waiting = entry.running.as_ref().and_then(|r| {
+                    let plan = r.shared.plan();
+                    let url = plan.subscriber.as_ref()?;
+                    self.inner.engine.local_sinks().get(url)?.not_ready()
+                });
+                match waiting {
+                    Some(r) => (Some("SubscriberNotReady".to_string()), Some(r)),
+                    None => (None, None),
+                }
+            }
         }
     }
 
-    fn view(entry: &TriggerEntry) -> TriggerView {
+    fn view(&self, entry: &TriggerEntry) -> TriggerView {
         let m = entry.resource.metadata();
-        let (code, reason) = Self::not_ready(entry);
+        let (code, reason) = self.not_ready(entry);
         let broker = match &entry.resource {
             RouteResource::Trigger(t) => t.spec.broker.clone(),
             RouteResource::Subscription(s) => s.channel.1.clone(),
@@ -1366,9 +1394,9 @@ impl BrokerService {
         }
     }
 
-    fn subscription_view(entry: &TriggerEntry) -> SubscriptionView {
+    fn subscription_view(&self, entry: &TriggerEntry) -> SubscriptionView {
         let m = entry.resource.metadata();
-        let (code, reason) = Self::not_ready(entry);
+        let (code, reason) = self.not_ready(entry);
         let channel = match &entry.resource {
             RouteResource::Subscription(s) => s.channel.1.clone(),
             RouteResource::Trigger(t) => t.spec.broker.clone(),
@@ -1391,7 +1419,7 @@ impl BrokerService {
         self.state()
             .subscriptions
             .values()
-            .map(Self::subscription_view)
+            .map(|e| self.subscription_view(e))
             .collect()
     }
 
@@ -1400,7 +1428,7 @@ impl BrokerService {
         self.state()
             .subscriptions
             .get(&(namespace.to_string(), name.to_string()))
-            .map(Self::subscription_view)
+            .map(|e| self.subscription_view(e))
     }
 
     /// The channels, for the admin API.
@@ -1409,7 +1437,7 @@ impl BrokerService {
         let mut v: Vec<_> = state
             .channels
             .values()
-            .map(|c| Self::channel_view(&state, c))
+            .map(|c| self.channel_view(&state, c))
             .collect();
         v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         v
@@ -1421,10 +1449,10 @@ impl BrokerService {
         state
             .channels
             .get(&(namespace.to_string(), name.to_string()))
-            .map(|c| Self::channel_view(&state, c))
+            .map(|c| self.channel_view(&state, c))
     }
 
-    fn channel_view(state: &State, c: &BrokerRuntime) -> ChannelView {
+    fn channel_view(&self, state: &State, c: &BrokerRuntime) -> ChannelView {
         ChannelView {
             namespace: c.namespace.clone(),
             name: c.name.clone(),
@@ -1442,7 +1470,7 @@ impl BrokerService {
                     matches!(&e.resource, RouteResource::Subscription(s)
                         if s.metadata.namespace == c.namespace && s.channel.1 == c.name)
                 })
-                .map(Self::subscription_view)
+                .map(|e| self.subscription_view(e))
                 .collect(),
             counters: c.counters.snapshot(),
         }
@@ -1483,7 +1511,11 @@ impl BrokerService {
 
     /// The triggers (sorted by namespace and name), for the admin API.
     pub fn triggers(&self) -> Vec<TriggerView> {
-        self.state().triggers.values().map(Self::view).collect()
+        self.state()
+            .triggers
+            .values()
+            .map(|e| self.view(e))
+            .collect()
     }
 
     /// One trigger's status.
@@ -1491,7 +1523,7 @@ impl BrokerService {
         self.state()
             .triggers
             .get(&(namespace.to_string(), name.to_string()))
-            .map(Self::view)
+            .map(|e| self.view(e))
     }
 
     /// Positions trigger `namespace/name` on its broker's log at `from` (`earliest`, or the first

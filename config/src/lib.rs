@@ -41,7 +41,10 @@ pub use error::{ConfigError, ConfigErrors, Location, Warning};
 pub use loader::{Document, MAX_YAML_BYTES, load_str, read_yaml, read_yaml_file};
 pub use messaging::{ChannelConfig, ChannelKind, SubscriptionConfig};
 pub use model::*;
-pub use resolve::{DEFAULT_URL_TEMPLATE, Resolver, broker_url, channel_url, event_display_url};
+pub use resolve::{
+    DEFAULT_URL_TEMPLATE, Resolver, SUBSCRIBER_GROUP, SUBSCRIBER_KIND, SUBSCRIBERS_PATH,
+    broker_url, channel_url, event_display_url, subscriber_url,
+};
 pub use sources::{
     CloudEventOverrides, CronSchedule, GITHUB_EVENT_TYPE_PREFIX, GITHUB_EVENT_TYPES,
     GitHubSourceSpec, PING_EVENT_TYPE, PUBLIC_URL_ANNOTATION, PingSourceConfig, PingSourceSpec,

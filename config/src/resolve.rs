@@ -110,6 +110,10 @@ impl Resolver {
             rns.to_string(),
             r.name.clone(),
         );
+        if group == SUBSCRIBER_GROUP && r.kind == SUBSCRIBER_KIND {
+            // An embedder's in-process subscriber: registered in code, never declared in YAML.
+            return Ok(subscriber_url(&self.ingress, rns, &r.name));
+        }
         match self.addressables.get(&key) {
             Some(Some(url)) => return Url::parse(url).map_err(|e| format!("{url:?}: {e}")),
             Some(None) => {}
@@ -141,6 +145,28 @@ pub fn broker_url(ingress: &Url, namespace: &str, name: &str) -> Url {
 pub fn event_display_url(ingress: &Url, namespace: &str, name: &str) -> Url {
     let mut url = ingress.clone();
     url.set_path(&format!("/_evmesh/event-display/{namespace}/{name}"));
+    url
+}
+
+/// The API group of evmesh's in-process subscribers (`apiVersion: evmesh.dev/v1alpha1`).
+pub const SUBSCRIBER_GROUP: &str = "evmesh.dev";
+/// The kind a Destination's `ref` names to address an in-process subscriber.
+pub const SUBSCRIBER_KIND: &str = "Subscriber";
+/// The path under which in-process subscribers have their addresses.
+pub const SUBSCRIBERS_PATH: &str = "/_evmesh/subscribers";
+
+/// The address of an embedder's in-process subscriber `namespace/name`, what a Destination
+/// `ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name}` resolves to:
+/// `{ingress}/_evmesh/subscribers/{namespace}/{name}`. Only the delivery engine of the process
+/// that registered the subscriber serves it (in memory); it is not an HTTP route.
+///
+/// ```
+/// let u = evmesh_config::subscriber_url(&"http://127.0.0.1:8080".parse().unwrap(), "default", "orders");
+/// assert_eq!(u.as_str(), "http://127.0.0.1:8080/_evmesh/subscribers/default/orders");
+/// ```
+pub fn subscriber_url(ingress: &Url, namespace: &str, name: &str) -> Url {
+    let mut url = ingress.clone();
+    url.set_path(&format!("{SUBSCRIBERS_PATH}/{namespace}/{name}"));
     url
 }
 
