@@ -122,6 +122,10 @@ pub(crate) struct BrokerRuntime {
     pub(crate) accepting: Arc<AtomicBool>,
     /// False once the broker is deleted: new events get 404 at once.
     pub(crate) open: AtomicBool,
+    /// Set once the reconcile that started this log has added its triggers or subscriptions:
+    /// before that, retention would see no route pinning anything and delete what a restored
+    /// route still needs.
+    pub(crate) routes_loaded: AtomicBool,
     pub(crate) store: Arc<dyn EventStore>,
     /// Stops the broker's router and retention tasks.
     stop: watch::Sender<bool>,
@@ -689,6 +693,12 @@ impl BrokerService {
             live_keys.extend(d.legacy_checkpoint_key.clone());
             self.apply_route(d, first.then_some(&saved)).await?;
         }
+        {
+            let state = self.state();
+            for b in state.brokers.values().chain(state.channels.values()) {
+                b.routes_loaded.store(true, Ordering::Release);
+            }
+        }
         if first {
             for key in saved.keys().filter(|k| !live_keys.contains(*k)) {
                 tracing::info!(checkpoint = %key, "route no longer configured: forgetting its progress");
@@ -857,6 +867,7 @@ impl BrokerService {
             router_next: Arc::new(AtomicU64::new(head)),
             accepting: self.inner.accepting.clone(),
             open: AtomicBool::new(true),
+            routes_loaded: AtomicBool::new(false),
             store: self.inner.store.clone(),
             stop,
             tasks: std::sync::Mutex::new(Vec::new()),
@@ -1734,6 +1745,10 @@ async fn retention(
         tokio::select! {
             _ = tokio::time::sleep(options.retention_interval) => {}
             _ = shutdown.changed() => return,
+        }
+        if !broker.routes_loaded.load(Ordering::Acquire) {
+            // Its triggers are not added yet: nothing is known to be unneeded.
+            continue;
         }
         // Events some trigger still needs (or the router has not seen yet) are pinned; a broker
         // without triggers pins nothing.
