@@ -756,10 +756,14 @@ impl Runtime {
                 });
             }
         }
-        // Validate this resource in the context of the running configuration.
+        // Stamp first (uid kept from the previous version), then validate this resource in the
+        // context of the running configuration: what runs must carry the uid, or a changed
+        // trigger would look like a new one (its progress is keyed by uid) and restart at head.
+        let mut rv = desired.rv;
+        let stamped = self.stamp(manifest, previous.as_ref().map(|p| &p.manifest), &mut rv);
         let doc = Document::from_value(
             &format!("<api {} {namespace}/{name}>", kind.kind),
-            manifest.clone(),
+            stamped.clone(),
         );
         let running = self.mesh();
         let one = self
@@ -769,8 +773,6 @@ impl Runtime {
                 name: name.clone(),
                 causes: causes(&e),
             })?;
-        let mut rv = desired.rv;
-        let stamped = self.stamp(manifest, previous.as_ref().map(|p| &p.manifest), &mut rv);
         let unchanged = previous.as_ref().is_some_and(|p| p.manifest == stamped);
         let stored = Stored {
             manifest: stamped.clone(),

@@ -604,3 +604,33 @@ async fn replay_endpoint_redelivers_from_earliest_to_that_trigger_only() {
     .await;
     assert_eq!(code, 400, "{status}");
 }
+
+#[tokio::test]
+async fn a_trigger_changed_through_the_api_keeps_its_pending_retries() {
+    let (failing, working) = (TestSink::start().await, TestSink::start().await);
+    failing.always(Reply::Status(503));
+    let m = mesh(&format!(
+        "{BROKER}---\n{}",
+        trigger_yaml("t", &failing, "a")
+    ))
+    .await;
+    post_ok(&m.url("/demo/default"), event("e1", "a")).await;
+    eventually("e1 is being retried", Duration::from_secs(10), || {
+        failing.count() >= 2
+    })
+    .await;
+    // Same trigger (same uid), new subscriber: the pending retry is kept and goes to it.
+    let (code, _) = send(
+        reqwest::Method::PUT,
+        &format!("{}/t", triggers_url(&m)),
+        Some(trigger_yaml("t", &working, "a")),
+    )
+    .await;
+    assert_eq!(code, 200);
+    eventually(
+        "the pending event reaches the new subscriber",
+        Duration::from_secs(10),
+        || working.ids() == ["e1"],
+    )
+    .await;
+}
