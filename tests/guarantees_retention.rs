@@ -286,10 +286,91 @@ async fn retention_bytes_flag_deletes_old_events_but_never_a_pending_one() {
     .await;
 }
 
-/// A trigger that gets no more matching events still moves its position past the events it did
-/// not match, so it does not pin retention at its last match.
+/// Once the pending event is delivered after a restart, nothing pins the log any more and
+/// retention deletes the rest (that event and the ones after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_deletes_what_an_idle_trigger_has_passed() {
+async fn retention_deletes_a_formerly_pending_event_once_it_is_delivered() {
     retention_flags_delete_what_is_done_and_keep_what_is_pending(&["--retention-bytes", "1"], true)
         .await;
+}
+
+/// A trigger that gets no more matching events still moves its saved position past the events
+/// it did not match, so it does not pin retention at its last match: the events after it are
+/// deleted although the trigger never handled them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_what_an_idle_trigger_has_passed() {
+    let orders = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: orders}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: order}}}}
+  subscriber: {{uri: "{}"}}
+"#,
+            orders.url()
+        ),
+    );
+    let data = dir.path().join("data");
+    let args = ["--retention-bytes", "1", "--retention-interval", "PT0.05S"];
+    let mut p = EvmeshProcess::start(&config, &data, &args);
+    let url = p.url("/default/default");
+    post_ok(&url, event("order-1", "order")).await; // offset 0
+    eventually("order-1 delivered", WAIT, || orders.count() == 1).await;
+    // The trigger saved its position after order-1 (the log held nothing else then), so
+    // retention deletes order-1: the trigger's last save is behind us.
+    eventually("retention deleted order-1", WAIT, || {
+        deleted_by_retention(&p) == 1
+    })
+    .await;
+    // Ten events the trigger does not match (offsets 1..=10): it never handles one, so only
+    // its idle re-check can move its saved position past them.
+    for i in 0..10 {
+        post_ok(&url, event(&format!("noise-{i}"), "noise")).await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while deleted_by_retention(&p) < 11 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not delete the 10 events the idle trigger passed (deleted {}):\n{}",
+            deleted_by_retention(&p),
+            p.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The trigger still delivers what it matches after its position moved.
+    post_ok(&url, event("order-2", "order")).await; // offset 11
+    eventually("order-2 delivered", WAIT, || orders.count() == 2).await;
+    p.sigterm();
+    assert_eq!(p.wait_exit(WAIT).await.code(), Some(0));
+    assert_eq!(orders.ids(), ["order-1", "order-2"]);
+    let store = evmesh::evmesh_store::open(EngineKind::default(), &data).expect("reopen store");
+    let log = LogId::new("default/default");
+    let (first, head) = (
+        store.first_offset(&log).expect("first offset"),
+        store.next_offset(&log).expect("head"),
+    );
+    store.flush().await.expect("flush");
+    drop(store);
+    assert_eq!(head, 12);
+    assert!(
+        first.is_none_or(|first| first >= 11),
+        "the events the idle trigger passed are deleted (first offset kept: {first:?})"
+    );
+    assert_nothing_left(
+        &data,
+        "default",
+        "default",
+        &[("orders", &of_type("order"))],
+    )
+    .await;
 }
