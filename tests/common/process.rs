@@ -1,5 +1,5 @@
-//! The real `evmesh` binary in a test: `serve` on 127.0.0.1:0 with every stderr line kept (and
-//! when it came), signals, kill -9, the exit status, and the client commands against it.
+//! The real `evmesh` binary in a test: `serve` on 127.0.0.1:0 with every stderr and stdout line
+//! kept, signals, kill -9, the exit status, and the client commands against it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ pub struct EvmeshProcess {
     pub child: Child,
     pub addr: String,
     lines: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl EvmeshProcess {
@@ -42,7 +43,7 @@ impl EvmeshProcess {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         match log {
             Some(level) => cmd.env("EVMESH_LOG", level),
@@ -50,7 +51,16 @@ impl EvmeshProcess {
         };
         let mut child = cmd.spawn().expect("spawn evmesh");
         let stderr = child.stderr.take().expect("stderr");
+        let stdout_pipe = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let kept_out = stdout.clone();
+        // Stdout too is drained (a full pipe would block the child) and kept for failure reports.
+        let stdout_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+                kept_out.lock().expect("stdout lines").push(line);
+            }
+        });
         let (addr_tx, addr_rx) = mpsc::channel();
         let kept = lines.clone();
         // Keep draining stderr so the child never blocks on a full pipe; keep every line.
@@ -67,15 +77,31 @@ impl EvmeshProcess {
         let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => addr,
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                // Disconnected: stderr closed, the process is exiting; Timeout: still running.
+                let exited = match e {
+                    mpsc::RecvTimeoutError::Disconnected => child.wait().ok(),
+                    mpsc::RecvTimeoutError::Timeout => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        None
+                    }
+                };
+                // The process is gone: its stdout reader ends after the last line.
+                let _ = stdout_reader.join();
                 panic!(
-                    "evmesh did not start listening ({e}); stderr:\n{}",
-                    lines.lock().expect("lines").join("\n")
+                    "evmesh did not start listening ({e}; exit status {exited:?}); stderr:\n{}\n\
+                     stdout:\n{}",
+                    lines.lock().expect("lines").join("\n"),
+                    tail(&stdout.lock().expect("stdout lines"), 50)
                 );
             }
         };
-        EvmeshProcess { child, addr, lines }
+        EvmeshProcess {
+            child,
+            addr,
+            lines,
+            stdout,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -89,8 +115,19 @@ impl EvmeshProcess {
 
     /// The last 200 lines the process wrote to stderr.
     pub fn stderr_tail(&self) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(200)..].join("\n")
+        tail(&self.lines(), 200)
+    }
+
+    /// For a failure message: the exit status when the process has ended, the last `n` lines of
+    /// its stderr and of its stdout.
+    pub fn output_tail(&mut self, n: usize) -> String {
+        let status = self.child.try_wait().ok().flatten();
+        format!(
+            "exit status: {}\nstderr (last {n} lines):\n{}\nstdout (last {n} lines):\n{}",
+            status.map_or("still running".to_string(), |s| s.to_string()),
+            tail(&self.lines(), n),
+            tail(&self.stdout.lock().expect("stdout lines"), n)
+        )
     }
 
     /// Whether some stderr line contains every one of `parts`.
@@ -115,6 +152,11 @@ impl EvmeshProcess {
 
     /// SIGKILL, and reap the process.
     pub fn kill9(mut self) {
+        self.sigkill();
+    }
+
+    /// SIGKILL, and reap the process, keeping this handle (and the output) for later reports.
+    pub fn sigkill(&mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
     }
@@ -187,6 +229,11 @@ impl Drop for EvmeshProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The last `n` of `lines`, one per line.
+fn tail(lines: &[String], n: usize) -> String {
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Writes `yaml` to `dir/mesh.yaml` and returns the path.
