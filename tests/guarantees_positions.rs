@@ -1,0 +1,126 @@
+//! Where a trigger stands after a replay or a delete: a replay drops the trigger's pending
+//! retries, and a trigger deleted and created again under the same name starts fresh — its old
+//! progress is gone, so it never inherits old retries. Checked in the stopped mesh's data dir,
+//! so "never delivered" is final.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use evmesh::evmesh_config::ReplayFrom;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn trigger_yaml(name: &str, sink: &TestSink, ty: &str) -> String {
+    format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {name}, namespace: demo}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: {ty}}}}}
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 10000, backoffPolicy: linear, backoffDelay: PT0.01S}}
+"#,
+        sink.url()
+    )
+}
+
+const BROKER: &str = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default, namespace: demo}\n";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn send(method: reqwest::Method, url: &str, body: Option<String>) -> (u16, Value) {
+    let mut req = client().request(method, url);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/yaml").body(b);
+    }
+    let resp = req.send().await.expect("request");
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_drops_the_triggers_pending_retries() {
+    let failing = TestSink::start().await;
+    failing.always(Reply::Status(503));
+    let m = mesh(&format!(
+        "{BROKER}---{}",
+        trigger_yaml("t1", &failing, "keep")
+    ))
+    .await;
+    post_ok(&m.url("/demo/default"), event("stuck", "keep")).await; // offset 0
+    eventually("stuck is being retried", WAIT, || failing.count() >= 3).await;
+    // Replay from a time after stuck was appended: the trigger is positioned past it, and the
+    // retries it had pending are dropped.
+    let t0 = now_ms();
+    eventually("the clock moves on", WAIT, || now_ms() > t0).await;
+    let from = chrono::DateTime::from_timestamp_millis(now_ms() as i64)
+        .expect("time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let at = m
+        .mesh
+        .service()
+        .replay("demo", "t1", ReplayFrom::parse(&from).expect("RFC 3339"))
+        .await
+        .expect("replay");
+    assert_eq!(at, 1, "positioned after stuck (the log's head)");
+    m.mesh.shutdown().await;
+    // The subscriber still answers 503: had the retry been kept, it would be pending here.
+    assert_nothing_left(m.dir.path(), "demo", "default", &[("t1", &of_type("keep"))]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_deleted_and_created_again_does_not_inherit_its_old_retries() {
+    let (failing, working) = (TestSink::start().await, TestSink::start().await);
+    failing.always(Reply::Status(503));
+    let m = mesh(&format!("{BROKER}---{}", trigger_yaml("t", &failing, "a"))).await;
+    let triggers = m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers");
+    post_ok(&m.url("/demo/default"), event("old", "a")).await; // offset 0
+    eventually("old is being retried", WAIT, || failing.count() >= 2).await;
+
+    let (code, deleted) = send(reqwest::Method::DELETE, &format!("{triggers}/t"), None).await;
+    assert_eq!(code, 200, "{deleted}");
+    let (code, created) = send(
+        reqwest::Method::POST,
+        &triggers,
+        Some(trigger_yaml("t", &working, "a")),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    assert_ne!(
+        created["metadata"]["uid"], deleted["metadata"]["uid"],
+        "a new trigger, not the old one"
+    );
+    eventually("the new trigger is ready", WAIT, || {
+        m.mesh
+            .service()
+            .triggers()
+            .iter()
+            .any(|t| t.name == "t" && t.not_ready_reason.is_none())
+    })
+    .await;
+    post_ok(&m.url("/demo/default"), event("new", "a")).await; // offset 1
+    eventually("new delivered", WAIT, || working.count() >= 1).await;
+    m.mesh.shutdown().await;
+    // One saved progress for `t` (the old one was dropped with its trigger), nothing left in it:
+    // `old` and its retries are gone for good.
+    assert_nothing_left(m.dir.path(), "demo", "default", &[("t", &of_type("a"))]).await;
+    assert_eq!(
+        working.ids(),
+        ["new"],
+        "the new trigger got only what came after it"
+    );
+}
