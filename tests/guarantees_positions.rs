@@ -124,3 +124,37 @@ async fn a_trigger_deleted_and_created_again_does_not_inherit_its_old_retries() 
         "the new trigger got only what came after it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_no_trigger_matches_is_kept_in_the_log_for_a_later_replay() {
+    let (a, b) = (TestSink::start().await, TestSink::start().await);
+    let m = mesh(&format!("{BROKER}---{}", trigger_yaml("ta", &a, "a"))).await;
+    let url = m.url("/demo/default");
+    post_ok(&url, event("lonely", "b")).await; // offset 0: no trigger matches it
+    post_ok(&url, event("a-1", "a")).await;
+    eventually("a-1 delivered", WAIT, || a.ids() == ["a-1"]).await;
+    let (code, created) = send(
+        reqwest::Method::POST,
+        &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers"),
+        Some(trigger_yaml("tb", &b, "b")),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    let at = m
+        .mesh
+        .service()
+        .replay("demo", "tb", ReplayFrom::Earliest)
+        .await
+        .expect("replay");
+    assert_eq!(at, 0, "the log still starts with the event nobody matched");
+    eventually("the replay delivers it", WAIT, || b.ids() == ["lonely"]).await;
+    m.mesh.shutdown().await;
+    assert_nothing_left(
+        m.dir.path(),
+        "demo",
+        "default",
+        &[("ta", &of_type("a")), ("tb", &of_type("b"))],
+    )
+    .await;
+    assert_eq!(b.ids(), ["lonely"]);
+}
