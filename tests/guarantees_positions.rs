@@ -158,3 +158,44 @@ async fn an_event_no_trigger_matches_is_kept_in_the_log_for_a_later_replay() {
     .await;
     assert_eq!(b.ids(), ["lonely"]);
 }
+
+fn receipt(e: &cloudevents::Event) -> cloudevents::Event {
+    use cloudevents::{AttributesReader, EventBuilder};
+    cloudevents::EventBuilderV10::new()
+        .id(format!("re-{}", e.id()))
+        .source("/replier")
+        .ty("receipt")
+        .build()
+        .expect("reply event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_trigger_finishes_its_in_flight_attempt() {
+    let (replier, receipts) = (TestSink::start().await, TestSink::start().await);
+    // The attempt is in flight for a second, then answers with a reply event.
+    replier.always(Reply::DelayThen(
+        Duration::from_secs(1),
+        Box::new(Reply::Map(receipt)),
+    ));
+    let m = mesh(&format!(
+        "{BROKER}---{}---{}",
+        trigger_yaml("t", &replier, "order"),
+        trigger_yaml("receipts", &receipts, "receipt")
+    ))
+    .await;
+    post_ok(&m.url("/demo/default"), event("o-1", "order")).await;
+    eventually("the attempt is in flight", WAIT, || replier.count() == 1).await;
+    let (code, deleted) = send(
+        reqwest::Method::DELETE,
+        &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/t"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{deleted}");
+    // Finished, not cut off: its reply was stored and reached the other trigger.
+    eventually("the in-flight attempt's reply is delivered", WAIT, || {
+        receipts.ids() == ["re-o-1"]
+    })
+    .await;
+    assert_eq!(replier.count(), 1, "one attempt, not retried");
+}
