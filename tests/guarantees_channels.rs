@@ -106,3 +106,40 @@ async fn kill_9_with_a_backlog_in_a_channel_then_restart_delivers_every_event_to
     // least once) but brings no event that was not posted.
     assert_eq!(HashSet::from_iter(healthy.ids()), ids);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_without_delivery_on_a_channel_without_delivery_attempts_once() {
+    let failing = TestSink::start().await;
+    failing.always(Reply::Status(503));
+    let m = mesh(&format!(
+        r#"
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {{name: orders}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: once}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: orders}}
+  subscriber: {{uri: "{}"}}
+"#,
+        failing.url()
+    ))
+    .await;
+    post_ok(&m.url("/channels/default/orders"), event("o-1", "order")).await;
+    // Dropped (no dead-letter sink) after its one attempt: nothing more can come.
+    let url = m.url("/apis/messaging.knative.dev/v1/namespaces/default/subscriptions/once");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, sub) = get_json(&url).await;
+        let counters = &sub["status"]["evmesh"]["counters"];
+        if counters["dropped"] == 1 {
+            assert_eq!(counters["retried"], 0, "{counters}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never dropped: {sub}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failing.count(), 1, "one attempt, no retry");
+}
