@@ -268,3 +268,46 @@ async fn sigterm_right_after_start_is_a_graceful_shutdown() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_a_half_sent_request_and_exits_0() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &one_trigger(&sink));
+    let data = dir.path().join("data");
+    let mut p = EvmeshProcess::start(&config, &data, &["--header-read-timeout", "1s"]);
+    // A keep-alive connection the server is serving (one request answered 202), on which the
+    // client then sent half of a second request head and nothing more.
+    let mut conn = tokio::net::TcpStream::connect(&p.addr)
+        .await
+        .expect("connect");
+    let full = "POST /default/default HTTP/1.1\r\nHost: evmesh\r\nce-specversion: 1.0\r\n\
+                ce-id: full-1\r\nce-source: /test\r\nce-type: t\r\ncontent-length: 0\r\n\r\n";
+    conn.write_all(full.as_bytes()).await.expect("write");
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).await.expect("read the answer");
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    conn.write_all(b"POST /default/default HTTP/1.1\r\nHost: evmesh\r\nce-id: half\r\n")
+        .await
+        .expect("write");
+    p.sigterm();
+    // It does not keep the process alive: closed (at the latest after the header timeout) and
+    // the process exits 0.
+    assert_eq!(
+        p.wait_exit(WAIT).await.code(),
+        Some(0),
+        "{}",
+        p.stderr_tail()
+    );
+    let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+        .await
+        .expect("the half-sent connection is closed")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        n == 0 || !answer.starts_with("HTTP/1.1 202"),
+        "a half-sent request is never accepted: {answer}"
+    );
+}
