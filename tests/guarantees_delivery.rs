@@ -682,3 +682,55 @@ async fn a_trigger_has_at_most_100_deliveries_in_flight_by_default() {
         .count();
     assert_eq!(before_any_answer, 100, "the default --max-in-flight is 100");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_key_waits_until_the_previous_event_is_dead_lettered() {
+    let (sink, dls) = (TestSink::start().await, TestSink::start().await);
+    // k-0's three attempts fail; everything after succeeds.
+    sink.script([Reply::Status(503), Reply::Status(503), Reply::Status(503)]);
+    let m = mesh(&format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: ordered
+  annotations: {{kafka.eventing.knative.dev/delivery.order: ordered}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 2, backoffPolicy: linear, backoffDelay: PT0.05S, deadLetterSink: {{uri: "{}"}}}}
+"#,
+        sink.url(),
+        dls.url()
+    ))
+    .await;
+    let keyed = |id: &str| {
+        EventBuilderV10::new()
+            .id(id)
+            .source("/order")
+            .ty("t")
+            .extension("partitionkey", "k")
+            .build()
+            .expect("event")
+    };
+    post_ok(&m.url("/default/default"), keyed("k-0")).await;
+    post_ok(&m.url("/default/default"), keyed("k-1")).await;
+    eventually("k-1 delivered", WAIT, || {
+        sink.ids().contains(&"k-1".to_string())
+    })
+    .await;
+    assert_eq!(
+        sink.ids(),
+        ["k-0", "k-0", "k-0", "k-1"],
+        "k-1 was not attempted while k-0 was being retried"
+    );
+    assert_eq!(dls.ids(), ["k-0"]);
+    assert!(
+        dls.received()[0].at <= sink.received()[3].at,
+        "k-0 was dead-lettered before k-1 was attempted"
+    );
+}
