@@ -199,3 +199,55 @@ async fn a_deleted_trigger_finishes_its_in_flight_attempt() {
     .await;
     assert_eq!(replier.count(), 1, "one attempt, not retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_delivery_order_resumes_from_the_checkpoint_with_its_pending_retry() {
+    let sink = TestSink::start().await;
+    let with_order = |order: &str| {
+        format!(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: t
+  namespace: demo
+  annotations: {{kafka.eventing.knative.dev/delivery.order: {order}}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 10000, backoffPolicy: linear, backoffDelay: PT0.01S}}
+"#,
+            sink.url()
+        )
+    };
+    let m = mesh(&format!("{BROKER}---{}", with_order("unordered"))).await;
+    let url = m.url("/demo/default");
+    post_ok(&url, event("done", "t")).await;
+    eventually("done delivered", WAIT, || sink.count() == 1).await;
+    sink.always(Reply::Status(503));
+    post_ok(&url, event("pending", "t")).await;
+    eventually("pending is being retried", WAIT, || sink.count() >= 3).await;
+
+    let (code, changed) = send(
+        reqwest::Method::PUT,
+        &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/t"),
+        Some(with_order("ordered")),
+    )
+    .await;
+    assert_eq!(code, 200, "{changed}");
+    sink.always(Reply::Status(202));
+    post_ok(&url, event("after", "t")).await;
+    // done, pending and after: each delivered once by the trigger.
+    eventually_counters(&m.url(""), "triggers", "demo", "t", WAIT, |c| {
+        c["delivered"] == 3
+    })
+    .await;
+    m.mesh.shutdown().await;
+    assert_nothing_left(m.dir.path(), "demo", "default", &[("t", &every)]).await;
+    let ids = sink.ids();
+    assert_eq!(
+        ids.iter().filter(|i| *i == "done").count(),
+        1,
+        "the restarted worker did not go back before its checkpoint: {ids:?}"
+    );
+}
