@@ -1,7 +1,9 @@
-//! Where a trigger stands after a replay or a delete: a replay drops the trigger's pending
-//! retries, and a trigger deleted and created again under the same name starts fresh — its old
-//! progress is gone, so it never inherits old retries. Checked in the stopped mesh's data dir,
-//! so "never delivered" is final.
+//! Where a trigger stands after a replay, a change or a delete: a replay drops the trigger's
+//! pending retries and reaches events no trigger matched; a changed delivery order resumes from
+//! the checkpoint with its pending retry; a deleted trigger finishes its in-flight attempt, and
+//! one deleted and created again under the same name starts fresh (its old progress is gone, so
+//! it never inherits old retries). Mostly checked in the stopped mesh's data dir, so "never
+//! delivered" is final.
 
 mod common;
 
