@@ -2,7 +2,7 @@
 //! (structured mode too) and the TTL loop guard's exact count, new triggers start at the log's
 //! head, dead-letter sinks retried with the same policy, `knativeerrordata` truncation, drops
 //! counted, the default broker delivery, immediate retries without `backoffDelay`,
-//! `Retry-After` handling, and every admin counter.
+//! `Retry-After` handling, every admin counter, and an ordered key waiting for a dead letter.
 
 mod common;
 
