@@ -14,6 +14,8 @@ use crate::loader::Document;
 use crate::model::{Destination, ObjectMeta};
 use crate::validate::{Ctx, Known, check_destination, check_ref_target, typed};
 
+pub(crate) mod apiserver;
+
 /// `sources.knative.dev/v1`.
 pub const SOURCES_V1: &str = "sources.knative.dev/v1";
 /// `sources.knative.dev/v1beta2` (PingSource's previous version, still accepted).
@@ -239,6 +241,8 @@ pub enum SourceSpec {
     Ping(PingSourceConfig),
     /// A GitHubSource.
     GitHub(GitHubSourceSpec),
+    /// An ApiServerSource.
+    ApiServer(apiserver::ApiServerSourceSpec),
 }
 
 /// A validated source resource.
@@ -260,6 +264,7 @@ impl SourceConfig {
         match self.spec {
             SourceSpec::Ping(_) => "PingSource",
             SourceSpec::GitHub(_) => "GitHubSource",
+            SourceSpec::ApiServer(_) => "ApiServerSource",
         }
     }
     /// The sink.
@@ -267,6 +272,7 @@ impl SourceConfig {
         match &self.spec {
             SourceSpec::Ping(p) => &p.spec.sink,
             SourceSpec::GitHub(g) => &g.sink,
+            SourceSpec::ApiServer(a) => apiserver::sink(a),
         }
     }
     /// The `ceOverrides.extensions`.
@@ -274,6 +280,7 @@ impl SourceConfig {
         let o = match &self.spec {
             SourceSpec::Ping(p) => &p.spec.ce_overrides,
             SourceSpec::GitHub(g) => &g.ce_overrides,
+            SourceSpec::ApiServer(a) => &a.ce_overrides,
         };
         o.as_ref().map(|o| o.extensions.clone()).unwrap_or_default()
     }
@@ -638,7 +645,7 @@ fn check_github(ctx: &mut Ctx, doc: &Document, spec: &GitHubSourceSpec) -> bool 
     ctx.errors.len() == before
 }
 
-/// Validates a `sources.knative.dev` PingSource or GitHubSource document.
+/// Validates a `sources.knative.dev` PingSource, GitHubSource or ApiServerSource document.
 pub(crate) fn check_source(
     ctx: &mut Ctx,
     doc: &Document,
@@ -659,6 +666,9 @@ pub(crate) fn check_source(
             }
             let s = typed::<PingSourceSpec>(ctx, doc, "spec", spec)?;
             SourceSpec::Ping(check_ping(ctx, doc, s)?)
+        }
+        "ApiServerSource" => {
+            return apiserver::check_apiserver_source(ctx, doc, api_version, metadata, spec);
         }
         _ => {
             if api_version != SOURCES_V1ALPHA1 {
