@@ -33,6 +33,12 @@ pub const GITHUB_EVENT_TYPE_PREFIX: &str = "dev.knative.source.github";
 /// `<base>/webhooks/github/<namespace>/<name>`. Without it, evmesh's own listen URL is used.
 pub const PUBLIC_URL_ANNOTATION: &str = "evmesh.dev/public-url";
 
+/// `v1` Secret annotation: keys whose values come from evmesh's environment, as
+/// `key=ENV_VAR` pairs separated by commas (e.g. `secretToken=GITHUB_WEBHOOK_SECRET`). A key read
+/// from the environment replaces the same key of `data`/`stringData`; a variable that is not set
+/// leaves its key out (a source reading it is not ready). The values are never logged or shown.
+pub const FROM_ENV_ANNOTATION: &str = "evmesh.dev/from-env";
+
 /// The GitHub webhook events Knative's GitHubSource adapter parses (`pkg/common/events.go`).
 pub const GITHUB_EVENT_TYPES: &[&str] = &[
     "check_run",
@@ -808,6 +814,35 @@ pub(crate) fn check_secret(
                 }
             }
             Some(_) => ctx.error(doc, section, "must be a mapping of key to value"),
+        }
+    }
+    if let Some(spec) = metadata.annotations.get(FROM_ENV_ANNOTATION) {
+        let field = format!("metadata.annotations.{FROM_ENV_ANNOTATION}");
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, var)) = pair.split_once('=').map(|(k, v)| (k.trim(), v.trim())) else {
+                ctx.error(doc, &field, format!("{pair:?} is not key=ENV_VAR"));
+                continue;
+            };
+            if !valid_key(key) || var.is_empty() || var.contains('=') {
+                ctx.error(
+                    doc,
+                    &field,
+                    format!(
+                        "{pair:?} is not key=ENV_VAR (a key of letters, digits, '-', '_' or '.')"
+                    ),
+                );
+                continue;
+            }
+            match std::env::var_os(var) {
+                Some(v) => {
+                    values.insert(key.to_string(), SecretBytes(v.into_encoded_bytes()));
+                }
+                None => ctx.warn(
+                    doc,
+                    &field,
+                    format!("environment variable {var} is not set: key {key:?} is missing"),
+                ),
+            }
         }
     }
     (ctx.errors.len() == before).then(|| SecretConfig {
