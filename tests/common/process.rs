@@ -58,7 +58,10 @@ impl EvmeshProcess {
         env: &[(&str, &str)],
     ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
-        cmd.envs(env.iter().copied());
+        // ApiServerSources watch evmesh's own API in tests, whatever cluster this machine has.
+        cmd.env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied());
         cmd.args(["serve", "-f"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
