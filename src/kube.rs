@@ -41,6 +41,7 @@ pub(crate) fn extend(router: Router, admin: Admin) -> Router {
             Router::new()
                 .route("/version", get(version))
                 .route("/api", get(api))
+                .route("/api/v1/namespaces", get(namespaces))
                 .route("/api/v1/namespaces/{ns}", get(namespace))
                 .route("/apis", get(apis))
                 .route("/apis/{group}/{version}", get(resource_list))
@@ -147,13 +148,51 @@ async fn api(headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// A Namespace object, labelled as Kubernetes labels every namespace
+/// (`kubernetes.io/metadata.name`).
+fn namespace_object(ns: &str) -> Value {
+    json!({
+        "kind": "Namespace", "apiVersion": "v1",
+        "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+        "spec": {}, "status": {"phase": "Active"},
+    })
+}
+
 /// Namespaces need no creating in evmesh: every one exists. kubectl asks after a NotFound, to
 /// tell a missing object from a missing namespace.
 async fn namespace(Path(ns): Path<String>) -> Json<Value> {
+    Json(namespace_object(&ns))
+}
+
+/// The namespaces in use (holding a resource, and `default`), filtered by `labelSelector`: what
+/// an ApiServerSource's `namespaceSelector` is matched against.
+async fn namespaces(
+    State(a): State<Admin>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let labels = match parse_selector(q.get("labelSelector").map_or("", |s| s.as_str()), true) {
+        Ok(l) => l,
+        Err(e) => return WriteError::BadRequest(e).into_response(),
+    };
+    let mut names = std::collections::BTreeSet::from(["default".to_string()]);
+    for k in KINDS {
+        for o in a.runtime.list(k, None) {
+            if let Some(ns) = o["metadata"]["namespace"].as_str() {
+                names.insert(ns.to_string());
+            }
+        }
+    }
+    let items: Vec<Value> = names
+        .iter()
+        .map(|n| namespace_object(n))
+        .filter(|o| matches(o, &[], &labels))
+        .collect();
     Json(json!({
-        "kind": "Namespace", "apiVersion": "v1",
-        "metadata": {"name": ns}, "spec": {}, "status": {"phase": "Active"},
+        "kind": "NamespaceList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": a.runtime.resource_version().to_string()},
+        "items": items,
     }))
+    .into_response()
 }
 
 /// The groups of the registry, each with its versions (first registered is preferred).

@@ -557,3 +557,121 @@ fn knative_validation_rejects_a_bad_mode_missing_resources_and_filters() {
         assert!(err.contains(field), "{spec}: {err}");
     }
 }
+
+#[tokio::test]
+async fn namespace_selector_watches_the_namespaces_whose_labels_match() {
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: first, namespace: team-b}}\n---\n{}",
+        watch_brokers(
+            &sink,
+            "  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: team-b}}\n"
+        )
+    );
+    let m = mesh(&yaml).await;
+    let obj = ready(&m, "brokers").await;
+    assert_eq!(obj["status"]["namespaces"], json!(["team-b"]));
+    create_broker(&m, "here", "").await;
+    let code = send(
+        reqwest::Method::POST,
+        &m.url("/apis/eventing.knative.dev/v1/namespaces/team-b/brokers"),
+        Some("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: there, namespace: team-b}\n".into()),
+    )
+    .await;
+    assert_eq!(code, 201);
+    wait_for_type(&sink, "there", "dev.knative.apiserver.ref.add").await;
+    assert!(about(&sink, "here").is_empty(), "demo is not selected");
+}
+
+#[tokio::test]
+async fn a_kubeconfig_points_the_source_at_another_api_server() {
+    // `watched` plays the cluster: evmesh's API with an admin token, reached through a
+    // kubeconfig as `evmesh kubeconfig` writes it (the token in the server URL and as the user's).
+    let watched = mesh_with("", |o| evmesh::Options {
+        admin_token: Some("t0ken".into()),
+        ..o
+    })
+    .await;
+    let server = watched.url("/_evmesh/kube/t0ken");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{server}\"}}\nusers:\n- name: u\n  user: {{token: t0ken}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: demo}}\ncurrent-context: x\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    let sink = TestSink::start().await;
+    let m = mesh_with(&watch_brokers(&sink, ""), |o| evmesh::Options {
+        kube_api: Some(evmesh::KubeApi::Kubeconfig(kubeconfig.clone())),
+        ..o
+    })
+    .await;
+    ready(&m, "brokers").await;
+    let code = client()
+        .post(watched.url(BROKERS))
+        .bearer_auth("t0ken")
+        .header("content-type", "application/yaml")
+        .body(broker("remote", ""))
+        .send()
+        .await
+        .expect("create")
+        .status()
+        .as_u16();
+    assert_eq!(code, 201);
+    wait_for_type(&sink, "remote", "dev.knative.apiserver.ref.add").await;
+    let r = &about(&sink, "remote")[0];
+    assert_eq!(
+        r.header("ce-source").as_deref(),
+        Some(watched.url("").as_str()),
+        "the API server URL, without the token"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_ends_after_timeout_seconds_as_kube_rs_expects() {
+    let m = mesh(&broker("b1", "")).await;
+    let url = m.url(&format!("{BROKERS}?watch=true&timeoutSeconds=1"));
+    let resp = client().get(&url).send().await.expect("watch");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(20), resp.text())
+        .await
+        .expect("the watch ended after timeoutSeconds")
+        .expect("body");
+    assert!(body.contains(r#""type":"ADDED""#), "{body}");
+}
+
+#[tokio::test]
+async fn a_watch_from_a_resource_version_no_longer_kept_is_410_gone() {
+    // A restarted evmesh keeps no watch history: a client resuming from an older version must
+    // list again, which kube-rs's watcher does on 410 (reason Expired).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = mesh_at(dir.path(), "", |o| o).await;
+    for name in ["b1", "b2"] {
+        let code = send(
+            reqwest::Method::POST,
+            &mesh_url(&first, BROKERS),
+            Some(broker(name, "")),
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    first.shutdown().await;
+    drop(first);
+    let m = mesh_at(dir.path(), "", |o| o).await;
+    let (_, list) = get_json(&mesh_url(&m, BROKERS)).await;
+    assert_eq!(list["metadata"]["resourceVersion"], "2", "{list}");
+    let resp = client()
+        .get(mesh_url(
+            &m,
+            &format!("{BROKERS}?watch=true&resourceVersion=1"),
+        ))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(resp.status().as_u16(), 410);
+    let status: Value = serde_json::from_str(&resp.text().await.expect("body")).expect("a Status");
+    assert_eq!(status["reason"], "Expired");
+    assert_eq!(status["code"], 410);
+}

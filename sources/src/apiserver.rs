@@ -111,6 +111,20 @@ pub fn self_link(api_version: &str, kind: &str, namespace: &str, name: &str) -> 
     )
 }
 
+/// The events' `source`: the API server URL (`https://10.96.0.1:443`). The path `evmesh
+/// kubeconfig` puts the admin token in (`/_evmesh/kube/<token>`) is left out.
+fn api_server_url(uri: &http::Uri) -> String {
+    let text = uri.to_string();
+    let base = match text.find(KUBE_TOKEN_PATH) {
+        Some(i) => &text[..i],
+        None => text.as_str(),
+    };
+    base.trim_end_matches('/').to_string()
+}
+
+/// Where `evmesh kubeconfig` puts the admin token in the server URL.
+const KUBE_TOKEN_PATH: &str = "/_evmesh/kube/";
+
 /// A JSON value with every object's keys sorted, as Go's `encoding/json` marshals the
 /// `map[string]interface{}` of an unstructured object.
 fn sorted(v: Value) -> Value {
@@ -458,11 +472,7 @@ impl ApiServerSource {
                 .config()
                 .await
                 .map_err(|e| ("ClusterNotConfigured".to_string(), e))?;
-            let source = config
-                .cluster_url
-                .to_string()
-                .trim_end_matches('/')
-                .to_string();
+            let source = api_server_url(&config.cluster_url);
             let client = kube::Client::try_from(config)
                 .map_err(|e| ("ClusterNotConfigured".to_string(), e.to_string()))?;
             let targets = self.targets(&client).await?;
@@ -601,6 +611,16 @@ mod tests {
             self_link("serving.knative.dev", "Revision", "d", "r"),
             "/apis/serving.knative.dev/versionUnknown/namespaces/d/revisions/r"
         );
+    }
+
+    #[test]
+    fn source_url_never_carries_an_evmesh_token() {
+        let uri: http::Uri = "http://127.0.0.1:8080/_evmesh/kube/s3cret"
+            .parse()
+            .expect("uri");
+        assert_eq!(api_server_url(&uri), "http://127.0.0.1:8080");
+        let uri: http::Uri = "https://10.96.0.1:443/".parse().expect("uri");
+        assert_eq!(api_server_url(&uri), "https://10.96.0.1:443");
     }
 
     #[test]
