@@ -41,6 +41,7 @@ pub(crate) fn extend(router: Router, admin: Admin) -> Router {
             Router::new()
                 .route("/version", get(version))
                 .route("/api", get(api))
+                .route("/api/v1", get(core_v1))
                 .route("/api/v1/namespaces", get(namespaces))
                 .route("/api/v1/namespaces/{ns}", get(namespace))
                 .route("/apis", get(apis))
@@ -162,6 +163,16 @@ fn namespace_object(ns: &str) -> Value {
 /// tell a missing object from a missing namespace.
 async fn namespace(Path(ns): Path<String>) -> Json<Value> {
     Json(namespace_object(&ns))
+}
+
+/// The core `v1` resources evmesh serves: only `namespaces` (read only), for clients' discovery
+/// (kube-rs looks a core kind up here before watching it).
+async fn core_v1() -> Json<Value> {
+    Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+        "resources": [{"name": "namespaces", "singularName": "namespace", "namespaced": false,
+            "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]}],
+    }))
 }
 
 /// The namespaces in use (holding a resource, and `default`), filtered by `labelSelector`: what

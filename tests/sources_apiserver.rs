@@ -675,3 +675,66 @@ async fn a_watch_from_a_resource_version_no_longer_kept_is_410_gone() {
     assert_eq!(status["reason"], "Expired");
     assert_eq!(status["code"], 410);
 }
+
+#[tokio::test]
+async fn a_source_whose_api_is_unreachable_keeps_trying_and_watches_once_it_answers() {
+    // A free loopback port nothing listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    let sink = TestSink::start().await;
+    let m = mesh_with(&watch_brokers(&sink, ""), |o| evmesh::Options {
+        kube_api: Some(evmesh::KubeApi::Kubeconfig(kubeconfig.clone())),
+        ..o
+    })
+    .await;
+    let url = m.url(&format!("{SOURCES}/brokers"));
+    eventually_json(&url, "ApiServerUnreachable", |o| {
+        o["status"]["conditions"][0]["reason"] == "ApiServerUnreachable"
+    })
+    .await;
+    // The API comes up on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the API's port");
+    let api_dir = tempfile::tempdir().expect("tempdir");
+    let api = evmesh::Mesh::from_yaml("")
+        .expect("empty mesh")
+        .data_dir(api_dir.path())
+        .start(listener)
+        .await
+        .expect("API starts");
+    ready(&m, "brokers").await;
+    let code = send(
+        reqwest::Method::POST,
+        &mesh_url(&api, BROKERS),
+        Some(broker("late", "")),
+    )
+    .await;
+    assert_eq!(code, 201);
+    wait_for_type(&sink, "late", "dev.knative.apiserver.ref.add").await;
+}
+
+/// Polls `url` until `cond` holds on its JSON (20 s at most).
+async fn eventually_json(url: &str, what: &str, cond: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, obj) = get_json(url).await;
+        if cond(&obj) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {obj}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -358,9 +358,7 @@ impl ApiServerSource {
         self.update(|s| s.namespaces = namespaces.clone());
         let mut out = Vec::new();
         for r in &self.spec.resources {
-            let ar = discover(client, r)
-                .await
-                .map_err(|e| ("ResourceNotFound".to_string(), e))?;
+            let ar = discover(client, r).await?;
             let selector = r
                 .selector
                 .as_ref()
@@ -466,39 +464,49 @@ impl ApiServerSource {
             s.running = true;
             s.sink_uri = ctx.sink_uri.clone();
         });
-        let started = async {
-            let config = self
-                .api
-                .config()
-                .await
-                .map_err(|e| ("ClusterNotConfigured".to_string(), e))?;
-            let source = api_server_url(&config.cluster_url);
-            let client = kube::Client::try_from(config)
-                .map_err(|e| ("ClusterNotConfigured".to_string(), e.to_string()))?;
-            let targets = self.targets(&client).await?;
-            Ok::<_, (String, String)>((client, source, targets))
-        };
-        let started = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return self.update(|s| s.running = false),
-            s = started => s,
-        };
-        match started {
-            Err(failure) => {
-                tracing::warn!(namespace = %self.namespace, name = %self.name, reason = %failure.0, error = %failure.1, "ApiServerSource cannot watch");
-                self.update(|s| s.failure = Some(failure));
-                ctx.shutdown.cancelled().await;
+        // As Knative's adapter pod restarts until it can watch: try again with backoff (1 s,
+        // doubling, at most 30 s) while the API cannot be reached or a kind is not served.
+        let mut wait = std::time::Duration::from_secs(1);
+        let started = loop {
+            let attempt = async {
+                let config = self
+                    .api
+                    .config()
+                    .await
+                    .map_err(|e| ("ClusterNotConfigured".to_string(), e))?;
+                let source = api_server_url(&config.cluster_url);
+                let client = kube::Client::try_from(config)
+                    .map_err(|e| ("ClusterNotConfigured".to_string(), e.to_string()))?;
+                let targets = self.targets(&client).await?;
+                Ok::<_, (String, String)>((client, source, targets))
+            };
+            let result = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return self.update(|s| s.running = false),
+                r = attempt => r,
+            };
+            match result {
+                Ok(started) => break started,
+                Err(failure) => {
+                    tracing::warn!(namespace = %self.namespace, name = %self.name, reason = %failure.0, error = %failure.1, retry_in = ?wait, "ApiServerSource cannot watch");
+                    self.update(|s| s.failure = Some(failure));
+                }
             }
-            Ok((client, source, targets)) => {
-                self.update(|s| {
-                    s.source_url = Some(source.clone());
-                    s.watches = targets.len();
-                });
-                let watches = targets
-                    .into_iter()
-                    .map(|t| self.watch(&ctx, client.clone(), &source, t));
-                futures_util::future::join_all(watches).await;
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return self.update(|s| s.running = false),
+                _ = tokio::time::sleep(wait) => {}
             }
-        }
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        };
+        let (client, source, targets) = started;
+        self.update(|s| {
+            s.failure = None;
+            s.source_url = Some(source.clone());
+            s.watches = targets.len();
+        });
+        let watches = targets
+            .into_iter()
+            .map(|t| self.watch(&ctx, client.clone(), &source, t));
+        futures_util::future::join_all(watches).await;
         self.update(|s| s.running = false);
     }
 }
@@ -508,7 +516,7 @@ impl ApiServerSource {
 async fn discover(
     client: &kube::Client,
     r: &ApiServerResource,
-) -> Result<(ApiResource, Scope), String> {
+) -> Result<(ApiResource, Scope), (String, String)> {
     let (group, version) = r
         .api_version
         .split_once('/')
@@ -518,10 +526,17 @@ async fn discover(
         .await
         .map(|(ar, caps)| (ar, caps.scope))
         .map_err(|e| {
-            format!(
+            // Not served (no such kind, or no such group/version) or not reachable at all.
+            let reason = match &e {
+                kube::Error::Discovery(_) => "ResourceNotFound",
+                kube::Error::Api(s) if s.code == 404 => "ResourceNotFound",
+                _ => "ApiServerUnreachable",
+            };
+            let message = format!(
                 "could not retrieve information about resource {}/{}: {e}",
                 r.api_version, r.kind
-            )
+            );
+            (reason.to_string(), message)
         })
 }
 
