@@ -738,3 +738,26 @@ async fn eventually_json(url: &str, what: &str, cond: impl Fn(&Value) -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn an_object_left_alone_sends_one_add_and_nothing_more() {
+    let sink = TestSink::start().await;
+    let m = mesh(&watch_brokers(&sink, "")).await;
+    ready(&m, "brokers").await;
+    create_broker(&m, "still", "").await;
+    wait_for_type(&sink, "still", "dev.knative.apiserver.ref.add").await;
+    // evmesh's watch reports every object once more after 0.5 s (a status look); the source
+    // sends an update only for an object that changed.
+    let url = m.url(&format!("{BROKERS}/still"));
+    let (_, before) = get_json(&url).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, after) = get_json(&url).await;
+    assert_eq!(
+        before["status"]["conditions"],
+        after["status"]["conditions"]
+    );
+    assert_eq!(
+        types(&about(&sink, "still")),
+        vec!["dev.knative.apiserver.ref.add".to_string()]
+    );
+}
