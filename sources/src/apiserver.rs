@@ -164,6 +164,76 @@ struct State {
     last_error: Option<String>,
 }
 
+/// `(namespace, name)` of a watched object.
+type ObjectKey = (String, String);
+
+/// `metadata.resourceVersion` as a number (etcd's and evmesh's are).
+fn rv_of(v: &Value) -> Option<u64> {
+    v["metadata"]["resourceVersion"].as_str()?.parse().ok()
+}
+
+/// What one watch has seen, to turn kube-rs's events (`Apply`, `Delete`, relists) into Knative's
+/// add, update and delete: an object not seen yet is an add; a newer `resourceVersion` of a seen
+/// one an update; a delete of a seen one a delete. An event whose version is not newer than what
+/// was seen (evmesh's watch repeats objects with their version after a status look, and a watch
+/// resumed from such an older version replays the events after it) sends nothing. Objects listed
+/// when the watch (re)starts send nothing, as with Knative's adapter.
+#[derive(Default)]
+struct Seen {
+    known: HashMap<ObjectKey, Value>,
+    listing: HashMap<ObjectKey, Value>,
+    /// The version each object was deleted at, since the last list.
+    deleted: HashMap<ObjectKey, u64>,
+}
+
+impl Seen {
+    fn init(&mut self) {
+        self.listing.clear();
+    }
+
+    fn init_apply(&mut self, key: ObjectKey, object: Value) {
+        self.listing.insert(key, object);
+    }
+
+    fn init_done(&mut self) {
+        self.known = std::mem::take(&mut self.listing);
+        self.deleted.clear();
+    }
+
+    /// The change an added or modified object makes, if any.
+    fn apply(&mut self, key: ObjectKey, object: Value) -> Option<Change> {
+        let rv = rv_of(&object);
+        if let (Some(rv), Some(gone)) = (rv, self.deleted.get(&key))
+            && rv <= *gone
+        {
+            return None;
+        }
+        let change = match self.known.get(&key) {
+            None => Change::Add,
+            Some(old) => match (rv, rv_of(old)) {
+                (Some(new), Some(seen)) if new <= seen => return None,
+                (Some(_), Some(_)) => Change::Update,
+                _ if *old == object => return None,
+                _ => Change::Update,
+            },
+        };
+        self.deleted.remove(&key);
+        self.known.insert(key, object);
+        Some(change)
+    }
+
+    /// Whether a deleted object is one this watch had seen (else its delete was sent already).
+    fn delete(&mut self, key: ObjectKey, object: &Value) -> bool {
+        if self.known.remove(&key).is_none() {
+            return false;
+        }
+        if let Some(rv) = rv_of(object) {
+            self.deleted.insert(key, rv);
+        }
+        true
+    }
+}
+
 /// A running ApiServerSource.
 pub struct ApiServerSource {
     namespace: String,
@@ -412,10 +482,7 @@ impl ApiServerSource {
             }
             v
         };
-        // The objects as last seen, to tell an add from an update and to skip a repeat of an
-        // unchanged object.
-        let mut known: HashMap<(String, String), Value> = HashMap::new();
-        let mut listing: HashMap<(String, String), Value> = HashMap::new();
+        let mut seen = Seen::default();
         let mut synced = false;
         loop {
             let next = tokio::select! {
@@ -424,12 +491,10 @@ impl ApiServerSource {
             };
             let Some(next) = next else { return };
             match next {
-                Ok(Event::Init) => listing.clear(),
-                Ok(Event::InitApply(o)) => {
-                    listing.insert(key(&o), as_json(&o));
-                }
+                Ok(Event::Init) => seen.init(),
+                Ok(Event::InitApply(o)) => seen.init_apply(key(&o), as_json(&o)),
                 Ok(Event::InitDone) => {
-                    known = std::mem::take(&mut listing);
+                    seen.init_done();
                     if !synced {
                         synced = true;
                         self.update(|s| s.synced += 1);
@@ -438,18 +503,15 @@ impl ApiServerSource {
                 }
                 Ok(Event::Apply(o)) => {
                     let v = as_json(&o);
-                    let change = match known.get(&key(&o)) {
-                        None => Change::Add,
-                        Some(old) if *old == v => continue,
-                        Some(_) => Change::Update,
-                    };
-                    known.insert(key(&o), v.clone());
-                    self.publish(ctx, source, change, &v).await;
+                    if let Some(change) = seen.apply(key(&o), v.clone()) {
+                        self.publish(ctx, source, change, &v).await;
+                    }
                 }
                 Ok(Event::Delete(o)) => {
-                    known.remove(&key(&o));
-                    self.publish(ctx, source, Change::Delete, &as_json(&o))
-                        .await;
+                    let v = as_json(&o);
+                    if seen.delete(key(&o), &v) {
+                        self.publish(ctx, source, Change::Delete, &v).await;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(namespace = %self.namespace, name = %self.name, error = %e, "ApiServerSource watch failed; retrying");
@@ -636,6 +698,38 @@ mod tests {
         assert_eq!(api_server_url(&uri), "http://127.0.0.1:8080");
         let uri: http::Uri = "https://10.96.0.1:443/".parse().expect("uri");
         assert_eq!(api_server_url(&uri), "https://10.96.0.1:443");
+    }
+
+    fn obj(name: &str, rv: u64, status: &str) -> (ObjectKey, Value) {
+        (
+            ("demo".into(), name.into()),
+            json!({"metadata": {"name": name, "resourceVersion": rv.to_string()}, "status": status}),
+        )
+    }
+
+    #[test]
+    fn changes_follow_resource_versions_and_replays_send_nothing() {
+        let mut s = Seen::default();
+        s.init();
+        let (k, a1) = obj("a", 1, "x");
+        s.init_apply(k.clone(), a1);
+        s.init_done();
+        // Listed: a repeat of the listed version (a status look) is no change.
+        let (_, a1_ready) = obj("a", 1, "ready");
+        assert_eq!(s.apply(k.clone(), a1_ready), None);
+        let (_, a2) = obj("a", 2, "x");
+        assert_eq!(s.apply(k.clone(), a2.clone()), Some(Change::Update));
+        let (kb, b3) = obj("b", 3, "x");
+        assert_eq!(s.apply(kb.clone(), b3.clone()), Some(Change::Add));
+        let (_, b4) = obj("b", 4, "x");
+        assert!(s.delete(kb.clone(), &b4));
+        // A watch resumed from version 1 replays 2, 3 and 4: nothing is sent again.
+        assert_eq!(s.apply(k.clone(), a2), None);
+        assert_eq!(s.apply(kb.clone(), b3), None);
+        assert!(!s.delete(kb.clone(), &b4));
+        // Created again later: an add.
+        let (_, b5) = obj("b", 5, "x");
+        assert_eq!(s.apply(kb, b5), Some(Change::Add));
     }
 
     #[test]
