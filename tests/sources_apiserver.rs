@@ -761,3 +761,33 @@ async fn an_object_left_alone_sends_one_add_and_nothing_more() {
         vec!["dev.knative.apiserver.ref.add".to_string()]
     );
 }
+
+#[tokio::test]
+async fn serve_kubeconfig_flag_points_sources_at_that_cluster() {
+    let watched = mesh("").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            watched.url("")
+        ),
+    )
+    .expect("write kubeconfig");
+    let sink = TestSink::start().await;
+    let config = dir.path().join("source.yaml");
+    std::fs::write(&config, watch_brokers(&sink, "")).expect("write yaml");
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let p = EvmeshProcess::start(&config, &dir.path().join("data"), &["--kubeconfig", &kc]);
+    eventually_json(&p.url(&format!("{SOURCES}/brokers")), "Ready", |o| {
+        o["status"]["conditions"][0]["status"] == "True"
+    })
+    .await;
+    create_broker(&watched, "far", "").await;
+    wait_for_type(&sink, "far", "dev.knative.apiserver.ref.add").await;
+    assert_eq!(
+        about(&sink, "far")[0].header("ce-source").as_deref(),
+        Some(watched.url("").as_str())
+    );
+}
