@@ -422,7 +422,9 @@ async fn get_watch_sees_added_modified_and_deleted() {
     };
     let path = k.file("w1.yaml", &trigger("w1", "a", "", &sink.url()));
     k.ok(&["apply", "-f", &path]);
-    wait_for("ADDED", sink.url()).await;
+    // The ADDED row may come before the trigger's status is filled in (then a MODIFIED row has
+    // it, as on Kubernetes); seen under load with other evmesh processes in this binary.
+    wait_for("ADDED", String::new()).await;
     // The change shows in the row (a watch may also repeat an unchanged row).
     let changed = format!("{}changed", sink.url());
     std::fs::write(&path, trigger("w1", "b", "", &changed)).expect("rewrite");
