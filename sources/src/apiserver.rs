@@ -164,6 +164,19 @@ struct State {
     last_error: Option<String>,
 }
 
+/// `corev1.ObjectReference` as Go marshals it: fields in its order, empty ones omitted.
+#[derive(serde::Serialize)]
+struct ObjectReference<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(rename = "apiVersion", skip_serializing_if = "str::is_empty")]
+    api_version: &'a str,
+}
+
 /// `(namespace, name)` of a watched object.
 type ObjectKey = (String, String);
 
@@ -321,25 +334,19 @@ impl ApiServerSource {
         a.insert("apiversion".into(), json!(api_version));
         a.insert("name".into(), json!(name));
         a.insert("namespace".into(), json!(namespace));
-        let data = if self.spec.resource_mode() {
-            sorted(object.clone())
+        let body = if self.spec.resource_mode() {
+            sorted(object.clone()).to_string()
         } else {
-            // corev1.ObjectReference, fields in its Go order, empty ones omitted.
-            let mut r = Map::new();
-            for (k, v) in [
-                ("kind", &kind),
-                ("namespace", &namespace),
-                ("name", &name),
-                ("apiVersion", &api_version),
-            ] {
-                if !v.is_empty() {
-                    r.insert(k.into(), json!(v));
-                }
-            }
-            Value::Object(r)
+            serde_json::to_string(&ObjectReference {
+                kind: &kind,
+                namespace: &namespace,
+                name: &name,
+                api_version: &api_version,
+            })
+            .map_err(|e| RecordError(e.to_string()))?
         };
         apply_overrides(&mut a, &self.extensions);
-        let body = Bytes::from(data.to_string());
+        let body = Bytes::from(body);
         EventRecord::new(a, Some((DataKind::Json, body)), Vec::new())
     }
 
