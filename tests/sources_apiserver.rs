@@ -603,8 +603,11 @@ async fn a_kubeconfig_points_the_source_at_another_api_server() {
     )
     .expect("write kubeconfig");
     let sink = TestSink::start().await;
+    // As KUBECONFIG lists files: one that does not exist is skipped.
+    let path = std::env::join_paths([dir.path().join("absent"), kubeconfig.clone()])
+        .expect("a KUBECONFIG list");
     let m = mesh_with(&watch_brokers(&sink, ""), |o| evmesh::Options {
-        kube_api: Some(evmesh::KubeApi::Kubeconfig(kubeconfig.clone())),
+        kube_api: Some(evmesh::KubeApi::Kubeconfig(path.into())),
         ..o
     })
     .await;

@@ -34,7 +34,8 @@ pub enum KubeApi {
         /// The admin bearer token.
         token: Option<String>,
     },
-    /// The current context of a kubeconfig file (`--kubeconfig`, `KUBECONFIG`).
+    /// The current context of a kubeconfig file (`--kubeconfig`, `KUBECONFIG`; several files
+    /// separated as in `KUBECONFIG` are merged).
     Kubeconfig(PathBuf),
     /// The cluster evmesh runs in (service account token, `KUBERNETES_SERVICE_HOST`).
     InCluster,
@@ -68,8 +69,21 @@ impl KubeApi {
                 Ok(c)
             }
             KubeApi::Kubeconfig(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                // Several files separated as in `KUBECONFIG` (`a:b`) are merged, the first wins;
+                // files that do not exist are skipped, as kubectl does.
+                let mut merged: Option<kube::config::Kubeconfig> = None;
+                for p in std::env::split_paths(path).filter(|p| p.exists()) {
+                    let kc = kube::config::Kubeconfig::read_from(&p)
+                        .map_err(|e| format!("kubeconfig {}: {e}", p.display()))?;
+                    merged = Some(match merged {
+                        Some(m) => m
+                            .merge(kc)
+                            .map_err(|e| format!("kubeconfig {}: {e}", p.display()))?,
+                        None => kc,
+                    });
+                }
+                let kc =
+                    merged.ok_or_else(|| format!("no kubeconfig file at {}", path.display()))?;
                 kube::Config::from_custom_kubeconfig(kc, &Default::default())
                     .await
                     .map_err(|e| format!("kubeconfig {}: {e}", path.display()))
