@@ -278,7 +278,10 @@ fn print_table(kind: &KindInfo, items: &[Value], all_namespaces: bool) {
         "Broker" => header.extend(["URL", "AGE", "READY", "REASON"]),
         "Trigger" => header.extend(["BROKER", "SUBSCRIBER_URI", "AGE", "READY", "REASON"]),
         "PingSource" => header.extend(["SINK", "SCHEDULE", "AGE", "READY", "REASON"]),
-        "GitHubSource" => header.extend(["SINK", "AGE", "READY", "REASON"]),
+        // Every other source kind (GitHubSource, ApiServerSource, ...).
+        _ if kind.group == "sources.knative.dev" => {
+            header.extend(["SINK", "AGE", "READY", "REASON"])
+        }
         _ => header.extend(["URL", "AGE", "READY", "REASON"]),
     }
     for item in items {
@@ -303,7 +306,7 @@ fn print_table(kind: &KindInfo, items: &[Value], all_namespaces: bool) {
                         .to_string(),
                 );
             }
-            "PingSource" | "GitHubSource" => {
+            _ if kind.group == "sources.knative.dev" => {
                 let text = |v: &Value| v.as_str().unwrap_or("").to_string();
                 row.push(text(&item["status"]["sinkUri"]));
                 if kind.kind == "PingSource" {

@@ -41,6 +41,8 @@ pub(crate) fn extend(router: Router, admin: Admin) -> Router {
             Router::new()
                 .route("/version", get(version))
                 .route("/api", get(api))
+                .route("/api/v1", get(core_v1))
+                .route("/api/v1/namespaces", get(namespaces))
                 .route("/api/v1/namespaces/{ns}", get(namespace))
                 .route("/apis", get(apis))
                 .route("/apis/{group}/{version}", get(resource_list))
@@ -147,13 +149,61 @@ async fn api(headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// A Namespace object, labelled as Kubernetes labels every namespace
+/// (`kubernetes.io/metadata.name`).
+fn namespace_object(ns: &str) -> Value {
+    json!({
+        "kind": "Namespace", "apiVersion": "v1",
+        "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+        "spec": {}, "status": {"phase": "Active"},
+    })
+}
+
 /// Namespaces need no creating in evmesh: every one exists. kubectl asks after a NotFound, to
 /// tell a missing object from a missing namespace.
 async fn namespace(Path(ns): Path<String>) -> Json<Value> {
+    Json(namespace_object(&ns))
+}
+
+/// The core `v1` resources evmesh serves: only `namespaces` (read only), for clients' discovery
+/// (kube-rs looks a core kind up here before watching it).
+async fn core_v1() -> Json<Value> {
     Json(json!({
-        "kind": "Namespace", "apiVersion": "v1",
-        "metadata": {"name": ns}, "spec": {}, "status": {"phase": "Active"},
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+        "resources": [{"name": "namespaces", "singularName": "namespace", "namespaced": false,
+            "kind": "Namespace", "verbs": ["get", "list"], "shortNames": ["ns"]}],
     }))
+}
+
+/// The namespaces in use (holding a resource, and `default`), filtered by `labelSelector`: what
+/// an ApiServerSource's `namespaceSelector` is matched against.
+async fn namespaces(
+    State(a): State<Admin>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let labels = match parse_selector(q.get("labelSelector").map_or("", |s| s.as_str()), true) {
+        Ok(l) => l,
+        Err(e) => return WriteError::BadRequest(e).into_response(),
+    };
+    let mut names = std::collections::BTreeSet::from(["default".to_string()]);
+    for k in KINDS {
+        for o in a.runtime.list(k, None) {
+            if let Some(ns) = o["metadata"]["namespace"].as_str() {
+                names.insert(ns.to_string());
+            }
+        }
+    }
+    let items: Vec<Value> = names
+        .iter()
+        .map(|n| namespace_object(n))
+        .filter(|o| matches(o, &[], &labels))
+        .collect();
+    Json(json!({
+        "kind": "NamespaceList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": a.runtime.resource_version().to_string()},
+        "items": items,
+    }))
+    .into_response()
 }
 
 /// The groups of the registry, each with its versions (first registered is preferred).
@@ -569,14 +619,60 @@ enum Req {
     Ne(String, String),
     Exists(String),
     Absent(String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
 }
 
-/// Parses `a=b,c!=d,e,!f` (the subset of Kubernetes' selector syntax kubectl sends for names
-/// and simple labels).
+/// The requirements of a selector: split at the commas outside `( )`.
+fn split_requirements(s: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out.into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// `key in (a,b)` / `key notin (a,b)`: the set-based label requirements (what a
+/// `matchExpressions` selector becomes in a query).
+fn parse_set_requirement(part: &str) -> Option<Req> {
+    let open = part.find('(')?;
+    let values = part[open + 1..].strip_suffix(')')?;
+    let values: Vec<String> = values
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let head: Vec<&str> = part[..open].split_whitespace().collect();
+    match head.as_slice() {
+        [key, "in"] => Some(Req::In(key.to_string(), values)),
+        [key, "notin"] => Some(Req::NotIn(key.to_string(), values)),
+        _ => None,
+    }
+}
+
+/// Parses `a=b,c!=d,e,!f`, and for labels `g in (h,i)` and `j notin (k)` (Kubernetes' selector
+/// syntax, as kubectl and client libraries send it).
 fn parse_selector(s: &str, labels: bool) -> Result<Vec<Req>, String> {
     let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        if let Some((k, v)) = part.split_once("!=") {
+    for part in split_requirements(s) {
+        if labels
+            && part.contains('(')
+            && let Some(req) = parse_set_requirement(part)
+        {
+            out.push(req);
+        } else if let Some((k, v)) = part.split_once("!=") {
             out.push(Req::Ne(k.trim().into(), v.trim().into()));
         } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
             out.push(Req::Eq(k.trim().into(), v.trim().into()));
@@ -611,6 +707,8 @@ fn matches(obj: &Value, fields: &[Req], labels: &[Req]) -> bool {
         Req::Ne(k, v) => l[k].as_str() != Some(v),
         Req::Exists(k) => l.get(k).is_some(),
         Req::Absent(k) => l.get(k).is_none(),
+        Req::In(k, vs) => l[k].as_str().is_some_and(|v| vs.iter().any(|x| x == v)),
+        Req::NotIn(k, vs) => l[k].as_str().is_none_or(|v| !vs.iter().any(|x| x == v)),
     });
     field_ok && label_ok
 }
@@ -660,6 +758,13 @@ async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
         return next.run(req).await;
     }
     let watched = watched_collection(req.uri().path());
+    // Kubernetes ends a watch after `timeoutSeconds` (client-go and kube-rs ask for ~5 min and
+    // then watch again from the last resourceVersion).
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .map(Duration::from_secs);
     let shape = Shape {
         table,
         include_object: q
@@ -678,11 +783,11 @@ async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
         let shape = std::sync::Arc::new(shape);
         let lines = watch_lines(body, shape.clone());
         let Some((kind, ns)) = watched else {
-            return Response::from_parts(parts, Body::from_stream(lines));
+            return Response::from_parts(parts, until(lines, timeout));
         };
         let status = status_changes(a, kind, ns, shape);
         let both = futures_util::stream::select(lines, status);
-        return Response::from_parts(parts, Body::from_stream(both));
+        return Response::from_parts(parts, until(both, timeout));
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return WriteError::Internal("reading the response".into()).into_response();
@@ -697,6 +802,18 @@ async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(out.to_string()))
+}
+
+/// A watch body that ends after `timeout` (when given).
+fn until<S>(stream: S, timeout: Option<Duration>) -> Body
+where
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    match timeout {
+        Some(t) => Body::from_stream(stream.take_until(tokio::time::sleep(t))),
+        None => Body::from_stream(stream),
+    }
 }
 
 /// Filters a list by the selectors and turns a list or object into a Table when asked.
@@ -960,7 +1077,20 @@ mod tests {
         assert!(matches(&obj, &f, &l));
         let other = json!({"metadata": {"name": "b", "labels": {"app": "x"}}});
         assert!(!matches(&other, &f, &l));
-        assert!(parse_selector("a in (b)", true).is_err());
+        assert!(parse_selector("a in (b)", false).is_err());
+        assert!(parse_selector("a in b", true).is_err());
+    }
+
+    #[test]
+    fn set_based_label_selectors_parse_and_match() {
+        let l =
+            parse_selector("app=x,tier in (a, b),env notin (prod),!gone", true).expect("parses");
+        assert_eq!(l.len(), 4);
+        let obj = |tier: &str, env: &str| json!({"metadata": {"name": "a", "labels": {"app": "x", "tier": tier, "env": env}}});
+        assert!(matches(&obj("a", "dev"), &[], &l));
+        assert!(matches(&obj("b", "dev"), &[], &l));
+        assert!(!matches(&obj("c", "dev"), &[], &l));
+        assert!(!matches(&obj("a", "prod"), &[], &l));
     }
 
     #[test]

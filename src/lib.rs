@@ -114,6 +114,8 @@ pub use evmesh_config::{
     Trigger, TriggerSpec, Warning,
 };
 #[doc(inline)]
+pub use evmesh_sources::KubeApi;
+#[doc(inline)]
 pub use evmesh_store::EngineKind as StorageEngine;
 
 /// The quickstart YAML `evmesh serve` runs when no `-f` is given.
@@ -146,6 +148,9 @@ pub struct Options {
     /// Strict mode: configuration warnings (unknown fields, kinds evmesh ignores) are errors at
     /// start. Off by default: warnings are logged (`tracing` at warn) and start goes on.
     pub strict: bool,
+    /// The Kubernetes API ApiServerSources watch (a kubeconfig, in-cluster); `None`: evmesh's
+    /// own admin API, at the mesh's URL with [`Options::admin_token`].
+    pub kube_api: Option<KubeApi>,
 }
 
 impl Default for Options {
@@ -161,6 +166,7 @@ impl Default for Options {
             server: ServerLimits::default(),
             store: evmesh_store::StoreOptions::default(),
             strict: false,
+            kube_api: None,
         }
     }
 }
@@ -388,6 +394,10 @@ impl Mesh {
             options.url_template.clone(),
             options.default_channel,
             self.docs.clone(),
+            options.kube_api.clone().unwrap_or_else(|| KubeApi::Evmesh {
+                url: base.clone(),
+                token: options.admin_token.clone(),
+            }),
         )
         .await?;
         let (stop, _) = watch::channel(false);

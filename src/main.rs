@@ -177,6 +177,10 @@ enum Command {
         /// Do not poll the -f files for changes (re-read them on SIGHUP only).
         #[arg(long)]
         no_watch: bool,
+        /// Kubernetes cluster ApiServerSources watch (the kubeconfig's current context). Without
+        /// it (and outside a cluster) they watch evmesh's own API.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
         /// Channel kind of Channels, Sequences and Parallels without channelTemplate (as
         /// Knative's default-ch-webhook clusterDefault; such a ConfigMap in the YAML wins).
         #[arg(long, default_value = "InMemoryChannel")]
@@ -345,6 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_in_flight,
             admin_token_file,
             no_watch,
+            kubeconfig,
             ca_file,
             default_channel,
             limits,
@@ -384,6 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(e) = storage_engine {
                 options.engine = e;
             }
+            options.kube_api = kube_api(kubeconfig);
             options.service.max_in_flight = max_in_flight;
             options.service.ca_file = ca_file;
             options.service.retention.max_age =
@@ -421,6 +427,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The cluster ApiServerSources watch: `--kubeconfig`/`KUBECONFIG`, else the cluster evmesh runs
+/// in (as client-go's in-cluster config: `KUBERNETES_SERVICE_HOST` and a service account token),
+/// else none (evmesh's own API).
+fn kube_api(kubeconfig: Option<PathBuf>) -> Option<evmesh::KubeApi> {
+    if let Some(path) = kubeconfig.filter(|p| !p.as_os_str().is_empty()) {
+        return Some(evmesh::KubeApi::Kubeconfig(path));
+    }
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        && std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists();
+    in_cluster.then_some(evmesh::KubeApi::InCluster)
 }
 
 /// The admin token: from `--admin-token-file`, else the one kept in `DATA_DIR/admin-token`

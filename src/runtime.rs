@@ -179,6 +179,7 @@ impl Runtime {
         url_template: Option<String>,
         default_channel: Option<ChannelKind>,
         declared: Vec<Document>,
+        kube_api: evmesh_sources::KubeApi,
     ) -> Result<(Runtime, Vec<Warning>), crate::Error> {
         let s = store.clone();
         let saved = tokio::task::spawn_blocking(move || s.checkpoints(KEY_PREFIX))
@@ -218,6 +219,7 @@ impl Runtime {
                     service.clone(),
                     store.clone(),
                     ingress.clone(),
+                    kube_api,
                 ),
                 service,
                 store,
@@ -1082,7 +1084,7 @@ fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     match kind.kind {
         "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
         "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
-        "PingSource" | "GitHubSource" => mesh
+        _ if kind.group == "sources.knative.dev" => mesh
             .sources
             .retain(|s| !(s.kind() == kind.kind && is(&s.metadata))),
         "InMemoryChannel" => mesh.channels.retain(|c| !written(&c.metadata)),

@@ -1,4 +1,4 @@
-//! Runs the mesh's sources (PingSource, GitHubSource): starts, restarts and stops them as the
+//! Runs the mesh's sources (PingSource, GitHubSource, ApiServerSource): starts, restarts and stops them as the
 //! resources change, routes GitHub webhooks to them, and reports their status.
 //!
 //! A source is a composition, as the design card has it: an internal channel (a durable log,
@@ -19,8 +19,9 @@ use evmesh_config::{
     SourceConfig, SourceSpec, SubscriptionConfig,
 };
 use evmesh_sources::{
-    BoxFuture, CancellationToken, EventRecord, EventSink, GitHubSource, PingSource, SinkError,
-    SinkErrorKind, Source, SourceContext, WebhookHooks, webhook_router, webhook_url,
+    ApiServerSource, BoxFuture, CancellationToken, EventRecord, EventSink, GitHubSource, KubeApi,
+    PingSource, SinkError, SinkErrorKind, Source, SourceContext, WebhookHooks, webhook_router,
+    webhook_url,
 };
 use evmesh_store::EventStore;
 use serde_json::{Value, json};
@@ -136,6 +137,8 @@ pub(crate) struct SourceRuntime {
     base: Url,
     hooks: WebhookHooks,
     state: Arc<Mutex<State>>,
+    /// The Kubernetes API ApiServerSources watch.
+    kube_api: KubeApi,
 }
 
 fn key(s: &SourceConfig) -> Key {
@@ -169,11 +172,12 @@ fn fingerprint(s: &SourceConfig, mesh: &MeshConfig, uri: &str) -> u64 {
 
 impl SourceRuntime {
     /// Sources publishing through `service`, keeping their state in `store`; webhooks served
-    /// under `base`.
+    /// under `base`; ApiServerSources watching `kube_api`.
     pub(crate) fn new(
         service: BrokerService,
         store: Arc<dyn EventStore>,
         base: Url,
+        kube_api: KubeApi,
     ) -> SourceRuntime {
         SourceRuntime {
             service,
@@ -181,6 +185,7 @@ impl SourceRuntime {
             base,
             hooks: Arc::default(),
             state: Arc::default(),
+            kube_api,
         }
     }
 
@@ -215,6 +220,14 @@ impl SourceRuntime {
                     sink_uri: None,
                 })?;
                 Ok((Arc::new(p), None))
+            }
+            SourceSpec::ApiServer(_) => {
+                let a = ApiServerSource::new(s, self.kube_api.clone()).map_err(|e| NotRunning {
+                    reason: "InvalidSpec".into(),
+                    message: e.to_string(),
+                    sink_uri: None,
+                })?;
+                Ok((Arc::new(a), None))
             }
             SourceSpec::GitHub(_) => {
                 // Validated as an absolute URL; the listen URL when absent.

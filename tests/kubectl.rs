@@ -422,7 +422,9 @@ async fn get_watch_sees_added_modified_and_deleted() {
     };
     let path = k.file("w1.yaml", &trigger("w1", "a", "", &sink.url()));
     k.ok(&["apply", "-f", &path]);
-    wait_for("ADDED", sink.url()).await;
+    // The ADDED row may come before the trigger's status is filled in (then a MODIFIED row has
+    // it, as on Kubernetes); seen under load with other evmesh processes in this binary.
+    wait_for("ADDED", String::new()).await;
     // The change shows in the row (a watch may also repeat an unchanged row).
     let changed = format!("{}changed", sink.url());
     std::fs::write(&path, trigger("w1", "b", "", &changed)).expect("rewrite");
@@ -733,4 +735,171 @@ async fn a_sequence_applied_with_kubectl_shows_its_generated_channels_and_subscr
         "jsonpath={.status.address.url}",
     ]);
     assert_eq!(url, k.em.url("/channels/demo/sequence-kn-sequence-0"));
+}
+
+const SOURCES: &str = r#"apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: ticks}
+spec:
+  schedule: "0 0 1 1 *"
+  data: hello
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+---
+apiVersion: sources.knative.dev/v1
+kind: ApiServerSource
+metadata: {name: changes}
+spec:
+  mode: Resource
+  resources:
+    - apiVersion: eventing.knative.dev/v1
+      kind: Broker
+      selector: {matchExpressions: [{key: team, operator: In, values: [a, b]}]}
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+---
+apiVersion: sources.knative.dev/v1alpha1
+kind: GitHubSource
+metadata: {name: repo}
+spec:
+  eventTypes: [push]
+  ownerAndRepository: Codertocat/Hello-World
+  secretToken: {secretKeyRef: {name: githubsecret, key: secretToken}}
+  sink: {ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}
+"#;
+
+#[tokio::test]
+async fn source_kinds_apply_get_as_tables_and_yaml_wait_and_delete() {
+    let Some(k) = Kube::start() else { return };
+    let path = k.file("sources.yaml", SOURCES);
+    let out = k.ok(&["apply", "-f", &path]);
+    for line in [
+        "pingsource.sources.knative.dev/ticks created",
+        "apiserversource.sources.knative.dev/changes created",
+        "githubsource.sources.knative.dev/repo created",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let out = k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "apiserversource/changes",
+        "pingsource/ticks",
+        "--timeout=30s",
+    ]);
+    assert!(out.contains("condition met"), "{out}");
+
+    let table = k.ok(&["get", "pingsources,githubsources,apiserversources"]);
+    let broker_url = k.em.url("/demo/default");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {table}"))
+            .to_string()
+    };
+    assert!(
+        table.contains("SCHEDULE") && table.contains("SINK"),
+        "{table}"
+    );
+    let ping = row("pingsource.sources.knative.dev/ticks");
+    assert!(
+        ping.contains("0 0 1 1 *") && ping.contains(&broker_url),
+        "{table}"
+    );
+    let api = row("apiserversource.sources.knative.dev/changes");
+    assert!(api.contains(&broker_url) && api.contains("True"), "{table}");
+    // No Secret named githubsecret: not ready, and the table says why.
+    let gh = row("githubsource.sources.knative.dev/repo");
+    assert!(
+        gh.contains("False") && gh.contains("SecretTokenNotFound"),
+        "{table}"
+    );
+
+    // The `sources` category, as Knative's CRDs declare it.
+    let by_category = k.ok(&["get", "sources"]);
+    for name in ["ticks", "changes", "repo"] {
+        assert!(by_category.contains(name), "{by_category}");
+    }
+
+    let yaml = k.ok(&["get", "apiserversource", "changes", "-o", "yaml"]);
+    for part in [
+        "kind: ApiServerSource",
+        "mode: Resource",
+        "operator: In",
+        "type: dev.knative.apiserver.resource.add",
+        &format!("sinkUri: {broker_url}"),
+        "- demo",
+    ] {
+        assert!(yaml.contains(part), "{part}: {yaml}");
+    }
+
+    let out = k.ok(&["delete", "-f", &path]);
+    for line in [
+        "pingsource.sources.knative.dev \"ticks\" deleted",
+        "apiserversource.sources.knative.dev \"changes\" deleted",
+        "githubsource.sources.knative.dev \"repo\" deleted",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    let gone = k.run(&["get", "apiserversource", "changes"]);
+    assert!(
+        !gone.ok && gone.stderr.contains("NotFound"),
+        "{}",
+        gone.all()
+    );
+}
+
+#[tokio::test]
+async fn an_apiserversource_applied_with_kubectl_reports_brokers_kubectl_changes() {
+    let Some(k) = Kube::start() else { return };
+    let sink = TestSink::start().await;
+    let source = format!(
+        "apiVersion: sources.knative.dev/v1\nkind: ApiServerSource\nmetadata: {{name: changes}}\nspec:\n  resources:\n    - {{apiVersion: eventing.knative.dev/v1, kind: Broker, selector: {{matchLabels: {{team: a}}}}}}\n  sink: {{uri: \"{}\"}}\n",
+        sink.url()
+    );
+    let path = k.file("source.yaml", &source);
+    k.ok(&["apply", "-f", &path]);
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "apiserversource/changes",
+        "--timeout=30s",
+    ]);
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: team-a\n  labels: {team: a}\n";
+    let bpath = k.file("broker.yaml", broker);
+    k.ok(&["apply", "-f", &bpath]);
+    k.ok(&["label", "broker", "team-a", "tier=gold"]);
+    // Set-based selectors, as the source's matchExpressions and `kubectl -l` send them.
+    let listed = k.ok(&["get", "brokers", "-l", "team in (a,c),tier notin (silver)"]);
+    assert!(
+        listed.contains("team-a") && !listed.contains("default"),
+        "{listed}"
+    );
+    k.ok(&["delete", "broker", "team-a"]);
+    let kinds = || -> Vec<String> {
+        sink.received()
+            .iter()
+            .filter(|r| r.header("ce-name").as_deref() == Some("team-a"))
+            .filter_map(|r| r.header("ce-type"))
+            .collect()
+    };
+    eventually(
+        "add, update and delete of team-a",
+        Duration::from_secs(15),
+        || {
+            let t = kinds();
+            ["add", "update", "delete"]
+                .iter()
+                .all(|k| t.contains(&format!("dev.knative.apiserver.ref.{k}")))
+        },
+    )
+    .await;
+    let t = kinds();
+    assert_eq!(
+        t.first().map(String::as_str),
+        Some("dev.knative.apiserver.ref.add")
+    );
+    assert_eq!(
+        t.last().map(String::as_str),
+        Some("dev.knative.apiserver.ref.delete")
+    );
 }

@@ -45,11 +45,17 @@ pub use resolve::{
     DEFAULT_URL_TEMPLATE, Resolver, SUBSCRIBER_GROUP, SUBSCRIBER_KIND, SUBSCRIBERS_PATH,
     broker_url, channel_url, event_display_url, subscriber_url,
 };
+pub use sources::apiserver::{
+    APISERVER_ADD, APISERVER_DELETE, APISERVER_REF_ADD, APISERVER_REF_DELETE, APISERVER_REF_UPDATE,
+    APISERVER_UPDATE, ApiServerResource, ApiServerSourceSpec, ApiVersionKind, LabelSelector,
+    LabelSelectorRequirement, REFERENCE_MODE, RESOURCE_MODE,
+};
 pub use sources::{
-    CloudEventOverrides, CronSchedule, GITHUB_EVENT_TYPE_PREFIX, GITHUB_EVENT_TYPES,
-    GitHubSourceSpec, PING_EVENT_TYPE, PUBLIC_URL_ANNOTATION, PingSourceConfig, PingSourceSpec,
-    SOURCES_V1, SOURCES_V1ALPHA1, SOURCES_V1BETA2, ScheduleError, ScheduleZone, SecretBytes,
-    SecretConfig, SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec, secret_value,
+    CloudEventOverrides, CronSchedule, FROM_ENV_ANNOTATION, GITHUB_EVENT_TYPE_PREFIX,
+    GITHUB_EVENT_TYPES, GitHubSourceSpec, PING_EVENT_TYPE, PUBLIC_URL_ANNOTATION, PingSourceConfig,
+    PingSourceSpec, SOURCES_V1, SOURCES_V1ALPHA1, SOURCES_V1BETA2, ScheduleError, ScheduleZone,
+    SecretBytes, SecretConfig, SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec,
+    secret_value,
 };
 pub use validate::{
     BrokerConfig, Delivery, MeshConfig, TriggerConfig, ValidationContext, parse_duration, validate,

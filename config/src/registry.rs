@@ -275,6 +275,18 @@ pub const KINDS: &[KindInfo] = &[
         spec_schema: crate::schemas::GITHUB_SOURCE_SPEC,
         description: "GitHubSource is the Schema for the githubsources API: it turns GitHub webhook deliveries into CloudEvents sent to its sink.",
     },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1",
+        kind: "ApiServerSource",
+        plural: "apiserversources",
+        singular: "apiserversource",
+        short_names: &[],
+        categories: &["all", "knative", "sources"],
+        printer_columns: &[SINK_COL, AGE, READY_COL, REASON_COL],
+        spec_schema: crate::sources::apiserver::APISERVER_SOURCE_SPEC,
+        description: "ApiServerSource is an event source that brings Kubernetes API server events into Knative.",
+    },
 ];
 
 /// The kind served at `group/version` `plural`.

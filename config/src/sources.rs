@@ -14,6 +14,8 @@ use crate::loader::Document;
 use crate::model::{Destination, ObjectMeta};
 use crate::validate::{Ctx, Known, check_destination, check_ref_target, typed};
 
+pub(crate) mod apiserver;
+
 /// `sources.knative.dev/v1`.
 pub const SOURCES_V1: &str = "sources.knative.dev/v1";
 /// `sources.knative.dev/v1beta2` (PingSource's previous version, still accepted).
@@ -30,6 +32,12 @@ pub const GITHUB_EVENT_TYPE_PREFIX: &str = "dev.knative.source.github";
 /// `https://events.example.com`); the webhook URL registered and shown is
 /// `<base>/webhooks/github/<namespace>/<name>`. Without it, evmesh's own listen URL is used.
 pub const PUBLIC_URL_ANNOTATION: &str = "evmesh.dev/public-url";
+
+/// `v1` Secret annotation: keys whose values come from evmesh's environment, as
+/// `key=ENV_VAR` pairs separated by commas (e.g. `secretToken=GITHUB_WEBHOOK_SECRET`). A key read
+/// from the environment replaces the same key of `data`/`stringData`; a variable that is not set
+/// leaves its key out (a source reading it is not ready). The values are never logged or shown.
+pub const FROM_ENV_ANNOTATION: &str = "evmesh.dev/from-env";
 
 /// The GitHub webhook events Knative's GitHubSource adapter parses (`pkg/common/events.go`).
 pub const GITHUB_EVENT_TYPES: &[&str] = &[
@@ -239,6 +247,8 @@ pub enum SourceSpec {
     Ping(PingSourceConfig),
     /// A GitHubSource.
     GitHub(GitHubSourceSpec),
+    /// An ApiServerSource.
+    ApiServer(apiserver::ApiServerSourceSpec),
 }
 
 /// A validated source resource.
@@ -260,6 +270,7 @@ impl SourceConfig {
         match self.spec {
             SourceSpec::Ping(_) => "PingSource",
             SourceSpec::GitHub(_) => "GitHubSource",
+            SourceSpec::ApiServer(_) => "ApiServerSource",
         }
     }
     /// The sink.
@@ -267,6 +278,7 @@ impl SourceConfig {
         match &self.spec {
             SourceSpec::Ping(p) => &p.spec.sink,
             SourceSpec::GitHub(g) => &g.sink,
+            SourceSpec::ApiServer(a) => apiserver::sink(a),
         }
     }
     /// The `ceOverrides.extensions`.
@@ -274,6 +286,7 @@ impl SourceConfig {
         let o = match &self.spec {
             SourceSpec::Ping(p) => &p.spec.ce_overrides,
             SourceSpec::GitHub(g) => &g.ce_overrides,
+            SourceSpec::ApiServer(a) => &a.ce_overrides,
         };
         o.as_ref().map(|o| o.extensions.clone()).unwrap_or_default()
     }
@@ -638,7 +651,7 @@ fn check_github(ctx: &mut Ctx, doc: &Document, spec: &GitHubSourceSpec) -> bool 
     ctx.errors.len() == before
 }
 
-/// Validates a `sources.knative.dev` PingSource or GitHubSource document.
+/// Validates a `sources.knative.dev` PingSource, GitHubSource or ApiServerSource document.
 pub(crate) fn check_source(
     ctx: &mut Ctx,
     doc: &Document,
@@ -659,6 +672,9 @@ pub(crate) fn check_source(
             }
             let s = typed::<PingSourceSpec>(ctx, doc, "spec", spec)?;
             SourceSpec::Ping(check_ping(ctx, doc, s)?)
+        }
+        "ApiServerSource" => {
+            return apiserver::check_apiserver_source(ctx, doc, api_version, metadata, spec);
         }
         _ => {
             if api_version != SOURCES_V1ALPHA1 {
@@ -798,6 +814,35 @@ pub(crate) fn check_secret(
                 }
             }
             Some(_) => ctx.error(doc, section, "must be a mapping of key to value"),
+        }
+    }
+    if let Some(spec) = metadata.annotations.get(FROM_ENV_ANNOTATION) {
+        let field = format!("metadata.annotations.{FROM_ENV_ANNOTATION}");
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, var)) = pair.split_once('=').map(|(k, v)| (k.trim(), v.trim())) else {
+                ctx.error(doc, &field, format!("{pair:?} is not key=ENV_VAR"));
+                continue;
+            };
+            if !valid_key(key) || var.is_empty() || var.contains('=') {
+                ctx.error(
+                    doc,
+                    &field,
+                    format!(
+                        "{pair:?} is not key=ENV_VAR (a key of letters, digits, '-', '_' or '.')"
+                    ),
+                );
+                continue;
+            }
+            match std::env::var_os(var) {
+                Some(v) => {
+                    values.insert(key.to_string(), SecretBytes(v.into_encoded_bytes()));
+                }
+                None => ctx.warn(
+                    doc,
+                    &field,
+                    format!("environment variable {var} is not set: key {key:?} is missing"),
+                ),
+            }
         }
     }
     (ctx.errors.len() == before).then(|| SecretConfig {

@@ -151,7 +151,6 @@ const KNATIVE_EVENTING_GROUPS: &[&str] = &[
 const NOT_YET_SERVED: &[&str] = &[
     "KafkaChannel",
     "KafkaSource",
-    "ApiServerSource",
     "ContainerSource",
     "SinkBinding",
     "EventType",
@@ -694,7 +693,7 @@ fn validate_impl(
                     address: None,
                 });
             }
-            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource")) => {
+            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource" | "ApiServerSource")) => {
                 if let Some(s) =
                     crate::sources::check_source(&mut ctx, doc, api_version, k, meta, &spec)
                 {

@@ -1,5 +1,6 @@
-//! Knative event sources for evmesh: [`PingSource`] (a cron schedule) and [`GitHubSource`]
-//! (GitHub webhooks), behind one [`Source`] contract.
+//! Knative event sources for evmesh: [`PingSource`] (a cron schedule), [`GitHubSource`]
+//! (GitHub webhooks) and [`ApiServerSource`] (Kubernetes API changes, through kube-rs), behind one
+//! [`Source`] contract.
 //!
 //! A source is started with an [`EventSink`] the runtime gives it and a shutdown token; it builds
 //! each event as an [`EventRecord`] shaped as Knative's source emits it and publishes it to the
@@ -39,6 +40,7 @@
 //! # let _ = (Collect::default(), SourceContext::new);
 //! ```
 
+pub mod apiserver;
 mod clock;
 pub mod github;
 mod github_api;
@@ -47,6 +49,7 @@ mod ping;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use apiserver::{ApiServerSource, KubeApi};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use evmesh_broker::record::EventRecord;
 pub use github::{

@@ -25,6 +25,17 @@ impl EvmeshProcess {
         Self::spawn(config, data, extra, Some("info"))
     }
 
+    /// As [`EvmeshProcess::start`], with `env` added to the process's environment.
+    #[allow(dead_code)]
+    pub fn start_with_env(
+        config: &Path,
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn_env(config, data, extra, Some("info"), env)
+    }
+
     /// As [`EvmeshProcess::start`], at the default log level (`EVMESH_LOG` unset), as a user
     /// runs it.
     pub fn start_at_default_log_level(config: &Path, data: &Path, extra: &[&str]) -> Self {
@@ -37,7 +48,21 @@ impl EvmeshProcess {
     }
 
     fn spawn(config: &Path, data: &Path, extra: &[&str], log: Option<&str>) -> Self {
+        Self::spawn_env(config, data, extra, log, &[])
+    }
+
+    fn spawn_env(
+        config: &Path,
+        data: &Path,
+        extra: &[&str],
+        log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
+        // ApiServerSources watch evmesh's own API in tests, whatever cluster this machine has.
+        cmd.env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(env.iter().copied());
         cmd.args(["serve", "-f"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
