@@ -752,6 +752,38 @@ impl RunningMesh {
             })
     }
 
+    /// Resolves once every event accepted so far has been delivered, replied to or
+    /// dead-lettered by every trigger and subscription that matches it (including events those
+    /// deliveries produced: replies, dead letters into a broker). Nothing is in flight or waiting
+    /// for a retry then. Routes that cannot run (not [ready](TriggerStatus::is_ready) because
+    /// their broker or destination is missing) do not hold it up; a delivery to an in-process
+    /// subscriber nobody listens on does. While events keep arriving, it resolves at the first
+    /// moment nothing is left. Bound the wait with [`tokio::time::timeout`]:
+    ///
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh, event: cloudevents::Event) -> Result<(), Box<dyn std::error::Error>> {
+    /// running.publish("default", "default", event).await?;
+    /// tokio::time::timeout(std::time::Duration::from_secs(5), running.wait_idle()).await??;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] when the mesh shuts down before it is idle.
+    pub async fn wait_idle(&self) -> Result<(), Error> {
+        Ok(self.inner.service.wait_idle().await?)
+    }
+
+    /// Whether the mesh is idle now (see [`wait_idle`](Self::wait_idle)).
+    ///
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// if running.is_idle() { println!("every accepted event is delivered"); }
+    /// # }
+    /// ```
+    pub fn is_idle(&self) -> bool {
+        self.inner.service.is_idle()
+    }
+
     /// The broker service (status of brokers and triggers).
     #[doc(hidden)]
     pub fn service(&self) -> &BrokerService {

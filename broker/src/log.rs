@@ -93,6 +93,12 @@ pub trait Cursor: Send {
     fn passed_by(&self) -> bool {
         false
     }
+    /// Whether [`next`](Cursor::next) has handed out everything the cursor knows of (nothing
+    /// read ahead, no catch-up read left): a run with nothing pending is then idle. A cursor
+    /// that cannot tell answers `false` (such a run never counts as idle).
+    fn caught_up(&self) -> bool {
+        false
+    }
 }
 
 /// A consumer group on a log: opens the cursor of a run; opened again after the run failed, it
@@ -418,6 +424,10 @@ impl Cursor for EmbeddedCursor {
 
     fn position(&self) -> Pos {
         Pos::embedded(self.taken_upto)
+    }
+
+    fn caught_up(&self) -> bool {
+        self.catch_up.is_none() && self.backlog.is_empty()
     }
 }
 
