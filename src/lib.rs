@@ -110,8 +110,8 @@ pub use evmesh_broker::record::EventRecord;
 pub use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
 #[doc(inline)]
 pub use evmesh_config::{
-    Broker, BrokerSpec, ConfigError, ConfigErrors, Destination, KReference, ObjectMeta, Resource,
-    Trigger, TriggerSpec, Warning,
+    Broker, BrokerSpec, ConfigError, ConfigErrors, Destination, FilterSpec, KReference, ObjectMeta,
+    Resource, Trigger, TriggerSpec, Warning,
 };
 #[doc(inline)]
 pub use evmesh_store::EngineKind as StorageEngine;
