@@ -1,6 +1,6 @@
 //! The log seam: a delivery run reads the events it delivers through a [`Cursor`] opened from a
 //! [`ConsumerGroup`], and tells the cursor what is still pending; the run itself owns retries,
-//! ordering lanes and attempts. The embedded broker/channel log ([`EmbeddedGroup`]: the router's
+//! ordering lanes and attempts. The embedded broker/channel log (`EmbeddedGroup`: the router's
 //! queue, catch-up reads of the store and a checkpoint blob) is the first implementation;
 //! Kafka topics and JetStream streams implement the same two traits.
 
