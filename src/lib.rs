@@ -1,11 +1,11 @@
 //! evmesh: Knative Eventing without Kubernetes, as a library.
 //!
-//! Build a mesh from the Knative YAML you already have (Broker, Trigger, Channel, Subscription)
-//! or from typed resources, run it on a listener of your own or inside your axum app, publish
-//! CloudEvents into a broker over HTTP or straight from Rust, and receive them in Rust through
-//! in-process subscribers. Every accepted event is stored durably before it is acknowledged and
-//! delivered at least once to every trigger that matches it, with Knative's retry, backoff and
-//! dead-letter rules.
+//! Build a mesh from the Knative YAML you already have (Broker, Trigger, Channel, Subscription,
+//! sources) or from typed resources, run it on a listener of your own or inside your axum app,
+//! publish CloudEvents into a broker over HTTP or straight from Rust, and receive them in Rust
+//! through in-process subscribers. Every accepted event is stored durably before it is
+//! acknowledged and delivered at least once to every trigger that matches it, with Knative's
+//! retry, backoff and dead-letter rules.
 //!
 //! ```no_run
 //! use evmesh::prelude::*;
@@ -19,24 +19,22 @@
 //! apiVersion: eventing.knative.dev/v1
 //! kind: Trigger
 //! metadata: {name: orders}
-//! spec:
-//!   broker: default
-//!   filter: {attributes: {type: order.created}}
-//!   subscriber:
-//!     ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: orders}
-//! "#)?
-//! .data_dir("./evmesh-data");
-//! let running = mesh.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
-//! let mut orders = running.subscribe("orders");
+//! spec: {broker: default, subscriber: {ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: orders}}}
+//! "#)?;
+//! let running = mesh.data_dir("./evmesh-data").start(tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
+//! running.handle("orders", |event| async move { println!("{}", event.id()); Ok(None) });
 //! let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created").build()?;
 //! running.publish("default", "default", event).await?; // durable once this returns
-//! if let Some(delivery) = orders.next().await {
-//!     println!("got {}", delivery.event().id());
-//!     delivery.ack();
-//! }
-//! running.shutdown().await; // drains in-flight deliveries, unlocks the data dir
+//! running.wait_idle().await?;  // delivered
+//! running.shutdown().await;    // drains deliveries, unlocks the data dir
 //! # Ok(()) }
 //! ```
+//!
+//! Everything a program needs is in [`prelude`]: [`Mesh`] (configured), [`RunningMesh`] (a
+//! cheap, cloneable handle to a running mesh), [`Publisher`], the CloudEvents
+//! [`Event`](cloudevents::Event) and its builders, the typed resources ([`Broker`],
+//! [`Trigger`], ...), [`Error`], [`TriggerStatus`], and the in-process subscriber types
+//! [`Subscription`], [`Delivery`] and [`Nack`].
 //!
 //! # In-process subscribers
 //! A Destination `ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: orders}` (in
@@ -51,22 +49,70 @@
 //! `SubscriberNotReady`; they are not retried or dropped meanwhile, and survive a restart.
 //! [`RunningMesh::handle`] is the closure form.
 //!
+//! ```no_run
+//! # async fn demo(running: evmesh::RunningMesh) {
+//! use evmesh::prelude::*;
+//! let mut orders = running.subscribe("orders");
+//! while let Some(delivery) = orders.next().await {
+//!     match delivery.json::<serde_json::Value>() {
+//!         Ok(order) if order["total"].is_number() => delivery.ack(),
+//!         Ok(_) => delivery.nack(Nack::reject("no total").with_status(422)),
+//!         Err(_) => delivery.nack(Nack::retry("try again")),
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # Waiting for delivery
+//! [`RunningMesh::wait_idle`] resolves once every accepted event has been delivered, replied
+//! to or dead-lettered by every route (with the events those deliveries produced); bound it
+//! with [`tokio::time::timeout`]. [`RunningMesh::trigger`] gives one trigger's readiness and
+//! counters.
+//!
 //! # Next to an existing axum app
 //! [`Mesh::launch`] starts a mesh without a server; [`RunningMesh::router`] (or
 //! [`ingress_router`](RunningMesh::ingress_router), [`admin_router`](RunningMesh::admin_router),
-//! [`metrics_router`](RunningMesh::metrics_router)) gives its routes to merge into your app.
+//! [`metrics_router`](RunningMesh::metrics_router)) gives its routes to merge into your app:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let running = evmesh::Mesh::from_paths(&["mesh.yaml".into()])?
+//!     .launch("http://127.0.0.1:8080".parse()?) // where the routes are reachable
+//!     .await?;
+//! let app = axum::Router::new()
+//!     .route("/hello", axum::routing::get(|| async { "hi" }))
+//!     .merge(running.router()); // POST /default/default reaches broker default/default
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
 //!
 //! # Guarantees
-//! At-least-once: an event is durable when `publish` returns (or ingress answers 202), and a
-//! delivery counts as done only once answered; after a crash unfinished deliveries are made
-//! again, so a subscriber may see an event twice (deduplicate on `id` + `source`). An ordered
-//! trigger (`kafka.eventing.knative.dev/delivery.order: ordered`) hands one event per
-//! `partitionkey` at a time, in log order, across retries. Replies are stored in the broker
-//! before the delivery they answer counts as done.
+//! * **At least once.** An event is durable when `publish` returns (or ingress answers 202),
+//!   and a delivery counts as done only once answered. After a crash unfinished deliveries are
+//!   made again, so a subscriber may see an event twice: deduplicate on `id` + `source`.
+//! * **Ordering.** A trigger delivers concurrently (up to `max_in_flight`) by default, in no
+//!   particular order. An ordered trigger (`kafka.eventing.knative.dev/delivery.order:
+//!   ordered`) hands one event per `partitionkey` at a time, in log order, across retries.
+//! * **Replies** are stored in the broker (or sent to a subscription's `reply`) before the
+//!   delivery they answer counts as done.
+//! * **Shutdown** ([`RunningMesh::shutdown`]) stops accepting, drains in-flight deliveries,
+//!   saves progress and closes the store; pending retries resume after the next start.
+//!
+//! # Errors
+//! One `#[non_exhaustive]` [`Error`]: a configuration with every cause (file, line and field;
+//! typed resources are named `resources[i] Kind namespace/name`), a data directory in use, the
+//! store, not found, an invalid event, shutting down. [`Mesh::strict`] turns configuration
+//! warnings into errors; otherwise they are logged.
 //!
 //! # Features
-//! `cli` (default): the `evmesh` binary and its dependencies (clap, tracing-subscriber,
-//! anyhow). Build with `default-features = false` for the library alone.
+//! * `cli` (default): the `evmesh` binary and its dependencies (clap, tracing-subscriber,
+//!   anyhow), and serde_json's `preserve_order` (its output keeps the key order of the YAML).
+//! * `fjall` (default): the fjall storage engine, the default [`Options::engine`].
+//! * `redb`, `sled`: the other storage engines.
+//!
+//! `evmesh = { version = "0.1", default-features = false, features = ["fjall"] }` is the
+//! library alone, with nothing forced on the rest of your dependency graph.
 
 mod admin;
 mod closing;
@@ -110,8 +156,8 @@ pub use evmesh_broker::record::EventRecord;
 pub use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
 #[doc(inline)]
 pub use evmesh_config::{
-    Broker, BrokerSpec, ConfigError, ConfigErrors, Destination, KReference, ObjectMeta, Resource,
-    Trigger, TriggerSpec, Warning,
+    Broker, BrokerSpec, ConfigError, ConfigErrors, Destination, FilterSpec, KReference, ObjectMeta,
+    Resource, Trigger, TriggerSpec, Warning,
 };
 #[doc(inline)]
 pub use evmesh_sources::KubeApi;
@@ -126,7 +172,9 @@ pub const QUICKSTART_YAML: &str = include_str!("../examples/quickstart.yaml");
 pub struct Options {
     /// Where the durable store lives.
     pub data_dir: PathBuf,
-    /// The storage engine.
+    /// The storage engine: fjall (default; cargo feature `fjall`, on by default), redb or sled
+    /// (cargo features `redb`, `sled`). An engine that is not built in fails [`Mesh::launch`]
+    /// with [`Error::Store`].
     pub engine: EngineKind,
     /// Largest accepted event body, in bytes (413 above it).
     pub max_event_size: usize,
@@ -243,6 +291,12 @@ impl Mesh {
     ///
     /// # Errors
     /// Every problem of the YAML, with line and field.
+    /// ```
+    /// let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n";
+    /// let mesh = evmesh::Mesh::from_yaml(yaml)?;
+    /// assert_eq!(mesh.config().brokers.len(), 1);
+    /// # Ok::<(), evmesh::ConfigErrors>(())
+    /// ```
     pub fn from_yaml(text: &str) -> Result<Mesh, ConfigErrors> {
         Self::from_named_yaml("<yaml>", text)
     }
@@ -261,6 +315,10 @@ impl Mesh {
     ///
     /// # Errors
     /// Files that cannot be read, and every problem of their YAML.
+    /// ```no_run
+    /// let mesh = evmesh::Mesh::from_paths(&["config/".into(), "extra.yaml".into()])?;
+    /// # Ok::<(), evmesh::ConfigErrors>(())
+    /// ```
     pub fn from_paths(paths: &[PathBuf]) -> Result<Mesh, ConfigErrors> {
         let config = MeshConfig::from_paths(paths)?;
         let (docs, _) = evmesh_config::load_paths(paths);
@@ -271,6 +329,16 @@ impl Mesh {
     ///
     /// # Errors
     /// Every problem of the resources.
+    /// ```
+    /// use evmesh::prelude::*;
+    /// let broker = Resource::Broker(Broker {
+    ///     metadata: ObjectMeta { name: "default".into(), namespace: "default".into(), ..Default::default() },
+    ///     ..Default::default()
+    /// });
+    /// let mesh = Mesh::from_resources(&[broker])?;
+    /// assert!(mesh.warnings().is_empty());
+    /// # Ok::<(), ConfigErrors>(())
+    /// ```
     pub fn from_resources(resources: &[Resource]) -> Result<Mesh, ConfigErrors> {
         let config = MeshConfig::from_resources(resources)?;
         let text = MeshConfig::resources_yaml(resources);
@@ -297,6 +365,11 @@ impl Mesh {
     }
 
     /// Sets the data directory.
+    /// ```
+    /// let mesh = evmesh::Mesh::from_yaml("")?.data_dir("/var/lib/app/events");
+    /// assert_eq!(mesh.effective_options().data_dir, std::path::Path::new("/var/lib/app/events"));
+    /// # Ok::<(), evmesh::ConfigErrors>(())
+    /// ```
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Mesh {
         self.data_dir = Some(dir.into());
         self
@@ -319,6 +392,11 @@ impl Mesh {
 
     /// The options the mesh starts with (those set one by one applied over
     /// [`options`](Self::options)).
+    /// ```
+    /// let mesh = evmesh::Mesh::from_yaml("")?.strict(true);
+    /// assert!(mesh.effective_options().strict);
+    /// # Ok::<(), evmesh::ConfigErrors>(())
+    /// ```
     pub fn effective_options(&self) -> Options {
         let mut o = self.options.clone();
         if let Some(d) = &self.data_dir {
@@ -331,11 +409,25 @@ impl Mesh {
     }
 
     /// The validated configuration.
+    /// ```
+    /// let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n";
+    /// let mesh = evmesh::Mesh::from_yaml(yaml)?;
+    /// for broker in &mesh.config().brokers {
+    ///     println!("broker {}", broker.resource.metadata.name);
+    /// }
+    /// # Ok::<(), evmesh::ConfigErrors>(())
+    /// ```
     pub fn config(&self) -> &MeshConfig {
         &self.config
     }
 
     /// The configuration's warnings (logged at start; errors in strict mode).
+    /// ```
+    /// let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\nspec: {colour: red}\n";
+    /// let mesh = evmesh::Mesh::from_yaml(yaml)?;
+    /// assert!(mesh.warnings()[0].to_string().contains("colour"));
+    /// # Ok::<(), evmesh::ConfigErrors>(())
+    /// ```
     pub fn warnings(&self) -> &[Warning] {
         &self.config.warnings
     }
@@ -423,6 +515,14 @@ impl Mesh {
     ///
     /// # Errors
     /// As [`launch`](Self::launch), and when the listener has no address.
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// let running = evmesh::Mesh::from_yaml("")?.data_dir("./data").start(listener).await?;
+    /// println!("serving on {}", running.url());
+    /// running.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(self, listener: TcpListener) -> Result<RunningMesh, Error> {
         let addr = listener.local_addr()?;
         let ingress = base_url(addr)?;
@@ -569,6 +669,12 @@ impl Publisher {
     /// # Errors
     /// [`Error::NotFound`] (no such broker), [`Error::ShuttingDown`], [`Error::Store`],
     /// [`Error::InvalidEvent`].
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh, event: cloudevents::Event) -> Result<(), evmesh::Error> {
+    /// let offset = running.publisher().publish("default", "default", event).await?;
+    /// println!("stored at offset {offset}");
+    /// # Ok(()) }
+    /// ```
     pub async fn publish(
         &self,
         namespace: &str,
@@ -603,6 +709,15 @@ pub struct TriggerStatus {
 
 impl TriggerStatus {
     /// Whether it is ready.
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// match running.trigger("default", "orders") {
+    ///     Some(t) if t.is_ready() => println!("{} delivered", t.counters.delivered),
+    ///     Some(t) => println!("not ready: {:?}", t.not_ready),
+    ///     None => println!("no such trigger"),
+    /// }
+    /// # }
+    /// ```
     pub fn is_ready(&self) -> bool {
         self.not_ready.is_none()
     }
@@ -611,6 +726,11 @@ impl TriggerStatus {
 impl RunningMesh {
     /// The address it listens on (`0.0.0.0:0` for a mesh [launched](Mesh::launch) without a
     /// listener).
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// println!("listening on {}", running.local_addr());
+    /// # }
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.inner
             .addr
@@ -620,11 +740,22 @@ impl RunningMesh {
     }
 
     /// `http://host:port` of the server.
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// println!("admin API at {}apis", running.url());
+    /// # }
+    /// ```
     pub fn url(&self) -> &Url {
         &self.inner.url
     }
 
     /// The ingress URL of broker `namespace/name`.
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// // Where HTTP clients POST CloudEvents for broker default/default.
+    /// println!("{}", running.broker_url("default", "default"));
+    /// # }
+    /// ```
     pub fn broker_url(&self, namespace: &str, name: &str) -> Url {
         evmesh_config::broker_url(&self.inner.url, namespace, name)
     }
@@ -633,6 +764,13 @@ impl RunningMesh {
     ///
     /// # Errors
     /// As [`Publisher::publish`].
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh) -> Result<(), Box<dyn std::error::Error>> {
+    /// use evmesh::prelude::*;
+    /// let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created").build()?;
+    /// running.publish("default", "default", event).await?; // durable now
+    /// # Ok(()) }
+    /// ```
     pub async fn publish(
         &self,
         namespace: &str,
@@ -643,6 +781,12 @@ impl RunningMesh {
     }
 
     /// A cheap, cloneable handle that only publishes.
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh, event: cloudevents::Event) {
+    /// let publisher = running.publisher();
+    /// tokio::spawn(async move { publisher.publish("default", "default", event).await });
+    /// # }
+    /// ```
     pub fn publisher(&self) -> Publisher {
         Publisher {
             service: self.inner.service.clone(),
@@ -651,6 +795,14 @@ impl RunningMesh {
 
     /// Subscribes to the in-process subscriber `name` in namespace `default`; see
     /// [`subscribe_in`](Self::subscribe_in).
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh) {
+    /// let mut orders = running.subscribe("orders");
+    /// while let Some(delivery) = orders.next().await {
+    ///     delivery.ack();
+    /// }
+    /// # }
+    /// ```
     pub fn subscribe(&self, name: &str) -> Subscription {
         self.subscribe_in("default", name)
     }
@@ -716,6 +868,14 @@ impl RunningMesh {
 
     /// The mesh's HTTP routes (broker and channel ingress, source webhooks, admin API and health,
     /// event display, `/metrics`) for merging into an existing axum app at its root.
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    /// let app = axum::Router::new()
+    ///     .route("/hello", axum::routing::get(|| async { "hi" }))
+    ///     .merge(running.router());
+    /// axum::serve(listener, app).await
+    /// # }
+    /// ```
     pub fn router(&self) -> Router {
         self.ingress_router()
             .merge(self.inner.runtime.sources().router())
@@ -725,11 +885,23 @@ impl RunningMesh {
     }
 
     /// Only the ingress routes: `/{namespace}/{broker}` and `/channels/{namespace}/{name}`.
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// // Ingress only: no admin API on this app.
+    /// let app: axum::Router = axum::Router::new().merge(running.ingress_router());
+    /// # }
+    /// ```
     pub fn ingress_router(&self) -> Router {
         evmesh_broker::ingress::routes(self.inner.service.clone(), self.inner.max_event_size)
     }
 
     /// Only the admin API (`/apis/...`, the kubectl surface) and `/healthz`, `/readyz`.
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// // The admin API under the app's own authentication layer, for example.
+    /// let admin: axum::Router = running.admin_router();
+    /// # }
+    /// ```
     pub fn admin_router(&self) -> Router {
         admin::routes(admin::Admin {
             runtime: self.inner.runtime.clone(),
@@ -740,11 +912,23 @@ impl RunningMesh {
     }
 
     /// Only `/metrics` (Prometheus text).
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// let app: axum::Router = running.ingress_router().merge(running.metrics_router());
+    /// # }
+    /// ```
     pub fn metrics_router(&self) -> Router {
         evmesh_broker::telemetry::metrics_routes()
     }
 
     /// Trigger `namespace/name`'s status (`None` when no such trigger is configured).
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// if let Some(status) = running.trigger("default", "orders") {
+    ///     println!("delivered {}, retried {}", status.counters.delivered, status.counters.retried);
+    /// }
+    /// # }
+    /// ```
     pub fn trigger(&self, namespace: &str, name: &str) -> Option<TriggerStatus> {
         self.inner
             .service
@@ -762,6 +946,38 @@ impl RunningMesh {
             })
     }
 
+    /// Resolves once every event accepted so far has been delivered, replied to or
+    /// dead-lettered by every trigger and subscription that matches it (including events those
+    /// deliveries produced: replies, dead letters into a broker). Nothing is in flight or waiting
+    /// for a retry then. Routes that cannot run (not [ready](TriggerStatus::is_ready) because
+    /// their broker or destination is missing) do not hold it up; a delivery to an in-process
+    /// subscriber nobody listens on does. While events keep arriving, it resolves at the first
+    /// moment nothing is left. Bound the wait with [`tokio::time::timeout`]:
+    ///
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh, event: cloudevents::Event) -> Result<(), Box<dyn std::error::Error>> {
+    /// running.publish("default", "default", event).await?;
+    /// tokio::time::timeout(std::time::Duration::from_secs(5), running.wait_idle()).await??;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShuttingDown`] when the mesh shuts down before it is idle.
+    pub async fn wait_idle(&self) -> Result<(), Error> {
+        Ok(self.inner.service.wait_idle().await?)
+    }
+
+    /// Whether the mesh is idle now (see [`wait_idle`](Self::wait_idle)).
+    ///
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// if running.is_idle() { println!("every accepted event is delivered"); }
+    /// # }
+    /// ```
+    pub fn is_idle(&self) -> bool {
+        self.inner.service.is_idle()
+    }
+
     /// The broker service (status of brokers and triggers).
     #[doc(hidden)]
     pub fn service(&self) -> &BrokerService {
@@ -774,6 +990,14 @@ impl RunningMesh {
     ///
     /// # Errors
     /// Every problem of the files; nothing changes then.
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh) {
+    /// match running.reload().await {
+    ///     Ok(warnings) => warnings.iter().for_each(|w| eprintln!("{w}")),
+    ///     Err(errors) => eprintln!("kept the running configuration:\n{errors}"),
+    /// }
+    /// # }
+    /// ```
     pub async fn reload(&self) -> Result<Vec<evmesh_config::Warning>, ConfigErrors> {
         let (docs, errors) = evmesh_config::load_paths(&self.inner.files);
         if !errors.is_empty() {
@@ -786,6 +1010,13 @@ impl RunningMesh {
     }
 
     /// The files [`reload`](Self::reload) re-reads (directories expanded).
+    /// ```no_run
+    /// # fn demo(running: evmesh::RunningMesh) {
+    /// for file in running.watched_files() {
+    ///     println!("watching {}", file.display());
+    /// }
+    /// # }
+    /// ```
     pub fn watched_files(&self) -> Vec<PathBuf> {
         evmesh_config::expand_paths(&self.inner.files)
     }
@@ -794,6 +1025,15 @@ impl RunningMesh {
     /// deliveries, saves progress, flushes and closes the store (the data directory is unlocked
     /// when this returns), ends subscription streams, then stops the HTTP server. Calling it
     /// again (or from another handle) waits for the first call and returns.
+    /// ```no_run
+    /// # async fn demo(running: evmesh::RunningMesh) {
+    /// let handle = running.clone();
+    /// tokio::spawn(async move {
+    ///     let _ = tokio::signal::ctrl_c().await;
+    ///     handle.shutdown().await; // from any clone
+    /// });
+    /// # }
+    /// ```
     pub async fn shutdown(&self) {
         let mut done = self.inner.done.lock().await;
         if *done {

@@ -145,7 +145,8 @@ enum Command {
         /// Where events and delivery progress are stored.
         #[arg(long, default_value = "./evmesh-data")]
         data_dir: PathBuf,
-        /// Storage engine: fjall, redb or sled.
+        /// Storage engine: fjall (default), redb or sled (redb and sled when built with the
+        /// cargo features of their names).
         #[arg(long)]
         storage_engine: Option<evmesh_store::EngineKind>,
         /// Largest accepted event, in bytes (413 above).

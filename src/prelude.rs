@@ -9,9 +9,9 @@
 
 #[doc(inline)]
 pub use crate::{
-    Broker, BrokerSpec, CounterSnapshot, Delivery, Destination, Error, KReference, Mesh, Nack,
-    ObjectMeta, Options, Publisher, RunningMesh, StorageEngine, Subscription, Trigger, TriggerSpec,
-    TriggerStatus, Warning,
+    Broker, BrokerSpec, CounterSnapshot, Delivery, Destination, Error, FilterSpec, KReference,
+    Mesh, Nack, ObjectMeta, Options, Publisher, RunningMesh, StorageEngine, Subscription, Trigger,
+    TriggerSpec, TriggerStatus, Warning,
 };
 #[doc(inline)]
 pub use crate::{ConfigError, ConfigErrors, Resource};

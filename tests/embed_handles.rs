@@ -235,3 +235,40 @@ async fn publishing_to_an_unknown_broker_is_not_found() {
     assert!(running.trigger("default", "nope").is_none());
     running.shutdown().await;
 }
+
+#[test]
+fn typed_resource_errors_name_the_resource_and_its_field() {
+    let meta = |name: &str| ObjectMeta {
+        name: name.into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    let broker = Resource::Broker(Broker {
+        metadata: meta("default"),
+        ..Default::default()
+    });
+    let trigger = Resource::Trigger(Trigger {
+        metadata: meta("eu-orders"),
+        spec: TriggerSpec {
+            broker: "default".into(),
+            filters: vec![FilterSpec {
+                cesql: Some("region = ".into()),
+                ..Default::default()
+            }],
+            subscriber: Destination {
+                uri: Some("http://127.0.0.1:9/orders".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    });
+
+    let errors = Mesh::from_resources(&[broker, trigger]).expect_err("invalid CESQL");
+
+    let message = errors.to_string();
+    assert!(
+        message.starts_with("resources[1] Trigger default/eu-orders: spec.filters[0].cesql: "),
+        "{message}"
+    );
+    assert!(!message.contains("<resources>"), "{message}");
+}

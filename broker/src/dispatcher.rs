@@ -87,6 +87,12 @@ pub(crate) struct TriggerShared {
     pub(crate) counters: Counters,
     /// Requests to the worker (replay).
     pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// Counts work handed to the route (each event the router queues, each run start, each
+    /// replay); with `settled_at` it tells whether the route has nothing left to do.
+    work: AtomicU64,
+    /// The `work` count the worker last saw with nothing pending (no delivery in flight or
+    /// waiting for a retry, nothing queued, not catching up); equal to `work` while idle.
+    settled_at: AtomicU64,
     /// Why the trigger is not ready now, by the task that says so (`worker`, `router`).
     not_ready: std::sync::Mutex<BTreeMap<&'static str, String>>,
     /// Fault injection: the worker panics this many more times (at its next turn where all its
@@ -120,6 +126,8 @@ impl TriggerShared {
             start,
             counters,
             commands,
+            work: AtomicU64::new(1),
+            settled_at: AtomicU64::new(0),
             not_ready: std::sync::Mutex::new(BTreeMap::new()),
             #[cfg(feature = "fault-injection")]
             panics_left: std::sync::atomic::AtomicU32::new(0),
@@ -156,7 +164,20 @@ impl TriggerShared {
         }
     }
 
+    /// Whether the route has nothing left to do with what it was handed: the router has it in
+    /// its table and its worker, since the last event queued to it, had nothing pending.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.is_attached()
+            && self.settled_at.load(Ordering::Acquire) == self.work.load(Ordering::Acquire)
+    }
+
+    /// Work arrived that the worker has not seen yet.
+    fn new_work(&self) {
+        self.work.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn push(&self, offset: Offset, event: &Arc<EventRecord>) {
+        self.new_work();
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let keep = q.items.len() < QUEUE_KEEP_EVENTS;
         q.items.push_back((offset, keep.then(|| event.clone())));
@@ -700,8 +721,12 @@ impl Worker {
         let mut stopping = false;
         let mut drain_at = None;
         let mut scan = true;
+        // A run starts with work (restored deliveries, a catch-up read) until it says otherwise.
+        self.shared.new_work();
         loop {
             let now = Instant::now();
+            // Read before taking: work queued after this makes the "settled" below stale.
+            let work = self.shared.work.load(Ordering::Acquire);
             // Start attempts that are due (restored, retry wait over, or first in their lane).
             if scan && !stopping {
                 let mut start = Vec::new();
@@ -773,6 +798,9 @@ impl Worker {
             }
             if stopping && attempts.is_empty() {
                 break;
+            }
+            if !stopping && st.slots.is_empty() && attempts.is_empty() && cursor.caught_up() {
+                self.shared.settled_at.store(work, Ordering::Release);
             }
             // Idle, and the log moved past our position (events this route does not match):
             // save the new position, so retention is not pinned at our last match.
@@ -858,6 +886,7 @@ impl Worker {
         from: ReplayFrom,
         annotation: Option<String>,
     ) -> Result<Pos, String> {
+        self.shared.new_work();
         let at = cursor.seek(from, annotation).await?;
         let dropped = st.slots.len();
         *st = State::default();

@@ -1,6 +1,6 @@
 //! The log seam: a delivery run reads the events it delivers through a [`Cursor`] opened from a
 //! [`ConsumerGroup`], and tells the cursor what is still pending; the run itself owns retries,
-//! ordering lanes and attempts. The embedded broker/channel log ([`EmbeddedGroup`]: the router's
+//! ordering lanes and attempts. The embedded broker/channel log (`EmbeddedGroup`: the router's
 //! queue, catch-up reads of the store and a checkpoint blob) is the first implementation;
 //! Kafka topics and JetStream streams implement the same two traits.
 
@@ -91,6 +91,12 @@ pub trait Cursor: Send {
     /// records there were not for it): a [`save`](Cursor::save) with nothing pending would then
     /// move the position, so retention is not held back by an idle run.
     fn passed_by(&self) -> bool {
+        false
+    }
+    /// Whether [`next`](Cursor::next) has handed out everything the cursor knows of (nothing
+    /// read ahead, no catch-up read left): a run with nothing pending is then idle. A cursor
+    /// that cannot tell answers `false` (such a run never counts as idle).
+    fn caught_up(&self) -> bool {
         false
     }
 }
@@ -418,6 +424,10 @@ impl Cursor for EmbeddedCursor {
 
     fn position(&self) -> Pos {
         Pos::embedded(self.taken_upto)
+    }
+
+    fn caught_up(&self) -> bool {
+        self.catch_up.is_none() && self.backlog.is_empty()
     }
 }
 

@@ -277,7 +277,8 @@ impl EventRecord {
     /// Removes an extension attribute.
     pub fn remove_extension(&mut self, name: &str) {
         self.view.remove_extension(name);
-        self.attributes.shift_remove(name);
+        // Keeps the other attributes in order (with serde_json/preserve_order too).
+        self.attributes.retain(|k, _| k != name);
     }
 
     /// Sets the passed-through headers.

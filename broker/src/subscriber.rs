@@ -47,6 +47,12 @@ pub struct Nack {
 
 impl Nack {
     /// A failure the delivery engine retries (with the trigger's backoff), then dead-letters.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(delivery: Delivery) {
+    /// delivery.nack(Nack::retry("inventory service unavailable"));
+    /// # }
+    /// ```
     pub fn retry(reason: impl Into<String>) -> Nack {
         Nack {
             retryable: true,
@@ -58,6 +64,12 @@ impl Nack {
 
     /// A failure that is not retried: the event goes to the dead-letter sink at once (or is
     /// dropped without one).
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(delivery: Delivery) {
+    /// delivery.nack(Nack::reject("order has no items"));
+    /// # }
+    /// ```
     pub fn reject(reason: impl Into<String>) -> Nack {
         Nack {
             retryable: false,
@@ -66,6 +78,11 @@ impl Nack {
     }
 
     /// The status the failure reports (`knativeerrorcode` on a dead-lettered event).
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// let nack = Nack::reject("order has no items").with_status(422);
+    /// assert!(!nack.is_retryable());
+    /// ```
     pub fn with_status(mut self, status: u16) -> Nack {
         self.status = Some(status);
         self
@@ -74,6 +91,11 @@ impl Nack {
     /// Asks for at least this wait before the next attempt, as `Retry-After` does; it applies
     /// as Knative applies it: with status 429 or 503 (set here to 429 unless one of them is set)
     /// and capped by the delivery's `retryAfterMax`, which must be set.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// let nack = Nack::retry("slow down").retry_after(std::time::Duration::from_secs(30));
+    /// assert!(nack.is_retryable());
+    /// ```
     pub fn retry_after(mut self, wait: Duration) -> Nack {
         if !matches!(self.status, Some(429) | Some(503)) {
             self.status = Some(429);
@@ -84,11 +106,20 @@ impl Nack {
     }
 
     /// Whether the delivery engine retries it.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// assert!(Nack::retry("busy").is_retryable());
+    /// assert!(!Nack::reject("bad order").is_retryable());
+    /// ```
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
 
     /// The reason given.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// assert_eq!(Nack::retry("busy").reason(), "busy");
+    /// ```
     pub fn reason(&self) -> &str {
         &self.reason
     }
@@ -131,16 +162,40 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// The event (its data as the bytes received, `Data::Binary`; see [`data`](Self::data) and
     /// [`json`](Self::json)).
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # use cloudevents::AttributesReader;
+    /// # fn demo(delivery: Delivery) {
+    /// println!("{} from {}", delivery.event().id(), delivery.event().source());
+    /// delivery.ack();
+    /// # }
+    /// ```
     pub fn event(&self) -> &Event {
         self.event.event()
     }
 
     /// The event record: attributes as received, data bytes, passed-through headers.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(delivery: Delivery) {
+    /// for (name, value) in delivery.record().headers() {
+    ///     println!("{name}: {value}");
+    /// }
+    /// # }
+    /// ```
     pub fn record(&self) -> &EventRecord {
         &self.event
     }
 
     /// The data bytes exactly as published.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(delivery: Delivery) {
+    /// let bytes = delivery.data().unwrap_or_default().len();
+    /// println!("{bytes} bytes");
+    /// delivery.ack();
+    /// # }
+    /// ```
     pub fn data(&self) -> Option<&[u8]> {
         self.event.data().map(|(_, b)| b.as_ref())
     }
@@ -149,16 +204,41 @@ impl Delivery {
     ///
     /// # Errors
     /// When there is no data or it is not `T` in JSON.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// #[derive(serde::Deserialize)]
+    /// struct Order { total: f64 }
+    /// # fn demo(delivery: Delivery) {
+    /// match delivery.json::<Order>() {
+    ///     Ok(order) => { println!("{}", order.total); delivery.ack() }
+    ///     Err(e) => delivery.nack(Nack::reject(e.to_string())),
+    /// }
+    /// # }
+    /// ```
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(self.data().unwrap_or_default())
     }
 
     /// Whether a reply would be routed (false for a dead-letter delivery: its reply is dropped).
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(delivery: Delivery, confirmation: cloudevents::Event) {
+    /// if delivery.wants_reply() { delivery.reply(confirmation) } else { delivery.ack() }
+    /// # }
+    /// ```
     pub fn wants_reply(&self) -> bool {
         self.want_reply
     }
 
     /// The event was handled: the delivery is done.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # async fn demo(mut orders: Subscription) {
+    /// while let Some(delivery) = orders.next().await {
+    ///     delivery.ack();
+    /// }
+    /// # }
+    /// ```
     pub fn ack(mut self) {
         self.answer(Answer::Ack(None));
     }
@@ -168,6 +248,15 @@ impl Delivery {
     /// is done once the reply is stored; if storing it fails, the delivery is tried again. A
     /// reply that is not a valid CloudEvent fails the attempt (retryable), as a malformed HTTP
     /// reply does.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # fn demo(delivery: Delivery) -> Result<(), cloudevents::event::EventBuilderError> {
+    /// let confirmation = EventBuilderV10::new()
+    ///     .id("c-1").source("/billing").ty("order.confirmed").build()?;
+    /// delivery.reply(confirmation);
+    /// # Ok(()) }
+    /// ```
     pub fn reply(mut self, reply: Event) {
         let answer = match EventRecord::from_event(reply) {
             Ok(r) => Answer::Ack(Some(Box::new(r))),
@@ -177,11 +266,24 @@ impl Delivery {
     }
 
     /// Like [`reply`](Self::reply) with an [`EventRecord`] (data bytes kept as they are).
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(delivery: Delivery) {
+    /// let echo = delivery.record().clone();
+    /// delivery.reply_record(echo);
+    /// # }
+    /// ```
     pub fn reply_record(mut self, reply: EventRecord) {
         self.answer(Answer::Ack(Some(Box::new(reply))));
     }
 
     /// The event was not handled: retried or dead-lettered as `nack` says.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(delivery: Delivery) {
+    /// delivery.nack(Nack::retry("database busy"));
+    /// # }
+    /// ```
     pub fn nack(mut self, nack: Nack) {
         self.answer(Answer::Nack(nack));
     }
@@ -226,16 +328,37 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     /// The next delivery; `None` once the mesh has shut down.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # async fn demo(mut orders: Subscription) {
+    /// while let Some(delivery) = orders.next().await {
+    ///     delivery.ack();
+    /// }
+    /// println!("the mesh shut down");
+    /// # }
+    /// ```
     pub async fn next(&mut self) -> Option<Delivery> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The namespace of the address.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(orders: Subscription) {
+    /// println!("listening on {}/{}", orders.namespace(), orders.name());
+    /// # }
+    /// ```
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
     /// The name of the address.
+    /// ```
+    /// # use evmesh_broker::subscriber::{Delivery, Nack, Subscription};
+    /// # fn demo(orders: Subscription) {
+    /// assert_eq!(orders.name(), "orders");
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 pub struct Location {
     /// File name (as given on the command line, or the name an embedder chose).
     pub file: Arc<str>,
-    /// 1-based line.
+    /// 1-based line; 0 when the problem is not in a file (a typed resource, named in `file`).
     pub line: usize,
     /// Field path inside the resource, e.g. `spec.delivery.backoffDelay` (empty for the document).
     pub field: String,
@@ -27,7 +27,11 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)?;
+        write!(f, "{}", self.file)?;
+        // Line 0: not from a file the user wrote (a typed resource names itself in `file`).
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
         if !self.field.is_empty() {
             write!(f, ": {}", self.field)?;
         }

@@ -32,6 +32,9 @@ mod schemas;
 mod sources;
 mod validate;
 
+/// The file name typed resources are validated under (replaced by the resource in messages).
+const RESOURCES_FILE: &str = "<resources>";
+
 use std::path::{Path, PathBuf};
 
 pub use annotations::{
@@ -93,8 +96,52 @@ impl MeshConfig {
     }
 
     /// Builds a mesh from typed resources (for embedders), validated like YAML.
+    ///
+    /// Errors and warnings name the resource and field, e.g.
+    /// `resources[1] Trigger default/eu-orders: spec.filters[0].cesql: ...` (the index in
+    /// `resources`), not the lines of the YAML the resources are checked as.
     pub fn from_resources(resources: &[Resource]) -> Result<MeshConfig, ConfigErrors> {
-        MeshConfig::from_yaml("<resources>", &Self::resources_yaml(resources))
+        let name = |location: &mut Location| {
+            if &*location.file != RESOURCES_FILE {
+                return;
+            }
+            // `resources_yaml` writes resource i as line 2i+1 (`---`) and line 2i+2.
+            let i = location.line.saturating_sub(1) / 2;
+            if let Some(r) = resources.get(i) {
+                let (kind, meta) = match r {
+                    Resource::Broker(b) => ("Broker", &b.metadata),
+                    Resource::Trigger(t) => ("Trigger", &t.metadata),
+                    Resource::External(e) => (e.kind.as_str(), &e.metadata),
+                };
+                let ns = if meta.namespace.is_empty() {
+                    "default"
+                } else {
+                    meta.namespace.as_str()
+                };
+                location.file = format!("resources[{i}] {kind} {ns}/{}", meta.name).into();
+                location.line = 0;
+            }
+        };
+        let name_error = |e: &mut ConfigError| match e {
+            ConfigError::Yaml { location, .. } | ConfigError::Invalid { location, .. } => {
+                name(location)
+            }
+            ConfigError::Io { .. } => {}
+        };
+        match MeshConfig::from_yaml(RESOURCES_FILE, &Self::resources_yaml(resources)) {
+            Ok(mut mesh) => {
+                mesh.warnings.iter_mut().for_each(|w| name(&mut w.location));
+                Ok(mesh)
+            }
+            Err(mut errors) => {
+                errors.errors.iter_mut().for_each(name_error);
+                errors
+                    .warnings
+                    .iter_mut()
+                    .for_each(|w| name(&mut w.location));
+                Err(errors)
+            }
+        }
     }
 
     /// Typed resources as YAML documents (JSON is YAML), one per resource.

@@ -1,7 +1,7 @@
 //! Trigger filters: Knative's `filter.attributes` and `filters` dialects, CESQL v1, JSONPath data
 //! filters, and an index that finds the matching triggers of an event without testing them all.
 //!
-//! A filter is parsed once ([`FilterSpec::compile`], [`Filter::cesql`], ...) into a [`Filter`] and
+//! A filter is parsed once ([`Filter::from_spec`], [`Filter::cesql`], ...) into a [`Filter`] and
 //! then evaluated per event with [`Filter::matches`]. No HTTP in here.
 //!
 //! ```

@@ -7,7 +7,8 @@
 //! checkpoint blobs in the same store, so a restart resumes where delivery stopped.
 //!
 //! The embedded implementation ([`KvEventStore`]) runs on one of three storage engines
-//! ([`EngineKind`]): sled, redb or fjall. A Kafka-backed broker class can implement
+//! ([`EngineKind`]): fjall (the default), redb or sled, each behind the cargo feature of its
+//! name (`fjall` is on by default). A Kafka-backed broker class can implement
 //! [`EventStore`] directly later.
 //!
 //! ```no_run
@@ -28,10 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod committer;
+#[cfg(feature = "fjall")]
 mod fjall_engine;
 mod keys;
 mod kv;
+#[cfg(feature = "redb")]
 mod redb_engine;
+#[cfg(feature = "sled")]
 mod sled_engine;
 mod store;
 #[cfg(test)]
@@ -189,6 +193,16 @@ pub enum EngineKind {
 impl EngineKind {
     /// Every engine, in declaration order.
     pub const ALL: [EngineKind; 3] = [EngineKind::Sled, EngineKind::Redb, EngineKind::Fjall];
+
+    /// Whether this build has the engine (its cargo feature of `evmesh-store`, or of `evmesh`,
+    /// is on): `fjall` (default), `redb`, `sled`.
+    pub fn is_available(self) -> bool {
+        match self {
+            EngineKind::Sled => cfg!(feature = "sled"),
+            EngineKind::Redb => cfg!(feature = "redb"),
+            EngineKind::Fjall => cfg!(feature = "fjall"),
+        }
+    }
 
     /// The engine's name as [`FromStr`](std::str::FromStr) accepts it.
     pub fn as_str(self) -> &'static str {

@@ -67,13 +67,7 @@ impl KvEventStore {
     pub fn open_with(kind: EngineKind, dir: &Path, options: StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(engine_err)?;
         let path = dir.to_path_buf();
-        let open: Reopen = Box::new(move || -> Result<Arc<dyn KvEngine>> {
-            Ok(match kind {
-                EngineKind::Sled => Arc::new(crate::sled_engine::SledEngine::open(&path)?),
-                EngineKind::Redb => Arc::new(crate::redb_engine::RedbEngine::open(&path)?),
-                EngineKind::Fjall => Arc::new(crate::fjall_engine::FjallEngine::open(&path)?),
-            })
-        });
+        let open: Reopen = Box::new(move || open_engine(kind, &path));
         let engine = open()?;
         Self::start_slot(kind, EngineSlot::new(engine, Some(open)), options)
     }
@@ -167,6 +161,24 @@ impl KvEventStore {
         keys::check_log(log.as_str())?;
         keys::load_meta(self.engine.get()?.as_ref(), log.as_str())
     }
+}
+
+/// Opens engine `kind` in `path`; an engine whose cargo feature is off is an error.
+fn open_engine(kind: EngineKind, path: &Path) -> Result<Arc<dyn KvEngine>> {
+    #[allow(unreachable_patterns)]
+    match kind {
+        #[cfg(feature = "sled")]
+        EngineKind::Sled => return Ok(Arc::new(crate::sled_engine::SledEngine::open(path)?)),
+        #[cfg(feature = "redb")]
+        EngineKind::Redb => return Ok(Arc::new(crate::redb_engine::RedbEngine::open(path)?)),
+        #[cfg(feature = "fjall")]
+        EngineKind::Fjall => return Ok(Arc::new(crate::fjall_engine::FjallEngine::open(path)?)),
+        _ => {}
+    }
+    let _ = path;
+    Err(StoreError::Engine(format!(
+        "storage engine {kind} is not built in (enable the `{kind}` cargo feature of evmesh or evmesh-store)"
+    )))
 }
 
 impl Drop for KvEventStore {

@@ -285,31 +285,37 @@ fn crash_test(kind: EngineKind, retention: bool) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[cfg(feature = "sled")]
 #[test]
 fn sled_keeps_every_acknowledged_append_across_kill_9() {
     crash_test(EngineKind::Sled, false);
 }
 
+#[cfg(feature = "redb")]
 #[test]
 fn redb_keeps_every_acknowledged_append_across_kill_9() {
     crash_test(EngineKind::Redb, false);
 }
 
+#[cfg(feature = "fjall")]
 #[test]
 fn fjall_keeps_every_acknowledged_append_across_kill_9() {
     crash_test(EngineKind::Fjall, false);
 }
 
+#[cfg(feature = "sled")]
 #[test]
 fn sled_keeps_every_acknowledged_append_across_kill_9_during_retention() {
     crash_test(EngineKind::Sled, true);
 }
 
+#[cfg(feature = "redb")]
 #[test]
 fn redb_keeps_every_acknowledged_append_across_kill_9_during_retention() {
     crash_test(EngineKind::Redb, true);
 }
 
+#[cfg(feature = "fjall")]
 #[test]
 fn fjall_keeps_every_acknowledged_append_across_kill_9_during_retention() {
     crash_test(EngineKind::Fjall, true);

@@ -406,6 +406,10 @@ macro_rules! engine_tests {
     };
 }
 
+// Each engine's tests run when its cargo feature is on (`cargo test --workspace` turns on all).
+#[cfg(feature = "sled")]
 engine_tests!(sled, EngineKind::Sled);
+#[cfg(feature = "redb")]
 engine_tests!(redb, EngineKind::Redb);
+#[cfg(feature = "fjall")]
 engine_tests!(fjall, EngineKind::Fjall);

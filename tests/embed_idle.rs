@@ -1,0 +1,216 @@
+//! `RunningMesh::wait_idle`, used as an outside crate uses evmesh (only `evmesh::prelude`): it
+//! resolves once every accepted event has been delivered, replied to or dead-lettered by every
+//! route, including the events those deliveries produced, so a program (or a test) waits for
+//! the mesh instead of polling counters.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::eventually;
+use evmesh::prelude::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker `default` and the given YAML, started on 127.0.0.1:0 in a fresh data dir.
+async fn start(yaml: &str) -> (RunningMesh, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default}}\n---\n{yaml}"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let running = Mesh::from_yaml(&yaml)
+        .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
+        .data_dir(dir.path())
+        .start(listener)
+        .await
+        .expect("mesh starts");
+    (running, dir)
+}
+
+/// A trigger `name` on broker `default` to in-process subscriber `subscriber`.
+fn trigger(name: &str, filter_type: &str, subscriber: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {name}}}
+spec:
+  broker: default
+  filter: {{attributes: {{type: {filter_type}}}}}
+  subscriber:
+    ref: {{apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: {subscriber}}}
+{extra}---
+"#
+    )
+}
+
+fn event(id: &str, ty: &str) -> Event {
+    EventBuilderV10::new()
+        .id(id)
+        .source("/shop")
+        .ty(ty)
+        .build()
+        .expect("event")
+}
+
+fn counters(running: &RunningMesh, trigger: &str) -> CounterSnapshot {
+    running
+        .trigger("default", trigger)
+        .expect("trigger exists")
+        .counters
+}
+
+/// Runs a handler on in-process subscriber `name` that counts what it gets, after a short
+/// pause (so a `wait_idle` that resolved early would see counts short), and answers with
+/// `answer`.
+fn counting(
+    running: &RunningMesh,
+    name: &str,
+    answer: fn(&Event) -> Result<Option<Event>, Nack>,
+) -> Arc<AtomicU64> {
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    running.handle(name, move |e| {
+        let count = count.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            count.fetch_add(1, Ordering::SeqCst);
+            answer(&e)
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn wait_idle_resolves_once_every_event_and_its_replies_and_dead_letters_are_delivered() {
+    let dead_letter = r#"  delivery:
+    deadLetterSink:
+      ref: {apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: dlq}
+"#;
+    let yaml = [
+        trigger("orders", "order.created", "orders", ""),
+        trigger("confirmations", "order.confirmed", "confirmations", ""),
+        trigger("audit", "order.created", "audit", dead_letter),
+    ]
+    .concat();
+    let (running, _dir) = start(&yaml).await;
+    let orders = counting(&running, "orders", |e| {
+        Ok(Some(event(&format!("c-{}", e.id()), "order.confirmed")))
+    });
+    let confirmations = counting(&running, "confirmations", |_| Ok(None));
+    let audit = counting(&running, "audit", |_| Err(Nack::reject("audit is closed")));
+    let dlq = counting(&running, "dlq", |_| Ok(None));
+    const N: u64 = 20;
+    for i in 0..N {
+        running
+            .publish(
+                "default",
+                "default",
+                event(&format!("o-{i}"), "order.created"),
+            )
+            .await
+            .expect("publish");
+    }
+
+    tokio::time::timeout(WAIT, running.wait_idle())
+        .await
+        .expect("idle in time")
+        .expect("not shut down");
+
+    assert_eq!(orders.load(Ordering::SeqCst), N, "orders handled");
+    assert_eq!(audit.load(Ordering::SeqCst), N, "audit attempts");
+    assert_eq!(dlq.load(Ordering::SeqCst), N, "dead letters handled");
+    assert_eq!(
+        confirmations.load(Ordering::SeqCst),
+        N,
+        "replies delivered to their own trigger"
+    );
+    assert_eq!(counters(&running, "audit").dead_lettered, N);
+    assert!(running.is_idle());
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn wait_idle_waits_for_a_retry_that_is_due_later() {
+    let delivery = "  delivery: {retry: 3, backoffDelay: PT0.3S}\n";
+    let (running, _dir) = start(&trigger("orders", "order.created", "orders", delivery)).await;
+    let attempts = Arc::new(AtomicU64::new(0));
+    let seen = attempts.clone();
+    running.handle("orders", move |_| {
+        let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                Err(Nack::retry("not yet"))
+            } else {
+                Ok(None)
+            }
+        }
+    });
+    running
+        .publish("default", "default", event("o-1", "order.created"))
+        .await
+        .expect("publish");
+
+    tokio::time::timeout(WAIT, running.wait_idle())
+        .await
+        .expect("idle in time")
+        .expect("not shut down");
+
+    let c = counters(&running, "orders");
+    assert_eq!((c.delivered, c.retried), (1, 1));
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delivery_waiting_for_its_in_process_subscriber_keeps_the_mesh_busy() {
+    let (running, _dir) = start(&trigger("orders", "order.created", "orders", "")).await;
+    running
+        .publish("default", "default", event("o-1", "order.created"))
+        .await
+        .expect("publish");
+    eventually("trigger not ready while nobody listens", WAIT, || {
+        running
+            .trigger("default", "orders")
+            .and_then(|t| t.not_ready)
+            .is_some_and(|(code, _)| code == "SubscriberNotReady")
+    })
+    .await;
+    assert!(!running.is_idle(), "a waiting delivery is not done");
+
+    let mut orders = running.subscribe("orders");
+    let delivery = tokio::time::timeout(WAIT, orders.next())
+        .await
+        .expect("delivered in time")
+        .expect("stream open");
+    delivery.ack();
+    tokio::time::timeout(WAIT, running.wait_idle())
+        .await
+        .expect("idle in time")
+        .expect("not shut down");
+    assert_eq!(counters(&running, "orders").delivered, 1);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn wait_idle_ends_with_shutting_down_when_the_mesh_shuts_down_first() {
+    let (running, _dir) = start(&trigger("orders", "order.created", "orders", "")).await;
+    running
+        .publish("default", "default", event("o-1", "order.created"))
+        .await
+        .expect("publish");
+    let waiting = tokio::spawn({
+        let running = running.clone();
+        async move { running.wait_idle().await }
+    });
+    running.shutdown().await;
+    let result = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("wait_idle ended")
+        .expect("task");
+    assert!(matches!(result, Err(Error::ShuttingDown)), "{result:?}");
+}
