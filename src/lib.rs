@@ -202,6 +202,7 @@ impl From<PublishError> for Error {
             PublishError::NotFound(what) => Error::NotFound(what),
             PublishError::ShuttingDown => Error::ShuttingDown,
             PublishError::Store(e) => Error::Store(e),
+            PublishError::Log(e) => Error::Store(evmesh_store::StoreError::Engine(e.to_string())),
             e @ (PublishError::TtlExpired | PublishError::Encode(_)) => {
                 Error::InvalidEvent(e.to_string())
             }

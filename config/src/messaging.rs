@@ -179,6 +179,9 @@ pub struct ChannelConfig {
     /// Default delivery for its subscriptions (`None`: a subscription without its own delivery
     /// is attempted once, with no dead-letter sink, as a Knative channel does).
     pub delivery: Option<Delivery>,
+    /// The kind's own `spec` as written (e.g. a NatsJetStreamChannel's `stream` and
+    /// `consumerConfigTemplate`); `Null` when it has none.
+    pub spec: serde_json::Value,
     /// Where its YAML is.
     pub location: Option<Location>,
 }

@@ -340,6 +340,7 @@ impl<'a> Pending<'a> {
                         location: Some(doc.locate("")),
                         metadata: meta,
                         delivery,
+                        spec: Value::Null,
                     },
                 );
             }
@@ -779,7 +780,7 @@ impl Out {
         kind: ChannelKind,
         c: GeneratedChannel,
     ) {
-        let spec: InMemoryChannelSpec = serde_json::from_value(c.spec).unwrap_or_default();
+        let spec: InMemoryChannelSpec = serde_json::from_value(c.spec.clone()).unwrap_or_default();
         let delivery = parsed(&spec.delivery, doc);
         self.channel(
             ctx,
@@ -788,6 +789,7 @@ impl Out {
                 kind,
                 metadata: c.metadata,
                 delivery,
+                spec: c.spec,
                 location: Some(doc.locate("")),
             },
         );
