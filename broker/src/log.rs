@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evmesh_config::ReplayFrom;
+pub use evmesh_config::ReplayFrom;
 use evmesh_store::{EventStore, LogId, Offset};
 
 use crate::delivery::Progress;
@@ -123,11 +123,13 @@ impl LogError {
 /// What a route asks of its consumer group on a [`Log`].
 #[derive(Clone, Debug)]
 pub struct GroupSpec {
-    /// The group's durable name: stable across restarts (the route's uid where it has one) and
-    /// the same in every process, so processes opening it share its records.
+    /// `trigger` or `subscription`.
+    pub route_kind: &'static str,
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name. The log names the group after the route (not its uid): every process
+    /// running the same configuration opens the same group and shares its records.
     pub name: String,
-    /// The route, for logs and errors (`namespace/name`).
-    pub route: String,
     /// Records a run holds at once (in flight and waiting for a retry): the most the log hands
     /// out before the run reports some done.
     pub max_in_flight: usize,
@@ -151,7 +153,7 @@ pub trait Log: Send + Sync {
         spec: GroupSpec,
     ) -> BoxFuture<'_, Result<Arc<dyn ConsumerGroup>, LogError>>;
     /// Deletes a route's consumer group (the route was deleted).
-    fn delete_group<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), LogError>>;
+    fn delete_group<'a>(&'a self, spec: &'a GroupSpec) -> BoxFuture<'a, Result<(), LogError>>;
 }
 
 /// The broker or channel a [`LogProvider`] is asked to open the log of.

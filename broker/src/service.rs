@@ -1429,12 +1429,14 @@ impl BrokerService {
         log: Arc<dyn Log>,
     ) -> Result<RunningTrigger, String> {
         let name = entry.checkpoint_key.clone();
+        let spec = GroupSpec {
+            route_kind: d.resource.noun(),
+            namespace: d.key.0.clone(),
+            name: d.key.1.clone(),
+            max_in_flight: self.inner.options.max_in_flight.max(1),
+        };
         let group = log
-            .open_group(GroupSpec {
-                name: name.clone(),
-                route: d.label.clone(),
-                max_in_flight: self.inner.options.max_in_flight.max(1),
-            })
+            .open_group(spec.clone())
             .await
             .map_err(|e| format!("opening its consumer group: {e}"))?;
         let (shared, commands) = TriggerShared::new(
@@ -1462,12 +1464,13 @@ impl BrokerService {
             filter_records: true,
         };
         let del = delete_after.clone();
+        let label = d.label.clone();
         let task = tokio::spawn(async move {
             worker.supervised(commands, stop_rx).await;
             if del.load(Ordering::Acquire)
-                && let Err(e) = log.delete_group(&name).await
+                && let Err(e) = log.delete_group(&spec).await
             {
-                tracing::warn!("deleting consumer group {name}: {e}");
+                tracing::warn!(route = %label, "deleting its consumer group: {e}");
             }
         });
         Ok(RunningTrigger {
