@@ -385,9 +385,13 @@ impl Mesh {
         })?;
         let store = Arc::new(closing::ClosingStore::new(store));
         let service = BrokerService::new(store.clone(), options.service.clone())?;
-        service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(
-            options.nats_url.clone(),
-        )));
+        // eventing-natss's `config-nats` ConfigMap in the YAML wins over the option.
+        let nats_url = self
+            .config
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| options.nats_url.clone());
+        service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(nats_url)));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store.clone(),

@@ -349,3 +349,45 @@ async fn two_evmesh_processes_on_one_nats_share_a_subscription() {
         assert_eq!(counts.get(id), Some(&1), "{id} delivered once: {counts:?}");
     }
 }
+
+#[tokio::test]
+async fn the_config_nats_configmap_says_where_nats_is() {
+    let ch = unique("cm");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-nats
+  namespace: knative-eventing
+data:
+  eventing-nats: |
+    url: {}
+    connOpts:
+      retryOnFailedConnect: true
+---
+{}{}"#,
+        nats_url(),
+        channel_yaml(&ch, "  {}"),
+        subscription_yaml(&ch, &ch, &sink.url(), "")
+    );
+    // Nothing listens on the option's address: only the ConfigMap's URL works.
+    let m = mesh_with(&yaml, |o| evmesh::Options {
+        nats_url: "nats://127.0.0.1:1".to_string(),
+        ..o
+    })
+    .await;
+    post_ok(
+        &m.url(&format!("/channels/default/{ch}")),
+        event("via-cm", "t"),
+    )
+    .await;
+    eventually(
+        "the subscriber gets the event",
+        Duration::from_secs(10),
+        || sink.ids() == ["via-cm"],
+    )
+    .await;
+}

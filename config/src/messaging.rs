@@ -323,6 +323,11 @@ pub struct ParallelSpec {
     pub reply: Option<Destination>,
 }
 
+/// Name of eventing-natss's ConfigMap that says where NATS is.
+pub const NATS_CONFIGMAP: &str = "config-nats";
+/// Key of [`NATS_CONFIGMAP`]'s data holding the NATS settings (YAML with `url`).
+pub const NATS_CONFIG_KEY: &str = "eventing-nats";
+
 /// Name of the `default-ch-webhook` ConfigMap that sets the default channel, as Knative's.
 pub const DEFAULT_CHANNEL_CONFIGMAP: &str = "default-ch-webhook";
 /// Namespace of [`DEFAULT_CHANNEL_CONFIGMAP`].

@@ -68,6 +68,47 @@ pub(crate) fn is_default_channel_config(api_version: &str, kind: &str, meta: &Ob
         && meta.namespace == super::DEFAULT_CHANNEL_CONFIGMAP_NAMESPACE
 }
 
+/// Whether a `v1` ConfigMap is eventing-natss's `config-nats` (in `knative-eventing`).
+pub(crate) fn is_nats_config(api_version: &str, kind: &str, meta: &ObjectMeta) -> bool {
+    api_version == "v1"
+        && kind == "ConfigMap"
+        && meta.name == super::NATS_CONFIGMAP
+        && meta.namespace == super::DEFAULT_CHANNEL_CONFIGMAP_NAMESPACE
+}
+
+/// The `url` in `config-nats`'s `data.eventing-nats` (YAML); the other settings there
+/// (`connOpts`) are accepted and not used.
+pub(crate) fn nats_config_url(ctx: &mut Ctx, doc: &Document, obj: &Value) -> Option<String> {
+    let field = format!("data.{}", super::NATS_CONFIG_KEY);
+    let text = obj.get("data").and_then(|d| d.get(super::NATS_CONFIG_KEY));
+    let parsed = match text {
+        None => return None,
+        Some(Value::String(t)) => match serde_saphyr::from_str::<Value>(t) {
+            Ok(v) => v,
+            Err(e) => {
+                ctx.error(doc, &field, format!("invalid YAML: {e}"));
+                return None;
+            }
+        },
+        Some(_) => {
+            ctx.error(doc, &field, "must be a string (YAML)");
+            return None;
+        }
+    };
+    match parsed.get("url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if !u.trim().is_empty() => Some(u.trim().to_string()),
+        Some(other) => {
+            ctx.error(
+                doc,
+                &format!("{field}.url"),
+                format!("{other} is not a NATS URL"),
+            );
+            None
+        }
+    }
+}
+
 /// The addressables of a validated mesh's channels: every channel under its own kind, a
 /// generic Channel, a Sequence and a Parallel under theirs; each with the channel its address
 /// is (`(namespace, channel name)`).
