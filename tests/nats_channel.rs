@@ -391,3 +391,23 @@ data:
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_nats_jetstream_channel_is_listed_with_its_address_and_subscribers() {
+    let ch = unique("status");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let yaml = channel_yaml(&ch, "  {}") + &subscription_yaml(&ch, &ch, &sink.url(), "");
+    let m = nats_mesh(&yaml).await;
+    let (code, c) = get_json(&m.url(&format!(
+        "/apis/messaging.knative.dev/v1alpha1/namespaces/default/natsjetstreamchannels/{ch}"
+    )))
+    .await;
+    assert_eq!(code, 200, "{c}");
+    assert_eq!(
+        c["status"]["address"]["url"],
+        m.url(&format!("/channels/default/{ch}")),
+        "{c}"
+    );
+    assert_eq!(c["status"]["subscribers"][0]["ready"], "True", "{c}");
+}
