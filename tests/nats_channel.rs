@@ -411,3 +411,55 @@ async fn a_nats_jetstream_channel_is_listed_with_its_address_and_subscribers() {
     );
     assert_eq!(c["status"]["subscribers"][0]["ready"], "True", "{c}");
 }
+
+#[tokio::test]
+async fn a_channel_whose_template_is_nats_jetstream_delivers_to_its_subscription() {
+    let ch = unique("generic");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: messaging.knative.dev/v1
+kind: Channel
+metadata:
+  name: {ch}
+spec:
+  channelTemplate:
+    apiVersion: messaging.knative.dev/v1alpha1
+    kind: NatsJetStreamChannel
+    spec:
+      stream:
+        config:
+          maxAge: 1h
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: {ch}
+spec:
+  channel:
+    apiVersion: messaging.knative.dev/v1
+    kind: Channel
+    name: {ch}
+  subscriber:
+    uri: {}
+"#,
+        sink.url()
+    );
+    let m = nats_mesh(&yaml).await;
+    let (_, c) = get_json(&m.url(&format!(
+        "/apis/messaging.knative.dev/v1/namespaces/default/channels/{ch}"
+    )))
+    .await;
+    assert_eq!(
+        c["status"]["channel"]["kind"], "NatsJetStreamChannel",
+        "{c}"
+    );
+    post_ok(&m.url(&format!("/channels/default/{ch}")), event("g1", "t")).await;
+    eventually(
+        "the subscriber gets the event",
+        Duration::from_secs(10),
+        || sink.ids() == ["g1"],
+    )
+    .await;
+}
