@@ -4,7 +4,7 @@
 //! pending; the run itself owns retries, ordering lanes and attempts.
 //!
 //! The embedded store is the built-in log: its routes are fed by a router that fans one read out
-//! to every trigger ([`EmbeddedGroup`]: the router's queue, catch-up reads of the store and a
+//! to every trigger (`EmbeddedGroup`: the router's queue, catch-up reads of the store and a
 //! checkpoint blob). A log elsewhere (a JetStream stream, a Kafka topic) implements [`Log`]: each
 //! route opens its own consumer group there and its cursor hands the run every record (a run of
 //! a trigger filters them itself). A [`LogProvider`] registered with the service opens such logs
