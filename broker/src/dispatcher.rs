@@ -867,6 +867,7 @@ impl Worker {
             }
         }
         cursor.save(&st.pending());
+        cursor.close().await;
     }
 
     /// Positions the run at `from`: drops pending deliveries and lets the cursor seek (it saves

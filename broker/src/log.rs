@@ -99,6 +99,11 @@ pub trait Cursor: Send {
     fn passed_by(&self) -> bool {
         false
     }
+    /// Called once when the run ends, after its last [`save`](Cursor::save): resolves once what
+    /// that save reported has reached the log (e.g. JetStream acks sent and flushed).
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// A consumer group on a log: opens the cursor of a run; opened again after the run failed, it

@@ -35,6 +35,8 @@ const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 const MAX_BATCH: usize = 100;
 /// How long a cursor waits before it pulls again after the pull failed.
 const PULL_RETRY: Duration = Duration::from_secs(1);
+/// How long a closing cursor waits for its last acks to be flushed.
+const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting to NATS may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -367,7 +369,7 @@ impl ConsumerGroup for JetStreamGroup {
                 notify.clone(),
             ));
             // Not aborted with the cursor: it sends the last acks and flushes them.
-            tokio::spawn(acker(
+            let acker = tokio::spawn(acker(
                 self.client.clone(),
                 handed.clone(),
                 acks_rx,
@@ -377,7 +379,8 @@ impl ConsumerGroup for JetStreamGroup {
                 rx,
                 notify,
                 handed,
-                acks,
+                acks: Some(acks),
+                acker: Some(acker),
                 stream: self.stream.clone(),
                 next: 0,
                 pull,
@@ -473,7 +476,9 @@ struct JetStreamCursor {
     notify: Arc<Notify>,
     /// Records handed to the run and not acked yet: stream sequence → where to ack.
     handed: Arc<Mutex<HashMap<u64, Subject>>>,
-    acks: mpsc::UnboundedSender<Vec<Subject>>,
+    /// To the acker; `None` once closed.
+    acks: Option<mpsc::UnboundedSender<Vec<Subject>>>,
+    acker: Option<JoinHandle<()>>,
     stream: stream::Stream,
     /// After the last stream sequence handed out.
     next: u64,
@@ -568,7 +573,7 @@ impl Cursor for JetStreamCursor {
                 }
                 held
             });
-        if !done.is_empty() && self.acks.send(done).is_err() {
+        if !done.is_empty() && self.acks.as_ref().is_none_or(|a| a.send(done).is_err()) {
             tracing::warn!(
                 "JetStream acker stopped: the records are handed out again after ackWait"
             );
@@ -594,6 +599,23 @@ impl Cursor for JetStreamCursor {
             partition: 0,
             offset: self.next,
         }
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.pull.abort();
+            // The acker sends what it was given, flushes and ends.
+            self.acks = None;
+            if let Some(acker) = self.acker.take()
+                && tokio::time::timeout(ACK_FLUSH_TIMEOUT, acker)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!(
+                    "JetStream acks not flushed in time: those records are handed out again after ackWait"
+                );
+            }
+        })
     }
 }
 
