@@ -463,3 +463,65 @@ spec:
     )
     .await;
 }
+
+#[tokio::test]
+async fn without_nats_a_nats_jetstream_channel_is_not_ready_and_the_rest_of_the_mesh_runs() {
+    let ch = unique("down");
+    let sink = TestSink::start().await;
+    let yaml = channel_yaml(&ch, "  {}")
+        + &subscription_yaml(&ch, &ch, &sink.url(), "")
+        + &format!(
+            r#"
+---
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata:
+  name: {ch}-imc
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: {ch}-imc
+spec:
+  channel:
+    apiVersion: messaging.knative.dev/v1
+    kind: InMemoryChannel
+    name: {ch}-imc
+  subscriber:
+    uri: {}
+"#,
+            sink.url()
+        );
+    // Nothing listens there.
+    let m = mesh_with(&yaml, |o| evmesh::Options {
+        nats_url: "nats://127.0.0.1:1".to_string(),
+        ..o
+    })
+    .await;
+    let (_, sub) = get_json(&m.url(&format!(
+        "/apis/messaging.knative.dev/v1/namespaces/default/subscriptions/{ch}"
+    )))
+    .await;
+    let text = sub["status"].to_string();
+    assert!(text.contains("connecting to NATS"), "{sub}");
+    assert_eq!(
+        post_binary(
+            &m.url(&format!("/channels/default/{ch}")),
+            event("lost", "t")
+        )
+        .await,
+        404,
+        "a channel that does not run takes no event"
+    );
+    post_ok(
+        &m.url(&format!("/channels/default/{ch}-imc")),
+        event("imc", "t"),
+    )
+    .await;
+    eventually(
+        "the InMemoryChannel still delivers",
+        Duration::from_secs(10),
+        || sink.ids() == ["imc"],
+    )
+    .await;
+}

@@ -488,6 +488,9 @@ struct State {
     channels: HashMap<(String, String), Arc<BrokerRuntime>>,
     triggers: BTreeMap<(String, String), TriggerEntry>,
     subscriptions: BTreeMap<(String, String), TriggerEntry>,
+    /// Brokers and channels whose log could not be opened at the last reconcile (a log
+    /// elsewhere, e.g. NATS unreachable), with the reason; tried again at the next reconcile.
+    stream_failures: HashMap<(StreamKind, String, String), String>,
     /// Whether the first reconcile (which drops checkpoints of routes that are gone) ran.
     started: bool,
 }
@@ -788,6 +791,9 @@ impl BrokerService {
         desired: HashMap<(String, String), StreamDesired>,
         resolver: &Resolver,
     ) -> Result<(), StartError> {
+        self.state_mut()
+            .stream_failures
+            .retain(|(k, ns, n), _| *k != kind || desired.contains_key(&(ns.clone(), n.clone())));
         // Gone, or now of another kind (its log is elsewhere): stopped (and started again).
         let removed: Vec<(String, String)> = self
             .state()
@@ -815,10 +821,21 @@ impl BrokerService {
                         .unwrap_or_else(|e| e.into_inner()) = d.dead_letter;
                 }
                 None => {
-                    let runtime = self.start_stream(kind, &key.0, &key.1, resolver, d).await?;
-                    self.state_mut()
-                        .streams_mut(kind)
-                        .insert(key.clone(), runtime);
+                    let failure_key = (kind, key.0.clone(), key.1.clone());
+                    match self.start_stream(kind, &key.0, &key.1, resolver, d).await {
+                        Ok(runtime) => {
+                            let mut state = self.state_mut();
+                            state.stream_failures.remove(&failure_key);
+                            state.streams_mut(kind).insert(key.clone(), runtime);
+                        }
+                        // Its routes wait, not ready with this reason; the rest goes on.
+                        Err(e) => {
+                            tracing::error!("{} {}/{} not started: {e}", kind.noun(), key.0, key.1);
+                            self.state_mut()
+                                .stream_failures
+                                .insert(failure_key, e.to_string());
+                        }
+                    }
                 }
             }
         }
@@ -1025,6 +1042,14 @@ impl BrokerService {
         }
     }
 
+    /// Why broker or channel `namespace/name` did not start at the last reconcile, if it did not.
+    fn stream_failure(&self, kind: StreamKind, namespace: &str, name: &str) -> Option<String> {
+        self.state()
+            .stream_failures
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
     /// What a trigger should be, resolved against the running brokers.
     fn trigger_desired(
         &self,
@@ -1069,6 +1094,11 @@ impl BrokerService {
                     ReplyTo::Home,
                 );
                 d.stream = Some(stream);
+            }
+            _ if let Some(reason) =
+                self.stream_failure(StreamKind::Broker, &tm.namespace, broker_name) =>
+            {
+                d.plan = Err(("BrokerNotReady".to_string(), reason));
             }
             _ => {
                 d.plan = Err((
@@ -1150,6 +1180,11 @@ impl BrokerService {
                     Err(e) => Err(("DestinationNotResolved".to_string(), format!("reply: {e}"))),
                 };
                 d.stream = Some(stream);
+            }
+            _ if let Some(reason) =
+                self.stream_failure(StreamKind::Channel, &m.namespace, channel) =>
+            {
+                d.plan = Err(("ChannelNotReady".to_string(), reason));
             }
             _ => {
                 d.plan = Err((
