@@ -14,6 +14,9 @@
 //!   address; every accepted event must reach the sink.
 //! * `loadtest fanout --subscriptions 10 --seconds 10 --concurrency 64`: one InMemoryChannel with
 //!   `subscriptions` Subscriptions to the sink; every accepted event must reach each of them.
+//! * `sequence` and `fanout` take `--channel NatsJetStreamChannel` to run on NATS JetStream
+//!   (`EVMESH_NATS_URL`, default `nats://127.0.0.1:4222`) instead: the channels get names of
+//!   their own (`bench<pid>`), and their streams are deleted after the run.
 //! * `loadtest ordered --keys 1000 --seconds 8 --concurrency 64 [--order unordered]
 //!   [--sink-delay-ms 0]`: one trigger with `kafka.eventing.knative.dev/delivery.order`; every
 //!   event carries a `partitionkey` (1,000 keys) and a per-key sequence number; each key is sent
@@ -69,6 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let steps: usize = arg("--steps", "3").parse()?;
             run_flow(
                 Flow::Sequence(steps.max(1)),
+                &arg("--channel", "InMemoryChannel"),
                 arg("--seconds", "10").parse()?,
                 arg("--concurrency", "64").parse()?,
             )
@@ -78,6 +82,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let subs: usize = arg("--subscriptions", "10").parse()?;
             run_flow(
                 Flow::Fanout(subs.max(1)),
+                &arg("--channel", "InMemoryChannel"),
                 arg("--seconds", "10").parse()?,
                 arg("--concurrency", "64").parse()?,
             )
@@ -95,7 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => {
             eprintln!(
-                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] | loadtest sequence [--steps N] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D]"
+                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] | loadtest sequence [--steps N] [--channel InMemoryChannel|NatsJetStreamChannel] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--channel K] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D]"
             );
             std::process::exit(2);
         }
@@ -148,43 +153,75 @@ enum Flow {
 
 async fn run_flow(
     flow: Flow,
+    channel: &str,
     seconds: u64,
     concurrency: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let sink = Sink::start().await?;
     let u = sink.url.clone();
-    let (yaml, target, paths, label) = match flow {
+    let (api, kind, bench) = match channel {
+        "InMemoryChannel" | "imc" => (
+            "messaging.knative.dev/v1",
+            "InMemoryChannel",
+            "bench".to_string(),
+        ),
+        "NatsJetStreamChannel" | "nats" => (
+            "messaging.knative.dev/v1alpha1",
+            "NatsJetStreamChannel",
+            format!("bench{}", std::process::id()),
+        ),
+        other => {
+            return Err(
+                format!("--channel {other}: InMemoryChannel or NatsJetStreamChannel").into(),
+            );
+        }
+    };
+    let (yaml, target, paths, label, channels) = match flow {
         Flow::Sequence(n) => {
             let steps: String = (0..n)
                 .map(|i| format!("    - uri: \"{u}step{i}\"\n"))
                 .collect();
             (
                 format!(
-                    "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: bench}}\nspec:\n  channelTemplate: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel}}\n  steps:\n{steps}  reply: {{uri: \"{u}end\"}}\n"
+                    "apiVersion: flows.knative.dev/v1\nkind: Sequence\nmetadata: {{name: {bench}}}\nspec:\n  channelTemplate: {{apiVersion: {api}, kind: {kind}}}\n  steps:\n{steps}  reply: {{uri: \"{u}end\"}}\n"
                 ),
-                "/channels/default/bench-kn-sequence-0".to_string(),
+                format!("/channels/default/{bench}-kn-sequence-0"),
                 vec!["/end".to_string()],
-                format!("sequence steps={n} concurrency={concurrency}"),
+                format!("{kind} sequence steps={n} concurrency={concurrency}"),
+                (0..n)
+                    .map(|i| format!("{bench}-kn-sequence-{i}"))
+                    .collect::<Vec<_>>(),
             )
         }
         Flow::Fanout(n) => {
-            let mut yaml = String::from(
-                "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: bench}\n",
-            );
+            let mut yaml =
+                format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: {bench}}}\n");
             for i in 0..n {
                 yaml.push_str(&format!(
-                    "---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {{name: s{i}}}\nspec:\n  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: bench}}\n  subscriber: {{uri: \"{u}s{i}\"}}\n"
+                    "---\napiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {{name: s{i}}}\nspec:\n  channel: {{apiVersion: {api}, kind: {kind}, name: {bench}}}\n  subscriber: {{uri: \"{u}s{i}\"}}\n"
                 ));
             }
             (
                 yaml,
-                "/channels/default/bench".to_string(),
+                format!("/channels/default/{bench}"),
                 (0..n).map(|i| format!("/s{i}")).collect(),
-                format!("channel subscriptions={n} concurrency={concurrency}"),
+                format!("{kind} channel subscriptions={n} concurrency={concurrency}"),
+                vec![bench.clone()],
             )
         }
     };
-    drive(sink, &yaml, &target, paths, &label, seconds, concurrency).await
+    let result = drive(sink, &yaml, &target, paths, &label, seconds, concurrency).await;
+    if kind == "NatsJetStreamChannel" {
+        let url = std::env::var("EVMESH_NATS_URL")
+            .unwrap_or_else(|_| evmesh_channels::DEFAULT_NATS_URL.to_string());
+        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await?);
+        for c in channels {
+            let _ = js
+                .delete_stream(evmesh_channels::nats::stream_name("default", &c))
+                .await;
+        }
+    }
+    result
 }
 
 /// The benchmark's HTTP side in this process: `/step*` paths echo the event they get (200 with
@@ -273,7 +310,14 @@ async fn drive(
     let matching = paths.len();
     let dir = std::env::temp_dir().join(format!("evmesh-loadtest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mesh = evmesh::Mesh::from_yaml(yaml)?.data_dir(&dir);
+    let mut options = evmesh::Options {
+        data_dir: dir.clone(),
+        ..evmesh::Options::default()
+    };
+    if let Ok(url) = std::env::var("EVMESH_NATS_URL") {
+        options.nats_url = url;
+    }
+    let mesh = evmesh::Mesh::from_yaml(yaml)?.options(options);
     let running = mesh
         .start(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
         .await?;

@@ -199,6 +199,8 @@ pub struct Options {
     /// The Kubernetes API ApiServerSources watch (a kubeconfig, in-cluster); `None`: evmesh's
     /// own admin API, at the mesh's URL with [`Options::admin_token`].
     pub kube_api: Option<KubeApi>,
+    /// The NATS server of NatsJetStreamChannels (connected to only when one runs).
+    pub nats_url: String,
 }
 
 impl Default for Options {
@@ -215,6 +217,7 @@ impl Default for Options {
             store: evmesh_store::StoreOptions::default(),
             strict: false,
             kube_api: None,
+            nats_url: evmesh_channels::DEFAULT_NATS_URL.to_string(),
         }
     }
 }
@@ -256,6 +259,7 @@ impl From<PublishError> for Error {
             PublishError::NotFound(what) => Error::NotFound(what),
             PublishError::ShuttingDown => Error::ShuttingDown,
             PublishError::Store(e) => Error::Store(e),
+            PublishError::Log(e) => Error::Store(evmesh_store::StoreError::Engine(e.to_string())),
             e @ (PublishError::TtlExpired | PublishError::Encode(_)) => {
                 Error::InvalidEvent(e.to_string())
             }
@@ -479,6 +483,13 @@ impl Mesh {
         })?;
         let store = Arc::new(closing::ClosingStore::new(store));
         let service = BrokerService::new(store.clone(), options.service.clone())?;
+        // eventing-natss's `config-nats` ConfigMap in the YAML wins over the option.
+        let nats_url = self
+            .config
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| options.nats_url.clone());
+        service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(nats_url)));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store.clone(),

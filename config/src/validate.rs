@@ -131,6 +131,9 @@ pub struct MeshConfig {
     /// The channel kind of Channels, Sequences and Parallels that name none (Knative's
     /// `default-ch-webhook` ConfigMap, else `serve --default-channel`, else InMemoryChannel).
     pub channel_defaults: crate::messaging::ChannelDefaults,
+    /// The NATS server of NatsJetStreamChannels from eventing-natss's `config-nats` ConfigMap
+    /// (`knative-eventing`, key `eventing-nats`, its `url`); `None` without one.
+    pub nats_url: Option<String>,
     /// What evmesh accepted but does not act on.
     pub warnings: Vec<Warning>,
     /// Sources (PingSource, GitHubSource).
@@ -574,6 +577,7 @@ fn validate_impl(
     let mut brokers: Vec<(Broker, &Document)> = Vec::new();
     let mut triggers: Vec<(Trigger, &Document)> = Vec::new();
     let mut externals = Vec::new();
+    let mut nats_url = None;
     let mut sources: Vec<(crate::sources::SourceConfig, &Document)> = Vec::new();
     let mut secrets = Vec::new();
     let mut seen = HashSet::new();
@@ -684,6 +688,9 @@ fn validate_impl(
             (_, k) if crate::messaging::check::is_default_channel_config(api_version, k, &meta) => {
                 messaging.collect_config_map(&mut ctx, doc, &doc.value);
             }
+            (_, k) if crate::messaging::check::is_nats_config(api_version, k, &meta) => {
+                nats_url = crate::messaging::check::nats_config_url(&mut ctx, doc, &doc.value);
+            }
             ("evmesh.dev", "EventDisplay") => {
                 // Built-in sink that prints events (like Knative's event_display); served by evmesh.
                 externals.push(ExternalResource {
@@ -741,7 +748,10 @@ fn validate_impl(
         }
     }
 
-    let mut mesh = MeshConfig::default();
+    let mut mesh = MeshConfig {
+        nats_url,
+        ..MeshConfig::default()
+    };
     let mut broker_names: HashSet<(String, String)> = brokers
         .iter()
         .map(|(b, _)| (b.metadata.namespace.clone(), b.metadata.name.clone()))

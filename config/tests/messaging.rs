@@ -596,7 +596,11 @@ fn the_default_channel_flag_value_parses_and_refuses_kinds_not_run_yet() {
         "messaging.knative.dev/v1/InMemoryChannel".parse::<ChannelKind>(),
         Ok(ChannelKind::InMemory)
     );
-    assert!("NatsJetStreamChannel".parse::<ChannelKind>().is_err());
+    assert_eq!(
+        "messaging.knative.dev/v1alpha1/NatsJetStreamChannel".parse::<ChannelKind>(),
+        Ok(ChannelKind::NatsJetStream)
+    );
+    assert!("KafkaChannel".parse::<ChannelKind>().is_err());
     assert!("Broker".parse::<ChannelKind>().is_err());
 }
 
@@ -613,4 +617,37 @@ metadata:
 "#,
     );
     assert_eq!(owner(&m.channels[0].metadata), "-");
+}
+
+#[test]
+fn a_nats_jetstream_channel_keeps_its_stream_and_consumer_settings_for_the_data_plane() {
+    let m = mesh(
+        r#"
+apiVersion: messaging.knative.dev/v1alpha1
+kind: NatsJetStreamChannel
+metadata:
+  name: orders
+spec:
+  stream:
+    overrideName: ORDERS
+  consumerConfigTemplate:
+    ackWait: 5s
+"#,
+    );
+    let c = &m.channels[0];
+    assert_eq!(c.kind, ChannelKind::NatsJetStream);
+    assert_eq!(c.spec["stream"]["overrideName"], "ORDERS");
+    assert_eq!(c.spec["consumerConfigTemplate"]["ackWait"], "5s");
+}
+
+#[test]
+fn a_nats_jetstream_channel_is_served_as_v1alpha1() {
+    let text = errors(
+        "apiVersion: messaging.knative.dev/v1\nkind: NatsJetStreamChannel\nmetadata: {name: c}\nspec: {}\n",
+    )
+    .to_string();
+    assert!(
+        text.contains("use \"messaging.knative.dev/v1alpha1\""),
+        "{text}"
+    );
 }
