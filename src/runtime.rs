@@ -1082,7 +1082,7 @@ fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
     match kind.kind {
         "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
         "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
-        "PingSource" | "GitHubSource" => mesh
+        "PingSource" | "GitHubSource" | "KafkaSource" => mesh
             .sources
             .retain(|s| !(s.kind() == kind.kind && is(&s.metadata))),
         "InMemoryChannel" => mesh.channels.retain(|c| !written(&c.metadata)),

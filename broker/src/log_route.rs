@@ -17,6 +17,10 @@ use crate::log::ConsumerGroup;
 use crate::metrics::{CounterSnapshot, Counters};
 use crate::service::Publisher;
 
+/// At most this long a stopping route waits for deliveries in flight (a source is stopped
+/// within 10 s).
+const ROUTE_DRAIN: Duration = Duration::from_secs(8);
+
 /// What a [`LogRoute`] reads and where it delivers.
 pub struct LogRouteSpec {
     /// A name for logs and metrics (e.g. `kafkasource/ns/name`).
@@ -42,7 +46,7 @@ pub struct LogRouteSpec {
 pub struct LogRoute {
     shared: Arc<TriggerShared>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for LogRoute {
@@ -66,9 +70,12 @@ impl LogRoute {
 
     /// Stops it: deliveries in flight finish (up to the service's drain timeout) and the
     /// cursor saves where it stands.
-    pub async fn stop(self) {
+    pub async fn stop(&self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -108,10 +115,14 @@ impl BrokerService {
             engine: self.engine().clone(),
             publisher: Publisher { broker: None },
             max_in_flight: max_in_flight.max(1),
-            drain_timeout: drain_timeout.min(Duration::from_secs(30)),
+            drain_timeout: drain_timeout.min(ROUTE_DRAIN),
             replay_from: None,
         };
         let task = tokio::spawn(worker.supervised(commands, stop_rx));
-        LogRoute { shared, stop, task }
+        LogRoute {
+            shared,
+            stop,
+            task: std::sync::Mutex::new(Some(task)),
+        }
     }
 }

@@ -275,6 +275,30 @@ pub const KINDS: &[KindInfo] = &[
         spec_schema: crate::schemas::GITHUB_SOURCE_SPEC,
         description: "GitHubSource is the Schema for the githubsources API: it turns GitHub webhook deliveries into CloudEvents sent to its sink.",
     },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1beta1",
+        kind: "KafkaSource",
+        plural: "kafkasources",
+        singular: "kafkasource",
+        short_names: &[],
+        categories: &["all", "knative", "eventing", "sources"],
+        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
+        spec_schema: crate::sources::KAFKA_SOURCE_SPEC,
+        description: "KafkaSource reads Kafka topics as a consumer group and sends each record to its sink as a CloudEvent.",
+    },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1",
+        kind: "KafkaSource",
+        plural: "kafkasources",
+        singular: "kafkasource",
+        short_names: &[],
+        categories: &["all", "knative", "eventing", "sources"],
+        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
+        spec_schema: crate::sources::KAFKA_SOURCE_SPEC,
+        description: "KafkaSource reads Kafka topics as a consumer group and sends each record to its sink as a CloudEvent.",
+    },
 ];
 
 /// The kind served at `group/version` `plural`.

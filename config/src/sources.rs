@@ -9,6 +9,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod kafka;
+
+pub(crate) use kafka::KAFKA_SOURCE_SPEC;
+pub use kafka::{
+    KAFKA_EVENT_TYPE, KAFKA_KEY_TYPE_LABEL, KafkaKeyType, KafkaNet, KafkaSasl, KafkaSourceConfig,
+    KafkaSourceSpec, KafkaTls, SOURCES_V1BETA1,
+};
+
 use crate::error::Location;
 use crate::loader::Document;
 use crate::model::{Destination, ObjectMeta};
@@ -239,6 +247,8 @@ pub enum SourceSpec {
     Ping(PingSourceConfig),
     /// A GitHubSource.
     GitHub(GitHubSourceSpec),
+    /// A KafkaSource.
+    Kafka(Box<KafkaSourceConfig>),
 }
 
 /// A validated source resource.
@@ -260,6 +270,7 @@ impl SourceConfig {
         match self.spec {
             SourceSpec::Ping(_) => "PingSource",
             SourceSpec::GitHub(_) => "GitHubSource",
+            SourceSpec::Kafka(_) => "KafkaSource",
         }
     }
     /// The sink.
@@ -267,6 +278,7 @@ impl SourceConfig {
         match &self.spec {
             SourceSpec::Ping(p) => &p.spec.sink,
             SourceSpec::GitHub(g) => &g.sink,
+            SourceSpec::Kafka(k) => &k.spec.sink,
         }
     }
     /// The `ceOverrides.extensions`.
@@ -274,6 +286,7 @@ impl SourceConfig {
         let o = match &self.spec {
             SourceSpec::Ping(p) => &p.spec.ce_overrides,
             SourceSpec::GitHub(g) => &g.ce_overrides,
+            SourceSpec::Kafka(k) => &k.spec.ce_overrides,
         };
         o.as_ref().map(|o| o.extensions.clone()).unwrap_or_default()
     }
@@ -659,6 +672,18 @@ pub(crate) fn check_source(
             }
             let s = typed::<PingSourceSpec>(ctx, doc, "spec", spec)?;
             SourceSpec::Ping(check_ping(ctx, doc, s)?)
+        }
+        "KafkaSource" => {
+            if api_version != SOURCES_V1 && api_version != SOURCES_V1BETA1 {
+                ctx.error(
+                    doc,
+                    "apiVersion",
+                    format!("{api_version:?} is not supported, use {SOURCES_V1BETA1:?} (or {SOURCES_V1:?})"),
+                );
+                return None;
+            }
+            let s = typed::<KafkaSourceSpec>(ctx, doc, "spec", spec)?;
+            SourceSpec::Kafka(Box::new(kafka::check_kafka(ctx, doc, &metadata, s)?))
         }
         _ => {
             if api_version != SOURCES_V1ALPHA1 {

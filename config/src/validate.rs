@@ -150,7 +150,6 @@ const KNATIVE_EVENTING_GROUPS: &[&str] = &[
 /// Kinds of Knative Eventing that evmesh will serve but does not yet.
 const NOT_YET_SERVED: &[&str] = &[
     "KafkaChannel",
-    "KafkaSource",
     "ApiServerSource",
     "ContainerSource",
     "SinkBinding",
@@ -694,7 +693,7 @@ fn validate_impl(
                     address: None,
                 });
             }
-            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource")) => {
+            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource" | "KafkaSource")) => {
                 if let Some(s) =
                     crate::sources::check_source(&mut ctx, doc, api_version, k, meta, &spec)
                 {

@@ -41,3 +41,18 @@ pub async fn ensure_topic(
         ))),
     }
 }
+
+/// Deletes `topic` (a missing topic is not an error).
+pub async fn delete_topic(settings: &KafkaSettings, topic: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = tokio::time::timeout(ADMIN_TIMEOUT, admin.delete_topics(&[topic], &opts))
+        .await
+        .map_err(|_| KafkaError::Timeout("deleting a topic"))??;
+    match results.into_iter().next() {
+        Some(Err((name, code))) if code != RDKafkaErrorCode::UnknownTopicOrPartition => Err(
+            KafkaError::Settings(format!("deleting topic {name}: {code}")),
+        ),
+        _ => Ok(()),
+    }
+}

@@ -295,16 +295,35 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Stores the watermarks the cursor asked for (errors: the partition is not assigned any more).
+/// Stores the watermarks the cursor asked for: each is the next offset to read, as
+/// `rd_kafka_offsets_store` takes it (errors: the partition is not assigned any more).
 fn apply_stores<C: ConsumerContext>(consumer: &BaseConsumer<C>, stores: &Stores) {
     let pending: Vec<((String, i32), i64)> = stores
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .drain()
         .collect();
-    for ((topic, partition), offset) in pending {
-        if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in &pending {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
             tracing::debug!(topic, partition, offset, "offset not stored: {e}");
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Typically a partition that was revoked meanwhile; the rest are stored one by one.
+        tracing::debug!("storing offsets: {e}");
+        for ((topic, partition), offset) in pending {
+            let mut one = TopicPartitionList::new();
+            if one
+                .add_partition_offset(&topic, partition, Offset::Offset(offset))
+                .is_ok()
+                && let Err(e) = consumer.store_offsets(&one)
+            {
+                tracing::debug!(topic, partition, offset, "offset not stored: {e}");
+            }
         }
     }
 }
@@ -465,6 +484,7 @@ impl Poller {
                     }
                 }
                 Some(Ok(m)) => {
+                    tracing::trace!(group = %group, topic = m.topic(), partition = m.partition(), offset = m.offset(), "record");
                     let Some(pid) = pid_of(&self.topics, m.topic(), m.partition()) else {
                         continue;
                     };

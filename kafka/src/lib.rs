@@ -6,6 +6,8 @@
 //! - [`binding`]: the CloudEvents Kafka protocol binding (binary mode with `ce_` headers, key =
 //!   the `partitionkey` extension; structured mode read too).
 //! - [`producer`]: an idempotent `acks=all` producer that resolves once Kafka acknowledged.
+//! - [`source`]: KafkaSource, a consumer group delivering to a sink through the shared
+//!   delivery engine.
 //! - [`group`]: a consumer group as the delivery engine's [`ConsumerGroup`]/[`Cursor`]: the
 //!   consumer runs on its own thread (off the async runtime), and offsets are committed in
 //!   order, only up to the first record whose delivery has not finished.
@@ -18,11 +20,13 @@ pub mod binding;
 pub mod group;
 pub mod producer;
 pub mod settings;
+pub mod source;
 
-pub use admin::ensure_topic;
+pub use admin::{delete_topic, ensure_topic};
 pub use group::{Decode, GroupSpec, GroupStatus, InitialOffset, KafkaGroup, KafkaRecord};
 pub use producer::KafkaProducer;
 pub use settings::{KafkaSettings, Sasl, Tls};
+pub use source::{KafkaSource, SinkPlan};
 
 /// A Kafka operation that failed.
 #[derive(Debug, thiserror::Error)]
