@@ -146,6 +146,8 @@ pub struct Options {
     /// Strict mode: configuration warnings (unknown fields, kinds evmesh ignores) are errors at
     /// start. Off by default: warnings are logged (`tracing` at warn) and start goes on.
     pub strict: bool,
+    /// The NATS server of NatsJetStreamChannels (connected to only when one runs).
+    pub nats_url: String,
 }
 
 impl Default for Options {
@@ -161,6 +163,7 @@ impl Default for Options {
             server: ServerLimits::default(),
             store: evmesh_store::StoreOptions::default(),
             strict: false,
+            nats_url: evmesh_channels::DEFAULT_NATS_URL.to_string(),
         }
     }
 }
@@ -202,6 +205,7 @@ impl From<PublishError> for Error {
             PublishError::NotFound(what) => Error::NotFound(what),
             PublishError::ShuttingDown => Error::ShuttingDown,
             PublishError::Store(e) => Error::Store(e),
+            PublishError::Log(e) => Error::Store(evmesh_store::StoreError::Engine(e.to_string())),
             e @ (PublishError::TtlExpired | PublishError::Encode(_)) => {
                 Error::InvalidEvent(e.to_string())
             }
@@ -381,6 +385,9 @@ impl Mesh {
         })?;
         let store = Arc::new(closing::ClosingStore::new(store));
         let service = BrokerService::new(store.clone(), options.service.clone())?;
+        service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(
+            options.nats_url.clone(),
+        )));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store.clone(),

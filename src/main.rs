@@ -181,6 +181,9 @@ enum Command {
         /// Knative's default-ch-webhook clusterDefault; such a ConfigMap in the YAML wins).
         #[arg(long, default_value = "InMemoryChannel")]
         default_channel: evmesh_config::ChannelKind,
+        /// NATS server of NatsJetStreamChannels (connected to only when one runs).
+        #[arg(long, env = "EVMESH_NATS_URL", default_value = evmesh_channels::DEFAULT_NATS_URL)]
+        nats_url: String,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -347,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_watch,
             ca_file,
             default_channel,
+            nats_url,
             limits,
         } => {
             let mesh = if files.is_empty() {
@@ -375,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_event_size,
                 url_template: Some(url_template),
                 default_channel: Some(default_channel),
+                nats_url,
                 server: limits.server_limits(),
                 store: evmesh_store::StoreOptions {
                     max_queued_bytes: limits.max_append_queue_bytes,

@@ -72,6 +72,7 @@ pub(crate) fn with_source_channels(mesh: &MeshConfig) -> Option<MeshConfig> {
             kind: ChannelKind::InMemory,
             metadata: metadata.clone(),
             delivery: None,
+            spec: serde_json::Value::Null,
             location: s.location.clone(),
         });
         m.subscriptions.push(SubscriptionConfig {

@@ -69,6 +69,7 @@ fn channel(name: &str, delivery: Option<Delivery>) -> ChannelConfig {
         kind: ChannelKind::InMemory,
         metadata: ObjectMeta::namespaced("demo", name),
         delivery,
+        spec: serde_json::Value::Null,
         location: None,
     }
 }

@@ -34,6 +34,7 @@ async fn a_subscription_delivers_to_an_in_process_subscriber_and_its_reply_to_an
             kind: ChannelKind::InMemory,
             metadata: ObjectMeta::namespaced("demo", "c"),
             delivery: None,
+            spec: serde_json::Value::Null,
             location: None,
         }],
         subscriptions: vec![SubscriptionConfig {

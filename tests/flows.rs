@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use cloudevents::AttributesReader;
+use common::sequence::{self, step1, step2, text_event, text_of, three_steps};
 use common::*;
 use serde_json::Value;
 
@@ -365,30 +365,6 @@ impl Lines {
 
 // ---- Data plane: events through Sequences and Parallels (real evmesh, real HTTP sinks).
 
-fn text_of(e: &cloudevents::Event) -> String {
-    match e.data() {
-        Some(cloudevents::Data::String(s)) => s.clone(),
-        Some(cloudevents::Data::Binary(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(cloudevents::Data::Json(v)) => v.to_string(),
-        None => String::new(),
-    }
-}
-
-fn append(e: &cloudevents::Event, suffix: &str) -> cloudevents::Event {
-    let mut out = e.clone();
-    out.set_data("text/plain", format!("{}{suffix}", text_of(e)));
-    out
-}
-
-fn step1(e: &cloudevents::Event) -> cloudevents::Event {
-    append(e, "-step1")
-}
-fn step2(e: &cloudevents::Event) -> cloudevents::Event {
-    append(e, "-step2")
-}
-fn step3(e: &cloudevents::Event) -> cloudevents::Event {
-    append(e, "-step3")
-}
 fn same(e: &cloudevents::Event) -> cloudevents::Event {
     e.clone()
 }
@@ -396,26 +372,6 @@ fn appended_data(e: &cloudevents::Event) -> cloudevents::Event {
     let mut out = e.clone();
     out.set_data("text/plain", "appended data");
     out
-}
-
-fn text_event(id: &str, text: &str) -> cloudevents::Event {
-    let mut e = event(id, "dev.knative.sources.ping");
-    e.set_data("text/plain", text.to_string());
-    e
-}
-
-/// Three step sinks appending `-stepN` (Knative's Sequence feature test) and a reply sink.
-async fn three_steps() -> [TestSink; 4] {
-    let s = [
-        TestSink::start().await,
-        TestSink::start().await,
-        TestSink::start().await,
-        TestSink::start().await,
-    ];
-    s[0].always(Reply::Map(step1));
-    s[1].always(Reply::Map(step2));
-    s[2].always(Reply::Map(step3));
-    s
 }
 
 #[tokio::test]
@@ -428,21 +384,11 @@ async fn a_sequence_runs_its_steps_in_order_and_sends_the_last_reply() {
         &s[3].url(),
     ))
     .await;
-    post_ok(
+    sequence::sequence_runs_its_steps_in_order_and_sends_the_last_reply(
         &m.url("/channels/default/sequence-kn-sequence-0"),
-        text_event("p1", "hello"),
+        &s,
     )
     .await;
-    eventually(
-        "the reply gets the event after three steps",
-        Duration::from_secs(10),
-        || s[3].count() == 1,
-    )
-    .await;
-    let got = s[3].received()[0].event().clone();
-    assert_eq!(text_of(&got), "hello-step1-step2-step3");
-    assert_eq!(got.ty(), "dev.knative.sources.ping", "attributes are kept");
-    assert_eq!(got.id(), "p1");
 }
 
 #[tokio::test]

@@ -609,6 +609,10 @@ pub(crate) struct Worker {
     pub(crate) drain_timeout: Duration,
     /// The trigger's `evmesh.dev/replay-from` annotation (parsed, and as written).
     pub(crate) replay_from: Option<(ReplayFrom, String)>,
+    /// Whether the cursor hands out every record of the log (a log outside the embedded store,
+    /// which has no router): the run applies the route's filter itself, and a record that does
+    /// not match is done at once.
+    pub(crate) filter_records: bool,
 }
 
 impl Worker {
@@ -734,6 +738,22 @@ impl Worker {
                     break;
                 };
                 dirty = true;
+                let event = if self.filter_records {
+                    let event = match event {
+                        Some(e) => Some(e),
+                        None => cursor.load(pos).await.ok(),
+                    };
+                    if event
+                        .as_ref()
+                        .is_some_and(|e| !self.shared.filter().matches(e))
+                    {
+                        // Not for this route: done (the next save reports it).
+                        continue;
+                    }
+                    event
+                } else {
+                    event
+                };
                 let (event, lane) = match (ordered, event) {
                     (false, event) => (event, None),
                     (true, Some(e)) => {

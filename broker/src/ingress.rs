@@ -108,7 +108,7 @@ impl From<PublishError> for IngressError {
             PublishError::Encode(m) => IngressError::BadRequest(m),
             // Busy (append queue full) or failing (disk full, I/O error): nothing was stored,
             // and the client may send it again shortly.
-            PublishError::Store(_) => {
+            PublishError::Store(_) | PublishError::Log(_) => {
                 IngressError::Unavailable(e.to_string(), Some(STORE_RETRY_AFTER_SECS))
             }
             PublishError::ShuttingDown => IngressError::Unavailable(e.to_string(), None),

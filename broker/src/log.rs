@@ -1,8 +1,14 @@
-//! The log seam: a delivery run reads the events it delivers through a [`Cursor`] opened from a
-//! [`ConsumerGroup`], and tells the cursor what is still pending; the run itself owns retries,
-//! ordering lanes and attempts. The embedded broker/channel log ([`EmbeddedGroup`]: the router's
-//! queue, catch-up reads of the store and a checkpoint blob) is the first implementation;
-//! Kafka topics and JetStream streams implement the same two traits.
+//! The log seam. Append side: a broker or channel appends its events to a log and answers 202
+//! once the append resolved (durable). Read side: a delivery run reads the events it delivers
+//! through a [`Cursor`] opened from a [`ConsumerGroup`], and tells the cursor what is still
+//! pending; the run itself owns retries, ordering lanes and attempts.
+//!
+//! The embedded store is the built-in log: its routes are fed by a router that fans one read out
+//! to every trigger ([`EmbeddedGroup`]: the router's queue, catch-up reads of the store and a
+//! checkpoint blob). A log elsewhere (a JetStream stream, a Kafka topic) implements [`Log`]: each
+//! route opens its own consumer group there and its cursor hands the run every record (a run of
+//! a trigger filters them itself). A [`LogProvider`] registered with the service opens such logs
+//! for the channel kinds or broker classes it serves.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -11,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evmesh_config::ReplayFrom;
+pub use evmesh_config::ReplayFrom;
 use evmesh_store::{EventStore, LogId, Offset};
 
 use crate::delivery::Progress;
@@ -100,6 +106,81 @@ pub trait Cursor: Send {
 pub trait ConsumerGroup: Send + Sync {
     /// Opens a cursor for a run.
     fn open(&self) -> BoxFuture<'_, Result<Box<dyn Cursor>, String>>;
+}
+
+/// Why a log could not append or open a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LogError(pub String);
+
+impl LogError {
+    /// A log error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        LogError(message.into())
+    }
+}
+
+/// What a route asks of its consumer group on a [`Log`].
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    /// `trigger` or `subscription`.
+    pub route_kind: &'static str,
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name. The log names the group after the route (not its uid): every process
+    /// running the same configuration opens the same group and shares its records.
+    pub name: String,
+    /// Records a run holds at once (in flight and waiting for a retry): the most the log hands
+    /// out before the run reports some done.
+    pub max_in_flight: usize,
+}
+
+/// A log that lives outside the embedded store (a JetStream stream, a Kafka topic).
+///
+/// The contract: [`append`](Log::append) resolves only once the log holds the event durably (the
+/// 202 depends on it). A [`ConsumerGroup`] opened for a route hands each record to one of the
+/// runs that opened the same group (in any process), until a run reports it done through
+/// [`Cursor::save`] (success, dead letter or counted drop); a record handed to a run that died
+/// before reporting it done is handed out again (at-least-once).
+pub trait Log: Send + Sync {
+    /// Appends one event as received (the log's codec decides its encoding); resolves with its
+    /// position once it is durable.
+    fn append<'a>(&'a self, event: &'a EventRecord) -> BoxFuture<'a, Result<Pos, LogError>>;
+    /// Opens (creating it when new) the consumer group of one route. A new group starts at the
+    /// log's end, and that start is saved before this resolves.
+    fn open_group(
+        &self,
+        spec: GroupSpec,
+    ) -> BoxFuture<'_, Result<Arc<dyn ConsumerGroup>, LogError>>;
+    /// Deletes a route's consumer group (the route was deleted).
+    fn delete_group<'a>(&'a self, spec: &'a GroupSpec) -> BoxFuture<'a, Result<(), LogError>>;
+}
+
+/// The broker or channel a [`LogProvider`] is asked to open the log of.
+#[derive(Clone, Debug)]
+pub struct LogTarget {
+    /// `broker` or `channel`.
+    pub resource: &'static str,
+    /// The channel's kind (`NatsJetStreamChannel`) or the broker's class (`Kafka`).
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The kind's own spec as written (e.g. a NatsJetStreamChannel's `stream`); `Null` if none.
+    pub spec: serde_json::Value,
+}
+
+/// Opens the logs of the channel kinds or broker classes that do not live in the embedded
+/// store. Registered once with [`BrokerService::register_log_provider`](crate::BrokerService::register_log_provider).
+pub trait LogProvider: Send + Sync {
+    /// Whether this provider runs `target`'s kind.
+    fn serves(&self, target: &LogTarget) -> bool;
+    /// Opens (creating it when new) the log of `target`.
+    fn open_log<'a>(
+        &'a self,
+        target: &'a LogTarget,
+    ) -> BoxFuture<'a, Result<Arc<dyn Log>, LogError>>;
 }
 
 /// Records read per batch from the embedded store.

@@ -117,6 +117,8 @@ impl BrokerService {
             max_in_flight: max_in_flight.max(1),
             drain_timeout: drain_timeout.min(ROUTE_DRAIN),
             replay_from: None,
+            // A source delivers every record of its topics.
+            filter_records: false,
         };
         let task = tokio::spawn(worker.supervised(commands, stop_rx));
         LogRoute {

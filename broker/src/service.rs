@@ -21,6 +21,7 @@ use url::Url;
 use crate::delivery::{DeliveryEngine, Plan, ReplyTo, redact};
 use crate::dispatcher::{Checkpoint, Command, Router, Routes, TriggerShared, Worker};
 use crate::ingress::{ARRIVAL_EXTENSION, MAX_TTL, TTL_EXTENSION};
+use crate::log::{GroupSpec, Log, LogError, LogProvider, LogTarget};
 use crate::metrics::{CounterSnapshot, Counters};
 use crate::record::EventRecord;
 use crate::replay::ReplayError;
@@ -70,6 +71,9 @@ pub enum PublishError {
     /// The store failed; nothing was accepted.
     #[error("event not stored: {0}")]
     Store(#[from] evmesh_store::StoreError),
+    /// The broker's or channel's log elsewhere (JetStream, Kafka) did not take the event.
+    #[error("event not stored: {0}")]
+    Log(#[from] LogError),
     /// The service is shutting down.
     #[error("broker is shutting down")]
     ShuttingDown,
@@ -106,6 +110,14 @@ impl StreamKind {
     }
 }
 
+/// Where a broker's or channel's events live.
+pub(crate) enum Backend {
+    /// The embedded store: one router reads the log and fans it out to every route.
+    Embedded,
+    /// A log elsewhere (JetStream, Kafka): each route reads it through its own consumer group.
+    External(Arc<dyn Log>),
+}
+
 /// One broker or channel at run time: its log, its router and its ingress.
 pub(crate) struct BrokerRuntime {
     pub(crate) kind: StreamKind,
@@ -127,6 +139,10 @@ pub(crate) struct BrokerRuntime {
     /// route still needs.
     pub(crate) routes_loaded: AtomicBool,
     pub(crate) store: Arc<dyn EventStore>,
+    /// Where its events live.
+    pub(crate) backend: Backend,
+    /// The kind (channel kind or broker class) it was started as: a change restarts it.
+    pub(crate) backend_kind: String,
     /// Stops the broker's router and retention tasks.
     stop: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -148,9 +164,7 @@ impl BrokerRuntime {
         }
         if self.kind == StreamKind::Channel {
             // A channel keeps the event exactly as received.
-            let offset = self.store.append(&self.log, event.to_stored()).await?;
-            self.notify.notify_one();
-            return Ok(offset);
+            return self.write(&event).await;
         }
         let ttl = match event.extension_json(TTL_EXTENSION) {
             None => MAX_TTL,
@@ -172,10 +186,19 @@ impl BrokerRuntime {
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
                 .into(),
         );
-        let bytes = event.to_stored();
-        let offset = self.store.append(&self.log, bytes).await?;
-        self.notify.notify_one();
-        Ok(offset)
+        self.write(&event).await
+    }
+
+    /// Appends to the log; resolves once the event is durable.
+    async fn write(&self, event: &EventRecord) -> Result<Offset, PublishError> {
+        match &self.backend {
+            Backend::Embedded => {
+                let offset = self.store.append(&self.log, event.to_stored()).await?;
+                self.notify.notify_one();
+                Ok(offset)
+            }
+            Backend::External(log) => Ok(log.append(event).await?.offset),
+        }
     }
 }
 
@@ -196,7 +219,9 @@ impl crate::delivery::LocalSink for BrokerRuntime {
                     status: match e {
                         PublishError::NotFound(_) => 404,
                         PublishError::TtlExpired | PublishError::Encode(_) => 400,
-                        PublishError::Store(_) | PublishError::ShuttingDown => 503,
+                        PublishError::Store(_)
+                        | PublishError::Log(_)
+                        | PublishError::ShuttingDown => 503,
                     },
                     reason: e.to_string(),
                 })
@@ -251,7 +276,10 @@ impl Publisher {
                 status: None,
                 retryable: true,
                 // The store failing or shutting down is evmesh's own trouble, not the subscriber's.
-                local: matches!(e, PublishError::Store(_) | PublishError::ShuttingDown),
+                local: matches!(
+                    e,
+                    PublishError::Store(_) | PublishError::Log(_) | PublishError::ShuttingDown
+                ),
                 reason: format!("storing the reply failed: {e}"),
             }),
         }
@@ -519,7 +547,21 @@ struct Inner {
     reconcile: tokio::sync::Mutex<()>,
     accepting: Arc<AtomicBool>,
     subscribers: crate::subscriber::Subscribers,
+    /// Open the logs of channel kinds and broker classes that live outside the embedded store.
+    providers: std::sync::RwLock<Vec<Arc<dyn LogProvider>>>,
 }
+
+/// A broker or channel as the configuration wants it.
+struct StreamDesired {
+    dead_letter: Option<Url>,
+    /// Channel kind or broker class.
+    kind: String,
+    /// The kind's own spec.
+    spec: serde_json::Value,
+}
+
+/// The channel kind that lives in the embedded store.
+const EMBEDDED_CHANNEL_KIND: &str = "InMemoryChannel";
 
 /// The running brokers and triggers of a mesh. Cheap to clone.
 ///
@@ -599,8 +641,20 @@ impl BrokerService {
                 reconcile: tokio::sync::Mutex::new(()),
                 accepting: Arc::new(AtomicBool::new(true)),
                 subscribers: crate::subscriber::Subscribers::default(),
+                providers: std::sync::RwLock::new(Vec::new()),
             }),
         })
+    }
+
+    /// Registers a provider of logs outside the embedded store (e.g. NATS JetStream for
+    /// `NatsJetStreamChannel`). Register before the first [`reconcile`](Self::reconcile): a
+    /// channel whose kind no provider serves does not start.
+    pub fn register_log_provider(&self, provider: Arc<dyn LogProvider>) {
+        self.inner
+            .providers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(provider);
     }
 
     /// Opens every broker's log, restores trigger progress and starts routing and delivery.
@@ -641,7 +695,7 @@ impl BrokerService {
         let first = !self.state().started;
         self.serve_subscribers(resolver.ingress());
         // Brokers and channels: add new ones, update changed ones, remove deleted ones.
-        let brokers: HashMap<(String, String), Option<Url>> = mesh
+        let brokers: HashMap<(String, String), StreamDesired> = mesh
             .brokers
             .iter()
             .map(|b| {
@@ -651,12 +705,22 @@ impl BrokerService {
                     .dead_letter_sink
                     .as_ref()
                     .and_then(|d| resolver.resolve(d, &m.namespace).ok());
-                ((m.namespace.clone(), m.name.clone()), dls)
+                let class = m
+                    .annotations
+                    .get("eventing.knative.dev/broker.class")
+                    .cloned()
+                    .unwrap_or_default();
+                let desired = StreamDesired {
+                    dead_letter: dls,
+                    kind: class,
+                    spec: serde_json::Value::Null,
+                };
+                ((m.namespace.clone(), m.name.clone()), desired)
             })
             .collect();
         self.reconcile_streams(StreamKind::Broker, brokers, resolver)
             .await?;
-        let channels: HashMap<(String, String), Option<Url>> = mesh
+        let channels: HashMap<(String, String), StreamDesired> = mesh
             .channels
             .iter()
             .map(|c| {
@@ -666,7 +730,12 @@ impl BrokerService {
                     .as_ref()
                     .and_then(|d| d.dead_letter_sink.as_ref())
                     .and_then(|d| resolver.resolve(d, &m.namespace).ok());
-                ((m.namespace.clone(), m.name.clone()), dls)
+                let desired = StreamDesired {
+                    dead_letter: dls,
+                    kind: c.kind.kind().to_string(),
+                    spec: c.spec.clone(),
+                };
+                ((m.namespace.clone(), m.name.clone()), desired)
             })
             .collect();
         self.reconcile_streams(StreamKind::Channel, channels, resolver)
@@ -739,15 +808,16 @@ impl BrokerService {
     async fn reconcile_streams(
         &self,
         kind: StreamKind,
-        desired: HashMap<(String, String), Option<Url>>,
+        desired: HashMap<(String, String), StreamDesired>,
         resolver: &Resolver,
     ) -> Result<(), StartError> {
+        // Gone, or now of another kind (its log is elsewhere): stopped (and started again).
         let removed: Vec<(String, String)> = self
             .state()
             .streams(kind)
-            .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .cloned()
+            .iter()
+            .filter(|(k, b)| desired.get(*k).is_none_or(|d| d.kind != b.backend_kind))
+            .map(|(k, _)| k.clone())
             .collect();
         for key in removed {
             let gone = self.state_mut().streams_mut(kind).remove(&key);
@@ -758,19 +828,17 @@ impl BrokerService {
                 tracing::info!(stream = %format!("{}/{}", key.0, key.1), "{} deleted; its log is kept", kind.noun());
             }
         }
-        for (key, dls) in desired {
+        for (key, d) in desired {
             let existing = self.state().streams(kind).get(&key).cloned();
             match existing {
                 Some(runtime) => {
                     *runtime
                         .dead_letter
                         .write()
-                        .unwrap_or_else(|e| e.into_inner()) = dls;
+                        .unwrap_or_else(|e| e.into_inner()) = d.dead_letter;
                 }
                 None => {
-                    let runtime = self
-                        .start_stream(kind, &key.0, &key.1, resolver, dls)
-                        .await?;
+                    let runtime = self.start_stream(kind, &key.0, &key.1, resolver, d).await?;
                     self.state_mut()
                         .streams_mut(kind)
                         .insert(key.clone(), runtime);
@@ -858,8 +926,13 @@ impl BrokerService {
         namespace: &str,
         name: &str,
         resolver: &Resolver,
-        dead_letter: Option<Url>,
+        desired: StreamDesired,
     ) -> Result<Arc<BrokerRuntime>, StartError> {
+        let StreamDesired {
+            dead_letter,
+            kind: backend_kind,
+            spec,
+        } = desired;
         let (log, url) = match kind {
             StreamKind::Broker => (
                 LogId::new(format!("{namespace}/{name}")),
@@ -871,11 +944,25 @@ impl BrokerService {
                 channel_url(resolver.ingress(), namespace, name),
             ),
         };
-        let s = self.inner.store.clone();
-        let l = log.clone();
-        let head = blocking(move || s.next_offset(&l))
-            .await
-            .map_err(|e| StartError(format!("opening log {}: {e}", log.as_str())))?;
+        let target = LogTarget {
+            resource: kind.noun(),
+            kind: backend_kind.clone(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            spec,
+        };
+        let backend = self.open_backend(&target).await?;
+        let head = match &backend {
+            Backend::Embedded => {
+                let s = self.inner.store.clone();
+                let l = log.clone();
+                blocking(move || s.next_offset(&l))
+                    .await
+                    .map_err(|e| StartError(format!("opening log {}: {e}", log.as_str())))?
+            }
+            Backend::External(_) => 0,
+        };
+        let external = matches!(backend, Backend::External(_));
         let (stop, stop_rx) = watch::channel(false);
         let runtime = Arc::new(BrokerRuntime {
             kind,
@@ -892,9 +979,20 @@ impl BrokerService {
             open: AtomicBool::new(true),
             routes_loaded: AtomicBool::new(false),
             store: self.inner.store.clone(),
+            backend,
+            backend_kind,
             stop,
             tasks: std::sync::Mutex::new(Vec::new()),
         });
+        if external {
+            // Its routes read the log themselves; retention is the log's own.
+            self.inner
+                .engine
+                .local_sinks()
+                .insert(&runtime.url, runtime.clone());
+            tracing::info!(stream = %format!("{namespace}/{name}"), url = %runtime.url, kind = %runtime.backend_kind, "{} ready", kind.noun());
+            return Ok(runtime);
+        }
         let router = Arc::new(Router {
             store: self.inner.store.clone(),
             log,
@@ -919,6 +1017,35 @@ impl BrokerService {
             .insert(&runtime.url, runtime.clone());
         tracing::info!(stream = %format!("{namespace}/{name}"), url = %runtime.url, "{} ready", kind.noun());
         Ok(runtime)
+    }
+
+    /// The log of a broker or channel: the embedded store for InMemoryChannel and the embedded
+    /// broker classes, else the log of the provider that serves the kind.
+    async fn open_backend(&self, target: &LogTarget) -> Result<Backend, StartError> {
+        let provider = self
+            .inner
+            .providers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.serves(target))
+            .cloned();
+        let id = format!(
+            "{} {} {}/{}",
+            target.kind, target.resource, target.namespace, target.name
+        );
+        match provider {
+            Some(p) => match p.open_log(target).await {
+                Ok(log) => Ok(Backend::External(log)),
+                Err(e) => Err(StartError(format!("opening the log of {id}: {e}"))),
+            },
+            None if target.resource == "channel" && target.kind != EMBEDDED_CHANNEL_KIND => {
+                Err(StartError(format!(
+                    "{id}: this evmesh has no log provider for that kind"
+                )))
+            }
+            None => Ok(Backend::Embedded),
+        }
     }
 
     /// What a trigger should be, resolved against the running brokers.
@@ -1204,6 +1331,11 @@ impl BrokerService {
         broker: Arc<BrokerRuntime>,
         saved: Option<&HashMap<String, Vec<u8>>>,
     ) -> Result<RunningTrigger, String> {
+        if let Backend::External(log) = &broker.backend {
+            return self
+                .start_external_route(d, entry, plan, broker.clone(), log.clone())
+                .await;
+        }
         let key = entry.checkpoint_key.clone();
         let legacy = d
             .legacy_checkpoint_key
@@ -1288,6 +1420,7 @@ impl BrokerService {
             max_in_flight: self.inner.options.max_in_flight.max(1),
             drain_timeout: self.inner.options.drain_timeout,
             replay_from: d.replay_from.clone(),
+            filter_records: false,
         };
         let store = self.inner.store.clone();
         let del = delete_after.clone();
@@ -1297,6 +1430,70 @@ impl BrokerService {
                 && let Err(e) = store.delete_checkpoint(&key)
             {
                 tracing::warn!("deleting checkpoint {key}: {e}");
+            }
+        });
+        Ok(RunningTrigger {
+            shared,
+            broker,
+            stop,
+            delete_after,
+            task,
+        })
+    }
+
+    /// Starts a route on a log outside the embedded store: its own consumer group there (named
+    /// by its checkpoint key, which carries its uid), no router, no checkpoint in the store.
+    async fn start_external_route(
+        &self,
+        d: &RouteDesired,
+        entry: &TriggerEntry,
+        plan: Plan,
+        broker: Arc<BrokerRuntime>,
+        log: Arc<dyn Log>,
+    ) -> Result<RunningTrigger, String> {
+        let name = entry.checkpoint_key.clone();
+        let spec = GroupSpec {
+            route_kind: d.resource.noun(),
+            namespace: d.key.0.clone(),
+            name: d.key.1.clone(),
+            max_in_flight: self.inner.options.max_in_flight.max(1),
+        };
+        let group = log
+            .open_group(spec.clone())
+            .await
+            .map_err(|e| format!("opening its consumer group: {e}"))?;
+        let (shared, commands) = TriggerShared::new(
+            d.label.clone(),
+            name.clone(),
+            plan,
+            d.filter.clone(),
+            d.order,
+            0,
+            entry.counters.clone(),
+        );
+        let (stop, stop_rx) = watch::channel(false);
+        let delete_after = Arc::new(AtomicBool::new(false));
+        let worker = Worker {
+            shared: shared.clone(),
+            group,
+            engine: self.inner.engine.clone(),
+            publisher: Publisher {
+                broker: Some(broker.clone()),
+            },
+            max_in_flight: self.inner.options.max_in_flight.max(1),
+            drain_timeout: self.inner.options.drain_timeout,
+            replay_from: d.replay_from.clone(),
+            // Its cursor hands it every record of the log: a trigger's filter applies here.
+            filter_records: true,
+        };
+        let del = delete_after.clone();
+        let label = d.label.clone();
+        let task = tokio::spawn(async move {
+            worker.supervised(commands, stop_rx).await;
+            if del.load(Ordering::Acquire)
+                && let Err(e) = log.delete_group(&spec).await
+            {
+                tracing::warn!(route = %label, "deleting its consumer group: {e}");
             }
         });
         Ok(RunningTrigger {

@@ -20,6 +20,8 @@ pub mod wiring;
 pub const MESSAGING_V1: &str = "messaging.knative.dev/v1";
 /// `flows.knative.dev/v1`.
 pub const FLOWS_V1: &str = "flows.knative.dev/v1";
+/// `messaging.knative.dev/v1alpha1`: the version eventing-natss serves NatsJetStreamChannel as.
+pub const MESSAGING_V1ALPHA1: &str = "messaging.knative.dev/v1alpha1";
 
 /// The channel implementations evmesh runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,10 +29,16 @@ pub enum ChannelKind {
     /// `messaging.knative.dev/v1` `InMemoryChannel`: Knative's semantics and addresses, but durable
     /// in evmesh (kept in the embedded store, like a broker's log).
     InMemory,
+    /// `messaging.knative.dev/v1alpha1` `NatsJetStreamChannel` (Knative's eventing-natss): a
+    /// JetStream stream per channel, a durable pull consumer per subscription.
+    NatsJetStream,
 }
 
 /// Channel kinds Knative users write that evmesh does not run yet.
-const NOT_RUN_YET: &[&str] = &["KafkaChannel", "NatsJetStreamChannel"];
+const NOT_RUN_YET: &[&str] = &["KafkaChannel"];
+
+/// Every channel kind evmesh runs.
+const ALL_KINDS: [ChannelKind; 2] = [ChannelKind::InMemory, ChannelKind::NatsJetStream];
 
 impl ChannelKind {
     /// The channel kind a `channelTemplate` (or a channel `ref`) names: its `apiVersion` and
@@ -42,8 +50,7 @@ impl ChannelKind {
     /// assert!(ChannelKind::from_template("messaging.knative.dev/v1beta1", "KafkaChannel").is_err());
     /// ```
     pub fn from_template(api_version: &str, kind: &str) -> Result<ChannelKind, String> {
-        let all = [ChannelKind::InMemory];
-        if let Some(k) = all.iter().find(|k| k.kind() == kind) {
+        if let Some(k) = ALL_KINDS.iter().find(|k| k.kind() == kind) {
             if !api_version.is_empty() && api_version != k.api_version() {
                 return Err(format!(
                     "{kind} is served as {:?}, not {api_version:?}",
@@ -61,7 +68,7 @@ impl ChannelKind {
             return Err("a channel kind is required (e.g. InMemoryChannel)".into());
         }
         Err(format!(
-            "{kind:?} is not a channel kind evmesh knows (it runs InMemoryChannel)"
+            "{kind:?} is not a channel kind evmesh knows (it runs InMemoryChannel and NatsJetStreamChannel)"
         ))
     }
 
@@ -78,12 +85,14 @@ impl ChannelKind {
     pub fn kind(self) -> &'static str {
         match self {
             ChannelKind::InMemory => "InMemoryChannel",
+            ChannelKind::NatsJetStream => "NatsJetStreamChannel",
         }
     }
     /// The `apiVersion`.
     pub fn api_version(self) -> &'static str {
         match self {
             ChannelKind::InMemory => MESSAGING_V1,
+            ChannelKind::NatsJetStream => MESSAGING_V1ALPHA1,
         }
     }
 }
@@ -101,6 +110,9 @@ impl std::str::FromStr for ChannelKind {
     fn from_str(s: &str) -> Result<ChannelKind, String> {
         if s.eq_ignore_ascii_case("imc") || s.eq_ignore_ascii_case("inmemorychannel") {
             return Ok(ChannelKind::InMemory);
+        }
+        if s.eq_ignore_ascii_case("natsjetstreamchannel") || s.eq_ignore_ascii_case("jsm") {
+            return Ok(ChannelKind::NatsJetStream);
         }
         match s.rsplit_once('/') {
             Some((api, kind)) => ChannelKind::from_template(api, kind),
@@ -134,6 +146,31 @@ pub struct InMemoryChannelSpec {
     /// Server-managed in Knative; accepted and ignored on input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribers: Option<serde_json::Value>,
+}
+
+/// `spec` of a `NatsJetStreamChannel` (eventing-natss's `NatsJetStreamChannelSpec`): the
+/// Channelable fields plus how the stream and the consumers are made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsJetStreamChannelSpec {
+    /// Default delivery of the channel's subscriptions (a Subscription's own replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+    /// Server-managed in Knative; accepted and ignored on input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<serde_json::Value>,
+    /// The stream: `overrideName` replaces the generated `KN_<NAMESPACE>__<NAME>`; `config`
+    /// (JetStream stream settings) is accepted, and evmesh uses `maxAge`, `maxMsgs`,
+    /// `maxBytes` and `storage` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<serde_json::Value>,
+    /// Consumer settings of each subscription; evmesh uses `ackWait` and `maxAckPending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_config_template: Option<serde_json::Value>,
+    /// Dispatcher Deployment settings in Kubernetes; accepted and ignored (evmesh dispatches
+    /// in-process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_spec_template: Option<serde_json::Value>,
 }
 
 /// `spec` of a generic `Channel`.
@@ -179,6 +216,9 @@ pub struct ChannelConfig {
     /// Default delivery for its subscriptions (`None`: a subscription without its own delivery
     /// is attempted once, with no dead-letter sink, as a Knative channel does).
     pub delivery: Option<Delivery>,
+    /// The kind's own `spec` as written (e.g. a NatsJetStreamChannel's `stream` and
+    /// `consumerConfigTemplate`); `Null` when it has none.
+    pub spec: serde_json::Value,
     /// Where its YAML is.
     pub location: Option<Location>,
 }

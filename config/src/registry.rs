@@ -193,6 +193,18 @@ pub const KINDS: &[KindInfo] = &[
     },
     KindInfo {
         group: "messaging.knative.dev",
+        version: "v1alpha1",
+        kind: "NatsJetStreamChannel",
+        plural: "natsjetstreamchannels",
+        singular: "natsjetstreamchannel",
+        short_names: &[],
+        categories: &["all", "knative", "messaging", "channel"],
+        printer_columns: &[URL_COL, AGE, READY_COL, REASON_COL],
+        spec_schema: crate::schemas::NATS_JETSTREAM_CHANNEL_SPEC,
+        description: "NatsJetStreamChannel is a channel backed by a NATS JetStream stream (Knative's eventing-natss); in evmesh the dispatcher runs in-process.",
+    },
+    KindInfo {
+        group: "messaging.knative.dev",
         version: "v1",
         kind: "Channel",
         plural: "channels",

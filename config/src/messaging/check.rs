@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::wiring::{self, GeneratedChannel, GeneratedSubscription, Wiring};
 use super::{
     ChannelConfig, ChannelDefaults, ChannelKind, ChannelSpec, ChannelTemplate, FLOWS_V1,
-    InMemoryChannelSpec, MESSAGING_V1, ParallelSpec, SequenceSpec, SubscriptionConfig,
-    SubscriptionSpec, owner_of,
+    InMemoryChannelSpec, MESSAGING_V1, MESSAGING_V1ALPHA1, NatsJetStreamChannelSpec, ParallelSpec,
+    SequenceSpec, SubscriptionConfig, SubscriptionSpec, owner_of,
 };
 use crate::loader::Document;
 use crate::model::{DeliverySpec, Destination, ObjectMeta};
@@ -30,6 +30,8 @@ const FLOWS: &str = "flows.knative.dev";
 #[derive(Default)]
 pub(crate) struct Pending<'a> {
     imcs: Vec<(ObjectMeta, InMemoryChannelSpec, &'a Document)>,
+    /// NatsJetStreamChannels, with their spec as written.
+    jsms: Vec<(ObjectMeta, NatsJetStreamChannelSpec, Value, &'a Document)>,
     channels: Vec<(ObjectMeta, ChannelSpec, &'a Document)>,
     subscriptions: Vec<(ObjectMeta, SubscriptionSpec, &'a Document)>,
     sequences: Vec<(ObjectMeta, SequenceSpec, &'a Document)>,
@@ -51,8 +53,10 @@ struct ChannelDefaultsText {
 pub(crate) fn is_served(group: &str, kind: &str) -> bool {
     matches!(
         (group, kind),
-        (MESSAGING, "InMemoryChannel" | "Channel" | "Subscription")
-            | (FLOWS, "Sequence" | "Parallel")
+        (
+            MESSAGING,
+            "InMemoryChannel" | "NatsJetStreamChannel" | "Channel" | "Subscription"
+        ) | (FLOWS, "Sequence" | "Parallel")
     )
 }
 
@@ -133,16 +137,21 @@ impl<'a> Pending<'a> {
         meta: ObjectMeta,
         spec: &Value,
     ) {
-        let want = if kind == "Sequence" || kind == "Parallel" {
-            FLOWS_V1
-        } else {
-            MESSAGING_V1
+        let want = match kind {
+            "Sequence" | "Parallel" => FLOWS_V1,
+            "NatsJetStreamChannel" => MESSAGING_V1ALPHA1,
+            _ => MESSAGING_V1,
         };
         check_api_version(ctx, doc, api_version, want);
         match kind {
             "InMemoryChannel" => {
                 if let Some(s) = typed(ctx, doc, "spec", spec) {
                     self.imcs.push((meta, s, doc));
+                }
+            }
+            "NatsJetStreamChannel" => {
+                if let Some(s) = typed(ctx, doc, "spec", spec) {
+                    self.jsms.push((meta, s, spec.clone(), doc));
                 }
             }
             "Channel" => {
@@ -197,15 +206,14 @@ impl<'a> Pending<'a> {
             }
         };
         if let Some(p) = &parsed {
-            let mut check = |name: &str, t: &ChannelTemplate| {
-                if let Err(e) = ChannelKind::from_template(&t.api_version, &t.kind) {
-                    ctx.error(doc, &field, format!("{name}: {e}"));
-                } else if let Some(spec) = &t.spec {
-                    let f = format!("{field}.{name}.spec");
-                    if let Some(s) = typed::<InMemoryChannelSpec>(ctx, doc, &f, spec)
-                        && let Some(d) = &s.delivery
-                    {
-                        check_delivery(ctx, doc, &format!("{f}.delivery"), d);
+            let mut check = |name: &str, t: &ChannelTemplate| match ChannelKind::from_template(
+                &t.api_version,
+                &t.kind,
+            ) {
+                Err(e) => ctx.error(doc, &field, format!("{name}: {e}")),
+                Ok(kind) => {
+                    if let Some(spec) = &t.spec {
+                        check_channel_spec(ctx, doc, &format!("{field}.{name}.spec"), kind, spec);
                     }
                 }
             };
@@ -270,6 +278,9 @@ impl<'a> Pending<'a> {
         };
         for (m, _, _) in &self.imcs {
             add(MESSAGING, "InMemoryChannel", m, &m.name);
+        }
+        for (m, _, _, _) in &self.jsms {
+            add(MESSAGING, "NatsJetStreamChannel", m, &m.name);
         }
         let kind_of = |t: &Option<ChannelTemplate>, ns: &str| {
             t.as_ref()
@@ -340,6 +351,35 @@ impl<'a> Pending<'a> {
                         location: Some(doc.locate("")),
                         metadata: meta,
                         delivery,
+                        spec: Value::Null,
+                    },
+                );
+            }
+        }
+        for (meta, spec, raw, doc) in self.jsms {
+            let before = ctx.errors.len();
+            let delivery = spec
+                .delivery
+                .as_ref()
+                .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
+            check_dls_target(
+                ctx,
+                doc,
+                "spec.delivery",
+                &spec.delivery,
+                &meta.namespace,
+                known,
+            );
+            if ctx.errors.len() == before {
+                out.channel(
+                    ctx,
+                    doc,
+                    ChannelConfig {
+                        kind: ChannelKind::NatsJetStream,
+                        location: Some(doc.locate("")),
+                        metadata: meta,
+                        delivery,
+                        spec: raw,
                     },
                 );
             }
@@ -543,13 +583,28 @@ fn check_dls_target(
 
 /// Checks a `channelTemplate.spec` as the spec of the channel kind it names.
 fn check_template_spec(ctx: &mut Ctx, doc: &Document, template: &Option<ChannelTemplate>) {
-    let Some(spec) = template.as_ref().and_then(|t| t.spec.as_ref()) else {
+    let Some(t) = template.as_ref() else {
         return;
     };
-    let field = "spec.channelTemplate.spec";
-    if let Some(s) = typed::<InMemoryChannelSpec>(ctx, doc, field, spec)
-        && let Some(d) = &s.delivery
-    {
+    let Some(spec) = t.spec.as_ref() else {
+        return;
+    };
+    if let Ok(kind) = ChannelKind::from_template(&t.api_version, &t.kind) {
+        check_channel_spec(ctx, doc, "spec.channelTemplate.spec", kind, spec);
+    }
+}
+
+/// Checks `spec` as the spec of a channel of `kind`.
+fn check_channel_spec(ctx: &mut Ctx, doc: &Document, field: &str, kind: ChannelKind, spec: &Value) {
+    let delivery = match kind {
+        ChannelKind::InMemory => {
+            typed::<InMemoryChannelSpec>(ctx, doc, field, spec).and_then(|s| s.delivery)
+        }
+        ChannelKind::NatsJetStream => {
+            typed::<NatsJetStreamChannelSpec>(ctx, doc, field, spec).and_then(|s| s.delivery)
+        }
+    };
+    if let Some(d) = &delivery {
         check_delivery(ctx, doc, &format!("{field}.delivery"), d);
     }
 }
@@ -779,7 +834,7 @@ impl Out {
         kind: ChannelKind,
         c: GeneratedChannel,
     ) {
-        let spec: InMemoryChannelSpec = serde_json::from_value(c.spec).unwrap_or_default();
+        let spec: InMemoryChannelSpec = serde_json::from_value(c.spec.clone()).unwrap_or_default();
         let delivery = parsed(&spec.delivery, doc);
         self.channel(
             ctx,
@@ -788,6 +843,7 @@ impl Out {
                 kind,
                 metadata: c.metadata,
                 delivery,
+                spec: c.spec,
                 location: Some(doc.locate("")),
             },
         );

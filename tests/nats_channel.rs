@@ -1,0 +1,351 @@
+//! NatsJetStreamChannel (Knative's eventing-natss kind) on a real nats-server with JetStream
+//! (`EVMESH_NATS_URL`, default `nats://127.0.0.1:4222`; `.ci/services/nats.sh` starts one): a
+//! stream per channel, a durable consumer per subscription, 202 once JetStream acknowledged the
+//! publish. Every test uses its own channel names (so its own streams) and deletes its streams.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cloudevents::AttributesReader;
+use common::sequence::{self, step2, text_event, text_of, three_steps};
+use common::*;
+
+fn nats_url() -> String {
+    std::env::var("EVMESH_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_string())
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..8])
+}
+
+/// Deletes the JetStream streams of channels `default/<name>` when dropped (also when the
+/// test fails).
+struct Streams(Vec<String>);
+
+impl Streams {
+    fn of_channels(names: &[&str]) -> Streams {
+        Streams(
+            names
+                .iter()
+                .map(|n| evmesh_channels::nats::stream_name("default", n))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let url = nats_url();
+        // Dropped inside the test's runtime: delete from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(client) = async_nats::connect(url.as_str()).await {
+                    let js = async_nats::jetstream::new(client);
+                    for name in names {
+                        let _ = js.delete_stream(&name).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn nats_mesh(yaml: &str) -> TestMesh {
+    mesh_with(yaml, |o| evmesh::Options {
+        nats_url: nats_url(),
+        ..o
+    })
+    .await
+}
+
+fn channel_yaml(name: &str, spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: messaging.knative.dev/v1alpha1
+kind: NatsJetStreamChannel
+metadata:
+  name: {name}
+spec:
+{spec}
+"#
+    )
+}
+
+fn subscription_yaml(name: &str, channel: &str, subscriber: &str, delivery: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: {name}
+spec:
+  channel:
+    apiVersion: messaging.knative.dev/v1alpha1
+    kind: NatsJetStreamChannel
+    name: {channel}
+  subscriber:
+    uri: {subscriber}
+{delivery}
+"#
+    )
+}
+
+async fn subscription_counters(base: &str, name: &str) -> serde_json::Value {
+    let (_, s) = get_json(&format!(
+        "{base}/apis/messaging.knative.dev/v1/namespaces/default/subscriptions/{name}"
+    ))
+    .await;
+    s["status"]["evmesh"]["counters"].clone()
+}
+
+#[tokio::test]
+async fn every_subscription_of_a_nats_jetstream_channel_gets_every_event() {
+    let ch = unique("fanout");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sinks = [
+        TestSink::start().await,
+        TestSink::start().await,
+        TestSink::start().await,
+    ];
+    let mut yaml = channel_yaml(&ch, "  stream:\n    config:\n      maxAge: 1h");
+    for (i, sink) in sinks.iter().enumerate() {
+        yaml.push_str(&subscription_yaml(
+            &format!("{ch}-{i}"),
+            &ch,
+            &sink.url(),
+            "",
+        ));
+    }
+    let m = nats_mesh(&yaml).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
+    for id in &ids {
+        post_ok(
+            &m.url(&format!("/channels/default/{ch}")),
+            event(id, "fan.out"),
+        )
+        .await;
+    }
+    for (i, sink) in sinks.iter().enumerate() {
+        eventually(
+            &format!("subscription {i} gets every event"),
+            Duration::from_secs(10),
+            || {
+                let mut got = sink.ids();
+                got.sort();
+                got == ids
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_nats_jetstream_subscription_dead_letters_what_its_subscriber_refuses() {
+    let ch = unique("dls");
+    let _streams = Streams::of_channels(&[&ch]);
+    let subscriber = TestSink::start().await;
+    subscriber.always(Reply::Status(500));
+    let dead = TestSink::start().await;
+    let delivery = format!(
+        "  delivery:\n    retry: 1\n    backoffPolicy: linear\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {}\n",
+        dead.url()
+    );
+    let yaml =
+        channel_yaml(&ch, "  {}") + &subscription_yaml(&ch, &ch, &subscriber.url(), &delivery);
+    let m = nats_mesh(&yaml).await;
+    post_ok(
+        &m.url(&format!("/channels/default/{ch}")),
+        event("refused", "t"),
+    )
+    .await;
+    eventually(
+        "the dead-letter sink gets the event",
+        Duration::from_secs(10),
+        || dead.count() == 1,
+    )
+    .await;
+    assert_eq!(
+        subscriber.ids(),
+        ["refused", "refused"],
+        "one retry, then dead letter"
+    );
+    let r = &dead.received()[0];
+    assert_eq!(r.event().id(), "refused");
+    assert_eq!(r.header("ce-knativeerrorcode").as_deref(), Some("500"));
+    let counters = subscription_counters(&m.url(""), &ch).await;
+    assert_eq!(counters["deadLettered"], 1, "{counters}");
+}
+
+/// The Sequence of Knative's docs, on NatsJetStreamChannels.
+fn nats_sequence_yaml(name: &str, steps: &[TestSink; 4]) -> String {
+    format!(
+        r#"
+apiVersion: flows.knative.dev/v1
+kind: Sequence
+metadata:
+  name: {name}
+spec:
+  channelTemplate:
+    apiVersion: messaging.knative.dev/v1alpha1
+    kind: NatsJetStreamChannel
+  steps:
+    - uri: {}
+    - uri: {}
+    - uri: {}
+  reply:
+    uri: {}
+"#,
+        steps[0].url(),
+        steps[1].url(),
+        steps[2].url(),
+        steps[3].url()
+    )
+}
+
+fn sequence_channels(name: &str) -> Vec<String> {
+    (0..3).map(|i| format!("{name}-kn-sequence-{i}")).collect()
+}
+
+#[tokio::test]
+async fn a_sequence_on_nats_jetstream_channels_runs_its_steps_in_order_and_sends_the_last_reply() {
+    let name = unique("seq");
+    let channels = sequence_channels(&name);
+    let _streams = Streams::of_channels(&channels.iter().map(String::as_str).collect::<Vec<_>>());
+    let s = three_steps().await;
+    let m = nats_mesh(&nats_sequence_yaml(&name, &s)).await;
+    let (code, seq) = get_json(&m.url(&format!(
+        "/apis/flows.knative.dev/v1/namespaces/default/sequences/{name}"
+    )))
+    .await;
+    assert_eq!(code, 200, "{seq}");
+    assert_eq!(
+        seq["status"]["channelStatuses"][0]["channel"]["kind"], "NatsJetStreamChannel",
+        "{seq}"
+    );
+    sequence::sequence_runs_its_steps_in_order_and_sends_the_last_reply(
+        &m.url(&format!("/channels/default/{}", channels[0])),
+        &s,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kill_9_with_events_inside_a_nats_sequence_then_restart_loses_none() {
+    let name = unique("crash");
+    let channels = sequence_channels(&name);
+    let _streams = Streams::of_channels(&channels.iter().map(String::as_str).collect::<Vec<_>>());
+    let s = three_steps().await;
+    // Step 2 fails until the restart: the events wait inside the sequence, retrying.
+    s[1].always(Reply::Status(503));
+    let yaml = nats_sequence_yaml(&name, &s)
+        .replace(
+            "    kind: NatsJetStreamChannel\n",
+            "    kind: NatsJetStreamChannel\n    spec:\n      consumerConfigTemplate:\n        ackWait: 2s\n",
+        )
+        .replace(
+            &format!("    - uri: {}\n", s[1].url()),
+            &format!(
+                "    - uri: {}\n      delivery: {{retry: 10000, backoffPolicy: linear, backoffDelay: PT0.01S}}\n",
+                s[1].url()
+            ),
+        );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &yaml);
+    let data = dir.path().join("data");
+    let em = EvmeshProcess::start(&config, &data, &["--nats-url", &nats_url()]);
+    let ids: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for id in &ids {
+        post_ok(
+            &em.url(&format!("/channels/default/{}", channels[0])),
+            text_event(id, "x"),
+        )
+        .await;
+    }
+    eventually(
+        "every event reached the failing step",
+        Duration::from_secs(20),
+        || {
+            let got: std::collections::HashSet<String> = s[1].ids().into_iter().collect();
+            ids.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    em.kill9();
+    s[1].always(Reply::Map(step2));
+    let em = EvmeshProcess::start(&config, &data, &["--nats-url", &nats_url()]);
+    eventually(
+        "every event reaches the end after the restart",
+        Duration::from_secs(30),
+        || {
+            let got: std::collections::HashSet<String> = s[3].ids().into_iter().collect();
+            ids.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    assert!(
+        s[3].received()
+            .iter()
+            .all(|r| text_of(r.event()) == "x-step1-step2-step3"),
+        "{}",
+        em.stderr_tail()
+    );
+}
+
+#[tokio::test]
+async fn two_evmesh_processes_on_one_nats_share_a_subscription() {
+    let ch = unique("shared");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let yaml = channel_yaml(&ch, "  {}") + &subscription_yaml(&ch, &ch, &sink.url(), "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &yaml);
+    let a = EvmeshProcess::start(&config, &dir.path().join("a"), &["--nats-url", &nats_url()]);
+    let b = EvmeshProcess::start(&config, &dir.path().join("b"), &["--nats-url", &nats_url()]);
+    let ids: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        // Half the events come in through each process: the stream is the one both read.
+        let via = if i % 2 == 0 { &a } else { &b };
+        post_ok(&via.url(&format!("/channels/default/{ch}")), event(id, "t")).await;
+    }
+    let base_a = a.url("");
+    let base_b = b.url("");
+    let mut delivered = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while delivered < ids.len() as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {delivered} deliveries; sink got {:?}",
+            sink.ids()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        delivered = subscription_counters(&base_a, &ch).await["delivered"]
+            .as_u64()
+            .unwrap_or(0)
+            + subscription_counters(&base_b, &ch).await["delivered"]
+                .as_u64()
+                .unwrap_or(0);
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in sink.ids() {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(
+        delivered,
+        ids.len() as u64,
+        "the processes delivered {delivered} times"
+    );
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1), "{id} delivered once: {counts:?}");
+    }
+}
