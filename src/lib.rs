@@ -148,6 +148,9 @@ pub struct Options {
     pub strict: bool,
     /// The NATS server of NatsJetStreamChannels (connected to only when one runs).
     pub nats_url: String,
+    /// Kafka bootstrap servers of KafkaChannels (`host:port,...`; connected to only when one
+    /// runs). `None`: a KafkaChannel is not ready, saying so.
+    pub kafka_bootstrap_servers: Option<String>,
 }
 
 impl Default for Options {
@@ -164,6 +167,7 @@ impl Default for Options {
             store: evmesh_store::StoreOptions::default(),
             strict: false,
             nats_url: evmesh_channels::DEFAULT_NATS_URL.to_string(),
+            kafka_bootstrap_servers: None,
         }
     }
 }
@@ -387,6 +391,12 @@ impl Mesh {
         let service = BrokerService::new(store.clone(), options.service.clone())?;
         service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(
             options.nats_url.clone(),
+        )));
+        service.register_log_provider(Arc::new(evmesh_kafka::KafkaProvider::new(
+            options
+                .kafka_bootstrap_servers
+                .as_deref()
+                .map(|s| evmesh_kafka::KafkaSettings::new(s.split(',').map(str::trim))),
         )));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),

@@ -184,6 +184,9 @@ enum Command {
         /// NATS server of NatsJetStreamChannels (connected to only when one runs).
         #[arg(long, env = "EVMESH_NATS_URL", default_value = evmesh_channels::DEFAULT_NATS_URL)]
         nats_url: String,
+        /// Kafka bootstrap servers of KafkaChannels (`host:port,...`).
+        #[arg(long, env = "EVMESH_KAFKA_BOOTSTRAP")]
+        kafka_bootstrap_servers: Option<String>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -351,6 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ca_file,
             default_channel,
             nats_url,
+            kafka_bootstrap_servers,
             limits,
         } => {
             let mesh = if files.is_empty() {
@@ -380,6 +384,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 url_template: Some(url_template),
                 default_channel: Some(default_channel),
                 nats_url,
+                kafka_bootstrap_servers,
                 server: limits.server_limits(),
                 store: evmesh_store::StoreOptions {
                     max_queued_bytes: limits.max_append_queue_bytes,

@@ -205,6 +205,18 @@ pub const KINDS: &[KindInfo] = &[
     },
     KindInfo {
         group: "messaging.knative.dev",
+        version: "v1beta1",
+        kind: "KafkaChannel",
+        plural: "kafkachannels",
+        singular: "kafkachannel",
+        short_names: &["kc"],
+        categories: &["all", "knative", "messaging", "channel"],
+        printer_columns: &[URL_COL, AGE, READY_COL, REASON_COL],
+        spec_schema: crate::messaging::KAFKA_CHANNEL_SPEC,
+        description: "KafkaChannel is a channel backed by a Kafka topic (Knative's eventing-kafka-broker); in evmesh the dispatcher runs in-process.",
+    },
+    KindInfo {
+        group: "messaging.knative.dev",
         version: "v1",
         kind: "Channel",
         plural: "channels",

@@ -149,7 +149,6 @@ const KNATIVE_EVENTING_GROUPS: &[&str] = &[
 
 /// Kinds of Knative Eventing that evmesh will serve but does not yet.
 const NOT_YET_SERVED: &[&str] = &[
-    "KafkaChannel",
     "ApiServerSource",
     "ContainerSource",
     "SinkBinding",

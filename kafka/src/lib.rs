@@ -17,12 +17,14 @@
 
 pub mod admin;
 pub mod binding;
+pub mod channel;
 pub mod group;
 pub mod producer;
 pub mod settings;
 pub mod source;
 
 pub use admin::{delete_topic, ensure_topic};
+pub use channel::KafkaProvider;
 pub use group::{Decode, GroupSpec, GroupStatus, InitialOffset, KafkaGroup, KafkaRecord};
 pub use producer::KafkaProducer;
 pub use settings::{KafkaSettings, Sasl, Tls};
