@@ -148,8 +148,8 @@ pub struct Options {
     pub strict: bool,
     /// The NATS server of NatsJetStreamChannels (connected to only when one runs).
     pub nats_url: String,
-    /// Kafka bootstrap servers of KafkaChannels (`host:port,...`; connected to only when one
-    /// runs). `None`: a KafkaChannel is not ready, saying so.
+    /// Kafka bootstrap servers of KafkaChannels and Kafka-class Brokers (`host:port,...`;
+    /// connected to only when one runs). `None`: such a resource fails to start, saying so.
     pub kafka_bootstrap_servers: Option<String>,
 }
 

@@ -184,7 +184,7 @@ enum Command {
         /// NATS server of NatsJetStreamChannels (connected to only when one runs).
         #[arg(long, env = "EVMESH_NATS_URL", default_value = evmesh_channels::DEFAULT_NATS_URL)]
         nats_url: String,
-        /// Kafka bootstrap servers of KafkaChannels (`host:port,...`).
+        /// Kafka bootstrap servers of KafkaChannels and Kafka-class Brokers (`host:port,...`).
         #[arg(long, env = "EVMESH_KAFKA_BOOTSTRAP")]
         kafka_bootstrap_servers: Option<String>,
         #[command(flatten)]

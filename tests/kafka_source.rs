@@ -457,3 +457,49 @@ async fn kafka_source_unordered_does_not_wait_for_a_retrying_event() {
     );
     m.mesh.shutdown().await;
 }
+
+#[tokio::test]
+async fn kafka_source_kill_9_while_deliveries_retry_then_restart_loses_none() {
+    let topics = Topics::new(1, 2).await;
+    let sink = TestSink::start().await;
+    // The sink fails until after the kill: every record is still being retried then.
+    sink.always(Reply::Status(503));
+    let yaml = kafka_source(
+        "killed",
+        &[topics.get(0)],
+        &sink,
+        "  initialOffset: earliest\n  ordering: unordered\n  delivery: {retry: 100, backoffPolicy: linear, backoffDelay: PT0.2S}",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &yaml);
+    let data = dir.path().join("data");
+    let em = EvmeshProcess::start(&config, &data, &[]);
+    let ids: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+    produce(&producer(), topics.get(0), ids.clone(), None).await;
+    eventually("every record attempted", Duration::from_secs(60), || {
+        sink.ids()
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == ids.len()
+    })
+    .await;
+    em.kill9();
+    // Nothing reaches the sink while no evmesh runs: what comes next is the restarted one's.
+    sink.always(Reply::Status(202));
+    let before = sink.count();
+    let em = EvmeshProcess::start(&config, &data, &[]);
+    eventually(
+        "every record accepted after the restart",
+        Duration::from_secs(90),
+        || {
+            let after: std::collections::HashSet<String> = sink.received()[before..]
+                .iter()
+                .filter_map(|r| r.header("ce-id"))
+                .collect();
+            ids.iter().all(|i| after.contains(i))
+        },
+    )
+    .await;
+    drop(em);
+}

@@ -56,3 +56,27 @@ pub async fn delete_topic(settings: &KafkaSettings, topic: &str) -> Result<(), K
         _ => Ok(()),
     }
 }
+
+/// The end offset of each partition of `topic` (how many records it has had, per partition).
+pub async fn end_offsets(settings: &KafkaSettings, topic: &str) -> Result<Vec<i64>, KafkaError> {
+    let settings = settings.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = settings.client_config().create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), ADMIN_TIMEOUT)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        drop(metadata);
+        let mut ends = Vec::new();
+        for p in partitions {
+            ends.push(consumer.fetch_watermarks(&topic, p, ADMIN_TIMEOUT)?.1);
+        }
+        Ok(ends)
+    })
+    .await
+    .map_err(|_| KafkaError::Timeout("reading end offsets"))?
+}

@@ -1,4 +1,6 @@
-//! `KafkaChannel` (`messaging.knative.dev/v1beta1`) as Knative's eventing-kafka-broker names
+//! `KafkaChannel` (`messaging.knative.dev/v1beta1`) and the `Kafka` broker class on Kafka topics.
+//!
+//! A KafkaChannel is laid out as Knative's eventing-kafka-broker names
 //! things: the topic `knative-messaging-kafka.<namespace>.<name>` (created when missing with
 //! `numPartitions`, `replicationFactor` and `retentionDuration`), events in the CloudEvents Kafka
 //! binary binding, and a consumer group per subscription,
@@ -21,6 +23,8 @@ use crate::{GroupSpec, KafkaProducer, KafkaSettings, binding, ensure_topic};
 
 /// The channel kind this module runs.
 const KIND: &str = "KafkaChannel";
+/// The broker class this module runs (`eventing.knative.dev/broker.class: Kafka`).
+const BROKER_CLASS: &str = "Kafka";
 /// Knative's default retention of a KafkaChannel's topic (7 days).
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Requests made while a group is created.
@@ -35,20 +39,31 @@ pub fn topic_name(namespace: &str, name: &str) -> String {
     format!("knative-messaging-kafka.{namespace}.{name}")
 }
 
+/// The topic of a Kafka-class Broker: `knative-broker-<namespace>-<name>`, as Knative's Kafka
+/// broker names it.
+pub fn broker_topic_name(namespace: &str, name: &str) -> String {
+    format!("knative-broker-{namespace}-{name}")
+}
+
+/// The consumer group of a Trigger of a Kafka-class Broker: `knative-trigger-<namespace>-<name>`.
+pub fn trigger_group_name(namespace: &str, trigger: &str) -> String {
+    format!("knative-trigger-{namespace}-{trigger}")
+}
+
 /// The consumer group of a subscription to a KafkaChannel.
 pub fn group_name(namespace: &str, channel: &str, subscription: &str) -> String {
     format!("kafka.{namespace}.{channel}.{subscription}")
 }
 
-/// Opens the topics of `KafkaChannel`s on the Kafka at `settings` (nothing connects before the
-/// first channel is opened).
+/// Opens the topics of `KafkaChannel`s and Kafka-class Brokers on the Kafka at `settings`
+/// (nothing connects before the first one is opened).
 pub struct KafkaProvider {
     settings: Option<KafkaSettings>,
 }
 
 impl KafkaProvider {
-    /// A provider for these settings; `None`: no bootstrap servers were given, and a
-    /// KafkaChannel is not ready, saying so.
+    /// A provider for these settings; `None`: no bootstrap servers were given, and opening a
+    /// KafkaChannel or Kafka-class Broker fails, saying so.
     pub fn new(settings: Option<KafkaSettings>) -> KafkaProvider {
         KafkaProvider { settings }
     }
@@ -75,7 +90,8 @@ fn topic_settings(spec: &Value) -> Result<(i32, i32, Duration), LogError> {
 
 impl LogProvider for KafkaProvider {
     fn serves(&self, target: &LogTarget) -> bool {
-        target.resource == "channel" && target.kind == KIND
+        (target.resource == "channel" && target.kind == KIND)
+            || (target.resource == "broker" && target.kind == BROKER_CLASS)
     }
 
     fn open_log<'a>(
@@ -89,7 +105,12 @@ impl LogProvider for KafkaProvider {
                 )
             })?;
             let (partitions, replication, retention) = topic_settings(&target.spec)?;
-            let topic = topic_name(&target.namespace, &target.name);
+            let broker = target.resource == "broker";
+            let topic = if broker {
+                broker_topic_name(&target.namespace, &target.name)
+            } else {
+                topic_name(&target.namespace, &target.name)
+            };
             let retention_ms = retention.as_millis().to_string();
             ensure_topic(
                 &settings,
@@ -109,6 +130,7 @@ impl LogProvider for KafkaProvider {
                 topic,
                 namespace: target.namespace.clone(),
                 channel: target.name.clone(),
+                broker,
             }) as Arc<dyn Log>)
         })
     }
@@ -120,7 +142,21 @@ struct KafkaLog {
     producer: KafkaProducer,
     topic: String,
     namespace: String,
+    /// The channel's (or broker's) name.
     channel: String,
+    /// Whether this is a Kafka-class Broker's topic (else a KafkaChannel's).
+    broker: bool,
+}
+
+impl KafkaLog {
+    /// The consumer group of a route on this log.
+    fn group_of(&self, route: &str) -> String {
+        if self.broker {
+            trigger_group_name(&self.namespace, route)
+        } else {
+            group_name(&self.namespace, &self.channel, route)
+        }
+    }
 }
 
 /// Commits `topic`'s end offsets for `group` on partitions it has no committed offset for (a
@@ -193,7 +229,7 @@ impl Log for KafkaLog {
         spec: RouteGroup,
     ) -> BoxFuture<'_, Result<Arc<dyn ConsumerGroup>, LogError>> {
         Box::pin(async move {
-            let group = group_name(&self.namespace, &self.channel, &spec.name);
+            let group = self.group_of(&spec.name);
             let (settings, topic, g) = (self.settings.clone(), self.topic.clone(), group.clone());
             tokio::task::spawn_blocking(move || commit_start(&settings, &topic, &g))
                 .await
@@ -216,7 +252,7 @@ impl Log for KafkaLog {
     fn delete_group<'a>(&'a self, spec: &'a RouteGroup) -> BoxFuture<'a, Result<(), LogError>> {
         Box::pin(async move {
             // Committed offsets of a deleted subscription expire with Kafka's offset retention.
-            tracing::debug!(group = %group_name(&self.namespace, &self.channel, &spec.name), "subscription deleted");
+            tracing::debug!(group = %self.group_of(&spec.name), "route deleted");
             Ok(())
         })
     }

@@ -23,7 +23,7 @@ pub mod producer;
 pub mod settings;
 pub mod source;
 
-pub use admin::{delete_topic, ensure_topic};
+pub use admin::{delete_topic, end_offsets, ensure_topic};
 pub use channel::KafkaProvider;
 pub use group::{Decode, GroupSpec, GroupStatus, InitialOffset, KafkaGroup, KafkaRecord};
 pub use producer::KafkaProducer;

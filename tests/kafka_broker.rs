@@ -1,0 +1,148 @@
+//! The Kafka broker class (`eventing.knative.dev/broker.class: Kafka`) against a real
+//! Kafka-protocol broker (Tansu, `EVMESH_TEST_KAFKA`, default 127.0.0.1:9092): ingress produces
+//! to the topic `knative-broker-<ns>-<name>` and answers 202 once Kafka acknowledged; each
+//! Trigger reads with its own consumer group, filters and delivers as the embedded class does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use evmesh_kafka::channel::broker_topic_name;
+use evmesh_kafka::{KafkaSettings, delete_topic, end_offsets};
+
+fn bootstrap() -> String {
+    std::env::var("EVMESH_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Deletes the broker's topic (namespace `default`) on drop.
+struct Topic(String);
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    let _ = delete_topic(&KafkaSettings::new([bootstrap()]), &name).await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn kafka_mesh(yaml: &str) -> TestMesh {
+    mesh_with(yaml, |o| evmesh::Options {
+        kafka_bootstrap_servers: Some(bootstrap()),
+        ..o
+    })
+    .await
+}
+
+fn yaml(broker: &str, orders: &TestSink, refunds: &TestSink) -> String {
+    format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: {broker}
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {broker}-orders}}
+spec:
+  broker: {broker}
+  filter: {{attributes: {{type: order.created}}}}
+  subscriber: {{uri: "{}"}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {broker}-refunds}}
+spec:
+  broker: {broker}
+  filter: {{attributes: {{type: refund.created}}}}
+  subscriber: {{uri: "{}"}}
+"#,
+        orders.url(),
+        refunds.url()
+    )
+}
+
+#[tokio::test]
+async fn a_kafka_class_broker_delivers_each_trigger_what_its_filter_matches() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
+    let m = kafka_mesh(&yaml(&broker, &orders, &refunds)).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..3 {
+        post_ok(&url, event(&format!("o{i}"), "order.created")).await;
+        post_ok(&url, event(&format!("r{i}"), "refund.created")).await;
+    }
+    eventually("orders delivered", Duration::from_secs(60), || {
+        orders.count() >= 3
+    })
+    .await;
+    eventually("refunds delivered", Duration::from_secs(60), || {
+        refunds.count() >= 3
+    })
+    .await;
+    let mut o = orders.ids();
+    o.sort();
+    let mut r = refunds.ids();
+    r.sort();
+    assert_eq!(o, ["o0", "o1", "o2"]);
+    assert_eq!(r, ["r0", "r1", "r2"]);
+    let ends = end_offsets(
+        &KafkaSettings::new([bootstrap()]),
+        &broker_topic_name("default", &broker),
+    )
+    .await
+    .expect("the broker's topic exists");
+    assert_eq!(
+        ends.iter().sum::<i64>(),
+        6,
+        "every accepted event is in the broker's Kafka topic"
+    );
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kafka_class_broker_resumes_its_triggers_from_committed_offsets_after_a_restart() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
+    let yaml = yaml(&broker, &orders, &refunds);
+    let m = kafka_mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..3 {
+        post_ok(&url, event(&format!("first-{i}"), "order.created")).await;
+    }
+    eventually("first delivered", Duration::from_secs(60), || {
+        orders.count() >= 3
+    })
+    .await;
+    m.mesh.shutdown().await;
+    let m = kafka_mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..3 {
+        post_ok(&url, event(&format!("second-{i}"), "order.created")).await;
+    }
+    eventually("second delivered", Duration::from_secs(60), || {
+        orders.count() >= 6
+    })
+    .await;
+    let counts = id_counts(&orders);
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "nothing delivered twice: {counts:?}"
+    );
+    assert_eq!(refunds.count(), 0);
+    m.mesh.shutdown().await;
+}
