@@ -98,6 +98,13 @@ async fn a_kafka_class_broker_delivers_each_trigger_what_its_filter_matches() {
     r.sort();
     assert_eq!(o, ["o0", "o1", "o2"]);
     assert_eq!(r, ["r0", "r1", "r2"]);
+    let first = &orders.received()[0];
+    assert!(
+        first.header("ce-knativekafkapartition").is_some()
+            && first.header("ce-knativekafkaoffset").is_some(),
+        "delivered events say where they were in Kafka: {:?}",
+        first.headers
+    );
     let ends = end_offsets(
         &KafkaSettings::new([bootstrap()]),
         &broker_topic_name("default", &broker),
@@ -144,5 +151,52 @@ async fn a_kafka_class_broker_resumes_its_triggers_from_committed_offsets_after_
         "nothing delivered twice: {counts:?}"
     );
     assert_eq!(refunds.count(), 0);
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ordered_trigger_of_a_kafka_class_broker_keeps_a_partitionkey_in_order() {
+    use cloudevents::event::ExtensionValue;
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let sink = TestSink::start().await;
+    // The first attempt fails; its retry waits 1 s, and its key's later events wait for it.
+    sink.script([Reply::Status(503)]);
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: {broker}
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: {broker}-ordered
+  annotations: {{kafka.eventing.knative.dev/delivery.order: ordered}}
+spec:
+  broker: {broker}
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 3, backoffPolicy: linear, backoffDelay: PT1S}}
+"#,
+        sink.url()
+    );
+    let m = kafka_mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..4 {
+        let mut e = event(&format!("e{i}"), "order.created");
+        e.set_extension("partitionkey", ExtensionValue::from("customer-1"));
+        post_ok(&url, e).await;
+    }
+    eventually("all delivered", Duration::from_secs(60), || {
+        sink.count() >= 5
+    })
+    .await;
+    assert_eq!(
+        sink.ids(),
+        ["e0", "e0", "e1", "e2", "e3"],
+        "nothing passes a failed event of its key"
+    );
     m.mesh.shutdown().await;
 }

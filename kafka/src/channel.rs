@@ -16,7 +16,7 @@ use evmesh_broker::log::{
 use evmesh_broker::record::EventRecord;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::group::{InitialOffset, KafkaGroup};
 use crate::{GroupSpec, KafkaProducer, KafkaSettings, binding, ensure_topic};
@@ -236,12 +236,19 @@ impl Log for KafkaLog {
                 .map_err(|e| LogError::new(e.to_string()))?
                 .map_err(LogError::new)?;
             let topic = self.topic.clone();
+            let broker = self.broker;
             Ok(Arc::new(KafkaGroup::new(GroupSpec {
                 settings: self.settings.clone(),
                 group_id: group,
                 topics: vec![self.topic.clone()],
                 initial_offset: InitialOffset::Latest,
                 decode: Arc::new(move |r| match binding::decode(&r.headers, r.value) {
+                    // As Knative's Kafka broker, a trigger's events say where they were.
+                    Some(Ok(mut e)) if broker => {
+                        e.set_extension("knativekafkapartition", json!(r.partition.to_string()));
+                        e.set_extension("knativekafkaoffset", json!(r.offset.to_string()));
+                        Ok(e)
+                    }
                     Some(result) => result,
                     None => Err(format!("a record of {topic} is not a CloudEvent")),
                 }),
