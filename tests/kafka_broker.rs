@@ -200,3 +200,55 @@ spec:
     );
     m.mesh.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_evmesh_processes_share_a_kafka_class_trigger_and_one_killed_loses_nothing() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &yaml(&broker, &orders, &refunds));
+    let kafka = ["--kafka-bootstrap-servers", &bootstrap()].map(str::to_string);
+    let args: Vec<&str> = kafka.iter().map(String::as_str).collect();
+    let a = EvmeshProcess::start(&config, &dir.path().join("a"), &args);
+    let b = EvmeshProcess::start(&config, &dir.path().join("b"), &args);
+    let first: Vec<String> = (0..10).map(|i| format!("first-{i}")).collect();
+    for (i, id) in first.iter().enumerate() {
+        // Either process accepts: the topic is the one both read.
+        let via = if i % 2 == 0 { &a } else { &b };
+        post_ok(
+            &via.url(&format!("/default/{broker}")),
+            event(id, "order.created"),
+        )
+        .await;
+    }
+    eventually("first ten delivered", Duration::from_secs(60), || {
+        orders.count() >= first.len()
+    })
+    .await;
+    let counts = id_counts(&orders);
+    assert_eq!(counts.len(), first.len(), "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "each event delivered once per trigger, not once per process: {counts:?}"
+    );
+    a.kill9();
+    let second: Vec<String> = (0..10).map(|i| format!("second-{i}")).collect();
+    for id in &second {
+        post_ok(
+            &b.url(&format!("/default/{broker}")),
+            event(id, "order.created"),
+        )
+        .await;
+    }
+    eventually(
+        "the survivor delivers what was sent after the kill",
+        Duration::from_secs(90),
+        || {
+            let got = id_counts(&orders);
+            second.iter().all(|id| got.contains_key(id))
+        },
+    )
+    .await;
+    drop(b);
+}
