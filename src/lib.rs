@@ -151,6 +151,9 @@ pub struct Options {
     /// Kafka bootstrap servers of KafkaChannels and Kafka-class Brokers (`host:port,...`;
     /// connected to only when one runs). `None`: such a resource fails to start, saying so.
     pub kafka_bootstrap_servers: Option<String>,
+    /// How long a produce to Kafka may wait for its acknowledgement before the event is
+    /// answered 503 (default 30 s; librdkafka's own default is 5 minutes).
+    pub kafka_produce_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -168,6 +171,7 @@ impl Default for Options {
             strict: false,
             nats_url: evmesh_channels::DEFAULT_NATS_URL.to_string(),
             kafka_bootstrap_servers: None,
+            kafka_produce_timeout: evmesh_kafka::settings::DEFAULT_MESSAGE_TIMEOUT,
         }
     }
 }
@@ -393,10 +397,11 @@ impl Mesh {
             options.nats_url.clone(),
         )));
         service.register_log_provider(Arc::new(evmesh_kafka::KafkaProvider::new(
-            options
-                .kafka_bootstrap_servers
-                .as_deref()
-                .map(|s| evmesh_kafka::KafkaSettings::new(s.split(',').map(str::trim))),
+            options.kafka_bootstrap_servers.as_deref().map(|s| {
+                let mut k = evmesh_kafka::KafkaSettings::new(s.split(',').map(str::trim));
+                k.message_timeout = options.kafka_produce_timeout;
+                k
+            }),
         )));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),

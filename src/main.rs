@@ -187,6 +187,10 @@ enum Command {
         /// Kafka bootstrap servers of KafkaChannels and Kafka-class Brokers (`host:port,...`).
         #[arg(long, env = "EVMESH_KAFKA_BOOTSTRAP")]
         kafka_bootstrap_servers: Option<String>,
+        /// How long a produce to Kafka may wait for its acknowledgement before the event is
+        /// answered 503.
+        #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+        kafka_produce_timeout: Duration,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -355,6 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             default_channel,
             nats_url,
             kafka_bootstrap_servers,
+            kafka_produce_timeout,
             limits,
         } => {
             let mesh = if files.is_empty() {
@@ -385,6 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 default_channel: Some(default_channel),
                 nats_url,
                 kafka_bootstrap_servers,
+                kafka_produce_timeout,
                 server: limits.server_limits(),
                 store: evmesh_store::StoreOptions {
                     max_queued_bytes: limits.max_append_queue_bytes,

@@ -252,3 +252,97 @@ async fn two_evmesh_processes_share_a_kafka_class_trigger_and_one_killed_loses_n
     .await;
     drop(b);
 }
+
+/// A Tansu of this test's own on a free loopback port (the shared one must keep running).
+struct OwnTansu {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl OwnTansu {
+    async fn start() -> OwnTansu {
+        let bin = std::env::var("EVMESH_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting {bin} failed ({e}); `source .ci/services/kafka.sh` sets EVMESH_TEST_TANSU")
+            });
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        OwnTansu { child, addr }
+    }
+}
+
+impl Drop for OwnTansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_kafka_class_broker_answers_202_after_the_produce_and_503_when_kafka_is_gone() {
+    let mut tansu = OwnTansu::start().await;
+    let sink = TestSink::start().await;
+    let addr = tansu.addr.clone();
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: gone
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: gone-all}}
+spec:
+  broker: gone
+  subscriber: {{uri: "{}"}}
+"#,
+        sink.url()
+    );
+    let m = mesh_with(&yaml, |o| evmesh::Options {
+        kafka_bootstrap_servers: Some(addr.clone()),
+        kafka_produce_timeout: Duration::from_secs(2),
+        ..o
+    })
+    .await;
+    let url = m.url("/default/gone");
+    assert_eq!(post_binary(&url, event("kept", "t")).await, 202);
+    let ends = end_offsets(
+        &KafkaSettings::new([addr.clone()]),
+        &broker_topic_name("default", "gone"),
+    )
+    .await
+    .expect("end offsets");
+    assert_eq!(
+        ends.iter().sum::<i64>(),
+        1,
+        "the 202 came after the record was in Kafka"
+    );
+    let _ = tansu.child.kill();
+    let _ = tansu.child.wait();
+    assert_eq!(
+        post_binary(&url, event("lost", "t")).await,
+        503,
+        "Kafka did not acknowledge the produce"
+    );
+    m.mesh.shutdown().await;
+}

@@ -61,3 +61,5 @@ if ! kafka_listening; then
 fi
 echo "kafka.sh: Tansu listening on 127.0.0.1:$kafka_port"
 export EVMESH_TEST_KAFKA="127.0.0.1:$kafka_port"
+# Tests that stop a broker of their own start this binary.
+export EVMESH_TEST_TANSU="$kafka_tansu"
