@@ -201,6 +201,12 @@ pub struct Options {
     pub kube_api: Option<KubeApi>,
     /// The NATS server of NatsJetStreamChannels (connected to only when one runs).
     pub nats_url: String,
+    /// Kafka bootstrap servers of KafkaChannels and Kafka-class Brokers (`host:port,...`;
+    /// connected to only when one runs). `None`: such a resource fails to start, saying so.
+    pub kafka_bootstrap_servers: Option<String>,
+    /// How long a produce to Kafka may wait for its acknowledgement before the event is
+    /// answered 503 (default 30 s; librdkafka's own default is 5 minutes).
+    pub kafka_produce_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -218,6 +224,8 @@ impl Default for Options {
             strict: false,
             kube_api: None,
             nats_url: evmesh_channels::DEFAULT_NATS_URL.to_string(),
+            kafka_bootstrap_servers: None,
+            kafka_produce_timeout: evmesh_kafka::settings::DEFAULT_MESSAGE_TIMEOUT,
         }
     }
 }
@@ -490,6 +498,13 @@ impl Mesh {
             .clone()
             .unwrap_or_else(|| options.nats_url.clone());
         service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(nats_url)));
+        service.register_log_provider(Arc::new(evmesh_kafka::KafkaProvider::new(
+            options.kafka_bootstrap_servers.as_deref().map(|s| {
+                let mut k = evmesh_kafka::KafkaSettings::new(s.split(',').map(str::trim));
+                k.message_timeout = options.kafka_produce_timeout;
+                k
+            }),
+        )));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store.clone(),

@@ -189,6 +189,13 @@ enum Command {
         /// NATS server of NatsJetStreamChannels (connected to only when one runs).
         #[arg(long, env = "EVMESH_NATS_URL", default_value = evmesh_channels::DEFAULT_NATS_URL)]
         nats_url: String,
+        /// Kafka bootstrap servers of KafkaChannels and Kafka-class Brokers (`host:port,...`).
+        #[arg(long, env = "EVMESH_KAFKA_BOOTSTRAP")]
+        kafka_bootstrap_servers: Option<String>,
+        /// How long a produce to Kafka may wait for its acknowledgement before the event is
+        /// answered 503.
+        #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+        kafka_produce_timeout: Duration,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -357,6 +364,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ca_file,
             default_channel,
             nats_url,
+            kafka_bootstrap_servers,
+            kafka_produce_timeout,
             limits,
         } => {
             let mesh = if files.is_empty() {
@@ -386,6 +395,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 url_template: Some(url_template),
                 default_channel: Some(default_channel),
                 nats_url,
+                kafka_bootstrap_servers,
+                kafka_produce_timeout,
                 server: limits.server_limits(),
                 store: evmesh_store::StoreOptions {
                     max_queued_bytes: limits.max_append_queue_bytes,

@@ -61,7 +61,12 @@ pub(crate) fn with_source_channels(mesh: &MeshConfig) -> Option<MeshConfig> {
         return None;
     }
     let mut m = mesh.clone();
-    for s in &mesh.sources {
+    // A KafkaSource delivers straight from its topics (the Kafka log) through the delivery engine.
+    for s in mesh
+        .sources
+        .iter()
+        .filter(|s| !matches!(s.spec, SourceSpec::Kafka(_)))
+    {
         let name = internal_channel(s.kind(), &s.metadata.name);
         let metadata = ObjectMeta::namespaced(&s.metadata.namespace, &name);
         m.channels.push(ChannelConfig {
@@ -211,9 +216,38 @@ impl SourceRuntime {
         &self,
         s: &SourceConfig,
         mesh: &MeshConfig,
+        resolver: &Resolver,
         hook_id: Option<String>,
     ) -> Result<Built, NotRunning> {
         match &s.spec {
+            SourceSpec::Kafka(k) => {
+                let ns = &s.metadata.namespace;
+                let not_running = |reason: &str, message: String| NotRunning {
+                    reason: reason.into(),
+                    message,
+                    sink_uri: None,
+                };
+                let sink = resolver
+                    .resolve(s.sink(), ns)
+                    .map_err(|e| not_running("NotFound", format!("sink not resolved: {e}")))?;
+                let delivery = k.delivery.clone().unwrap_or_else(source_delivery);
+                let dead_letter = match &delivery.dead_letter_sink {
+                    Some(d) => Some(resolver.resolve(d, ns).map_err(|e| {
+                        not_running("NotFound", format!("dead-letter sink not resolved: {e}"))
+                    })?),
+                    None => None,
+                };
+                let plan = evmesh_kafka::SinkPlan {
+                    sink,
+                    sink_ca_certs: s.sink().ca_certs.clone(),
+                    dead_letter,
+                    delivery,
+                };
+                let source =
+                    evmesh_kafka::KafkaSource::new(s, &mesh.secrets, self.service.clone(), plan)
+                        .map_err(|e| not_running("InvalidSpec", e.to_string()))?;
+                Ok((Arc::new(source), None))
+            }
             SourceSpec::Ping(_) => {
                 let p = PingSource::new(s).map_err(|e| NotRunning {
                     reason: "InvalidSpec".into(),
@@ -319,7 +353,7 @@ impl SourceRuntime {
                     self.unhook(&k, &old);
                     to_stop.push((old, false));
                 }
-                match self.build(s, mesh, hook_id) {
+                match self.build(s, mesh, resolver, hook_id) {
                     Ok((source, github)) => {
                         let sink: Arc<dyn EventSink> = Arc::new(ChannelSink {
                             service: self.service.clone(),

@@ -281,7 +281,7 @@ fn serve_refuses_a_default_channel_it_does_not_run() {
         .args([
             "serve",
             "--default-channel",
-            "KafkaChannel",
+            "RabbitmqChannel",
             "--listen",
             "127.0.0.1:0",
         ])
@@ -290,7 +290,7 @@ fn serve_refuses_a_default_channel_it_does_not_run() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(
-        text.contains("KafkaChannel is not run by evmesh yet"),
+        text.contains("is not a channel kind evmesh knows"),
         "{text}"
     );
 }

@@ -18,6 +18,7 @@ pub mod delivery;
 mod dispatcher;
 pub mod ingress;
 pub mod log;
+mod log_route;
 pub mod metrics;
 pub mod record;
 mod replay;
@@ -27,6 +28,7 @@ mod supervise;
 pub mod telemetry;
 pub mod tls;
 
+pub use log_route::{LogRoute, LogRouteSpec};
 pub use replay::ReplayError;
 pub use service::{
     BrokerService, BrokerView, ChannelView, PublishError, ServiceOptions, StartError,

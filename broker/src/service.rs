@@ -235,7 +235,9 @@ impl crate::delivery::LocalSink for BrokerRuntime {
 /// Publishes replies back into the broker a trigger belongs to.
 #[derive(Clone)]
 pub(crate) struct Publisher {
-    broker: Arc<BrokerRuntime>,
+    /// `None` for a route without a home broker (a source reading an external log): its plan
+    /// never sends replies home.
+    pub(crate) broker: Option<Arc<BrokerRuntime>>,
 }
 
 impl Publisher {
@@ -247,14 +249,22 @@ impl Publisher {
         original: &EventRecord,
     ) -> Result<(), ReplyFailure> {
         let reply = reply_of(reply, original);
-        match self.broker.append(reply).await {
+        let Some(broker) = &self.broker else {
+            return Err(ReplyFailure {
+                status: None,
+                retryable: false,
+                reason: "no broker to send the reply to".into(),
+                local: true,
+            });
+        };
+        match broker.append(reply).await {
             Ok(_) => Ok(()),
             Err(PublishError::TtlExpired) => {
-                crate::telemetry::reply_loop_stopped(&self.broker.namespace, &self.broker.name);
+                crate::telemetry::reply_loop_stopped(&broker.namespace, &broker.name);
                 // As in Knative: the broker answers the reply with 400, so the original event
                 // fails (not retryable) and goes to the dead-letter sink.
                 tracing::warn!(
-                    broker = %self.broker.log.as_str(),
+                    broker = %broker.log.as_str(),
                     event = %crate::delivery::describe(original),
                     "reply rejected: knativebrokerttl exhausted (reply loop); the original event is dead-lettered"
                 );
@@ -605,6 +615,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl BrokerService {
+    /// The delivery engine (for routes started outside this module).
+    pub(crate) fn engine(&self) -> &DeliveryEngine {
+        &self.inner.engine
+    }
+
+    /// The in-flight limit and drain timeout every route runs with.
+    pub(crate) fn route_limits(&self) -> (usize, Duration) {
+        (
+            self.inner.options.max_in_flight,
+            self.inner.options.drain_timeout,
+        )
+    }
+
     /// A service with no brokers yet; [`reconcile`](Self::reconcile) gives it its configuration.
     ///
     /// # Errors
@@ -1430,7 +1453,7 @@ impl BrokerService {
             group,
             engine: self.inner.engine.clone(),
             publisher: Publisher {
-                broker: broker.clone(),
+                broker: Some(broker.clone()),
             },
             max_in_flight: self.inner.options.max_in_flight.max(1),
             drain_timeout: self.inner.options.drain_timeout,
@@ -1493,7 +1516,7 @@ impl BrokerService {
             group,
             engine: self.inner.engine.clone(),
             publisher: Publisher {
-                broker: broker.clone(),
+                broker: Some(broker.clone()),
             },
             max_in_flight: self.inner.options.max_in_flight.max(1),
             drain_timeout: self.inner.options.drain_timeout,

@@ -55,10 +55,11 @@ pub use sources::apiserver::{
 };
 pub use sources::{
     CloudEventOverrides, CronSchedule, FROM_ENV_ANNOTATION, GITHUB_EVENT_TYPE_PREFIX,
-    GITHUB_EVENT_TYPES, GitHubSourceSpec, PING_EVENT_TYPE, PUBLIC_URL_ANNOTATION, PingSourceConfig,
-    PingSourceSpec, SOURCES_V1, SOURCES_V1ALPHA1, SOURCES_V1BETA2, ScheduleError, ScheduleZone,
-    SecretBytes, SecretConfig, SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec,
-    secret_value,
+    GITHUB_EVENT_TYPES, GitHubSourceSpec, KAFKA_EVENT_TYPE, KAFKA_KEY_TYPE_LABEL, KafkaKeyType,
+    KafkaNet, KafkaSasl, KafkaSourceConfig, KafkaSourceSpec, KafkaTls, PING_EVENT_TYPE,
+    PUBLIC_URL_ANNOTATION, PingSourceConfig, PingSourceSpec, SOURCES_V1, SOURCES_V1ALPHA1,
+    SOURCES_V1BETA1, SOURCES_V1BETA2, ScheduleError, ScheduleZone, SecretBytes, SecretConfig,
+    SecretKeySelector, SecretValueFromSource, SourceConfig, SourceSpec, secret_value,
 };
 pub use validate::{
     BrokerConfig, Delivery, MeshConfig, TriggerConfig, ValidationContext, parse_duration, validate,

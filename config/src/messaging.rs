@@ -20,6 +20,8 @@ pub mod wiring;
 pub const MESSAGING_V1: &str = "messaging.knative.dev/v1";
 /// `flows.knative.dev/v1`.
 pub const FLOWS_V1: &str = "flows.knative.dev/v1";
+/// `messaging.knative.dev/v1beta1`: the version eventing-kafka-broker serves KafkaChannel as.
+pub const MESSAGING_V1BETA1: &str = "messaging.knative.dev/v1beta1";
 /// `messaging.knative.dev/v1alpha1`: the version eventing-natss serves NatsJetStreamChannel as.
 pub const MESSAGING_V1ALPHA1: &str = "messaging.knative.dev/v1alpha1";
 
@@ -32,13 +34,20 @@ pub enum ChannelKind {
     /// `messaging.knative.dev/v1alpha1` `NatsJetStreamChannel` (Knative's eventing-natss): a
     /// JetStream stream per channel, a durable pull consumer per subscription.
     NatsJetStream,
+    /// `messaging.knative.dev/v1beta1` `KafkaChannel` (Knative's eventing-kafka-broker): a topic
+    /// per channel, a consumer group per subscription.
+    Kafka,
 }
 
 /// Channel kinds Knative users write that evmesh does not run yet.
-const NOT_RUN_YET: &[&str] = &["KafkaChannel"];
+const NOT_RUN_YET: &[&str] = &[];
 
 /// Every channel kind evmesh runs.
-const ALL_KINDS: [ChannelKind; 2] = [ChannelKind::InMemory, ChannelKind::NatsJetStream];
+const ALL_KINDS: [ChannelKind; 3] = [
+    ChannelKind::InMemory,
+    ChannelKind::NatsJetStream,
+    ChannelKind::Kafka,
+];
 
 impl ChannelKind {
     /// The channel kind a `channelTemplate` (or a channel `ref`) names: its `apiVersion` and
@@ -47,7 +56,8 @@ impl ChannelKind {
     /// ```
     /// use evmesh_config::ChannelKind;
     /// assert_eq!(ChannelKind::from_template("messaging.knative.dev/v1", "InMemoryChannel"), Ok(ChannelKind::InMemory));
-    /// assert!(ChannelKind::from_template("messaging.knative.dev/v1beta1", "KafkaChannel").is_err());
+    /// assert_eq!(ChannelKind::from_template("messaging.knative.dev/v1beta1", "KafkaChannel"), Ok(ChannelKind::Kafka));
+    /// assert!(ChannelKind::from_template("messaging.knative.dev/v1", "KafkaChannel").is_err());
     /// ```
     pub fn from_template(api_version: &str, kind: &str) -> Result<ChannelKind, String> {
         if let Some(k) = ALL_KINDS.iter().find(|k| k.kind() == kind) {
@@ -68,7 +78,7 @@ impl ChannelKind {
             return Err("a channel kind is required (e.g. InMemoryChannel)".into());
         }
         Err(format!(
-            "{kind:?} is not a channel kind evmesh knows (it runs InMemoryChannel and NatsJetStreamChannel)"
+            "{kind:?} is not a channel kind evmesh knows (it runs InMemoryChannel, NatsJetStreamChannel and KafkaChannel)"
         ))
     }
 
@@ -86,6 +96,7 @@ impl ChannelKind {
         match self {
             ChannelKind::InMemory => "InMemoryChannel",
             ChannelKind::NatsJetStream => "NatsJetStreamChannel",
+            ChannelKind::Kafka => "KafkaChannel",
         }
     }
     /// The `apiVersion`.
@@ -93,6 +104,7 @@ impl ChannelKind {
         match self {
             ChannelKind::InMemory => MESSAGING_V1,
             ChannelKind::NatsJetStream => MESSAGING_V1ALPHA1,
+            ChannelKind::Kafka => MESSAGING_V1BETA1,
         }
     }
 }
@@ -103,7 +115,7 @@ impl ChannelKind {
 /// ```
 /// use evmesh_config::ChannelKind;
 /// assert_eq!("imc".parse::<ChannelKind>(), Ok(ChannelKind::InMemory));
-/// assert!("KafkaChannel".parse::<ChannelKind>().unwrap_err().contains("not run by evmesh yet"));
+/// assert_eq!("KafkaChannel".parse::<ChannelKind>(), Ok(ChannelKind::Kafka));
 /// ```
 impl std::str::FromStr for ChannelKind {
     type Err = String;
@@ -140,6 +152,38 @@ pub struct ChannelTemplate {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InMemoryChannelSpec {
+    /// Default delivery of the channel's subscriptions (a Subscription's own replaces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+    /// Server-managed in Knative; accepted and ignored on input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<serde_json::Value>,
+}
+
+/// The OpenAPI schema of a KafkaChannel's `spec` (for discovery and kubectl).
+pub(crate) const KAFKA_CHANNEL_SPEC: &str = r#"{"type": "object", "description": "KafkaChannelSpec defines the specification for a KafkaChannel.",
+  "x-kubernetes-preserve-unknown-fields": true,
+  "properties": {
+    "numPartitions": {"type": "integer", "format": "int32", "description": "NumPartitions is the number of partitions of a Kafka topic. By default, it is set to 1."},
+    "replicationFactor": {"type": "integer", "format": "int16", "description": "ReplicationFactor is the replication factor of a Kafka topic. By default, it is set to 1."},
+    "retentionDuration": {"type": "string", "description": "RetentionDuration is the duration for which events will be retained in the Kafka Topic (ISO-8601, default PT168H)."},
+    "delivery": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    "subscribers": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+  }}"#;
+
+/// `spec` of a `KafkaChannel` (eventing-kafka-broker's `KafkaChannelSpec`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaChannelSpec {
+    /// Partitions of the channel's topic (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_partitions: Option<i32>,
+    /// Replication factor of the topic (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<i32>,
+    /// Retention of the topic, ISO-8601 (default `PT168H`, 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_duration: Option<String>,
     /// Default delivery of the channel's subscriptions (a Subscription's own replaces it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,

@@ -9,6 +9,14 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod kafka;
+
+pub(crate) use kafka::KAFKA_SOURCE_SPEC;
+pub use kafka::{
+    KAFKA_EVENT_TYPE, KAFKA_KEY_TYPE_LABEL, KafkaKeyType, KafkaNet, KafkaSasl, KafkaSourceConfig,
+    KafkaSourceSpec, KafkaTls, SOURCES_V1BETA1,
+};
+
 use crate::error::Location;
 use crate::loader::Document;
 use crate::model::{Destination, ObjectMeta};
@@ -249,6 +257,8 @@ pub enum SourceSpec {
     GitHub(GitHubSourceSpec),
     /// An ApiServerSource.
     ApiServer(apiserver::ApiServerSourceSpec),
+    /// A KafkaSource.
+    Kafka(Box<KafkaSourceConfig>),
 }
 
 /// A validated source resource.
@@ -271,6 +281,7 @@ impl SourceConfig {
             SourceSpec::Ping(_) => "PingSource",
             SourceSpec::GitHub(_) => "GitHubSource",
             SourceSpec::ApiServer(_) => "ApiServerSource",
+            SourceSpec::Kafka(_) => "KafkaSource",
         }
     }
     /// The sink.
@@ -279,6 +290,7 @@ impl SourceConfig {
             SourceSpec::Ping(p) => &p.spec.sink,
             SourceSpec::GitHub(g) => &g.sink,
             SourceSpec::ApiServer(a) => apiserver::sink(a),
+            SourceSpec::Kafka(k) => &k.spec.sink,
         }
     }
     /// The `ceOverrides.extensions`.
@@ -287,6 +299,7 @@ impl SourceConfig {
             SourceSpec::Ping(p) => &p.spec.ce_overrides,
             SourceSpec::GitHub(g) => &g.ce_overrides,
             SourceSpec::ApiServer(a) => &a.ce_overrides,
+            SourceSpec::Kafka(k) => &k.spec.ce_overrides,
         };
         o.as_ref().map(|o| o.extensions.clone()).unwrap_or_default()
     }
@@ -675,6 +688,18 @@ pub(crate) fn check_source(
         }
         "ApiServerSource" => {
             return apiserver::check_apiserver_source(ctx, doc, api_version, metadata, spec);
+        }
+        "KafkaSource" => {
+            if api_version != SOURCES_V1 && api_version != SOURCES_V1BETA1 {
+                ctx.error(
+                    doc,
+                    "apiVersion",
+                    format!("{api_version:?} is not supported, use {SOURCES_V1BETA1:?} (or {SOURCES_V1:?})"),
+                );
+                return None;
+            }
+            let s = typed::<KafkaSourceSpec>(ctx, doc, "spec", spec)?;
+            SourceSpec::Kafka(Box::new(kafka::check_kafka(ctx, doc, &metadata, s)?))
         }
         _ => {
             if api_version != SOURCES_V1ALPHA1 {

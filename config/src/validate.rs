@@ -152,8 +152,6 @@ const KNATIVE_EVENTING_GROUPS: &[&str] = &[
 
 /// Kinds of Knative Eventing that evmesh will serve but does not yet.
 const NOT_YET_SERVED: &[&str] = &[
-    "KafkaChannel",
-    "KafkaSource",
     "ContainerSource",
     "SinkBinding",
     "EventType",
@@ -700,7 +698,7 @@ fn validate_impl(
                     address: None,
                 });
             }
-            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource" | "ApiServerSource")) => {
+            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource" | "ApiServerSource" | "KafkaSource")) => {
                 if let Some(s) =
                     crate::sources::check_source(&mut ctx, doc, api_version, k, meta, &spec)
                 {
@@ -772,11 +770,13 @@ fn validate_impl(
     messaging.known(&channel_defaults, &mut known);
 
     for (broker, doc) in brokers {
-        if let Some(class) = broker
+        let class = broker
             .metadata
             .annotations
-            .get("eventing.knative.dev/broker.class")
-        {
+            .get("eventing.knative.dev/broker.class");
+        // The Kafka class runs on Kafka (evmesh-kafka's log provider).
+        let kafka = class.is_some_and(|c| c == "Kafka");
+        if let Some(class) = class.filter(|_| !kafka) {
             ctx.warn(
                 doc,
                 "metadata.annotations",
@@ -787,7 +787,11 @@ fn validate_impl(
             ctx.warn(
                 doc,
                 "spec.config",
-                "is not used by evmesh's embedded broker class",
+                if kafka {
+                    "is not read by evmesh yet: the Kafka class uses --kafka-bootstrap-servers and 1 partition, replication 1"
+                } else {
+                    "is not used by evmesh's embedded broker class"
+                },
             );
         }
         let delivery = match &broker.spec.delivery {

@@ -191,7 +191,7 @@ spec:
 }
 
 #[test]
-fn a_channel_template_of_a_kind_evmesh_does_not_run_yet_is_an_error_saying_so() {
+fn a_channel_template_of_a_kind_evmesh_does_not_run_is_an_error_saying_so() {
     let e = errors(
         r#"
 apiVersion: messaging.knative.dev/v1
@@ -200,13 +200,13 @@ metadata: {name: events}
 spec:
   channelTemplate:
     apiVersion: messaging.knative.dev/v1beta1
-    kind: KafkaChannel
+    kind: RabbitmqChannel
     spec: {numPartitions: 3}
 "#,
     );
     let r = rendered(&e);
     assert!(
-        r.contains("flows.yaml:6: spec.channelTemplate: KafkaChannel is not run by evmesh yet"),
+        r.contains("flows.yaml:6: spec.channelTemplate: \"RabbitmqChannel\" is not a channel kind evmesh knows"),
         "{r}"
     );
 }
@@ -487,15 +487,15 @@ data:
     namespaceDefaults:
       kafka-ns:
         apiVersion: messaging.knative.dev/v1beta1
-        kind: KafkaChannel
+        kind: RabbitmqChannel
 "#;
     let e = errors(cm);
     assert!(
-        rendered(&e).contains("data.default-ch-config: namespaceDefaults.kafka-ns: KafkaChannel is not run by evmesh yet"),
+        rendered(&e).contains("data.default-ch-config: namespaceDefaults.kafka-ns: \"RabbitmqChannel\" is not a channel kind evmesh knows"),
         "{e}"
     );
     let ok = cm.replace(
-        "messaging.knative.dev/v1beta1\n        kind: KafkaChannel",
+        "messaging.knative.dev/v1beta1\n        kind: RabbitmqChannel",
         "messaging.knative.dev/v1\n        kind: InMemoryChannel",
     );
     let m = mesh(&format!(
@@ -600,7 +600,11 @@ fn the_default_channel_flag_value_parses_and_refuses_kinds_not_run_yet() {
         "messaging.knative.dev/v1alpha1/NatsJetStreamChannel".parse::<ChannelKind>(),
         Ok(ChannelKind::NatsJetStream)
     );
-    assert!("KafkaChannel".parse::<ChannelKind>().is_err());
+    assert_eq!(
+        "KafkaChannel".parse::<ChannelKind>(),
+        Ok(ChannelKind::Kafka)
+    );
+    assert!("RabbitmqChannel".parse::<ChannelKind>().is_err());
     assert!("Broker".parse::<ChannelKind>().is_err());
 }
 

@@ -9,8 +9,9 @@ use serde_json::Value;
 use super::wiring::{self, GeneratedChannel, GeneratedSubscription, Wiring};
 use super::{
     ChannelConfig, ChannelDefaults, ChannelKind, ChannelSpec, ChannelTemplate, FLOWS_V1,
-    InMemoryChannelSpec, MESSAGING_V1, MESSAGING_V1ALPHA1, NatsJetStreamChannelSpec, ParallelSpec,
-    SequenceSpec, SubscriptionConfig, SubscriptionSpec, owner_of,
+    InMemoryChannelSpec, KafkaChannelSpec, MESSAGING_V1, MESSAGING_V1ALPHA1, MESSAGING_V1BETA1,
+    NatsJetStreamChannelSpec, ParallelSpec, SequenceSpec, SubscriptionConfig, SubscriptionSpec,
+    owner_of,
 };
 use crate::loader::Document;
 use crate::model::{DeliverySpec, Destination, ObjectMeta};
@@ -32,6 +33,8 @@ pub(crate) struct Pending<'a> {
     imcs: Vec<(ObjectMeta, InMemoryChannelSpec, &'a Document)>,
     /// NatsJetStreamChannels, with their spec as written.
     jsms: Vec<(ObjectMeta, NatsJetStreamChannelSpec, Value, &'a Document)>,
+    /// KafkaChannels, with their spec as written.
+    kafkas: Vec<(ObjectMeta, KafkaChannelSpec, Value, &'a Document)>,
     channels: Vec<(ObjectMeta, ChannelSpec, &'a Document)>,
     subscriptions: Vec<(ObjectMeta, SubscriptionSpec, &'a Document)>,
     sequences: Vec<(ObjectMeta, SequenceSpec, &'a Document)>,
@@ -55,7 +58,11 @@ pub(crate) fn is_served(group: &str, kind: &str) -> bool {
         (group, kind),
         (
             MESSAGING,
-            "InMemoryChannel" | "NatsJetStreamChannel" | "Channel" | "Subscription"
+            "InMemoryChannel"
+                | "NatsJetStreamChannel"
+                | "KafkaChannel"
+                | "Channel"
+                | "Subscription"
         ) | (FLOWS, "Sequence" | "Parallel")
     )
 }
@@ -181,6 +188,7 @@ impl<'a> Pending<'a> {
         let want = match kind {
             "Sequence" | "Parallel" => FLOWS_V1,
             "NatsJetStreamChannel" => MESSAGING_V1ALPHA1,
+            "KafkaChannel" => MESSAGING_V1BETA1,
             _ => MESSAGING_V1,
         };
         check_api_version(ctx, doc, api_version, want);
@@ -193,6 +201,11 @@ impl<'a> Pending<'a> {
             "NatsJetStreamChannel" => {
                 if let Some(s) = typed(ctx, doc, "spec", spec) {
                     self.jsms.push((meta, s, spec.clone(), doc));
+                }
+            }
+            "KafkaChannel" => {
+                if let Some(s) = typed(ctx, doc, "spec", spec) {
+                    self.kafkas.push((meta, s, spec.clone(), doc));
                 }
             }
             "Channel" => {
@@ -323,6 +336,9 @@ impl<'a> Pending<'a> {
         for (m, _, _, _) in &self.jsms {
             add(MESSAGING, "NatsJetStreamChannel", m, &m.name);
         }
+        for (m, _, _, _) in &self.kafkas {
+            add(MESSAGING, "KafkaChannel", m, &m.name);
+        }
         let kind_of = |t: &Option<ChannelTemplate>, ns: &str| {
             t.as_ref()
                 .map(|t| t.kind.clone())
@@ -393,6 +409,47 @@ impl<'a> Pending<'a> {
                         metadata: meta,
                         delivery,
                         spec: Value::Null,
+                    },
+                );
+            }
+        }
+        for (meta, spec, raw, doc) in self.kafkas {
+            let before = ctx.errors.len();
+            for (field, v) in [
+                ("spec.numPartitions", spec.num_partitions),
+                ("spec.replicationFactor", spec.replication_factor),
+            ] {
+                if v.is_some_and(|v| v < 1) {
+                    ctx.error(doc, field, "must be at least 1");
+                }
+            }
+            if let Some(r) = &spec.retention_duration
+                && let Err(e) = crate::parse_duration(r)
+            {
+                ctx.error(doc, "spec.retentionDuration", e);
+            }
+            let delivery = spec
+                .delivery
+                .as_ref()
+                .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
+            check_dls_target(
+                ctx,
+                doc,
+                "spec.delivery",
+                &spec.delivery,
+                &meta.namespace,
+                known,
+            );
+            if ctx.errors.len() == before {
+                out.channel(
+                    ctx,
+                    doc,
+                    ChannelConfig {
+                        kind: ChannelKind::Kafka,
+                        location: Some(doc.locate("")),
+                        metadata: meta,
+                        delivery,
+                        spec: raw,
                     },
                 );
             }
@@ -643,6 +700,9 @@ fn check_channel_spec(ctx: &mut Ctx, doc: &Document, field: &str, kind: ChannelK
         }
         ChannelKind::NatsJetStream => {
             typed::<NatsJetStreamChannelSpec>(ctx, doc, field, spec).and_then(|s| s.delivery)
+        }
+        ChannelKind::Kafka => {
+            typed::<KafkaChannelSpec>(ctx, doc, field, spec).and_then(|s| s.delivery)
         }
     };
     if let Some(d) = &delivery {

@@ -1,0 +1,266 @@
+//! `KafkaChannel` (`messaging.knative.dev/v1beta1`) and the `Kafka` broker class on Kafka topics.
+//!
+//! A KafkaChannel is laid out as Knative's eventing-kafka-broker names
+//! things: the topic `knative-messaging-kafka.<namespace>.<name>` (created when missing with
+//! `numPartitions`, `replicationFactor` and `retentionDuration`), events in the CloudEvents Kafka
+//! binary binding, and a consumer group per subscription,
+//! `kafka.<namespace>.<channel>.<subscription>` (Knative ends it with the subscription's uid;
+//! evmesh uses its name so every process running the same YAML shares the group).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evmesh_broker::log::{
+    BoxFuture, ConsumerGroup, GroupSpec as RouteGroup, Log, LogError, LogProvider, LogTarget, Pos,
+};
+use evmesh_broker::record::EventRecord;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::{Value, json};
+
+use crate::group::{InitialOffset, KafkaGroup};
+use crate::{GroupSpec, KafkaProducer, KafkaSettings, binding, ensure_topic};
+
+/// The channel kind this module runs.
+const KIND: &str = "KafkaChannel";
+/// The broker class this module runs (`eventing.knative.dev/broker.class: Kafka`).
+const BROKER_CLASS: &str = "Kafka";
+/// Knative's default retention of a KafkaChannel's topic (7 days).
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Requests made while a group is created.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The topic of a KafkaChannel: `knative-messaging-kafka.<namespace>.<name>`.
+///
+/// ```
+/// assert_eq!(evmesh_kafka::channel::topic_name("default", "orders"), "knative-messaging-kafka.default.orders");
+/// ```
+pub fn topic_name(namespace: &str, name: &str) -> String {
+    format!("knative-messaging-kafka.{namespace}.{name}")
+}
+
+/// The topic of a Kafka-class Broker: `knative-broker-<namespace>-<name>`, as Knative's Kafka
+/// broker names it.
+pub fn broker_topic_name(namespace: &str, name: &str) -> String {
+    format!("knative-broker-{namespace}-{name}")
+}
+
+/// The consumer group of a Trigger of a Kafka-class Broker: `knative-trigger-<namespace>-<name>`.
+pub fn trigger_group_name(namespace: &str, trigger: &str) -> String {
+    format!("knative-trigger-{namespace}-{trigger}")
+}
+
+/// The consumer group of a subscription to a KafkaChannel.
+pub fn group_name(namespace: &str, channel: &str, subscription: &str) -> String {
+    format!("kafka.{namespace}.{channel}.{subscription}")
+}
+
+/// Opens the topics of `KafkaChannel`s and Kafka-class Brokers on the Kafka at `settings`
+/// (nothing connects before the first one is opened).
+pub struct KafkaProvider {
+    settings: Option<KafkaSettings>,
+}
+
+impl KafkaProvider {
+    /// A provider for these settings; `None`: no bootstrap servers were given, and opening a
+    /// KafkaChannel or Kafka-class Broker fails, saying so.
+    pub fn new(settings: Option<KafkaSettings>) -> KafkaProvider {
+        KafkaProvider { settings }
+    }
+}
+
+/// Reads `spec` fields of a KafkaChannel: partitions, replication, retention.
+fn topic_settings(spec: &Value) -> Result<(i32, i32, Duration), LogError> {
+    let int = |name: &str| -> Result<i32, LogError> {
+        match spec.get(name) {
+            None | Some(Value::Null) => Ok(1),
+            Some(v) => v
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| LogError::new(format!("spec.{name} must be a positive integer"))),
+        }
+    };
+    let retention = match spec.get("retentionDuration").and_then(Value::as_str) {
+        None => DEFAULT_RETENTION,
+        Some(t) => evmesh_config::parse_duration(t).map_err(LogError::new)?,
+    };
+    Ok((int("numPartitions")?, int("replicationFactor")?, retention))
+}
+
+impl LogProvider for KafkaProvider {
+    fn serves(&self, target: &LogTarget) -> bool {
+        (target.resource == "channel" && target.kind == KIND)
+            || (target.resource == "broker" && target.kind == BROKER_CLASS)
+    }
+
+    fn open_log<'a>(
+        &'a self,
+        target: &'a LogTarget,
+    ) -> BoxFuture<'a, Result<Arc<dyn Log>, LogError>> {
+        Box::pin(async move {
+            let settings = self.settings.clone().ok_or_else(|| {
+                LogError::new(
+                    "no Kafka bootstrap servers: give --kafka-bootstrap-servers (EVMESH_KAFKA_BOOTSTRAP)",
+                )
+            })?;
+            let (partitions, replication, retention) = topic_settings(&target.spec)?;
+            let broker = target.resource == "broker";
+            let topic = if broker {
+                broker_topic_name(&target.namespace, &target.name)
+            } else {
+                topic_name(&target.namespace, &target.name)
+            };
+            let retention_ms = retention.as_millis().to_string();
+            ensure_topic(
+                &settings,
+                &topic,
+                partitions,
+                replication,
+                &[("retention.ms", &retention_ms)],
+            )
+            .await
+            .map_err(|e| LogError::new(e.to_string()))?;
+            let producer =
+                KafkaProducer::new(&settings).map_err(|e| LogError::new(e.to_string()))?;
+            tracing::info!(topic = %topic, partitions, "Kafka topic ready");
+            Ok(Arc::new(KafkaLog {
+                settings,
+                producer,
+                topic,
+                namespace: target.namespace.clone(),
+                channel: target.name.clone(),
+                broker,
+            }) as Arc<dyn Log>)
+        })
+    }
+}
+
+/// One KafkaChannel's topic.
+struct KafkaLog {
+    settings: KafkaSettings,
+    producer: KafkaProducer,
+    topic: String,
+    namespace: String,
+    /// The channel's (or broker's) name.
+    channel: String,
+    /// Whether this is a Kafka-class Broker's topic (else a KafkaChannel's).
+    broker: bool,
+}
+
+impl KafkaLog {
+    /// The consumer group of a route on this log.
+    fn group_of(&self, route: &str) -> String {
+        if self.broker {
+            trigger_group_name(&self.namespace, route)
+        } else {
+            group_name(&self.namespace, &self.channel, route)
+        }
+    }
+}
+
+/// Commits `topic`'s end offsets for `group` on partitions it has no committed offset for (a
+/// new group starts at the end, saved before the route runs). Blocking.
+fn commit_start(settings: &KafkaSettings, topic: &str, group: &str) -> Result<(), String> {
+    {
+        let mut c = settings.client_config();
+        c.set("group.id", group).set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+            .map_err(|e| format!("reading the partitions of {}: {e}", topic))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        drop(metadata);
+        let mut all = TopicPartitionList::new();
+        for p in &partitions {
+            all.add_partition(topic, *p);
+        }
+        let committed = consumer
+            .committed_offsets(all, REQUEST_TIMEOUT)
+            .map_err(|e| format!("reading committed offsets: {e}"))?;
+        let mut commit = TopicPartitionList::new();
+        for e in committed.elements() {
+            if matches!(e.offset(), Offset::Invalid) {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, e.partition(), REQUEST_TIMEOUT)
+                    .map_err(|err| {
+                        format!("reading the end of partition {}: {err}", e.partition())
+                    })?;
+                commit
+                    .add_partition_offset(topic, e.partition(), Offset::Offset(high))
+                    .map_err(|err| err.to_string())?;
+            }
+        }
+        drop(committed);
+        let result = if commit.count() > 0 {
+            consumer
+                .commit(&commit, CommitMode::Sync)
+                .map_err(|e| format!("committing the start of group {group}: {e}"))
+        } else {
+            Ok(())
+        };
+        drop(commit);
+        drop(consumer);
+        result
+    }
+}
+
+impl Log for KafkaLog {
+    fn append<'a>(&'a self, event: &'a EventRecord) -> BoxFuture<'a, Result<Pos, LogError>> {
+        Box::pin(async move {
+            let (partition, offset) = self
+                .producer
+                .send(&self.topic, event)
+                .await
+                .map_err(|e| LogError::new(e.to_string()))?;
+            Ok(Pos {
+                partition: u32::try_from(partition).unwrap_or_default(),
+                offset: u64::try_from(offset).unwrap_or_default(),
+            })
+        })
+    }
+
+    fn open_group(
+        &self,
+        spec: RouteGroup,
+    ) -> BoxFuture<'_, Result<Arc<dyn ConsumerGroup>, LogError>> {
+        Box::pin(async move {
+            let group = self.group_of(&spec.name);
+            let (settings, topic, g) = (self.settings.clone(), self.topic.clone(), group.clone());
+            tokio::task::spawn_blocking(move || commit_start(&settings, &topic, &g))
+                .await
+                .map_err(|e| LogError::new(e.to_string()))?
+                .map_err(LogError::new)?;
+            let topic = self.topic.clone();
+            let broker = self.broker;
+            Ok(Arc::new(KafkaGroup::new(GroupSpec {
+                settings: self.settings.clone(),
+                group_id: group,
+                topics: vec![self.topic.clone()],
+                initial_offset: InitialOffset::Latest,
+                decode: Arc::new(move |r| match binding::decode(&r.headers, r.value) {
+                    // As Knative's Kafka broker, a trigger's events say where they were.
+                    Some(Ok(mut e)) if broker => {
+                        e.set_extension("knativekafkapartition", json!(r.partition.to_string()));
+                        e.set_extension("knativekafkaoffset", json!(r.offset.to_string()));
+                        Ok(e)
+                    }
+                    Some(result) => result,
+                    None => Err(format!("a record of {topic} is not a CloudEvent")),
+                }),
+            })) as Arc<dyn ConsumerGroup>)
+        })
+    }
+
+    fn delete_group<'a>(&'a self, spec: &'a RouteGroup) -> BoxFuture<'a, Result<(), LogError>> {
+        Box::pin(async move {
+            // Committed offsets of a deleted subscription expire with Kafka's offset retention.
+            tracing::debug!(group = %self.group_of(&spec.name), "route deleted");
+            Ok(())
+        })
+    }
+}

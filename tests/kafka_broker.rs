@@ -1,0 +1,348 @@
+//! The Kafka broker class (`eventing.knative.dev/broker.class: Kafka`) against a real
+//! Kafka-protocol broker (Tansu, `EVMESH_TEST_KAFKA`, default 127.0.0.1:9092): ingress produces
+//! to the topic `knative-broker-<ns>-<name>` and answers 202 once Kafka acknowledged; each
+//! Trigger reads with its own consumer group, filters and delivers as the embedded class does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use evmesh_kafka::channel::broker_topic_name;
+use evmesh_kafka::{KafkaSettings, delete_topic, end_offsets};
+
+fn bootstrap() -> String {
+    std::env::var("EVMESH_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Deletes the broker's topic (namespace `default`) on drop.
+struct Topic(String);
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    let _ = delete_topic(&KafkaSettings::new([bootstrap()]), &name).await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn kafka_mesh(yaml: &str) -> TestMesh {
+    mesh_with(yaml, |o| evmesh::Options {
+        kafka_bootstrap_servers: Some(bootstrap()),
+        ..o
+    })
+    .await
+}
+
+fn yaml(broker: &str, orders: &TestSink, refunds: &TestSink) -> String {
+    format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: {broker}
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {broker}-orders}}
+spec:
+  broker: {broker}
+  filter: {{attributes: {{type: order.created}}}}
+  subscriber: {{uri: "{}"}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {broker}-refunds}}
+spec:
+  broker: {broker}
+  filter: {{attributes: {{type: refund.created}}}}
+  subscriber: {{uri: "{}"}}
+"#,
+        orders.url(),
+        refunds.url()
+    )
+}
+
+#[tokio::test]
+async fn a_kafka_class_broker_delivers_each_trigger_what_its_filter_matches() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
+    let m = kafka_mesh(&yaml(&broker, &orders, &refunds)).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..3 {
+        post_ok(&url, event(&format!("o{i}"), "order.created")).await;
+        post_ok(&url, event(&format!("r{i}"), "refund.created")).await;
+    }
+    eventually("orders delivered", Duration::from_secs(60), || {
+        orders.count() >= 3
+    })
+    .await;
+    eventually("refunds delivered", Duration::from_secs(60), || {
+        refunds.count() >= 3
+    })
+    .await;
+    let mut o = orders.ids();
+    o.sort();
+    let mut r = refunds.ids();
+    r.sort();
+    assert_eq!(o, ["o0", "o1", "o2"]);
+    assert_eq!(r, ["r0", "r1", "r2"]);
+    let first = &orders.received()[0];
+    assert!(
+        first.header("ce-knativekafkapartition").is_some()
+            && first.header("ce-knativekafkaoffset").is_some(),
+        "delivered events say where they were in Kafka: {:?}",
+        first.headers
+    );
+    let ends = end_offsets(
+        &KafkaSettings::new([bootstrap()]),
+        &broker_topic_name("default", &broker),
+    )
+    .await
+    .expect("the broker's topic exists");
+    assert_eq!(
+        ends.iter().sum::<i64>(),
+        6,
+        "every accepted event is in the broker's Kafka topic"
+    );
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kafka_class_broker_resumes_its_triggers_from_committed_offsets_after_a_restart() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
+    let yaml = yaml(&broker, &orders, &refunds);
+    let m = kafka_mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..3 {
+        post_ok(&url, event(&format!("first-{i}"), "order.created")).await;
+    }
+    eventually("first delivered", Duration::from_secs(60), || {
+        orders.count() >= 3
+    })
+    .await;
+    m.mesh.shutdown().await;
+    let m = kafka_mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..3 {
+        post_ok(&url, event(&format!("second-{i}"), "order.created")).await;
+    }
+    eventually("second delivered", Duration::from_secs(60), || {
+        orders.count() >= 6
+    })
+    .await;
+    let counts = id_counts(&orders);
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "nothing delivered twice: {counts:?}"
+    );
+    assert_eq!(refunds.count(), 0);
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_ordered_trigger_of_a_kafka_class_broker_keeps_a_partitionkey_in_order() {
+    use cloudevents::event::ExtensionValue;
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let sink = TestSink::start().await;
+    // The first attempt fails; its retry waits 1 s, and its key's later events wait for it.
+    sink.script([Reply::Status(503)]);
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: {broker}
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: {broker}-ordered
+  annotations: {{kafka.eventing.knative.dev/delivery.order: ordered}}
+spec:
+  broker: {broker}
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 3, backoffPolicy: linear, backoffDelay: PT1S}}
+"#,
+        sink.url()
+    );
+    let m = kafka_mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    for i in 0..4 {
+        let mut e = event(&format!("e{i}"), "order.created");
+        e.set_extension("partitionkey", ExtensionValue::from("customer-1"));
+        post_ok(&url, e).await;
+    }
+    eventually("all delivered", Duration::from_secs(60), || {
+        sink.count() >= 5
+    })
+    .await;
+    assert_eq!(
+        sink.ids(),
+        ["e0", "e0", "e1", "e2", "e3"],
+        "nothing passes a failed event of its key"
+    );
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_evmesh_processes_share_a_kafka_class_trigger_and_one_killed_loses_nothing() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _topic = Topic(broker_topic_name("default", &broker));
+    let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &yaml(&broker, &orders, &refunds));
+    let kafka = ["--kafka-bootstrap-servers", &bootstrap()].map(str::to_string);
+    let args: Vec<&str> = kafka.iter().map(String::as_str).collect();
+    let a = EvmeshProcess::start(&config, &dir.path().join("a"), &args);
+    let b = EvmeshProcess::start(&config, &dir.path().join("b"), &args);
+    let first: Vec<String> = (0..10).map(|i| format!("first-{i}")).collect();
+    for (i, id) in first.iter().enumerate() {
+        // Either process accepts: the topic is the one both read.
+        let via = if i % 2 == 0 { &a } else { &b };
+        post_ok(
+            &via.url(&format!("/default/{broker}")),
+            event(id, "order.created"),
+        )
+        .await;
+    }
+    eventually("first ten delivered", Duration::from_secs(60), || {
+        orders.count() >= first.len()
+    })
+    .await;
+    let counts = id_counts(&orders);
+    assert_eq!(counts.len(), first.len(), "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "each event delivered once per trigger, not once per process: {counts:?}"
+    );
+    a.kill9();
+    let second: Vec<String> = (0..10).map(|i| format!("second-{i}")).collect();
+    for id in &second {
+        post_ok(
+            &b.url(&format!("/default/{broker}")),
+            event(id, "order.created"),
+        )
+        .await;
+    }
+    eventually(
+        "the survivor delivers what was sent after the kill",
+        Duration::from_secs(90),
+        || {
+            let got = id_counts(&orders);
+            second.iter().all(|id| got.contains_key(id))
+        },
+    )
+    .await;
+    drop(b);
+}
+
+/// A Tansu of this test's own on a free loopback port (the shared one must keep running).
+struct OwnTansu {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl OwnTansu {
+    async fn start() -> OwnTansu {
+        let bin = std::env::var("EVMESH_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting {bin} failed ({e}); `source .ci/services/kafka.sh` sets EVMESH_TEST_TANSU")
+            });
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        OwnTansu { child, addr }
+    }
+}
+
+impl Drop for OwnTansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_kafka_class_broker_answers_202_after_the_produce_and_503_when_kafka_is_gone() {
+    let mut tansu = OwnTansu::start().await;
+    let sink = TestSink::start().await;
+    let addr = tansu.addr.clone();
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: gone
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: gone-all}}
+spec:
+  broker: gone
+  subscriber: {{uri: "{}"}}
+"#,
+        sink.url()
+    );
+    let m = mesh_with(&yaml, |o| evmesh::Options {
+        kafka_bootstrap_servers: Some(addr.clone()),
+        kafka_produce_timeout: Duration::from_secs(2),
+        ..o
+    })
+    .await;
+    let url = m.url("/default/gone");
+    assert_eq!(post_binary(&url, event("kept", "t")).await, 202);
+    let ends = end_offsets(
+        &KafkaSettings::new([addr.clone()]),
+        &broker_topic_name("default", "gone"),
+    )
+    .await
+    .expect("end offsets");
+    assert_eq!(
+        ends.iter().sum::<i64>(),
+        1,
+        "the 202 came after the record was in Kafka"
+    );
+    let _ = tansu.child.kill();
+    let _ = tansu.child.wait();
+    assert_eq!(
+        post_binary(&url, event("lost", "t")).await,
+        503,
+        "Kafka did not acknowledge the produce"
+    );
+    m.mesh.shutdown().await;
+}

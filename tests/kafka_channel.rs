@@ -1,0 +1,209 @@
+//! KafkaChannel (`messaging.knative.dev/v1beta1`) against a real Kafka-protocol broker (Tansu,
+//! started by `.ci/services/kafka.sh`; `EVMESH_TEST_KAFKA`, default 127.0.0.1:9092): a topic per
+//! channel (`knative-messaging-kafka.<ns>.<name>`), a consumer group per subscription; fan-out,
+//! a Sequence over KafkaChannels, and a restart that loses and repeats nothing. Channel names are
+//! unique per test and their topics are deleted at the end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sequence::{self, three_steps};
+use common::*;
+use evmesh_kafka::channel::topic_name;
+use evmesh_kafka::{KafkaSettings, delete_topic};
+
+fn bootstrap() -> String {
+    std::env::var("EVMESH_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Deletes the topics of these channels (namespace `default`) on drop.
+struct Topics(Vec<String>);
+
+impl Topics {
+    fn of_channels(names: &[&str]) -> Topics {
+        Topics(names.iter().map(|n| topic_name("default", n)).collect())
+    }
+}
+
+impl Drop for Topics {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    for n in names {
+                        let _ = delete_topic(&KafkaSettings::new([bootstrap()]), &n).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn kafka_mesh(yaml: &str) -> TestMesh {
+    mesh_with(yaml, |o| evmesh::Options {
+        kafka_bootstrap_servers: Some(bootstrap()),
+        ..o
+    })
+    .await
+}
+
+fn channel_yaml(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: messaging.knative.dev/v1beta1
+kind: KafkaChannel
+metadata:
+  name: {name}
+spec:
+  numPartitions: 2
+  replicationFactor: 1
+  retentionDuration: PT1H
+"#
+    )
+}
+
+fn subscription_yaml(name: &str, channel: &str, subscriber: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: {name}
+spec:
+  channel:
+    apiVersion: messaging.knative.dev/v1beta1
+    kind: KafkaChannel
+    name: {channel}
+  subscriber:
+    uri: {subscriber}
+"#
+    )
+}
+
+#[tokio::test]
+async fn every_subscription_of_a_kafka_channel_gets_every_event() {
+    let ch = unique("fanout");
+    let _topics = Topics::of_channels(&[&ch]);
+    let sinks = [TestSink::start().await, TestSink::start().await];
+    let mut yaml = channel_yaml(&ch);
+    for (i, sink) in sinks.iter().enumerate() {
+        yaml.push_str(&subscription_yaml(&format!("{ch}-{i}"), &ch, &sink.url()));
+    }
+    let m = kafka_mesh(&yaml).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
+    for id in &ids {
+        post_ok(
+            &m.url(&format!("/channels/default/{ch}")),
+            event(id, "fan.out"),
+        )
+        .await;
+    }
+    for (i, sink) in sinks.iter().enumerate() {
+        eventually(
+            &format!("subscription {i} gets every event"),
+            Duration::from_secs(60),
+            || {
+                let mut got = sink.ids();
+                got.sort();
+                got == ids
+            },
+        )
+        .await;
+    }
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sequence_on_kafka_channels_runs_its_steps_in_order_and_sends_the_last_reply() {
+    let name = unique("seq");
+    let channels: Vec<String> = (0..3).map(|i| format!("{name}-kn-sequence-{i}")).collect();
+    let _topics = Topics::of_channels(&channels.iter().map(String::as_str).collect::<Vec<_>>());
+    let s = three_steps().await;
+    let yaml = format!(
+        r#"
+apiVersion: flows.knative.dev/v1
+kind: Sequence
+metadata:
+  name: {name}
+spec:
+  channelTemplate:
+    apiVersion: messaging.knative.dev/v1beta1
+    kind: KafkaChannel
+  steps:
+    - uri: {}
+    - uri: {}
+    - uri: {}
+  reply:
+    uri: {}
+"#,
+        s[0].url(),
+        s[1].url(),
+        s[2].url(),
+        s[3].url()
+    );
+    let m = kafka_mesh(&yaml).await;
+    sequence::sequence_runs_its_steps_in_order_and_sends_the_last_reply(
+        &m.url(&format!("/channels/default/{}", channels[0])),
+        &s,
+    )
+    .await;
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kafka_channel_survives_a_restart_without_loss_or_redelivery() {
+    let ch = unique("restart");
+    let _topics = Topics::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        "{}{}",
+        channel_yaml(&ch),
+        subscription_yaml(&format!("{ch}-sub"), &ch, &sink.url())
+    );
+    let m = kafka_mesh(&yaml).await;
+    for i in 0..5 {
+        post_ok(
+            &m.url(&format!("/channels/default/{ch}")),
+            event(&format!("first-{i}"), "t"),
+        )
+        .await;
+    }
+    eventually("first five delivered", Duration::from_secs(60), || {
+        sink.count() >= 5
+    })
+    .await;
+    m.mesh.shutdown().await;
+    let m = kafka_mesh(&yaml).await;
+    for i in 0..5 {
+        post_ok(
+            &m.url(&format!("/channels/default/{ch}")),
+            event(&format!("second-{i}"), "t"),
+        )
+        .await;
+    }
+    eventually("second five delivered", Duration::from_secs(60), || {
+        sink.count() >= 10
+    })
+    .await;
+    let counts = id_counts(&sink);
+    assert_eq!(counts.len(), 10, "every event delivered: {counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "nothing delivered twice: {counts:?}"
+    );
+    m.mesh.shutdown().await;
+}
