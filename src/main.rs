@@ -133,6 +133,8 @@ fn init_logging(format: LogFormat) {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start; boxing `Serve`'s many flags would only make the code noisier.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve the brokers and triggers of the given Knative YAML (the quickstart when no -f).
     Serve {

@@ -698,7 +698,10 @@ fn validate_impl(
                     address: None,
                 });
             }
-            ("sources.knative.dev", k @ ("PingSource" | "GitHubSource" | "ApiServerSource" | "KafkaSource")) => {
+            (
+                "sources.knative.dev",
+                k @ ("PingSource" | "GitHubSource" | "ApiServerSource" | "KafkaSource"),
+            ) => {
                 if let Some(s) =
                     crate::sources::check_source(&mut ctx, doc, api_version, k, meta, &spec)
                 {
