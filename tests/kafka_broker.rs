@@ -9,31 +9,16 @@ use std::time::Duration;
 
 use common::*;
 use evmesh_kafka::channel::broker_topic_name;
-use evmesh_kafka::{KafkaSettings, delete_topic, end_offsets};
+use evmesh_kafka::{KafkaSettings, end_offsets};
 
 fn bootstrap() -> String {
     std::env::var("EVMESH_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-/// Deletes the broker's topic (namespace `default`) on drop.
-struct Topic(String);
-
-impl Drop for Topic {
-    fn drop(&mut self) {
-        let name = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    let _ = delete_topic(&KafkaSettings::new([bootstrap()]), &name).await;
-                });
-            }
-        })
-        .join();
-    }
-}
+// Topics are not deleted after a test: deleting a topic while a consumer of it is still closing
+// made librdkafka 2.12 crash (SIGSEGV in rd_kafka_metadata_update_op: Tansu answers the metadata
+// request for the deleted topic with a null name; cf. librdkafka #5280). Names are unique per test,
+// and CI's Tansu keeps topics in memory only.
 
 async fn kafka_mesh(yaml: &str) -> TestMesh {
     mesh_with(yaml, |o| evmesh::Options {
@@ -76,7 +61,6 @@ spec:
 #[tokio::test]
 async fn a_kafka_class_broker_delivers_each_trigger_what_its_filter_matches() {
     let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _topic = Topic(broker_topic_name("default", &broker));
     let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
     let m = kafka_mesh(&yaml(&broker, &orders, &refunds)).await;
     let url = m.url(&format!("/default/{broker}"));
@@ -122,7 +106,6 @@ async fn a_kafka_class_broker_delivers_each_trigger_what_its_filter_matches() {
 #[tokio::test]
 async fn a_kafka_class_broker_resumes_its_triggers_from_committed_offsets_after_a_restart() {
     let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _topic = Topic(broker_topic_name("default", &broker));
     let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
     let yaml = yaml(&broker, &orders, &refunds);
     let m = kafka_mesh(&yaml).await;
@@ -158,7 +141,6 @@ async fn a_kafka_class_broker_resumes_its_triggers_from_committed_offsets_after_
 async fn an_ordered_trigger_of_a_kafka_class_broker_keeps_a_partitionkey_in_order() {
     use cloudevents::event::ExtensionValue;
     let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _topic = Topic(broker_topic_name("default", &broker));
     let sink = TestSink::start().await;
     // The first attempt fails; its retry waits 1 s, and its key's later events wait for it.
     sink.script([Reply::Status(503)]);
@@ -204,7 +186,6 @@ spec:
 #[tokio::test]
 async fn two_evmesh_processes_share_a_kafka_class_trigger_and_one_killed_loses_nothing() {
     let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let _topic = Topic(broker_topic_name("default", &broker));
     let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &yaml(&broker, &orders, &refunds));

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use common::sequence::{self, three_steps};
 use common::*;
-use evmesh_kafka::channel::topic_name;
-use evmesh_kafka::{KafkaSettings, delete_topic};
 
 fn bootstrap() -> String {
     std::env::var("EVMESH_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -24,33 +22,10 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-/// Deletes the topics of these channels (namespace `default`) on drop.
-struct Topics(Vec<String>);
-
-impl Topics {
-    fn of_channels(names: &[&str]) -> Topics {
-        Topics(names.iter().map(|n| topic_name("default", n)).collect())
-    }
-}
-
-impl Drop for Topics {
-    fn drop(&mut self) {
-        let names = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    for n in names {
-                        let _ = delete_topic(&KafkaSettings::new([bootstrap()]), &n).await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
+// Topics are not deleted after a test: deleting a topic while a consumer of it is still closing
+// made librdkafka 2.12 crash (SIGSEGV in rd_kafka_metadata_update_op: Tansu answers the metadata
+// request for the deleted topic with a null name; cf. librdkafka #5280). Names are unique per test,
+// and CI's Tansu keeps topics in memory only.
 
 async fn kafka_mesh(yaml: &str) -> TestMesh {
     mesh_with(yaml, |o| evmesh::Options {
@@ -97,7 +72,6 @@ spec:
 #[tokio::test]
 async fn every_subscription_of_a_kafka_channel_gets_every_event() {
     let ch = unique("fanout");
-    let _topics = Topics::of_channels(&[&ch]);
     let sinks = [TestSink::start().await, TestSink::start().await];
     let mut yaml = channel_yaml(&ch);
     for (i, sink) in sinks.iter().enumerate() {
@@ -131,7 +105,6 @@ async fn every_subscription_of_a_kafka_channel_gets_every_event() {
 async fn a_sequence_on_kafka_channels_runs_its_steps_in_order_and_sends_the_last_reply() {
     let name = unique("seq");
     let channels: Vec<String> = (0..3).map(|i| format!("{name}-kn-sequence-{i}")).collect();
-    let _topics = Topics::of_channels(&channels.iter().map(String::as_str).collect::<Vec<_>>());
     let s = three_steps().await;
     let yaml = format!(
         r#"
@@ -167,7 +140,6 @@ spec:
 #[tokio::test]
 async fn a_kafka_channel_survives_a_restart_without_loss_or_redelivery() {
     let ch = unique("restart");
-    let _topics = Topics::of_channels(&[&ch]);
     let sink = TestSink::start().await;
     let yaml = format!(
         "{}{}",
