@@ -58,7 +58,15 @@ impl Default for ServerLimits {
 
 impl ServerLimits {
     /// The connection cap in force: [`max_connections`](Self::max_connections), or the default
-    /// derived from the open-file limit.
+    /// derived from the open-file limit (half the soft limit, at most 10,000; 1,024 when the
+    /// limit cannot be read). Never 0.
+    ///
+    /// ```
+    /// let limits = evmesh::ServerLimits { max_connections: Some(512), ..Default::default() };
+    /// assert_eq!(limits.connection_cap(), 512);
+    /// let derived = evmesh::ServerLimits::default().connection_cap();
+    /// assert!((1..=10_000).contains(&derived));
+    /// ```
     pub fn connection_cap(&self) -> usize {
         self.max_connections
             .unwrap_or_else(|| match open_file_limit() {

@@ -61,6 +61,13 @@ impl std::ops::Deref for EventRecord {
 }
 
 /// Whether a media type is JSON (`application/json`, `text/json`, `*/*+json`); parameters ignored.
+///
+/// ```
+/// use evmesh_broker::record::is_json_content_type;
+/// assert!(is_json_content_type("application/json; charset=utf-8"));
+/// assert!(is_json_content_type("application/vnd.shop.order+json"));
+/// assert!(!is_json_content_type("text/plain"));
+/// ```
 pub fn is_json_content_type(ct: &str) -> bool {
     let media = ct
         .split(';')
@@ -84,6 +91,14 @@ fn is_text_content_type(ct: &str) -> bool {
 /// The kind of a body received in binary mode: JSON when the content type says JSON (or there is
 /// none) and the bytes parse as JSON; text for a textual, non-JSON content type and valid UTF-8;
 /// otherwise binary. The bytes themselves are kept as they are whatever the kind.
+///
+/// ```
+/// use evmesh_broker::record::{DataKind, classify_body};
+/// assert_eq!(classify_body(None, br#"{"sku":"A1"}"#), DataKind::Json);
+/// assert_eq!(classify_body(Some("text/plain"), b"hello"), DataKind::Text);
+/// // Not JSON although the content type says so: kept as bytes.
+/// assert_eq!(classify_body(Some("application/json"), b"{oops"), DataKind::Binary);
+/// ```
 pub fn classify_body(content_type: Option<&str>, body: &[u8]) -> DataKind {
     let json_ct = content_type.is_none_or(is_json_content_type);
     if json_ct && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
@@ -101,7 +116,15 @@ pub fn classify_body(content_type: Option<&str>, body: &[u8]) -> DataKind {
 }
 
 /// Whether a request header is passed through to subscribers as Knative passes it: W3C trace
-/// context and baggage, `x-request-id`, B3, and `knative-*`.
+/// context and baggage, `x-request-id`, B3, and `knative-*`. Names are lower case, as
+/// [`http::HeaderName`] keeps them.
+///
+/// ```
+/// use evmesh_broker::record::is_passthrough_header;
+/// assert!(is_passthrough_header("traceparent"));
+/// assert!(is_passthrough_header("x-b3-traceid"));
+/// assert!(!is_passthrough_header("authorization"));
+/// ```
 pub fn is_passthrough_header(name: &str) -> bool {
     matches!(
         name,
@@ -112,6 +135,17 @@ pub fn is_passthrough_header(name: &str) -> bool {
 
 /// The headers of `headers` that are passed through, bounded to [`MAX_PASSTHROUGH_BYTES`] (headers
 /// past the bound are left out).
+///
+/// ```
+/// use evmesh_broker::record::passthrough_headers;
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse()?);
+/// headers.insert("authorization", "Bearer secret".parse()?);
+/// let kept = passthrough_headers(&headers);
+/// assert_eq!(kept.len(), 1);
+/// assert_eq!(kept[0].0, "traceparent");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn passthrough_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut size = 0;
@@ -153,6 +187,26 @@ impl EventRecord {
     /// A record from attributes (as received, including `specversion`, without data fields),
     /// data and passed-through headers. Checks the event as CloudEvents 1.0 or 0.3 requires:
     /// `id`, `source` and `type` present and not empty, attributes well formed.
+    ///
+    /// # Errors
+    /// A [`RecordError`] naming the problem: `specversion` missing or not `1.0`/`0.3`; `id`,
+    /// `source` or `type` missing, empty or not a string; an attribute name that is not lower-case
+    /// letters and digits; a null attribute; attributes that are not a valid CloudEvent.
+    ///
+    /// ```
+    /// use evmesh_broker::record::{DataKind, EventRecord};
+    /// let attributes: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+    ///     r#"{"specversion": "1.0", "id": "1", "source": "/shop", "type": "order.created"}"#,
+    /// )?;
+    /// let data = bytes::Bytes::from_static(br#"{"sku":"A1"}"#);
+    /// let record = EventRecord::new(attributes, Some((DataKind::Json, data)), Vec::new())?;
+    /// assert_eq!(record.spec_version(), "1.0");
+    ///
+    /// let no_id = serde_json::from_str(r#"{"specversion": "1.0", "source": "/shop", "type": "t"}"#)?;
+    /// let err = EventRecord::new(no_id, None, Vec::new()).unwrap_err();
+    /// assert_eq!(err.to_string(), "attribute id is missing");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(
         attributes: Map<String, Value>,
         data: Option<(DataKind, Bytes)>,
@@ -207,6 +261,27 @@ impl EventRecord {
     }
 
     /// A record from a [`cloudevents::Event`] (the Rust API, and the previous stored form).
+    /// JSON data is kept as JSON; string data as JSON text under a JSON (or no) content type,
+    /// else as text; binary data is classified as [`classify_body`] does.
+    ///
+    /// # Errors
+    /// A [`RecordError`] when the event does not serialize to a JSON object or its attributes
+    /// fail the checks of [`EventRecord::new`] (for example an extension named in upper case).
+    ///
+    /// ```
+    /// use cloudevents::{EventBuilder, EventBuilderV10};
+    /// use evmesh_broker::record::{DataKind, EventRecord};
+    /// let event = EventBuilderV10::new()
+    ///     .id("1")
+    ///     .source("/shop")
+    ///     .ty("order.created")
+    ///     .data("application/json", serde_json::json!({"sku": "A1"}))
+    ///     .build()?;
+    /// let record = EventRecord::from_event(event)?;
+    /// let (kind, bytes) = record.data().expect("the event has data");
+    /// assert_eq!((kind, bytes.as_ref()), (DataKind::Json, br#"{"sku":"A1"}"#.as_slice()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_event(event: Event) -> Result<EventRecord, RecordError> {
         let mut event = event;
         let (_, _, data) = event.take_data();
@@ -239,54 +314,172 @@ impl EventRecord {
     }
 
     /// The CloudEvent view (data as the raw bytes, `Data::Binary`), for filters and logs.
+    ///
+    /// ```
+    /// use cloudevents::AttributesReader;
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// assert_eq!(record.event().ty(), "order.created");
+    /// assert_eq!(record.ty(), "order.created"); // the same view, through `Deref`
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn event(&self) -> &Event {
         &self.view
     }
 
-    /// The attributes and extensions as received (plus the broker's own extensions).
+    /// The attributes and extensions as received (plus the broker's own extensions), without
+    /// the data fields.
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// assert_eq!(record.attributes()["source"], "/shop");
+    /// assert!(!record.attributes().contains_key("data"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn attributes(&self) -> &Map<String, Value> {
         &self.attributes
     }
 
-    /// The data and its kind.
+    /// The data and its kind; `None` for an event without data.
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// if let Some((DataKind::Json, bytes)) = record.data() {
+    ///     let order: serde_json::Value = serde_json::from_slice(bytes)?;
+    ///     assert_eq!(order["sku"], "A1");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn data(&self) -> Option<(DataKind, &Bytes)> {
         self.data.as_ref().map(|(k, b)| (*k, b))
     }
 
     /// The passed-through request headers.
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// assert!(record.headers().is_empty()); // none for an event built in Rust
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn headers(&self) -> &[(String, String)] {
         &self.headers
     }
 
     /// The CloudEvents spec version, `1.0` or `0.3`.
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// assert_eq!(record.spec_version(), "1.0");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spec_version(&self) -> &str {
         attr_str(&self.attributes, "specversion").unwrap_or("1.0")
     }
 
-    /// An extension as received.
+    /// An extension (or any attribute) as received, with its JSON type.
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// record.set_extension("priority", serde_json::json!(5));
+    /// assert_eq!(record.extension_json("priority"), Some(&serde_json::json!(5)));
+    /// assert_eq!(record.extension_json("region"), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn extension_json(&self, name: &str) -> Option<&Value> {
         self.attributes.get(name)
     }
 
-    /// Sets an extension attribute; data bytes are never touched.
+    /// Sets an extension attribute (in the attributes and the CloudEvent view); data bytes are
+    /// never touched.
+    ///
+    /// ```
+    /// use cloudevents::AttributesReader;
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// record.set_extension("region", serde_json::json!("eu"));
+    /// assert_eq!(record.attributes()["region"], "eu");
+    /// assert!(record.extension("region").is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_extension(&mut self, name: &str, value: Value) {
         self.view.set_extension(name, extension_value(&value));
         self.attributes.insert(name.to_string(), value);
     }
 
-    /// Removes an extension attribute.
+    /// Removes an extension attribute; the other attributes keep their order.
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// record.set_extension("region", serde_json::json!("eu"));
+    /// record.remove_extension("region");
+    /// assert_eq!(record.extension_json("region"), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn remove_extension(&mut self, name: &str) {
         self.view.remove_extension(name);
         // Keeps the other attributes in order (with serde_json/preserve_order too).
         self.attributes.retain(|k, _| k != name);
     }
 
-    /// Sets the passed-through headers.
+    /// Sets the passed-through headers (see [`passthrough_headers`]).
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// record.set_headers(vec![("x-request-id".into(), "abc".into())]);
+    /// assert_eq!(record.headers(), [("x-request-id".to_string(), "abc".to_string())]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_headers(&mut self, headers: Vec<(String, String)>) {
         self.headers = headers;
     }
 
-    /// The stored form (current version).
+    /// The stored form (current version, [`FORMAT_VERSION`]); [`from_stored`](Self::from_stored)
+    /// reads it back.
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// let stored = record.to_stored();
+    /// assert_eq!(stored[0], evmesh_broker::record::FORMAT_VERSION);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_stored(&self) -> Vec<u8> {
         let attrs = serde_json::to_vec(&self.attributes).unwrap_or_else(|_| b"{}".to_vec());
         let headers = serde_json::to_vec(&self.headers).unwrap_or_else(|_| b"[]".to_vec());
@@ -309,6 +502,24 @@ impl EventRecord {
 
     /// Reads a stored record: the current version or the previous one (serde_json of a
     /// `cloudevents::Event`).
+    ///
+    /// # Errors
+    /// A [`RecordError`] for empty bytes, an unknown format version, a truncated record, parts
+    /// that are not the JSON they must be, an unknown data kind, or attributes that fail the
+    /// checks of [`EventRecord::new`].
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// let back = EventRecord::from_stored(&record.to_stored())?;
+    /// assert_eq!(back.attributes(), record.attributes());
+    /// assert_eq!(back.data(), record.data());
+    /// assert!(EventRecord::from_stored(&[]).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_stored(bytes: &[u8]) -> Result<EventRecord, RecordError> {
         match bytes.first() {
             Some(&FORMAT_VERSION) => Self::from_v2(&bytes[1..]),
@@ -355,6 +566,18 @@ impl EventRecord {
 
     /// The structured-mode JSON of the event: attributes as received; JSON data embedded as
     /// sent, text as a JSON string, bytes as `data_base64` (0.3: `datacontentencoding: base64`).
+    ///
+    /// ```
+    /// # use evmesh_broker::record::{DataKind, EventRecord};
+    /// # use cloudevents::{EventBuilder, EventBuilderV10};
+    /// # let event = EventBuilderV10::new().id("1").source("/shop").ty("order.created")
+    /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
+    /// # let mut record = EventRecord::from_event(event)?;
+    /// let json: serde_json::Value = serde_json::from_slice(&record.to_structured_json())?;
+    /// assert_eq!(json["id"], "1");
+    /// assert_eq!(json["data"]["sku"], "A1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn to_structured_json(&self) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(256 + self.data.as_ref().map_or(0, |(_, b)| b.len() * 4 / 3));
@@ -401,6 +624,20 @@ impl EventRecord {
 
 /// Decodes a structured-mode body (`application/cloudevents+json`): attributes as received, the
 /// raw span of `data`, or `data_base64` (0.3: `data` with `datacontentencoding: base64`) decoded.
+///
+/// # Errors
+/// A [`RecordError`] when the body is not a JSON object, both `data` and `data_base64` are
+/// present, base64 data does not decode, `datacontentencoding` is not `base64`, or the attributes
+/// fail the checks of [`EventRecord::new`].
+///
+/// ```
+/// use evmesh_broker::record::{DataKind, from_structured};
+/// let body = br#"{"specversion":"1.0","id":"1","source":"/shop","type":"order.created","data_base64":"AAEC"}"#;
+/// let record = from_structured(body, Vec::new())?;
+/// assert_eq!(record.data().map(|(k, b)| (k, b.to_vec())), Some((DataKind::Binary, vec![0, 1, 2])));
+/// assert!(from_structured(b"[1, 2]", Vec::new()).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn from_structured(
     body: &[u8],
     headers: Vec<(String, String)>,

@@ -577,6 +577,13 @@ impl Subscribers {
     /// Subscribes to address `namespace/name` (what a Destination `ref: {apiVersion:
     /// evmesh.dev/v1alpha1, kind: Subscriber, name}` in `namespace` resolves to). After
     /// [`close`](Self::close) the stream ends at once.
+    ///
+    /// ```
+    /// let subscribers = evmesh_broker::subscriber::Subscribers::default();
+    /// let orders = subscribers.subscribe("shop", "orders");
+    /// assert_eq!((orders.namespace(), orders.name()), ("shop", "orders"));
+    /// assert!(subscribers.is_listening("shop", "orders"));
+    /// ```
     pub fn subscribe(&self, namespace: &str, name: &str) -> Subscription {
         let (tx, rx) = mpsc::channel(BUFFER);
         let address = self.address(namespace, name);
@@ -595,13 +602,30 @@ impl Subscribers {
         }
     }
 
-    /// Whether some subscription listens on `namespace/name`.
+    /// Whether some subscription listens on `namespace/name` (dropped subscriptions do not).
+    ///
+    /// ```
+    /// let subscribers = evmesh_broker::subscriber::Subscribers::default();
+    /// assert!(!subscribers.is_listening("default", "orders"));
+    /// let orders = subscribers.subscribe("default", "orders");
+    /// assert!(subscribers.is_listening("default", "orders"));
+    /// drop(orders);
+    /// assert!(!subscribers.is_listening("default", "orders"));
+    /// ```
     pub fn is_listening(&self, namespace: &str, name: &str) -> bool {
         !self.address(namespace, name).live().is_empty()
     }
 
     /// The sink of the address at `rest` (`{namespace}/{name}`), for
-    /// [`LocalSinks::insert_prefix`](crate::delivery::LocalSinks::insert_prefix).
+    /// [`LocalSinks::insert_prefix`](crate::delivery::LocalSinks::insert_prefix); `None` when
+    /// `rest` is not two non-empty segments.
+    ///
+    /// ```
+    /// let subscribers = evmesh_broker::subscriber::Subscribers::default();
+    /// assert!(subscribers.sink("shop/orders").is_some());
+    /// assert!(subscribers.sink("orders").is_none());
+    /// assert!(subscribers.sink("shop/orders/extra").is_none());
+    /// ```
     pub fn sink(&self, rest: &str) -> Option<Arc<dyn LocalSink>> {
         let (namespace, name) = rest.split_once('/')?;
         if namespace.is_empty() || name.is_empty() || name.contains('/') {
@@ -611,6 +635,13 @@ impl Subscribers {
     }
 
     /// Ends every subscription stream (the mesh shut down); later subscriptions end at once.
+    ///
+    /// ```
+    /// let subscribers = evmesh_broker::subscriber::Subscribers::default();
+    /// let _orders = subscribers.subscribe("default", "orders");
+    /// subscribers.close();
+    /// assert!(!subscribers.is_listening("default", "orders"));
+    /// ```
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         let map = self

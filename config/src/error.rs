@@ -16,6 +16,11 @@ pub struct Location {
 
 impl Location {
     /// Makes a location.
+    ///
+    /// ```
+    /// let at = evmesh_config::Location::new("mesh.yaml".into(), 7, "spec.subscriber");
+    /// assert_eq!((at.line, at.field.as_str()), (7, "spec.subscriber"));
+    /// ```
     pub fn new(file: Arc<str>, line: usize, field: &str) -> Self {
         Location {
             file,
@@ -69,7 +74,14 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// Where the problem is, when known.
+    /// Where the problem is, when known (`None` for a file that could not be read).
+    ///
+    /// ```
+    /// let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec: {}\n";
+    /// let errors = evmesh_config::MeshConfig::from_yaml("mesh.yaml", yaml).unwrap_err();
+    /// let at = errors.errors[0].location().expect("a YAML error has a location");
+    /// assert_eq!(&*at.file, "mesh.yaml");
+    /// ```
     pub fn location(&self) -> Option<&Location> {
         match self {
             ConfigError::Io { .. } => None,
@@ -106,7 +118,14 @@ pub struct ConfigErrors {
 }
 
 impl ConfigErrors {
-    /// One line per error.
+    /// One line per error (the [`Display`](std::fmt::Display) of this type).
+    ///
+    /// ```
+    /// let yaml = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec: {}\n";
+    /// let errors = evmesh_config::MeshConfig::from_yaml("mesh.yaml", yaml).unwrap_err();
+    /// assert_eq!(errors.render().lines().count(), errors.errors.len());
+    /// assert!(errors.render().starts_with("mesh.yaml:"));
+    /// ```
     pub fn render(&self) -> String {
         self.errors
             .iter()

@@ -48,6 +48,11 @@ fn default_namespace() -> String {
 
 impl ObjectMeta {
     /// Metadata with a name in the `default` namespace.
+    ///
+    /// ```
+    /// let meta = evmesh_config::ObjectMeta::named("orders");
+    /// assert_eq!((meta.namespace.as_str(), meta.name.as_str()), ("default", "orders"));
+    /// ```
     pub fn named(name: &str) -> Self {
         ObjectMeta {
             name: name.to_string(),
@@ -56,6 +61,11 @@ impl ObjectMeta {
         }
     }
     /// Metadata with a name and a namespace.
+    ///
+    /// ```
+    /// let meta = evmesh_config::ObjectMeta::namespaced("shop", "orders");
+    /// assert_eq!((meta.namespace.as_str(), meta.name.as_str()), ("shop", "orders"));
+    /// ```
     pub fn namespaced(namespace: &str, name: &str) -> Self {
         ObjectMeta {
             name: name.to_string(),
@@ -101,6 +111,12 @@ pub struct Destination {
 
 impl Destination {
     /// A destination with just a URI.
+    ///
+    /// ```
+    /// let sink = evmesh_config::Destination::uri("http://127.0.0.1:8080/orders");
+    /// assert_eq!(sink.uri.as_deref(), Some("http://127.0.0.1:8080/orders"));
+    /// assert!(sink.reference.is_none());
+    /// ```
     pub fn uri(uri: &str) -> Self {
         Destination {
             uri: Some(uri.to_string()),

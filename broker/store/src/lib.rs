@@ -196,6 +196,16 @@ impl EngineKind {
 
     /// Whether this build has the engine (its cargo feature of `evmesh-store`, or of `evmesh`,
     /// is on): `fjall` (default), `redb`, `sled`.
+    ///
+    /// ```
+    /// use evmesh_store::EngineKind;
+    /// let built: Vec<&str> = EngineKind::ALL
+    ///     .into_iter()
+    ///     .filter(|e| e.is_available())
+    ///     .map(EngineKind::as_str)
+    ///     .collect();
+    /// println!("storage engines in this build: {built:?}");
+    /// ```
     pub fn is_available(self) -> bool {
         match self {
             EngineKind::Sled => cfg!(feature = "sled"),
@@ -205,6 +215,12 @@ impl EngineKind {
     }
 
     /// The engine's name as [`FromStr`](std::str::FromStr) accepts it.
+    ///
+    /// ```
+    /// use evmesh_store::EngineKind;
+    /// assert_eq!(EngineKind::Redb.as_str(), "redb");
+    /// assert_eq!(EngineKind::Redb.as_str().parse::<EngineKind>(), Ok(EngineKind::Redb));
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Sled => "sled",
