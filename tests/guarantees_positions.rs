@@ -253,3 +253,218 @@ spec:
         "the restarted worker did not go back before its checkpoint: {ids:?}"
     );
 }
+
+/// One event posted while the trigger is created: when it was sent, when it was answered, and
+/// whether it was accepted (202).
+struct Posted {
+    id: String,
+    sent: std::time::Instant,
+    answered: std::time::Instant,
+    accepted: bool,
+}
+
+/// Posts events `e0, e1, ...` one after the other until `stop`, recording each; a post the mesh
+/// does not answer (it was killed) counts as not accepted.
+async fn post_until(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Posted>>>,
+) {
+    let http = client();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let id = format!("e{i}");
+        let enc = evmesh::evmesh_broker::codec::encode_binary(event(&id, "t")).expect("encode");
+        let sent = std::time::Instant::now();
+        let code = http
+            .post(&url)
+            .headers(enc.headers)
+            .body(enc.body)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        let answered = std::time::Instant::now();
+        log.lock().expect("log").push(Posted {
+            id,
+            sent,
+            answered,
+            accepted: code == 202,
+        });
+        i += 1;
+        if code != 202 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_triggers_start_position_survives_kill9_right_after_its_creation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    // The subscriber fails until the restart, so nothing reaches it before the kill: what it
+    // gets afterwards comes from the position saved before the crash.
+    let sink = TestSink::start().await;
+    sink.always(Reply::Status(503));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    std::fs::write(&config, BROKER).expect("write");
+    let data = dir.path().join("data");
+    let em = EvmeshProcess::start(&config, &data, &[]);
+    let token = std::fs::read_to_string(data.join("admin-token")).expect("admin token");
+
+    // Events flow into the broker the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let posted = Arc::new(Mutex::new(Vec::<Posted>::new()));
+    let poster = tokio::spawn(post_until(
+        em.url("/demo/default"),
+        stop.clone(),
+        posted.clone(),
+    ));
+    let accepted_where = |f: &dyn Fn(&Posted) -> bool| {
+        posted
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|p| p.accepted && f(p))
+            .count()
+    };
+    eventually("events flow", WAIT, || accepted_where(&|_| true) >= 20).await;
+
+    // The trigger is created through the admin API...
+    let created_at = std::time::Instant::now();
+    let resp = client()
+        .post(em.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers"))
+        .bearer_auth(token.trim())
+        .header("content-type", "application/yaml")
+        .body(trigger_yaml("t1", &sink, "t"))
+        .send()
+        .await
+        .expect("create");
+    let answered_at = std::time::Instant::now();
+    assert_eq!(resp.status().as_u16(), 201, "create answered");
+    // ...and the mesh is killed right after a few events were accepted past the answer.
+    let kill_after = |p: &Posted| p.sent > answered_at;
+    eventually("events accepted after the create", WAIT, || {
+        accepted_where(&kill_after) >= 3
+    })
+    .await;
+    em.kill9();
+    stop.store(true, Ordering::Release);
+    poster.await.expect("poster");
+
+    let em = EvmeshProcess::start(&config, &data, &[]);
+    let failed_attempts = sink.count();
+    sink.always(Reply::Status(202));
+    assert_eq!(
+        post_binary(&em.url("/demo/default"), event("last", "t")).await,
+        202
+    );
+    let (before, after): (Vec<String>, Vec<String>) = {
+        let log = posted.lock().expect("log");
+        (
+            log.iter()
+                .filter(|p| p.accepted && p.answered < created_at)
+                .map(|p| p.id.clone())
+                .collect(),
+            log.iter()
+                .filter(|p| p.accepted && p.sent > answered_at)
+                .map(|p| p.id.clone())
+                .chain(["last".to_string()])
+                .collect(),
+        )
+    };
+    assert!(before.len() >= 20);
+    eventually(
+        "every event accepted after the create's answer reaches the trigger",
+        WAIT,
+        || {
+            let ids = sink.ids().split_off(failed_attempts);
+            after.iter().all(|id| ids.contains(id))
+        },
+    )
+    .await;
+    let ids = sink.ids();
+    let early: Vec<&String> = before.iter().filter(|id| ids.contains(id)).collect();
+    assert!(
+        early.is_empty(),
+        "accepted before the create, yet sent to the trigger: {early:?}"
+    );
+    drop(em);
+}
+
+/// Events retention deleted, summed from the real binary's log lines.
+fn deleted_by_retention(p: &EvmeshProcess) -> u64 {
+    p.lines()
+        .iter()
+        .filter(|l| l.contains("retention"))
+        .filter_map(|l| l.split("deleted=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_earliest_after_retention_delivers_exactly_the_retained_events() {
+    let all = TestSink::start().await;
+    let stuck = TestSink::start().await;
+    stuck.always(Reply::Status(503));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("mesh.yaml");
+    // `all` takes every event; `stuck` keeps retrying the `new` ones, so they stay pinned.
+    std::fs::write(
+        &config,
+        format!(
+            "{BROKER}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: all, namespace: demo}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{}\"}}\n---{}",
+            all.url(),
+            trigger_yaml("stuck", &stuck, "new")
+        ),
+    )
+    .expect("write");
+    let data = dir.path().join("data");
+    let args = ["--retention-bytes", "1", "--retention-interval", "PT0.05S"];
+    let p = EvmeshProcess::start(&config, &data, &args);
+    let url = p.url("/demo/default");
+    for i in 0..5 {
+        post_ok(&url, event(&format!("old-{i}"), "old")).await; // offsets 0..=4
+    }
+    eventually("the old events delivered", WAIT, || all.count() == 5).await;
+    eventually("retention deleted the old events", WAIT, || {
+        deleted_by_retention(&p) == 5
+    })
+    .await;
+    for i in 0..3 {
+        post_ok(&url, event(&format!("new-{i}"), "new")).await; // offsets 5..=7, pinned
+    }
+    eventually("the new events delivered", WAIT, || all.count() == 8).await;
+    eventually("stuck retries", WAIT, || stuck.count() >= 3).await;
+
+    let token = std::fs::read_to_string(data.join("admin-token")).expect("admin token");
+    let resp = client()
+        .post(p.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers/all/replay"))
+        .bearer_auth(token.trim())
+        .header("content-type", "application/json")
+        .body(r#"{"from": "earliest"}"#)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(resp.status().as_u16(), 200, "the replay is answered");
+    let status: Value = serde_json::from_str(&resp.text().await.expect("body")).expect("status");
+    assert_eq!(status["evmesh"]["offset"], 5, "{status}");
+    eventually("the retained events delivered again", WAIT, || {
+        all.count() == 11
+    })
+    .await;
+    // It goes on: an event after the replay is delivered too.
+    post_ok(&url, event("later", "later")).await;
+    eventually("later delivered", WAIT, || all.count() == 12).await;
+    let mut ids = all.ids();
+    ids.sort();
+    let mut expected: Vec<String> = (0..5)
+        .map(|i| format!("old-{i}"))
+        .chain((0..3).flat_map(|i| [format!("new-{i}"), format!("new-{i}")]))
+        .chain(["later".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(ids, expected, "only the retained events were replayed");
+}

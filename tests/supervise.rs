@@ -1,6 +1,7 @@
-//! Supervision: a trigger's delivery worker that panics is restarted with backoff, shows not
-//! ready with the reason meanwhile, and resumes from its checkpoint. Panics are injected with
-//! the `fault-injection` feature's `BrokerService::inject_worker_panic` (tests only).
+//! Supervision: a trigger's delivery worker or a broker's router that panics is restarted
+//! with backoff, its triggers show not ready with the reason meanwhile, and delivery resumes with
+//! nothing lost. Panics are injected with the `fault-injection` feature's
+//! `BrokerService::inject_worker_panic` / `inject_router_panic` (tests only).
 
 mod common;
 
@@ -87,6 +88,71 @@ async fn panicking_worker_restarts_shows_not_ready_meanwhile_and_resumes_from_it
             let n = ids.iter().filter(|x| **x == id).count();
             if phase == "before" {
                 assert_eq!(n, 1, "{id}: resumed from the checkpoint, not re-delivered");
+            } else {
+                assert!(n >= 1, "{id} delivered");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_broker_router_restarts_shows_not_ready_meanwhile_and_loses_nothing() {
+    let sink = TestSink::start().await;
+    let m = mesh(&broker_and_trigger(&sink, "")).await;
+    let url = m.url("/demo/default");
+    for i in 0..5 {
+        assert_eq!(
+            post_binary(&url, event(&format!("before-{i}"), "t")).await,
+            202
+        );
+    }
+    eventually(
+        "delivered before the panic",
+        Duration::from_secs(10),
+        || delivered(&m) == 5,
+    )
+    .await;
+    assert_eq!(reason(&m), None);
+
+    // The broker's router panics now and at its next two restarts (backoff 100, 200, 400 ms).
+    assert!(m.mesh.service().inject_router_panic("demo", "default", 3));
+    let mut seen = None;
+    eventually("not ready with the reason", Duration::from_secs(5), || {
+        seen = reason(&m);
+        seen.is_some()
+    })
+    .await;
+    let seen = seen.unwrap_or_default();
+    assert!(seen.contains("router of broker"), "{seen}");
+    assert!(seen.contains("fault injection"), "{seen}");
+    // Events accepted while the router is down are routed once it is back.
+    for i in 0..5 {
+        assert_eq!(
+            post_binary(&url, event(&format!("during-{i}"), "t")).await,
+            202
+        );
+    }
+    eventually("ready again", Duration::from_secs(10), || {
+        reason(&m).is_none()
+    })
+    .await;
+    for i in 0..5 {
+        assert_eq!(
+            post_binary(&url, event(&format!("after-{i}"), "t")).await,
+            202
+        );
+    }
+    eventually("everything delivered", Duration::from_secs(10), || {
+        sink.count() >= 15
+    })
+    .await;
+    let ids = sink.ids();
+    for phase in ["before", "during", "after"] {
+        for i in 0..5 {
+            let id = format!("{phase}-{i}");
+            let n = ids.iter().filter(|x| **x == id).count();
+            if phase == "before" {
+                assert_eq!(n, 1, "{id}: the restarted router did not route it again");
             } else {
                 assert!(n >= 1, "{id} delivered");
             }

@@ -287,6 +287,10 @@ pub(crate) struct Router {
     /// Next offset to route (published for retention).
     pub(crate) next: Arc<AtomicU64>,
     pub(crate) counters: Counters,
+    /// Fault injection: the router panics this many more times (at its next turn, where all it
+    /// routed is handed out, then at each restart); shared with its broker's runtime.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) panics_left: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// The router's view of its triggers: the index over their filters.
@@ -346,6 +350,9 @@ impl Router {
         let fresh: Vec<Arc<TriggerShared>> = members
             .iter()
             .filter(|m| !known.contains(&(Arc::as_ptr(m) as usize)))
+            // A member this router had in its table before a restart was handed everything
+            // below `next` then: catching it up again would deliver those events twice.
+            .filter(|m| !m.is_attached())
             .filter(|m| m.start < next)
             .cloned()
             .collect();
@@ -413,7 +420,8 @@ impl Router {
     }
 
     /// Routes until shutdown. A panic here is caught by the supervisor, which runs it again: it
-    /// resumes at `next`, so at worst the record it was routing is queued twice (at-least-once).
+    /// resumes at `next` (members it had in its table are not caught up again), so at worst the
+    /// record it was routing is queued twice (at-least-once).
     pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         for t in self.routes.snapshot() {
             t.set_not_ready("router", None);
@@ -424,6 +432,15 @@ impl Router {
         let mut matched = Vec::new();
         let mut resume = HashMap::new();
         loop {
+            // An injected panic comes between batches, where every routed offset was handed out.
+            #[cfg(feature = "fault-injection")]
+            if self
+                .panics_left
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                panic!("fault injection: router of {} panics", self.log.as_str());
+            }
             let notified = self.notify.notified();
             if self.routes.dirty.load(Ordering::Acquire) {
                 // Never route with a stale table: a trigger being added must not see the router

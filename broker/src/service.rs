@@ -149,6 +149,9 @@ pub(crate) struct BrokerRuntime {
     /// Stops the broker's router and retention tasks.
     stop: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Fault injection: how many more times its router panics.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) router_panics_left: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl BrokerRuntime {
@@ -1003,6 +1006,8 @@ impl BrokerService {
             backend_kind,
             stop,
             tasks: std::sync::Mutex::new(Vec::new()),
+            #[cfg(feature = "fault-injection")]
+            router_panics_left: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         });
         if external {
             // Its routes read the log themselves; retention is the log's own.
@@ -1020,6 +1025,8 @@ impl BrokerService {
             notify: runtime.notify.clone(),
             next: runtime.router_next.clone(),
             counters: runtime.counters.clone(),
+            #[cfg(feature = "fault-injection")]
+            panics_left: runtime.router_panics_left.clone(),
         });
         let router_task = tokio::spawn(supervised_router(router, stop_rx.clone()));
         let retention_task = tokio::spawn(retention(
@@ -1862,6 +1869,25 @@ impl BrokerService {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Fault injection for tests (cargo feature `fault-injection`): the router of broker
+    /// `namespace/name` panics at its next turn and then at each of its next `times - 1`
+    /// restarts. Returns whether the broker runs a router (one on the embedded store).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_router_panic(&self, namespace: &str, name: &str, times: u32) -> bool {
+        let state = self.state();
+        match state
+            .brokers
+            .get(&(namespace.to_string(), name.to_string()))
+        {
+            Some(b) if matches!(b.backend, Backend::Embedded) => {
+                b.router_panics_left.store(times, Ordering::Release);
+                b.notify.notify_one();
+                true
+            }
+            _ => false,
         }
     }
 
