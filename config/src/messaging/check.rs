@@ -387,31 +387,16 @@ impl<'a> Pending<'a> {
         let mut out = Out::new(context.running);
         for (meta, spec, doc) in self.imcs {
             let before = ctx.errors.len();
-            let delivery = spec
-                .delivery
-                .as_ref()
-                .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
-            check_dls_target(
+            out.checked_channel(
                 ctx,
                 doc,
-                "spec.delivery",
-                &spec.delivery,
-                &meta.namespace,
                 known,
+                before,
+                ChannelKind::InMemory,
+                meta,
+                &spec.delivery,
+                Value::Null,
             );
-            if ctx.errors.len() == before {
-                out.channel(
-                    ctx,
-                    doc,
-                    ChannelConfig {
-                        kind: ChannelKind::InMemory,
-                        location: Some(doc.locate("")),
-                        metadata: meta,
-                        delivery,
-                        spec: Value::Null,
-                    },
-                );
-            }
         }
         for (meta, spec, raw, doc) in self.kafkas {
             let before = ctx.errors.len();
@@ -428,59 +413,29 @@ impl<'a> Pending<'a> {
             {
                 ctx.error(doc, "spec.retentionDuration", e);
             }
-            let delivery = spec
-                .delivery
-                .as_ref()
-                .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
-            check_dls_target(
+            out.checked_channel(
                 ctx,
                 doc,
-                "spec.delivery",
-                &spec.delivery,
-                &meta.namespace,
                 known,
+                before,
+                ChannelKind::Kafka,
+                meta,
+                &spec.delivery,
+                raw,
             );
-            if ctx.errors.len() == before {
-                out.channel(
-                    ctx,
-                    doc,
-                    ChannelConfig {
-                        kind: ChannelKind::Kafka,
-                        location: Some(doc.locate("")),
-                        metadata: meta,
-                        delivery,
-                        spec: raw,
-                    },
-                );
-            }
         }
         for (meta, spec, raw, doc) in self.jsms {
             let before = ctx.errors.len();
-            let delivery = spec
-                .delivery
-                .as_ref()
-                .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
-            check_dls_target(
+            out.checked_channel(
                 ctx,
                 doc,
-                "spec.delivery",
-                &spec.delivery,
-                &meta.namespace,
                 known,
+                before,
+                ChannelKind::NatsJetStream,
+                meta,
+                &spec.delivery,
+                raw,
             );
-            if ctx.errors.len() == before {
-                out.channel(
-                    ctx,
-                    doc,
-                    ChannelConfig {
-                        kind: ChannelKind::NatsJetStream,
-                        location: Some(doc.locate("")),
-                        metadata: meta,
-                        delivery,
-                        spec: raw,
-                    },
-                );
-            }
         }
         let mut generic: HashMap<(String, String), ChannelKind> = HashMap::new();
         for (meta, spec, doc) in self.channels {
@@ -878,6 +833,47 @@ impl Out {
             }
         }
         out
+    }
+
+    /// Checks a channel's own `spec.delivery` (and its dead-letter target) and adds the channel
+    /// when nothing about it was an error since `before` (the caller's kind-specific checks
+    /// included).
+    #[allow(clippy::too_many_arguments)]
+    fn checked_channel(
+        &mut self,
+        ctx: &mut Ctx,
+        doc: &Document,
+        known: &Known,
+        before: usize,
+        kind: ChannelKind,
+        metadata: ObjectMeta,
+        delivery: &Option<DeliverySpec>,
+        spec: Value,
+    ) {
+        let checked = delivery
+            .as_ref()
+            .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
+        check_dls_target(
+            ctx,
+            doc,
+            "spec.delivery",
+            delivery,
+            &metadata.namespace,
+            known,
+        );
+        if ctx.errors.len() == before {
+            self.channel(
+                ctx,
+                doc,
+                ChannelConfig {
+                    kind,
+                    location: Some(doc.locate("")),
+                    metadata,
+                    delivery: checked,
+                    spec,
+                },
+            );
+        }
     }
 
     fn channel(&mut self, ctx: &mut Ctx, doc: &Document, c: ChannelConfig) {
