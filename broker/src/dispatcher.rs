@@ -212,8 +212,8 @@ impl TriggerShared {
 }
 
 /// The triggers one broker's router feeds. The reconciler edits the member list; the router
-/// rebuilds its filter index from it at most every [`ROUTES_DEBOUNCE`] (so applying thousands of
-/// triggers is not quadratic) and catches a new member up on what it routed in between.
+/// rebuilds its filter index from it at most every [`ROUTES_DEBOUNCE`], or four times as long as
+/// the last rebuild took (so applying thousands of triggers is not quadratic) and catches a new member up on what it routed in between.
 #[derive(Default)]
 pub(crate) struct Routes {
     members: std::sync::Mutex<Vec<Arc<TriggerShared>>>,
@@ -428,6 +428,9 @@ impl Router {
         }
         let mut table = Table::build(Vec::new());
         let mut last_refresh = Instant::now() - ROUTES_DEBOUNCE;
+        // At least ROUTES_DEBOUNCE between rebuilds, and at least four times what the last one
+        // took: with thousands of triggers arriving, rebuilding stays a fraction of the work.
+        let mut debounce = ROUTES_DEBOUNCE;
         self.routes.dirty.store(true, Ordering::Release);
         let mut matched = Vec::new();
         let mut resume = HashMap::new();
@@ -445,20 +448,22 @@ impl Router {
             if self.routes.dirty.load(Ordering::Acquire) {
                 // Never route with a stale table: a trigger being added must not see the router
                 // pass offsets it has not been handed (`routedOffset` would then claim them).
-                // Rebuilds are at most every ROUTES_DEBOUNCE, so applying many triggers is not
+                // Rebuilds are at most every `debounce`, so applying many triggers is not
                 // quadratic; routing waits for at most that long.
                 let since = last_refresh.elapsed();
-                if since < ROUTES_DEBOUNCE {
+                if since < debounce {
                     tokio::select! {
-                        _ = tokio::time::sleep(ROUTES_DEBOUNCE - since) => {}
+                        _ = tokio::time::sleep(debounce - since) => {}
                         _ = shutdown.changed() => {}
                     }
                     if *shutdown.borrow() {
                         return;
                     }
                 }
+                let started = Instant::now();
                 let refreshed = self.refresh(&mut table, &mut resume).await;
                 last_refresh = Instant::now();
+                debounce = ROUTES_DEBOUNCE.max(4 * last_refresh.duration_since(started));
                 if refreshed.is_err() {
                     tokio::select! {
                         _ = tokio::time::sleep(STALL_RETRY) => {}

@@ -884,7 +884,8 @@ impl BrokerService {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Ok(());
         }
-        let found = mesh.triggers.iter().find(|t| {
+        // From the end: a trigger just applied is the last one (applying many stays linear).
+        let found = mesh.triggers.iter().rev().find(|t| {
             t.resource.metadata.namespace == namespace && t.resource.metadata.name == name
         });
         match found {
