@@ -1162,7 +1162,8 @@ impl Runtime {
     /// Makes every staged write durable with one flush, then applies them in order. The caller
     /// holds `applying`.
     async fn commit_staged(&self) {
-        let batch = std::mem::take(&mut *self.inner.staged.lock().unwrap_or_else(|e| e.into_inner()));
+        let batch =
+            std::mem::take(&mut *self.inner.staged.lock().unwrap_or_else(|e| e.into_inner()));
         if batch.is_empty() {
             return;
         }

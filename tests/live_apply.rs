@@ -584,7 +584,10 @@ async fn a_trigger_turning_ready_when_its_broker_is_applied_is_a_modified_watch_
         .expect("watch");
     let mut resumed = Lines::new(resp);
     let ev = next_for(&mut resumed, "early").await;
-    assert_eq!((ev["type"].as_str(), rv_of(&ev["object"])), (Some("MODIFIED"), bumped));
+    assert_eq!(
+        (ev["type"].as_str(), rv_of(&ev["object"])),
+        (Some("MODIFIED"), bumped)
+    );
 }
 
 #[tokio::test]

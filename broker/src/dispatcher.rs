@@ -218,6 +218,9 @@ impl TriggerShared {
 pub(crate) struct Routes {
     members: std::sync::Mutex<Vec<Arc<TriggerShared>>>,
     dirty: AtomicBool,
+    /// A member left or its filter changed: the index is built anew (members only added are
+    /// appended to it).
+    reindex: AtomicBool,
 }
 
 /// How often at most a router rebuilds its filter index after trigger changes.
@@ -229,7 +232,7 @@ impl Routes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(t);
-        self.changed();
+        self.dirty.store(true, Ordering::Release);
     }
     pub(crate) fn remove(&self, t: &Arc<TriggerShared>) {
         self.members
@@ -240,6 +243,7 @@ impl Routes {
     }
     /// A member's filter changed.
     pub(crate) fn changed(&self) {
+        self.reindex.store(true, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
     }
     pub(crate) fn snapshot(&self) -> Vec<Arc<TriggerShared>> {
@@ -311,6 +315,19 @@ impl Table {
             triggers,
         }
     }
+
+    /// Adds a member after the others (same as building anew with it last).
+    fn push(&mut self, t: Arc<TriggerShared>) {
+        if self.index.push(self.triggers.len(), t.filter()) {
+            self.triggers.push(t);
+        } else {
+            // Not indexable any more: build anew (and the index drops what does not fit, as
+            // `FilterIndex::new` does).
+            let mut all = std::mem::take(&mut self.triggers);
+            all.push(t);
+            *self = Table::build(all);
+        }
+    }
 }
 
 impl Router {
@@ -338,16 +355,36 @@ impl Router {
         table: &mut Table,
         resume: &mut HashMap<usize, Offset>,
     ) -> Result<(), String> {
+        let reindex = self.routes.reindex.swap(false, Ordering::AcqRel);
         self.routes.dirty.store(false, Ordering::Release);
         let members = self.routes.snapshot();
         let next = self.next.load(Ordering::Acquire);
+        // Members only added since the table was built: the table's members come first, in
+        // order, and the new ones are appended to its index instead of rebuilding it.
+        let kept = table.triggers.len();
+        let appended = !reindex
+            && members.len() >= kept
+            && table
+                .triggers
+                .iter()
+                .zip(&members)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
         // Members by address (a `usize`, so the set may live across the awaits below).
-        let known: std::collections::HashSet<usize> = table
-            .triggers
-            .iter()
-            .map(|t| Arc::as_ptr(t) as usize)
-            .collect();
-        let fresh: Vec<Arc<TriggerShared>> = members
+        let known: std::collections::HashSet<usize> = if appended {
+            Default::default()
+        } else {
+            table
+                .triggers
+                .iter()
+                .map(|t| Arc::as_ptr(t) as usize)
+                .collect()
+        };
+        let candidates = if appended {
+            members.get(kept..).unwrap_or_default()
+        } else {
+            &members[..]
+        };
+        let fresh: Vec<Arc<TriggerShared>> = candidates
             .iter()
             .filter(|m| !known.contains(&(Arc::as_ptr(m) as usize)))
             // A member this router had in its table before a restart was handed everything
@@ -401,11 +438,19 @@ impl Router {
                 }
             }
         }
-        for m in &members {
-            m.attached.store(true, Ordering::Release);
-            resume.remove(&(Arc::as_ptr(m) as usize));
+        if appended {
+            for m in members.into_iter().skip(kept) {
+                m.attached.store(true, Ordering::Release);
+                resume.remove(&(Arc::as_ptr(&m) as usize));
+                table.push(m);
+            }
+        } else {
+            for m in &members {
+                m.attached.store(true, Ordering::Release);
+                resume.remove(&(Arc::as_ptr(m) as usize));
+            }
+            *table = Table::build(members);
         }
-        *table = Table::build(members);
         Ok(())
     }
 
