@@ -114,7 +114,7 @@ enum Change {
     /// Created (`created`) or replaced: the stored form and its validated configuration.
     Put {
         stored: Stored,
-        one: MeshConfig,
+        one: Box<MeshConfig>,
         created: bool,
     },
     /// Deleted: the object the DELETED event carries.
@@ -935,7 +935,7 @@ impl Runtime {
             let warnings = one.warnings.clone();
             let change = Change::Put {
                 stored,
-                one,
+                one: Box::new(one),
                 created: previous.is_none(),
             };
             let done = self.stage(kind, key, change, rv);
@@ -1191,7 +1191,7 @@ impl Runtime {
                         if !created {
                             remove_from_mesh(mesh, kind, &ns, &name);
                         }
-                        add_to_mesh(mesh, one);
+                        add_to_mesh(mesh, *one);
                     });
                     self.reconcile_one(kind, &ns, &name, &next).await;
                     drop(next);
