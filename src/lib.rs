@@ -498,13 +498,19 @@ impl Mesh {
             .clone()
             .unwrap_or_else(|| options.nats_url.clone());
         service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(nats_url)));
-        service.register_log_provider(Arc::new(evmesh_kafka::KafkaProvider::new(
-            options.kafka_bootstrap_servers.as_deref().map(|s| {
-                let mut k = evmesh_kafka::KafkaSettings::new(s.split(',').map(str::trim));
-                k.message_timeout = options.kafka_produce_timeout;
-                k
-            }),
-        )));
+        // A Kafka-class Broker's `spec.config` and Knative's `kafka-channel-config` ConfigMap
+        // in the YAML win over the option.
+        let mut kafka = options.kafka_bootstrap_servers.as_deref().map(|s| {
+            evmesh_kafka::KafkaSettings::new(evmesh_config::kafka::split_servers(s))
+        });
+        if let Some(k) = kafka.as_mut() {
+            k.message_timeout = options.kafka_produce_timeout;
+        }
+        service.register_log_provider(Arc::new(
+            evmesh_kafka::KafkaProvider::new(kafka)
+                .with_message_timeout(options.kafka_produce_timeout)
+                .with_channel_bootstrap(self.config.kafka_channel_bootstrap.clone()),
+        ));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store.clone(),

@@ -240,13 +240,21 @@ struct OwnTansu {
     addr: String,
 }
 
+/// A loopback port nothing listens on (yet).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 impl OwnTansu {
     async fn start() -> OwnTansu {
+        OwnTansu::start_on(free_port()).await
+    }
+
+    async fn start_on(port: u16) -> OwnTansu {
         let bin = std::env::var("EVMESH_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = std::process::Command::new(&bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
@@ -325,5 +333,152 @@ spec:
         503,
         "Kafka did not acknowledge the produce"
     );
+    m.mesh.shutdown().await;
+}
+
+/// A Kafka-class Broker whose `spec.config` names a ConfigMap in Knative's `kafka-broker-config`
+/// shape, and a trigger of it.
+fn configmap_yaml(broker: &str, servers: &str, partitions: u32, sink: &TestSink) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {broker}-config}}
+data:
+  bootstrap.servers: "{servers}"
+  default.topic.partitions: "{partitions}"
+  default.topic.replication.factor: "1"
+  default.topic.config.retention.ms: "3600000"
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: {broker}
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+spec:
+  config: {{apiVersion: v1, kind: ConfigMap, name: {broker}-config}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: {broker}-all}}
+spec:
+  broker: {broker}
+  subscriber: {{uri: "{}"}}
+"#,
+        sink.url()
+    )
+}
+
+async fn delivered_by(p: &EvmeshProcess, trigger: &str) -> u64 {
+    admin_counters(&p.url(""), "triggers", "default", trigger).await["delivered"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_broker_configmap_sets_the_topic_partitions_and_two_processes_split_them() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let sink = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &configmap_yaml(&broker, &bootstrap(), 3, &sink));
+    // No --kafka-bootstrap-servers: the ConfigMap says where Kafka is.
+    let a = EvmeshProcess::start(&config, &dir.path().join("a"), &[]);
+    let b = EvmeshProcess::start(&config, &dir.path().join("b"), &[]);
+    let ends = end_offsets(
+        &KafkaSettings::new([bootstrap()]),
+        &broker_topic_name("default", &broker),
+    )
+    .await
+    .expect("the broker's topic exists");
+    assert_eq!(ends.len(), 3, "the topic has the ConfigMap's partitions");
+    let trigger = format!("{broker}-all");
+    let mut sent = Vec::new();
+    // Rounds of events with many keys (spread over the partitions), each round delivered before
+    // the next, until both processes have delivered some: the group split the partitions.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let round = sent.len() / 12;
+        for i in 0..12 {
+            let id = format!("r{round}-{i}");
+            let mut e = event(&id, "order.created");
+            e.set_extension(
+                "partitionkey",
+                cloudevents::event::ExtensionValue::from(format!("key-{i}")),
+            );
+            let via = if i % 2 == 0 { &a } else { &b };
+            post_ok(&via.url(&format!("/default/{broker}")), e).await;
+            sent.push(id);
+        }
+        eventually("the round delivered", Duration::from_secs(60), || {
+            let got = id_counts(&sink);
+            sent.iter().all(|id| got.contains_key(id))
+        })
+        .await;
+        let (da, db) = (delivered_by(&a, &trigger).await, delivered_by(&b, &trigger).await);
+        if da > 0 && db > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one process delivered everything ({da} vs {db}): the partitions were not split"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let counts = id_counts(&sink);
+    assert_eq!(counts.len(), sent.len(), "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "each event delivered once for the trigger, not once per process: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_kafka_class_broker_without_kafka_is_not_ready_and_becomes_ready_when_kafka_starts() {
+    let port = free_port();
+    let sink = TestSink::start().await;
+    let broker = "later";
+    let yaml = configmap_yaml(broker, &format!("127.0.0.1:{port}"), 1, &sink);
+    // evmesh starts although nothing listens where the ConfigMap says Kafka is.
+    let m = mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    let (code, text) = get_text(&m.url("/readyz")).await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains(&format!("broker default/{broker}")), "{text}");
+    let status_url = m.url(&format!(
+        "/apis/eventing.knative.dev/v1/namespaces/default/brokers/{broker}"
+    ));
+    let (_, b) = get_json(&status_url).await;
+    let ready = &b["status"]["conditions"][0];
+    assert_eq!(ready["status"], "False", "{b}");
+    assert_eq!(ready["reason"], "LogUnavailable", "{b}");
+    assert_eq!(
+        post_binary(&url, event("early", "t")).await,
+        503,
+        "a broker that cannot reach its Kafka takes no event"
+    );
+    let _tansu = OwnTansu::start_on(port).await;
+    let trigger_url = m.url(&format!(
+        "/apis/eventing.knative.dev/v1/namespaces/default/triggers/{broker}-all"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, b) = get_json(&status_url).await;
+        let (_, t) = get_json(&trigger_url).await;
+        if b["status"]["conditions"][0]["status"] == "True"
+            && t["status"]["conditions"][0]["status"] == "True"
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {b} {t}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The broker and its trigger started by themselves; the trigger delivers what is accepted.
+    post_ok(&url, event("later", "t")).await;
+    eventually("delivered", Duration::from_secs(60), || {
+        sink.ids() == ["later"]
+    })
+    .await;
+    let (code, text) = get_text(&m.url("/readyz")).await;
+    assert_eq!(code, 200, "{text}");
     m.mesh.shutdown().await;
 }

@@ -21,13 +21,35 @@ pub async fn ensure_topic(
     replication: i32,
     configs: &[(&str, &str)],
 ) -> Result<bool, KafkaError> {
+    ensure_topic_within(
+        settings,
+        topic,
+        partitions,
+        replication,
+        configs,
+        ADMIN_TIMEOUT,
+    )
+    .await
+}
+
+/// [`ensure_topic`], failing after `timeout` (e.g. while Kafka is unreachable).
+pub(crate) async fn ensure_topic_within(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<bool, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     for (k, v) in configs {
         new = new.set(k, v);
     }
-    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = tokio::time::timeout(ADMIN_TIMEOUT, admin.create_topics([&new], &opts))
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results = tokio::time::timeout(timeout, admin.create_topics([&new], &opts))
         .await
         .map_err(|_| KafkaError::Timeout("creating a topic"))??;
     match results.into_iter().next() {

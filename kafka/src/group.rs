@@ -222,6 +222,7 @@ impl ConsumerGroup for KafkaGroup {
             self.closed().await;
             let stores: Stores = Arc::default();
             let ctx = GroupContext {
+                status: self.status.clone(),
                 events: Mutex::new(Vec::new()),
                 stores: stores.clone(),
                 initial: self.spec.initial_offset,
@@ -282,6 +283,7 @@ enum Item {
 }
 
 struct GroupContext {
+    status: Arc<GroupStatus>,
     events: Mutex<Vec<Rebalanced>>,
     stores: Stores,
     initial: InitialOffset,
@@ -364,7 +366,14 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Client-wide errors (brokers unreachable, authentication): shown in the status until the
+    /// member joins or reads a record.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(group = %self.group, "kafka client: {error}: {reason}");
+        self.status.with(|s| s.error = Some(reason.to_string()));
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -452,6 +461,7 @@ impl Poller {
                         tracing::info!(group = %group, ?parts, "partitions assigned");
                         self.status.with(|s| {
                             s.joined = true;
+                            s.error = None;
                             s.assigned.extend(parts);
                         });
                         if paused {

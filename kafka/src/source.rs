@@ -24,6 +24,10 @@ use url::Url;
 use crate::group::{GroupStatus, InitialOffset, KafkaGroup, KafkaRecord};
 use crate::{GroupSpec, KafkaSettings, Sasl, Tls, binding};
 
+/// Not-ready reason of a KafkaSource that cannot reach its Kafka (it keeps trying, and is
+/// ready once its consumer group joined).
+pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
+
 /// Annotation that sets the consumer group session timeout of a KafkaSource (ISO-8601, e.g.
 /// `PT6S`); evmesh's default is 10 s.
 pub const SESSION_TIMEOUT_ANNOTATION: &str = "evmesh.dev/kafka-session-timeout";
@@ -353,15 +357,16 @@ impl Source for KafkaSource {
         } else if let Some(reason) = st.route.as_ref().and_then(|r| r.not_ready_reason()) {
             Some(("DeliveryNotReady", reason))
         } else if !self.status.joined() {
-            Some((
-                "ConsumerGroupNotJoined",
-                match self.status.error() {
-                    Some(e) => {
-                        format!("joining consumer group {}: {e}", self.config.consumer_group)
-                    }
-                    None => format!("joining consumer group {}", self.config.consumer_group),
-                },
-            ))
+            Some(match self.status.error() {
+                Some(e) => (
+                    KAFKA_UNAVAILABLE,
+                    format!("joining consumer group {}: {e}", self.config.consumer_group),
+                ),
+                None => (
+                    "ConsumerGroupNotJoined",
+                    format!("joining consumer group {}", self.config.consumer_group),
+                ),
+            })
         } else {
             None
         };
