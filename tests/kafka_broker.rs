@@ -184,6 +184,55 @@ spec:
 }
 
 #[tokio::test]
+async fn an_ordered_trigger_of_a_kafka_class_broker_keeps_a_partition_in_order_whatever_the_keys() {
+    use cloudevents::event::ExtensionValue;
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let sink = TestSink::start().await;
+    // The first attempt fails; its retry waits 1 s, and its partition's later events wait.
+    sink.script([Reply::Status(503)]);
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: {broker}
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: {broker}-ordered
+  annotations: {{kafka.eventing.knative.dev/delivery.order: ordered}}
+spec:
+  broker: {broker}
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 3, backoffPolicy: linear, backoffDelay: PT1S}}
+"#,
+        sink.url()
+    );
+    let m = kafka_mesh(&yaml).await;
+    let url = m.url(&format!("/default/{broker}"));
+    // One partition; every event has a key of its own, and the last none.
+    for i in 0..4 {
+        let mut e = event(&format!("e{i}"), "order.created");
+        if i < 3 {
+            e.set_extension("partitionkey", ExtensionValue::from(format!("key-{i}")));
+        }
+        post_ok(&url, e).await;
+    }
+    eventually("all delivered", Duration::from_secs(60), || {
+        sink.count() >= 5
+    })
+    .await;
+    assert_eq!(
+        sink.ids(),
+        ["e0", "e0", "e1", "e2", "e3"],
+        "nothing passes a failed event of its partition"
+    );
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
 async fn two_evmesh_processes_share_a_kafka_class_trigger_and_one_killed_loses_nothing() {
     let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let (orders, refunds) = (TestSink::start().await, TestSink::start().await);

@@ -412,6 +412,34 @@ async fn kafka_source_ordered_delivers_a_key_in_order_one_at_a_time() {
 }
 
 #[tokio::test]
+async fn kafka_source_ordered_keeps_a_partition_in_order_whatever_the_keys() {
+    let topics = Topics::new(1, 1).await;
+    let sink = TestSink::start().await;
+    first_fails(&sink);
+    let m = mesh(&kafka_source(
+        "ordered-partition",
+        &[topics.get(0)],
+        &sink,
+        "  initialOffset: earliest\n  ordering: ordered\n  delivery: {retry: 3, backoffPolicy: linear, backoffDelay: PT1S}",
+    ))
+    .await;
+    // One partition, other keys: as Knative's ordered dispatcher, the partition waits for e0.
+    let p = producer();
+    produce(&p, topics.get(0), ["e0".to_string()], Some("k0")).await;
+    produce(&p, topics.get(0), (1..4).map(|i| format!("e{i}")), Some("k1")).await;
+    eventually("all delivered", Duration::from_secs(60), || {
+        sink.count() >= 5
+    })
+    .await;
+    assert_eq!(
+        sink.ids(),
+        ["e0", "e0", "e1", "e2", "e3"],
+        "nothing passes a failed event of its partition"
+    );
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
 async fn kafka_source_unordered_does_not_wait_for_a_retrying_event() {
     let topics = Topics::new(1, 1).await;
     let sink = TestSink::start().await;

@@ -510,8 +510,8 @@ spec:
             event("lost", "t")
         )
         .await,
-        404,
-        "a channel that does not run takes no event"
+        503,
+        "a channel whose log cannot be opened takes no event (503: try again later)"
     );
     post_ok(
         &m.url(&format!("/channels/default/{ch}-imc")),

@@ -105,6 +105,11 @@ pub trait Cursor: Send {
     fn caught_up(&self) -> bool {
         false
     }
+    /// Whether an ordered run orders per partition of this log (one delivery in flight per
+    /// partition, as Knative's Kafka dispatcher orders) rather than per `partitionkey`.
+    fn orders_by_partition(&self) -> bool {
+        false
+    }
     /// Called once when the run ends, after its last [`save`](Cursor::save): resolves once what
     /// that save reported has reached the log (e.g. JetStream acks sent and flushed).
     fn close(&mut self) -> BoxFuture<'_, ()> {

@@ -702,6 +702,10 @@ impl Cursor for KafkaCursor {
         None
     }
 
+    fn orders_by_partition(&self) -> bool {
+        true
+    }
+
     fn position(&self) -> Pos {
         let (partition, offset) = self
             .handed
