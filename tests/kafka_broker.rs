@@ -531,3 +531,45 @@ async fn a_kafka_class_broker_without_kafka_is_not_ready_and_becomes_ready_when_
     assert_eq!(code, 200, "{text}");
     m.mesh.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_record_of_a_broker_topic_that_is_no_cloudevent_is_discarded_and_counted() {
+    let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (orders, refunds) = (TestSink::start().await, TestSink::start().await);
+    let m = kafka_mesh(&yaml(&broker, &orders, &refunds)).await;
+    // Someone else writes a plain record to the broker's topic.
+    let producer =
+        evmesh_kafka::KafkaProducer::new(&KafkaSettings::new([bootstrap()])).expect("producer");
+    producer
+        .send_raw(
+            &broker_topic_name("default", &broker),
+            None,
+            &[],
+            b"not a CloudEvent",
+        )
+        .await
+        .expect("produce");
+    post_ok(
+        &m.url(&format!("/default/{broker}")),
+        event("after", "order.created"),
+    )
+    .await;
+    eventually("the event after it delivered", Duration::from_secs(60), || {
+        orders.ids() == ["after"]
+    })
+    .await;
+    let base = m.url("");
+    for trigger in [format!("{broker}-orders"), format!("{broker}-refunds")] {
+        let c = eventually_counters(
+            &base,
+            "triggers",
+            "default",
+            &trigger,
+            Duration::from_secs(30),
+            |c| c["discarded"] == 1,
+        )
+        .await;
+        assert_eq!(c["delivered"], if trigger.ends_with("orders") { 1 } else { 0 }, "{c}");
+    }
+    m.mesh.shutdown().await;
+}

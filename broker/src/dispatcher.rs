@@ -782,7 +782,12 @@ impl Worker {
             scan = false;
             // Take new events while there is room.
             while !stopping && st.slots.len() < self.max_in_flight {
-                let Some((pos, event)) = cursor.next().await else {
+                let next = cursor.next().await;
+                let discarded = cursor.take_discarded();
+                if discarded > 0 {
+                    self.shared.counters.discarded(discarded);
+                }
+                let Some((pos, event)) = next else {
                     break;
                 };
                 dirty = true;

@@ -64,7 +64,9 @@ pub struct KafkaRecord<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-/// Turns a record into the event to deliver; an error skips the record (logged).
+/// Turns a record into the event to deliver; an error discards the record (logged, counted in
+/// [`GroupStatus::skipped`] and in the route's `discarded` counter), as Knative's Kafka
+/// dispatcher discards a record that is not a CloudEvent.
 pub type Decode = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<EventRecord, String> + Send + Sync>;
 
 /// Where a group starts on a partition it has no committed offset for.
@@ -257,6 +259,7 @@ impl ConsumerGroup for KafkaGroup {
                 stores,
                 stop,
                 status: self.status.clone(),
+                discarded: 0,
             }) as Box<dyn Cursor>)
         })
     }
@@ -518,7 +521,7 @@ impl Poller {
                     let event = match (self.decode)(&record) {
                         Ok(e) => Some(Arc::new(e)),
                         Err(e) => {
-                            tracing::error!(group = %group, topic = m.topic(), partition = m.partition(), offset = m.offset(), "record skipped: {e}");
+                            tracing::error!(group = %group, topic = m.topic(), partition = m.partition(), offset = m.offset(), "invalid record discarded: {e}");
                             self.status.with(|s| s.skipped += 1);
                             None
                         }
@@ -603,6 +606,8 @@ struct KafkaCursor {
     stores: Stores,
     stop: Arc<AtomicBool>,
     status: Arc<GroupStatus>,
+    /// Undecodable records passed over since the run last asked.
+    discarded: u64,
 }
 
 impl Drop for KafkaCursor {
@@ -624,14 +629,19 @@ impl Cursor for KafkaCursor {
                 match self.rx.try_recv() {
                     Ok(Item::Record { pid, offset, event }) => {
                         self.handed.insert(pid, offset + 1);
-                        if let Some(event) = event {
-                            return Some((
-                                Pos {
-                                    partition: pid,
-                                    offset,
-                                },
-                                Some(event),
-                            ));
+                        match event {
+                            Some(event) => {
+                                return Some((
+                                    Pos {
+                                        partition: pid,
+                                        offset,
+                                    },
+                                    Some(event),
+                                ));
+                            }
+                            // Not an event: discarded (its offset is committed with the next
+                            // save), as Knative's Kafka dispatcher discards it.
+                            None => self.discarded += 1,
                         }
                     }
                     Ok(Item::Revoked(pids)) => {
@@ -704,6 +714,10 @@ impl Cursor for KafkaCursor {
 
     fn orders_by_partition(&self) -> bool {
         true
+    }
+
+    fn take_discarded(&mut self) -> u64 {
+        std::mem::take(&mut self.discarded)
     }
 
     fn position(&self) -> Pos {
