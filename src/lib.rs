@@ -500,9 +500,10 @@ impl Mesh {
         service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(nats_url)));
         // A Kafka-class Broker's `spec.config` and Knative's `kafka-channel-config` ConfigMap
         // in the YAML win over the option.
-        let mut kafka = options.kafka_bootstrap_servers.as_deref().map(|s| {
-            evmesh_kafka::KafkaSettings::new(evmesh_config::kafka::split_servers(s))
-        });
+        let mut kafka = options
+            .kafka_bootstrap_servers
+            .as_deref()
+            .map(|s| evmesh_kafka::KafkaSettings::new(evmesh_config::kafka::split_servers(s)));
         if let Some(k) = kafka.as_mut() {
             k.message_timeout = options.kafka_produce_timeout;
         }

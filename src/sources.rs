@@ -456,8 +456,17 @@ impl SourceRuntime {
             .iter()
             .filter_map(|((kind, ns, name), r)| {
                 let st = r.source.status();
-                (!st.ready && st.reason.as_deref().is_some_and(|r| FAILING_REASONS.contains(&r)))
-                    .then(|| (format!("{kind} {ns}/{name}"), st.message.unwrap_or_default()))
+                (!st.ready
+                    && st
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| FAILING_REASONS.contains(&r)))
+                .then(|| {
+                    (
+                        format!("{kind} {ns}/{name}"),
+                        st.message.unwrap_or_default(),
+                    )
+                })
             })
             .collect();
         v.sort();

@@ -413,7 +413,10 @@ async fn a_broker_configmap_sets_the_topic_partitions_and_two_processes_split_th
             sent.iter().all(|id| got.contains_key(id))
         })
         .await;
-        let (da, db) = (delivered_by(&a, &trigger).await, delivered_by(&b, &trigger).await);
+        let (da, db) = (
+            delivered_by(&a, &trigger).await,
+            delivered_by(&b, &trigger).await,
+        );
         if da > 0 && db > 0 {
             break;
         }
@@ -504,9 +507,11 @@ async fn a_record_of_a_broker_topic_that_is_no_cloudevent_is_discarded_and_count
         event("after", "order.created"),
     )
     .await;
-    eventually("the event after it delivered", Duration::from_secs(60), || {
-        orders.ids() == ["after"]
-    })
+    eventually(
+        "the event after it delivered",
+        Duration::from_secs(60),
+        || orders.ids() == ["after"],
+    )
     .await;
     let base = m.url("");
     for trigger in [format!("{broker}-orders"), format!("{broker}-refunds")] {
@@ -519,7 +524,11 @@ async fn a_record_of_a_broker_topic_that_is_no_cloudevent_is_discarded_and_count
             |c| c["discarded"] == 1,
         )
         .await;
-        assert_eq!(c["delivered"], if trigger.ends_with("orders") { 1 } else { 0 }, "{c}");
+        assert_eq!(
+            c["delivered"],
+            if trigger.ends_with("orders") { 1 } else { 0 },
+            "{c}"
+        );
     }
     m.mesh.shutdown().await;
 }

@@ -200,6 +200,9 @@ data:
     // No --kafka-bootstrap-servers: only the ConfigMap says where Kafka is.
     let m = mesh(&yaml).await;
     post_ok(&m.url(&format!("/channels/default/{ch}")), event("cm", "t")).await;
-    eventually("delivered", Duration::from_secs(60), || sink.ids() == ["cm"]).await;
+    eventually("delivered", Duration::from_secs(60), || {
+        sink.ids() == ["cm"]
+    })
+    .await;
     m.mesh.shutdown().await;
 }

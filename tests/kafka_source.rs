@@ -426,7 +426,13 @@ async fn kafka_source_ordered_keeps_a_partition_in_order_whatever_the_keys() {
     // One partition, other keys: as Knative's ordered dispatcher, the partition waits for e0.
     let p = producer();
     produce(&p, topics.get(0), ["e0".to_string()], Some("k0")).await;
-    produce(&p, topics.get(0), (1..4).map(|i| format!("e{i}")), Some("k1")).await;
+    produce(
+        &p,
+        topics.get(0),
+        (1..4).map(|i| format!("e{i}")),
+        Some("k1"),
+    )
+    .await;
     eventually("all delivered", Duration::from_secs(60), || {
         sink.count() >= 5
     })

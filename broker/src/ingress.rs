@@ -218,7 +218,10 @@ async fn receive(
     };
     if !exists {
         let (noun, not_ready) = match target {
-            Target::Broker => ("broker", ingress.service.broker_not_ready(namespace, broker)),
+            Target::Broker => (
+                "broker",
+                ingress.service.broker_not_ready(namespace, broker),
+            ),
             Target::Channel => (
                 "channel",
                 ingress.service.channel_not_ready(namespace, broker),

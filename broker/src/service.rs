@@ -766,14 +766,24 @@ impl BrokerService {
             for (key, target) in targets {
                 match self.open_backend(&target).await {
                     Ok(backend) => {
-                        tracing::info!("{} {}/{}: its log opened", target.resource, target.namespace, target.name);
+                        tracing::info!(
+                            "{} {}/{}: its log opened",
+                            target.resource,
+                            target.namespace,
+                            target.name
+                        );
                         self.retry_state()
                             .opened
                             .insert(key, (target.kind.clone(), backend));
                         opened = true;
                     }
                     Err(e) => {
-                        tracing::debug!("{} {}/{} still not started: {e}", target.resource, target.namespace, target.name);
+                        tracing::debug!(
+                            "{} {}/{} still not started: {e}",
+                            target.resource,
+                            target.namespace,
+                            target.name
+                        );
                         if let Some(reason) = self.state_mut().stream_failures.get_mut(&key) {
                             *reason = e.to_string();
                         }
@@ -986,7 +996,9 @@ impl BrokerService {
                         // the log is tried again on a timer.
                         Err((e, target)) => {
                             tracing::error!("{} {}/{} not started: {e}", kind.noun(), key.0, key.1);
-                            self.retry_state().targets.insert(failure_key.clone(), target);
+                            self.retry_state()
+                                .targets
+                                .insert(failure_key.clone(), target);
                             self.state_mut()
                                 .stream_failures
                                 .insert(failure_key, e.to_string());

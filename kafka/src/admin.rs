@@ -41,6 +41,11 @@ pub(crate) async fn ensure_topic_within(
     configs: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<bool, KafkaError> {
+    // A topic that exists is not created again (fewer rights needed, and Kafka-protocol
+    // brokers that do not implement CreateTopics, such as librdkafka's mock cluster, work).
+    if topic_exists(settings, topic, timeout).await? {
+        return Ok(false);
+    }
     let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     for (k, v) in configs {
@@ -62,6 +67,31 @@ pub(crate) async fn ensure_topic_within(
             "creating topic {topic}: no answer"
         ))),
     }
+}
+
+/// Whether `topic` exists with at least one partition (a metadata request).
+async fn topic_exists(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<bool, KafkaError> {
+    let settings = settings.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mut c = settings.client_config();
+        c.set("allow.auto.create.topics", "false");
+        let consumer: BaseConsumer = c.create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        drop(metadata);
+        Ok(exists)
+    })
+    .await
+    .map_err(|_| KafkaError::Timeout("reading topic metadata"))?
 }
 
 /// Deletes `topic` (a missing topic is not an error).

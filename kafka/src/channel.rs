@@ -84,7 +84,9 @@ impl KafkaProvider {
         KafkaProvider {
             message_timeout: settings
                 .as_ref()
-                .map_or(crate::settings::DEFAULT_MESSAGE_TIMEOUT, |s| s.message_timeout),
+                .map_or(crate::settings::DEFAULT_MESSAGE_TIMEOUT, |s| {
+                    s.message_timeout
+                }),
             settings,
             channel_servers: None,
         }
@@ -221,7 +223,12 @@ impl LogProvider for KafkaProvider {
                 OPEN_TIMEOUT,
             )
             .await
-            .map_err(|e| LogError::new(format!("Kafka {}: {e}", settings.bootstrap_servers.join(","))))?;
+            .map_err(|e| {
+                LogError::new(format!(
+                    "Kafka {}: {e}",
+                    settings.bootstrap_servers.join(",")
+                ))
+            })?;
             let producer =
                 KafkaProducer::new(&settings).map_err(|e| LogError::new(e.to_string()))?;
             tracing::info!(topic = %topic, partitions, "Kafka topic ready");

@@ -406,10 +406,7 @@ impl Source for KafkaSource {
         assigned.sort();
         let mut ev = Map::new();
         ev.insert("consumerGroup".into(), json!(self.config.consumer_group));
-        ev.insert(
-            "assigned".into(),
-            json!(assigned),
-        );
+        ev.insert("assigned".into(), json!(assigned));
         // Per consumer of this process: the partitions it is assigned.
         ev.insert(
             "members".into(),

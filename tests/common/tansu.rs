@@ -53,4 +53,3 @@ impl Drop for OwnTansu {
         let _ = self.child.wait();
     }
 }
-
