@@ -93,7 +93,8 @@
 //!   made again, so a subscriber may see an event twice: deduplicate on `id` + `source`.
 //! * **Ordering.** A trigger delivers concurrently (up to `max_in_flight`) by default, in no
 //!   particular order. An ordered trigger (`kafka.eventing.knative.dev/delivery.order:
-//!   ordered`) hands one event per `partitionkey` at a time, in log order, across retries.
+//!   ordered`) hands one event per `partitionkey` at a time, in log order, across retries (on
+//!   the Kafka broker class: one event per partition, as Knative's Kafka broker).
 //! * **Replies** are stored in the broker (or sent to a subscription's `reply`) before the
 //!   delivery they answer counts as done.
 //! * **Shutdown** ([`RunningMesh::shutdown`]) stops accepting, drains in-flight deliveries,

@@ -33,16 +33,22 @@ data:
 fn a_kafka_broker_reads_the_configmap_its_spec_config_names() {
     let yaml = format!(
         "{CONFIG_MAP}---{}",
-        broker("{apiVersion: v1, kind: ConfigMap, name: kafka-broker-config, namespace: knative-eventing}")
+        broker(
+            "{apiVersion: v1, kind: ConfigMap, name: kafka-broker-config, namespace: knative-eventing}"
+        )
     );
     let mesh = MeshConfig::from_yaml("k.yaml", &yaml).expect("valid");
-    let k = mesh.brokers[0].kafka.as_ref().expect("the Kafka configuration");
+    let k = mesh.brokers[0]
+        .kafka
+        .as_ref()
+        .expect("the Kafka configuration");
     assert_eq!(k.bootstrap_servers, ["k1:9092", "k2:9092"]);
     assert_eq!((k.partitions, k.replication_factor), (10, 3));
     assert_eq!(k.topic_config["retention.ms"], "3600000");
     assert!(
-        mesh.warnings.iter().all(|w| !w.message.contains("spec.config")
-            && !w.message.contains("not read")),
+        mesh.warnings
+            .iter()
+            .all(|w| !w.message.contains("spec.config") && !w.message.contains("not read")),
         "{:?}",
         mesh.warnings
     );
@@ -56,7 +62,10 @@ fn a_kafka_broker_whose_configmap_is_not_in_the_yaml_is_a_config_error() {
     )
     .expect_err("the ConfigMap is missing")
     .to_string();
-    assert!(e.contains("spec.config") && e.contains("shop/missing"), "{e}");
+    assert!(
+        e.contains("spec.config") && e.contains("shop/missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -64,7 +73,9 @@ fn a_kafka_broker_configmap_without_partitions_is_a_config_error() {
     let yaml = format!(
         "{}---{}",
         CONFIG_MAP.replace("  default.topic.partitions: \"10\"\n", ""),
-        broker("{apiVersion: v1, kind: ConfigMap, name: kafka-broker-config, namespace: knative-eventing}")
+        broker(
+            "{apiVersion: v1, kind: ConfigMap, name: kafka-broker-config, namespace: knative-eventing}"
+        )
     );
     let e = MeshConfig::from_yaml("k.yaml", &yaml)
         .expect_err("partitions are required")
@@ -81,5 +92,8 @@ metadata: {name: kafka-channel-config, namespace: knative-eventing}
 data: {bootstrap.servers: "k:9092"}
 "#;
     let mesh = MeshConfig::from_yaml("k.yaml", yaml).expect("valid");
-    assert_eq!(mesh.kafka_channel_bootstrap, Some(vec!["k:9092".to_string()]));
+    assert_eq!(
+        mesh.kafka_channel_bootstrap,
+        Some(vec!["k:9092".to_string()])
+    );
 }
