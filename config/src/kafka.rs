@@ -146,7 +146,7 @@ mod tests {
             "bootstrap.servers": "k:9092",
             "default.topic.replication.factor": "1",
         })))
-        .unwrap_err();
+        .expect_err("partitions are required");
         assert!(e.contains("default.topic.partitions"), "{e}");
     }
 
@@ -157,7 +157,7 @@ mod tests {
             "default.topic.partitions": "3",
             "default.topic.replication.factor": "0",
         })))
-        .unwrap_err();
+        .expect_err("replication must be positive");
         assert!(e.contains("replication.factor"), "{e}");
     }
 
@@ -168,7 +168,7 @@ mod tests {
             "default.topic.partitions": 3,
             "default.topic.replication.factor": 1,
         })))
-        .unwrap();
+        .expect("valid");
         assert_eq!((c.partitions, c.replication_factor), (3, 1));
     }
 
