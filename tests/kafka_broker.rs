@@ -530,5 +530,14 @@ async fn a_record_of_a_broker_topic_that_is_no_cloudevent_is_discarded_and_count
             "{c}"
         );
     }
+    let (_, metrics) = get_text(&m.url("/metrics")).await;
+    let line = metrics.lines().find(|l| {
+        l.starts_with("evmesh_discarded_total{")
+            && l.contains(&format!("trigger_name=\"{broker}-orders\""))
+    });
+    assert!(
+        line.is_some_and(|l| l.ends_with(" 1")),
+        "Prometheus counts the discarded record: {line:?}"
+    );
     m.mesh.shutdown().await;
 }
