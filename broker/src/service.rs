@@ -1765,6 +1765,14 @@ impl BrokerService {
 
     /// Why broker `namespace/name` is configured but does not run (its log could not be
     /// opened, e.g. its Kafka is unreachable; tried again on a timer), or `None`.
+    ///
+    /// ```no_run
+    /// # fn demo(service: &evmesh_broker::BrokerService) {
+    /// if let Some(why) = service.broker_not_ready("default", "orders") {
+    ///     eprintln!("broker default/orders is not ready: {why}");
+    /// }
+    /// # }
+    /// ```
     pub fn broker_not_ready(&self, namespace: &str, name: &str) -> Option<String> {
         self.stream_failure(StreamKind::Broker, namespace, name)
     }

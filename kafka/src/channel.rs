@@ -120,9 +120,11 @@ impl KafkaProvider {
     /// replication and topic configuration.
     fn plan(&self, target: &LogTarget) -> Result<TopicPlan, LogError> {
         let missing = || {
-            LogError::new(
-                "no Kafka bootstrap servers: give --kafka-bootstrap-servers (EVMESH_KAFKA_BOOTSTRAP)",
-            )
+            LogError::new(if target.resource == "broker" {
+                "no Kafka bootstrap servers: give the broker a spec.config ConfigMap (kafka-broker-config) or --kafka-bootstrap-servers (EVMESH_KAFKA_BOOTSTRAP)"
+            } else {
+                "no Kafka bootstrap servers: give a kafka-channel-config ConfigMap or --kafka-bootstrap-servers (EVMESH_KAFKA_BOOTSTRAP)"
+            })
         };
         if target.resource == "broker" {
             if target.spec.is_null() {
