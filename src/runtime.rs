@@ -721,42 +721,22 @@ impl Runtime {
                 kind.plural, kind.group
             )));
         }
+        // Immutable as in Knative (a Trigger's broker, a Subscription's channel, a Channel's
+        // template once set): what the kind registered.
+        let rules = registry::by_group(kind.group, kind.kind).map_or(&[][..], |k| k.immutable());
         if let Some(prev) = &previous
-            && kind.kind == "Trigger"
-            && prev.manifest["spec"]["broker"] != manifest["spec"]["broker"]
-            && !manifest["spec"]["broker"].is_null()
+            && let Some(rule) = rules
+                .iter()
+                .find(|r| r.violated(&prev.manifest["spec"][r.field], &manifest["spec"][r.field]))
         {
             return Err(WriteError::Invalid {
                 kind,
                 name,
                 causes: vec![(
-                    "spec.broker".into(),
+                    format!("spec.{}", rule.field),
                     "Immutable field changed (as in Knative)".into(),
                 )],
             });
-        }
-        // Immutable as in Knative: a Subscription's channel, a Channel's template (once set).
-        let immutable = match kind.kind {
-            "Subscription" => Some("channel"),
-            "Channel" => Some("channelTemplate"),
-            _ => None,
-        };
-        if let (Some(prev), Some(field)) = (&previous, immutable) {
-            let (old, new) = (&prev.manifest["spec"][field], &manifest["spec"][field]);
-            let changed = match kind.kind {
-                "Channel" => !old.is_null() && !new.is_null() && old != new,
-                _ => old != new,
-            };
-            if changed {
-                return Err(WriteError::Invalid {
-                    kind,
-                    name,
-                    causes: vec![(
-                        format!("spec.{field}"),
-                        "Immutable field changed (as in Knative)".into(),
-                    )],
-                });
-            }
         }
         // Stamp first (uid kept from the previous version), then validate this resource in the
         // context of the running configuration: what runs must carry the uid, or a changed
@@ -1071,29 +1051,13 @@ fn conditions(not_ready: Option<(&str, &str)>) -> Value {
     }
 }
 
+/// Removes what resource `ns/name` of `kind` put into `mesh`, as its registered kind says.
 fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str) {
-    let is = |m: &evmesh_config::ObjectMeta| m.namespace == ns && m.name == name;
-    // What a Channel, Sequence or Parallel generated is owned by it.
-    let owned = |m: &evmesh_config::ObjectMeta| {
-        m.namespace == ns
-            && evmesh_config::messaging::owner_of(m)
-                .is_some_and(|(k, n)| k == kind.kind && n == name)
-    };
-    let written =
-        |m: &evmesh_config::ObjectMeta| is(m) && evmesh_config::messaging::owner_of(m).is_none();
-    match kind.kind {
-        "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
-        "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
-        _ if kind.group == "sources.knative.dev" => mesh
-            .sources
-            .retain(|s| !(s.kind() == kind.kind && is(&s.metadata))),
-        "InMemoryChannel" => mesh.channels.retain(|c| !written(&c.metadata)),
-        "Subscription" => mesh.subscriptions.retain(|s| !written(&s.metadata)),
-        "Channel" | "Sequence" | "Parallel" => {
-            mesh.channels.retain(|c| !owned(&c.metadata));
-            mesh.subscriptions.retain(|s| !owned(&s.metadata));
-        }
-        k => mesh.externals.retain(|e| !(e.kind == k && is(&e.metadata))),
+    match registry::by_group(kind.group, kind.kind) {
+        Some(k) => k.remove(mesh, ns, name),
+        None => mesh.externals.retain(|e| {
+            !(e.kind == kind.kind && e.metadata.namespace == ns && e.metadata.name == name)
+        }),
     }
 }
 

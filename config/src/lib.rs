@@ -22,6 +22,7 @@
 
 mod annotations;
 mod error;
+mod kinds;
 mod loader;
 pub mod messaging;
 mod model;
