@@ -13,7 +13,7 @@ use evmesh_config::messaging::ChannelKind;
 use evmesh_config::registry::{self, KindInfo};
 use evmesh_config::{
     ConfigError, ConfigErrors, Document, MeshConfig, Resolver, ValidationContext, Warning,
-    event_display_url, validate_in,
+    validate_in,
 };
 use evmesh_store::EventStore;
 use serde::{Deserialize, Serialize};
@@ -962,92 +962,27 @@ impl Runtime {
         &self,
         kind: &KindInfo,
         manifest: &Value,
-        cx: &mut Option<messaging::Cx>,
+        cx: &mut Option<evmesh_broker::kind::StatusCx>,
     ) -> Value {
-        if messaging::is_messaging(kind) {
-            let cx = cx.get_or_insert_with(|| {
-                let mesh = self.mesh();
-                messaging::Cx {
-                    resolver: self.resolver(&mesh),
-                    mesh,
-                    ingress: self.inner.ingress.clone(),
-                    service: self.inner.service.clone(),
-                }
-            });
-            let mut obj = manifest.clone();
-            if let Some(o) = obj.as_object_mut() {
-                o.insert("status".into(), messaging::status(cx, kind, manifest));
+        let cx = cx.get_or_insert_with(|| {
+            let mesh = self.mesh();
+            evmesh_broker::kind::StatusCx {
+                resolver: self.resolver(&mesh),
+                mesh,
+                ingress: self.inner.ingress.clone(),
+                service: self.inner.service.clone(),
+                sources: Arc::new(self.inner.sources.clone()),
             }
-            return obj;
-        }
+        });
         let mut obj = manifest.clone();
-        let meta = &manifest["metadata"];
-        let ns = meta["namespace"].as_str().unwrap_or("default");
-        let name = meta["name"].as_str().unwrap_or_default();
-        let generation = meta["generation"].as_i64().unwrap_or(1);
-        let status = match (kind.group, kind.kind) {
-            ("eventing.knative.dev", "Broker") => {
-                let v = self
-                    .inner
-                    .service
-                    .brokers()
-                    .into_iter()
-                    .find(|v| v.namespace == ns && v.name == name);
-                json!({
-                    "observedGeneration": generation,
-                    "conditions": conditions(v.is_none().then_some(("NotRunning", "broker is not running"))),
-                    "address": {"url": v.as_ref().map(|v| v.url.clone())},
-                    "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
-                    "evmesh": v.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),
-                })
-            }
-            ("eventing.knative.dev", "Trigger") => {
-                let v = self.inner.service.trigger(ns, name);
-                let reason = match &v {
-                    None => Some((
-                        "NotRunning".to_string(),
-                        "trigger is not running".to_string(),
-                    )),
-                    Some(v) => v.not_ready_reason.clone().map(|r| {
-                        (
-                            v.not_ready_code
-                                .clone()
-                                .unwrap_or_else(|| "NotReady".into()),
-                            r,
-                        )
-                    }),
-                };
-                json!({
-                    "observedGeneration": generation,
-                    "conditions": conditions(reason.as_ref().map(|(c, r)| (c.as_str(), r.as_str()))),
-                    "subscriberUri": v.as_ref().and_then(|v| v.subscriber_uri.clone()).unwrap_or_default(),
-                    "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
-                    "evmesh": v.map(|v| json!({"counters": v.counters})),
-                })
-            }
-            ("sources.knative.dev", k) => self.inner.sources.status(k, ns, name, generation),
-            _ => {
-                let url = event_display_url(&self.inner.ingress, ns, name);
-                json!({
-                    "observedGeneration": generation,
-                    "conditions": conditions(None),
-                    "address": {"url": url.to_string()},
-                })
-            }
+        let status = match crate::kinds::runtime(kind) {
+            Some(k) => k.status(cx, manifest),
+            None => json!({}),
         };
         if let Some(o) = obj.as_object_mut() {
             o.insert("status".into(), status);
         }
         obj
-    }
-}
-
-fn conditions(not_ready: Option<(&str, &str)>) -> Value {
-    match not_ready {
-        None => json!([{"type": "Ready", "status": "True"}]),
-        Some((reason, message)) => {
-            json!([{"type": "Ready", "status": "False", "reason": reason, "message": message}])
-        }
     }
 }
 

@@ -19,7 +19,7 @@ pub(crate) mod subscription;
 pub(crate) mod trigger;
 
 use crate::MeshConfig;
-use crate::messaging::{ChannelKind, owner_of};
+use crate::messaging::{ChannelDefaults, ChannelKind, ChannelTemplate, owner_of};
 use crate::model::ObjectMeta;
 use crate::registry::{AddrKey, Address};
 
@@ -97,3 +97,13 @@ pub(crate) fn front_addresses(
 
 pub(crate) const MESSAGING: &str = "messaging.knative.dev";
 pub(crate) const FLOWS: &str = "flows.knative.dev";
+
+/// A flow's or Channel's `channelTemplate`, else the default for its namespace.
+pub(crate) fn template_or_default(
+    t: &Option<ChannelTemplate>,
+    defaults: &ChannelDefaults,
+    meta: &ObjectMeta,
+) -> ChannelTemplate {
+    t.clone()
+        .unwrap_or_else(|| defaults.template_for(&meta.namespace).clone())
+}

@@ -200,6 +200,24 @@ pub trait Kind: Sync {
         let _ = (mesh, out);
     }
 
+    /// Whether resources of this kind generate Channels and Subscriptions ([`Kind::wire`]).
+    fn generates(&self) -> bool {
+        false
+    }
+
+    /// The Channels and Subscriptions a resource of this kind generates, as Knative's reconciler
+    /// wires them (Channel, Sequence, Parallel; `None` for other kinds or a spec that does not
+    /// parse), with `defaults` for a missing `channelTemplate`.
+    fn wire(
+        &self,
+        meta: &ObjectMeta,
+        spec: Value,
+        defaults: &crate::messaging::ChannelDefaults,
+    ) -> Option<crate::messaging::wiring::Wiring> {
+        let _ = (meta, spec, defaults);
+        None
+    }
+
     /// `spec` fields that may not change once set.
     fn immutable(&self) -> &'static [Immutable] {
         &[]
@@ -297,6 +315,18 @@ pub fn by_group(group: &str, kind: &str) -> Option<&'static dyn Kind> {
             .iter()
             .any(|v| v.group == group && v.kind == kind)
     })
+}
+
+/// The registered kind served as exactly `api_version` `kind` when its resources generate
+/// Channels and Subscriptions ([`Kind::generates`]).
+///
+/// ```
+/// assert!(evmesh_config::registry::generator("flows.knative.dev/v1", "Sequence").is_some());
+/// assert!(evmesh_config::registry::generator("flows.knative.dev/v2", "Sequence").is_none());
+/// ```
+pub fn generator(api_version: &str, kind: &str) -> Option<&'static dyn Kind> {
+    by_kind(api_version, kind)?;
+    lookup(api_version, kind).filter(|k| k.generates())
 }
 
 /// How a ref to `kind` of `group` is checked and resolved (`group` empty: a Broker ref written

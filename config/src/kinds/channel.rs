@@ -3,10 +3,13 @@
 
 use serde_json::Value;
 
+use super::template_or_default;
 use super::{MESSAGING, front_addresses, remove_generated};
 use crate::MeshConfig;
 use crate::loader::Document;
 use crate::messaging::MESSAGING_V1;
+use crate::messaging::wiring::{self as wiring_fns, Wiring};
+use crate::messaging::{ChannelDefaults, ChannelSpec};
 use crate::model::ObjectMeta;
 use crate::registry::{
     AGE, AddrKey, Address, Immutable, Kind, KindInfo, Pass, READY_COL, REASON_COL, Refs, URL_COL,
@@ -45,6 +48,17 @@ impl Kind for Channel {
         if let Some(s) = typed(&mut pass.ctx, doc, "spec", spec) {
             pass.messaging.channels.push((meta, s, doc));
         }
+    }
+    fn generates(&self) -> bool {
+        true
+    }
+    fn wire(&self, meta: &ObjectMeta, spec: Value, defaults: &ChannelDefaults) -> Option<Wiring> {
+        let spec: ChannelSpec = serde_json::from_value(spec).ok()?;
+        let t = template_or_default(&spec.channel_template, defaults, meta);
+        Some(Wiring {
+            channels: vec![wiring_fns::wire_channel(meta, &spec, &t)],
+            subscriptions: vec![],
+        })
     }
     fn refs(&self) -> Refs {
         Refs::Channel

@@ -3,9 +3,12 @@
 
 use serde_json::Value;
 
+use super::template_or_default;
 use super::{FLOWS, front_addresses, remove_generated};
 use crate::MeshConfig;
 use crate::loader::Document;
+use crate::messaging::wiring::{self as wiring_fns, Wiring};
+use crate::messaging::{ChannelDefaults, ParallelSpec};
 use crate::messaging::{FLOWS_V1, wiring};
 use crate::model::ObjectMeta;
 use crate::registry::{
@@ -45,6 +48,14 @@ impl Kind for Parallel {
         if let Some(s) = typed(&mut pass.ctx, doc, "spec", spec) {
             pass.messaging.parallels.push((meta, s, doc));
         }
+    }
+    fn generates(&self) -> bool {
+        true
+    }
+    fn wire(&self, meta: &ObjectMeta, spec: Value, defaults: &ChannelDefaults) -> Option<Wiring> {
+        let spec: ParallelSpec = serde_json::from_value(spec).ok()?;
+        let t = template_or_default(&spec.channel_template, defaults, meta);
+        Some(wiring_fns::wire_parallel(meta, &spec, &t))
     }
     fn refs(&self) -> Refs {
         Refs::Channel
