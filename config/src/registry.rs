@@ -390,3 +390,33 @@ pub fn by_cli_name(name: &str) -> Option<&'static KindInfo> {
             && group.as_deref().is_none_or(|g| g == k.group)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each served version is read by the registration that serves it, and names one kind only.
+    #[test]
+    fn every_served_version_is_read_by_its_own_registration() {
+        let meta = ObjectMeta::default();
+        for k in kinds() {
+            let reader = reader(&k.api_version(), k.kind, &meta)
+                .unwrap_or_else(|| panic!("{} {} has no reader", k.api_version(), k.kind));
+            assert!(
+                reader.versions().iter().any(|v| std::ptr::eq(v, k)),
+                "{} {} is read by another registration",
+                k.api_version(),
+                k.kind
+            );
+            assert_eq!(
+                kinds()
+                    .filter(|o| o.api_version() == k.api_version() && o.kind == k.kind)
+                    .count(),
+                1,
+                "{} {} is registered twice",
+                k.api_version(),
+                k.kind
+            );
+        }
+    }
+}
