@@ -901,7 +901,18 @@ impl Runtime {
                     s.not_ready_reason.unwrap_or_default(),
                 )
             });
-        triggers.chain(subscriptions).collect()
+        let streams = self
+            .inner
+            .service
+            .failing_streams()
+            .into_iter()
+            .map(|(what, ns, name, why)| (format!("{what} {ns}/{name}"), why));
+        let sources = self.inner.sources.failing();
+        streams
+            .chain(triggers)
+            .chain(subscriptions)
+            .chain(sources)
+            .collect()
     }
 
     /// Repositions a trigger on its broker's log (see [`BrokerService::replay`]).

@@ -106,9 +106,16 @@ impl RuntimeKind for Broker {
             .brokers()
             .into_iter()
             .find(|v| v.namespace == ns && v.name == name);
+        let failure = cx.service.broker_not_ready(ns, name);
+        let not_ready = match (&v, &failure) {
+            (Some(_), _) => None,
+            // Its log (Kafka) cannot be opened yet; tried again on a timer.
+            (None, Some(why)) => Some(("LogUnavailable", why.as_str())),
+            (None, None) => Some(("NotRunning", "broker is not running")),
+        };
         json!({
             "observedGeneration": generation,
-            "conditions": conditions(v.is_none().then_some(("NotRunning", "broker is not running"))),
+            "conditions": conditions(not_ready),
             "address": {"url": v.as_ref().map(|v| v.url.clone())},
             "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
             "evmesh": v.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),

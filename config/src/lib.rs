@@ -23,6 +23,7 @@
 mod annotations;
 mod error;
 mod kinds;
+pub mod kafka;
 mod loader;
 pub mod messaging;
 mod model;

@@ -3,6 +3,8 @@
 //! [`MeshConfig`]. Validation, the resolver, the admin API, kubectl discovery and the runtime
 //! look kinds up here; the kinds themselves are one module each under `config/src/kinds/`.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use crate::MeshConfig;
@@ -245,6 +247,9 @@ pub struct Pass<'a> {
     pub(crate) triggers: Vec<(Trigger, &'a Document)>,
     pub(crate) externals: Vec<ExternalResource>,
     pub(crate) nats_url: Option<String>,
+    pub(crate) kafka_channel_bootstrap: Option<Vec<String>>,
+    /// `v1` ConfigMaps by (namespace, name): a Kafka-class Broker's `spec.config` names one.
+    pub(crate) config_maps: BTreeMap<(String, String), (Value, &'a Document)>,
     pub(crate) sources: Vec<(crate::sources::SourceConfig, &'a Document)>,
     pub(crate) secrets: Vec<crate::sources::SecretConfig>,
 }
@@ -258,6 +263,8 @@ impl Pass<'_> {
             triggers: Vec::new(),
             externals: Vec::new(),
             nats_url: None,
+            kafka_channel_bootstrap: None,
+            config_maps: BTreeMap::new(),
             sources: Vec::new(),
             secrets: Vec::new(),
         }
@@ -284,6 +291,10 @@ pub static REGISTRY: &[&dyn Kind] = &[
     &kinds::kafka_source::KafkaSource,
     &kinds::config_maps::DefaultChannelConfigMap,
     &kinds::config_maps::NatsConfigMap,
+    &kinds::config_maps::KafkaChannelConfigMap,
+    // Any other `v1` ConfigMap (after the ones above: the first registration that reads a
+    // document validates it).
+    &kinds::config_maps::OtherConfigMap,
     &kinds::secret::Secret,
 ];
 
