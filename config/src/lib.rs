@@ -22,8 +22,8 @@
 
 mod annotations;
 mod error;
-mod kinds;
 pub mod kafka;
+mod kinds;
 mod loader;
 pub mod messaging;
 mod model;
