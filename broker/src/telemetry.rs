@@ -109,6 +109,11 @@ fn describe() {
         "evmesh_pending_retries",
         "Deliveries waiting for their retry, per trigger"
     );
+    metrics::describe_gauge!(
+        "evmesh_route_queue_bytes",
+        metrics::Unit::Bytes,
+        "Approximate bytes of events the router holds for a trigger (bounded by its budget; a trigger behind it reads the log)"
+    );
     metrics::describe_counter!(
         "evmesh_dead_lettered_total",
         "Events delivered to a dead-letter sink"
@@ -207,6 +212,7 @@ pub struct DeliveryMetrics {
     dead_lettered: metrics::Counter,
     dropped: metrics::Counter,
     pending_retries: metrics::Gauge,
+    queued_bytes: metrics::Gauge,
 }
 
 impl DeliveryMetrics {
@@ -243,6 +249,7 @@ impl DeliveryMetrics {
             dead_lettered: metrics::counter!("evmesh_dead_lettered_total", &labels),
             dropped: metrics::counter!("evmesh_dropped_total", &labels),
             pending_retries: metrics::gauge!("evmesh_pending_retries", &labels),
+            queued_bytes: metrics::gauge!("evmesh_route_queue_bytes", &labels),
             labels,
         }
     }
@@ -257,6 +264,10 @@ impl DeliveryMetrics {
 
     pub(crate) fn pending_retries(&self, n: usize) {
         self.pending_retries.set(n as f64);
+    }
+
+    pub(crate) fn queued_bytes(&self, n: usize) {
+        self.queued_bytes.set(n as f64);
     }
 
     /// One delivery attempt: `code` is the HTTP status, `None` for a transport failure.
