@@ -55,6 +55,8 @@ fn now_us() -> u64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    // reqwest is built without a default TLS provider (as evmesh is).
+    evmesh::evmesh_broker::tls::install_provider();
     let arg = |name: &str, default: &str| -> String {
         args.iter()
             .position(|a| a == name)
