@@ -921,7 +921,18 @@ impl Runtime {
                     s.not_ready_reason.unwrap_or_default(),
                 )
             });
-        triggers.chain(subscriptions).collect()
+        let streams = self
+            .inner
+            .service
+            .failing_streams()
+            .into_iter()
+            .map(|(what, ns, name, why)| (format!("{what} {ns}/{name}"), why));
+        let sources = self.inner.sources.failing();
+        streams
+            .chain(triggers)
+            .chain(subscriptions)
+            .chain(sources)
+            .collect()
     }
 
     /// Repositions a trigger on its broker's log (see [`BrokerService::replay`]).
@@ -1013,9 +1024,16 @@ impl Runtime {
                     .brokers()
                     .into_iter()
                     .find(|v| v.namespace == ns && v.name == name);
+                let failure = self.inner.service.broker_not_ready(ns, name);
+                let not_ready = match (&v, &failure) {
+                    (Some(_), _) => None,
+                    // Its log (Kafka) cannot be opened yet; tried again on a timer.
+                    (None, Some(why)) => Some(("LogUnavailable", why.as_str())),
+                    (None, None) => Some(("NotRunning", "broker is not running")),
+                };
                 json!({
                     "observedGeneration": generation,
-                    "conditions": conditions(v.is_none().then_some(("NotRunning", "broker is not running"))),
+                    "conditions": conditions(not_ready),
                     "address": {"url": v.as_ref().map(|v| v.url.clone())},
                     "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
                     "evmesh": v.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),

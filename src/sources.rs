@@ -25,6 +25,10 @@ use evmesh_sources::{
 };
 use evmesh_store::EventStore;
 use serde_json::{Value, json};
+
+/// Not-ready reasons of a running source that `/readyz` reports (a source waiting for a normal
+/// step, such as joining its consumer group, is not failing).
+const FAILING_REASONS: &[&str] = &[evmesh_kafka::source::KAFKA_UNAVAILABLE];
 use url::Url;
 
 /// Checkpoint key prefix of the GitHub webhook ids (`status.webhookIDKey`), kept across restarts
@@ -439,6 +443,34 @@ impl SourceRuntime {
         {
             h.remove(&(k.1.clone(), k.2.clone()));
         }
+    }
+
+    /// Running sources that cannot do their work (e.g. a KafkaSource whose Kafka is
+    /// unreachable), with why, for `/readyz`.
+    pub(crate) fn failing(&self) -> Vec<(String, String)> {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, String)> = state
+            .running
+            .iter()
+            .filter_map(|((kind, ns, name), r)| {
+                let st = r.source.status();
+                (!st.ready
+                    && st
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| FAILING_REASONS.contains(&r)))
+                .then(|| {
+                    (
+                        format!("{kind} {ns}/{name}"),
+                        st.message.unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     /// The `status` of source `kind` `namespace/name`.

@@ -179,3 +179,30 @@ async fn a_kafka_channel_survives_a_restart_without_loss_or_redelivery() {
     );
     m.mesh.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_kafka_channel_config_configmap_says_where_kafka_is() {
+    let ch = unique("cm");
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: kafka-channel-config, namespace: knative-eventing}}
+data:
+  bootstrap.servers: "{}"
+---
+{}{}"#,
+        bootstrap(),
+        channel_yaml(&ch),
+        subscription_yaml(&ch, &ch, &sink.url())
+    );
+    // No --kafka-bootstrap-servers: only the ConfigMap says where Kafka is.
+    let m = mesh(&yaml).await;
+    post_ok(&m.url(&format!("/channels/default/{ch}")), event("cm", "t")).await;
+    eventually("delivered", Duration::from_secs(60), || {
+        sink.ids() == ["cm"]
+    })
+    .await;
+    m.mesh.shutdown().await;
+}

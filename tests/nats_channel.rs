@@ -504,14 +504,25 @@ spec:
     .await;
     let text = sub["status"].to_string();
     assert!(text.contains("connecting to NATS"), "{sub}");
+    let (_, channel) = get_json(&m.url(&format!(
+        "/apis/messaging.knative.dev/v1alpha1/namespaces/default/natsjetstreamchannels/{ch}"
+    )))
+    .await;
+    assert_eq!(
+        channel["status"]["conditions"][0]["reason"], "LogUnavailable",
+        "{channel}"
+    );
+    let (code, ready) = get_text(&m.url("/readyz")).await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready.contains(&format!("channel default/{ch}")), "{ready}");
     assert_eq!(
         post_binary(
             &m.url(&format!("/channels/default/{ch}")),
             event("lost", "t")
         )
         .await,
-        404,
-        "a channel that does not run takes no event"
+        503,
+        "a channel whose log cannot be opened takes no event (503: try again later)"
     );
     post_ok(
         &m.url(&format!("/channels/default/{ch}-imc")),

@@ -22,6 +22,7 @@
 
 mod annotations;
 mod error;
+pub mod kafka;
 mod loader;
 pub mod messaging;
 mod model;

@@ -92,6 +92,9 @@ pub struct BrokerConfig {
     pub resource: Broker,
     /// Its delivery (the Knative default when the YAML sets none).
     pub delivery: Delivery,
+    /// A Kafka-class Broker's topic and Kafka, from the ConfigMap its `spec.config` names
+    /// (`None`: the class's defaults, or not the Kafka class).
+    pub kafka: Option<crate::kafka::KafkaBrokerConfig>,
     /// Where its YAML is.
     pub location: Option<Location>,
 }
@@ -134,6 +137,9 @@ pub struct MeshConfig {
     /// The NATS server of NatsJetStreamChannels from eventing-natss's `config-nats` ConfigMap
     /// (`knative-eventing`, key `eventing-nats`, its `url`); `None` without one.
     pub nats_url: Option<String>,
+    /// The Kafka of KafkaChannels from Knative's `kafka-channel-config` ConfigMap
+    /// (`knative-eventing`, key `bootstrap.servers`); `None` without one.
+    pub kafka_channel_bootstrap: Option<Vec<String>>,
     /// What evmesh accepted but does not act on.
     pub warnings: Vec<Warning>,
     /// Sources (PingSource, GitHubSource).
@@ -576,6 +582,9 @@ fn validate_impl(
     let mut triggers: Vec<(Trigger, &Document)> = Vec::new();
     let mut externals = Vec::new();
     let mut nats_url = None;
+    let mut kafka_channel_bootstrap = None;
+    // `v1` ConfigMaps by (namespace, name): a Kafka-class Broker's `spec.config` names one.
+    let mut config_maps: BTreeMap<(String, String), (Value, &Document)> = BTreeMap::new();
     let mut sources: Vec<(crate::sources::SourceConfig, &Document)> = Vec::new();
     let mut secrets = Vec::new();
     let mut seen = HashSet::new();
@@ -689,6 +698,23 @@ fn validate_impl(
             (_, k) if crate::messaging::check::is_nats_config(api_version, k, &meta) => {
                 nats_url = crate::messaging::check::nats_config_url(&mut ctx, doc, &doc.value);
             }
+            ("v1", "ConfigMap") => {
+                let data = obj.get("data").cloned().unwrap_or(Value::Null);
+                if meta.name == crate::kafka::KAFKA_CHANNEL_CONFIGMAP
+                    && meta.namespace == crate::kafka::KAFKA_CHANNEL_CONFIGMAP_NAMESPACE
+                {
+                    match data
+                        .as_object()
+                        .ok_or_else(|| "data is required".to_string())
+                        .and_then(crate::kafka::channel_bootstrap)
+                    {
+                        Ok(servers) => kafka_channel_bootstrap = Some(servers),
+                        Err(e) => ctx.error(doc, "data", e),
+                    }
+                } else {
+                    config_maps.insert((meta.namespace.clone(), meta.name.clone()), (data, doc));
+                }
+            }
             ("evmesh.dev", "EventDisplay") => {
                 // Built-in sink that prints events (like Knative's event_display); served by evmesh.
                 externals.push(ExternalResource {
@@ -751,6 +777,7 @@ fn validate_impl(
 
     let mut mesh = MeshConfig {
         nats_url,
+        kafka_channel_bootstrap,
         ..MeshConfig::default()
     };
     let mut broker_names: HashSet<(String, String)> = brokers
@@ -772,6 +799,7 @@ fn validate_impl(
     }
     messaging.known(&channel_defaults, &mut known);
 
+    let mut used_config_maps: HashSet<(String, String)> = HashSet::new();
     for (broker, doc) in brokers {
         let class = broker
             .metadata
@@ -786,16 +814,48 @@ fn validate_impl(
                 format!("broker class {class:?} is served by evmesh's embedded durable broker"),
             );
         }
-        if broker.spec.config.is_some() {
-            ctx.warn(
+        let mut kafka_config = None;
+        match &broker.spec.config {
+            Some(r) if kafka => {
+                let ns = r.namespace.as_deref().unwrap_or(&broker.metadata.namespace);
+                let key = (ns.to_string(), r.name.clone());
+                if !r.kind.eq_ignore_ascii_case("ConfigMap") {
+                    ctx.error(
+                        doc,
+                        "spec.config.kind",
+                        format!("the Kafka class reads a ConfigMap, got {:?}", r.kind),
+                    );
+                } else if let Some((data, _)) = config_maps.get(&key) {
+                    used_config_maps.insert(key.clone());
+                    match data
+                        .as_object()
+                        .ok_or_else(|| "data is required".to_string())
+                        .and_then(crate::kafka::KafkaBrokerConfig::from_data)
+                    {
+                        Ok(c) => kafka_config = Some(c),
+                        Err(e) => ctx.error(
+                            doc,
+                            "spec.config",
+                            format!("ConfigMap {}/{}: {e}", key.0, key.1),
+                        ),
+                    }
+                } else {
+                    ctx.error(
+                        doc,
+                        "spec.config",
+                        format!(
+                            "ConfigMap {}/{} is not in the configuration (a v1 ConfigMap with bootstrap.servers, default.topic.partitions, default.topic.replication.factor)",
+                            key.0, key.1
+                        ),
+                    );
+                }
+            }
+            Some(_) => ctx.warn(
                 doc,
                 "spec.config",
-                if kafka {
-                    "is not read by evmesh yet: the Kafka class uses --kafka-bootstrap-servers and 1 partition, replication 1"
-                } else {
-                    "is not used by evmesh's embedded broker class"
-                },
-            );
+                "is not used by evmesh's embedded broker class",
+            ),
+            None => {}
         }
         let delivery = match &broker.spec.delivery {
             Some(d) => check_delivery(&mut ctx, doc, "spec.delivery", d),
@@ -805,8 +865,22 @@ fn validate_impl(
             mesh.brokers.push(BrokerConfig {
                 resource: broker,
                 delivery,
+                kafka: kafka_config,
                 location: Some(doc.locate("")),
             });
+        }
+    }
+
+    for (key, (_, doc)) in &config_maps {
+        if !used_config_maps.contains(key) {
+            ctx.warn(
+                doc,
+                "kind",
+                format!(
+                    "ConfigMap {}/{} is not read by evmesh (it reads a Kafka-class Broker's spec.config, default-ch-webhook, config-nats and kafka-channel-config)",
+                    key.0, key.1
+                ),
+            );
         }
     }
 

@@ -64,7 +64,9 @@ pub struct KafkaRecord<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-/// Turns a record into the event to deliver; an error skips the record (logged).
+/// Turns a record into the event to deliver; an error discards the record (logged, counted in
+/// [`GroupStatus::skipped`] and in the route's `discarded` counter), as Knative's Kafka
+/// dispatcher discards a record that is not a CloudEvent.
 pub type Decode = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<EventRecord, String> + Send + Sync>;
 
 /// Where a group starts on a partition it has no committed offset for.
@@ -222,6 +224,7 @@ impl ConsumerGroup for KafkaGroup {
             self.closed().await;
             let stores: Stores = Arc::default();
             let ctx = GroupContext {
+                status: self.status.clone(),
                 events: Mutex::new(Vec::new()),
                 stores: stores.clone(),
                 initial: self.spec.initial_offset,
@@ -256,6 +259,7 @@ impl ConsumerGroup for KafkaGroup {
                 stores,
                 stop,
                 status: self.status.clone(),
+                discarded: 0,
             }) as Box<dyn Cursor>)
         })
     }
@@ -282,6 +286,7 @@ enum Item {
 }
 
 struct GroupContext {
+    status: Arc<GroupStatus>,
     events: Mutex<Vec<Rebalanced>>,
     stores: Stores,
     initial: InitialOffset,
@@ -364,7 +369,14 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Client-wide errors (brokers unreachable, authentication): shown in the status until the
+    /// member joins or reads a record.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(group = %self.group, "kafka client: {error}: {reason}");
+        self.status.with(|s| s.error = Some(reason.to_string()));
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -452,6 +464,7 @@ impl Poller {
                         tracing::info!(group = %group, ?parts, "partitions assigned");
                         self.status.with(|s| {
                             s.joined = true;
+                            s.error = None;
                             s.assigned.extend(parts);
                         });
                         if paused {
@@ -508,7 +521,7 @@ impl Poller {
                     let event = match (self.decode)(&record) {
                         Ok(e) => Some(Arc::new(e)),
                         Err(e) => {
-                            tracing::error!(group = %group, topic = m.topic(), partition = m.partition(), offset = m.offset(), "record skipped: {e}");
+                            tracing::error!(group = %group, topic = m.topic(), partition = m.partition(), offset = m.offset(), "invalid record discarded: {e}");
                             self.status.with(|s| s.skipped += 1);
                             None
                         }
@@ -593,6 +606,8 @@ struct KafkaCursor {
     stores: Stores,
     stop: Arc<AtomicBool>,
     status: Arc<GroupStatus>,
+    /// Undecodable records passed over since the run last asked.
+    discarded: u64,
 }
 
 impl Drop for KafkaCursor {
@@ -614,14 +629,19 @@ impl Cursor for KafkaCursor {
                 match self.rx.try_recv() {
                     Ok(Item::Record { pid, offset, event }) => {
                         self.handed.insert(pid, offset + 1);
-                        if let Some(event) = event {
-                            return Some((
-                                Pos {
-                                    partition: pid,
-                                    offset,
-                                },
-                                Some(event),
-                            ));
+                        match event {
+                            Some(event) => {
+                                return Some((
+                                    Pos {
+                                        partition: pid,
+                                        offset,
+                                    },
+                                    Some(event),
+                                ));
+                            }
+                            // Not an event: discarded (its offset is committed with the next
+                            // save), as Knative's Kafka dispatcher discards it.
+                            None => self.discarded += 1,
                         }
                     }
                     Ok(Item::Revoked(pids)) => {
@@ -690,6 +710,14 @@ impl Cursor for KafkaCursor {
 
     fn applied_tag(&self) -> Option<&str> {
         None
+    }
+
+    fn orders_by_partition(&self) -> bool {
+        true
+    }
+
+    fn take_discarded(&mut self) -> u64 {
+        std::mem::take(&mut self.discarded)
     }
 
     fn position(&self) -> Pos {

@@ -233,10 +233,14 @@ fn channel_status(cx: &Cx, ns: &str, name: &str, kind: ChannelKind) -> (Value, N
         .map(|d| cx.resolver.resolve(d, ns));
     let live = cx.service.channel(ns, name);
     let mut not_ready = live.is_none().then(|| {
-        (
-            "ChannelNotRunning".to_string(),
-            format!("{} {ns}/{name} is not running", kind.kind()),
-        )
+        match cx.service.channel_not_ready(ns, name) {
+            // Its log (NATS, Kafka) cannot be opened yet; tried again on a timer.
+            Some(why) => ("LogUnavailable".to_string(), why),
+            None => (
+                "ChannelNotRunning".to_string(),
+                format!("{} {ns}/{name} is not running", kind.kind()),
+            ),
+        }
     });
     let dead_letter_sink_uri = match dls {
         Some(Ok(u)) => Some(u.to_string()),
