@@ -28,7 +28,11 @@ async fn gated_sink(
         async move {
             let _ = open.wait_for(|o| *o).await;
             if let Some(id) = headers.get("ce-id").and_then(|v| v.to_str().ok()) {
-                *seen.lock().expect("seen").entry(id.to_string()).or_default() += 1;
+                *seen
+                    .lock()
+                    .expect("seen")
+                    .entry(id.to_string())
+                    .or_default() += 1;
             }
             StatusCode::ACCEPTED
         }
@@ -87,11 +91,9 @@ async fn a_trigger_far_behind_keeps_its_queue_within_budget_and_reads_the_rest_f
     // Released, the trigger delivers every event exactly once: the queued ones, then the rest
     // read back from the log.
     open_tx.send(true).expect("open the subscriber");
-    eventually(
-        "every event delivered",
-        Duration::from_secs(30),
-        || seen.lock().expect("seen").len() == EVENTS,
-    )
+    eventually("every event delivered", Duration::from_secs(30), || {
+        seen.lock().expect("seen").len() == EVENTS
+    })
     .await;
     quiet(&m, "demo", "default", EVENTS as u64).await;
     let seen = seen.lock().expect("seen").clone();
@@ -101,5 +103,9 @@ async fn a_trigger_far_behind_keeps_its_queue_within_budget_and_reads_the_rest_f
         assert!(seen.contains_key(&format!("e{i}")), "e{i} not delivered");
     }
     let (_, metrics) = get_text(&m.url("/metrics")).await;
-    assert_eq!(queue_bytes(&metrics, "slow"), Some(0.0), "queue empty again");
+    assert_eq!(
+        queue_bytes(&metrics, "slow"),
+        Some(0.0),
+        "queue empty again"
+    );
 }
