@@ -118,6 +118,7 @@
 mod admin;
 mod closing;
 mod display;
+mod kinds;
 mod kube;
 pub mod prelude;
 mod runtime;

@@ -474,7 +474,7 @@ impl SourceRuntime {
     }
 
     /// The `status` of source `kind` `namespace/name`.
-    pub(crate) fn status(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value {
+    fn status_of(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value {
         let k = (kind.to_string(), namespace.to_string(), name.to_string());
         let Ok(state) = self.state.lock() else {
             return json!({});
@@ -543,5 +543,11 @@ async fn stop(r: Running, deleted: bool) {
                 tracing::warn!(kind = source.kind(), error = %e, "cleaning up a deleted source failed");
             }
         });
+    }
+}
+
+impl evmesh_broker::kind::SourceStatus for SourceRuntime {
+    fn status(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value {
+        self.status_of(kind, namespace, name, generation)
     }
 }

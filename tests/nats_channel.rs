@@ -536,3 +536,33 @@ spec:
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_nats_jetstream_channel_deleted_through_the_api_stops_taking_events() {
+    let ch = unique("deleted");
+    let _streams = Streams::of_channels(&[&ch]);
+    let m = nats_mesh("").await;
+    let collection =
+        m.url("/apis/messaging.knative.dev/v1alpha1/namespaces/default/natsjetstreamchannels");
+    let resp = client()
+        .post(&collection)
+        .header("content-type", "application/yaml")
+        .body(channel_yaml(&ch, "  {}"))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status().as_u16(), 201);
+    let address = m.url(&format!("/channels/default/{ch}"));
+    post_ok(&address, event("before", "t")).await;
+    let resp = client()
+        .delete(format!("{collection}/{ch}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        post_binary(&address, event("after", "t")).await,
+        404,
+        "a deleted channel no longer takes events"
+    );
+}

@@ -23,6 +23,7 @@
 mod annotations;
 mod error;
 pub mod kafka;
+mod kinds;
 mod loader;
 pub mod messaging;
 mod model;
