@@ -59,6 +59,16 @@ struct LimitArgs {
     /// Retry-After instead of queueing more.
     #[arg(long, default_value_t = evmesh_store::DEFAULT_MAX_QUEUED_BYTES)]
     max_append_queue_bytes: usize,
+    /// fjall's block cache, in MiB (decoded table blocks; reads of the log go through it).
+    #[arg(long, default_value_t = evmesh_store::DEFAULT_CACHE_BYTES >> 20)]
+    store_cache_mb: u64,
+    /// fjall's write buffer, in MiB: appends collect in memory up to this size, then are
+    /// written out as a table (about twice this is in memory while one is written out).
+    #[arg(long, default_value_t = evmesh_store::DEFAULT_WRITE_BUFFER_BYTES >> 20, value_parser = clap::value_parser!(u64).range(1..))]
+    store_write_buffer_mb: u64,
+    /// fjall's journal budget on disk, in MiB (at least 64): bounds what a restart replays.
+    #[arg(long, default_value_t = evmesh_store::DEFAULT_JOURNAL_BYTES >> 20, value_parser = clap::value_parser!(u64).range(64..))]
+    store_journal_mb: u64,
 }
 
 impl LimitArgs {
@@ -402,6 +412,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server: limits.server_limits(),
                 store: evmesh_store::StoreOptions {
                     max_queued_bytes: limits.max_append_queue_bytes,
+                    cache_bytes: limits.store_cache_mb << 20,
+                    write_buffer_bytes: limits.store_write_buffer_mb << 20,
+                    journal_bytes: limits.store_journal_mb << 20,
                 },
                 ..Options::default()
             };

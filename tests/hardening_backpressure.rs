@@ -14,6 +14,7 @@ async fn a_full_append_queue_answers_503_with_retry_after_and_every_202_event_is
         // One append waiting for the disk at a time.
         store: evmesh::evmesh_store::StoreOptions {
             max_queued_bytes: 1,
+            ..Default::default()
         },
         ..o
     })

@@ -25,9 +25,8 @@ use crate::metrics::Counters;
 use crate::record::EventRecord;
 use crate::service::Publisher;
 
-/// Above this many queued events, a trigger's queue keeps offsets only and reloads the events
-/// from the log when it gets to them.
-const QUEUE_KEEP_EVENTS: usize = 10_000;
+/// Default budget of a route's queue ([`TriggerQueue`]), in (approximate) bytes of events.
+pub(crate) const DEFAULT_ROUTE_QUEUE_BYTES: usize = 1024 * 1024;
 const ROUTER_BATCH: usize = 512;
 /// How often a router stopped at a record it cannot read tries it again.
 const STALL_RETRY: Duration = Duration::from_secs(5);
@@ -39,17 +38,57 @@ const MAX_KEPT_BODY: usize = 1024;
 /// The CloudEvents extension that orders deliveries of an ordered trigger.
 pub(crate) const PARTITION_KEY: &str = "partitionkey";
 
-/// What the router hands to a trigger worker.
-#[derive(Default)]
+/// What the router hands to a trigger worker: events in log order, bounded in bytes. A route
+/// whose queue holds its budget is left out by the router from then on (the `gap`): its cursor
+/// reads the log itself from there until it has caught up, so a route that falls behind costs
+/// no memory for the events it has not taken yet.
 pub(crate) struct TriggerQueue {
-    items: VecDeque<(Offset, Option<Arc<EventRecord>>)>,
+    items: VecDeque<(Offset, Arc<EventRecord>, usize)>,
+    /// Approximate bytes of the queued events.
+    bytes: usize,
+    /// The budget of `bytes` (at least one event is always queued).
+    budget: usize,
+    /// The first matching offset the router left out; `None` while it queues everything.
+    gap: Option<Offset>,
+    /// One past the last matching offset the router left out since `gap` was set.
+    left_out_upto: Offset,
+}
+
+impl Default for TriggerQueue {
+    fn default() -> Self {
+        TriggerQueue {
+            items: VecDeque::new(),
+            bytes: 0,
+            budget: DEFAULT_ROUTE_QUEUE_BYTES,
+            gap: None,
+            left_out_upto: 0,
+        }
+    }
 }
 
 impl TriggerQueue {
-    /// Whether nothing is queued.
+    /// Whether the router has handed over everything it routed: nothing queued, nothing left
+    /// out.
     pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.items.is_empty() && self.gap.is_none()
     }
+}
+
+/// What a route's cursor finds in its queue.
+pub(crate) enum Popped {
+    /// The next queued event.
+    Event(Offset, Arc<EventRecord>),
+    /// Nothing queued, and the router left out matching events from this offset on: read the
+    /// log from there.
+    Gap(Offset),
+    /// Nothing queued.
+    Empty,
+}
+
+/// Approximate memory of a decoded event whose stored form has `stored` bytes (its attributes,
+/// data and headers, and the CloudEvents view of them).
+pub(crate) fn event_cost(stored: usize) -> usize {
+    stored * 2 + 512
 }
 
 /// A request to a running trigger worker.
@@ -176,23 +215,63 @@ impl TriggerShared {
         self.work.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn push(&self, offset: Offset, event: &Arc<EventRecord>) {
+    /// Queues a matching event (`cost`: [`event_cost`]), or leaves it out when the queue holds
+    /// its budget (the route then reads the log itself).
+    fn push(&self, offset: Offset, event: &Arc<EventRecord>, cost: usize) {
         self.new_work();
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = q.items.len() < QUEUE_KEEP_EVENTS;
-        q.items.push_back((offset, keep.then(|| event.clone())));
+        if q.gap.is_some() || (!q.items.is_empty() && q.bytes + cost > q.budget) {
+            q.gap.get_or_insert(offset);
+            q.left_out_upto = q.left_out_upto.max(offset + 1);
+        } else {
+            q.items.push_back((offset, event.clone(), cost));
+            q.bytes += cost;
+            self.counters.queued_bytes(q.bytes);
+        }
     }
+
+    /// Leaves the matching events of `[from, upto)` to the route's own reading of the log.
+    fn leave_out(&self, from: Offset, upto: Offset) {
+        self.new_work();
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let gap = q.gap.map_or(from, |g| g.min(from));
+        q.gap = Some(gap);
+        q.left_out_upto = q.left_out_upto.max(upto);
+    }
+
+    /// Sets the budget of the route's queue, in bytes ([`DEFAULT_ROUTE_QUEUE_BYTES`]).
+    pub(crate) fn set_queue_budget(&self, bytes: usize) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).budget = bytes;
+    }
+
     /// Whether the router has this route in its table (and caught it up).
     pub(crate) fn is_attached(&self) -> bool {
         self.attached.load(Ordering::Acquire)
     }
 
-    pub(crate) fn pop(&self) -> Option<(Offset, Option<Arc<EventRecord>>)> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .items
-            .pop_front()
+    /// Takes the next queued event; at an empty queue, says where the router left out events.
+    pub(crate) fn pop(&self) -> Popped {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        match q.items.pop_front() {
+            Some((offset, event, cost)) => {
+                q.bytes -= cost;
+                self.counters.queued_bytes(q.bytes);
+                Popped::Event(offset, event)
+            }
+            None => q.gap.map_or(Popped::Empty, Popped::Gap),
+        }
+    }
+
+    /// The route's own reading of the log reached `upto` (it read every record below it):
+    /// if the router left out nothing at or above `upto`, the router queues for the route
+    /// again and this returns true; otherwise the route must read on.
+    pub(crate) fn rejoin(&self, upto: Offset) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.gap.is_some() && q.left_out_upto > upto {
+            return false;
+        }
+        q.gap = None;
+        true
     }
 
     /// Marks the trigger not ready for `source`'s reason, or ready again for `source` (`None`).
@@ -344,23 +423,17 @@ impl Router {
         }
     }
 
-    /// Swaps in the current members; a member new to the table is caught up on the offsets
-    /// routed since its start (it was created while the old table was in use).
-    ///
-    /// A record that cannot be decoded stops the catch-up there (it is never skipped): the new
-    /// members are reported not ready and stay out of the table; `resume` remembers how far each
-    /// was caught up, so the next try hands nothing out twice.
-    async fn refresh(
-        &self,
-        table: &mut Table,
-        resume: &mut HashMap<usize, Offset>,
-    ) -> Result<(), String> {
+    /// Swaps in the current members. A member new to the table whose start lies below the
+    /// router's position is not caught up by the router: its matching events from its start to
+    /// that position are left out of its queue, and its cursor reads them from the log itself.
+    /// Members only added since the table was built are appended to its index instead of
+    /// rebuilding it.
+    fn refresh(&self, table: &mut Table) {
         let reindex = self.routes.reindex.swap(false, Ordering::AcqRel);
         self.routes.dirty.store(false, Ordering::Release);
         let members = self.routes.snapshot();
         let next = self.next.load(Ordering::Acquire);
-        // Members only added since the table was built: the table's members come first, in
-        // order, and the new ones are appended to its index instead of rebuilding it.
+        // The table's members come first, in order, when members were only added since.
         let kept = table.triggers.len();
         let appended = !reindex
             && members.len() >= kept
@@ -369,89 +442,32 @@ impl Router {
                 .iter()
                 .zip(&members)
                 .all(|(a, b)| Arc::ptr_eq(a, b));
-        // Members by address (a `usize`, so the set may live across the awaits below).
-        let known: std::collections::HashSet<usize> = if appended {
+        let known: std::collections::HashSet<*const TriggerShared> = if appended {
             Default::default()
         } else {
-            table
-                .triggers
-                .iter()
-                .map(|t| Arc::as_ptr(t) as usize)
-                .collect()
+            table.triggers.iter().map(Arc::as_ptr).collect()
         };
         let candidates = if appended {
             members.get(kept..).unwrap_or_default()
         } else {
             &members[..]
         };
-        let fresh: Vec<Arc<TriggerShared>> = candidates
-            .iter()
-            .filter(|m| !known.contains(&(Arc::as_ptr(m) as usize)))
+        for m in candidates {
             // A member this router had in its table before a restart was handed everything
-            // below `next` then: catching it up again would deliver those events twice.
-            .filter(|m| !m.is_attached())
-            .filter(|m| m.start < next)
-            .cloned()
-            .collect();
-        let starts: Vec<Offset> = fresh
-            .iter()
-            .map(|t| {
-                resume
-                    .get(&(Arc::as_ptr(t) as usize))
-                    .copied()
-                    .unwrap_or(t.start)
-                    .max(t.start)
-            })
-            .collect();
-        if let Some(from) = starts.iter().copied().min() {
-            let filters: Vec<Filter> = fresh.iter().map(|t| t.filter()).collect();
-            let mut at = from;
-            while at < next {
-                let batch = self.read(at, ROUTER_BATCH).await;
-                if batch.is_empty() {
-                    break;
-                }
-                for record in batch.iter().take_while(|r| r.offset < next) {
-                    let event = match EventRecord::from_stored(&record.payload) {
-                        Ok(event) => Arc::new(event),
-                        Err(e) => {
-                            let reason = self.stalled_reason(record.offset, &e.to_string());
-                            for t in &fresh {
-                                t.set_not_ready("router", Some(reason.clone()));
-                            }
-                            self.routes.changed();
-                            return Err(reason);
-                        }
-                    };
-                    for ((t, f), start) in fresh.iter().zip(&filters).zip(&starts) {
-                        if record.offset >= *start && f.matches(&event) {
-                            self.counters.routed(1);
-                            t.push(record.offset, &event);
-                            t.notify.notify_one();
-                        }
-                        resume.insert(Arc::as_ptr(t) as usize, record.offset + 1);
-                    }
-                    at = record.offset + 1;
-                }
-                if batch.last().is_some_and(|r| r.offset + 1 >= next) {
-                    break;
-                }
+            // below `next` then: leaving those out again would deliver them twice.
+            if !known.contains(&Arc::as_ptr(m)) && !m.is_attached() && m.start < next {
+                m.leave_out(m.start, next);
+                m.notify.notify_one();
             }
+            m.attached.store(true, Ordering::Release);
         }
         if appended {
             for m in members.into_iter().skip(kept) {
-                m.attached.store(true, Ordering::Release);
-                resume.remove(&(Arc::as_ptr(&m) as usize));
                 table.push(m);
             }
         } else {
-            for m in &members {
-                m.attached.store(true, Ordering::Release);
-                resume.remove(&(Arc::as_ptr(m) as usize));
-            }
             *table = Table::build(members);
         }
-        Ok(())
     }
 
     /// Why routing stopped at `offset`.
@@ -478,7 +494,6 @@ impl Router {
         let mut debounce = ROUTES_DEBOUNCE;
         self.routes.dirty.store(true, Ordering::Release);
         let mut matched = Vec::new();
-        let mut resume = HashMap::new();
         loop {
             // An injected panic comes between batches, where every routed offset was handed out.
             #[cfg(feature = "fault-injection")]
@@ -506,19 +521,9 @@ impl Router {
                     }
                 }
                 let started = Instant::now();
-                let refreshed = self.refresh(&mut table, &mut resume).await;
+                self.refresh(&mut table);
                 last_refresh = Instant::now();
                 debounce = ROUTES_DEBOUNCE.max(4 * last_refresh.duration_since(started));
-                if refreshed.is_err() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(STALL_RETRY) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    if *shutdown.borrow() {
-                        return;
-                    }
-                    continue;
-                }
             }
             let mut progressed = false;
             let from = self.next.load(Ordering::Acquire);
@@ -539,13 +544,14 @@ impl Router {
                     match EventRecord::from_stored(&record.payload) {
                         Ok(event) => {
                             let event = Arc::new(event);
+                            let cost = event_cost(record.payload.len());
                             matched.clear();
                             table.index.matching(&event, &mut matched);
                             for &i in &matched {
                                 let t = &table.triggers[i];
                                 if record.offset >= t.start {
                                     self.counters.routed(1);
-                                    t.push(record.offset, &event);
+                                    t.push(record.offset, &event, cost);
                                     t.notify.notify_one();
                                 }
                             }

@@ -21,7 +21,7 @@ pub use evmesh_config::ReplayFrom;
 use evmesh_store::{EventStore, LogId, Offset};
 
 use crate::delivery::Progress;
-use crate::dispatcher::{Checkpoint, InflightEntry, TriggerShared};
+use crate::dispatcher::{Checkpoint, InflightEntry, Popped, TriggerShared};
 use crate::record::EventRecord;
 
 /// A boxed future, so that the seam's traits stay object safe.
@@ -352,48 +352,53 @@ impl EmbeddedCursor {
                 self.taken_upto = self.taken_upto.max(offset + 1);
                 return Some((Pos::embedded(offset), Some(event)));
             }
-            let Some(cursor) = self.catch_up else {
-                break;
-            };
-            if self.catch_up_wait.is_some_and(|w| w > Instant::now()) {
-                return None;
-            }
-            self.catch_up_wait = None;
-            if reads == CATCH_UP_READS_PER_TURN {
-                // Let the run's loop handle completions and checkpoints, then go on at once.
-                self.catch_up_wait = Some(Instant::now());
-                return None;
-            }
-            reads += 1;
-            match self.read_matching(cursor).await {
-                Ok((matched, next, at_end)) => {
-                    self.shared.set_not_ready("log", None);
-                    if matched.is_empty() {
-                        self.taken_upto = self.taken_upto.max(next);
-                    }
-                    self.backlog.extend(matched);
-                    if at_end {
-                        // Everything from `next` on is (or will be) queued by the router.
-                        self.catch_up = None;
-                        self.skip_below = next;
-                    } else {
-                        self.catch_up = Some(next);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(route = %self.shared.name, offset = cursor, "reading the log: {e}");
-                    self.catch_up_wait = Some(Instant::now() + CATCH_UP_RETRY);
+            if let Some(cursor) = self.catch_up {
+                if self.catch_up_wait.is_some_and(|w| w > Instant::now()) {
                     return None;
                 }
+                self.catch_up_wait = None;
+                if reads == CATCH_UP_READS_PER_TURN {
+                    // Let the run's loop handle completions and checkpoints, then go on at once.
+                    self.catch_up_wait = Some(Instant::now());
+                    return None;
+                }
+                reads += 1;
+                match self.read_matching(cursor).await {
+                    Ok((matched, next, at_end)) => {
+                        self.shared.set_not_ready("log", None);
+                        if matched.is_empty() {
+                            self.taken_upto = self.taken_upto.max(next);
+                        }
+                        self.backlog.extend(matched);
+                        if at_end && self.shared.rejoin(next) {
+                            // Everything from `next` on is (or will be) queued by the router.
+                            self.catch_up = None;
+                            self.skip_below = next;
+                        } else {
+                            self.catch_up = Some(next);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(route = %self.shared.name, offset = cursor, "reading the log: {e}");
+                        self.catch_up_wait = Some(Instant::now() + CATCH_UP_RETRY);
+                        return None;
+                    }
+                }
+                continue;
+            }
+            match self.shared.pop() {
+                Popped::Event(offset, event) => {
+                    if offset >= self.skip_below {
+                        self.taken_upto = self.taken_upto.max(offset + 1);
+                        return Some((Pos::embedded(offset), Some(event)));
+                    }
+                }
+                // The router left this route out (its queue held its budget, or the route
+                // joined behind the router): read the log from there, without queueing.
+                Popped::Gap(from) => self.catch_up = Some(from.max(self.skip_below)),
+                Popped::Empty => return None,
             }
         }
-        while let Some((offset, event)) = self.shared.pop() {
-            if offset >= self.skip_below {
-                self.taken_upto = self.taken_upto.max(offset + 1);
-                return Some((Pos::embedded(offset), event));
-            }
-        }
-        None
     }
 }
 

@@ -91,6 +91,12 @@ impl Counters {
             p.pending_retries(n);
         }
     }
+    /// Sets the bytes the route's queue holds.
+    pub(crate) fn queued_bytes(&self, n: usize) {
+        if let Some(p) = &self.0.prometheus {
+            p.queued_bytes(n);
+        }
+    }
     pub(crate) fn accepted(&self) {
         self.0.accepted.fetch_add(1, Ordering::Relaxed);
     }

@@ -42,6 +42,11 @@ pub struct ServiceOptions {
     pub retention_interval: Duration,
     /// PEM file of a private CA trusted for https deliveries besides the web PKI roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Budget of each trigger's and subscription's queue of routed events on the embedded log,
+    /// in approximate bytes of events. A route whose queue is full is no longer queued for;
+    /// it reads the log itself until it has caught up (`evmesh_route_queue_bytes`). Default
+    /// 1 MiB.
+    pub route_queue_bytes: usize,
 }
 
 impl Default for ServiceOptions {
@@ -55,6 +60,7 @@ impl Default for ServiceOptions {
             },
             retention_interval: Duration::from_secs(60),
             ca_file: None,
+            route_queue_bytes: crate::dispatcher::DEFAULT_ROUTE_QUEUE_BYTES,
         }
     }
 }
@@ -1597,6 +1603,7 @@ impl BrokerService {
             checkpoint.taken_upto,
             entry.counters.clone(),
         );
+        shared.set_queue_budget(self.inner.options.route_queue_bytes);
         // Retention must keep the restored in-flight events from the start, not only once the
         // worker has saved its first progress.
         if let Some(low) = checkpoint.inflight.iter().map(|e| e.offset).min() {

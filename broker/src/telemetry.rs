@@ -112,6 +112,11 @@ fn describe() {
         "evmesh_pending_retries",
         "Deliveries waiting for their retry, per trigger"
     );
+    metrics::describe_gauge!(
+        "evmesh_route_queue_bytes",
+        metrics::Unit::Bytes,
+        "Approximate bytes of events the router holds for a trigger (bounded by its budget; a trigger behind it reads the log)"
+    );
     metrics::describe_counter!(
         "evmesh_dead_lettered_total",
         "Events delivered to a dead-letter sink"
@@ -215,6 +220,7 @@ pub struct DeliveryMetrics {
     dropped: metrics::Counter,
     discarded: metrics::Counter,
     pending_retries: metrics::Gauge,
+    queued_bytes: metrics::Gauge,
 }
 
 impl DeliveryMetrics {
@@ -252,6 +258,7 @@ impl DeliveryMetrics {
             dropped: metrics::counter!("evmesh_dropped_total", &labels),
             discarded: metrics::counter!("evmesh_discarded_total", &labels),
             pending_retries: metrics::gauge!("evmesh_pending_retries", &labels),
+            queued_bytes: metrics::gauge!("evmesh_route_queue_bytes", &labels),
             labels,
         }
     }
@@ -270,6 +277,10 @@ impl DeliveryMetrics {
 
     pub(crate) fn pending_retries(&self, n: usize) {
         self.pending_retries.set(n as f64);
+    }
+
+    pub(crate) fn queued_bytes(&self, n: usize) {
+        self.queued_bytes.set(n as f64);
     }
 
     /// One delivery attempt: `code` is the HTTP status, `None` for a transport failure.

@@ -12,14 +12,12 @@ use tokio::sync::oneshot;
 
 use crate::keys::{self, LogMeta};
 use crate::kv::{Batch, EngineSlot};
-use crate::{Offset, Result, Retention, StoreError};
+use crate::{Offset, Result, StoreError};
 
 /// How long checkpoint writes alone wait for more work before they are committed.
 const CHECKPOINT_LINGER: Duration = Duration::from_millis(2);
 /// At most this many requests go into one batch.
 const MAX_BATCH_REQUESTS: usize = 8192;
-/// Records read per step while applying retention.
-const RETENTION_SCAN_CHUNK: usize = 1024;
 /// While the store fails: how often it reopens the engine and probes the disk with a write.
 const RECOVER_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -35,11 +33,15 @@ pub(crate) enum Request {
     Checkpoint,
     /// Answer once everything before it is durable.
     Flush { reply: oneshot::Sender<Result<()>> },
-    /// Apply retention to a log.
-    Retention {
+    /// Retention found the records `[from, to)` of a log deletable (`freed` payload bytes):
+    /// move the log's first offset to `to` in the next group commit, if it still is `from`.
+    /// Answers with how many records that dropped from the log (0 when `from` no longer
+    /// matched). The records themselves are removed afterwards by the caller, off this thread.
+    Trim {
         log: String,
-        retention: Retention,
-        keep_from: Offset,
+        from: Offset,
+        to: Offset,
+        freed: u64,
         reply: SyncSender<Result<u64>>,
     },
 }
@@ -49,6 +51,15 @@ impl Request {
     fn is_urgent(&self) -> bool {
         !matches!(self, Request::Checkpoint)
     }
+}
+
+/// A [`Request::Trim`] taken apart.
+struct Trim {
+    log: String,
+    from: Offset,
+    to: Offset,
+    freed: u64,
+    reply: SyncSender<Result<u64>>,
 }
 
 /// Counters shared with the store.
@@ -202,7 +213,7 @@ impl Committer {
             self.process(reqs);
         }
         if !self.pending.is_empty() {
-            self.commit_cycle(Vec::new(), Vec::new());
+            self.commit_cycle(Vec::new(), Vec::new(), Vec::new());
         }
     }
 
@@ -269,7 +280,7 @@ impl Committer {
         }
         let mut appends = Vec::new();
         let mut flushes = Vec::new();
-        let mut retentions = Vec::new();
+        let mut trims = Vec::new();
         for r in reqs {
             match r {
                 Request::Append {
@@ -279,21 +290,27 @@ impl Committer {
                 } => appends.push((log, payload, reply)),
                 Request::Checkpoint => {}
                 Request::Flush { reply } => flushes.push(reply),
-                Request::Retention {
+                Request::Trim {
                     log,
-                    retention,
-                    keep_from,
+                    from,
+                    to,
+                    freed,
                     reply,
-                } => retentions.push((log, retention, keep_from, reply)),
+                } => trims.push(Trim {
+                    log,
+                    from,
+                    to,
+                    freed,
+                    reply,
+                }),
             }
         }
-        if !appends.is_empty() || !flushes.is_empty() || !self.pending.is_empty() {
-            self.commit_cycle(appends, flushes);
-        }
-        for (log, retention, keep_from, reply) in retentions {
-            let result = self.retention(&log, retention, keep_from);
-            // The caller may have gone away; nothing to do then.
-            let _ = reply.send(result);
+        if !appends.is_empty()
+            || !flushes.is_empty()
+            || !trims.is_empty()
+            || !self.pending.is_empty()
+        {
+            self.commit_cycle(appends, flushes, trims);
         }
     }
 
@@ -307,11 +324,13 @@ impl Committer {
         Ok(m)
     }
 
-    /// One group commit: all appends, all pending checkpoints, one durable engine batch.
+    /// One group commit: all appends, all pending checkpoints, the log metadata retention
+    /// moved, one durable engine batch.
     fn commit_cycle(
         &mut self,
         appends: Vec<(String, Vec<u8>, oneshot::Sender<Result<Offset>>)>,
         flushes: Vec<oneshot::Sender<Result<()>>>,
+        trims: Vec<Trim>,
     ) {
         let now = now_ms();
         // Given back to the admission bound before any append is answered, so an answered
@@ -320,6 +339,30 @@ impl Committer {
         let mut batch = Batch::default();
         let mut dirty: HashMap<String, LogMeta> = HashMap::new();
         let mut waiting = Vec::with_capacity(appends.len());
+        let mut trimmed = Vec::with_capacity(trims.len());
+        for t in trims {
+            let meta = match dirty.get(&t.log) {
+                Some(m) => Ok(*m),
+                None => self.meta(&t.log),
+            };
+            let mut meta = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = t.reply.send(Err(e));
+                    continue;
+                }
+            };
+            // Only one retention run moves a log's start at a time; a stale one changes nothing.
+            let n = if meta.first == t.from && t.to > t.from && t.to <= meta.next {
+                meta.first = t.to;
+                meta.bytes = meta.bytes.saturating_sub(t.freed);
+                dirty.insert(t.log, meta);
+                t.to - t.from
+            } else {
+                0
+            };
+            trimmed.push((n, t.reply));
+        }
         for (log, payload, reply) in appends {
             let meta = match dirty.get(&log) {
                 Some(m) => Ok(*m),
@@ -389,6 +432,9 @@ impl Committer {
                 for reply in flushes {
                     let _ = reply.send(Ok(()));
                 }
+                for (n, reply) in trimmed {
+                    let _ = reply.send(Ok(n));
+                }
             }
             Err(e) => {
                 // Nothing of this batch is acknowledged; offsets are handed out again. Checkpoint
@@ -400,60 +446,11 @@ impl Committer {
                 for reply in flushes {
                     let _ = reply.send(Err(StoreError::Engine(msg.clone())));
                 }
-            }
-        }
-    }
-
-    /// Deletes the oldest records of `log` as `retention` asks, never one `>= keep_from`.
-    fn retention(&mut self, log: &str, retention: Retention, keep_from: Offset) -> Result<u64> {
-        if retention.max_age.is_none() && retention.max_bytes.is_none() {
-            return Ok(0);
-        }
-        let mut meta = self.meta(log)?;
-        let old_first = meta.first;
-        let limit = keep_from.min(meta.next);
-        let now = now_ms();
-        let max_age_ms = retention
-            .max_age
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut cursor = meta.first;
-        'scan: while cursor < limit {
-            let chunk = self.engine.get()?.scan(
-                &keys::record_key(log, cursor),
-                &keys::record_key(log, limit),
-                RETENTION_SCAN_CHUNK,
-            )?;
-            if chunk.is_empty() {
-                break;
-            }
-            for (k, v) in &chunk {
-                let offset = keys::offset_of(k)?;
-                let (appended_ms, payload) = keys::decode_value(v)?;
-                let too_old = max_age_ms.is_some_and(|max| now.saturating_sub(appended_ms) > max);
-                let too_big = retention.max_bytes.is_some_and(|max| meta.bytes > max);
-                if !(too_old || too_big) {
-                    break 'scan;
+                for (_, reply) in trimmed {
+                    let _ = reply.send(Err(StoreError::Engine(msg.clone())));
                 }
-                meta.bytes = meta.bytes.saturating_sub(payload.len() as u64);
-                meta.first = offset + 1;
-                cursor = offset + 1;
             }
         }
-        if meta.first == old_first {
-            return Ok(0);
-        }
-        let mut batch = Batch::default();
-        batch.delete_ranges.push((
-            keys::record_key(log, old_first),
-            keys::record_key(log, meta.first),
-        ));
-        batch
-            .writes
-            .insert(keys::meta_key(log), Some(meta.encode()));
-        self.engine.get()?.commit(batch)?;
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
-        self.metas.insert(log.to_owned(), meta);
-        Ok(meta.first - old_first)
     }
 }
 

@@ -39,6 +39,17 @@ pub(crate) trait KvEngine: Send + Sync + 'static {
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// The greatest key with `start <= key < end`.
     fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Removes the records of one log that retention gave up: `[old, end)` were given up now,
+    /// `[all, end)` is everything below the log's first offset (earlier runs' included). Nothing
+    /// reads below a log's first offset, so an engine may leave some of those keys for later
+    /// (and need not make the removal durable at once); it never touches a key `>= end`. Runs on
+    /// the retention caller's thread, never the committer's.
+    fn trim(&self, all: &[u8], old: &[u8], end: &[u8]) -> Result<()> {
+        let _ = all;
+        let mut batch = Batch::default();
+        batch.delete_ranges.push((old.to_vec(), end.to_vec()));
+        self.commit(batch)
+    }
 }
 
 /// Maps any engine error to [`crate::StoreError::Engine`].

@@ -101,10 +101,18 @@ pub enum StoreError {
     },
 }
 
-/// Tuning of the embedded store.
+/// Tuning of the embedded store: its append bound and the storage engine's memory budgets.
+///
+/// The engine's budgets apply to fjall (the default engine); redb and sled keep their own
+/// defaults. Most of the store's memory is `cache_bytes + 2 × write_buffer_bytes` (a full
+/// write buffer is flushed while the next one fills).
 ///
 /// ```
-/// let options = evmesh_store::StoreOptions { max_queued_bytes: 8 << 20 };
+/// let options = evmesh_store::StoreOptions {
+///     max_queued_bytes: 8 << 20,
+///     cache_bytes: 8 << 20,
+///     ..Default::default()
+/// };
 /// assert!(options.max_queued_bytes < evmesh_store::StoreOptions::default().max_queued_bytes);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,15 +121,34 @@ pub struct StoreOptions {
     /// with [`StoreError::Busy`] instead of queueing (ingress answers 503 with `Retry-After`).
     /// One append is always admitted when nothing is queued, however large.
     pub max_queued_bytes: usize,
+    /// fjall's block cache (decoded blocks of the on-disk tables, shared by all reads).
+    /// Default [`DEFAULT_CACHE_BYTES`].
+    pub cache_bytes: u64,
+    /// fjall's write buffer: appends collect in memory (a memtable) up to this many bytes, then
+    /// it is written out as a table. At least 1 MiB. Default [`DEFAULT_WRITE_BUFFER_BYTES`].
+    pub write_buffer_bytes: u64,
+    /// fjall's journal (write-ahead log) budget on disk: beyond it the oldest write buffers are
+    /// flushed so their journal files can go. It bounds what a restart replays. At least
+    /// 64 MiB. Default [`DEFAULT_JOURNAL_BYTES`].
+    pub journal_bytes: u64,
 }
 
 /// Default [`StoreOptions::max_queued_bytes`]: 64 MiB.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+/// Default [`StoreOptions::cache_bytes`]: 16 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Default [`StoreOptions::write_buffer_bytes`]: 8 MiB.
+pub const DEFAULT_WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
+/// Default [`StoreOptions::journal_bytes`]: 64 MiB (fjall's least).
+pub const DEFAULT_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
+            journal_bytes: DEFAULT_JOURNAL_BYTES,
         }
     }
 }

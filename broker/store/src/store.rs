@@ -20,8 +20,8 @@ use crate::{
 /// Counters of a [`KvEventStore`] since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Successful durable engine commits (group commits, plus one per retention run that
-    /// deleted something).
+    /// Successful durable engine commits (group commits; a retention run's move of a log's
+    /// start rides on one).
     pub commits: u64,
     /// Appends acknowledged.
     pub appends: u64,
@@ -45,6 +45,8 @@ pub struct KvEventStore {
     /// Payload bytes of appends handed to the committer and not answered yet.
     queued: Arc<AtomicUsize>,
     max_queued: usize,
+    /// Held by the retention run in progress.
+    retention: Mutex<()>,
 }
 
 impl std::fmt::Debug for KvEventStore {
@@ -67,7 +69,8 @@ impl KvEventStore {
     pub fn open_with(kind: EngineKind, dir: &Path, options: StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(engine_err)?;
         let path = dir.to_path_buf();
-        let open: Reopen = Box::new(move || open_engine(kind, &path));
+        let cache = EngineCache::default();
+        let open: Reopen = Box::new(move || open_engine(kind, &path, &options, &cache));
         let engine = open()?;
         Self::start_slot(kind, EngineSlot::new(engine, Some(open)), options)
     }
@@ -110,6 +113,7 @@ impl KvEventStore {
             pending,
             queued,
             max_queued: options.max_queued_bytes,
+            retention: Mutex::new(()),
         })
     }
 
@@ -163,8 +167,22 @@ impl KvEventStore {
     }
 }
 
+/// What an engine keeps across reopens.
+#[derive(Clone, Default)]
+struct EngineCache {
+    /// fjall's first offsets per log, for its compaction filter.
+    #[cfg(feature = "fjall")]
+    firsts: Arc<crate::fjall_engine::Firsts>,
+}
+
 /// Opens engine `kind` in `path`; an engine whose cargo feature is off is an error.
-fn open_engine(kind: EngineKind, path: &Path) -> Result<Arc<dyn KvEngine>> {
+fn open_engine(
+    kind: EngineKind,
+    path: &Path,
+    options: &StoreOptions,
+    cache: &EngineCache,
+) -> Result<Arc<dyn KvEngine>> {
+    let _ = (options, cache);
     #[allow(unreachable_patterns)]
     match kind {
         #[cfg(feature = "sled")]
@@ -172,7 +190,13 @@ fn open_engine(kind: EngineKind, path: &Path) -> Result<Arc<dyn KvEngine>> {
         #[cfg(feature = "redb")]
         EngineKind::Redb => return Ok(Arc::new(crate::redb_engine::RedbEngine::open(path)?)),
         #[cfg(feature = "fjall")]
-        EngineKind::Fjall => return Ok(Arc::new(crate::fjall_engine::FjallEngine::open(path)?)),
+        EngineKind::Fjall => {
+            return Ok(Arc::new(crate::fjall_engine::FjallEngine::open(
+                path,
+                options,
+                cache.firsts.clone(),
+            )?));
+        }
         _ => {}
     }
     let _ = path;
@@ -280,14 +304,38 @@ impl EventStore for KvEventStore {
 
     fn apply_retention(&self, log: &LogId, retention: Retention, keep_from: Offset) -> Result<u64> {
         keys::check_log(log.as_str())?;
+        if retention.max_age.is_none() && retention.max_bytes.is_none() {
+            return Ok(0);
+        }
+        // One run per store at a time; the committer only moves the log's start (one small
+        // metadata write in the next group commit), everything else happens on this thread.
+        let _one = self.retention.lock().unwrap_or_else(|e| e.into_inner());
+        let engine = self.engine.get()?;
+        let name = log.as_str();
+        let meta = keys::load_meta(engine.as_ref(), name)?;
+        let (to, freed) = retention_cut(engine.as_ref(), name, meta, retention, keep_from)?;
+        if to == meta.first {
+            return Ok(0);
+        }
         let (reply, rx) = mpsc::sync_channel(1);
-        self.send(Request::Retention {
-            log: log.as_str().to_owned(),
-            retention,
-            keep_from,
+        self.send(Request::Trim {
+            log: name.to_owned(),
+            from: meta.first,
+            to,
+            freed,
             reply,
         })?;
-        rx.recv().map_err(|_| StoreError::Closed)?
+        let n = rx.recv().map_err(|_| StoreError::Closed)??;
+        if n > 0 {
+            // Nothing reads below the log's first offset any more: the engine removes those
+            // records as cheaply as it can (fjall: whole tables, no tombstones).
+            engine.trim(
+                &keys::record_key(name, 0),
+                &keys::record_key(name, meta.first),
+                &keys::record_key(name, to),
+            )?;
+        }
+        Ok(n)
     }
 
     fn health(&self) -> Result<()> {
@@ -315,4 +363,47 @@ impl KvEventStore {
         self.pending.set(key, value);
         self.send(Request::Checkpoint)
     }
+}
+
+/// Records read per step while applying retention.
+const RETENTION_SCAN_CHUNK: usize = 1024;
+
+/// Where retention cuts `log` (whose committed metadata is `meta`): the new first offset, never
+/// above `keep_from`, and the payload bytes of the records below it.
+fn retention_cut(
+    engine: &dyn KvEngine,
+    log: &str,
+    meta: keys::LogMeta,
+    retention: Retention,
+    keep_from: Offset,
+) -> Result<(Offset, u64)> {
+    let limit = keep_from.min(meta.next);
+    let now = crate::committer::now_ms();
+    let max_age_ms = retention
+        .max_age
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut bytes = meta.bytes;
+    let mut first = meta.first;
+    'scan: while first < limit {
+        let chunk = engine.scan(
+            &keys::record_key(log, first),
+            &keys::record_key(log, limit),
+            RETENTION_SCAN_CHUNK,
+        )?;
+        if chunk.is_empty() {
+            break;
+        }
+        for (k, v) in &chunk {
+            let offset = keys::offset_of(k)?;
+            let (appended_ms, payload) = keys::decode_value(v)?;
+            let too_old = max_age_ms.is_some_and(|max| now.saturating_sub(appended_ms) > max);
+            let too_big = retention.max_bytes.is_some_and(|max| bytes > max);
+            if !(too_old || too_big) {
+                break 'scan;
+            }
+            bytes = bytes.saturating_sub(payload.len() as u64);
+            first = offset + 1;
+        }
+    }
+    Ok((first, meta.bytes - bytes))
 }

@@ -2,16 +2,40 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::kv::{Batch, KvEngine};
-use crate::{EngineKind, EventStore, KvEventStore, LogId, Result, StoreError};
+use crate::{EngineKind, EventStore, KvEventStore, LogId, Result, Retention, StoreError};
 
 #[derive(Default)]
 struct MemEngine {
     data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     fail: AtomicBool,
     commits: AtomicUsize,
+    /// While `hold` is set, scans wait (and count themselves in `waiting`).
+    gate: Mutex<Gate>,
+    gate_changed: Condvar,
+}
+
+#[derive(Default)]
+struct Gate {
+    hold: bool,
+    waiting: usize,
+}
+
+impl MemEngine {
+    fn hold_scans(&self, hold: bool) {
+        self.gate.lock().expect("lock").hold = hold;
+        self.gate_changed.notify_all();
+    }
+
+    /// Blocks until a scan waits at the gate.
+    fn wait_for_held_scan(&self) {
+        let mut g = self.gate.lock().expect("lock");
+        while g.waiting == 0 {
+            g = self.gate_changed.wait(g).expect("lock");
+        }
+    }
 }
 
 impl KvEngine for MemEngine {
@@ -43,6 +67,17 @@ impl KvEngine for MemEngine {
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        {
+            let mut g = self.gate.lock().expect("lock");
+            if g.hold {
+                g.waiting += 1;
+                self.gate_changed.notify_all();
+                while g.hold {
+                    g = self.gate_changed.wait(g).expect("lock");
+                }
+                g.waiting -= 1;
+            }
+        }
         if start >= end {
             return Ok(Vec::new());
         }
@@ -146,6 +181,7 @@ async fn appends_beyond_the_queued_bytes_bound_fail_busy_and_the_bound_frees_up_
     let engine = Arc::new(MemEngine::default());
     let options = crate::StoreOptions {
         max_queued_bytes: 1,
+        ..Default::default()
     };
     let store = Arc::new(KvEventStore::start(EngineKind::Fjall, engine, options).expect("start"));
     let results = append_many(&store, 50).await;
@@ -190,4 +226,41 @@ async fn a_failing_store_reports_it_and_recovers_by_itself_once_writes_succeed()
             .expect("append"),
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_commit_while_a_retention_run_reads_the_log() {
+    let (engine, store) = store();
+    let log = LogId::new("l");
+    for i in 0..10 {
+        store.append(&log, vec![i]).await.expect("append");
+    }
+    // The retention run stops in the middle of reading the log ...
+    engine.hold_scans(true);
+    let s = store.clone();
+    let retention = std::thread::spawn(move || {
+        let everything = Retention {
+            max_age: None,
+            max_bytes: Some(0),
+        };
+        s.apply_retention(&LogId::new("l"), everything, u64::MAX)
+    });
+    engine.wait_for_held_scan();
+    // ... and the committer is not the one reading: an append commits meanwhile.
+    let appended = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.append(&log, vec![99]),
+    )
+    .await
+    .expect("the append waited for the retention run")
+    .expect("append");
+    assert_eq!(appended, 10);
+    engine.hold_scans(false);
+    let deleted = retention.join().expect("join").expect("retention");
+    // It deletes what it found when it started, and the record appended meanwhile stays.
+    assert_eq!(deleted, 10);
+    assert_eq!(store.first_offset(&log).expect("first"), Some(10));
+    let left = store.read(&log, 0, 100).expect("read");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].payload, vec![99]);
 }

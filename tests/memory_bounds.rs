@@ -1,0 +1,111 @@
+//! Bounded memory: a trigger that falls behind costs no memory for the events it has not taken;
+//! the router's queue for it stays within its byte budget (`evmesh_route_queue_bytes`) and the
+//! trigger reads the rest back from the log, losing and repeating nothing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use common::*;
+
+/// The route queue budget of the test (bytes).
+const BUDGET: usize = 8 * 1024;
+/// Events posted while the subscriber is stuck.
+const EVENTS: usize = 300;
+
+/// A subscriber that holds every request until `open` is set, then counts ids and answers 202.
+async fn gated_sink(
+    open: tokio::sync::watch::Receiver<bool>,
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+) -> String {
+    let app = Router::new().fallback(move |headers: HeaderMap| {
+        let mut open = open.clone();
+        let seen = seen.clone();
+        async move {
+            let _ = open.wait_for(|o| *o).await;
+            if let Some(id) = headers.get("ce-id").and_then(|v| v.to_str().ok()) {
+                *seen
+                    .lock()
+                    .expect("seen")
+                    .entry(id.to_string())
+                    .or_default() += 1;
+            }
+            StatusCode::ACCEPTED
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+/// The value of `evmesh_route_queue_bytes` for trigger `name` in a `/metrics` text.
+fn queue_bytes(metrics: &str, name: &str) -> Option<f64> {
+    let label = format!("trigger_name=\"{name}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("evmesh_route_queue_bytes{") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_far_behind_keeps_its_queue_within_budget_and_reads_the_rest_from_the_log() {
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let sink = gated_sink(open_rx, seen.clone()).await;
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default, namespace: demo}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: slow, namespace: demo}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{sink}\"}}\n"
+    );
+    let m = mesh_with(&yaml, |mut o| {
+        o.service.max_in_flight = 2;
+        o.service.route_queue_bytes = BUDGET;
+        o
+    })
+    .await;
+    let url = m.url("/demo/default");
+    let data = "x".repeat(200);
+    for i in 0..EVENTS {
+        let mut e = event(&format!("e{i}"), "t");
+        e.set_data("text/plain", data.clone());
+        assert_eq!(post_binary(&url, e).await, 202, "event e{i}");
+    }
+    // The router has passed every event; the trigger holds 2 in flight and took no more.
+    routed_up_to(&m.url(""), "demo", "default", EVENTS as u64).await;
+    let (status, metrics) = get_text(&m.url("/metrics")).await;
+    assert_eq!(status, 200);
+    let queued = queue_bytes(&metrics, "slow").expect("evmesh_route_queue_bytes for the trigger");
+    assert!(queued > 0.0, "nothing queued for the stuck trigger");
+    assert!(
+        queued <= BUDGET as f64,
+        "the queue holds {queued} bytes, over its budget of {BUDGET}"
+    );
+    // Released, the trigger delivers every event exactly once: the queued ones, then the rest
+    // read back from the log.
+    open_tx.send(true).expect("open the subscriber");
+    eventually("every event delivered", Duration::from_secs(30), || {
+        seen.lock().expect("seen").len() == EVENTS
+    })
+    .await;
+    quiet(&m, "demo", "default", EVENTS as u64).await;
+    let seen = seen.lock().expect("seen").clone();
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    for i in 0..EVENTS {
+        assert!(seen.contains_key(&format!("e{i}")), "e{i} not delivered");
+    }
+    let (_, metrics) = get_text(&m.url("/metrics")).await;
+    assert_eq!(
+        queue_bytes(&metrics, "slow"),
+        Some(0.0),
+        "queue empty again"
+    );
+}
