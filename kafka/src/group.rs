@@ -14,6 +14,15 @@
 //! On a rebalance the revoked partitions' tracking is dropped: their pending deliveries still
 //! finish (the new owner may deliver them again: at-least-once), but they no longer move the
 //! watermark of a partition this member does not own.
+//!
+//! Replay ([`Cursor::seek`]): the member repositions every partition it owns (`earliest`: the
+//! partition's first offset; a time: `offsets_for_times`) and commits the new offset. The replay
+//! generation (when it was asked, and the `evmesh.dev/replay-from` value it applies) is kept per
+//! partition as the committed offset of a companion group, `<group>.evmesh-replay` (a marker, not
+//! a position: Tansu, the Kafka-protocol broker of the tests, drops offset-commit metadata). A
+//! member later assigned a partition whose marker predates a replay it knows of applies that
+//! replay to the partition too, so a replay reaches partitions owned by another process when they
+//! move, and an annotation value every process applies is applied once per partition.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,13 +149,239 @@ impl GroupStatus {
     }
 }
 
+/// Bits of a replay marker that identify the annotation value a replay applied.
+const TAG_BITS: u32 = 21;
+
+/// The companion group that keeps each partition's replay marker.
+fn replay_group_of(group: &str) -> String {
+    format!("{group}.evmesh-replay")
+}
+
+/// A replay this process knows of: where to, when it was asked, and the `evmesh.dev/replay-from`
+/// value it applies (`None`: asked through the API).
+#[derive(Clone, Debug)]
+struct Generation {
+    from: ReplayFrom,
+    at_ms: u64,
+    annotation: Option<String>,
+}
+
+/// The replay a partition was last positioned by, as kept in the companion group: when it was
+/// asked and which annotation value it carried (0: none), packed into one positive offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Marker {
+    at_ms: u64,
+    tag: u32,
+}
+
+impl Marker {
+    fn encode(self) -> i64 {
+        // Milliseconds fit in 42 bits until the year 2109.
+        let ms = self.at_ms & ((1 << (63 - TAG_BITS)) - 1);
+        i64::try_from((ms << TAG_BITS) | u64::from(self.tag)).unwrap_or(i64::MAX)
+    }
+
+    fn decode(offset: &Offset) -> Option<Marker> {
+        match offset {
+            Offset::Offset(v) if *v > 0 => {
+                let v = v.unsigned_abs();
+                Some(Marker {
+                    at_ms: v >> TAG_BITS,
+                    tag: u32::try_from(v & ((1 << TAG_BITS) - 1)).unwrap_or(0),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A stable tag (1 ..= 2^21 - 1) of an annotation value: FNV-1a, the same in every process.
+fn annotation_tag(text: &str) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u32::try_from(h % ((1 << TAG_BITS) - 1)).unwrap_or(0) + 1
+}
+
+impl Generation {
+    /// Whether a partition whose marker is `marker` still needs this replay: an annotation value
+    /// is applied once per partition; a replay asked through the API to partitions positioned
+    /// before it was asked.
+    fn needed_by(&self, marker: Option<Marker>) -> bool {
+        match (&self.annotation, marker) {
+            (_, None) => true,
+            (Some(text), Some(m)) => m.tag != annotation_tag(text),
+            (None, Some(m)) => m.at_ms < self.at_ms,
+        }
+    }
+
+    /// The marker a partition gets once this replay is applied to it.
+    fn marker(&self, previous: Option<Marker>) -> Marker {
+        Marker {
+            at_ms: self.at_ms,
+            tag: self
+                .annotation
+                .as_deref()
+                .map(annotation_tag)
+                .or(previous.map(|m| m.tag))
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Records a replay by time skips on a partition: those before `until` (the partition's end when
+/// it was repositioned) appended before `time_ms`, until the first one at or after it. Kafka's
+/// time index answers exactly; this guards against a broker that answers too early (Tansu 0.6
+/// answers offset 0 for a time after the partition's last record).
+#[derive(Clone, Copy, Debug)]
+struct Skip {
+    until: i64,
+    time_ms: i64,
+}
+
+/// What a group's members share about replays (kept across the group's runs in this process).
+#[derive(Default)]
+struct Replays {
+    /// The last replay this process asked of the group.
+    known: Mutex<Option<Generation>>,
+    /// The last `evmesh.dev/replay-from` value this process applied to the group.
+    applied: Mutex<Option<String>>,
+    /// Per partition being replayed by time: records to skip.
+    skips: Mutex<HashMap<(String, i32), Skip>>,
+}
+
+impl Replays {
+    fn known(&self) -> Option<Generation> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Where a replay moves the partitions of `parts` that still need it: the new offsets (to
+/// commit) and the companion group's markers (to commit after them). `side` is a client of the
+/// companion group.
+fn reposition<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    side: &BaseConsumer,
+    generation: &Generation,
+    parts: &[(String, i32)],
+    skips: &Mutex<HashMap<(String, i32), Skip>>,
+) -> Result<(Vec<((String, i32), i64)>, TopicPartitionList), String> {
+    let mut query = TopicPartitionList::new();
+    for (t, p) in parts {
+        query.add_partition(t, *p);
+    }
+    let markers = side
+        .committed_offsets(query, REQUEST_TIMEOUT)
+        .map_err(|e| format!("reading replay markers: {e}"))?;
+    let marks: HashMap<(String, i32), Option<Marker>> = markers
+        .elements()
+        .iter()
+        .map(|e| {
+            (
+                (e.topic().to_string(), e.partition()),
+                Marker::decode(&e.offset()),
+            )
+        })
+        .collect();
+    drop(markers);
+    let mut moved = Vec::new();
+    let mut new_marks = TopicPartitionList::new();
+    for (t, p) in parts {
+        let marker = marks.get(&(t.clone(), *p)).copied().flatten();
+        if !generation.needed_by(marker) {
+            continue;
+        }
+        let (low, high) = consumer
+            .fetch_watermarks(t, *p, REQUEST_TIMEOUT)
+            .map_err(|e| format!("reading the offsets of {t}/{p}: {e}"))?;
+        let target = match generation.from {
+            ReplayFrom::Earliest => low,
+            ReplayFrom::TimeMs(ms) => {
+                let time_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+                let mut q = TopicPartitionList::new();
+                q.add_partition_offset(t, *p, Offset::Offset(time_ms))
+                    .map_err(|e| e.to_string())?;
+                let found = consumer
+                    .offsets_for_times(q, REQUEST_TIMEOUT)
+                    .map_err(|e| {
+                        format!("finding the offset of {t}/{p} at {}: {e}", generation.from)
+                    })?;
+                let at = found.elements().first().map(|e| e.offset());
+                drop(found);
+                let at = match at {
+                    Some(Offset::Offset(o)) => o.clamp(low, high),
+                    // No record at or after the time: only new records.
+                    _ => high,
+                };
+                let mut skips = skips.lock().unwrap_or_else(|e| e.into_inner());
+                if at < high {
+                    skips.insert(
+                        (t.clone(), *p),
+                        Skip {
+                            until: high,
+                            time_ms,
+                        },
+                    );
+                } else {
+                    skips.remove(&(t.clone(), *p));
+                }
+                at
+            }
+        };
+        if generation.from == ReplayFrom::Earliest {
+            skips
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(t.clone(), *p));
+        }
+        moved.push(((t.clone(), *p), target));
+        new_marks
+            .add_partition_offset(t, *p, Offset::Offset(generation.marker(marker).encode()))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((moved, new_marks))
+}
+
+/// Commits `offsets` for `consumer`'s group.
+fn commit_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    offsets: &[((String, i32), i64)],
+) -> Result<(), String> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), o) in offsets {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(|e| e.to_string())?;
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .map_err(|e| format!("committing the replay's offsets: {e}"))
+}
+
 /// A consumer group on Kafka topics: each [`open`](ConsumerGroup::open) starts a group member
 /// (after the previous one of this value has closed).
 pub struct KafkaGroup {
     spec: GroupSpec,
     status: Arc<GroupStatus>,
     previous: Mutex<Option<std::thread::JoinHandle<()>>>,
+    replays: Arc<Replays>,
+    appends: Option<Appends>,
 }
+
+/// Per partition (a position's partition number), the offset after the last record this
+/// process appended to the log a group reads: what a cursor must have handed out to be caught up.
+pub(crate) type Appends = Arc<Mutex<HashMap<u32, u64>>>;
 
 impl std::fmt::Debug for KafkaGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,7 +398,16 @@ impl KafkaGroup {
             spec,
             status: Arc::default(),
             previous: Mutex::new(None),
+            replays: Arc::default(),
+            appends: None,
         }
+    }
+
+    /// Lets its cursors tell when they are caught up ([`Cursor::caught_up`]): they have handed
+    /// out everything this process appended (`appends`) on the partitions they own.
+    pub(crate) fn tracking_appends(mut self, appends: Appends) -> KafkaGroup {
+        self.appends = Some(appends);
+        self
     }
 
     /// The member's status.
@@ -226,13 +470,19 @@ impl ConsumerGroup for KafkaGroup {
                 stores: stores.clone(),
                 initial: self.spec.initial_offset,
                 group: self.spec.group_id.clone(),
+                settings: self.spec.settings.clone(),
+                replays: self.replays.clone(),
+                side: Mutex::new(None),
+                starts: Mutex::new(HashMap::new()),
             };
             let consumer = self.consumer(ctx)?;
             let (tx, rx) = mpsc::channel(QUEUE);
             let notify = Arc::new(Notify::new());
             let stop = Arc::new(AtomicBool::new(false));
             let topics = Arc::new(self.spec.topics.clone());
+            let (seek_tx, seek_rx) = std::sync::mpsc::channel();
             let poller = Poller {
+                seeks: seek_rx,
                 consumer,
                 tx,
                 notify: notify.clone(),
@@ -247,8 +497,19 @@ impl ConsumerGroup for KafkaGroup {
                 .spawn(move || poller.run())
                 .map_err(|e| format!("starting the consumer thread: {e}"))?;
             *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            let applied = self
+                .replays
+                .applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             Ok(Box::new(KafkaCursor {
                 rx,
+                front: VecDeque::new(),
+                seeks: seek_tx,
+                replays: self.replays.clone(),
+                applied,
+                appends: self.appends.clone(),
                 notify,
                 topics,
                 handed: HashMap::new(),
@@ -279,6 +540,11 @@ enum Item {
     },
     /// Partitions given up: their tracking is dropped.
     Revoked(Vec<u32>),
+    /// Partitions assigned, with the offset each starts at (its committed offset).
+    Assigned(Vec<(u32, u64)>),
+    /// A replay was applied (every owned partition and where it resumes), or why not; records
+    /// handed before it are of the old position.
+    Sought(Result<Vec<(u32, u64)>, String>),
 }
 
 struct GroupContext {
@@ -286,6 +552,12 @@ struct GroupContext {
     stores: Stores,
     initial: InitialOffset,
     group: String,
+    settings: KafkaSettings,
+    replays: Arc<Replays>,
+    /// A client of the companion group that keeps replay markers (made when first needed).
+    side: Mutex<Option<BaseConsumer>>,
+    /// Committed offsets of partitions being assigned (where they start), for the cursor.
+    starts: Mutex<HashMap<(String, i32), i64>>,
 }
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -364,6 +636,70 @@ impl GroupContext {
     }
 }
 
+impl GroupContext {
+    fn with_side<T>(
+        &self,
+        f: impl FnOnce(&BaseConsumer) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut side = self.side.lock().unwrap_or_else(|e| e.into_inner());
+        if side.is_none() {
+            let mut c = self.settings.client_config();
+            c.set("group.id", replay_group_of(&self.group))
+                .set("enable.auto.commit", "false");
+            *side = Some(
+                c.create()
+                    .map_err(|e| format!("creating the replay marker client: {e}"))?,
+            );
+        }
+        match side.as_ref() {
+            Some(s) => f(s),
+            None => Err("no replay marker client".into()),
+        }
+    }
+
+    /// Applies `generation` to the partitions of `parts` that still need it: commits their new offsets,
+    /// then their markers. Returns the partitions moved and where to.
+    fn apply_replay(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        generation: &Generation,
+        parts: &[(String, i32)],
+    ) -> Result<Vec<((String, i32), i64)>, String> {
+        self.with_side(|side| {
+            let (moved, marks) = reposition(consumer, side, generation, parts, &self.replays.skips)?;
+            commit_offsets(consumer, &moved)?;
+            let marked = if marks.count() > 0 {
+                side.commit(&marks, CommitMode::Sync)
+                    .map_err(|e| format!("committing replay markers: {e}"))
+            } else {
+                Ok(())
+            };
+            drop(marks);
+            marked?;
+            if !moved.is_empty() {
+                tracing::info!(group = %self.group, from = %generation.from, ?moved, "replay applied");
+            }
+            Ok(moved)
+        })
+    }
+
+    /// Notes where each partition of `tpl` starts (its committed offset), for the cursor.
+    fn record_starts(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        match consumer.committed_offsets(tpl.clone(), REQUEST_TIMEOUT) {
+            Ok(committed) => {
+                let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+                for e in committed.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        starts.insert((e.topic().to_string(), e.partition()), o);
+                    }
+                }
+                drop(committed);
+            }
+            Err(e) => tracing::debug!(group = %self.group, "reading start offsets: {e}"),
+        }
+    }
+}
+
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
@@ -375,6 +711,13 @@ impl ConsumerContext for GroupContext {
                 {
                     tracing::warn!(group = %self.group, "fixing the start at the end of new partitions: {e}");
                 }
+                // A replay this process knows of reaches the partitions it is given too.
+                if let Some(generation) = self.replays.known()
+                    && let Err(e) = self.apply_replay(consumer, &generation, &list(tpl))
+                {
+                    tracing::warn!(group = %self.group, from = %generation.from, "replay not applied to new partitions: {e}");
+                }
+                self.record_starts(consumer, tpl);
             }
             Rebalance::Revoke(tpl) => {
                 // Commit what is done before the partitions go to another member.
@@ -405,6 +748,7 @@ impl ConsumerContext for GroupContext {
 
 /// The consumer thread.
 struct Poller {
+    seeks: std::sync::mpsc::Receiver<Generation>,
     consumer: BaseConsumer<GroupContext>,
     tx: mpsc::Sender<Item>,
     notify: Arc<Notify>,
@@ -428,6 +772,10 @@ impl Poller {
         let mut paused = false;
         let mut last_error_log: Option<Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
+            while let Ok(generation) = self.seeks.try_recv() {
+                let result = self.seek_now(&generation, &mut held);
+                held.push_back(Item::Sought(result));
+            }
             apply_stores(&self.consumer, &self.stores);
             if !self.forward(&mut held) {
                 break;
@@ -450,6 +798,22 @@ impl Poller {
                 match ev {
                     Rebalanced::Assigned(parts) => {
                         tracing::info!(group = %group, ?parts, "partitions assigned");
+                        let starts: Vec<(u32, u64)> = {
+                            let mut starts = self
+                                .consumer
+                                .context()
+                                .starts
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner());
+                            parts
+                                .iter()
+                                .filter_map(|(t, p)| {
+                                    let start = starts.remove(&(t.clone(), *p))?;
+                                    Some((pid_of(&self.topics, t, *p)?, u64::try_from(start).ok()?))
+                                })
+                                .collect()
+                        };
+                        held.push_back(Item::Assigned(starts));
                         self.status.with(|s| {
                             s.joined = true;
                             s.assigned.extend(parts);
@@ -469,6 +833,14 @@ impl Poller {
                             |i| !matches!(i, Item::Record { pid, .. } if pids.contains(pid)),
                         );
                         held.push_back(Item::Revoked(pids));
+                        {
+                            let ctx = self.consumer.context();
+                            let mut skips =
+                                ctx.replays.skips.lock().unwrap_or_else(|e| e.into_inner());
+                            for part in &parts {
+                                skips.remove(part);
+                            }
+                        }
                         self.status
                             .with(|s| s.assigned.retain(|a| !parts.contains(a)));
                     }
@@ -488,6 +860,19 @@ impl Poller {
                     let Some(pid) = pid_of(&self.topics, m.topic(), m.partition()) else {
                         continue;
                     };
+                    if self.skipped_by_replay(
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.timestamp().to_millis(),
+                    ) {
+                        held.push_back(Item::Record {
+                            pid,
+                            offset: u64::try_from(m.offset()).unwrap_or_default(),
+                            event: None,
+                        });
+                        continue;
+                    }
                     let headers: Vec<(&str, &[u8])> = m
                         .headers()
                         .map(|h| {
@@ -547,6 +932,95 @@ impl Poller {
         tracing::debug!(group = %group, "consumer closed");
     }
 
+    /// Whether a replay by time skips this record (appended before the time; see [`Skip`]).
+    fn skipped_by_replay(&self, topic: &str, partition: i32, offset: i64, ts: Option<i64>) -> bool {
+        let ctx = self.consumer.context();
+        let mut skips = ctx.replays.skips.lock().unwrap_or_else(|e| e.into_inner());
+        if skips.is_empty() {
+            return false;
+        }
+        let key = (topic.to_string(), partition);
+        match skips.get(&key) {
+            None => false,
+            Some(s) if offset < s.until && ts.is_some_and(|ts| ts < s.time_ms) => true,
+            Some(_) => {
+                // The first record at or after the time: from here on everything is delivered.
+                skips.remove(&key);
+                false
+            }
+        }
+    }
+
+    /// Applies a replay to every partition this member owns: those that need it move (see
+    /// [`reposition`]), the others go back to their committed offset (the run dropped its
+    /// pending deliveries: those are read again). Records read ahead are dropped.
+    fn seek_now(
+        &self,
+        generation: &Generation,
+        held: &mut VecDeque<Item>,
+    ) -> Result<Vec<(u32, u64)>, String> {
+        // What the run reported done is committed first.
+        apply_stores(&self.consumer, &self.stores);
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!("commit before a replay: {e}");
+        }
+        let parts = {
+            let assignment = self
+                .consumer
+                .assignment()
+                .map_err(|e| format!("reading the assignment: {e}"))?;
+            let parts = list(&assignment);
+            drop(assignment);
+            parts
+        };
+        if parts.is_empty() {
+            // Nothing owned yet: partitions assigned later get the replay on assignment.
+            return Ok(Vec::new());
+        }
+        let ctx = self.consumer.context();
+        ctx.apply_replay(&self.consumer, generation, &parts)?;
+        let mut query = TopicPartitionList::new();
+        for (t, p) in &parts {
+            query.add_partition(t, *p);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(query, REQUEST_TIMEOUT)
+            .map_err(|e| format!("reading committed offsets: {e}"))?;
+        let targets: Vec<(String, i32, i64)> = committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        drop(committed);
+        let mut store = TopicPartitionList::new();
+        for (t, p, o) in &targets {
+            store
+                .add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(|e| e.to_string())?;
+        }
+        // Stored offsets follow, or auto-commit would write the old position back.
+        let stored = self.consumer.store_offsets(&store);
+        drop(store);
+        if let Err(e) = stored {
+            tracing::debug!("storing the replay's offsets: {e}");
+        }
+        let mut sought = Vec::new();
+        for (t, p, o) in targets {
+            self.consumer
+                .seek(&t, p, Offset::Offset(o), REQUEST_TIMEOUT)
+                .map_err(|e| format!("seeking {t}/{p} to {o}: {e}"))?;
+            if let (Some(pid), Ok(off)) = (pid_of(&self.topics, &t, p), u64::try_from(o)) {
+                sought.push((pid, off));
+            }
+        }
+        held.retain(|i| matches!(i, Item::Revoked(_) | Item::Assigned(_)));
+        Ok(sought)
+    }
+
     /// Hands held items to the cursor while its queue has room; `false` when the cursor is gone.
     fn forward(&self, held: &mut VecDeque<Item>) -> bool {
         let mut sent = false;
@@ -584,6 +1058,13 @@ impl Poller {
 /// A delivery run's view of its group member.
 struct KafkaCursor {
     rx: mpsc::Receiver<Item>,
+    /// Items taken off `rx` and put back (a replay that failed), read before `rx`.
+    front: VecDeque<Item>,
+    seeks: std::sync::mpsc::Sender<Generation>,
+    replays: Arc<Replays>,
+    /// The `evmesh.dev/replay-from` value of the last replay this process applied to the group.
+    applied: Option<String>,
+    appends: Option<Appends>,
     notify: Arc<Notify>,
     topics: Arc<Vec<String>>,
     /// Per partition: the offset after the last record handed out.
@@ -601,6 +1082,42 @@ impl Drop for KafkaCursor {
     }
 }
 
+impl KafkaCursor {
+    /// Applies one item from the consumer thread; a record with an event is returned to deliver.
+    fn take(&mut self, item: Item) -> Option<(Pos, Option<Arc<EventRecord>>)> {
+        match item {
+            Item::Record { pid, offset, event } => {
+                self.handed.insert(pid, offset + 1);
+                event.map(|event| {
+                    (
+                        Pos {
+                            partition: pid,
+                            offset,
+                        },
+                        Some(event),
+                    )
+                })
+            }
+            Item::Revoked(pids) => {
+                for pid in pids {
+                    self.handed.remove(&pid);
+                    self.stored.remove(&pid);
+                }
+                None
+            }
+            Item::Assigned(starts) => {
+                for (pid, offset) in starts {
+                    self.handed.insert(pid, offset);
+                    self.stored.insert(pid, offset);
+                }
+                None
+            }
+            // Only a seek waits for these.
+            Item::Sought(_) => None,
+        }
+    }
+}
+
 impl Cursor for KafkaCursor {
     fn restored(&mut self) -> Vec<Restored> {
         // Retry state is in memory (as in Knative's Kafka dispatcher): a restart redelivers
@@ -611,31 +1128,20 @@ impl Cursor for KafkaCursor {
     fn next(&mut self) -> BoxFuture<'_, Option<(Pos, Option<Arc<EventRecord>>)>> {
         Box::pin(async move {
             loop {
-                match self.rx.try_recv() {
-                    Ok(Item::Record { pid, offset, event }) => {
-                        self.handed.insert(pid, offset + 1);
-                        if let Some(event) = event {
-                            return Some((
-                                Pos {
-                                    partition: pid,
-                                    offset,
-                                },
-                                Some(event),
-                            ));
+                let item = match self.front.pop_front() {
+                    Some(item) => item,
+                    None => match self.rx.try_recv() {
+                        Ok(item) => item,
+                        Err(mpsc::error::TryRecvError::Empty) => return None,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            self.status
+                                .with(|s| s.error = Some("the consumer thread stopped".into()));
+                            return None;
                         }
-                    }
-                    Ok(Item::Revoked(pids)) => {
-                        for pid in pids {
-                            self.handed.remove(&pid);
-                            self.stored.remove(&pid);
-                        }
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => return None,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        self.status
-                            .with(|s| s.error = Some("the consumer thread stopped".into()));
-                        return None;
-                    }
+                    },
+                };
+                if let Some(record) = self.take(item) {
+                    return Some(record);
                 }
             }
         })
@@ -680,16 +1186,93 @@ impl Cursor for KafkaCursor {
         }
     }
 
-    fn seek(&mut self, to: ReplayFrom, _tag: Option<String>) -> BoxFuture<'_, Result<Pos, String>> {
+    fn seek(&mut self, to: ReplayFrom, tag: Option<String>) -> BoxFuture<'_, Result<Pos, String>> {
         Box::pin(async move {
-            Err(format!(
-                "replay ({to}) is not supported on a Kafka consumer group yet"
-            ))
+            let generation = Generation {
+                from: to,
+                at_ms: now_ms(),
+                annotation: tag.clone(),
+            };
+            // Known before the consumer thread applies it: a partition assigned meanwhile gets
+            // it on assignment.
+            *self.replays.known.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(generation.clone());
+            if tag.is_some() {
+                *self
+                    .replays
+                    .applied
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = tag.clone();
+                self.applied = tag;
+            }
+            if self.seeks.send(generation).is_err() {
+                return Err("the consumer thread stopped".into());
+            }
+            // Everything read before the replay is of the old position: dropped once it applied.
+            let mut before = Vec::new();
+            let result = loop {
+                let item = match self.front.pop_front() {
+                    Some(item) => item,
+                    None => match self.rx.recv().await {
+                        Some(item) => item,
+                        None => break Err("the consumer thread stopped".to_string()),
+                    },
+                };
+                match item {
+                    Item::Sought(result) => break result,
+                    other => before.push(other),
+                }
+            };
+            match result {
+                Ok(sought) => {
+                    for item in before {
+                        // Rebalances still count; records are of the old position.
+                        if !matches!(item, Item::Record { .. }) {
+                            self.take(item);
+                        }
+                    }
+                    for (pid, offset) in sought {
+                        self.handed.insert(pid, offset);
+                        self.stored.insert(pid, offset);
+                    }
+                    Ok(self.position())
+                }
+                Err(e) => {
+                    // Nothing moved: what was read is still to be delivered.
+                    for item in before.into_iter().rev() {
+                        self.front.push_front(item);
+                    }
+                    Err(e)
+                }
+            }
         })
     }
 
     fn applied_tag(&self) -> Option<&str> {
-        None
+        self.applied.as_deref()
+    }
+
+    fn caught_up(&self) -> bool {
+        let Some(appends) = &self.appends else {
+            return false;
+        };
+        if !self.front.is_empty() || !self.rx.is_empty() || !self.status.joined() {
+            return false;
+        }
+        let owned: Vec<u32> = self
+            .status
+            .assigned()
+            .iter()
+            .filter_map(|(t, p)| pid_of(&self.topics, t, *p))
+            .collect();
+        // Partitions another member owns are that member's to tell.
+        appends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .all(|(pid, end)| {
+                !owned.contains(pid) || self.handed.get(pid).is_some_and(|h| h >= end)
+            })
     }
 
     fn position(&self) -> Pos {
