@@ -1187,7 +1187,11 @@ impl BrokerService {
             legacy_checkpoint_key: None,
             filter: Filter::match_all(),
             order: DeliveryOrder::Unordered,
-            replay_from: None,
+            // Validated with the configuration: a value that does not parse never gets here.
+            replay_from: m
+                .annotations
+                .get(evmesh_config::REPLAY_FROM_ANNOTATION)
+                .and_then(|v| ReplayFrom::parse(v).ok().map(|r| (r, v.clone()))),
             counters: Counters::for_subscription,
             labels: (m.namespace.clone(), channel.clone(), m.name.clone()),
         };

@@ -510,6 +510,7 @@ impl ConsumerGroup for KafkaGroup {
                 replays: self.replays.clone(),
                 applied,
                 appends: self.appends.clone(),
+                ends: HashMap::new(),
                 notify,
                 topics,
                 handed: HashMap::new(),
@@ -540,11 +541,58 @@ enum Item {
     },
     /// Partitions given up: their tracking is dropped.
     Revoked(Vec<u32>),
-    /// Partitions assigned, with the offset each starts at (its committed offset).
-    Assigned(Vec<(u32, u64)>),
+    /// Partitions assigned, with where each starts.
+    Assigned(Vec<(u32, Start)>),
     /// A replay was applied (every owned partition and where it resumes), or why not; records
     /// handed before it are of the old position.
-    Sought(Result<Vec<(u32, u64)>, String>),
+    Sought(Result<Vec<(u32, Start)>, String>),
+}
+
+/// Where a member starts reading a partition, and the partition's end then: once it has handed
+/// out everything up to that end (and what this process appended since), it is caught up.
+#[derive(Clone, Copy, Debug)]
+struct Start {
+    offset: u64,
+    end: u64,
+}
+
+/// Where each of `parts` starts for `consumer` (its committed offset) and ends now (partitions
+/// without a committed offset are left out).
+fn starts_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    parts: &[(String, i32)],
+) -> Result<Vec<(String, i32, Start)>, String> {
+    let mut query = TopicPartitionList::new();
+    for (t, p) in parts {
+        query.add_partition(t, *p);
+    }
+    let committed = consumer
+        .committed_offsets(query, REQUEST_TIMEOUT)
+        .map_err(|e| format!("reading committed offsets: {e}"))?;
+    let offsets: Vec<(String, i32, i64)> = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    drop(committed);
+    let mut starts = Vec::new();
+    for (t, p, o) in offsets {
+        let (_, high) = consumer
+            .fetch_watermarks(&t, p, REQUEST_TIMEOUT)
+            .map_err(|e| format!("reading the end of {t}/{p}: {e}"))?;
+        starts.push((
+            t,
+            p,
+            Start {
+                offset: u64::try_from(o).unwrap_or_default(),
+                end: u64::try_from(high).unwrap_or_default(),
+            },
+        ));
+    }
+    Ok(starts)
 }
 
 struct GroupContext {
@@ -557,7 +605,7 @@ struct GroupContext {
     /// A client of the companion group that keeps replay markers (made when first needed).
     side: Mutex<Option<BaseConsumer>>,
     /// Committed offsets of partitions being assigned (where they start), for the cursor.
-    starts: Mutex<HashMap<(String, i32), i64>>,
+    starts: Mutex<HashMap<(String, i32), Start>>,
 }
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -683,19 +731,16 @@ impl GroupContext {
         })
     }
 
-    /// Notes where each partition of `tpl` starts (its committed offset), for the cursor.
+    /// Notes where each partition of `tpl` starts, for the cursor.
     fn record_starts(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        match consumer.committed_offsets(tpl.clone(), REQUEST_TIMEOUT) {
-            Ok(committed) => {
+        match starts_of(consumer, &list(tpl)) {
+            Ok(found) => {
                 let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
-                for e in committed.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        starts.insert((e.topic().to_string(), e.partition()), o);
-                    }
+                for (t, p, start) in found {
+                    starts.insert((t, p), start);
                 }
-                drop(committed);
             }
-            Err(e) => tracing::debug!(group = %self.group, "reading start offsets: {e}"),
+            Err(e) => tracing::debug!(group = %self.group, "reading where partitions start: {e}"),
         }
     }
 }
@@ -798,7 +843,7 @@ impl Poller {
                 match ev {
                     Rebalanced::Assigned(parts) => {
                         tracing::info!(group = %group, ?parts, "partitions assigned");
-                        let starts: Vec<(u32, u64)> = {
+                        let starts: Vec<(u32, Start)> = {
                             let mut starts = self
                                 .consumer
                                 .context()
@@ -809,7 +854,7 @@ impl Poller {
                                 .iter()
                                 .filter_map(|(t, p)| {
                                     let start = starts.remove(&(t.clone(), *p))?;
-                                    Some((pid_of(&self.topics, t, *p)?, u64::try_from(start).ok()?))
+                                    Some((pid_of(&self.topics, t, *p)?, start))
                                 })
                                 .collect()
                         };
@@ -958,7 +1003,7 @@ impl Poller {
         &self,
         generation: &Generation,
         held: &mut VecDeque<Item>,
-    ) -> Result<Vec<(u32, u64)>, String> {
+    ) -> Result<Vec<(u32, Start)>, String> {
         // What the run reported done is committed first.
         apply_stores(&self.consumer, &self.stores);
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -979,27 +1024,12 @@ impl Poller {
         }
         let ctx = self.consumer.context();
         ctx.apply_replay(&self.consumer, generation, &parts)?;
-        let mut query = TopicPartitionList::new();
-        for (t, p) in &parts {
-            query.add_partition(t, *p);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(query, REQUEST_TIMEOUT)
-            .map_err(|e| format!("reading committed offsets: {e}"))?;
-        let targets: Vec<(String, i32, i64)> = committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
-                _ => None,
-            })
-            .collect();
-        drop(committed);
+        let targets = starts_of(&self.consumer, &parts)?;
         let mut store = TopicPartitionList::new();
-        for (t, p, o) in &targets {
+        for (t, p, start) in &targets {
+            let o = i64::try_from(start.offset).map_err(|e| e.to_string())?;
             store
-                .add_partition_offset(t, *p, Offset::Offset(*o))
+                .add_partition_offset(t, *p, Offset::Offset(o))
                 .map_err(|e| e.to_string())?;
         }
         // Stored offsets follow, or auto-commit would write the old position back.
@@ -1009,12 +1039,13 @@ impl Poller {
             tracing::debug!("storing the replay's offsets: {e}");
         }
         let mut sought = Vec::new();
-        for (t, p, o) in targets {
+        for (t, p, start) in targets {
+            let o = i64::try_from(start.offset).map_err(|e| e.to_string())?;
             self.consumer
                 .seek(&t, p, Offset::Offset(o), REQUEST_TIMEOUT)
                 .map_err(|e| format!("seeking {t}/{p} to {o}: {e}"))?;
-            if let (Some(pid), Ok(off)) = (pid_of(&self.topics, &t, p), u64::try_from(o)) {
-                sought.push((pid, off));
+            if let Some(pid) = pid_of(&self.topics, &t, p) {
+                sought.push((pid, start));
             }
         }
         held.retain(|i| matches!(i, Item::Revoked(_) | Item::Assigned(_)));
@@ -1065,6 +1096,8 @@ struct KafkaCursor {
     /// The `evmesh.dev/replay-from` value of the last replay this process applied to the group.
     applied: Option<String>,
     appends: Option<Appends>,
+    /// Per partition: its end when this member started reading it.
+    ends: HashMap<u32, u64>,
     notify: Arc<Notify>,
     topics: Arc<Vec<String>>,
     /// Per partition: the offset after the last record handed out.
@@ -1083,6 +1116,13 @@ impl Drop for KafkaCursor {
 }
 
 impl KafkaCursor {
+    /// The member (re)starts reading partition `pid` at `start`.
+    fn started(&mut self, pid: u32, start: Start) {
+        self.handed.insert(pid, start.offset);
+        self.stored.insert(pid, start.offset);
+        self.ends.insert(pid, start.end);
+    }
+
     /// Applies one item from the consumer thread; a record with an event is returned to deliver.
     fn take(&mut self, item: Item) -> Option<(Pos, Option<Arc<EventRecord>>)> {
         match item {
@@ -1102,13 +1142,13 @@ impl KafkaCursor {
                 for pid in pids {
                     self.handed.remove(&pid);
                     self.stored.remove(&pid);
+                    self.ends.remove(&pid);
                 }
                 None
             }
             Item::Assigned(starts) => {
-                for (pid, offset) in starts {
-                    self.handed.insert(pid, offset);
-                    self.stored.insert(pid, offset);
+                for (pid, start) in starts {
+                    self.started(pid, start);
                 }
                 None
             }
@@ -1231,9 +1271,8 @@ impl Cursor for KafkaCursor {
                             self.take(item);
                         }
                     }
-                    for (pid, offset) in sought {
-                        self.handed.insert(pid, offset);
-                        self.stored.insert(pid, offset);
+                    for (pid, start) in sought {
+                        self.started(pid, start);
                     }
                     Ok(self.position())
                 }
@@ -1266,13 +1305,16 @@ impl Cursor for KafkaCursor {
             .filter_map(|(t, p)| pid_of(&self.topics, t, *p))
             .collect();
         // Partitions another member owns are that member's to tell.
-        appends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .all(|(pid, end)| {
-                !owned.contains(pid) || self.handed.get(pid).is_some_and(|h| h >= end)
-            })
+        let appends = appends.lock().unwrap_or_else(|e| e.into_inner());
+        owned.iter().all(|pid| {
+            let end = self
+                .ends
+                .get(pid)
+                .copied()
+                .max(appends.get(pid).copied())
+                .unwrap_or(0);
+            self.handed.get(pid).copied().unwrap_or(0) >= end
+        })
     }
 
     fn position(&self) -> Pos {
