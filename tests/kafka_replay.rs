@@ -279,3 +279,55 @@ async fn a_replay_asked_of_one_process_reaches_the_partitions_of_another_once_th
     );
     first.mesh.shutdown().await;
 }
+
+/// A KafkaChannel `ch` and its subscription `<ch>-sub` to `sink`, with `annotations`.
+fn channel_and_subscription(ch: &str, sink: &TestSink, annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: messaging.knative.dev/v1beta1
+kind: KafkaChannel
+metadata: {{name: {ch}}}
+spec: {{numPartitions: 2}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: {ch}-sub
+  annotations: {{{annotations}}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1beta1, kind: KafkaChannel, name: {ch}}}
+  subscriber: {{uri: "{}"}}
+"#,
+        sink.url()
+    )
+}
+
+#[tokio::test]
+async fn replay_from_annotation_on_a_kafka_channel_subscription_redelivers_every_partition() {
+    let ch = format!("kc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let sink = TestSink::start().await;
+    let m = kafka_mesh(&channel_and_subscription(&ch, &sink, "")).await;
+    idle(&m).await;
+    let url = m.url(&format!("/channels/default/{ch}"));
+    let ids: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    for id in &ids {
+        let e = EventBuilderV10::from(event(id, "t"))
+            .extension("partitionkey", format!("key-{id}"))
+            .build()
+            .expect("event");
+        post_ok(&url, e).await;
+    }
+    idle(&m).await;
+    assert_eq!(sink.count(), ids.len());
+    m.mesh.shutdown().await;
+
+    let annotated = channel_and_subscription(&ch, &sink, r#""evmesh.dev/replay-from": earliest"#);
+    let m = kafka_mesh(&annotated).await;
+    idle(&m).await;
+    let counts = id_counts(&sink);
+    assert!(
+        ids.iter().all(|id| counts.get(id) == Some(&2)),
+        "every event of both partitions re-delivered once: {counts:?}"
+    );
+    m.mesh.shutdown().await;
+}
