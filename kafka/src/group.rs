@@ -195,6 +195,9 @@ impl Marker {
     }
 }
 
+/// Partitions and the offsets a replay moves them to.
+type Moved = Vec<((String, i32), i64)>;
+
 /// A stable tag (1 ..= 2^21 - 1) of an annotation value: FNV-1a, the same in every process.
 fn annotation_tag(text: &str) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -274,7 +277,7 @@ fn reposition<C: ConsumerContext>(
     generation: &Generation,
     parts: &[(String, i32)],
     skips: &Mutex<HashMap<(String, i32), Skip>>,
-) -> Result<(Vec<((String, i32), i64)>, TopicPartitionList), String> {
+) -> Result<(Moved, TopicPartitionList), String> {
     let mut query = TopicPartitionList::new();
     for (t, p) in parts {
         query.add_partition(t, *p);
@@ -712,7 +715,7 @@ impl GroupContext {
         consumer: &BaseConsumer<Self>,
         generation: &Generation,
         parts: &[(String, i32)],
-    ) -> Result<Vec<((String, i32), i64)>, String> {
+    ) -> Result<Moved, String> {
         self.with_side(|side| {
             let (moved, marks) = reposition(consumer, side, generation, parts, &self.replays.skips)?;
             commit_offsets(consumer, &moved)?;
