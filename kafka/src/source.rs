@@ -183,6 +183,8 @@ pub struct KafkaSource {
     service: BrokerService,
     plan: SinkPlan,
     state: Mutex<State>,
+    /// Its `evmesh.dev/replay-from` annotation (parsed, and as written).
+    replay_from: Option<(evmesh_config::ReplayFrom, String)>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -266,6 +268,19 @@ impl KafkaSource {
         plan: SinkPlan,
     ) -> Result<KafkaSource, SourceError> {
         let settings = settings_of(config, secrets)?;
+        let replay_from = match config
+            .metadata
+            .annotations
+            .get(evmesh_config::REPLAY_FROM_ANNOTATION)
+        {
+            None => None,
+            Some(v) => Some((
+                evmesh_config::ReplayFrom::parse(v).map_err(|e| {
+                    SourceError(format!("{} {e}", evmesh_config::REPLAY_FROM_ANNOTATION))
+                })?,
+                v.clone(),
+            )),
+        };
         let SourceSpec::Kafka(k) = &config.spec else {
             return Err(SourceError(format!(
                 "{} is not a KafkaSource",
@@ -298,6 +313,7 @@ impl KafkaSource {
             service,
             plan,
             state: Mutex::new(State::default()),
+            replay_from,
         })
     }
 
@@ -326,6 +342,7 @@ impl Source for KafkaSource {
                     DeliveryOrder::Unordered
                 },
                 group: self.group.clone(),
+                replay_from: self.replay_from.clone(),
             }));
             {
                 let mut st = self.state();
