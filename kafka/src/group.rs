@@ -1330,3 +1330,45 @@ impl Cursor for KafkaCursor {
         Pos { partition, offset }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay(annotation: Option<&str>, at_ms: u64) -> Generation {
+        Generation {
+            from: ReplayFrom::Earliest,
+            at_ms,
+            annotation: annotation.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_replay_marker_round_trips_through_a_committed_offset() {
+        let m = Marker {
+            at_ms: 1_796_283_182_646,
+            tag: annotation_tag("earliest"),
+        };
+        assert!(m.encode() > 0);
+        assert_eq!(Marker::decode(&Offset::Offset(m.encode())), Some(m));
+        assert_eq!(Marker::decode(&Offset::Invalid), None);
+        assert_eq!(Marker::decode(&Offset::Offset(0)), None);
+    }
+
+    #[test]
+    fn an_annotation_value_is_applied_once_per_partition_and_an_api_replay_to_older_positions() {
+        let none = None;
+        let by_annotation = replay(Some("earliest"), 2_000).marker(none);
+        // An annotation value: needed until a partition carries it, whenever it was applied.
+        assert!(replay(Some("earliest"), 1_000).needed_by(none));
+        assert!(!replay(Some("earliest"), 9_000).needed_by(Some(by_annotation)));
+        assert!(replay(Some("2026-01-01T00:00:00Z"), 1_000).needed_by(Some(by_annotation)));
+        // Through the API: needed where the partition was positioned before it was asked.
+        assert!(replay(None, 3_000).needed_by(Some(by_annotation)));
+        assert!(!replay(None, 1_000).needed_by(Some(by_annotation)));
+        // An API replay keeps the annotation value the partition carries.
+        let after = replay(None, 3_000).marker(Some(by_annotation));
+        assert_eq!(after.tag, by_annotation.tag);
+        assert!(!replay(Some("earliest"), 9_000).needed_by(Some(after)));
+    }
+}
