@@ -503,12 +503,17 @@ async fn replay(
             "evmesh": {"offset": offset},
         }))
         .into_response(),
-        Err(evmesh_broker::ReplayError::NotFound(_)) => WriteError::NotFound {
-            kind: registry::by_kind("eventing.knative.dev/v1", "Trigger")
-                .unwrap_or(&registry::KINDS[1]),
-            name,
+        Err(evmesh_broker::ReplayError::NotFound(_)) => {
+            match registry::by_kind("eventing.knative.dev/v1", "Trigger") {
+                Some(kind) => WriteError::NotFound { kind, name }.into_response(),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("trigger {ns}/{name} not found"),
+                    None,
+                ),
+            }
         }
-        .into_response(),
         Err(e) => status(StatusCode::CONFLICT, "Conflict", e.to_string(), None),
     }
 }

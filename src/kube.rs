@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use evmesh_config::registry::{self, KINDS, KindInfo, PrinterColumn};
+use evmesh_config::registry::{self, KindInfo, PrinterColumn};
 use jsonpath_rust::JsonPath;
 use serde_json::{Value, json};
 
@@ -186,7 +186,7 @@ async fn namespaces(
         Err(e) => return WriteError::BadRequest(e).into_response(),
     };
     let mut names = std::collections::BTreeSet::from(["default".to_string()]);
-    for k in KINDS {
+    for k in registry::kinds() {
         for o in a.runtime.list(k, None) {
             if let Some(ns) = o["metadata"]["namespace"].as_str() {
                 names.insert(ns.to_string());
@@ -209,7 +209,7 @@ async fn namespaces(
 /// The groups of the registry, each with its versions (first registered is preferred).
 fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for k in KINDS {
+    for k in registry::kinds() {
         match out.iter_mut().find(|(g, _)| *g == k.group) {
             Some((_, versions)) => {
                 if !versions.contains(&k.version) {
@@ -240,8 +240,7 @@ async fn apis(headers: HeaderMap) -> Response {
                 let versions: Vec<Value> = vs
                     .iter()
                     .map(|v| {
-                        let resources: Vec<Value> = KINDS
-                            .iter()
+                        let resources: Vec<Value> = registry::kinds()
                             .filter(|k| k.group == g && k.version == *v)
                             .map(|k| {
                                 json!({
@@ -277,8 +276,7 @@ fn not_found() -> Response {
 }
 
 async fn resource_list(Path((group, version)): Path<(String, String)>) -> Response {
-    let resources: Vec<Value> = KINDS
-        .iter()
+    let resources: Vec<Value> = registry::kinds()
         .filter(|k| k.group == group && k.version == version)
         .map(|k| {
             let mut r = json!({
@@ -373,8 +371,7 @@ async fn openapi_root() -> Json<Value> {
 /// One group-version's OpenAPI v3 document: a schema per kind and a PATCH operation per
 /// resource declaring `fieldValidation`, so kubectl leaves validation to evmesh.
 async fn openapi_gv(Path((group, version)): Path<(String, String)>) -> Response {
-    let kinds: Vec<&KindInfo> = KINDS
-        .iter()
+    let kinds: Vec<&KindInfo> = registry::kinds()
         .filter(|k| k.group == group && k.version == version)
         .collect();
     if kinds.is_empty() {

@@ -93,7 +93,8 @@
 //!   made again, so a subscriber may see an event twice: deduplicate on `id` + `source`.
 //! * **Ordering.** A trigger delivers concurrently (up to `max_in_flight`) by default, in no
 //!   particular order. An ordered trigger (`kafka.eventing.knative.dev/delivery.order:
-//!   ordered`) hands one event per `partitionkey` at a time, in log order, across retries.
+//!   ordered`) hands one event per `partitionkey` at a time, in log order, across retries (on
+//!   the Kafka broker class: one event per partition, as Knative's Kafka broker).
 //! * **Replies** are stored in the broker (or sent to a subscription's `reply`) before the
 //!   delivery they answer counts as done.
 //! * **Shutdown** ([`RunningMesh::shutdown`]) stops accepting, drains in-flight deliveries,
@@ -117,6 +118,7 @@
 mod admin;
 mod closing;
 mod display;
+mod kinds;
 mod kube;
 pub mod prelude;
 mod runtime;
@@ -498,13 +500,20 @@ impl Mesh {
             .clone()
             .unwrap_or_else(|| options.nats_url.clone());
         service.register_log_provider(Arc::new(evmesh_channels::NatsProvider::new(nats_url)));
-        service.register_log_provider(Arc::new(evmesh_kafka::KafkaProvider::new(
-            options.kafka_bootstrap_servers.as_deref().map(|s| {
-                let mut k = evmesh_kafka::KafkaSettings::new(s.split(',').map(str::trim));
-                k.message_timeout = options.kafka_produce_timeout;
-                k
-            }),
-        )));
+        // A Kafka-class Broker's `spec.config` and Knative's `kafka-channel-config` ConfigMap
+        // in the YAML win over the option.
+        let mut kafka = options
+            .kafka_bootstrap_servers
+            .as_deref()
+            .map(|s| evmesh_kafka::KafkaSettings::new(evmesh_config::kafka::split_servers(s)));
+        if let Some(k) = kafka.as_mut() {
+            k.message_timeout = options.kafka_produce_timeout;
+        }
+        service.register_log_provider(Arc::new(
+            evmesh_kafka::KafkaProvider::new(kafka)
+                .with_message_timeout(options.kafka_produce_timeout)
+                .with_channel_bootstrap(self.config.kafka_channel_bootstrap.clone()),
+        ));
         let (runtime, _warnings) = runtime::Runtime::start(
             service.clone(),
             store.clone(),

@@ -13,7 +13,7 @@ use evmesh_config::messaging::ChannelKind;
 use evmesh_config::registry::{self, KindInfo};
 use evmesh_config::{
     ConfigError, ConfigErrors, Document, MeshConfig, Resolver, ValidationContext, Warning,
-    event_display_url, validate_in,
+    validate_in,
 };
 use evmesh_store::EventStore;
 use serde::{Deserialize, Serialize};
@@ -721,42 +721,22 @@ impl Runtime {
                 kind.plural, kind.group
             )));
         }
+        // Immutable as in Knative (a Trigger's broker, a Subscription's channel, a Channel's
+        // template once set): what the kind registered.
+        let rules = registry::by_group(kind.group, kind.kind).map_or(&[][..], |k| k.immutable());
         if let Some(prev) = &previous
-            && kind.kind == "Trigger"
-            && prev.manifest["spec"]["broker"] != manifest["spec"]["broker"]
-            && !manifest["spec"]["broker"].is_null()
+            && let Some(rule) = rules
+                .iter()
+                .find(|r| r.violated(&prev.manifest["spec"][r.field], &manifest["spec"][r.field]))
         {
             return Err(WriteError::Invalid {
                 kind,
                 name,
                 causes: vec![(
-                    "spec.broker".into(),
+                    format!("spec.{}", rule.field),
                     "Immutable field changed (as in Knative)".into(),
                 )],
             });
-        }
-        // Immutable as in Knative: a Subscription's channel, a Channel's template (once set).
-        let immutable = match kind.kind {
-            "Subscription" => Some("channel"),
-            "Channel" => Some("channelTemplate"),
-            _ => None,
-        };
-        if let (Some(prev), Some(field)) = (&previous, immutable) {
-            let (old, new) = (&prev.manifest["spec"][field], &manifest["spec"][field]);
-            let changed = match kind.kind {
-                "Channel" => !old.is_null() && !new.is_null() && old != new,
-                _ => old != new,
-            };
-            if changed {
-                return Err(WriteError::Invalid {
-                    kind,
-                    name,
-                    causes: vec![(
-                        format!("spec.{field}"),
-                        "Immutable field changed (as in Knative)".into(),
-                    )],
-                });
-            }
         }
         // Stamp first (uid kept from the previous version), then validate this resource in the
         // context of the running configuration: what runs must carry the uid, or a changed
@@ -921,7 +901,18 @@ impl Runtime {
                     s.not_ready_reason.unwrap_or_default(),
                 )
             });
-        triggers.chain(subscriptions).collect()
+        let streams = self
+            .inner
+            .service
+            .failing_streams()
+            .into_iter()
+            .map(|(what, ns, name, why)| (format!("{what} {ns}/{name}"), why));
+        let sources = self.inner.sources.failing();
+        streams
+            .chain(triggers)
+            .chain(subscriptions)
+            .chain(sources)
+            .collect()
     }
 
     /// Repositions a trigger on its broker's log (see [`BrokerService::replay`]).
@@ -982,78 +973,22 @@ impl Runtime {
         &self,
         kind: &KindInfo,
         manifest: &Value,
-        cx: &mut Option<messaging::Cx>,
+        cx: &mut Option<evmesh_broker::kind::StatusCx>,
     ) -> Value {
-        if messaging::is_messaging(kind) {
-            let cx = cx.get_or_insert_with(|| {
-                let mesh = self.mesh();
-                messaging::Cx {
-                    resolver: self.resolver(&mesh),
-                    mesh,
-                    ingress: self.inner.ingress.clone(),
-                    service: self.inner.service.clone(),
-                }
-            });
-            let mut obj = manifest.clone();
-            if let Some(o) = obj.as_object_mut() {
-                o.insert("status".into(), messaging::status(cx, kind, manifest));
+        let cx = cx.get_or_insert_with(|| {
+            let mesh = self.mesh();
+            evmesh_broker::kind::StatusCx {
+                resolver: self.resolver(&mesh),
+                mesh,
+                ingress: self.inner.ingress.clone(),
+                service: self.inner.service.clone(),
+                sources: Arc::new(self.inner.sources.clone()),
             }
-            return obj;
-        }
+        });
         let mut obj = manifest.clone();
-        let meta = &manifest["metadata"];
-        let ns = meta["namespace"].as_str().unwrap_or("default");
-        let name = meta["name"].as_str().unwrap_or_default();
-        let generation = meta["generation"].as_i64().unwrap_or(1);
-        let status = match (kind.group, kind.kind) {
-            ("eventing.knative.dev", "Broker") => {
-                let v = self
-                    .inner
-                    .service
-                    .brokers()
-                    .into_iter()
-                    .find(|v| v.namespace == ns && v.name == name);
-                json!({
-                    "observedGeneration": generation,
-                    "conditions": conditions(v.is_none().then_some(("NotRunning", "broker is not running"))),
-                    "address": {"url": v.as_ref().map(|v| v.url.clone())},
-                    "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
-                    "evmesh": v.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),
-                })
-            }
-            ("eventing.knative.dev", "Trigger") => {
-                let v = self.inner.service.trigger(ns, name);
-                let reason = match &v {
-                    None => Some((
-                        "NotRunning".to_string(),
-                        "trigger is not running".to_string(),
-                    )),
-                    Some(v) => v.not_ready_reason.clone().map(|r| {
-                        (
-                            v.not_ready_code
-                                .clone()
-                                .unwrap_or_else(|| "NotReady".into()),
-                            r,
-                        )
-                    }),
-                };
-                json!({
-                    "observedGeneration": generation,
-                    "conditions": conditions(reason.as_ref().map(|(c, r)| (c.as_str(), r.as_str()))),
-                    "subscriberUri": v.as_ref().and_then(|v| v.subscriber_uri.clone()).unwrap_or_default(),
-                    "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
-                    "evmesh": v.map(|v| json!({"counters": v.counters})),
-                })
-            }
-            ("sources.knative.dev", k) => self.inner.sources.status(k, ns, name, generation),
-            _ => {
-                let url = event_display_url(&self.inner.ingress, ns, name);
-                json!({
-                    "observedGeneration": generation,
-                    "conditions": conditions(None),
-                    "address": {"url": url.to_string()},
-                })
-            }
+        let status = match crate::kinds::runtime(kind) {
+            Some(k) => k.status(cx, manifest),
+            None => json!({}),
         };
         if let Some(o) = obj.as_object_mut() {
             o.insert("status".into(), status);
@@ -1062,38 +997,13 @@ impl Runtime {
     }
 }
 
-fn conditions(not_ready: Option<(&str, &str)>) -> Value {
-    match not_ready {
-        None => json!([{"type": "Ready", "status": "True"}]),
-        Some((reason, message)) => {
-            json!([{"type": "Ready", "status": "False", "reason": reason, "message": message}])
-        }
-    }
-}
-
+/// Removes what resource `ns/name` of `kind` put into `mesh`, as its registered kind says.
 fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str) {
-    let is = |m: &evmesh_config::ObjectMeta| m.namespace == ns && m.name == name;
-    // What a Channel, Sequence or Parallel generated is owned by it.
-    let owned = |m: &evmesh_config::ObjectMeta| {
-        m.namespace == ns
-            && evmesh_config::messaging::owner_of(m)
-                .is_some_and(|(k, n)| k == kind.kind && n == name)
-    };
-    let written =
-        |m: &evmesh_config::ObjectMeta| is(m) && evmesh_config::messaging::owner_of(m).is_none();
-    match kind.kind {
-        "Broker" => mesh.brokers.retain(|b| !is(&b.resource.metadata)),
-        "Trigger" => mesh.triggers.retain(|t| !is(&t.resource.metadata)),
-        _ if kind.group == "sources.knative.dev" => mesh
-            .sources
-            .retain(|s| !(s.kind() == kind.kind && is(&s.metadata))),
-        "InMemoryChannel" => mesh.channels.retain(|c| !written(&c.metadata)),
-        "Subscription" => mesh.subscriptions.retain(|s| !written(&s.metadata)),
-        "Channel" | "Sequence" | "Parallel" => {
-            mesh.channels.retain(|c| !owned(&c.metadata));
-            mesh.subscriptions.retain(|s| !owned(&s.metadata));
-        }
-        k => mesh.externals.retain(|e| !(e.kind == k && is(&e.metadata))),
+    match registry::by_group(kind.group, kind.kind) {
+        Some(k) => k.remove(mesh, ns, name),
+        None => mesh.externals.retain(|e| {
+            !(e.kind == kind.kind && e.metadata.namespace == ns && e.metadata.name == name)
+        }),
     }
 }
 

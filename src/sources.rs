@@ -25,6 +25,10 @@ use evmesh_sources::{
 };
 use evmesh_store::EventStore;
 use serde_json::{Value, json};
+
+/// Not-ready reasons of a running source that `/readyz` reports (a source waiting for a normal
+/// step, such as joining its consumer group, is not failing).
+const FAILING_REASONS: &[&str] = &[evmesh_kafka::source::KAFKA_UNAVAILABLE];
 use url::Url;
 
 /// Checkpoint key prefix of the GitHub webhook ids (`status.webhookIDKey`), kept across restarts
@@ -441,8 +445,36 @@ impl SourceRuntime {
         }
     }
 
+    /// Running sources that cannot do their work (e.g. a KafkaSource whose Kafka is
+    /// unreachable), with why, for `/readyz`.
+    pub(crate) fn failing(&self) -> Vec<(String, String)> {
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, String)> = state
+            .running
+            .iter()
+            .filter_map(|((kind, ns, name), r)| {
+                let st = r.source.status();
+                (!st.ready
+                    && st
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| FAILING_REASONS.contains(&r)))
+                .then(|| {
+                    (
+                        format!("{kind} {ns}/{name}"),
+                        st.message.unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The `status` of source `kind` `namespace/name`.
-    pub(crate) fn status(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value {
+    fn status_of(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value {
         let k = (kind.to_string(), namespace.to_string(), name.to_string());
         let Ok(state) = self.state.lock() else {
             return json!({});
@@ -511,5 +543,11 @@ async fn stop(r: Running, deleted: bool) {
                 tracing::warn!(kind = source.kind(), error = %e, "cleaning up a deleted source failed");
             }
         });
+    }
+}
+
+impl evmesh_broker::kind::SourceStatus for SourceRuntime {
+    fn status(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value {
+        self.status_of(kind, namespace, name, generation)
     }
 }

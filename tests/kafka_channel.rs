@@ -179,3 +179,58 @@ async fn a_kafka_channel_survives_a_restart_without_loss_or_redelivery() {
     );
     m.mesh.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_kafka_channel_deleted_through_the_api_stops_taking_events() {
+    let ch = unique("deleted");
+    let m = kafka_mesh("").await;
+    let collection = m.url("/apis/messaging.knative.dev/v1beta1/namespaces/default/kafkachannels");
+    let resp = client()
+        .post(&collection)
+        .header("content-type", "application/yaml")
+        .body(channel_yaml(&ch))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status().as_u16(), 201);
+    let address = m.url(&format!("/channels/default/{ch}"));
+    post_ok(&address, event("before", "t")).await;
+    let resp = client()
+        .delete(format!("{collection}/{ch}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        post_binary(&address, event("after", "t")).await,
+        404,
+        "a deleted channel no longer takes events"
+    );
+}
+
+#[tokio::test]
+async fn the_kafka_channel_config_configmap_says_where_kafka_is() {
+    let ch = unique("cm");
+    let sink = TestSink::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: kafka-channel-config, namespace: knative-eventing}}
+data:
+  bootstrap.servers: "{}"
+---
+{}{}"#,
+        bootstrap(),
+        channel_yaml(&ch),
+        subscription_yaml(&ch, &ch, &sink.url())
+    );
+    // No --kafka-bootstrap-servers: only the ConfigMap says where Kafka is.
+    let m = mesh(&yaml).await;
+    post_ok(&m.url(&format!("/channels/default/{ch}")), event("cm", "t")).await;
+    eventually("delivered", Duration::from_secs(60), || {
+        sink.ids() == ["cm"]
+    })
+    .await;
+    m.mesh.shutdown().await;
+}

@@ -412,6 +412,40 @@ async fn kafka_source_ordered_delivers_a_key_in_order_one_at_a_time() {
 }
 
 #[tokio::test]
+async fn kafka_source_ordered_keeps_a_partition_in_order_whatever_the_keys() {
+    let topics = Topics::new(1, 1).await;
+    let sink = TestSink::start().await;
+    first_fails(&sink);
+    let m = mesh(&kafka_source(
+        "ordered-partition",
+        &[topics.get(0)],
+        &sink,
+        "  initialOffset: earliest\n  ordering: ordered\n  delivery: {retry: 3, backoffPolicy: linear, backoffDelay: PT1S}",
+    ))
+    .await;
+    // One partition, other keys: as Knative's ordered dispatcher, the partition waits for e0.
+    let p = producer();
+    produce(&p, topics.get(0), ["e0".to_string()], Some("k0")).await;
+    produce(
+        &p,
+        topics.get(0),
+        (1..4).map(|i| format!("e{i}")),
+        Some("k1"),
+    )
+    .await;
+    eventually("all delivered", Duration::from_secs(60), || {
+        sink.count() >= 5
+    })
+    .await;
+    assert_eq!(
+        sink.ids(),
+        ["e0", "e0", "e1", "e2", "e3"],
+        "nothing passes a failed event of its partition"
+    );
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
 async fn kafka_source_unordered_does_not_wait_for_a_retrying_event() {
     let topics = Topics::new(1, 1).await;
     let sink = TestSink::start().await;
@@ -487,4 +521,88 @@ async fn kafka_source_kill_9_while_deliveries_retry_then_restart_loses_none() {
     )
     .await;
     drop(em);
+}
+
+#[tokio::test]
+async fn kafka_source_consumers_2_runs_two_members_that_split_the_partitions() {
+    let topics = Topics::new(1, 2).await;
+    let sink = TestSink::start().await;
+    let m = mesh(&kafka_source(
+        "two-consumers",
+        &[topics.get(0)],
+        &sink,
+        "  initialOffset: earliest\n  consumers: 2",
+    ))
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = source_status(&m, "two-consumers").await;
+        let members = s["status"]["evmesh"]["members"].clone();
+        let split = members.as_array().is_some_and(|a| {
+            a.len() == 2 && a.iter().all(|p| p.as_array().is_some_and(|p| p.len() == 1))
+        });
+        if split {
+            assert_eq!(s["status"]["consumers"], 2, "{s}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two consumers never split the two partitions: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = producer();
+    for i in 0..10 {
+        produce(&p, topics.get(0), [format!("e{i}")], Some(&format!("k{i}"))).await;
+    }
+    eventually("all delivered", Duration::from_secs(60), || {
+        sink.count() >= 10
+    })
+    .await;
+    let counts = id_counts(&sink);
+    assert_eq!(counts.len(), 10, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn kafka_source_without_kafka_is_not_ready_then_delivers_once_kafka_starts() {
+    let port = common::tansu::free_port();
+    let sink = TestSink::start().await;
+    let yaml = kafka_source("late", &["late-topic"], &sink, "  initialOffset: earliest")
+        .replace(&bootstrap(), &format!("127.0.0.1:{port}"));
+    // evmesh starts although nothing listens where the source's Kafka is.
+    let m = mesh(&yaml).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = source_status(&m, "late").await;
+        let (code, text) = get_text(&m.url("/readyz")).await;
+        if s["status"]["conditions"][0]["reason"] == "KafkaUnavailable" && code == 503 {
+            assert!(text.contains("KafkaSource demo/late"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported unavailable: {s:#} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tansu = common::tansu::OwnTansu::start_on(port).await;
+    let own = KafkaSettings::new([tansu.addr.clone()]);
+    ensure_topic(&own, "late-topic", 1, 1, &[])
+        .await
+        .expect("topic");
+    ready(&m, "late").await;
+    KafkaProducer::new(&own)
+        .expect("producer")
+        .send("late-topic", &ce("late-1", None))
+        .await
+        .expect("produce");
+    eventually("delivered", Duration::from_secs(60), || {
+        sink.ids() == ["late-1"]
+    })
+    .await;
+    let (code, text) = get_text(&m.url("/readyz")).await;
+    assert_eq!(code, 200, "{text}");
+    m.mesh.shutdown().await;
 }

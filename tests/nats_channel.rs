@@ -504,14 +504,25 @@ spec:
     .await;
     let text = sub["status"].to_string();
     assert!(text.contains("connecting to NATS"), "{sub}");
+    let (_, channel) = get_json(&m.url(&format!(
+        "/apis/messaging.knative.dev/v1alpha1/namespaces/default/natsjetstreamchannels/{ch}"
+    )))
+    .await;
+    assert_eq!(
+        channel["status"]["conditions"][0]["reason"], "LogUnavailable",
+        "{channel}"
+    );
+    let (code, ready) = get_text(&m.url("/readyz")).await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready.contains(&format!("channel default/{ch}")), "{ready}");
     assert_eq!(
         post_binary(
             &m.url(&format!("/channels/default/{ch}")),
             event("lost", "t")
         )
         .await,
-        404,
-        "a channel that does not run takes no event"
+        503,
+        "a channel whose log cannot be opened takes no event (503: try again later)"
     );
     post_ok(
         &m.url(&format!("/channels/default/{ch}-imc")),
@@ -622,4 +633,34 @@ async fn replay_by_time_on_a_nats_jetstream_subscription_redelivers_only_what_wa
     idle(&m).await;
     assert_eq!(sorted_ids(&sink), ["new", "new", "old"]);
     m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_nats_jetstream_channel_deleted_through_the_api_stops_taking_events() {
+    let ch = unique("deleted");
+    let _streams = Streams::of_channels(&[&ch]);
+    let m = nats_mesh("").await;
+    let collection =
+        m.url("/apis/messaging.knative.dev/v1alpha1/namespaces/default/natsjetstreamchannels");
+    let resp = client()
+        .post(&collection)
+        .header("content-type", "application/yaml")
+        .body(channel_yaml(&ch, "  {}"))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(resp.status().as_u16(), 201);
+    let address = m.url(&format!("/channels/default/{ch}"));
+    post_ok(&address, event("before", "t")).await;
+    let resp = client()
+        .delete(format!("{collection}/{ch}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        post_binary(&address, event("after", "t")).await,
+        404,
+        "a deleted channel no longer takes events"
+    );
 }

@@ -568,6 +568,8 @@ impl Router {
 enum Lane {
     Key(String),
     NoKey,
+    /// A log partition (a Kafka topic's): ordered as Knative's Kafka dispatcher orders.
+    Partition(u32),
 }
 
 fn lane_of(event: &Event) -> Lane {
@@ -708,11 +710,15 @@ impl Worker {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let ordered = self.shared.order == DeliveryOrder::Ordered;
+        // Ordered per partition (Kafka) rather than per partition key.
+        let by_partition = ordered && cursor.orders_by_partition();
         let mut st = State::default();
         for e in cursor.restored() {
             let due = e.due_ms.map(|ms| (instant_from_unix_ms(ms), ms));
             // Ordered mode needs the key: read the event now (at most max_in_flight reads).
-            let (event, lane) = if ordered {
+            let (event, lane) = if by_partition {
+                (None, Some(Lane::Partition(e.pos.partition)))
+            } else if ordered {
                 match cursor.load(e.pos).await {
                     Ok(ev) => {
                         let lane = lane_of(&ev);
@@ -793,7 +799,12 @@ impl Worker {
             scan = false;
             // Take new events while there is room.
             while !stopping && st.slots.len() < self.max_in_flight {
-                let Some((pos, event)) = cursor.next().await else {
+                let next = cursor.next().await;
+                let discarded = cursor.take_discarded();
+                if discarded > 0 {
+                    self.shared.counters.discarded(discarded);
+                }
+                let Some((pos, event)) = next else {
                     break;
                 };
                 dirty = true;
@@ -815,6 +826,7 @@ impl Worker {
                 };
                 let (event, lane) = match (ordered, event) {
                     (false, event) => (event, None),
+                    (true, event) if by_partition => (event, Some(Lane::Partition(pos.partition))),
                     (true, Some(e)) => {
                         let lane = lane_of(&e);
                         (Some(e), Some(lane))

@@ -68,6 +68,8 @@ pub enum IngressError {
 
 /// `Retry-After` (seconds) of a 503 for a store that is busy or failing.
 pub const STORE_RETRY_AFTER_SECS: u32 = 1;
+/// `Retry-After` (seconds) of a 503 for a broker or channel whose log cannot be opened yet.
+pub const NOT_READY_RETRY_AFTER_SECS: u32 = 5;
 
 impl IntoResponse for IngressError {
     fn into_response(self) -> Response {
@@ -215,10 +217,23 @@ async fn receive(
         Target::Channel => ingress.service.has_channel(namespace, broker),
     };
     if !exists {
-        let noun = match target {
-            Target::Broker => "broker",
-            Target::Channel => "channel",
+        let (noun, not_ready) = match target {
+            Target::Broker => (
+                "broker",
+                ingress.service.broker_not_ready(namespace, broker),
+            ),
+            Target::Channel => (
+                "channel",
+                ingress.service.channel_not_ready(namespace, broker),
+            ),
         };
+        // Configured, but its log (Kafka, NATS) cannot be reached yet: try again later.
+        if let Some(why) = not_ready {
+            return Err(IngressError::Unavailable(
+                format!("{noun} {namespace}/{broker} is not ready: {why}"),
+                Some(NOT_READY_RETRY_AFTER_SECS),
+            ));
+        }
         return Err(IngressError::NotFound(format!(
             "{noun} {namespace}/{broker} not found"
         )));

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod delivery;
 mod dispatcher;
 pub mod ingress;
+pub mod kind;
 pub mod log;
 mod log_route;
 pub mod metrics;

@@ -105,6 +105,17 @@ pub trait Cursor: Send {
     fn caught_up(&self) -> bool {
         false
     }
+    /// Records passed over since the last call because they are not events (a Kafka record
+    /// that is no CloudEvent, discarded as Knative's Kafka dispatcher discards it); the run
+    /// counts them. A log that never passes a record over answers 0.
+    fn take_discarded(&mut self) -> u64 {
+        0
+    }
+    /// Whether an ordered run orders per partition of this log (one delivery in flight per
+    /// partition, as Knative's Kafka dispatcher orders) rather than per `partitionkey`.
+    fn orders_by_partition(&self) -> bool {
+        false
+    }
     /// Called once when the run ends, after its last [`save`](Cursor::save): resolves once what
     /// that save reported has reached the log (e.g. JetStream acks sent and flushed).
     fn close(&mut self) -> BoxFuture<'_, ()> {

@@ -35,7 +35,8 @@ pub struct LogRouteSpec {
     pub dead_letter: Option<Url>,
     /// Retries, backoff, timeout.
     pub delivery: Delivery,
-    /// Ordered per `partitionkey`, or unordered.
+    /// Ordered (per `partitionkey`, or per partition on a log that orders so, such as Kafka), or
+    /// unordered.
     pub order: DeliveryOrder,
     /// The log's consumer group.
     pub group: Arc<dyn ConsumerGroup>,

@@ -17,6 +17,7 @@ struct Inner {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     dropped: AtomicU64,
+    discarded: AtomicU64,
 }
 
 /// Counters of one broker or trigger. Cheap to clone.
@@ -41,6 +42,9 @@ pub struct CounterSnapshot {
     pub dead_lettered: u64,
     /// Events given up on.
     pub dropped: u64,
+    /// Records of the log that are not events (a Kafka record that is no CloudEvent),
+    /// discarded without a delivery.
+    pub discarded: u64,
 }
 
 impl Counters {
@@ -108,6 +112,12 @@ impl Counters {
             p.dead_lettered();
         }
     }
+    pub(crate) fn discarded(&self, n: u64) {
+        self.0.discarded.fetch_add(n, Ordering::Relaxed);
+        if let Some(p) = &self.0.prometheus {
+            p.discarded(n);
+        }
+    }
     pub(crate) fn dropped(&self) {
         self.0.dropped.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = &self.0.prometheus {
@@ -126,6 +136,7 @@ impl Counters {
             retried: i.retried.load(Ordering::Relaxed),
             dead_lettered: i.dead_lettered.load(Ordering::Relaxed),
             dropped: i.dropped.load(Ordering::Relaxed),
+            discarded: i.discarded.load(Ordering::Relaxed),
         }
     }
 }

@@ -564,7 +564,28 @@ struct Inner {
     subscribers: crate::subscriber::Subscribers,
     /// Open the logs of channel kinds and broker classes that live outside the embedded store.
     providers: std::sync::RwLock<Vec<Arc<dyn LogProvider>>>,
+    /// While a broker's or channel's log cannot be opened: the configuration it was wanted by
+    /// (the latest reconciled) and the task that tries again on a timer.
+    retry: std::sync::Mutex<StreamRetry>,
 }
+
+/// Brokers and channels whose log could not be opened, tried again with backoff.
+#[derive(Default)]
+struct StreamRetry {
+    /// The configuration of the latest reconcile, kept while some log is failing.
+    latest: Option<(MeshConfig, Resolver)>,
+    /// What to open, per failing broker or channel.
+    targets: HashMap<(StreamKind, String, String), LogTarget>,
+    /// Logs the retry task opened, taken by the next reconcile's start of that stream.
+    opened: HashMap<(StreamKind, String, String), (String, Backend)>,
+    /// Whether the retry task runs.
+    running: bool,
+}
+
+/// First wait before a failing log is opened again; doubles up to [`STREAM_RETRY_MAX`].
+const STREAM_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts to open a failing log.
+const STREAM_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// A broker or channel as the configuration wants it.
 struct StreamDesired {
@@ -657,6 +678,7 @@ impl BrokerService {
                 accepting: Arc::new(AtomicBool::new(true)),
                 subscribers: crate::subscriber::Subscribers::default(),
                 providers: std::sync::RwLock::new(Vec::new()),
+                retry: std::sync::Mutex::new(StreamRetry::default()),
             }),
         })
     }
@@ -704,9 +726,113 @@ impl BrokerService {
         resolver: &Resolver,
     ) -> Result<(), StartError> {
         let _guard = self.inner.reconcile.lock().await;
+        self.reconcile_locked(mesh, resolver).await
+    }
+
+    fn retry_state(&self) -> std::sync::MutexGuard<'_, StreamRetry> {
+        self.inner.retry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `mesh` for the retry task while some log is failing (a retry reconciles the latest
+    /// configuration, never an older one), and starts that task when it is not running.
+    fn note_failures(&self, mesh: &MeshConfig, resolver: &Resolver) {
+        let failing = !self.state().stream_failures.is_empty();
+        let mut retry = self.retry_state();
+        if !failing {
+            retry.latest = None;
+            retry.targets.clear();
+            return;
+        }
+        retry.latest = Some((mesh.clone(), resolver.clone()));
+        if !retry.running {
+            retry.running = true;
+            let service = self.clone();
+            tokio::spawn(async move { service.retry_streams().await });
+        }
+    }
+
+    /// Opens the failing brokers' and channels' logs again with backoff (outside the reconcile
+    /// lock: an unreachable Kafka or NATS does not hold up other changes), and reconciles the
+    /// latest configuration once one opened, so that the stream and its routes start.
+    async fn retry_streams(self) {
+        let mut wait = STREAM_RETRY_FIRST;
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(STREAM_RETRY_MAX);
+            if !self.inner.accepting.load(Ordering::Acquire) {
+                break;
+            }
+            let targets: Vec<_> = self
+                .retry_state()
+                .targets
+                .iter()
+                .map(|(k, t)| (k.clone(), t.clone()))
+                .collect();
+            let mut opened = false;
+            for (key, target) in targets {
+                match self.open_backend(&target).await {
+                    Ok(backend) => {
+                        tracing::info!(
+                            "{} {}/{}: its log opened",
+                            target.resource,
+                            target.namespace,
+                            target.name
+                        );
+                        self.retry_state()
+                            .opened
+                            .insert(key, (target.kind.clone(), backend));
+                        opened = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            "{} {}/{} still not started: {e}",
+                            target.resource,
+                            target.namespace,
+                            target.name
+                        );
+                        if let Some(reason) = self.state_mut().stream_failures.get_mut(&key) {
+                            *reason = e.to_string();
+                        }
+                    }
+                }
+            }
+            if opened {
+                let _guard = self.inner.reconcile.lock().await;
+                let latest = self.retry_state().latest.clone();
+                if let Some((mesh, resolver)) = latest
+                    && let Err(e) = self.reconcile_locked(&mesh, &resolver).await
+                {
+                    tracing::warn!("reconciling after a log opened: {e}");
+                }
+                wait = STREAM_RETRY_FIRST;
+            }
+            let mut retry = self.retry_state();
+            if retry.targets.is_empty() || retry.latest.is_none() {
+                retry.running = false;
+                retry.opened.clear();
+                break;
+            }
+        }
+    }
+
+    async fn reconcile_locked(
+        &self,
+        mesh: &MeshConfig,
+        resolver: &Resolver,
+    ) -> Result<(), StartError> {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Ok(());
         }
+        let result = self.reconcile_inner(mesh, resolver).await;
+        self.note_failures(mesh, resolver);
+        result
+    }
+
+    async fn reconcile_inner(
+        &self,
+        mesh: &MeshConfig,
+        resolver: &Resolver,
+    ) -> Result<(), StartError> {
         let first = !self.state().started;
         self.serve_subscribers(resolver.ingress());
         // Brokers and channels: add new ones, update changed ones, remove deleted ones.
@@ -728,7 +854,12 @@ impl BrokerService {
                 let desired = StreamDesired {
                     dead_letter: dls,
                     kind: class,
-                    spec: serde_json::Value::Null,
+                    // A Kafka-class Broker's topic and Kafka (its `spec.config` ConfigMap).
+                    spec: b
+                        .kafka
+                        .as_ref()
+                        .and_then(|k| serde_json::to_value(k).ok())
+                        .unwrap_or(serde_json::Value::Null),
                 };
                 ((m.namespace.clone(), m.name.clone()), desired)
             })
@@ -829,6 +960,9 @@ impl BrokerService {
         self.state_mut()
             .stream_failures
             .retain(|(k, ns, n), _| *k != kind || desired.contains_key(&(ns.clone(), n.clone())));
+        self.retry_state()
+            .targets
+            .retain(|(k, ns, n), _| *k != kind || desired.contains_key(&(ns.clone(), n.clone())));
         // Gone, or now of another kind (its log is elsewhere): stopped (and started again).
         let removed: Vec<(String, String)> = self
             .state()
@@ -859,13 +993,18 @@ impl BrokerService {
                     let failure_key = (kind, key.0.clone(), key.1.clone());
                     match self.start_stream(kind, &key.0, &key.1, resolver, d).await {
                         Ok(runtime) => {
+                            self.retry_state().targets.remove(&failure_key);
                             let mut state = self.state_mut();
                             state.stream_failures.remove(&failure_key);
                             state.streams_mut(kind).insert(key.clone(), runtime);
                         }
-                        // Its routes wait, not ready with this reason; the rest goes on.
-                        Err(e) => {
+                        // Its routes wait, not ready with this reason; the rest goes on, and
+                        // the log is tried again on a timer.
+                        Err((e, target)) => {
                             tracing::error!("{} {}/{} not started: {e}", kind.noun(), key.0, key.1);
+                            self.retry_state()
+                                .targets
+                                .insert(failure_key.clone(), target);
                             self.state_mut()
                                 .stream_failures
                                 .insert(failure_key, e.to_string());
@@ -890,6 +1029,8 @@ impl BrokerService {
         if !self.inner.accepting.load(Ordering::Acquire) {
             return Ok(());
         }
+        // A later retry of a failing log reconciles this configuration, not an older one.
+        self.note_failures(mesh, resolver);
         let found = mesh.triggers.iter().find(|t| {
             t.resource.metadata.namespace == namespace && t.resource.metadata.name == name
         });
@@ -956,7 +1097,7 @@ impl BrokerService {
         name: &str,
         resolver: &Resolver,
         desired: StreamDesired,
-    ) -> Result<Arc<BrokerRuntime>, StartError> {
+    ) -> Result<Arc<BrokerRuntime>, (StartError, LogTarget)> {
         let StreamDesired {
             dead_letter,
             kind: backend_kind,
@@ -980,14 +1121,32 @@ impl BrokerService {
             name: name.to_string(),
             spec,
         };
-        let backend = self.open_backend(&target).await?;
+        let retried = self
+            .retry_state()
+            .opened
+            .remove(&(kind, namespace.to_string(), name.to_string()))
+            .filter(|(k, _)| *k == target.kind)
+            .map(|(_, b)| b);
+        let backend = match retried {
+            Some(b) => b,
+            None => match self.open_backend(&target).await {
+                Ok(b) => b,
+                Err(e) => return Err((e, target)),
+            },
+        };
         let head = match &backend {
             Backend::Embedded => {
                 let s = self.inner.store.clone();
                 let l = log.clone();
-                blocking(move || s.next_offset(&l))
-                    .await
-                    .map_err(|e| StartError(format!("opening log {}: {e}", log.as_str())))?
+                match blocking(move || s.next_offset(&l)).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        return Err((
+                            StartError(format!("opening log {}: {e}", log.as_str())),
+                            target,
+                        ));
+                    }
+                }
             }
             Backend::External(_) => 0,
         };
@@ -1616,6 +1775,39 @@ impl BrokerService {
         self.state()
             .brokers
             .contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Why broker `namespace/name` is configured but does not run (its log could not be
+    /// opened, e.g. its Kafka is unreachable; tried again on a timer), or `None`.
+    ///
+    /// ```no_run
+    /// # fn demo(service: &evmesh_broker::BrokerService) {
+    /// if let Some(why) = service.broker_not_ready("default", "orders") {
+    ///     eprintln!("broker default/orders is not ready: {why}");
+    /// }
+    /// # }
+    /// ```
+    pub fn broker_not_ready(&self, namespace: &str, name: &str) -> Option<String> {
+        self.stream_failure(StreamKind::Broker, namespace, name)
+    }
+
+    /// Why channel `namespace/name` is configured but does not run, or `None` (see
+    /// [`broker_not_ready`](Self::broker_not_ready)).
+    pub fn channel_not_ready(&self, namespace: &str, name: &str) -> Option<String> {
+        self.stream_failure(StreamKind::Channel, namespace, name)
+    }
+
+    /// The brokers and channels configured that do not run, with why: `(resource, namespace,
+    /// name, reason)`, sorted.
+    pub fn failing_streams(&self) -> Vec<(&'static str, String, String, String)> {
+        let mut v: Vec<_> = self
+            .state()
+            .stream_failures
+            .iter()
+            .map(|((k, ns, n), why)| (k.noun(), ns.clone(), n.clone(), why.clone()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The brokers, for the admin API.

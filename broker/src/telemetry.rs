@@ -11,6 +11,9 @@
 //! - `evmesh_fsync_batch_size` (histogram): events per group commit.
 //! - `evmesh_pending_retries` (gauge): deliveries of a trigger waiting for their retry.
 //! - `evmesh_dead_lettered_total`, `evmesh_dropped_total` (counters, per trigger).
+//! - `evmesh_discarded_total` (counter, per trigger): records of a log outside the embedded
+//!   store (a Kafka topic) that are not events, discarded as Knative's Kafka dispatcher discards
+//!   them (`kn.eventing.kafka.discarded_events`).
 //! - `evmesh_reply_loops_stopped_total` (counter, per broker): replies refused for TTL.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,6 +121,10 @@ fn describe() {
         "Events given up on (no dead-letter sink, or it failed too)"
     );
     metrics::describe_counter!(
+        "evmesh_discarded_total",
+        "Records of a Kafka topic that are not CloudEvents, discarded (not delivered)"
+    );
+    metrics::describe_counter!(
         "evmesh_reply_loops_stopped_total",
         "Replies refused because knativebrokerttl ran out"
     );
@@ -206,6 +213,7 @@ pub struct DeliveryMetrics {
     labels: Vec<(&'static str, String)>,
     dead_lettered: metrics::Counter,
     dropped: metrics::Counter,
+    discarded: metrics::Counter,
     pending_retries: metrics::Gauge,
 }
 
@@ -242,6 +250,7 @@ impl DeliveryMetrics {
             limiter: Mutex::new(LogLimiter::default()),
             dead_lettered: metrics::counter!("evmesh_dead_lettered_total", &labels),
             dropped: metrics::counter!("evmesh_dropped_total", &labels),
+            discarded: metrics::counter!("evmesh_discarded_total", &labels),
             pending_retries: metrics::gauge!("evmesh_pending_retries", &labels),
             labels,
         }
@@ -253,6 +262,10 @@ impl DeliveryMetrics {
 
     pub(crate) fn dropped(&self) {
         self.dropped.increment(1);
+    }
+
+    pub(crate) fn discarded(&self, n: u64) {
+        self.discarded.increment(n);
     }
 
     pub(crate) fn pending_retries(&self, n: usize) {

@@ -22,6 +22,8 @@
 
 mod annotations;
 mod error;
+pub mod kafka;
+mod kinds;
 mod loader;
 pub mod messaging;
 mod model;

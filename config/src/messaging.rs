@@ -439,9 +439,6 @@ pub fn owner_of(meta: &ObjectMeta) -> Option<(String, String)> {
         .find(|r| r.get("controller").and_then(serde_json::Value::as_bool) == Some(true))?;
     let api = owner.get("apiVersion")?.as_str()?;
     let kind = owner.get("kind")?.as_str()?;
-    let generator = matches!(
-        (api, kind),
-        (MESSAGING_V1, "Channel") | (FLOWS_V1, "Sequence" | "Parallel")
-    );
+    let generator = crate::registry::generator(api, kind).is_some();
     generator.then(|| Some((kind.to_string(), owner.get("name")?.as_str()?.to_string())))?
 }

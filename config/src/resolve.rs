@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use url::Url;
 
 use crate::model::{Destination, KReference};
+use crate::registry::{Address, Refs};
 use crate::validate::MeshConfig;
 
 /// The default template for refs to kinds evmesh neither serves nor finds an address for.
@@ -41,36 +42,27 @@ impl Resolver {
     /// A resolver for `mesh`, whose brokers are served under `ingress` (`http://host:port`).
     pub fn new(mesh: &MeshConfig, ingress: Url, template: Option<String>) -> Self {
         let mut addressables = HashMap::new();
-        for b in &mesh.brokers {
-            let m = &b.resource.metadata;
-            let url = broker_url(&ingress, &m.namespace, &m.name);
+        // What the kinds evmesh does not serve declare, then what the registered kinds address.
+        for e in &mesh.externals {
+            let m = &e.metadata;
             addressables.insert(
                 (
-                    "eventing.knative.dev".into(),
-                    "Broker".into(),
+                    group_of(&e.api_version),
+                    e.kind.clone(),
                     m.namespace.clone(),
                     m.name.clone(),
                 ),
-                Some(url.to_string()),
+                e.address.clone(),
             );
         }
-        // Channels, and the generic Channels, Sequences and Parallels whose address is one.
-        for ((group, kind, ns, name), channel) in crate::messaging::check::addressables(mesh) {
-            let url = channel_url(&ingress, &ns, &channel);
-            addressables.insert((group, kind, ns, name), Some(url.to_string()));
-        }
-        for e in &mesh.externals {
-            let m = &e.metadata;
-            let group = group_of(&e.api_version);
-            let address = if group == "evmesh.dev" && e.kind == "EventDisplay" {
-                Some(event_display_url(&ingress, &m.namespace, &m.name).to_string())
-            } else {
-                e.address.clone()
+        for ((group, kind, ns, name), address) in crate::registry::addresses(mesh) {
+            let url = match address {
+                Address::Broker => Some(broker_url(&ingress, &ns, &name).to_string()),
+                Address::Channel(channel) => Some(channel_url(&ingress, &ns, &channel).to_string()),
+                Address::EventDisplay => Some(event_display_url(&ingress, &ns, &name).to_string()),
+                Address::Declared(url) => url,
             };
-            addressables.insert(
-                (group, e.kind.clone(), m.namespace.clone(), m.name.clone()),
-                address,
-            );
+            addressables.insert((group, kind, ns, name), url);
         }
         Resolver {
             ingress,
@@ -117,13 +109,15 @@ impl Resolver {
         match self.addressables.get(&key) {
             Some(Some(url)) => return Url::parse(url).map_err(|e| format!("{url:?}: {e}")),
             Some(None) => {}
-            None if group == "eventing.knative.dev" && r.kind == "Broker" => {
-                return Err(format!("broker {rns}/{} not found", r.name));
-            }
-            None if crate::messaging::check::is_served(&group, &r.kind) => {
-                return Err(format!("{} {rns}/{} not found", r.kind, r.name));
-            }
-            None => {}
+            None => match crate::registry::refs_of(&group, &r.kind) {
+                Refs::Broker if !group.is_empty() => {
+                    return Err(format!("broker {rns}/{} not found", r.name));
+                }
+                Refs::Channel | Refs::Strict => {
+                    return Err(format!("{} {rns}/{} not found", r.kind, r.name));
+                }
+                Refs::Broker | Refs::Loose => {}
+            },
         }
         let url = self
             .template

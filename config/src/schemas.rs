@@ -324,7 +324,7 @@ pub(crate) const GITHUB_SOURCE_SPEC: &str = concat!(
 mod tests {
     #[test]
     fn every_spec_schema_is_json() {
-        for k in crate::registry::KINDS {
+        for k in crate::registry::kinds() {
             let v: serde_json::Value =
                 serde_json::from_str(k.spec_schema).unwrap_or_else(|e| panic!("{}: {e}", k.kind));
             assert_eq!(v["type"], "object", "{}", k.kind);

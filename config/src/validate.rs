@@ -92,6 +92,9 @@ pub struct BrokerConfig {
     pub resource: Broker,
     /// Its delivery (the Knative default when the YAML sets none).
     pub delivery: Delivery,
+    /// A Kafka-class Broker's topic and Kafka, from the ConfigMap its `spec.config` names
+    /// (`None`: the class's defaults, or not the Kafka class).
+    pub kafka: Option<crate::kafka::KafkaBrokerConfig>,
     /// Where its YAML is.
     pub location: Option<Location>,
 }
@@ -134,6 +137,9 @@ pub struct MeshConfig {
     /// The NATS server of NatsJetStreamChannels from eventing-natss's `config-nats` ConfigMap
     /// (`knative-eventing`, key `eventing-nats`, its `url`); `None` without one.
     pub nats_url: Option<String>,
+    /// The Kafka of KafkaChannels from Knative's `kafka-channel-config` ConfigMap
+    /// (`knative-eventing`, key `bootstrap.servers`); `None` without one.
+    pub kafka_channel_bootstrap: Option<Vec<String>>,
     /// What evmesh accepted but does not act on.
     pub warnings: Vec<Warning>,
     /// Sources (PingSource, GitHubSource).
@@ -570,19 +576,12 @@ fn validate_impl(
     existing_brokers: &HashSet<(String, String)>,
     context: &ValidationContext<'_>,
 ) -> Result<MeshConfig, ConfigErrors> {
-    let mut ctx = Ctx::default();
-    let mut messaging = crate::messaging::check::Pending::default();
-    let mut brokers: Vec<(Broker, &Document)> = Vec::new();
-    let mut triggers: Vec<(Trigger, &Document)> = Vec::new();
-    let mut externals = Vec::new();
-    let mut nats_url = None;
-    let mut sources: Vec<(crate::sources::SourceConfig, &Document)> = Vec::new();
-    let mut secrets = Vec::new();
+    let mut pass = crate::registry::Pass::new();
     let mut seen = HashSet::new();
 
     for doc in docs {
         let Some(obj) = doc.value.as_object() else {
-            ctx.error(
+            pass.ctx.error(
                 doc,
                 "",
                 "a resource must be a mapping with apiVersion, kind and metadata",
@@ -592,10 +591,10 @@ fn validate_impl(
         let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
         if api_version.is_empty() {
-            ctx.error(doc, "apiVersion", "is required");
+            pass.ctx.error(doc, "apiVersion", "is required");
         }
         if kind.is_empty() {
-            ctx.error(doc, "kind", "is required");
+            pass.ctx.error(doc, "kind", "is required");
             continue;
         }
         let name = obj
@@ -604,10 +603,11 @@ fn validate_impl(
             .and_then(Value::as_str)
             .unwrap_or("");
         if name.is_empty() {
-            ctx.error(doc, "metadata.name", "is required");
+            pass.ctx.error(doc, "metadata.name", "is required");
             continue;
         }
-        let Some(meta) = typed::<ObjectMeta>(&mut ctx, doc, "metadata", &obj["metadata"]) else {
+        let Some(meta) = typed::<ObjectMeta>(&mut pass.ctx, doc, "metadata", &obj["metadata"])
+        else {
             continue;
         };
         // Names become URL paths and store keys: checked as Kubernetes checks them.
@@ -617,11 +617,11 @@ fn validate_impl(
                 crate::names::dns1123_label(&meta.namespace).map_err(|e| ("metadata.namespace", e))
             });
         if let Err((field, e)) = bad_name {
-            ctx.error(doc, field, e);
+            pass.ctx.error(doc, field, e);
             continue;
         }
         if !seen.insert((kind.to_string(), meta.namespace.clone(), meta.name.clone())) {
-            ctx.error(
+            pass.ctx.error(
                 doc,
                 "metadata.name",
                 format!("duplicate {kind} {}/{}", meta.namespace, meta.name),
@@ -643,7 +643,7 @@ fn validate_impl(
             ]
             .contains(&key.as_str())
             {
-                report_unknown_field(&mut ctx, doc, key);
+                report_unknown_field(&mut pass.ctx, doc, key);
             }
         }
         // `spec:` left empty (null) is an empty spec, as Kubernetes reads it.
@@ -651,69 +651,12 @@ fn validate_impl(
             None | Some(Value::Null) => Value::Object(Default::default()),
             Some(v) => v.clone(),
         };
+        if let Some(registered) = crate::registry::reader(api_version, kind, &meta) {
+            registered.validate(&mut pass, doc, api_version, meta, &spec);
+            continue;
+        }
+        let ctx = &mut pass.ctx;
         match (group, kind) {
-            ("eventing.knative.dev", "Broker") => {
-                check_api_version(&mut ctx, doc, api_version, EVENTING_V1);
-                if let Some(spec) = typed::<BrokerSpec>(&mut ctx, doc, "spec", &spec) {
-                    brokers.push((
-                        Broker {
-                            metadata: meta,
-                            spec,
-                        },
-                        doc,
-                    ));
-                }
-            }
-            ("eventing.knative.dev", "Trigger") => {
-                check_api_version(&mut ctx, doc, api_version, EVENTING_V1);
-                if obj.get("spec").is_none_or(Value::is_null) {
-                    ctx.error(doc, "spec", "is required (broker and subscriber)");
-                    continue;
-                }
-                if let Some(spec) = typed::<TriggerSpec>(&mut ctx, doc, "spec", &spec) {
-                    triggers.push((
-                        Trigger {
-                            metadata: meta,
-                            spec,
-                        },
-                        doc,
-                    ));
-                }
-            }
-            (g, k) if crate::messaging::check::is_served(g, k) => {
-                messaging.collect(&mut ctx, doc, k, api_version, meta, &spec);
-            }
-            (_, k) if crate::messaging::check::is_default_channel_config(api_version, k, &meta) => {
-                messaging.collect_config_map(&mut ctx, doc, &doc.value);
-            }
-            (_, k) if crate::messaging::check::is_nats_config(api_version, k, &meta) => {
-                nats_url = crate::messaging::check::nats_config_url(&mut ctx, doc, &doc.value);
-            }
-            ("evmesh.dev", "EventDisplay") => {
-                // Built-in sink that prints events (like Knative's event_display); served by evmesh.
-                externals.push(ExternalResource {
-                    api_version: api_version.to_string(),
-                    kind: kind.to_string(),
-                    metadata: meta,
-                    address: None,
-                });
-            }
-            (
-                "sources.knative.dev",
-                k @ ("PingSource" | "GitHubSource" | "ApiServerSource" | "KafkaSource"),
-            ) => {
-                if let Some(s) =
-                    crate::sources::check_source(&mut ctx, doc, api_version, k, meta, &spec)
-                {
-                    sources.push((s, doc));
-                }
-            }
-            ("v1", "Secret") => {
-                if let Some(s) = crate::sources::check_secret(&mut ctx, doc, api_version, meta, obj)
-                {
-                    secrets.push(s);
-                }
-            }
             (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) && NOT_YET_SERVED.contains(&k) => {
                 ctx.warn(
                     doc,
@@ -739,7 +682,7 @@ fn validate_impl(
                         format!("{k} is not served by evmesh; refs to it resolve through the URL template (it declares no status.address.url)"),
                     );
                 }
-                externals.push(ExternalResource {
+                pass.externals.push(ExternalResource {
                     api_version: api_version.to_string(),
                     kind: k.to_string(),
                     metadata: meta,
@@ -749,8 +692,21 @@ fn validate_impl(
         }
     }
 
+    let crate::registry::Pass {
+        mut ctx,
+        messaging,
+        brokers,
+        triggers,
+        externals,
+        nats_url,
+        kafka_channel_bootstrap,
+        config_maps,
+        sources,
+        secrets,
+    } = pass;
     let mut mesh = MeshConfig {
         nats_url,
+        kafka_channel_bootstrap,
         ..MeshConfig::default()
     };
     let mut broker_names: HashSet<(String, String)> = brokers
@@ -765,13 +721,17 @@ fn validate_impl(
     };
     if let Some(running) = context.running {
         known.channels.extend(
-            crate::messaging::check::addressables(running)
+            crate::registry::addresses(running)
                 .into_iter()
+                .filter(|((g, k, _, _), _)| {
+                    crate::registry::refs_of(g, k) == crate::registry::Refs::Channel
+                })
                 .map(|(k, _)| k),
         );
     }
     messaging.known(&channel_defaults, &mut known);
 
+    let mut used_config_maps: HashSet<(String, String)> = HashSet::new();
     for (broker, doc) in brokers {
         let class = broker
             .metadata
@@ -786,16 +746,48 @@ fn validate_impl(
                 format!("broker class {class:?} is served by evmesh's embedded durable broker"),
             );
         }
-        if broker.spec.config.is_some() {
-            ctx.warn(
+        let mut kafka_config = None;
+        match &broker.spec.config {
+            Some(r) if kafka => {
+                let ns = r.namespace.as_deref().unwrap_or(&broker.metadata.namespace);
+                let key = (ns.to_string(), r.name.clone());
+                if !r.kind.eq_ignore_ascii_case("ConfigMap") {
+                    ctx.error(
+                        doc,
+                        "spec.config.kind",
+                        format!("the Kafka class reads a ConfigMap, got {:?}", r.kind),
+                    );
+                } else if let Some((data, _)) = config_maps.get(&key) {
+                    used_config_maps.insert(key.clone());
+                    match data
+                        .as_object()
+                        .ok_or_else(|| "data is required".to_string())
+                        .and_then(crate::kafka::KafkaBrokerConfig::from_data)
+                    {
+                        Ok(c) => kafka_config = Some(c),
+                        Err(e) => ctx.error(
+                            doc,
+                            "spec.config",
+                            format!("ConfigMap {}/{}: {e}", key.0, key.1),
+                        ),
+                    }
+                } else {
+                    ctx.error(
+                        doc,
+                        "spec.config",
+                        format!(
+                            "ConfigMap {}/{} is not in the configuration (a v1 ConfigMap with bootstrap.servers, default.topic.partitions, default.topic.replication.factor)",
+                            key.0, key.1
+                        ),
+                    );
+                }
+            }
+            Some(_) => ctx.warn(
                 doc,
                 "spec.config",
-                if kafka {
-                    "is not read by evmesh yet: the Kafka class uses --kafka-bootstrap-servers and 1 partition, replication 1"
-                } else {
-                    "is not used by evmesh's embedded broker class"
-                },
-            );
+                "is not used by evmesh's embedded broker class",
+            ),
+            None => {}
         }
         let delivery = match &broker.spec.delivery {
             Some(d) => check_delivery(&mut ctx, doc, "spec.delivery", d),
@@ -805,8 +797,22 @@ fn validate_impl(
             mesh.brokers.push(BrokerConfig {
                 resource: broker,
                 delivery,
+                kafka: kafka_config,
                 location: Some(doc.locate("")),
             });
+        }
+    }
+
+    for (key, (_, doc)) in &config_maps {
+        if !used_config_maps.contains(key) {
+            ctx.warn(
+                doc,
+                "kind",
+                format!(
+                    "ConfigMap {}/{} is not read by evmesh (it reads a Kafka-class Broker's spec.config, default-ch-webhook, config-nats and kafka-channel-config)",
+                    key.0, key.1
+                ),
+            );
         }
     }
 
@@ -992,7 +998,8 @@ pub(crate) fn check_ref_target(
     let Some(r) = &dest.reference else { return };
     let group = r.api_version.split('/').next().unwrap_or("");
     let rns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
-    if crate::messaging::check::is_served(group, &r.kind) && r.kind != "Subscription" {
+    let refs = crate::registry::refs_of(group, &r.kind);
+    if refs == crate::registry::Refs::Channel {
         let key = (
             group.to_string(),
             r.kind.clone(),
@@ -1010,8 +1017,7 @@ pub(crate) fn check_ref_target(
             );
         }
     }
-    if r.kind == "Broker"
-        && (group.is_empty() || group == "eventing.knative.dev")
+    if refs == crate::registry::Refs::Broker
         && !known.brokers.contains(&(rns.clone(), r.name.clone()))
     {
         ctx.warn(

@@ -21,13 +21,40 @@ pub async fn ensure_topic(
     replication: i32,
     configs: &[(&str, &str)],
 ) -> Result<bool, KafkaError> {
+    ensure_topic_within(
+        settings,
+        topic,
+        partitions,
+        replication,
+        configs,
+        ADMIN_TIMEOUT,
+    )
+    .await
+}
+
+/// [`ensure_topic`], failing after `timeout` (e.g. while Kafka is unreachable).
+pub(crate) async fn ensure_topic_within(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<bool, KafkaError> {
+    // A topic that exists is not created again (fewer rights needed, and Kafka-protocol
+    // brokers that do not implement CreateTopics, such as librdkafka's mock cluster, work).
+    if topic_exists(settings, topic, timeout).await? {
+        return Ok(false);
+    }
     let admin: AdminClient<DefaultClientContext> = settings.client_config().create()?;
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     for (k, v) in configs {
         new = new.set(k, v);
     }
-    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-    let results = tokio::time::timeout(ADMIN_TIMEOUT, admin.create_topics([&new], &opts))
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let results = tokio::time::timeout(timeout, admin.create_topics([&new], &opts))
         .await
         .map_err(|_| KafkaError::Timeout("creating a topic"))??;
     match results.into_iter().next() {
@@ -40,6 +67,31 @@ pub async fn ensure_topic(
             "creating topic {topic}: no answer"
         ))),
     }
+}
+
+/// Whether `topic` exists with at least one partition (a metadata request).
+async fn topic_exists(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<bool, KafkaError> {
+    let settings = settings.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mut c = settings.client_config();
+        c.set("allow.auto.create.topics", "false");
+        let consumer: BaseConsumer = c.create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        drop(metadata);
+        Ok(exists)
+    })
+    .await
+    .map_err(|_| KafkaError::Timeout("reading topic metadata"))?
 }
 
 /// Deletes `topic` (a missing topic is not an error).

@@ -14,12 +14,13 @@ use evmesh_broker::log::{
     BoxFuture, ConsumerGroup, GroupSpec as RouteGroup, Log, LogError, LogProvider, LogTarget, Pos,
 };
 use evmesh_broker::record::EventRecord;
+use evmesh_config::kafka::KafkaBrokerConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use crate::group::{Appends, InitialOffset, KafkaGroup};
-use crate::{GroupSpec, KafkaProducer, KafkaSettings, binding, ensure_topic};
+use crate::{GroupSpec, KafkaProducer, KafkaSettings, binding};
 
 /// The channel kind this module runs.
 const KIND: &str = "KafkaChannel";
@@ -27,6 +28,9 @@ const KIND: &str = "KafkaChannel";
 const BROKER_CLASS: &str = "Kafka";
 /// Knative's default retention of a KafkaChannel's topic (7 days).
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long opening a topic may take (Kafka unreachable: the broker or channel is not ready,
+/// and opened again on a timer).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests made while a group is created.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,14 +63,111 @@ pub fn group_name(namespace: &str, channel: &str, subscription: &str) -> String 
 /// (nothing connects before the first one is opened).
 pub struct KafkaProvider {
     settings: Option<KafkaSettings>,
+    /// Produce timeout of logs whose Kafka comes from a ConfigMap.
+    message_timeout: Duration,
+    /// KafkaChannels' bootstrap servers from `kafka-channel-config`.
+    channel_servers: Option<Vec<String>>,
 }
 
 impl KafkaProvider {
-    /// A provider for these settings; `None`: no bootstrap servers were given, and opening a
-    /// KafkaChannel or Kafka-class Broker fails, saying so.
+    /// A provider for these settings (`--kafka-bootstrap-servers`); `None`: none were given, and
+    /// opening a KafkaChannel or Kafka-class Broker whose ConfigMap names no Kafka fails, saying
+    /// so.
+    ///
+    /// ```
+    /// use evmesh_kafka::{KafkaProvider, KafkaSettings};
+    /// let p = KafkaProvider::new(Some(KafkaSettings::new(["127.0.0.1:9092"])))
+    ///     .with_channel_bootstrap(Some(vec!["kafka:9092".to_string()]));
+    /// # let _ = p;
+    /// ```
     pub fn new(settings: Option<KafkaSettings>) -> KafkaProvider {
-        KafkaProvider { settings }
+        KafkaProvider {
+            message_timeout: settings
+                .as_ref()
+                .map_or(crate::settings::DEFAULT_MESSAGE_TIMEOUT, |s| {
+                    s.message_timeout
+                }),
+            settings,
+            channel_servers: None,
+        }
     }
+
+    /// The produce timeout of logs whose Kafka comes from a ConfigMap (else the settings').
+    pub fn with_message_timeout(mut self, timeout: Duration) -> KafkaProvider {
+        self.message_timeout = timeout;
+        self
+    }
+
+    /// KafkaChannels connect to `servers` (Knative's `kafka-channel-config`) instead of the
+    /// provider's settings, when given.
+    pub fn with_channel_bootstrap(mut self, servers: Option<Vec<String>>) -> KafkaProvider {
+        self.channel_servers = servers;
+        self
+    }
+
+    /// The settings for `servers`: the provider's, with these brokers.
+    fn settings_for(&self, servers: &[String]) -> KafkaSettings {
+        let mut s = self.settings.clone().unwrap_or_else(|| {
+            let mut s = KafkaSettings::new(Vec::<String>::new());
+            s.message_timeout = self.message_timeout;
+            s
+        });
+        s.bootstrap_servers = servers.to_vec();
+        s
+    }
+
+    /// Where `target`'s topic lives and how it is created: Kafka's settings, partitions,
+    /// replication and topic configuration.
+    fn plan(&self, target: &LogTarget) -> Result<TopicPlan, LogError> {
+        let missing = || {
+            LogError::new(if target.resource == "broker" {
+                "no Kafka bootstrap servers: give the broker a spec.config ConfigMap (kafka-broker-config) or --kafka-bootstrap-servers (EVMESH_KAFKA_BOOTSTRAP)"
+            } else {
+                "no Kafka bootstrap servers: give a kafka-channel-config ConfigMap or --kafka-bootstrap-servers (EVMESH_KAFKA_BOOTSTRAP)"
+            })
+        };
+        if target.resource == "broker" {
+            if target.spec.is_null() {
+                let settings = self.settings.clone().ok_or_else(missing)?;
+                return Ok(TopicPlan {
+                    settings,
+                    partitions: 1,
+                    replication: 1,
+                    configs: vec![(
+                        "retention.ms".into(),
+                        DEFAULT_RETENTION.as_millis().to_string(),
+                    )],
+                });
+            }
+            let c: KafkaBrokerConfig = serde_json::from_value(target.spec.clone())
+                .map_err(|e| LogError::new(format!("the broker's Kafka configuration: {e}")))?;
+            return Ok(TopicPlan {
+                settings: self.settings_for(&c.bootstrap_servers),
+                partitions: c.partitions,
+                replication: c.replication_factor,
+                configs: c.topic_config.into_iter().collect(),
+            });
+        }
+        let settings = match &self.channel_servers {
+            Some(servers) => self.settings_for(servers),
+            None => self.settings.clone().ok_or_else(missing)?,
+        };
+        let (partitions, replication, retention) = topic_settings(&target.spec)?;
+        Ok(TopicPlan {
+            settings,
+            partitions,
+            replication,
+            configs: vec![("retention.ms".into(), retention.as_millis().to_string())],
+        })
+    }
+}
+
+/// How a log's topic is created, and on which Kafka.
+struct TopicPlan {
+    settings: KafkaSettings,
+    partitions: i32,
+    replication: i32,
+    configs: Vec<(String, String)>,
 }
 
 /// Reads `spec` fields of a KafkaChannel: partitions, replication, retention.
@@ -99,28 +200,37 @@ impl LogProvider for KafkaProvider {
         target: &'a LogTarget,
     ) -> BoxFuture<'a, Result<Arc<dyn Log>, LogError>> {
         Box::pin(async move {
-            let settings = self.settings.clone().ok_or_else(|| {
-                LogError::new(
-                    "no Kafka bootstrap servers: give --kafka-bootstrap-servers (EVMESH_KAFKA_BOOTSTRAP)",
-                )
-            })?;
-            let (partitions, replication, retention) = topic_settings(&target.spec)?;
+            let TopicPlan {
+                settings,
+                partitions,
+                replication,
+                configs,
+            } = self.plan(target)?;
             let broker = target.resource == "broker";
             let topic = if broker {
                 broker_topic_name(&target.namespace, &target.name)
             } else {
                 topic_name(&target.namespace, &target.name)
             };
-            let retention_ms = retention.as_millis().to_string();
-            ensure_topic(
+            let configs: Vec<(&str, &str)> = configs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            crate::admin::ensure_topic_within(
                 &settings,
                 &topic,
                 partitions,
                 replication,
-                &[("retention.ms", &retention_ms)],
+                &configs,
+                OPEN_TIMEOUT,
             )
             .await
-            .map_err(|e| LogError::new(e.to_string()))?;
+            .map_err(|e| {
+                LogError::new(format!(
+                    "Kafka {}: {e}",
+                    settings.bootstrap_servers.join(",")
+                ))
+            })?;
             let producer =
                 KafkaProducer::new(&settings).map_err(|e| LogError::new(e.to_string()))?;
             tracing::info!(topic = %topic, partitions, "Kafka topic ready");

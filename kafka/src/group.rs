@@ -73,7 +73,9 @@ pub struct KafkaRecord<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-/// Turns a record into the event to deliver; an error skips the record (logged).
+/// Turns a record into the event to deliver; an error discards the record (logged, counted in
+/// [`GroupStatus::skipped`] and in the route's `discarded` counter), as Knative's Kafka
+/// dispatcher discards a record that is not a CloudEvent.
 pub type Decode = Arc<dyn Fn(&KafkaRecord<'_>) -> Result<EventRecord, String> + Send + Sync>;
 
 /// Where a group starts on a partition it has no committed offset for.
@@ -469,6 +471,7 @@ impl ConsumerGroup for KafkaGroup {
             self.closed().await;
             let stores: Stores = Arc::default();
             let ctx = GroupContext {
+                status: self.status.clone(),
                 events: Mutex::new(Vec::new()),
                 stores: stores.clone(),
                 initial: self.spec.initial_offset,
@@ -521,6 +524,7 @@ impl ConsumerGroup for KafkaGroup {
                 stores,
                 stop,
                 status: self.status.clone(),
+                discarded: 0,
             }) as Box<dyn Cursor>)
         })
     }
@@ -544,6 +548,8 @@ enum Item {
     },
     /// Partitions given up: their tracking is dropped.
     Revoked(Vec<u32>),
+    /// A record a replay by time skips (appended before the time): done, not delivered.
+    Skipped { pid: u32, offset: u64 },
     /// Partitions assigned, with where each starts.
     Assigned(Vec<(u32, Start)>),
     /// A replay was applied (every owned partition and where it resumes), or why not; records
@@ -599,6 +605,7 @@ fn starts_of<C: ConsumerContext>(
 }
 
 struct GroupContext {
+    status: Arc<GroupStatus>,
     events: Mutex<Vec<Rebalanced>>,
     stores: Stores,
     initial: InitialOffset,
@@ -748,7 +755,14 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// Client-wide errors (brokers unreachable, authentication): shown in the status until the
+    /// member joins or reads a record.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(group = %self.group, "kafka client: {error}: {reason}");
+        self.status.with(|s| s.error = Some(reason.to_string()));
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -864,6 +878,7 @@ impl Poller {
                         held.push_back(Item::Assigned(starts));
                         self.status.with(|s| {
                             s.joined = true;
+                            s.error = None;
                             s.assigned.extend(parts);
                         });
                         if paused {
@@ -914,10 +929,9 @@ impl Poller {
                         m.offset(),
                         m.timestamp().to_millis(),
                     ) {
-                        held.push_back(Item::Record {
+                        held.push_back(Item::Skipped {
                             pid,
                             offset: u64::try_from(m.offset()).unwrap_or_default(),
-                            event: None,
                         });
                         continue;
                     }
@@ -941,7 +955,7 @@ impl Poller {
                     let event = match (self.decode)(&record) {
                         Ok(e) => Some(Arc::new(e)),
                         Err(e) => {
-                            tracing::error!(group = %group, topic = m.topic(), partition = m.partition(), offset = m.offset(), "record skipped: {e}");
+                            tracing::error!(group = %group, topic = m.topic(), partition = m.partition(), offset = m.offset(), "invalid record discarded: {e}");
                             self.status.with(|s| s.skipped += 1);
                             None
                         }
@@ -1110,6 +1124,8 @@ struct KafkaCursor {
     stores: Stores,
     stop: Arc<AtomicBool>,
     status: Arc<GroupStatus>,
+    /// Undecodable records passed over since the run last asked.
+    discarded: u64,
 }
 
 impl Drop for KafkaCursor {
@@ -1131,15 +1147,25 @@ impl KafkaCursor {
         match item {
             Item::Record { pid, offset, event } => {
                 self.handed.insert(pid, offset + 1);
-                event.map(|event| {
-                    (
+                match event {
+                    Some(event) => Some((
                         Pos {
                             partition: pid,
                             offset,
                         },
                         Some(event),
-                    )
-                })
+                    )),
+                    // Not an event: discarded (its offset is committed with the next save), as
+                    // Knative's Kafka dispatcher discards it.
+                    None => {
+                        self.discarded += 1;
+                        None
+                    }
+                }
+            }
+            Item::Skipped { pid, offset } => {
+                self.handed.insert(pid, offset + 1);
+                None
             }
             Item::Revoked(pids) => {
                 for pid in pids {
@@ -1270,7 +1296,7 @@ impl Cursor for KafkaCursor {
                 Ok(sought) => {
                     for item in before {
                         // Rebalances still count; records are of the old position.
-                        if !matches!(item, Item::Record { .. }) {
+                        if !matches!(item, Item::Record { .. } | Item::Skipped { .. }) {
                             self.take(item);
                         }
                     }
@@ -1318,6 +1344,14 @@ impl Cursor for KafkaCursor {
                 .unwrap_or(0);
             self.handed.get(pid).copied().unwrap_or(0) >= end
         })
+    }
+
+    fn orders_by_partition(&self) -> bool {
+        true
+    }
+
+    fn take_discarded(&mut self) -> u64 {
+        std::mem::take(&mut self.discarded)
     }
 
     fn position(&self) -> Pos {

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod binding;
 pub mod channel;
 pub mod group;
+pub mod kafka_channel;
 pub mod producer;
 pub mod settings;
 pub mod source;

@@ -24,6 +24,10 @@ use url::Url;
 use crate::group::{GroupStatus, InitialOffset, KafkaGroup, KafkaRecord};
 use crate::{GroupSpec, KafkaSettings, Sasl, Tls, binding};
 
+/// Not-ready reason of a KafkaSource that cannot reach its Kafka (it keeps trying, and is
+/// ready once its consumer group joined).
+pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
+
 /// Annotation that sets the consumer group session timeout of a KafkaSource (ISO-8601, e.g.
 /// `PT6S`); evmesh's default is 10 s.
 pub const SESSION_TIMEOUT_ANNOTATION: &str = "evmesh.dev/kafka-session-timeout";
@@ -170,16 +174,16 @@ pub struct SinkPlan {
 #[derive(Default)]
 struct State {
     running: bool,
-    route: Option<Arc<LogRoute>>,
+    routes: Vec<Arc<LogRoute>>,
 }
 
-/// A KafkaSource.
+/// A KafkaSource: `spec.consumers` members of its consumer group in this process (as Knative's
+/// dispatcher runs that many consumers), each delivering the partitions it is assigned.
 pub struct KafkaSource {
     namespace: String,
     name: String,
     config: KafkaSourceConfig,
-    group: Arc<KafkaGroup>,
-    status: Arc<GroupStatus>,
+    groups: Vec<Arc<KafkaGroup>>,
     service: BrokerService,
     plan: SinkPlan,
     state: Mutex<State>,
@@ -293,7 +297,7 @@ impl KafkaSource {
             key_type: k.key_type,
             extensions: config.extensions(),
         };
-        let group = Arc::new(KafkaGroup::new(GroupSpec {
+        let spec = GroupSpec {
             settings,
             group_id: k.consumer_group.clone(),
             topics: k.spec.topics.clone(),
@@ -303,13 +307,21 @@ impl KafkaSource {
                 InitialOffset::Latest
             },
             decode: Arc::new(move |r| mapper.event(r)),
-        }));
+        };
+        let consumers = k
+            .spec
+            .consumers
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1)
+            .max(1);
+        let groups = (0..consumers)
+            .map(|_| Arc::new(KafkaGroup::new(spec.clone())))
+            .collect();
         Ok(KafkaSource {
             namespace: config.metadata.namespace.clone(),
             name: config.metadata.name.clone(),
             config: (**k).clone(),
-            status: group.status(),
-            group,
+            groups,
             service,
             plan,
             state: Mutex::new(State::default()),
@@ -320,6 +332,10 @@ impl KafkaSource {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn statuses(&self) -> impl Iterator<Item = Arc<GroupStatus>> + '_ {
+        self.groups.iter().map(|g| g.status())
+    }
 }
 
 impl Source for KafkaSource {
@@ -329,37 +345,50 @@ impl Source for KafkaSource {
 
     fn run(&self, ctx: SourceContext) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let route = Arc::new(self.service.start_log_route(LogRouteSpec {
-                label: format!("kafkasource/{}/{}", self.namespace, self.name),
-                namespace: self.namespace.clone(),
-                subscriber: self.plan.sink.clone(),
-                subscriber_ca_certs: self.plan.sink_ca_certs.clone(),
-                dead_letter: self.plan.dead_letter.clone(),
-                delivery: self.plan.delivery.clone(),
-                order: if self.config.ordered {
-                    DeliveryOrder::Ordered
-                } else {
-                    DeliveryOrder::Unordered
-                },
-                group: self.group.clone(),
-                replay_from: self.replay_from.clone(),
-            }));
+            let routes: Vec<Arc<LogRoute>> = self
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(i, group)| {
+                    Arc::new(self.service.start_log_route(LogRouteSpec {
+                        label: if self.groups.len() == 1 {
+                            format!("kafkasource/{}/{}", self.namespace, self.name)
+                        } else {
+                            format!("kafkasource/{}/{}#{i}", self.namespace, self.name)
+                        },
+                        namespace: self.namespace.clone(),
+                        subscriber: self.plan.sink.clone(),
+                        subscriber_ca_certs: self.plan.sink_ca_certs.clone(),
+                        dead_letter: self.plan.dead_letter.clone(),
+                        delivery: self.plan.delivery.clone(),
+                        order: if self.config.ordered {
+                            DeliveryOrder::Ordered
+                        } else {
+                            DeliveryOrder::Unordered
+                        },
+                        group: group.clone(),
+                        replay_from: self.replay_from.clone(),
+                    }))
+                })
+                .collect();
             {
                 let mut st = self.state();
                 st.running = true;
-                st.route = Some(route.clone());
+                st.routes = routes;
             }
             ctx.shutdown.cancelled().await;
-            let route = {
+            let routes = {
                 let mut st = self.state();
                 st.running = false;
-                st.route.take()
+                std::mem::take(&mut st.routes)
             };
-            if let Some(route) = route {
+            for route in &routes {
                 route.stop().await;
             }
-            // The consumer commits what is done and leaves the group before a new one starts.
-            self.group.closed().await;
+            // The consumers commit what is done and leave the group before new ones start.
+            for group in &self.groups {
+                group.closed().await;
+            }
         })
     }
 
@@ -367,38 +396,63 @@ impl Source for KafkaSource {
         let st = self.state();
         let not_ready = if !st.running {
             Some(("NotRunning", "the source is not running".to_string()))
-        } else if let Some(reason) = st.route.as_ref().and_then(|r| r.not_ready_reason()) {
+        } else if let Some(reason) = st.routes.iter().find_map(|r| r.not_ready_reason()) {
             Some(("DeliveryNotReady", reason))
-        } else if !self.status.joined() {
-            Some((
-                "ConsumerGroupNotJoined",
-                match self.status.error() {
-                    Some(e) => {
-                        format!("joining consumer group {}: {e}", self.config.consumer_group)
-                    }
-                    None => format!("joining consumer group {}", self.config.consumer_group),
-                },
-            ))
+        } else if !self.statuses().all(|s| s.joined()) {
+            let error = self.statuses().find_map(|s| s.error());
+            Some(match error {
+                Some(e) => (
+                    KAFKA_UNAVAILABLE,
+                    format!("joining consumer group {}: {e}", self.config.consumer_group),
+                ),
+                None => (
+                    "ConsumerGroupNotJoined",
+                    format!("joining consumer group {}", self.config.consumer_group),
+                ),
+            })
         } else {
             None
         };
         let mut extra = Map::new();
-        extra.insert("consumers".into(), json!(1));
+        extra.insert("consumers".into(), json!(self.groups.len()));
+        let mut assigned: Vec<String> = self
+            .statuses()
+            .flat_map(|s| s.assigned())
+            .map(|(t, p)| format!("{t}/{p}"))
+            .collect();
+        assigned.sort();
         let mut ev = Map::new();
         ev.insert("consumerGroup".into(), json!(self.config.consumer_group));
+        ev.insert("assigned".into(), json!(assigned));
+        // Per consumer of this process: the partitions it is assigned.
         ev.insert(
-            "assigned".into(),
+            "members".into(),
             json!(
-                self.status
-                    .assigned()
-                    .iter()
-                    .map(|(t, p)| format!("{t}/{p}"))
+                self.statuses()
+                    .map(|s| s
+                        .assigned()
+                        .iter()
+                        .map(|(t, p)| format!("{t}/{p}"))
+                        .collect::<Vec<_>>())
                     .collect::<Vec<_>>()
             ),
         );
-        ev.insert("skipped".into(), json!(self.status.skipped()));
-        if let Some(r) = &st.route {
-            ev.insert("counters".into(), json!(r.counters()));
+        ev.insert(
+            "skipped".into(),
+            json!(self.statuses().map(|s| s.skipped()).sum::<u64>()),
+        );
+        if !st.routes.is_empty() {
+            let mut sum = serde_json::Map::new();
+            for r in &st.routes {
+                if let Value::Object(c) = json!(r.counters()) {
+                    for (k, v) in c {
+                        let n = sum.get(&k).and_then(Value::as_u64).unwrap_or(0)
+                            + v.as_u64().unwrap_or(0);
+                        sum.insert(k, json!(n));
+                    }
+                }
+            }
+            ev.insert("counters".into(), Value::Object(sum));
         }
         extra.insert("evmesh".into(), Value::Object(ev));
         SourceStatus {

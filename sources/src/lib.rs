@@ -44,6 +44,7 @@ pub mod apiserver;
 mod clock;
 pub mod github;
 mod github_api;
+pub mod kind;
 mod ping;
 
 use std::collections::BTreeMap;

@@ -19,6 +19,7 @@ use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 pub mod process;
 pub mod progress;
 pub mod sequence;
+pub mod tansu;
 pub mod tls;
 
 #[allow(unused_imports)]

@@ -8,20 +8,16 @@ use serde_json::Value;
 
 use super::wiring::{self, GeneratedChannel, GeneratedSubscription, Wiring};
 use super::{
-    ChannelConfig, ChannelDefaults, ChannelKind, ChannelSpec, ChannelTemplate, FLOWS_V1,
-    InMemoryChannelSpec, KafkaChannelSpec, MESSAGING_V1, MESSAGING_V1ALPHA1, MESSAGING_V1BETA1,
-    NatsJetStreamChannelSpec, ParallelSpec, SequenceSpec, SubscriptionConfig, SubscriptionSpec,
-    owner_of,
+    ChannelConfig, ChannelDefaults, ChannelKind, ChannelSpec, ChannelTemplate, InMemoryChannelSpec,
+    KafkaChannelSpec, MESSAGING_V1, NatsJetStreamChannelSpec, ParallelSpec, SequenceSpec,
+    SubscriptionConfig, SubscriptionSpec, owner_of,
 };
 use crate::loader::Document;
 use crate::model::{DeliverySpec, Destination, ObjectMeta};
 use crate::validate::{
-    Ctx, Delivery, Known, MeshConfig, ValidationContext, check_api_version, check_delivery,
-    check_destination, check_ref_target, typed,
+    Ctx, Delivery, Known, MeshConfig, ValidationContext, check_delivery, check_destination,
+    check_ref_target, typed,
 };
-
-/// `(group, kind, namespace, name)` of an addressable.
-pub(crate) type AddrKey = (String, String, String, String);
 
 const MESSAGING: &str = "messaging.knative.dev";
 const FLOWS: &str = "flows.knative.dev";
@@ -30,15 +26,15 @@ const FLOWS: &str = "flows.knative.dev";
 /// the documents (brokers, the default-channel ConfigMap) before they are wired.
 #[derive(Default)]
 pub(crate) struct Pending<'a> {
-    imcs: Vec<(ObjectMeta, InMemoryChannelSpec, &'a Document)>,
+    pub(crate) imcs: Vec<(ObjectMeta, InMemoryChannelSpec, &'a Document)>,
     /// NatsJetStreamChannels, with their spec as written.
-    jsms: Vec<(ObjectMeta, NatsJetStreamChannelSpec, Value, &'a Document)>,
+    pub(crate) jsms: Vec<(ObjectMeta, NatsJetStreamChannelSpec, Value, &'a Document)>,
     /// KafkaChannels, with their spec as written.
-    kafkas: Vec<(ObjectMeta, KafkaChannelSpec, Value, &'a Document)>,
-    channels: Vec<(ObjectMeta, ChannelSpec, &'a Document)>,
-    subscriptions: Vec<(ObjectMeta, SubscriptionSpec, &'a Document)>,
-    sequences: Vec<(ObjectMeta, SequenceSpec, &'a Document)>,
-    parallels: Vec<(ObjectMeta, ParallelSpec, &'a Document)>,
+    pub(crate) kafkas: Vec<(ObjectMeta, KafkaChannelSpec, Value, &'a Document)>,
+    pub(crate) channels: Vec<(ObjectMeta, ChannelSpec, &'a Document)>,
+    pub(crate) subscriptions: Vec<(ObjectMeta, SubscriptionSpec, &'a Document)>,
+    pub(crate) sequences: Vec<(ObjectMeta, SequenceSpec, &'a Document)>,
+    pub(crate) parallels: Vec<(ObjectMeta, ParallelSpec, &'a Document)>,
     config_map: Option<(Option<ChannelDefaultsText>, &'a Document)>,
 }
 
@@ -50,37 +46,6 @@ struct ChannelDefaultsText {
     cluster_default: Option<ChannelTemplate>,
     #[serde(default)]
     namespace_defaults: std::collections::BTreeMap<String, ChannelTemplate>,
-}
-
-/// Whether `(group, kind)` is one of the messaging/flows kinds evmesh serves.
-pub(crate) fn is_served(group: &str, kind: &str) -> bool {
-    matches!(
-        (group, kind),
-        (
-            MESSAGING,
-            "InMemoryChannel"
-                | "NatsJetStreamChannel"
-                | "KafkaChannel"
-                | "Channel"
-                | "Subscription"
-        ) | (FLOWS, "Sequence" | "Parallel")
-    )
-}
-
-/// Whether a `v1` ConfigMap is Knative's `default-ch-webhook`.
-pub(crate) fn is_default_channel_config(api_version: &str, kind: &str, meta: &ObjectMeta) -> bool {
-    api_version == "v1"
-        && kind == "ConfigMap"
-        && meta.name == super::DEFAULT_CHANNEL_CONFIGMAP
-        && meta.namespace == super::DEFAULT_CHANNEL_CONFIGMAP_NAMESPACE
-}
-
-/// Whether a `v1` ConfigMap is eventing-natss's `config-nats` (in `knative-eventing`).
-pub(crate) fn is_nats_config(api_version: &str, kind: &str, meta: &ObjectMeta) -> bool {
-    api_version == "v1"
-        && kind == "ConfigMap"
-        && meta.name == super::NATS_CONFIGMAP
-        && meta.namespace == super::DEFAULT_CHANNEL_CONFIGMAP_NAMESPACE
 }
 
 /// The `url` in `config-nats`'s `data.eventing-nats` (YAML); the other settings there
@@ -116,42 +81,6 @@ pub(crate) fn nats_config_url(ctx: &mut Ctx, doc: &Document, obj: &Value) -> Opt
     }
 }
 
-/// The addressables of a validated mesh's channels: every channel under its own kind, a
-/// generic Channel, a Sequence and a Parallel under theirs; each with the channel its address
-/// is (`(namespace, channel name)`).
-pub(crate) fn addressables(mesh: &MeshConfig) -> Vec<(AddrKey, String)> {
-    let mut out = Vec::new();
-    for c in &mesh.channels {
-        let m = &c.metadata;
-        let key = |group: &str, kind: &str, name: &str| {
-            (
-                group.to_string(),
-                kind.to_string(),
-                m.namespace.clone(),
-                name.to_string(),
-            )
-        };
-        out.push((key(MESSAGING, c.kind.kind(), &m.name), m.name.clone()));
-        match owner_of(m) {
-            Some((k, owner)) if k == "Channel" && owner == m.name => {
-                out.push((key(MESSAGING, "Channel", &owner), m.name.clone()));
-            }
-            Some((k, owner))
-                if k == "Sequence" && m.name == wiring::sequence_channel_name(&owner, 0) =>
-            {
-                out.push((key(FLOWS, "Sequence", &owner), m.name.clone()));
-            }
-            Some((k, owner))
-                if k == "Parallel" && m.name == wiring::parallel_channel_name(&owner) =>
-            {
-                out.push((key(FLOWS, "Parallel", &owner), m.name.clone()));
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 fn template_kind(
     ctx: &mut Ctx,
     doc: &Document,
@@ -175,70 +104,7 @@ fn parsed(spec: &Option<DeliverySpec>, doc: &Document) -> Option<Delivery> {
 }
 
 impl<'a> Pending<'a> {
-    /// Takes one document of a served messaging/flows kind (see [`is_served`]).
-    pub(crate) fn collect(
-        &mut self,
-        ctx: &mut Ctx,
-        doc: &'a Document,
-        kind: &str,
-        api_version: &str,
-        meta: ObjectMeta,
-        spec: &Value,
-    ) {
-        let want = match kind {
-            "Sequence" | "Parallel" => FLOWS_V1,
-            "NatsJetStreamChannel" => MESSAGING_V1ALPHA1,
-            "KafkaChannel" => MESSAGING_V1BETA1,
-            _ => MESSAGING_V1,
-        };
-        check_api_version(ctx, doc, api_version, want);
-        match kind {
-            "InMemoryChannel" => {
-                if let Some(s) = typed(ctx, doc, "spec", spec) {
-                    self.imcs.push((meta, s, doc));
-                }
-            }
-            "NatsJetStreamChannel" => {
-                if let Some(s) = typed(ctx, doc, "spec", spec) {
-                    self.jsms.push((meta, s, spec.clone(), doc));
-                }
-            }
-            "KafkaChannel" => {
-                if let Some(s) = typed(ctx, doc, "spec", spec) {
-                    self.kafkas.push((meta, s, spec.clone(), doc));
-                }
-            }
-            "Channel" => {
-                if let Some(s) = typed(ctx, doc, "spec", spec) {
-                    self.channels.push((meta, s, doc));
-                }
-            }
-            "Subscription" => {
-                if spec.as_object().is_none_or(|o| o.is_empty()) {
-                    ctx.error(
-                        doc,
-                        "spec",
-                        "is required (channel, and subscriber or reply)",
-                    );
-                } else if let Some(s) = typed(ctx, doc, "spec", spec) {
-                    self.subscriptions.push((meta, s, doc));
-                }
-            }
-            "Sequence" => {
-                if let Some(s) = typed(ctx, doc, "spec", spec) {
-                    self.sequences.push((meta, s, doc));
-                }
-            }
-            "Parallel" => {
-                if let Some(s) = typed(ctx, doc, "spec", spec) {
-                    self.parallels.push((meta, s, doc));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Takes Knative's `default-ch-webhook` ConfigMap (see [`is_default_channel_config`]).
+    /// Takes Knative's `default-ch-webhook` ConfigMap.
     pub(crate) fn collect_config_map(&mut self, ctx: &mut Ctx, doc: &'a Document, obj: &Value) {
         let field = format!("data.{}", super::DEFAULT_CHANNEL_CONFIG_KEY);
         let text = obj

@@ -310,34 +310,11 @@ pub fn wire_parallel(meta: &ObjectMeta, spec: &ParallelSpec, template: &ChannelT
 pub fn wire(manifest: &Value, defaults: &ChannelDefaults) -> Option<Wiring> {
     let api = manifest.get("apiVersion")?.as_str()?;
     let kind = manifest.get("kind")?.as_str()?;
+    let registered = crate::registry::generator(api, kind)?;
     let meta: ObjectMeta = serde_json::from_value(manifest.get("metadata")?.clone()).ok()?;
     let spec = manifest.get("spec").cloned().filter(|s| !s.is_null());
     let spec = spec.unwrap_or_else(|| json!({}));
-    let template = |t: &Option<ChannelTemplate>| {
-        t.clone()
-            .unwrap_or_else(|| defaults.template_for(&meta.namespace).clone())
-    };
-    match (api, kind) {
-        (MESSAGING_V1, "Channel") => {
-            let spec: ChannelSpec = serde_json::from_value(spec).ok()?;
-            let t = template(&spec.channel_template);
-            Some(Wiring {
-                channels: vec![wire_channel(&meta, &spec, &t)],
-                subscriptions: vec![],
-            })
-        }
-        (FLOWS_V1, "Sequence") => {
-            let spec: SequenceSpec = serde_json::from_value(spec).ok()?;
-            let t = template(&spec.channel_template);
-            Some(wire_sequence(&meta, &spec, &t))
-        }
-        (FLOWS_V1, "Parallel") => {
-            let spec: ParallelSpec = serde_json::from_value(spec).ok()?;
-            let t = template(&spec.channel_template);
-            Some(wire_parallel(&meta, &spec, &t))
-        }
-        _ => None,
-    }
+    registered.wire(&meta, spec, defaults)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ pub const SOURCES_V1BETA1: &str = "sources.knative.dev/v1beta1";
 pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
 /// The label that says how a KafkaSource reads record keys.
 pub const KAFKA_KEY_TYPE_LABEL: &str = "kafkasources.sources.knative.dev/key-type";
+/// The most consumers (`spec.consumers`) one KafkaSource runs in one process.
+const MAX_CONSUMERS: i32 = 64;
 
 /// The OpenAPI schema of a KafkaSource's `spec` (for discovery and kubectl).
 pub(crate) const KAFKA_SOURCE_SPEC: &str = r#"{"type": "object", "description": "KafkaSourceSpec defines the desired state of the KafkaSource.",
@@ -205,8 +207,12 @@ pub(crate) fn check_kafka(
     if let Some(c) = spec.consumers {
         if c < 1 {
             ctx.error(doc, "spec.consumers", "must be at least 1");
-        } else if c > 1 {
-            ctx.warn(doc, "spec.consumers", "evmesh runs one consumer of the group per process; run more processes to scale out");
+        } else if c > MAX_CONSUMERS {
+            ctx.error(
+                doc,
+                "spec.consumers",
+                format!("at most {MAX_CONSUMERS} consumers of the group per process"),
+            );
         }
     }
     let key_type = match metadata

@@ -1,0 +1,158 @@
+//! The runtime half of a kind: how a resource shows its status from what runs. Each kind crate
+//! implements [`RuntimeKind`] for its kinds in one module; the facade registers them once, next
+//! to the kind's validation half ([`evmesh_config::registry::Kind`]).
+
+use std::sync::Arc;
+
+use evmesh_config::{MeshConfig, Resolver};
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::BrokerService;
+
+/// Why something is not ready: `(reason, message)`.
+pub type NotReady = Option<(String, String)>;
+
+/// The status of a source kind, from the runner that runs sources (the facade's).
+pub trait SourceStatus: Send + Sync {
+    /// The status of source `kind` `namespace/name` at `generation`.
+    fn status(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value;
+}
+
+/// What status rendering reads, built once per list.
+pub struct StatusCx {
+    /// The running configuration.
+    pub mesh: Arc<MeshConfig>,
+    /// Resolves destinations against it.
+    pub resolver: Resolver,
+    /// The ingress URL addresses are under.
+    pub ingress: Url,
+    /// The data plane: what runs, and its counters.
+    pub service: BrokerService,
+    /// The sources' runner.
+    pub sources: Arc<dyn SourceStatus>,
+}
+
+/// A kind as the runtime sees it: registered once in the facade.
+///
+/// ```
+/// use evmesh_broker::kind::{RuntimeKind, StatusCx};
+/// struct Display;
+/// impl RuntimeKind for Display {
+///     fn group_kind(&self) -> (&'static str, &'static str) {
+///         ("evmesh.dev", "EventDisplay")
+///     }
+///     fn status(&self, _cx: &StatusCx, _manifest: &serde_json::Value) -> serde_json::Value {
+///         serde_json::json!({"conditions": evmesh_broker::kind::conditions(None)})
+///     }
+/// }
+/// assert_eq!(Display.group_kind().1, "EventDisplay");
+/// ```
+pub trait RuntimeKind: Sync {
+    /// API group and kind.
+    fn group_kind(&self) -> (&'static str, &'static str);
+    /// The `status` of a stored resource of this kind, from what runs.
+    fn status(&self, cx: &StatusCx, manifest: &Value) -> Value;
+}
+
+/// `namespace`, `name` and `generation` of a manifest.
+pub fn identity(manifest: &Value) -> (&str, &str, i64) {
+    let meta = &manifest["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or("default"),
+        meta["name"].as_str().unwrap_or_default(),
+        meta["generation"].as_i64().unwrap_or(1),
+    )
+}
+
+/// Knative's `conditions`: one `Ready` condition, with a reason and message when not ready.
+///
+/// ```
+/// let c = evmesh_broker::kind::conditions(Some(("NotRunning", "broker is not running")));
+/// assert_eq!(c[0]["status"], "False");
+/// ```
+pub fn conditions(not_ready: Option<(&str, &str)>) -> Value {
+    match not_ready {
+        None => json!([{"type": "Ready", "status": "True"}]),
+        Some((reason, message)) => {
+            json!([{"type": "Ready", "status": "False", "reason": reason, "message": message}])
+        }
+    }
+}
+
+/// `observedGeneration` and `conditions` added to a status object.
+pub fn finish(mut status: Value, generation: i64, not_ready: &NotReady) -> Value {
+    if let Some(o) = status.as_object_mut() {
+        o.insert("observedGeneration".into(), json!(generation));
+        o.insert(
+            "conditions".into(),
+            conditions(not_ready.as_ref().map(|(r, m)| (r.as_str(), m.as_str()))),
+        );
+    }
+    status
+}
+
+/// `eventing.knative.dev/v1` Broker.
+pub struct Broker;
+
+impl RuntimeKind for Broker {
+    fn group_kind(&self) -> (&'static str, &'static str) {
+        ("eventing.knative.dev", "Broker")
+    }
+    fn status(&self, cx: &StatusCx, manifest: &Value) -> Value {
+        let (ns, name, generation) = identity(manifest);
+        let v = cx
+            .service
+            .brokers()
+            .into_iter()
+            .find(|v| v.namespace == ns && v.name == name);
+        let failure = cx.service.broker_not_ready(ns, name);
+        let not_ready = match (&v, &failure) {
+            (Some(_), _) => None,
+            // Its log (Kafka) cannot be opened yet; tried again on a timer.
+            (None, Some(why)) => Some(("LogUnavailable", why.as_str())),
+            (None, None) => Some(("NotRunning", "broker is not running")),
+        };
+        json!({
+            "observedGeneration": generation,
+            "conditions": conditions(not_ready),
+            "address": {"url": v.as_ref().map(|v| v.url.clone())},
+            "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
+            "evmesh": v.map(|v| json!({"routedOffset": v.routed_offset, "counters": v.counters})),
+        })
+    }
+}
+
+/// `eventing.knative.dev/v1` Trigger.
+pub struct Trigger;
+
+impl RuntimeKind for Trigger {
+    fn group_kind(&self) -> (&'static str, &'static str) {
+        ("eventing.knative.dev", "Trigger")
+    }
+    fn status(&self, cx: &StatusCx, manifest: &Value) -> Value {
+        let (ns, name, generation) = identity(manifest);
+        let v = cx.service.trigger(ns, name);
+        let reason = match &v {
+            None => Some((
+                "NotRunning".to_string(),
+                "trigger is not running".to_string(),
+            )),
+            Some(v) => v.not_ready_reason.clone().map(|r| {
+                (
+                    v.not_ready_code
+                        .clone()
+                        .unwrap_or_else(|| "NotReady".into()),
+                    r,
+                )
+            }),
+        };
+        json!({
+            "observedGeneration": generation,
+            "conditions": conditions(reason.as_ref().map(|(c, r)| (c.as_str(), r.as_str()))),
+            "subscriberUri": v.as_ref().and_then(|v| v.subscriber_uri.clone()).unwrap_or_default(),
+            "deadLetterSinkUri": v.as_ref().and_then(|v| v.dead_letter_sink_uri.clone()),
+            "evmesh": v.map(|v| json!({"counters": v.counters})),
+        })
+    }
+}
