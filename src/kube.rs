@@ -720,7 +720,7 @@ struct Shape {
 
 /// Middleware on reads of resources: applies `fieldSelector`/`labelSelector` to lists and
 /// watches, and answers as a `meta.k8s.io/v1` Table when the Accept header asks for one.
-async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
+async fn shape(State(_): State<Admin>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if req.method() != Method::GET || !path.starts_with("/apis/") || path.split('/').count() < 5 {
         return next.run(req).await;
@@ -754,7 +754,6 @@ async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
     if !table && fields.is_empty() && labels.is_empty() && !watch {
         return next.run(req).await;
     }
-    let watched = watched_collection(req.uri().path());
     // Kubernetes ends a watch after `timeoutSeconds` (client-go and kube-rs ask for ~5 min and
     // then watch again from the last resourceVersion).
     let timeout = q
@@ -777,14 +776,10 @@ async fn shape(State(a): State<Admin>, req: Request, next: Next) -> Response {
     }
     let (mut parts, body) = resp.into_parts();
     if watch {
-        let shape = std::sync::Arc::new(shape);
-        let lines = watch_lines(body, shape.clone());
-        let Some((kind, ns)) = watched else {
-            return Response::from_parts(parts, until(lines, timeout));
-        };
-        let status = status_changes(a, kind, ns, shape);
-        let both = futures_util::stream::select(lines, status);
-        return Response::from_parts(parts, until(both, timeout));
+        // Status changes that matter come as MODIFIED events with a resourceVersion of their
+        // own, as on Kubernetes (the runtime bumps it).
+        let lines = watch_lines(body, std::sync::Arc::new(shape));
+        return Response::from_parts(parts, until(lines, timeout));
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return WriteError::Internal("reading the response".into()).into_response();
@@ -841,89 +836,6 @@ fn reshape(value: Value, shape: &Shape) -> Value {
         }
         _ => value,
     }
-}
-
-/// The kind and namespace (none: all) of a collection path, `/apis/{g}/{v}/{plural}` or
-/// `/apis/{g}/{v}/namespaces/{ns}/{plural}`.
-fn watched_collection(path: &str) -> Option<(&'static KindInfo, Option<String>)> {
-    let s: Vec<&str> = path.split('/').collect();
-    match s.as_slice() {
-        ["", "apis", g, v, plural] => Some((registry::by_plural(g, v, plural)?, None)),
-        ["", "apis", g, v, "namespaces", ns, plural] => {
-            Some((registry::by_plural(g, v, plural)?, Some(ns.to_string())))
-        }
-        _ => None,
-    }
-}
-
-/// How often a watch looks for status changes no write caused.
-const STATUS_POLL: Duration = Duration::from_millis(500);
-
-/// What readiness is judged by: conditions, observed generation, addresses (not counters).
-fn readiness(o: &Value) -> Value {
-    let st = &o["status"];
-    json!([
-        st["conditions"],
-        st["observedGeneration"],
-        st["address"],
-        st["subscriberUri"]
-    ])
-}
-
-/// MODIFIED events for status changes that no write of the object caused (a Trigger turning
-/// Ready when its Broker is applied), so `kubectl wait` and `get -w` see them. The first look
-/// (after [`STATUS_POLL`]) reports every watched object once, as it is then.
-fn status_changes(
-    a: Admin,
-    kind: &'static KindInfo,
-    ns: Option<String>,
-    shape: std::sync::Arc<Shape>,
-) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send {
-    let key = |o: &Value| {
-        (
-            o["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            o["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        )
-    };
-    // What the client saw is not known here (its list came before this watch, and a
-    // reconcile may have finished in between), so the first look reports every object once.
-    let seen: HashMap<(String, String), Value> = HashMap::new();
-    futures_util::stream::unfold(
-        (seen, std::collections::VecDeque::<Bytes>::new()),
-        move |(mut seen, mut pending)| {
-            let a = a.clone();
-            let ns = ns.clone();
-            let shape = shape.clone();
-            async move {
-                loop {
-                    if let Some(b) = pending.pop_front() {
-                        return Some((Ok(b), (seen, pending)));
-                    }
-                    tokio::time::sleep(STATUS_POLL).await;
-                    for o in a.runtime.list(kind, ns.as_deref()) {
-                        if !matches(&o, &shape.fields, &shape.labels) {
-                            continue;
-                        }
-                        let r = readiness(&o);
-                        let k = key(&o);
-                        if seen.get(&k) != Some(&r) {
-                            seen.insert(k, r);
-                            let ev = json!({"type": "MODIFIED", "object": reshape(o, &shape)});
-                            let mut text = ev.to_string();
-                            text.push('\n');
-                            pending.push_back(Bytes::from(text));
-                        }
-                    }
-                }
-            }
-        },
-    )
 }
 
 /// Rewrites a watch stream line by line: events not matching the selectors are dropped, and

@@ -669,6 +669,7 @@ impl Drop for MeshInner {
         let store = self.store.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                runtime.stop();
                 runtime.sources().shutdown().await;
                 service.shutdown().await;
                 subscribers.close();
@@ -1076,6 +1077,7 @@ impl RunningMesh {
         }
         self.inner.ready.store(false, Ordering::Release);
         // Sources stop first: they publish into the brokers.
+        self.inner.runtime.stop();
         self.inner.runtime.sources().shutdown().await;
         self.inner.service.shutdown().await;
         self.inner.service.subscribers().close();

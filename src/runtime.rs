@@ -5,7 +5,7 @@
 
 mod messaging;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use evmesh_broker::BrokerService;
@@ -36,6 +36,9 @@ const WAITING_REASONS: &[&str] = &[
 ];
 /// Watch events kept for resuming watches from a `resourceVersion`.
 const HISTORY: usize = 4096;
+/// How often the runtime looks for status changes no write caused (a worker that failed or is
+/// back).
+const STATUS_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `(group, kind, namespace, name)`.
 pub(crate) type ResKey = (String, String, String, String);
@@ -96,6 +99,28 @@ struct Desired {
     rv: u64,
 }
 
+/// A trigger write that is stored (not yet durable) and waits to be applied, in the order of
+/// its resourceVersion. Concurrent writes share one flush of the store (a group commit), so
+/// applying thousands of triggers does not wait for one fsync each.
+struct Staged {
+    kind: &'static KindInfo,
+    key: ResKey,
+    change: Change,
+    rv: u64,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+enum Change {
+    /// Created (`created`) or replaced: the stored form and its validated configuration.
+    Put {
+        stored: Stored,
+        one: Box<MeshConfig>,
+        created: bool,
+    },
+    /// Deleted: the object the DELETED event carries.
+    Delete { object: Value },
+}
+
 struct Inner {
     service: BrokerService,
     sources: crate::sources::SourceRuntime,
@@ -105,6 +130,15 @@ struct Inner {
     /// `serve --default-channel`.
     default_channel: Option<ChannelKind>,
     desired: tokio::sync::Mutex<Desired>,
+    /// Held while applying changes to the running mesh (taken before `desired` by whoever
+    /// takes both): applies are in resourceVersion order.
+    applying: tokio::sync::Mutex<()>,
+    /// Trigger writes stored but not applied yet, in resourceVersion order.
+    staged: Mutex<Vec<Staged>>,
+    /// The readiness last reported for each stored resource (see [`Runtime::bump_statuses`]).
+    reported: Mutex<HashMap<ResKey, Value>>,
+    /// Set at shutdown: the status look stops.
+    stopped: std::sync::atomic::AtomicBool,
     /// Snapshot for readers: the resources and the validated configuration.
     snapshot: RwLock<Snapshot>,
     events: broadcast::Sender<Arc<WatchEvent>>,
@@ -227,6 +261,10 @@ impl Runtime {
                 url_template,
                 default_channel,
                 desired: tokio::sync::Mutex::new(Desired { resources, rv }),
+                applying: tokio::sync::Mutex::new(()),
+                staged: Mutex::new(Vec::new()),
+                reported: Mutex::new(HashMap::new()),
+                stopped: std::sync::atomic::AtomicBool::new(false),
                 snapshot: RwLock::new((Arc::default(), Arc::default())),
                 events,
                 history: Mutex::new(VecDeque::new()),
@@ -237,6 +275,7 @@ impl Runtime {
             .sync_declared(declared)
             .await
             .map_err(crate::Error::Config)?;
+        runtime.spawn_status_look();
         Ok((runtime, warnings))
     }
 
@@ -299,6 +338,19 @@ impl Runtime {
         &self,
         declared: Vec<Document>,
     ) -> Result<Vec<Warning>, ConfigErrors> {
+        let synced = self.sync_declared_inner(declared).await;
+        if synced.is_ok() {
+            self.bump_statuses().await;
+        }
+        synced
+    }
+
+    async fn sync_declared_inner(
+        &self,
+        declared: Vec<Document>,
+    ) -> Result<Vec<Warning>, ConfigErrors> {
+        let _applying = self.inner.applying.lock().await;
+        self.commit_staged().await;
         let mut desired = self.inner.desired.lock().await;
         // Validate the declared documents as written (their own file:line errors).
         let mut first_errors = match self.validate(&declared, None) {
@@ -541,8 +593,27 @@ impl Runtime {
             .as_str()
             .and_then(|s| s.parse().ok())
             .unwrap_or(*rv);
+        self.send_event(kind, key, object, event_type, ev_rv);
+    }
+
+    /// Records one watch event (with `rv`) in the history and sends it to the watchers.
+    fn send_event(
+        &self,
+        kind: &'static KindInfo,
+        key: &ResKey,
+        object: Value,
+        event_type: &'static str,
+        rv: u64,
+    ) {
+        if let Ok(mut r) = self.inner.reported.lock() {
+            if event_type == "DELETED" {
+                r.remove(key);
+            } else {
+                r.insert(key.clone(), readiness(&object["status"]));
+            }
+        }
         let ev = Arc::new(WatchEvent {
-            rv: ev_rv,
+            rv,
             kind,
             namespace: key.2.clone(),
             event_type,
@@ -598,6 +669,43 @@ impl Runtime {
         body: Option<Value>,
         create: bool,
     ) -> Result<(u16, Value, Vec<Warning>), WriteError> {
+        // Runs to its end even when the client goes away: a write stored and not applied would
+        // leave the store and the running mesh apart.
+        let this = self.clone();
+        let (namespace, name) = (namespace.to_string(), name.map(str::to_string));
+        tokio::spawn(async move {
+            let written = this
+                .write_inner(kind, &namespace, name.as_deref(), body, create)
+                .await;
+            // A change of another kind may change the status of others (a Trigger whose
+            // Broker arrives); a trigger is nobody's dependency.
+            if written.is_ok() && !is_trigger(kind) {
+                this.bump_statuses().await;
+            }
+            written
+        })
+        .await
+        .map_err(|e| WriteError::Internal(e.to_string()))?
+    }
+
+    async fn write_inner(
+        &self,
+        kind: &'static KindInfo,
+        namespace: &str,
+        name: Option<&str>,
+        body: Option<Value>,
+        create: bool,
+    ) -> Result<(u16, Value, Vec<Warning>), WriteError> {
+        // Triggers (the kind written by the thousand) are staged and applied in batches that
+        // share one flush; other kinds apply one at a time, after what is staged.
+        let pipelined = is_trigger(kind);
+        let applying = if pipelined {
+            None
+        } else {
+            let guard = self.inner.applying.lock().await;
+            self.commit_staged().await;
+            Some(guard)
+        };
         let mut desired = self.inner.desired.lock().await;
         let Some(mut manifest) = body else {
             // Delete.
@@ -609,6 +717,28 @@ impl Runtime {
                     name: name.to_string(),
                 });
             };
+            if pipelined {
+                self.inner
+                    .store
+                    .delete_checkpoint(&store_key(&key))
+                    .map_err(|e| WriteError::Internal(e.to_string()))?;
+                desired.resources.remove(&key);
+                desired.rv += 1;
+                let rv = desired.rv;
+                self.persist_rv(rv);
+                let mut deleted = old.manifest;
+                if let Some(m) = deleted.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("deletionTimestamp".into(), Value::String(now_rfc3339()));
+                    m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+                }
+                let change = Change::Delete {
+                    object: deleted.clone(),
+                };
+                let done = self.stage(kind, key, change, rv);
+                drop(desired);
+                self.finish_staged(done).await?;
+                return Ok((200, deleted, vec![]));
+            }
             self.inner
                 .store
                 .delete_checkpoint(&store_key(&key))
@@ -747,14 +877,21 @@ impl Runtime {
             &format!("<api {} {namespace}/{name}>", kind.kind),
             stamped.clone(),
         );
-        let running = self.mesh();
-        let one = self
-            .validate(std::slice::from_ref(&doc), Some(&running))
-            .map_err(|e| WriteError::Invalid {
-                kind,
-                name: name.clone(),
-                causes: causes(&e),
-            })?;
+        // Validated under the readers' lock rather than on a clone of the snapshot's `Arc`: a
+        // clone held here would make the next apply copy the whole configuration.
+        let validated = {
+            let snapshot = self
+                .inner
+                .snapshot
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            self.validate(std::slice::from_ref(&doc), Some(&snapshot.1))
+        };
+        let one = validated.map_err(|e| WriteError::Invalid {
+            kind,
+            name: name.clone(),
+            causes: causes(&e),
+        })?;
         let unchanged = previous.as_ref().is_some_and(|p| p.manifest == stamped);
         let stored = Stored {
             manifest: stamped.clone(),
@@ -764,6 +901,28 @@ impl Runtime {
                 .filter(|_| unchanged)
                 .unwrap_or_else(|| SOURCE_API.to_string()),
         };
+        let code = if previous.is_some() { 200 } else { 201 };
+        if !unchanged && pipelined {
+            let bytes =
+                serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
+            self.inner
+                .store
+                .put_checkpoint(&store_key(&key), bytes)
+                .map_err(|e| WriteError::Internal(e.to_string()))?;
+            self.persist_rv(rv);
+            desired.rv = rv;
+            desired.resources.insert(key.clone(), stored.clone());
+            let warnings = one.warnings.clone();
+            let change = Change::Put {
+                stored,
+                one: Box::new(one),
+                created: previous.is_none(),
+            };
+            let done = self.stage(kind, key, change, rv);
+            drop(desired);
+            self.finish_staged(done).await?;
+            return Ok((code, self.render(kind, &stamped), warnings));
+        }
         if !unchanged {
             let bytes =
                 serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
@@ -798,9 +957,232 @@ impl Runtime {
                 &mut rv,
             );
             desired.rv = rv;
+            self.publish_rv(rv);
         }
-        let code = if previous.is_some() { 200 } else { 201 };
+        drop(desired);
+        drop(applying);
         Ok((code, self.render(kind, &stamped), one.warnings))
+    }
+
+    /// Queues a stored trigger write to be applied; answers once it is durable and applied.
+    fn stage(
+        &self,
+        kind: &'static KindInfo,
+        key: ResKey,
+        change: Change,
+        rv: u64,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .staged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Staged {
+                kind,
+                key,
+                change,
+                rv,
+                done,
+            });
+        rx
+    }
+
+    /// Waits until a staged write is durable and applied (by this call, or by another writer's
+    /// that took it along).
+    async fn finish_staged(
+        &self,
+        done: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    ) -> Result<(), WriteError> {
+        {
+            let _applying = self.inner.applying.lock().await;
+            self.commit_staged().await;
+        }
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Internal(format!(
+                "storing the change failed ({e}); it is applied and kept, and written when the store recovers"
+            ))),
+            Err(_) => Err(WriteError::Internal("the write was dropped".into())),
+        }
+    }
+
+    /// Bumps the resourceVersion of each stored resource whose readiness (its conditions'
+    /// type, status and reason, its address and resolved URIs) changed since it was last
+    /// reported, and sends a MODIFIED watch event with it, as Kubernetes does for a status
+    /// write. A Trigger turning Ready when its Broker is applied, a sink that now resolves, a
+    /// worker that failed or is back all are such changes. A resource not reported yet is only
+    /// recorded. The caller holds neither `applying` nor `desired`.
+    pub(crate) async fn bump_statuses(&self) {
+        // What to look at, taken under the readers' lock (no clone of the snapshot is kept, or
+        // the next apply would copy it); statuses are computed after.
+        let looked: Vec<(ResKey, &'static KindInfo, Value)> = {
+            let snap = self
+                .inner
+                .snapshot
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            snap.0
+                .iter()
+                .filter_map(|(k, s)| {
+                    let (kind, _) = identify(&s.manifest)?;
+                    let looked_at = s.manifest.clone();
+                    Some((k.clone(), kind, looked_at))
+                })
+                .collect()
+        };
+        let mut cx = None;
+        let mut changed = Vec::new();
+        {
+            let mut reported = self
+                .inner
+                .reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (k, kind, m) in looked {
+                let now = readiness(&self.status_in(kind, &m, &mut cx));
+                match reported.get(&k) {
+                    Some(before) if *before == now => {}
+                    Some(_) => changed.push(k),
+                    None => {
+                        reported.insert(k, now);
+                    }
+                }
+            }
+        }
+        drop(cx);
+        if changed.is_empty() {
+            return;
+        }
+        // Staged writes have older versions: they go out first.
+        let _applying = self.inner.applying.lock().await;
+        self.commit_staged().await;
+        let mut desired = self.inner.desired.lock().await;
+        let mut bumped = Vec::new();
+        for k in changed {
+            let Some(stored) = desired.resources.get(&k).cloned() else {
+                continue;
+            };
+            let mut stored = stored;
+            let rv = desired.rv + 1;
+            if let Some(m) = stored
+                .manifest
+                .get_mut("metadata")
+                .and_then(Value::as_object_mut)
+            {
+                m.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            }
+            let bytes = match serde_json::to_vec(&stored) {
+                Ok(b) => b,
+                Err(_) => continue,
+            };
+            if let Err(e) = self.inner.store.put_checkpoint(&store_key(&k), bytes) {
+                tracing::warn!("saving a status change: {e}");
+                return;
+            }
+            desired.rv = rv;
+            desired.resources.insert(k.clone(), stored.clone());
+            bumped.push((k, stored));
+        }
+        if bumped.is_empty() {
+            return;
+        }
+        self.persist_rv(desired.rv);
+        // Durable before anyone sees the version: a watch resumed from it after a crash must
+        // not miss the changes that would reuse it.
+        if let Err(e) = self.inner.store.flush().await {
+            tracing::warn!("saving status changes: {e}");
+        }
+        if let Ok(mut snap) = self.inner.snapshot.write() {
+            let resources = Arc::make_mut(&mut snap.0);
+            for (k, s) in &bumped {
+                resources.insert(k.clone(), s.clone());
+            }
+        }
+        for (k, s) in bumped {
+            let mut rv = desired.rv;
+            self.emit(&k, &s.manifest, "MODIFIED", &mut rv);
+        }
+        self.publish_rv(desired.rv);
+    }
+
+    /// Looks for status changes every [`STATUS_LOOK`] until the runtime stops or is dropped.
+    fn spawn_status_look(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(STATUS_LOOK).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if inner.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                Runtime { inner }.bump_statuses().await;
+            }
+        });
+    }
+
+    /// Stops looking for status changes (at shutdown, when statuses say "not running" only
+    /// because everything stops).
+    pub(crate) fn stop(&self) {
+        self.inner
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Makes every staged write durable with one flush, then applies them in order. The caller
+    /// holds `applying`.
+    async fn commit_staged(&self) {
+        let batch =
+            std::mem::take(&mut *self.inner.staged.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        // A failed flush leaves the writes pending in the store, which writes them when it
+        // recovers: they are applied all the same, so the running mesh matches the store.
+        let flushed = self.inner.store.flush().await.map_err(|e| e.to_string());
+        for item in batch {
+            let Staged {
+                kind,
+                key,
+                change,
+                rv,
+                done,
+            } = item;
+            let (ns, name) = (key.2.clone(), key.3.clone());
+            match change {
+                Change::Put {
+                    stored,
+                    one,
+                    created,
+                } => {
+                    let manifest = stored.manifest.clone();
+                    let next = self.update_snapshot(|resources, mesh| {
+                        resources.insert(key.clone(), stored);
+                        if !created {
+                            remove_from_mesh(mesh, kind, &ns, &name);
+                        }
+                        add_to_mesh(mesh, *one);
+                    });
+                    self.reconcile_one(kind, &ns, &name, &next).await;
+                    drop(next);
+                    let t = if created { "ADDED" } else { "MODIFIED" };
+                    let mut at = rv;
+                    self.emit(&key, &manifest, t, &mut at);
+                }
+                Change::Delete { object } => {
+                    let next = self.update_snapshot(|resources, mesh| {
+                        resources.remove(&key);
+                        remove_from_mesh(mesh, kind, &ns, &name);
+                    });
+                    self.reconcile_one(kind, &ns, &name, &next).await;
+                    drop(next);
+                    self.send_event(kind, &key, object, "DELETED", rv);
+                }
+            }
+            self.publish_rv(rv);
+            let _ = done.send(flushed.clone());
+        }
     }
 
     async fn reconcile_one(&self, kind: &KindInfo, namespace: &str, name: &str, mesh: &MeshConfig) {
@@ -975,6 +1357,21 @@ impl Runtime {
         manifest: &Value,
         cx: &mut Option<evmesh_broker::kind::StatusCx>,
     ) -> Value {
+        let status = self.status_in(kind, manifest, cx);
+        let mut obj = manifest.clone();
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("status".into(), status);
+        }
+        obj
+    }
+
+    /// The `status` of a resource, as its registered kind reports it.
+    fn status_in(
+        &self,
+        kind: &KindInfo,
+        manifest: &Value,
+        cx: &mut Option<evmesh_broker::kind::StatusCx>,
+    ) -> Value {
         let cx = cx.get_or_insert_with(|| {
             let mesh = self.mesh();
             evmesh_broker::kind::StatusCx {
@@ -985,16 +1382,36 @@ impl Runtime {
                 sources: Arc::new(self.inner.sources.clone()),
             }
         });
-        let mut obj = manifest.clone();
-        let status = match crate::kinds::runtime(kind) {
+        match crate::kinds::runtime(kind) {
             Some(k) => k.status(cx, manifest),
             None => json!({}),
-        };
-        if let Some(o) = obj.as_object_mut() {
-            o.insert("status".into(), status);
         }
-        obj
     }
+}
+
+/// What a status change that matters is judged by: the conditions (type, status, reason; not
+/// the message, which may carry changing detail), the address and the resolved URIs; not the
+/// counters.
+fn readiness(status: &Value) -> Value {
+    let conditions: Vec<Value> = status["conditions"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| json!([c["type"], c["status"], c["reason"]]))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!([
+        conditions,
+        status["address"],
+        status["subscriberUri"],
+        status["deadLetterSinkUri"],
+        status["sinkUri"],
+    ])
+}
+
+fn is_trigger(kind: &KindInfo) -> bool {
+    kind.group == "eventing.knative.dev" && kind.kind == "Trigger"
 }
 
 /// Removes what resource `ns/name` of `kind` put into `mesh`, as its registered kind says.
@@ -1009,6 +1426,10 @@ fn remove_from_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str
 
 fn splice_into_mesh(mesh: &mut MeshConfig, kind: &KindInfo, ns: &str, name: &str, one: MeshConfig) {
     remove_from_mesh(mesh, kind, ns, name);
+    add_to_mesh(mesh, one);
+}
+
+fn add_to_mesh(mesh: &mut MeshConfig, one: MeshConfig) {
     mesh.brokers.extend(one.brokers);
     mesh.triggers.extend(one.triggers);
     mesh.externals.extend(one.externals);

@@ -519,6 +519,113 @@ async fn watch_streams_changes_and_resumes_from_a_resource_version() {
     assert_eq!(all.next().await["object"]["metadata"]["name"], "t1");
 }
 
+fn rv_of(obj: &Value) -> u64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric resourceVersion")
+}
+
+/// The watch's next event for trigger `name`, skipping others.
+async fn next_for(lines: &mut Lines, name: &str) -> Value {
+    loop {
+        let ev = lines.next().await;
+        if ev["object"]["metadata"]["name"] == name {
+            return ev;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trigger_turning_ready_when_its_broker_is_applied_is_a_modified_watch_event_with_a_new_resource_version()
+ {
+    let sink = TestSink::start().await;
+    let m = mesh(&trigger_yaml("early", &sink, "a")).await;
+    let resp = client()
+        .get(format!("{}?watch=true", triggers_url(&m)))
+        .send()
+        .await
+        .expect("watch");
+    let mut lines = Lines::new(resp);
+    let added = next_for(&mut lines, "early").await;
+    assert_eq!(added["type"], "ADDED");
+    assert_eq!(
+        ready(&added["object"]),
+        ("False".to_string(), "BrokerDoesNotExist".to_string()),
+        "{added}"
+    );
+    let (code, b) = send(
+        reqwest::Method::POST,
+        &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers"),
+        Some(BROKER.into()),
+    )
+    .await;
+    assert_eq!(code, 201, "{b}");
+    let ev = next_for(&mut lines, "early").await;
+    assert_eq!(ev["type"], "MODIFIED", "{ev}");
+    assert_eq!(ready(&ev["object"]).0, "True", "{ev}");
+    let bumped = rv_of(&ev["object"]);
+    assert!(
+        bumped > rv_of(&added["object"]) && bumped > rv_of(&b),
+        "the status change has a resourceVersion of its own, after the broker's: {ev}"
+    );
+    // The object carries that version from now on (and a watch from the broker's version
+    // sees the change).
+    let (_, t) = get_json(&format!("{}/early", triggers_url(&m))).await;
+    assert_eq!(rv_of(&t), bumped, "{t}");
+    let resp = client()
+        .get(format!(
+            "{}?watch=true&resourceVersion={}",
+            triggers_url(&m),
+            rv_of(&b)
+        ))
+        .send()
+        .await
+        .expect("watch");
+    let mut resumed = Lines::new(resp);
+    let ev = next_for(&mut resumed, "early").await;
+    assert_eq!(
+        (ev["type"].as_str(), rv_of(&ev["object"])),
+        (Some("MODIFIED"), bumped)
+    );
+}
+
+#[tokio::test]
+async fn a_trigger_whose_sink_starts_resolving_is_a_modified_watch_event() {
+    let m = mesh(&format!(
+        "{BROKER}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: forward, namespace: demo}}\nspec:\n  broker: default\n  subscriber: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: other}}}}\n"
+    ))
+    .await;
+    let resp = client()
+        .get(format!("{}?watch=true", triggers_url(&m)))
+        .send()
+        .await
+        .expect("watch");
+    let mut lines = Lines::new(resp);
+    let added = next_for(&mut lines, "forward").await;
+    assert_eq!(
+        ready(&added["object"]),
+        ("False".to_string(), "DestinationNotResolved".to_string()),
+        "{added}"
+    );
+    let (code, b) = send(
+        reqwest::Method::POST,
+        &m.url("/apis/eventing.knative.dev/v1/namespaces/demo/brokers"),
+        Some(BROKER.replace("name: default", "name: other")),
+    )
+    .await;
+    assert_eq!(code, 201, "{b}");
+    let ev = next_for(&mut lines, "forward").await;
+    assert_eq!(ev["type"], "MODIFIED", "{ev}");
+    assert_eq!(ready(&ev["object"]).0, "True", "{ev}");
+    assert_eq!(
+        ev["object"]["status"]["subscriberUri"].as_str(),
+        b["status"]["address"]["url"].as_str(),
+        "{ev}"
+    );
+    assert!(rv_of(&ev["object"]) > rv_of(&added["object"]), "{ev}");
+}
+
 /// Reads a watch response line by line.
 struct Lines {
     resp: reqwest::Response,

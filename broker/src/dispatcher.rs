@@ -217,12 +217,15 @@ impl TriggerShared {
 }
 
 /// The triggers one broker's router feeds. The reconciler edits the member list; the router
-/// rebuilds its filter index from it at most every [`ROUTES_DEBOUNCE`] (so applying thousands of
-/// triggers is not quadratic) and catches a new member up on what it routed in between.
+/// rebuilds its filter index from it at most every [`ROUTES_DEBOUNCE`], or four times as long as
+/// the last rebuild took (so applying thousands of triggers is not quadratic) and catches a new member up on what it routed in between.
 #[derive(Default)]
 pub(crate) struct Routes {
     members: std::sync::Mutex<Vec<Arc<TriggerShared>>>,
     dirty: AtomicBool,
+    /// A member left or its filter changed: the index is built anew (members only added are
+    /// appended to it).
+    reindex: AtomicBool,
 }
 
 /// How often at most a router rebuilds its filter index after trigger changes.
@@ -234,7 +237,7 @@ impl Routes {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(t);
-        self.changed();
+        self.dirty.store(true, Ordering::Release);
     }
     pub(crate) fn remove(&self, t: &Arc<TriggerShared>) {
         self.members
@@ -245,6 +248,7 @@ impl Routes {
     }
     /// A member's filter changed.
     pub(crate) fn changed(&self) {
+        self.reindex.store(true, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
     }
     /// Every member has new work (an event appended to a log its members read themselves).
@@ -328,6 +332,19 @@ impl Table {
             triggers,
         }
     }
+
+    /// Adds a member after the others (same as building anew with it last).
+    fn push(&mut self, t: Arc<TriggerShared>) {
+        if self.index.push(self.triggers.len(), t.filter()) {
+            self.triggers.push(t);
+        } else {
+            // Not indexable any more: build anew (and the index drops what does not fit, as
+            // `FilterIndex::new` does).
+            let mut all = std::mem::take(&mut self.triggers);
+            all.push(t);
+            *self = Table::build(all);
+        }
+    }
 }
 
 impl Router {
@@ -355,16 +372,36 @@ impl Router {
         table: &mut Table,
         resume: &mut HashMap<usize, Offset>,
     ) -> Result<(), String> {
+        let reindex = self.routes.reindex.swap(false, Ordering::AcqRel);
         self.routes.dirty.store(false, Ordering::Release);
         let members = self.routes.snapshot();
         let next = self.next.load(Ordering::Acquire);
+        // Members only added since the table was built: the table's members come first, in
+        // order, and the new ones are appended to its index instead of rebuilding it.
+        let kept = table.triggers.len();
+        let appended = !reindex
+            && members.len() >= kept
+            && table
+                .triggers
+                .iter()
+                .zip(&members)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
         // Members by address (a `usize`, so the set may live across the awaits below).
-        let known: std::collections::HashSet<usize> = table
-            .triggers
-            .iter()
-            .map(|t| Arc::as_ptr(t) as usize)
-            .collect();
-        let fresh: Vec<Arc<TriggerShared>> = members
+        let known: std::collections::HashSet<usize> = if appended {
+            Default::default()
+        } else {
+            table
+                .triggers
+                .iter()
+                .map(|t| Arc::as_ptr(t) as usize)
+                .collect()
+        };
+        let candidates = if appended {
+            members.get(kept..).unwrap_or_default()
+        } else {
+            &members[..]
+        };
+        let fresh: Vec<Arc<TriggerShared>> = candidates
             .iter()
             .filter(|m| !known.contains(&(Arc::as_ptr(m) as usize)))
             // A member this router had in its table before a restart was handed everything
@@ -418,11 +455,19 @@ impl Router {
                 }
             }
         }
-        for m in &members {
-            m.attached.store(true, Ordering::Release);
-            resume.remove(&(Arc::as_ptr(m) as usize));
+        if appended {
+            for m in members.into_iter().skip(kept) {
+                m.attached.store(true, Ordering::Release);
+                resume.remove(&(Arc::as_ptr(&m) as usize));
+                table.push(m);
+            }
+        } else {
+            for m in &members {
+                m.attached.store(true, Ordering::Release);
+                resume.remove(&(Arc::as_ptr(m) as usize));
+            }
+            *table = Table::build(members);
         }
-        *table = Table::build(members);
         Ok(())
     }
 
@@ -445,6 +490,9 @@ impl Router {
         }
         let mut table = Table::build(Vec::new());
         let mut last_refresh = Instant::now() - ROUTES_DEBOUNCE;
+        // At least ROUTES_DEBOUNCE between rebuilds, and at least four times what the last one
+        // took: with thousands of triggers arriving, rebuilding stays a fraction of the work.
+        let mut debounce = ROUTES_DEBOUNCE;
         self.routes.dirty.store(true, Ordering::Release);
         let mut matched = Vec::new();
         let mut resume = HashMap::new();
@@ -462,20 +510,22 @@ impl Router {
             if self.routes.dirty.load(Ordering::Acquire) {
                 // Never route with a stale table: a trigger being added must not see the router
                 // pass offsets it has not been handed (`routedOffset` would then claim them).
-                // Rebuilds are at most every ROUTES_DEBOUNCE, so applying many triggers is not
+                // Rebuilds are at most every `debounce`, so applying many triggers is not
                 // quadratic; routing waits for at most that long.
                 let since = last_refresh.elapsed();
-                if since < ROUTES_DEBOUNCE {
+                if since < debounce {
                     tokio::select! {
-                        _ = tokio::time::sleep(ROUTES_DEBOUNCE - since) => {}
+                        _ = tokio::time::sleep(debounce - since) => {}
                         _ = shutdown.changed() => {}
                     }
                     if *shutdown.borrow() {
                         return;
                     }
                 }
+                let started = Instant::now();
                 let refreshed = self.refresh(&mut table, &mut resume).await;
                 last_refresh = Instant::now();
+                debounce = ROUTES_DEBOUNCE.max(4 * last_refresh.duration_since(started));
                 if refreshed.is_err() {
                     tokio::select! {
                         _ = tokio::time::sleep(STALL_RETRY) => {}

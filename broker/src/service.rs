@@ -1031,7 +1031,8 @@ impl BrokerService {
         }
         // A later retry of a failing log reconciles this configuration, not an older one.
         self.note_failures(mesh, resolver);
-        let found = mesh.triggers.iter().find(|t| {
+        // From the end: a trigger just applied is the last one (applying many stays linear).
+        let found = mesh.triggers.iter().rev().find(|t| {
             t.resource.metadata.namespace == namespace && t.resource.metadata.name == name
         });
         match found {

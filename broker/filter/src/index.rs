@@ -28,33 +28,53 @@ pub struct FilterIndex<K> {
 impl<K: Clone> FilterIndex<K> {
     /// Builds the index.
     pub fn new(entries: Vec<(K, Filter)>) -> Self {
-        let mut indexed: Vec<(AttrName, ValueMap)> = Vec::new();
-        let mut scan = Vec::new();
-        for (i, (_, filter)) in entries.iter().enumerate() {
-            let Ok(i) = u32::try_from(i) else {
+        let mut index = FilterIndex {
+            entries: Vec::with_capacity(entries.len()),
+            indexed: Vec::new(),
+            scan: Vec::new(),
+        };
+        for (key, filter) in entries {
+            if !index.push(key, filter) {
                 break;
-            };
-            match filter.index_key() {
-                Some((name, value)) => {
-                    let pos = match indexed.iter().position(|(n, _)| *n == name) {
-                        Some(pos) => pos,
-                        None => {
-                            indexed.push((name, ValueMap::default()));
-                            indexed.len() - 1
-                        }
-                    };
-                    if let Some((_, map)) = indexed.get_mut(pos) {
-                        map.entry(value.into()).or_default().push(i);
-                    }
-                }
-                None => scan.push(i),
             }
         }
-        FilterIndex {
-            entries,
-            indexed,
-            scan,
+        index
+    }
+
+    /// Adds one entry after the others (as if it had been last in [`new`](Self::new)'s list),
+    /// without rebuilding the index. Returns `false` (and adds nothing) when the index is full
+    /// (`u32::MAX` entries).
+    ///
+    /// ```
+    /// use evmesh_filter::{Filter, FilterIndex};
+    /// let of_type = |ty: &str| {
+    ///     Filter::attributes(&[("type".to_string(), ty.to_string())].into()).expect("filter")
+    /// };
+    /// let mut index = FilterIndex::new(vec![("a", of_type("t.a"))]);
+    /// assert!(index.push("b", of_type("t.b")));
+    /// assert_eq!(index.len(), 2);
+    /// ```
+    pub fn push(&mut self, key: K, filter: Filter) -> bool {
+        let Ok(i) = u32::try_from(self.entries.len()) else {
+            return false;
+        };
+        match filter.index_key() {
+            Some((name, value)) => {
+                let pos = match self.indexed.iter().position(|(n, _)| *n == name) {
+                    Some(pos) => pos,
+                    None => {
+                        self.indexed.push((name, ValueMap::default()));
+                        self.indexed.len() - 1
+                    }
+                };
+                if let Some((_, map)) = self.indexed.get_mut(pos) {
+                    map.entry(value.into()).or_default().push(i);
+                }
+            }
+            None => self.scan.push(i),
         }
+        self.entries.push((key, filter));
+        true
     }
 
     /// The number of entries.
