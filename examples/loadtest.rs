@@ -17,6 +17,16 @@
 //! * `sequence` and `fanout` take `--channel NatsJetStreamChannel` to run on NATS JetStream
 //!   (`EVMESH_NATS_URL`, default `nats://127.0.0.1:4222`) instead: the channels get names of
 //!   their own (`bench<pid>`), and their streams are deleted after the run.
+//! * Kafka (Tansu or Kafka at `EVMESH_KAFKA_BOOTSTRAP`, default 127.0.0.1:9092):
+//!   `loadtest e2e --class Kafka [--instances 2] [--partitions 4]` runs the same through a
+//!   Kafka-class broker (its topic created first with `partitions` partitions), with `instances`
+//!   evmesh instances in this process started from the same YAML (senders spread over their
+//!   ingresses; the trigger's consumer group is shared); `sequence --channel KafkaChannel` runs
+//!   the Sequence on KafkaChannels; `loadtest kafkasource --records 20000` fills a topic with
+//!   CloudEvent records, then a KafkaSource (`initialOffset: earliest`) delivers them into an
+//!   embedded broker whose trigger posts to the sink, and reports records/s from the first
+//!   record at the sink to the last. Every run waits for the consumer groups to join
+//!   (`wait_idle`) before it sends.
 //! * `loadtest ordered --keys 1000 --seconds 8 --concurrency 64 [--order unordered]
 //!   [--sink-delay-ms 0]`: one trigger with `kafka.eventing.knative.dev/delivery.order`; every
 //!   event carries a `partitionkey` (1,000 keys) and a per-key sequence number; each key is sent
@@ -79,9 +89,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 arg("--matching", "1").parse()?,
                 arg("--seconds", "10").parse()?,
                 arg("--concurrency", "64").parse()?,
+                &arg("--class", "MTChannelBasedBroker"),
+                arg("--instances", "1").parse()?,
+                arg("--partitions", "4").parse()?,
             )
             .await
         }
+        Some("kafkasource") => kafkasource(arg("--records", "20000").parse()?).await,
         Some("sequence") => {
             let steps: usize = arg("--steps", "3").parse()?;
             run_flow(
@@ -137,24 +151,52 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => {
             eprintln!(
-                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] | loadtest sequence [--steps N] [--channel InMemoryChannel|NatsJetStreamChannel] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--channel K] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D] | loadtest backlog [--evmesh PATH] [--events N] [--concurrency C] [-- SERVE_FLAGS] | loadtest soak [--evmesh PATH] [--rate R] [--seconds S] [--triggers T] [--retention ISO] [--retention-interval ISO] [--sample-seconds S] [--idle-seconds S] [-- SERVE_FLAGS]"
+                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] [--class Kafka] [--instances N] [--partitions P] | loadtest kafkasource [--records R] | loadtest sequence [--steps N] [--channel InMemoryChannel|NatsJetStreamChannel|KafkaChannel] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--channel K] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D] | loadtest backlog [--evmesh PATH] [--events N] [--concurrency C] [-- SERVE_FLAGS] | loadtest soak [--evmesh PATH] [--rate R] [--seconds S] [--triggers T] [--retention ISO] [--retention-interval ISO] [--sample-seconds S] [--idle-seconds S] [-- SERVE_FLAGS]"
             );
             std::process::exit(2);
         }
     }
 }
 
+fn kafka_bootstrap() -> String {
+    std::env::var("EVMESH_KAFKA_BOOTSTRAP")
+        .or_else(|_| std::env::var("EVMESH_TEST_KAFKA"))
+        .unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn e2e(
     triggers: usize,
     matching: usize,
     seconds: u64,
     concurrency: usize,
+    class: &str,
+    instances: usize,
+    partitions: i32,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let sink = Sink::start().await?;
     let sink_url = sink.url.clone();
+    let kafka = class == "Kafka";
+    let broker = if kafka {
+        format!("bench{}", std::process::id())
+    } else {
+        "default".to_string()
+    };
+    if kafka {
+        // Created here with several partitions, so that several instances share the work.
+        let topic = evmesh_kafka::channel::broker_topic_name("default", &broker);
+        evmesh_kafka::ensure_topic(
+            &evmesh_kafka::KafkaSettings::new([kafka_bootstrap()]),
+            &topic,
+            partitions.max(1),
+            1,
+            &[],
+        )
+        .await?;
+    }
     // The mesh: `triggers` triggers, `matching` of them on the type we send.
-    let mut yaml = String::from(
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default}\n",
+    let mut yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {broker}\n  annotations: {{eventing.knative.dev/broker.class: {class}}}\n"
     );
     for i in 0..triggers {
         let ty = if i < matching {
@@ -163,19 +205,28 @@ async fn e2e(
             format!("bench.other.{i}")
         };
         yaml.push_str(&format!(
-            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t{i}}}\nspec:\n  broker: default\n  filter: {{attributes: {{type: {ty}}}}}\n  subscriber: {{uri: \"{sink_url}t{i}\"}}\n"
+            "---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t{i}}}\nspec:\n  broker: {broker}\n  filter: {{attributes: {{type: {ty}}}}}\n  subscriber: {{uri: \"{sink_url}t{i}\"}}\n"
         ));
     }
     let paths = (0..matching).map(|i| format!("/t{i}")).collect();
-    let label = format!("triggers={triggers} matching={matching} concurrency={concurrency}");
+    let label = if kafka {
+        format!(
+            "class=Kafka instances={instances} partitions={partitions} triggers={triggers} matching={matching} concurrency={concurrency}"
+        )
+    } else {
+        format!(
+            "class={class} instances={instances} triggers={triggers} matching={matching} concurrency={concurrency}"
+        )
+    };
     drive(
         sink,
         &yaml,
-        "/default/default",
+        &format!("/default/{broker}"),
         paths,
         &label,
         seconds,
         concurrency,
+        instances,
     )
     .await
 }
@@ -207,10 +258,16 @@ async fn run_flow(
             "NatsJetStreamChannel",
             format!("bench{}", std::process::id()),
         ),
+        "KafkaChannel" | "kafka" => (
+            "messaging.knative.dev/v1beta1",
+            "KafkaChannel",
+            format!("bench{}", std::process::id()),
+        ),
         other => {
-            return Err(
-                format!("--channel {other}: InMemoryChannel or NatsJetStreamChannel").into(),
-            );
+            return Err(format!(
+                "--channel {other}: InMemoryChannel, NatsJetStreamChannel or KafkaChannel"
+            )
+            .into());
         }
     };
     let (yaml, target, paths, label, channels) = match flow {
@@ -247,7 +304,7 @@ async fn run_flow(
             )
         }
     };
-    let result = drive(sink, &yaml, &target, paths, &label, seconds, concurrency).await;
+    let result = drive(sink, &yaml, &target, paths, &label, seconds, concurrency, 1).await;
     if kind == "NatsJetStreamChannel" {
         let url = std::env::var("EVMESH_NATS_URL")
             .unwrap_or_else(|_| evmesh_channels::DEFAULT_NATS_URL.to_string());
@@ -326,9 +383,12 @@ impl Sink {
     }
 }
 
-/// Runs a mesh from `yaml`, posts events to `target` (a path on it) from `concurrency` senders
-/// for `seconds`, then waits until every accepted event reached every path of `paths` at the
-/// sink; reports rates and latency, exits 1 on any loss or ingress failure.
+/// Runs `instances` meshes from `yaml` (one data dir each), waits until they are idle (Kafka
+/// consumer groups joined), posts events to `target` (a path on them, senders spread over the
+/// instances) from `concurrency` senders for `seconds`, then waits until every accepted event
+/// reached every path of `paths` at the sink; reports rates and latency, exits 1 on any loss or
+/// ingress failure.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     sink: Sink,
     yaml: &str,
@@ -337,6 +397,7 @@ async fn drive(
     label: &str,
     seconds: u64,
     concurrency: usize,
+    instances: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let Sink {
         latencies,
@@ -347,18 +408,31 @@ async fn drive(
     let matching = paths.len();
     let dir = std::env::temp_dir().join(format!("evmesh-loadtest-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut options = evmesh::Options {
-        data_dir: dir.clone(),
-        ..evmesh::Options::default()
-    };
-    if let Ok(url) = std::env::var("EVMESH_NATS_URL") {
-        options.nats_url = url;
+    let mut meshes = Vec::new();
+    for i in 0..instances.max(1) {
+        let mut options = evmesh::Options {
+            data_dir: dir.join(i.to_string()),
+            kafka_bootstrap_servers: Some(kafka_bootstrap()),
+            ..evmesh::Options::default()
+        };
+        if let Ok(url) = std::env::var("EVMESH_NATS_URL") {
+            options.nats_url = url;
+        }
+        let mesh = evmesh::Mesh::from_yaml(yaml)?.options(options);
+        meshes.push(
+            mesh.start(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+                .await?,
+        );
     }
-    let mesh = evmesh::Mesh::from_yaml(yaml)?.options(options);
-    let running = mesh
-        .start(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
-        .await?;
-    let ingress = format!("{}{}", running.url().as_str().trim_end_matches('/'), target);
+    // Consumer groups join before anything is sent (on Tansu a join takes seconds); the first
+    // instance again after the others (it rebalanced when they joined).
+    for m in meshes.iter().chain(meshes.first()) {
+        tokio::time::timeout(Duration::from_secs(120), m.wait_idle()).await??;
+    }
+    let ingresses: Vec<String> = meshes
+        .iter()
+        .map(|m| format!("{}{}", m.url().as_str().trim_end_matches('/'), target))
+        .collect();
 
     let stop = Arc::new(AtomicBool::new(false));
     let accepted_ids = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -370,7 +444,7 @@ async fn drive(
             stop.clone(),
             accepted_ids.clone(),
             failures.clone(),
-            ingress.clone(),
+            ingresses[w % ingresses.len()].clone(),
         );
         senders.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
@@ -451,7 +525,9 @@ async fn drive(
         pct(0.50) as f64 / 1000.0,
         pct(0.99) as f64 / 1000.0,
     );
-    running.shutdown().await;
+    for m in &meshes {
+        m.shutdown().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     // Every accepted id must have reached every matching trigger; no ingress failure allowed.
     let missing: Vec<(String, String)> = {
@@ -1069,5 +1145,108 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(1);
     }
     println!("ok: every event accepted and delivered exactly once to each trigger");
+    Ok(())
+}
+
+/// Fills a topic with `records` CloudEvent records (binary `ce_` headers), then runs a
+/// KafkaSource reading it from the earliest offset into an embedded broker whose trigger posts
+/// to a sink; reports records/s from the first record at the sink to the last.
+async fn kafkasource(records: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = evmesh_kafka::KafkaSettings::new([kafka_bootstrap()]);
+    let topic = format!("bench-source-{}", std::process::id());
+    evmesh_kafka::ensure_topic(&settings, &topic, 1, 1, &[]).await?;
+    let producer = Arc::new(evmesh_kafka::KafkaProducer::new(&settings)?);
+    let filled = Instant::now();
+    let body = br#"{"order":{"id":42,"total":99.5},"note":"benchmark record"}"#;
+    for chunk in (0..records).collect::<Vec<_>>().chunks(1000) {
+        let sends = chunk.iter().map(|i| {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                let id = format!("r{i}");
+                let headers: [(&str, &[u8]); 5] = [
+                    ("ce_specversion", b"1.0"),
+                    ("ce_id", id.as_bytes()),
+                    ("ce_source", b"loadtest"),
+                    ("ce_type", b"bench.match"),
+                    ("content-type", b"application/json"),
+                ];
+                producer.send_raw(&topic, None, &headers, body).await
+            }
+        });
+        for r in futures_util::future::join_all(sends).await {
+            r?;
+        }
+    }
+    println!(
+        "filled {topic} with {records} records in {:.1}s",
+        filled.elapsed().as_secs_f64()
+    );
+
+    #[derive(Default)]
+    struct Seen {
+        ids: HashSet<String>,
+        first: Option<Instant>,
+        last: Option<Instant>,
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    let s2 = seen.clone();
+    let sink = Router::new().fallback(post(move |headers: HeaderMap| {
+        let s2 = s2.clone();
+        async move {
+            if let (Some(id), Ok(mut s)) = (
+                headers.get("ce-id").and_then(|v| v.to_str().ok()),
+                s2.lock(),
+            ) {
+                let now = Instant::now();
+                s.first.get_or_insert(now);
+                s.last = Some(now);
+                s.ids.insert(id.to_string());
+            }
+            StatusCode::ACCEPTED
+        }
+    }));
+    let sink_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_url = format!("http://{}/", sink_listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(sink_listener, sink).await });
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: all}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{sink_url}\"}}\n---\napiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: bench\n  annotations: {{evmesh.dev/kafka-session-timeout: PT6S}}\nspec:\n  bootstrapServers: [\"{}\"]\n  topics: [\"{topic}\"]\n  consumerGroup: {topic}\n  initialOffset: earliest\n  sink: {{ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}}}}\n",
+        kafka_bootstrap()
+    );
+    let dir = std::env::temp_dir().join(format!("evmesh-loadtest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let started = Instant::now();
+    let running = evmesh::Mesh::from_yaml(&yaml)?
+        .data_dir(&dir)
+        .start(tokio::net::TcpListener::bind("127.0.0.1:0").await?)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let count = || seen.lock().map(|s| s.ids.len()).unwrap_or(0);
+    while count() < records && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = started.elapsed();
+    let (got, span) = seen
+        .lock()
+        .map(|s| {
+            (
+                s.ids.len(),
+                s.first.zip(s.last).map(|(f, l)| l.duration_since(f)),
+            )
+        })
+        .unwrap_or_default();
+    let span = span.unwrap_or_default().as_secs_f64().max(1e-3);
+    println!(
+        "kafkasource records={records}: {got} distinct records reached the sink through the broker; {:.0} records/s from the first to the last ({span:.1}s); {:.1}s from start (includes the group join)",
+        got.saturating_sub(1) as f64 / span,
+        total.as_secs_f64(),
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if got < records {
+        eprintln!("FAILED: {} records missing", records - got);
+        std::process::exit(1);
+    }
+    println!("ok: every record reached the sink");
     Ok(())
 }

@@ -214,3 +214,138 @@ async fn wait_idle_ends_with_shutting_down_when_the_mesh_shuts_down_first() {
         .expect("task");
     assert!(matches!(result, Err(Error::ShuttingDown)), "{result:?}");
 }
+
+/// Starts `yaml` (no broker added) with the given options, on 127.0.0.1:0 in a fresh data dir.
+async fn start_with(yaml: &str, options: Options) -> (RunningMesh, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let running = Mesh::from_yaml(yaml)
+        .unwrap_or_else(|e| panic!("test YAML invalid:\n{e}"))
+        .options(Options {
+            data_dir: dir.path().to_path_buf(),
+            ..options
+        })
+        .start(listener)
+        .await
+        .expect("mesh starts");
+    (running, dir)
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Kafka (Tansu) from `EVMESH_TEST_KAFKA` (`source .ci/services/kafka.sh`).
+#[tokio::test]
+async fn wait_idle_resolves_on_a_kafka_class_broker_once_events_and_replies_are_delivered() {
+    let broker = unique("idle");
+    let yaml = format!(
+        r#"apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: {broker}
+  annotations: {{eventing.knative.dev/broker.class: Kafka}}
+---
+{}{}"#,
+        trigger("orders", "order.created", "orders", "")
+            .replace("broker: default", &format!("broker: {broker}")),
+        trigger("confirmations", "order.confirmed", "confirmations", "")
+            .replace("broker: default", &format!("broker: {broker}")),
+    );
+    let bootstrap = std::env::var("EVMESH_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let (running, _dir) = start_with(
+        &yaml,
+        Options {
+            kafka_bootstrap_servers: Some(bootstrap),
+            ..Options::default()
+        },
+    )
+    .await;
+    let orders = counting(&running, "orders", |e| {
+        Ok(Some(event(&format!("c-{}", e.id()), "order.confirmed")))
+    });
+    let confirmations = counting(&running, "confirmations", |_| Ok(None));
+    const N: u64 = 20;
+    for i in 0..N {
+        running
+            .publish(
+                "default",
+                &broker,
+                event(&format!("o-{i}"), "order.created"),
+            )
+            .await
+            .expect("publish");
+    }
+
+    // A Kafka group join takes seconds.
+    tokio::time::timeout(Duration::from_secs(90), running.wait_idle())
+        .await
+        .expect("idle in time")
+        .expect("not shut down");
+
+    assert_eq!(orders.load(Ordering::SeqCst), N, "orders handled");
+    assert_eq!(
+        confirmations.load(Ordering::SeqCst),
+        N,
+        "replies delivered to their own trigger"
+    );
+    running.shutdown().await;
+}
+
+/// NATS JetStream from `EVMESH_NATS_URL` (`source .ci/services/nats.sh`).
+#[tokio::test]
+async fn wait_idle_resolves_on_a_nats_jetstream_channel_once_its_subscription_delivered() {
+    let channel = unique("idle");
+    let yaml = format!(
+        r#"apiVersion: messaging.knative.dev/v1alpha1
+kind: NatsJetStreamChannel
+metadata: {{name: {channel}}}
+spec:
+  stream:
+    config: {{storage: Memory}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: {channel}-sub}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1alpha1, kind: NatsJetStreamChannel, name: {channel}}}
+  subscriber:
+    ref: {{apiVersion: evmesh.dev/v1alpha1, kind: Subscriber, name: orders}}
+"#
+    );
+    let nats = std::env::var("EVMESH_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let (running, _dir) = start_with(
+        &yaml,
+        Options {
+            nats_url: nats.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let orders = counting(&running, "orders", |_| Ok(None));
+    let url = format!("{}channels/default/{channel}", running.url().as_str());
+    const N: u64 = 20;
+    for i in 0..N {
+        let status = common::post_binary(&url, event(&format!("o-{i}"), "order.created")).await;
+        assert_eq!(status, 202);
+    }
+
+    tokio::time::timeout(WAIT, running.wait_idle())
+        .await
+        .expect("idle in time")
+        .expect("not shut down");
+
+    assert_eq!(orders.load(Ordering::SeqCst), N, "every event handled");
+    running.shutdown().await;
+    if let Ok(client) = async_nats::connect(nats.as_str()).await {
+        let stream = evmesh_channels::nats::stream_name("default", &channel);
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&stream)
+            .await;
+    }
+}

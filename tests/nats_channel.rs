@@ -537,6 +537,104 @@ spec:
     .await;
 }
 
+/// A NatsJetStreamChannel `ch` and its subscription `<ch>-sub` to `sink`, with `annotations`.
+fn replay_yaml(ch: &str, sink: &TestSink, annotations: &str) -> String {
+    format!(
+        r#"{}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: {ch}-sub
+  annotations: {{{annotations}}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1alpha1, kind: NatsJetStreamChannel, name: {ch}}}
+  subscriber: {{uri: "{}"}}
+"#,
+        channel_yaml(ch, "  stream:\n    config:\n      maxAge: 1h"),
+        sink.url()
+    )
+}
+
+async fn idle(m: &TestMesh) {
+    tokio::time::timeout(Duration::from_secs(30), m.mesh.wait_idle())
+        .await
+        .expect("the mesh becomes idle")
+        .expect("the mesh runs");
+}
+
+fn sorted_ids(sink: &TestSink) -> Vec<String> {
+    let mut ids = sink.ids();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn replay_from_earliest_on_a_nats_jetstream_subscription_redelivers_once_per_value() {
+    let ch = unique("replay");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let m = nats_mesh(&replay_yaml(&ch, &sink, "")).await;
+    for id in ["1", "2"] {
+        post_ok(&m.url(&format!("/channels/default/{ch}")), event(id, "t")).await;
+    }
+    idle(&m).await;
+    assert_eq!(sorted_ids(&sink), ["1", "2"]);
+    m.mesh.shutdown().await;
+
+    // The annotation recreates the subscription's consumer from the stream's start...
+    let annotated = replay_yaml(&ch, &sink, r#""evmesh.dev/replay-from": earliest"#);
+    let m = nats_mesh(&annotated).await;
+    idle(&m).await;
+    assert_eq!(sorted_ids(&sink), ["1", "1", "2", "2"]);
+    m.mesh.shutdown().await;
+    // ...once: a process started again with the same value does not replay again.
+    let m = nats_mesh(&annotated).await;
+    post_ok(&m.url(&format!("/channels/default/{ch}")), event("3", "t")).await;
+    idle(&m).await;
+    assert_eq!(sorted_ids(&sink), ["1", "1", "2", "2", "3"]);
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_by_time_on_a_nats_jetstream_subscription_redelivers_only_what_was_published_since()
+{
+    let ch = unique("replayt");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let m = nats_mesh(&replay_yaml(&ch, &sink, "")).await;
+    let url = m.url(&format!("/channels/default/{ch}"));
+    post_ok(&url, event("old", "t")).await;
+    idle(&m).await;
+    // JetStream keeps nanosecond publish times: the replay time is after the old record's.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    let t = now() + 1;
+    while now() <= t {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    post_ok(&url, event("new", "t")).await;
+    idle(&m).await;
+    assert_eq!(sorted_ids(&sink), ["new", "old"]);
+
+    m.mesh.shutdown().await;
+
+    let from = evmesh::evmesh_config::ReplayFrom::TimeMs(t).to_string();
+    let annotated = replay_yaml(
+        &ch,
+        &sink,
+        &format!(r#""evmesh.dev/replay-from": "{from}""#),
+    );
+    let m = nats_mesh(&annotated).await;
+    idle(&m).await;
+    assert_eq!(sorted_ids(&sink), ["new", "new", "old"]);
+    m.mesh.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_nats_jetstream_channel_deleted_through_the_api_stops_taking_events() {
     let ch = unique("deleted");

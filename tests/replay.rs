@@ -273,3 +273,58 @@ async fn replay_reads_a_long_log_in_batches_keeping_only_matches() {
     assert_eq!(a.count(), 8);
     assert_eq!(b.count(), total, "t2 did not re-deliver");
 }
+
+/// An InMemoryChannel `orders` and its subscription `to-a` to `a`, with `annotations`.
+fn channel_and_subscription(a: &TestSink, annotations: &str) -> String {
+    format!(
+        r#"
+apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata: {{name: orders, namespace: demo}}
+---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: to-a
+  namespace: demo
+  annotations: {{{annotations}}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: orders}}
+  subscriber: {{uri: "{}"}}
+"#,
+        a.url()
+    )
+}
+
+#[tokio::test]
+async fn replay_from_annotation_on_a_subscription_redelivers_its_channel_once_per_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = TestSink::start().await;
+    let m = mesh_at(dir.path(), &channel_and_subscription(&a, ""), |o| o).await;
+    let url = mesh_url(&m, "/channels/demo/orders");
+    post_all(&url, &[("1", "t"), ("2", "t")]).await;
+    m.wait_idle().await.expect("idle");
+    m.shutdown().await;
+
+    let annotated = channel_and_subscription(&a, r#""evmesh.dev/replay-from": earliest"#);
+    let m = mesh_at(dir.path(), &annotated, |o| o).await;
+    eventually("replayed", Duration::from_secs(10), || a.count() == 4).await;
+    m.wait_idle().await.expect("idle");
+    m.shutdown().await;
+    assert_eq!(sorted(a.ids()), sorted_of(&["1", "1", "2", "2"]));
+
+    // The same value again: already applied.
+    let m = mesh_at(dir.path(), &annotated, |o| o).await;
+    post_all(&mesh_url(&m, "/channels/demo/orders"), &[("3", "t")]).await;
+    m.wait_idle().await.expect("idle");
+    m.shutdown().await;
+    assert_eq!(sorted(a.ids()), sorted_of(&["1", "1", "2", "2", "3"]));
+}
+
+#[tokio::test]
+async fn invalid_replay_from_annotation_on_a_subscription_is_a_validation_error() {
+    let a = TestSink::start().await;
+    let yaml = channel_and_subscription(&a, r#""evmesh.dev/replay-from": yesterday"#);
+    let err = evmesh::Mesh::from_yaml(&yaml).expect_err("invalid");
+    assert!(err.to_string().contains("evmesh.dev/replay-from"), "{err}");
+}

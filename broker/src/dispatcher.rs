@@ -245,6 +245,11 @@ impl TriggerShared {
     }
 
     /// Whether the router has this route in its table (and caught it up).
+    /// Marks a route no router feeds (it reads its log itself) as attached.
+    pub(crate) fn mark_attached(&self) {
+        self.attached.store(true, Ordering::Release);
+    }
+
     pub(crate) fn is_attached(&self) -> bool {
         self.attached.load(Ordering::Acquire)
     }
@@ -325,6 +330,18 @@ impl Routes {
         self.reindex.store(true, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
     }
+    /// Every member has new work (an event appended to a log its members read themselves).
+    pub(crate) fn new_work_all(&self) {
+        for m in self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            m.new_work();
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<Arc<TriggerShared>> {
         self.members
             .lock()

@@ -40,6 +40,9 @@ pub struct LogRouteSpec {
     pub order: DeliveryOrder,
     /// The log's consumer group.
     pub group: Arc<dyn ConsumerGroup>,
+    /// An `evmesh.dev/replay-from` annotation to apply (parsed, and as written): the group is
+    /// repositioned there once per value (see [`Cursor::seek`](crate::log::Cursor::seek)).
+    pub replay_from: Option<(evmesh_config::ReplayFrom, String)>,
 }
 
 /// A running route; [`stop`](LogRoute::stop) it (dropping it leaves it running until the
@@ -117,7 +120,7 @@ impl BrokerService {
             publisher: Publisher { broker: None },
             max_in_flight: max_in_flight.max(1),
             drain_timeout: drain_timeout.min(ROUTE_DRAIN),
-            replay_from: None,
+            replay_from: spec.replay_from,
             // A source delivers every record of its topics.
             filter_records: false,
         };

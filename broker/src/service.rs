@@ -209,7 +209,13 @@ impl BrokerRuntime {
                 self.notify.notify_one();
                 Ok(offset)
             }
-            Backend::External(log) => Ok(log.append(event).await?.offset),
+            Backend::External(log) => {
+                let offset = log.append(event).await?.offset;
+                // Its routes read the log themselves: each has new work until its cursor says
+                // it is caught up again (what `is_idle` looks at).
+                self.routes.new_work_all();
+                Ok(offset)
+            }
         }
     }
 }
@@ -1347,7 +1353,11 @@ impl BrokerService {
             legacy_checkpoint_key: None,
             filter: Filter::match_all(),
             order: DeliveryOrder::Unordered,
-            replay_from: None,
+            // Validated with the configuration: a value that does not parse never gets here.
+            replay_from: m
+                .annotations
+                .get(evmesh_config::REPLAY_FROM_ANNOTATION)
+                .and_then(|v| ReplayFrom::parse(v).ok().map(|r| (r, v.clone()))),
             counters: Counters::for_subscription,
             labels: (m.namespace.clone(), channel.clone(), m.name.clone()),
         };
@@ -1683,6 +1693,10 @@ impl BrokerService {
             0,
             entry.counters.clone(),
         );
+        // No router feeds it: it is a member of the broker's routes only for `is_idle` (and is
+        // settled whenever its cursor is caught up with nothing pending).
+        shared.mark_attached();
+        broker.routes.insert(shared.clone());
         let (stop, stop_rx) = watch::channel(false);
         let delete_after = Arc::new(AtomicBool::new(false));
         let worker = Worker {
@@ -2108,16 +2122,21 @@ impl BrokerService {
                 .cloned()
                 .collect()
         };
+        // A log outside the store has no router: its routes tell for themselves.
         let heads = || {
             logs.iter()
-                .map(|b| b.store.next_offset(&b.log).ok())
+                .map(|b| match b.backend {
+                    Backend::Embedded => b.store.next_offset(&b.log).ok(),
+                    Backend::External(_) => Some(0),
+                })
                 .collect::<Option<Vec<Offset>>>()
         };
         let Some(before) = heads() else {
             return false;
         };
         for (b, &head) in logs.iter().zip(&before) {
-            if b.router_next.load(Ordering::Acquire) < head
+            if (matches!(b.backend, Backend::Embedded)
+                && b.router_next.load(Ordering::Acquire) < head)
                 || !b.routes.snapshot().iter().all(|t| t.is_settled())
             {
                 return false;

@@ -7,8 +7,14 @@
 //! while it waits for a retry it is kept from redelivery with progress acks. A record handed to a
 //! process that died before acking it is redelivered after the consumer's `ackWait`. Processes
 //! running the same subscription share its consumer, so each event goes to one of them.
+//!
+//! Replay ([`Cursor::seek`]) recreates the subscription's durable consumer with the deliver
+//! policy `All` (`earliest`) or `ByStartTime`; the consumer's description keeps the
+//! `evmesh.dev/replay-from` value it applied, so a value is applied once, by whichever process
+//! sharing the consumer applies it first.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +45,8 @@ const PULL_RETRY: Duration = Duration::from_secs(1);
 const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting to NATS may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The start of a consumer description that records the `evmesh.dev/replay-from` value applied.
+const REPLAY_DESCRIPTION: &str = "evmesh.dev/replay-from=";
 
 /// Opens the JetStream streams of `NatsJetStreamChannel`s. Connects on the first channel it
 /// opens (an evmesh without such channels never connects).
@@ -111,6 +119,7 @@ impl LogProvider for NatsProvider {
                 name,
                 subject,
                 settings,
+                appended: Arc::new(AtomicU64::new(0)),
             }) as Arc<dyn Log>)
         })
     }
@@ -267,6 +276,9 @@ struct JetStreamLog {
     name: String,
     subject: String,
     settings: Settings,
+    /// After the last stream sequence this process appended: what a cursor must have handed out
+    /// to be caught up.
+    appended: Arc<AtomicU64>,
 }
 
 impl Log for JetStreamLog {
@@ -282,6 +294,7 @@ impl Log for JetStreamLog {
                 .map_err(|e| {
                     LogError::new(format!("JetStream did not acknowledge the publish: {e}"))
                 })?;
+            self.appended.fetch_max(ack.sequence + 1, Ordering::AcqRel);
             Ok(Pos {
                 partition: 0,
                 offset: ack.sequence,
@@ -313,7 +326,7 @@ impl Log for JetStreamLog {
             };
             let consumer = self
                 .stream
-                .get_or_create_consumer(&name, config)
+                .get_or_create_consumer(&name, config.clone())
                 .await
                 .map_err(|e| {
                     LogError::new(format!(
@@ -328,6 +341,8 @@ impl Log for JetStreamLog {
                 name,
                 ack_wait,
                 batch: spec.max_in_flight.clamp(1, MAX_BATCH),
+                config,
+                appended: self.appended.clone(),
             }) as Arc<dyn ConsumerGroup>)
         })
     }
@@ -352,11 +367,29 @@ struct JetStreamGroup {
     name: String,
     ack_wait: Duration,
     batch: usize,
+    /// The consumer's configuration as created (a replay recreates it with another policy).
+    config: consumer::pull::Config,
+    appended: Arc<AtomicU64>,
 }
 
 impl ConsumerGroup for JetStreamGroup {
     fn open(&self) -> BoxFuture<'_, Result<Box<dyn Cursor>, String>> {
         Box::pin(async move {
+            // Where the consumer stands now (another process may have moved it), and the
+            // replay it last applied.
+            let mut consumer = self.consumer.clone();
+            let info = consumer
+                .info()
+                .await
+                .map_err(|e| format!("reading consumer {}: {e}", self.name))?;
+            let next = info.delivered.stream_sequence + 1;
+            let end = stream_end(&self.stream).await?;
+            let applied = info
+                .config
+                .description
+                .as_deref()
+                .and_then(|d| d.strip_prefix(REPLAY_DESCRIPTION))
+                .map(str::to_string);
             let (tx, rx) = mpsc::channel(self.batch);
             let notify = Arc::new(Notify::new());
             let handed = Arc::new(Mutex::new(HashMap::new()));
@@ -382,11 +415,27 @@ impl ConsumerGroup for JetStreamGroup {
                 acks: Some(acks),
                 acker: Some(acker),
                 stream: self.stream.clone(),
-                next: 0,
+                next,
                 pull,
+                name: self.name.clone(),
+                batch: self.batch,
+                config: self.config.clone(),
+                applied,
+                appended: self.appended.clone(),
+                end,
             }) as Box<dyn Cursor>)
         })
     }
+}
+
+/// After the last record of `stream` now.
+async fn stream_end(stream: &stream::Stream) -> Result<u64, String> {
+    let mut stream = stream.clone();
+    stream
+        .info()
+        .await
+        .map(|i| i.state.last_sequence + 1)
+        .map_err(|e| format!("reading the stream's state: {e}"))
 }
 
 /// Pulls the consumer's records into the cursor's queue until the cursor is dropped.
@@ -483,6 +532,14 @@ struct JetStreamCursor {
     /// After the last stream sequence handed out.
     next: u64,
     pull: JoinHandle<()>,
+    name: String,
+    batch: usize,
+    config: consumer::pull::Config,
+    /// The `evmesh.dev/replay-from` value the consumer was last recreated for.
+    applied: Option<String>,
+    appended: Arc<AtomicU64>,
+    /// After the stream's last record when the cursor opened or last replayed.
+    end: u64,
 }
 
 impl Drop for JetStreamCursor {
@@ -582,16 +639,77 @@ impl Cursor for JetStreamCursor {
 
     fn seek(
         &mut self,
-        _to: evmesh_broker::log::ReplayFrom,
-        _tag: Option<String>,
+        to: evmesh_broker::log::ReplayFrom,
+        tag: Option<String>,
     ) -> BoxFuture<'_, Result<Pos, String>> {
-        Box::pin(async {
-            Err("replay is not supported on a NatsJetStreamChannel subscription".to_string())
+        Box::pin(async move {
+            let deliver_policy = match to {
+                evmesh_broker::log::ReplayFrom::Earliest => consumer::DeliverPolicy::All,
+                evmesh_broker::log::ReplayFrom::TimeMs(ms) => {
+                    consumer::DeliverPolicy::ByStartTime {
+                        start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                            i128::from(ms) * 1_000_000,
+                        )
+                        .map_err(|e| format!("replay time {to}: {e}"))?,
+                    }
+                }
+            };
+            let applied = tag.or_else(|| self.applied.clone());
+            let config = consumer::pull::Config {
+                deliver_policy,
+                description: applied.as_ref().map(|t| format!("{REPLAY_DESCRIPTION}{t}")),
+                ..self.config.clone()
+            };
+            // Stop reading the old position; what the run held is dropped with it.
+            self.pull.abort();
+            self.handed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            while self.rx.try_recv().is_ok() {}
+            if let Err(e) = self.stream.delete_consumer(&self.name).await {
+                // Typically deleted already (by another process replaying it).
+                tracing::debug!(consumer = %self.name, "deleting for a replay: {e}");
+            }
+            let created: Result<consumer::PullConsumer, String> = self
+                .stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| format!("recreating consumer {} for the replay: {e}", self.name));
+            // Pulling goes on whatever happened (a consumer recreated by another process).
+            let (tx, rx) = mpsc::channel(self.batch);
+            self.rx = rx;
+            let mut consumer = created?;
+            self.pull = tokio::spawn(pull(
+                consumer.clone(),
+                self.name.clone(),
+                self.batch,
+                tx,
+                self.notify.clone(),
+            ));
+            self.applied = applied;
+            let start = consumer
+                .info()
+                .await
+                .map(|i| i.delivered.stream_sequence + 1)
+                .unwrap_or(0);
+            self.next = start;
+            self.end = stream_end(&self.stream).await?;
+            Ok(Pos {
+                partition: 0,
+                offset: start,
+            })
         })
     }
 
     fn applied_tag(&self) -> Option<&str> {
-        None
+        self.applied.as_deref()
+    }
+
+    fn caught_up(&self) -> bool {
+        // What this process appended has been handed out (records appended by another process
+        // are that process's to wait for).
+        self.rx.is_empty() && self.next >= self.end.max(self.appended.load(Ordering::Acquire))
     }
 
     fn position(&self) -> Pos {

@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::group::{InitialOffset, KafkaGroup};
+use crate::group::{Appends, InitialOffset, KafkaGroup};
 use crate::{GroupSpec, KafkaProducer, KafkaSettings, binding};
 
 /// The channel kind this module runs.
@@ -241,6 +241,7 @@ impl LogProvider for KafkaProvider {
                 namespace: target.namespace.clone(),
                 channel: target.name.clone(),
                 broker,
+                appends: Appends::default(),
             }) as Arc<dyn Log>)
         })
     }
@@ -256,6 +257,9 @@ struct KafkaLog {
     channel: String,
     /// Whether this is a Kafka-class Broker's topic (else a KafkaChannel's).
     broker: bool,
+    /// What this process appended, per partition: its groups' cursors use it to tell when they
+    /// are caught up.
+    appends: Appends,
 }
 
 impl KafkaLog {
@@ -327,10 +331,14 @@ impl Log for KafkaLog {
                 .send(&self.topic, event)
                 .await
                 .map_err(|e| LogError::new(e.to_string()))?;
-            Ok(Pos {
+            let pos = Pos {
                 partition: u32::try_from(partition).unwrap_or_default(),
                 offset: u64::try_from(offset).unwrap_or_default(),
-            })
+            };
+            let mut appends = self.appends.lock().unwrap_or_else(|e| e.into_inner());
+            let end = appends.entry(pos.partition).or_default();
+            *end = (*end).max(pos.offset + 1);
+            Ok(pos)
         })
     }
 
@@ -347,22 +355,28 @@ impl Log for KafkaLog {
                 .map_err(LogError::new)?;
             let topic = self.topic.clone();
             let broker = self.broker;
-            Ok(Arc::new(KafkaGroup::new(GroupSpec {
-                settings: self.settings.clone(),
-                group_id: group,
-                topics: vec![self.topic.clone()],
-                initial_offset: InitialOffset::Latest,
-                decode: Arc::new(move |r| match binding::decode(&r.headers, r.value) {
-                    // As Knative's Kafka broker, a trigger's events say where they were.
-                    Some(Ok(mut e)) if broker => {
-                        e.set_extension("knativekafkapartition", json!(r.partition.to_string()));
-                        e.set_extension("knativekafkaoffset", json!(r.offset.to_string()));
-                        Ok(e)
-                    }
-                    Some(result) => result,
-                    None => Err(format!("a record of {topic} is not a CloudEvent")),
-                }),
-            })) as Arc<dyn ConsumerGroup>)
+            Ok(Arc::new(
+                KafkaGroup::new(GroupSpec {
+                    settings: self.settings.clone(),
+                    group_id: group,
+                    topics: vec![self.topic.clone()],
+                    initial_offset: InitialOffset::Latest,
+                    decode: Arc::new(move |r| match binding::decode(&r.headers, r.value) {
+                        // As Knative's Kafka broker, a trigger's events say where they were.
+                        Some(Ok(mut e)) if broker => {
+                            e.set_extension(
+                                "knativekafkapartition",
+                                json!(r.partition.to_string()),
+                            );
+                            e.set_extension("knativekafkaoffset", json!(r.offset.to_string()));
+                            Ok(e)
+                        }
+                        Some(result) => result,
+                        None => Err(format!("a record of {topic} is not a CloudEvent")),
+                    }),
+                })
+                .tracking_appends(self.appends.clone()),
+            ) as Arc<dyn ConsumerGroup>)
         })
     }
 

@@ -187,6 +187,8 @@ pub struct KafkaSource {
     service: BrokerService,
     plan: SinkPlan,
     state: Mutex<State>,
+    /// Its `evmesh.dev/replay-from` annotation (parsed, and as written).
+    replay_from: Option<(evmesh_config::ReplayFrom, String)>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -270,6 +272,19 @@ impl KafkaSource {
         plan: SinkPlan,
     ) -> Result<KafkaSource, SourceError> {
         let settings = settings_of(config, secrets)?;
+        let replay_from = match config
+            .metadata
+            .annotations
+            .get(evmesh_config::REPLAY_FROM_ANNOTATION)
+        {
+            None => None,
+            Some(v) => Some((
+                evmesh_config::ReplayFrom::parse(v).map_err(|e| {
+                    SourceError(format!("{} {e}", evmesh_config::REPLAY_FROM_ANNOTATION))
+                })?,
+                v.clone(),
+            )),
+        };
         let SourceSpec::Kafka(k) = &config.spec else {
             return Err(SourceError(format!(
                 "{} is not a KafkaSource",
@@ -310,6 +325,7 @@ impl KafkaSource {
             service,
             plan,
             state: Mutex::new(State::default()),
+            replay_from,
         })
     }
 
@@ -351,6 +367,7 @@ impl Source for KafkaSource {
                             DeliveryOrder::Unordered
                         },
                         group: group.clone(),
+                        replay_from: self.replay_from.clone(),
                     }))
                 })
                 .collect();

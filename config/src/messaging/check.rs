@@ -447,6 +447,15 @@ impl<'a> Pending<'a> {
                 .as_ref()
                 .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
             check_dls_target(ctx, doc, "spec.delivery", &spec.delivery, &ns, known);
+            if let Some(v) = meta.annotations.get(crate::REPLAY_FROM_ANNOTATION)
+                && let Err(e) = crate::ReplayFrom::parse(v)
+            {
+                ctx.error(
+                    doc,
+                    "metadata.annotations",
+                    format!("{} {e}", crate::REPLAY_FROM_ANNOTATION),
+                );
+            }
             if let (Some(channel), true) = (channel, ctx.errors.len() == before) {
                 out.subscription(
                     ctx,
