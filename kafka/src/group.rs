@@ -149,6 +149,20 @@ impl GroupStatus {
     pub fn skipped(&self) -> u64 {
         self.with(|s| s.skipped)
     }
+    /// Records `text` as the error to show for `error`, reported by librdkafka's error callback
+    /// (`from_client`: with a reason such as "SASL authentication error: ..." or "SSL handshake
+    /// failed: ... certificate verify failed") or by a poll (only a code). The status keeps
+    /// saying why: a poll's bare code and "all brokers are down", which follow the failure that
+    /// brought the brokers down, do not replace an error already noted.
+    fn note_error(&self, error: &rdkafka::error::KafkaError, text: String, from_client: bool) {
+        let generic = !from_client
+            || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+        self.with(|s| {
+            if !(generic && s.error.is_some()) {
+                s.error = Some(text);
+            }
+        });
+    }
 }
 
 /// Bits of a replay marker that identify the annotation value a replay applied.
@@ -760,7 +774,7 @@ impl ClientContext for GroupContext {
     /// member joins or reads a record.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::debug!(group = %self.group, "kafka client: {error}: {reason}");
-        self.status.with(|s| s.error = Some(reason.to_string()));
+        self.status.note_error(&error, reason.to_string(), true);
     }
 }
 
@@ -912,7 +926,7 @@ impl Poller {
             match polled {
                 None => {}
                 Some(Err(e)) => {
-                    self.status.with(|s| s.error = Some(e.to_string()));
+                    self.status.note_error(&e, e.to_string(), false);
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::warn!(group = %group, "consumer: {e}");
                         last_error_log = Some(Instant::now());

@@ -1,5 +1,6 @@
-//! A Tansu (Kafka-protocol broker) of a test's own, on a loopback port, for tests that stop Kafka
-//! or start it late (the shared one, `EVMESH_TEST_KAFKA`, must keep running).
+//! A Tansu (Kafka-protocol broker) of a test's own, on a loopback port, for tests that stop Kafka,
+//! start it late or need it configured otherwise (SASL required, another advertised address); the
+//! shared one, `EVMESH_TEST_KAFKA`, must keep running.
 
 use std::time::Duration;
 
@@ -7,6 +8,44 @@ use std::time::Duration;
 pub struct OwnTansu {
     pub child: std::process::Child,
     pub addr: String,
+}
+
+/// How a test's own Tansu is started.
+#[derive(Clone, Debug, Default)]
+pub struct TansuOptions {
+    /// `--authentication`: every client must authenticate with SASL first.
+    pub authentication: bool,
+    /// The port advertised to clients in metadata, when not the one Tansu listens on (a proxy in
+    /// front of it).
+    pub advertised_port: Option<u16>,
+}
+
+/// The Tansu binary: `EVMESH_TEST_TANSU` (set by `.ci/services/kafka.sh`), else `tansu`.
+pub fn tansu_bin() -> String {
+    std::env::var("EVMESH_TEST_TANSU").unwrap_or_else(|_| "tansu".into())
+}
+
+/// Whether a Tansu binary can be run here; false (with a message saying the test is skipped)
+/// only outside CI, where `.ci/services/kafka.sh` always provides one.
+pub fn tansu_available(test: &str) -> bool {
+    let ok = std::process::Command::new(tansu_bin())
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no Tansu binary ({}) in CI: `.ci/services/kafka.sh` provides one",
+            tansu_bin()
+        );
+        println!(
+            "{test}: no Tansu binary ({}); skipping (`source .ci/services/kafka.sh` sets EVMESH_TEST_TANSU)",
+            tansu_bin()
+        );
+    }
+    ok
 }
 
 /// A loopback port nothing listens on (yet).
@@ -23,11 +62,26 @@ impl OwnTansu {
     }
 
     pub async fn start_on(port: u16) -> OwnTansu {
-        let bin = std::env::var("EVMESH_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        OwnTansu::start_with(port, &TansuOptions::default()).await
+    }
+
+    /// A Tansu on `port` configured by `options`.
+    pub async fn start_with(port: u16, options: &TansuOptions) -> OwnTansu {
+        let bin = tansu_bin();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
+        let advertised = format!(
+            "tcp://127.0.0.1:{}",
+            options.advertised_port.unwrap_or(port)
+        );
+        let mut command = std::process::Command::new(&bin);
+        command
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "memory://tansu/"]);
+        if options.authentication {
+            command.arg("--authentication");
+        }
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
