@@ -14,6 +14,9 @@ pub const TOPIC_PARTITIONS_KEY: &str = "default.topic.partitions";
 pub const TOPIC_REPLICATION_KEY: &str = "default.topic.replication.factor";
 /// Prefix of topic configuration entries (`default.topic.config.retention.ms: "3600000"`).
 pub const TOPIC_CONFIG_PREFIX: &str = "default.topic.config.";
+/// Key of Knative's Secret reference for SASL/TLS to a Kafka-class Broker's Kafka (not supported:
+/// a warning says so).
+pub const AUTH_SECRET_REF_KEY: &str = "auth.secret.ref.name";
 /// Name of Knative's ConfigMap that says where the KafkaChannels' Kafka is.
 pub const KAFKA_CHANNEL_CONFIGMAP: &str = "kafka-channel-config";
 /// Namespace of [`KAFKA_CHANNEL_CONFIGMAP`].

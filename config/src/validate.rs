@@ -764,7 +764,22 @@ fn validate_impl(
                         .ok_or_else(|| "data is required".to_string())
                         .and_then(crate::kafka::KafkaBrokerConfig::from_data)
                     {
-                        Ok(c) => kafka_config = Some(c),
+                        Ok(c) => {
+                            // Knative's SASL/TLS for a Kafka-class broker: not read (yet).
+                            if data.get(crate::kafka::AUTH_SECRET_REF_KEY).is_some() {
+                                ctx.warn(
+                                    doc,
+                                    "spec.config",
+                                    format!(
+                                        "ConfigMap {}/{}: {} is not supported: evmesh connects to this Kafka without SASL or TLS",
+                                        key.0,
+                                        key.1,
+                                        crate::kafka::AUTH_SECRET_REF_KEY
+                                    ),
+                                );
+                            }
+                            kafka_config = Some(c);
+                        }
                         Err(e) => ctx.error(
                             doc,
                             "spec.config",

@@ -55,6 +55,25 @@ fn a_kafka_broker_reads_the_configmap_its_spec_config_names() {
 }
 
 #[test]
+fn a_kafka_broker_configmap_naming_an_auth_secret_warns_that_it_is_not_supported() {
+    let yaml = format!(
+        "{CONFIG_MAP}  auth.secret.ref.name: kafka-sasl\n---{}",
+        broker(
+            "{apiVersion: v1, kind: ConfigMap, name: kafka-broker-config, namespace: knative-eventing}"
+        )
+    );
+    let mesh = MeshConfig::from_yaml("k.yaml", &yaml).expect("valid");
+    assert!(mesh.brokers[0].kafka.is_some());
+    assert!(
+        mesh.warnings
+            .iter()
+            .any(|w| w.message.contains("auth.secret.ref.name is not supported")),
+        "{:?}",
+        mesh.warnings
+    );
+}
+
+#[test]
 fn a_kafka_broker_whose_configmap_is_not_in_the_yaml_is_a_config_error() {
     let e = MeshConfig::from_yaml(
         "k.yaml",
