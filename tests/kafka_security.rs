@@ -1,9 +1,10 @@
 //! KafkaSource SASL and TLS (`spec.net`, values from Secrets in the YAML) against a real Tansu of
-//! the test's own: SCRAM authentication (Tansu `--authentication`) and TLS (Tansu 0.6 accepts
-//! `--cert/--key` but serves plain TCP, so a TLS terminator of the test, tokio-rustls with a CA
-//! made by rcgen, sits in front of it and is the address Tansu advertises). Records are delivered
-//! with the right credentials; with a wrong password or CA the source is not ready and says why,
-//! and the password shows neither in the process's log nor in the admin API.
+//! the test's own. TLS: Tansu 0.6 accepts `--cert/--key` but serves plain TCP, so a TLS
+//! terminator of the test (tokio-rustls, a CA made by rcgen) sits in front of it and is the
+//! address Tansu advertises; records are delivered when the source trusts the CA, and it is not
+//! ready, saying why, when it trusts another. SASL: Tansu `--authentication` refuses every login
+//! (see [`sasl_tansu`]); the source is not ready, says why, and its password shows neither in the
+//! process's log nor in the admin API.
 
 mod common;
 
@@ -140,9 +141,9 @@ async fn produce(settings: &KafkaSettings, topic: &str, n: usize) {
     }
 }
 
-/// A Tansu that requires SASL (SCRAM-SHA-256/512 or OAUTHBEARER) from every client. It has no
-/// users and none can be made: Tansu 0.6 creates users only through an authenticated connection
-/// (AlterUserScramCredentials) and its storage here is in memory, so every login fails.
+/// A Tansu that requires SASL (SCRAM-SHA-256/512 or OAUTHBEARER) from every client. Every login
+/// is refused: Tansu 0.6's only storage engine here (dynostore) keeps no SCRAM credentials
+/// (storing one is a no-op, a lookup finds none), so a successful login cannot be tested with it.
 async fn sasl_tansu() -> OwnTansu {
     OwnTansu::start_with(
         free_port(),
