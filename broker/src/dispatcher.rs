@@ -52,6 +52,11 @@ pub(crate) struct TriggerQueue {
     gap: Option<Offset>,
     /// One past the last matching offset the router left out since `gap` was set.
     left_out_upto: Offset,
+    /// Offsets below this were left out when the route joined behind the router, without
+    /// being counted as routed: the route's own reading counts their matches.
+    uncounted_below: Offset,
+    /// The router's counters (set when the router leaves a joining route out).
+    router_counters: Option<Counters>,
 }
 
 impl Default for TriggerQueue {
@@ -62,6 +67,8 @@ impl Default for TriggerQueue {
             budget: DEFAULT_ROUTE_QUEUE_BYTES,
             gap: None,
             left_out_upto: 0,
+            uncounted_below: 0,
+            router_counters: None,
         }
     }
 }
@@ -230,13 +237,28 @@ impl TriggerShared {
         }
     }
 
-    /// Leaves the matching events of `[from, upto)` to the route's own reading of the log.
-    fn leave_out(&self, from: Offset, upto: Offset) {
+    /// Leaves the matching events of `[from, upto)` to the route's own reading of the log,
+    /// which counts them as routed in `router`'s counters (the router did not read them).
+    fn leave_out(&self, from: Offset, upto: Offset, router: &Counters) {
         self.new_work();
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let gap = q.gap.map_or(from, |g| g.min(from));
         q.gap = Some(gap);
         q.left_out_upto = q.left_out_upto.max(upto);
+        q.uncounted_below = q.uncounted_below.max(upto);
+        q.router_counters = Some(router.clone());
+    }
+
+    /// Counts, as routed, the matches at `offsets` that the route's own reading found below
+    /// where it joined the router (the router counts everything else it routes).
+    pub(crate) fn count_own_routed(&self, offsets: impl Iterator<Item = Offset>) {
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = &q.router_counters {
+            let n = offsets.filter(|o| *o < q.uncounted_below).count();
+            if n > 0 {
+                c.routed(n);
+            }
+        }
     }
 
     /// Sets the budget of the route's queue, in bytes ([`DEFAULT_ROUTE_QUEUE_BYTES`]).
@@ -473,7 +495,7 @@ impl Router {
             // A member this router had in its table before a restart was handed everything
             // below `next` then: leaving those out again would deliver them twice.
             if !known.contains(&Arc::as_ptr(m)) && !m.is_attached() && m.start < next {
-                m.leave_out(m.start, next);
+                m.leave_out(m.start, next, &self.counters);
                 m.notify.notify_one();
             }
             m.attached.store(true, Ordering::Release);

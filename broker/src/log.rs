@@ -369,6 +369,8 @@ impl EmbeddedCursor {
                         if matched.is_empty() {
                             self.taken_upto = self.taken_upto.max(next);
                         }
+                        self.shared
+                            .count_own_routed(matched.iter().map(|(offset, _)| *offset));
                         self.backlog.extend(matched);
                         if at_end && self.shared.rejoin(next) {
                             // Everything from `next` on is (or will be) queued by the router.
