@@ -703,8 +703,9 @@ impl Publisher {
     /// durably stored.
     ///
     /// # Errors
-    /// [`Error::NotFound`] (no such broker), [`Error::ShuttingDown`], [`Error::Store`],
-    /// [`Error::InvalidEvent`].
+    /// [`Error::NotFound`] (no such broker), [`Error::ShuttingDown`], [`Error::Store`] (also
+    /// when the broker's log, on Kafka or NATS, is not reachable yet: nothing was stored, try
+    /// again), [`Error::InvalidEvent`].
     /// ```no_run
     /// # async fn demo(running: evmesh::RunningMesh, event: cloudevents::Event) -> Result<(), evmesh::Error> {
     /// let offset = running.publisher().publish("default", "default", event).await?;

@@ -270,6 +270,23 @@ metadata:
         Ok(Some(event(&format!("c-{}", e.id()), "order.confirmed")))
     });
     let confirmations = counting(&running, "confirmations", |_| Ok(None));
+    // The broker's topic is created and both triggers' groups joined before the load, as a
+    // user would wait for Ready (on a loaded machine Kafka may take longer than start-up waits).
+    let ready = |name: &str| {
+        running
+            .trigger("default", name)
+            .is_some_and(|t| t.is_ready())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(ready("orders") && ready("confirmations")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "triggers not ready: {:?} {:?}",
+            running.trigger("default", "orders"),
+            running.trigger("default", "confirmations")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     const N: u64 = 20;
     for i in 0..N {
         running

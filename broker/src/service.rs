@@ -1757,6 +1757,13 @@ impl BrokerService {
             .get(&(namespace.to_string(), name.to_string()))
             .cloned();
         let Some(broker) = broker else {
+            // Configured but its log does not run (Kafka or NATS unreachable): not stored,
+            // try again later, as ingress answers 503 there.
+            if let Some(why) = self.broker_not_ready(namespace, name) {
+                return Err(PublishError::Log(LogError::new(format!(
+                    "broker {namespace}/{name} is not ready: {why}"
+                ))));
+            }
             return Err(PublishError::NotFound(format!("broker {namespace}/{name}")));
         };
         let result = broker.append(event).await;
@@ -1980,6 +1987,11 @@ impl BrokerService {
             .get(&(namespace.to_string(), name.to_string()))
             .cloned();
         let Some(channel) = channel else {
+            if let Some(why) = self.channel_not_ready(namespace, name) {
+                return Err(PublishError::Log(LogError::new(format!(
+                    "channel {namespace}/{name} is not ready: {why}"
+                ))));
+            }
             return Err(PublishError::NotFound(format!(
                 "channel {namespace}/{name}"
             )));
