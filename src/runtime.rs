@@ -444,6 +444,24 @@ impl Runtime {
                 });
             }
         }
+        // New triggers get their start position in the same flush as their resource.
+        for (k, _, t) in &changes {
+            if *t != "ADDED" || k.1 != "Trigger" {
+                continue;
+            }
+            if let Some(tc) = mesh.triggers.iter().find(|tc| {
+                tc.resource.metadata.namespace == k.2 && tc.resource.metadata.name == k.3
+            }) && let Err(e) = self.inner.service.stake_trigger_start(&tc.resource)
+            {
+                return Err(ConfigErrors {
+                    errors: vec![ConfigError::Io {
+                        path: store_key(k),
+                        message: format!("saving the trigger's start position: {e}"),
+                    }],
+                    warnings: vec![],
+                });
+            }
+        }
         desired.rv = rv;
         self.persist_rv(rv);
         if let Err(e) = self.inner.store.flush().await {
@@ -903,6 +921,15 @@ impl Runtime {
         };
         let code = if previous.is_some() { 200 } else { 201 };
         if !unchanged && pipelined {
+            if previous.is_none() {
+                // Its start position is durable with its resource, before anyone can see it.
+                for t in &one.triggers {
+                    self.inner
+                        .service
+                        .stake_trigger_start(&t.resource)
+                        .map_err(WriteError::Internal)?;
+                }
+            }
             let bytes =
                 serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
             self.inner

@@ -468,3 +468,78 @@ async fn a_replay_from_earliest_after_retention_delivers_exactly_the_retained_ev
     expected.sort();
     assert_eq!(ids, expected, "only the retained events were replayed");
 }
+
+/// A new trigger's position is its broker log's head when it was applied, saved with it: events
+/// answered 202 after the apply reach it even when it cannot run yet (its dead-letter sink, a
+/// broker, does not exist) and only starts once that is applied. Before, the position was taken
+/// when the route started, so these events were skipped (and, on a loaded machine, so was an
+/// event posted between a reload making the trigger visible and its route starting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_trigger_keeps_its_creation_position_until_it_can_run() {
+    let sink = TestSink::start().await;
+    let m = mesh(BROKER).await;
+    let api = m.url("/apis/eventing.knative.dev/v1/namespaces/demo");
+    post_ok(&m.url("/demo/default"), event("before", "a")).await;
+    let trigger = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: late, namespace: demo}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+  delivery:
+    deadLetterSink:
+      ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: later}}
+"#,
+        sink.url()
+    );
+    let (code, body) = send(
+        reqwest::Method::POST,
+        &format!("{api}/triggers"),
+        Some(trigger),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    eventually(
+        "the trigger is not ready (no dead-letter broker)",
+        WAIT,
+        || {
+            m.mesh
+                .service()
+                .triggers()
+                .iter()
+                .any(|t| t.name == "late" && t.not_ready_reason.is_some())
+        },
+    )
+    .await;
+    post_ok(&m.url("/demo/default"), event("while-not-ready", "a")).await;
+    // Still nothing: it does not run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.count(),
+        0,
+        "a trigger that is not ready delivers nothing"
+    );
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: later, namespace: demo}\n";
+    let (code, body) = send(
+        reqwest::Method::POST,
+        &format!("{api}/brokers"),
+        Some(broker.to_string()),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    post_ok(&m.url("/demo/default"), event("after", "a")).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while sink.count() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ids = sink.ids();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["after", "while-not-ready"],
+        "what came after the trigger's creation, nothing before it"
+    );
+    m.mesh.shutdown().await;
+}

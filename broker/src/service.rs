@@ -1056,6 +1056,50 @@ impl BrokerService {
         }
     }
 
+    /// Saves a newly created trigger's start position, its broker log's head now, so that it
+    /// becomes durable in the same flush as the trigger's resource. Call it before the trigger
+    /// is visible (to GET, watch or the caller of an apply): every event answered 202 after
+    /// that is delivered to the trigger, even when its route starts a little later or the
+    /// process crashes before then. Nothing is saved when the trigger has no uid, when its
+    /// broker does not run here yet (the trigger starts at the head once the broker runs), when
+    /// that broker's log is Kafka or JetStream (their consumer groups keep their own start), or
+    /// when a position is already saved for it.
+    ///
+    /// # Errors
+    /// The store's error, as text, when it cannot read the head or save the position.
+    pub fn stake_trigger_start(&self, t: &Trigger) -> Result<(), String> {
+        if t.metadata.uid.is_none() {
+            return Ok(());
+        }
+        let log = {
+            let state = self.state();
+            match state
+                .brokers
+                .get(&(t.metadata.namespace.clone(), t.spec.broker.clone()))
+            {
+                Some(b) if matches!(b.backend, Backend::Embedded) => b.log.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let key = checkpoint_key(t);
+        let store = &self.inner.store;
+        if store
+            .checkpoints(&key)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|(k, _)| *k == key)
+        {
+            return Ok(());
+        }
+        let head = store.next_offset(&log).map_err(|e| e.to_string())?;
+        let cp = Checkpoint {
+            taken_upto: head,
+            ..Checkpoint::default()
+        };
+        let bytes = serde_json::to_vec(&cp).map_err(|e| e.to_string())?;
+        store.put_checkpoint(&key, bytes).map_err(|e| e.to_string())
+    }
+
     /// Serves the in-process subscriber addresses under `ingress` (see [`Self::subscribers`]).
     fn serve_subscribers(&self, ingress: &Url) {
         let mut prefix = ingress.clone();
