@@ -5,7 +5,7 @@
 
 mod messaging;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use evmesh_broker::BrokerService;
@@ -444,23 +444,28 @@ impl Runtime {
                 });
             }
         }
-        // New triggers get their start position in the same flush as their resource.
-        for (k, _, t) in &changes {
-            if *t != "ADDED" || k.1 != "Trigger" {
-                continue;
-            }
-            if let Some(tc) = mesh.triggers.iter().find(|tc| {
-                tc.resource.metadata.namespace == k.2 && tc.resource.metadata.name == k.3
-            }) && let Err(e) = self.inner.service.stake_trigger_start(&tc.resource)
-            {
-                return Err(ConfigErrors {
-                    errors: vec![ConfigError::Io {
-                        path: store_key(k),
-                        message: format!("saving the trigger's start position: {e}"),
-                    }],
-                    warnings: vec![],
-                });
-            }
+        // New triggers and subscriptions get their start position in the same flush as their
+        // resource.
+        let added: HashSet<&ResKey> = changes
+            .iter()
+            .filter(|(_, _, t)| *t == "ADDED")
+            .map(|(k, _, _)| k)
+            .collect();
+        if let Err(e) = self.stake_new(&mesh, |kind, ns, name| {
+            added.contains(&(
+                kind.0.to_string(),
+                kind.1.to_string(),
+                ns.to_string(),
+                name.to_string(),
+            ))
+        }) {
+            return Err(ConfigErrors {
+                errors: vec![ConfigError::Io {
+                    path: "store".into(),
+                    message: format!("saving a new route's start position: {e}"),
+                }],
+                warnings: vec![],
+            });
         }
         desired.rv = rv;
         self.persist_rv(rv);
@@ -923,12 +928,8 @@ impl Runtime {
         if !unchanged && pipelined {
             if previous.is_none() {
                 // Its start position is durable with its resource, before anyone can see it.
-                for t in &one.triggers {
-                    self.inner
-                        .service
-                        .stake_trigger_start(&t.resource)
-                        .map_err(WriteError::Internal)?;
-                }
+                self.stake_new(&one, |_, _, _| true)
+                    .map_err(WriteError::Internal)?;
             }
             let bytes =
                 serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
@@ -951,6 +952,10 @@ impl Runtime {
             return Ok((code, self.render(kind, &stamped), warnings));
         }
         if !unchanged {
+            if previous.is_none() {
+                self.stake_new(&one, |_, _, _| true)
+                    .map_err(WriteError::Internal)?;
+            }
             let bytes =
                 serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
             self.inner
@@ -989,6 +994,34 @@ impl Runtime {
         drop(desired);
         drop(applying);
         Ok((code, self.render(kind, &stamped), one.warnings))
+    }
+
+    /// Saves the start position (their log's head now) of the triggers and subscriptions in
+    /// `mesh` that `new` says were just created, to be flushed with their resources: an event
+    /// answered 202 once they can be seen reaches them, however late their routes start.
+    fn stake_new(
+        &self,
+        mesh: &MeshConfig,
+        new: impl Fn((&str, &str), &str, &str) -> bool,
+    ) -> Result<(), String> {
+        let service = &self.inner.service;
+        for t in &mesh.triggers {
+            let m = &t.resource.metadata;
+            if new(("eventing.knative.dev", "Trigger"), &m.namespace, &m.name) {
+                service.stake_trigger_start(&t.resource)?;
+            }
+        }
+        for s in &mesh.subscriptions {
+            let m = &s.metadata;
+            if new(
+                ("messaging.knative.dev", "Subscription"),
+                &m.namespace,
+                &m.name,
+            ) {
+                service.stake_subscription_start(s)?;
+            }
+        }
+        Ok(())
     }
 
     /// Queues a stored trigger write to be applied; answers once it is durable and applied.

@@ -543,3 +543,62 @@ spec:
     );
     m.mesh.shutdown().await;
 }
+
+/// The same for a Subscription: its channel's head when it was applied is saved with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscription_keeps_its_creation_position_until_it_can_run() {
+    let sink = TestSink::start().await;
+    let m = mesh("apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: c, namespace: demo}\n").await;
+    let channel = m.url("/channels/demo/c");
+    post_ok(&channel, event("before", "a")).await;
+    let subscription = format!(
+        r#"
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata: {{name: late, namespace: demo}}
+spec:
+  channel: {{apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: c}}
+  subscriber: {{uri: "{}"}}
+  delivery:
+    deadLetterSink:
+      ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: later}}
+"#,
+        sink.url()
+    );
+    let api = m.url("/apis");
+    let (code, body) = send(
+        reqwest::Method::POST,
+        &format!("{api}/messaging.knative.dev/v1/namespaces/demo/subscriptions"),
+        Some(subscription),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    post_ok(&channel, event("while-not-ready", "a")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.count(),
+        0,
+        "a subscription that is not ready delivers nothing"
+    );
+    let broker = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: later, namespace: demo}\n";
+    let (code, body) = send(
+        reqwest::Method::POST,
+        &format!("{api}/eventing.knative.dev/v1/namespaces/demo/brokers"),
+        Some(broker.to_string()),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    post_ok(&channel, event("after", "a")).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while sink.count() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ids = sink.ids();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["after", "while-not-ready"],
+        "what came after the subscription's creation, nothing before it"
+    );
+    m.mesh.shutdown().await;
+}

@@ -636,6 +636,16 @@ fn checkpoint_key(t: &Trigger) -> String {
     }
 }
 
+/// Checkpoint key of a subscription: by uid when it has one.
+fn subscription_checkpoint_key(s: &SubscriptionConfig) -> String {
+    let m = &s.metadata;
+    let base = format!("s/{}/{}/{}", m.namespace, s.channel.1, m.name);
+    match &m.uid {
+        Some(uid) => format!("{base}/{uid}"),
+        None => base,
+    }
+}
+
 fn legacy_checkpoint_key(t: &Trigger) -> String {
     let m = &t.metadata;
     format!("t/{}/{}/{}", m.namespace, t.spec.broker, m.name)
@@ -1071,17 +1081,40 @@ impl BrokerService {
         if t.metadata.uid.is_none() {
             return Ok(());
         }
-        let log = {
-            let state = self.state();
-            match state
-                .brokers
-                .get(&(t.metadata.namespace.clone(), t.spec.broker.clone()))
-            {
-                Some(b) if matches!(b.backend, Backend::Embedded) => b.log.clone(),
-                _ => return Ok(()),
-            }
+        let log = self.embedded_log(StreamKind::Broker, &t.metadata.namespace, &t.spec.broker);
+        self.stake_start(log, checkpoint_key(t))
+    }
+
+    /// [`stake_trigger_start`](Self::stake_trigger_start) for a Subscription and its channel.
+    ///
+    /// # Errors
+    /// The store's error, as text, when it cannot read the head or save the position.
+    pub fn stake_subscription_start(&self, s: &SubscriptionConfig) -> Result<(), String> {
+        if s.metadata.uid.is_none() {
+            return Ok(());
+        }
+        let log = self.embedded_log(StreamKind::Channel, &s.metadata.namespace, &s.channel.1);
+        self.stake_start(log, subscription_checkpoint_key(s))
+    }
+
+    /// The embedded log of a broker or channel running here (`None` when it does not run or
+    /// its log is elsewhere).
+    fn embedded_log(&self, kind: StreamKind, namespace: &str, name: &str) -> Option<LogId> {
+        let state = self.state();
+        let streams = match kind {
+            StreamKind::Broker => &state.brokers,
+            StreamKind::Channel => &state.channels,
         };
-        let key = checkpoint_key(t);
+        match streams.get(&(namespace.to_string(), name.to_string())) {
+            Some(b) if matches!(b.backend, Backend::Embedded) => Some(b.log.clone()),
+            _ => None,
+        }
+    }
+
+    fn stake_start(&self, log: Option<LogId>, key: String) -> Result<(), String> {
+        let Some(log) = log else {
+            return Ok(());
+        };
         let store = &self.inner.store;
         if store
             .checkpoints(&key)
@@ -1380,7 +1413,6 @@ impl BrokerService {
             .channels
             .iter()
             .find(|c| c.metadata.namespace == m.namespace && c.metadata.name == *channel);
-        let base = format!("s/{}/{}/{}", m.namespace, channel, m.name);
         let mut d = RouteDesired {
             resource: RouteResource::Subscription(s.clone()),
             key: (m.namespace.clone(), m.name.clone()),
@@ -1390,10 +1422,7 @@ impl BrokerService {
             subscriber_uri: None,
             reply_uri: None,
             dead_letter_uri: None,
-            checkpoint_key: match &m.uid {
-                Some(uid) => format!("{base}/{uid}"),
-                None => base,
-            },
+            checkpoint_key: subscription_checkpoint_key(s),
             legacy_checkpoint_key: None,
             filter: Filter::match_all(),
             order: DeliveryOrder::Unordered,
