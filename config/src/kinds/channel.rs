@@ -17,7 +17,7 @@ use crate::registry::{
 use crate::validate::{check_api_version, typed};
 
 /// The Channel kind.
-pub(crate) struct Channel;
+pub struct Channel;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "messaging.knative.dev",

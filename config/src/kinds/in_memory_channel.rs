@@ -13,7 +13,7 @@ use crate::registry::{
 use crate::validate::{check_api_version, typed};
 
 /// The InMemoryChannel kind.
-pub(crate) struct InMemoryChannel;
+pub struct InMemoryChannel;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "messaging.knative.dev",

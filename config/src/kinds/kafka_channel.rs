@@ -13,7 +13,7 @@ use crate::registry::{
 use crate::validate::{check_api_version, typed};
 
 /// The KafkaChannel kind.
-pub(crate) struct KafkaChannel;
+pub struct KafkaChannel;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "messaging.knative.dev",

@@ -13,7 +13,7 @@ use crate::registry::{
 use crate::validate::{check_api_version, typed};
 
 /// The NatsJetStreamChannel kind.
-pub(crate) struct NatsJetStreamChannel;
+pub struct NatsJetStreamChannel;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "messaging.knative.dev",

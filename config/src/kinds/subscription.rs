@@ -12,7 +12,7 @@ use crate::registry::{AGE, Immutable, Kind, KindInfo, Pass, READY_COL, REASON_CO
 use crate::validate::{check_api_version, typed};
 
 /// The Subscription kind.
-pub(crate) struct Subscription;
+pub struct Subscription;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "messaging.knative.dev",

@@ -1,6 +1,7 @@
-//! Validation of the messaging and flows kinds (InMemoryChannel, Channel, Subscription,
-//! Sequence, Parallel, the `default-ch-webhook` ConfigMap) into the [`ChannelConfig`]s and
-//! [`SubscriptionConfig`]s the data plane runs, every error with file:line:field.
+//! Validation of the messaging kinds (InMemoryChannel, Channel, Subscription, the
+//! `default-ch-webhook` ConfigMap) into the [`ChannelConfig`]s and [`SubscriptionConfig`]s the
+//! data plane runs, every error with file:line:field; kinds of other crates that generate
+//! channels (Sequence, Parallel) are finished between the channels and the Subscriptions.
 
 use std::collections::HashMap;
 
@@ -9,8 +10,8 @@ use serde_json::Value;
 use super::wiring::{self, GeneratedChannel, GeneratedSubscription, Wiring};
 use super::{
     ChannelConfig, ChannelDefaults, ChannelKind, ChannelSpec, ChannelTemplate, InMemoryChannelSpec,
-    KafkaChannelSpec, MESSAGING_V1, NatsJetStreamChannelSpec, ParallelSpec, SequenceSpec,
-    SubscriptionConfig, SubscriptionSpec, owner_of,
+    KafkaChannelSpec, MESSAGING_V1, NatsJetStreamChannelSpec, SubscriptionConfig, SubscriptionSpec,
+    owner_of,
 };
 use crate::loader::Document;
 use crate::model::{DeliverySpec, Destination, ObjectMeta};
@@ -20,9 +21,8 @@ use crate::validate::{
 };
 
 const MESSAGING: &str = "messaging.knative.dev";
-const FLOWS: &str = "flows.knative.dev";
 
-/// The messaging and flows documents of one validation pass, typed, waiting for the rest of
+/// The messaging documents of one validation pass, typed, waiting for the rest of
 /// the documents (brokers, the default-channel ConfigMap) before they are wired.
 #[derive(Default)]
 pub(crate) struct Pending<'a> {
@@ -33,8 +33,6 @@ pub(crate) struct Pending<'a> {
     pub(crate) kafkas: Vec<(ObjectMeta, KafkaChannelSpec, Value, &'a Document)>,
     pub(crate) channels: Vec<(ObjectMeta, ChannelSpec, &'a Document)>,
     pub(crate) subscriptions: Vec<(ObjectMeta, SubscriptionSpec, &'a Document)>,
-    pub(crate) sequences: Vec<(ObjectMeta, SequenceSpec, &'a Document)>,
-    pub(crate) parallels: Vec<(ObjectMeta, ParallelSpec, &'a Document)>,
     config_map: Option<(Option<ChannelDefaultsText>, &'a Document)>,
 }
 
@@ -219,26 +217,6 @@ impl<'a> Pending<'a> {
                 &m.name,
             );
         }
-        for (m, s, _) in &self.sequences {
-            add(FLOWS, "Sequence", m, &m.name);
-            let k = kind_of(&s.channel_template, &m.namespace);
-            for i in 0..s.steps.len() {
-                add(MESSAGING, &k, m, &wiring::sequence_channel_name(&m.name, i));
-            }
-        }
-        for (m, s, _) in &self.parallels {
-            add(FLOWS, "Parallel", m, &m.name);
-            let k = kind_of(&s.channel_template, &m.namespace);
-            add(MESSAGING, &k, m, &wiring::parallel_channel_name(&m.name));
-            for i in 0..s.branches.len() {
-                add(
-                    MESSAGING,
-                    &k,
-                    m,
-                    &wiring::parallel_branch_channel_name(&m.name, i),
-                );
-            }
-        }
     }
 
     /// Validates and wires everything collected into `mesh.channels` / `mesh.subscriptions`.
@@ -248,6 +226,7 @@ impl<'a> Pending<'a> {
         context: &ValidationContext<'_>,
         defaults: ChannelDefaults,
         known: &Known,
+        deferred: Vec<crate::registry::Deferred<'_>>,
         mesh: &mut MeshConfig,
     ) {
         let mut out = Out::new(context.running);
@@ -330,99 +309,14 @@ impl<'a> Pending<'a> {
             let backing = wiring::wire_channel(&meta, &spec, &template);
             out.generated_channel(ctx, doc, kind, backing);
         }
-        for (meta, spec, doc) in self.sequences {
-            let before = ctx.errors.len();
-            if spec.steps.is_empty() {
-                ctx.error(doc, "spec.steps", "at least one step is required");
-            }
-            for (i, step) in spec.steps.iter().enumerate() {
-                let field = format!("spec.steps[{i}]");
-                destination(
-                    ctx,
-                    doc,
-                    &field,
-                    &step.destination(),
-                    &meta.namespace,
-                    known,
-                );
-                if let Some(d) = &step.delivery {
-                    check_delivery(ctx, doc, &format!("{field}.delivery"), d);
-                }
-                check_dls_target(
-                    ctx,
-                    doc,
-                    &format!("{field}.delivery"),
-                    &step.delivery,
-                    &meta.namespace,
-                    known,
-                );
-            }
-            if let Some(r) = &spec.reply {
-                destination(ctx, doc, "spec.reply", r, &meta.namespace, known);
-            }
-            let (template, kind) =
-                flow_template(ctx, doc, &spec.channel_template, &defaults, &meta);
-            if let (Some(kind), true) = (kind, ctx.errors.len() == before) {
-                let w = wiring::wire_sequence(&meta, &spec, &template);
-                out.wiring(ctx, doc, kind, w);
-            }
-        }
-        for (meta, spec, doc) in self.parallels {
-            let before = ctx.errors.len();
-            if spec.branches.is_empty() {
-                ctx.error(doc, "spec.branches", "at least one branch is required");
-            }
-            for (i, b) in spec.branches.iter().enumerate() {
-                let field = format!("spec.branches[{i}]");
-                if let Some(f) = &b.filter {
-                    destination(
-                        ctx,
-                        doc,
-                        &format!("{field}.filter"),
-                        f,
-                        &meta.namespace,
-                        known,
-                    );
-                }
-                destination(
-                    ctx,
-                    doc,
-                    &format!("{field}.subscriber"),
-                    &b.subscriber,
-                    &meta.namespace,
-                    known,
-                );
-                if let Some(r) = &b.reply {
-                    destination(
-                        ctx,
-                        doc,
-                        &format!("{field}.reply"),
-                        r,
-                        &meta.namespace,
-                        known,
-                    );
-                }
-                if let Some(d) = &b.delivery {
-                    check_delivery(ctx, doc, &format!("{field}.delivery"), d);
-                }
-                check_dls_target(
-                    ctx,
-                    doc,
-                    &format!("{field}.delivery"),
-                    &b.delivery,
-                    &meta.namespace,
-                    known,
-                );
-            }
-            if let Some(r) = &spec.reply {
-                destination(ctx, doc, "spec.reply", r, &meta.namespace, known);
-            }
-            let (template, kind) =
-                flow_template(ctx, doc, &spec.channel_template, &defaults, &meta);
-            if let (Some(kind), true) = (kind, ctx.errors.len() == before) {
-                let w = wiring::wire_parallel(&meta, &spec, &template);
-                out.wiring(ctx, doc, kind, w);
-            }
+        let mut cx = crate::registry::Finish {
+            ctx,
+            known,
+            defaults: &defaults,
+            out: &mut out,
+        };
+        for (kind, meta, spec, doc) in deferred {
+            kind.finish(&mut cx, doc, meta, spec);
         }
         for (meta, spec, doc) in self.subscriptions {
             let before = ctx.errors.len();
@@ -477,7 +371,7 @@ impl<'a> Pending<'a> {
     }
 }
 
-fn destination(
+pub(crate) fn destination(
     ctx: &mut Ctx,
     doc: &Document,
     field: &str,
@@ -489,7 +383,7 @@ fn destination(
     check_ref_target(ctx, doc, &format!("{field}.ref"), d, ns, known);
 }
 
-fn check_dls_target(
+pub(crate) fn check_dls_target(
     ctx: &mut Ctx,
     doc: &Document,
     field: &str,
@@ -540,7 +434,7 @@ fn check_channel_spec(ctx: &mut Ctx, doc: &Document, field: &str, kind: ChannelK
     }
 }
 
-fn flow_template(
+pub(crate) fn flow_template(
     ctx: &mut Ctx,
     doc: &Document,
     template: &Option<ChannelTemplate>,
@@ -675,7 +569,7 @@ fn subscription_channel(
 type Owner = Option<(String, String)>;
 
 /// What a pass produces, refusing a generated name that another owner already uses.
-struct Out {
+pub(crate) struct Out {
     channels: Vec<ChannelConfig>,
     subscriptions: Vec<SubscriptionConfig>,
     channel_owners: HashMap<(String, String), Owner>,
@@ -843,7 +737,7 @@ impl Out {
         );
     }
 
-    fn wiring(&mut self, ctx: &mut Ctx, doc: &Document, kind: ChannelKind, w: Wiring) {
+    pub(crate) fn wiring(&mut self, ctx: &mut Ctx, doc: &Document, kind: ChannelKind, w: Wiring) {
         for c in w.channels {
             self.generated_channel(ctx, doc, kind, c);
         }
