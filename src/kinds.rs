@@ -15,18 +15,9 @@ pub static KINDS: &[KindModule] = &[
     KindModule::halves(&config::broker::Broker, &evmesh_broker::kind::Broker),
     KindModule::halves(&config::trigger::Trigger, &evmesh_broker::kind::Trigger),
     KindModule::halves(&config::event_display::EventDisplay, &EventDisplay),
-    KindModule::halves(
-        &config::in_memory_channel::InMemoryChannel,
-        &evmesh_channels::in_memory_channel::InMemoryChannel,
-    ),
-    KindModule::halves(
-        &config::nats_jetstream_channel::NatsJetStreamChannel,
-        &evmesh_channels::nats_jetstream_channel::NatsJetStreamChannel,
-    ),
-    KindModule::halves(
-        &config::kafka_channel::KafkaChannel,
-        &evmesh_kafka::kafka_channel::KafkaChannel,
-    ),
+    KindModule::of(&evmesh_channels::in_memory_channel::IN_MEMORY_CHANNEL),
+    KindModule::of(&evmesh_channels::nats_jetstream_channel::NATS_JETSTREAM_CHANNEL),
+    KindModule::of(&evmesh_kafka::kafka_channel::KAFKA_CHANNEL),
     KindModule::halves(
         &config::channel::Channel,
         &evmesh_channels::channel::Channel,

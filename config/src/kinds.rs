@@ -7,10 +7,7 @@ pub mod channel;
 pub mod config_maps;
 pub mod event_display;
 pub mod github_source;
-pub mod in_memory_channel;
-pub mod kafka_channel;
 pub mod kafka_source;
-pub mod nats_jetstream_channel;
 pub mod ping_source;
 pub mod secret;
 pub mod subscription;
@@ -42,7 +39,7 @@ pub(crate) fn owned(m: &ObjectMeta, kind: &str, ns: &str, name: &str) -> bool {
 }
 
 /// Removes a channel of `kind` that a user wrote.
-pub(crate) fn remove_channel(mesh: &mut MeshConfig, kind: ChannelKind, ns: &str, name: &str) {
+pub fn remove_channel(mesh: &mut MeshConfig, kind: ChannelKind, ns: &str, name: &str) {
     mesh.channels
         .retain(|c| !(c.kind == kind && written(&c.metadata, ns, name)));
 }
@@ -56,11 +53,7 @@ pub fn remove_generated(mesh: &mut MeshConfig, kind: &str, ns: &str, name: &str)
 }
 
 /// Every channel of `kind` in `mesh`, addressed as itself.
-pub(crate) fn channel_addresses(
-    mesh: &MeshConfig,
-    kind: ChannelKind,
-    out: &mut Vec<(AddrKey, Address)>,
-) {
+pub fn channel_addresses(mesh: &MeshConfig, kind: ChannelKind, out: &mut Vec<(AddrKey, Address)>) {
     for c in mesh.channels.iter().filter(|c| c.kind == kind) {
         let m = &c.metadata;
         out.push((

@@ -160,17 +160,6 @@ pub struct InMemoryChannelSpec {
     pub subscribers: Option<serde_json::Value>,
 }
 
-/// The OpenAPI schema of a KafkaChannel's `spec` (for discovery and kubectl).
-pub(crate) const KAFKA_CHANNEL_SPEC: &str = r#"{"type": "object", "description": "KafkaChannelSpec defines the specification for a KafkaChannel.",
-  "x-kubernetes-preserve-unknown-fields": true,
-  "properties": {
-    "numPartitions": {"type": "integer", "format": "int32", "description": "NumPartitions is the number of partitions of a Kafka topic. By default, it is set to 1."},
-    "replicationFactor": {"type": "integer", "format": "int16", "description": "ReplicationFactor is the replication factor of a Kafka topic. By default, it is set to 1."},
-    "retentionDuration": {"type": "string", "description": "RetentionDuration is the duration for which events will be retained in the Kafka Topic (ISO-8601, default PT168H)."},
-    "delivery": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-    "subscribers": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
-  }}"#;
-
 /// `spec` of a `KafkaChannel` (eventing-kafka-broker's `KafkaChannelSpec`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -249,10 +249,14 @@ pub trait Kind: Sync {
         let _ = (meta, spec, defaults, known);
     }
 
+    /// When [`Kind::finish`] runs for this kind's deferred resources (kind by kind, in
+    /// registration order within a stage).
+    fn stage(&self) -> Stage {
+        Stage::Generators
+    }
+
     /// Finishes a resource this kind [deferred](Pass::defer): the checks that need every
-    /// document (refs, default channels) and what it adds to the mesh. Deferred resources are
-    /// finished kind by kind, in registration order, after the channels and generic Channels
-    /// and before the Subscriptions that may read what they generate.
+    /// document (refs, default channels) and what it adds to the mesh.
     fn finish(&self, cx: &mut Finish<'_>, doc: &Document, meta: ObjectMeta, spec: Value) {
         let _ = (cx, doc, meta, spec);
     }
@@ -293,6 +297,18 @@ pub struct Pass<'a> {
     pub(crate) current: Option<&'static dyn Kind>,
     /// Documents of kinds outside this crate, waiting for [`Kind::finish`].
     pub(crate) deferred: Vec<Deferred<'a>>,
+}
+
+/// When deferred resources are [finished](Kind::finish), relative to the generic Channels and
+/// the Subscriptions this crate validates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Channels written as themselves (InMemoryChannel, NatsJetStreamChannel, KafkaChannel):
+    /// first, so a name they take is theirs before anything generated asks for it.
+    Channels,
+    /// Kinds that generate channels and subscriptions (Sequence, Parallel): after the generic
+    /// Channels, before the Subscriptions that may read what they generate.
+    Generators,
 }
 
 /// A document a kind [deferred](Pass::defer): its kind, metadata, `spec` and document.
@@ -430,6 +446,24 @@ impl Finish<'_> {
         crate::messaging::check::flow_template(self.ctx, doc, template, self.defaults, meta)
     }
 
+    /// Adds a channel written as itself, of `kind`, after checking its `spec.delivery` (and its
+    /// dead-letter target), when the pass has no more errors than `before` (the count before
+    /// the kind's own checks of this resource); `spec` is what the data plane keeps of it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn channel(
+        &mut self,
+        doc: &Document,
+        before: usize,
+        kind: crate::messaging::ChannelKind,
+        meta: ObjectMeta,
+        delivery: &Option<crate::model::DeliverySpec>,
+        spec: Value,
+    ) {
+        self.out.checked_channel(
+            self.ctx, doc, self.known, before, kind, meta, delivery, spec,
+        );
+    }
+
     /// Adds the channels and subscriptions `wiring` generates, of channel `kind` (an error for
     /// each name another owner already uses).
     pub fn add_wiring(
@@ -462,7 +496,7 @@ impl Pass<'_> {
 }
 
 use crate::kinds;
-pub use crate::kinds::{front_addresses, remove_generated};
+pub use crate::kinds::{channel_addresses, front_addresses, remove_channel, remove_generated};
 
 /// This crate's own kinds, in the order the CLI lists them: the set validation and lookups use
 /// when none is [installed](install) (an embedder of `evmesh_config` alone).
@@ -470,9 +504,6 @@ pub static BUILTIN: &[&dyn Kind] = &[
     &kinds::broker::Broker,
     &kinds::trigger::Trigger,
     &kinds::event_display::EventDisplay,
-    &kinds::in_memory_channel::InMemoryChannel,
-    &kinds::nats_jetstream_channel::NatsJetStreamChannel,
-    &kinds::kafka_channel::KafkaChannel,
     &kinds::channel::Channel,
     &kinds::subscription::Subscription,
     &kinds::ping_source::PingSource,

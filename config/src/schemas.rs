@@ -142,35 +142,6 @@ macro_rules! schema_subscribers {
     };
 }
 
-/// InMemoryChannel `spec`.
-pub(crate) const IN_MEMORY_CHANNEL_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
-  "properties": {
-    "delivery": "#,
-    crate::schema_delivery!(),
-    r#",
-    "subscribers": "#,
-    crate::schema_subscribers!(),
-    r#"
-  }}"#
-);
-
-/// NatsJetStreamChannel `spec` (eventing-natss).
-pub(crate) const NATS_JETSTREAM_CHANNEL_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
-  "properties": {
-    "delivery": "#,
-    crate::schema_delivery!(),
-    r#",
-    "subscribers": "#,
-    crate::schema_subscribers!(),
-    r#",
-    "stream": {"type": "object", "description": "How the JetStream stream is made: overrideName, config.", "x-kubernetes-preserve-unknown-fields": true},
-    "consumerConfigTemplate": {"type": "object", "description": "How each subscription's consumer is made: ackWait, maxAckPending.", "x-kubernetes-preserve-unknown-fields": true},
-    "deploymentSpecTemplate": {"type": "object", "description": "Dispatcher Deployment settings (ignored by evmesh).", "x-kubernetes-preserve-unknown-fields": true}
-  }}"#
-);
-
 /// Channel `spec`.
 pub(crate) const CHANNEL_SPEC: &str = concat!(
     r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",

@@ -538,8 +538,8 @@ pub struct ValidationContext<'a> {
 /// ```
 /// use evmesh_config::{ValidationContext, load_str, validate_in};
 /// let running = evmesh_config::MeshConfig::from_yaml("a.yaml",
-///     "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: orders}\n").unwrap();
-/// let docs = load_str("b.yaml", "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {name: s}\nspec:\n  channel: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: orders}\n  subscriber: {uri: http://127.0.0.1:9000/}\n").unwrap();
+///     "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata: {name: orders}\n").unwrap();
+/// let docs = load_str("b.yaml", "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {name: s}\nspec:\n  channel: {apiVersion: messaging.knative.dev/v1, kind: Channel, name: orders}\n  subscriber: {uri: http://127.0.0.1:9000/}\n").unwrap();
 /// let mesh = validate_in(&docs, &ValidationContext { running: Some(&running), ..Default::default() }).unwrap();
 /// assert!(mesh.warnings.is_empty());
 /// assert_eq!(mesh.subscriptions[0].channel.1, "orders");

@@ -10,9 +10,11 @@ use evmesh_config::{
     load_str, validate_in,
 };
 
-/// `evmesh_config`'s own kinds and this crate's, as the facade installs them.
+/// `evmesh_config`'s own kinds, the channel kinds and this crate's, as the facade installs them.
 fn install() {
     let mut kinds: Vec<&'static dyn Kind> = registry::BUILTIN.to_vec();
+    kinds.push(&evmesh_channels::in_memory_channel::IN_MEMORY_CHANNEL);
+    kinds.push(&evmesh_channels::nats_jetstream_channel::NATS_JETSTREAM_CHANNEL);
     kinds.push(&evmesh_flows::sequence::Sequence);
     kinds.push(&evmesh_flows::parallel::Parallel);
     registry::install(kinds).expect("one set of kinds");

@@ -26,11 +26,6 @@ const MESSAGING: &str = "messaging.knative.dev";
 /// the documents (brokers, the default-channel ConfigMap) before they are wired.
 #[derive(Default)]
 pub(crate) struct Pending<'a> {
-    pub(crate) imcs: Vec<(ObjectMeta, InMemoryChannelSpec, &'a Document)>,
-    /// NatsJetStreamChannels, with their spec as written.
-    pub(crate) jsms: Vec<(ObjectMeta, NatsJetStreamChannelSpec, Value, &'a Document)>,
-    /// KafkaChannels, with their spec as written.
-    pub(crate) kafkas: Vec<(ObjectMeta, KafkaChannelSpec, Value, &'a Document)>,
     pub(crate) channels: Vec<(ObjectMeta, ChannelSpec, &'a Document)>,
     pub(crate) subscriptions: Vec<(ObjectMeta, SubscriptionSpec, &'a Document)>,
     config_map: Option<(Option<ChannelDefaultsText>, &'a Document)>,
@@ -194,15 +189,6 @@ impl<'a> Pending<'a> {
                 name.to_string(),
             ));
         };
-        for (m, _, _) in &self.imcs {
-            add(MESSAGING, "InMemoryChannel", m, &m.name);
-        }
-        for (m, _, _, _) in &self.jsms {
-            add(MESSAGING, "NatsJetStreamChannel", m, &m.name);
-        }
-        for (m, _, _, _) in &self.kafkas {
-            add(MESSAGING, "KafkaChannel", m, &m.name);
-        }
         let kind_of = |t: &Option<ChannelTemplate>, ns: &str| {
             t.as_ref()
                 .map(|t| t.kind.clone())
@@ -230,57 +216,19 @@ impl<'a> Pending<'a> {
         mesh: &mut MeshConfig,
     ) {
         let mut out = Out::new(context.running);
-        for (meta, spec, doc) in self.imcs {
-            let before = ctx.errors.len();
-            out.checked_channel(
+        // Channels written as themselves first, then the generic Channels, then the kinds that
+        // generate channels, then the Subscriptions.
+        let (first, then): (Vec<_>, Vec<_>) = deferred
+            .into_iter()
+            .partition(|(k, ..)| k.stage() == crate::registry::Stage::Channels);
+        for (kind, meta, spec, doc) in first {
+            let mut cx = crate::registry::Finish {
                 ctx,
-                doc,
                 known,
-                before,
-                ChannelKind::InMemory,
-                meta,
-                &spec.delivery,
-                Value::Null,
-            );
-        }
-        for (meta, spec, raw, doc) in self.kafkas {
-            let before = ctx.errors.len();
-            for (field, v) in [
-                ("spec.numPartitions", spec.num_partitions),
-                ("spec.replicationFactor", spec.replication_factor),
-            ] {
-                if v.is_some_and(|v| v < 1) {
-                    ctx.error(doc, field, "must be at least 1");
-                }
-            }
-            if let Some(r) = &spec.retention_duration
-                && let Err(e) = crate::parse_duration(r)
-            {
-                ctx.error(doc, "spec.retentionDuration", e);
-            }
-            out.checked_channel(
-                ctx,
-                doc,
-                known,
-                before,
-                ChannelKind::Kafka,
-                meta,
-                &spec.delivery,
-                raw,
-            );
-        }
-        for (meta, spec, raw, doc) in self.jsms {
-            let before = ctx.errors.len();
-            out.checked_channel(
-                ctx,
-                doc,
-                known,
-                before,
-                ChannelKind::NatsJetStream,
-                meta,
-                &spec.delivery,
-                raw,
-            );
+                defaults: &defaults,
+                out: &mut out,
+            };
+            kind.finish(&mut cx, doc, meta, spec);
         }
         let mut generic: HashMap<(String, String), ChannelKind> = HashMap::new();
         for (meta, spec, doc) in self.channels {
@@ -315,7 +263,7 @@ impl<'a> Pending<'a> {
             defaults: &defaults,
             out: &mut out,
         };
-        for (kind, meta, spec, doc) in deferred {
+        for (kind, meta, spec, doc) in then {
             kind.finish(&mut cx, doc, meta, spec);
         }
         for (meta, spec, doc) in self.subscriptions {
@@ -608,7 +556,7 @@ impl Out {
     /// when nothing about it was an error since `before` (the caller's kind-specific checks
     /// included).
     #[allow(clippy::too_many_arguments)]
-    fn checked_channel(
+    pub(crate) fn checked_channel(
         &mut self,
         ctx: &mut Ctx,
         doc: &Document,
