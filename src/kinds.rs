@@ -18,14 +18,8 @@ pub static KINDS: &[KindModule] = &[
     KindModule::of(&evmesh_channels::in_memory_channel::IN_MEMORY_CHANNEL),
     KindModule::of(&evmesh_channels::nats_jetstream_channel::NATS_JETSTREAM_CHANNEL),
     KindModule::of(&evmesh_kafka::kafka_channel::KAFKA_CHANNEL),
-    KindModule::halves(
-        &config::channel::Channel,
-        &evmesh_channels::channel::Channel,
-    ),
-    KindModule::halves(
-        &config::subscription::Subscription,
-        &evmesh_channels::subscription::Subscription,
-    ),
+    KindModule::of(&evmesh_channels::channel::Channel),
+    KindModule::of(&evmesh_channels::subscription::Subscription),
     KindModule::of(&evmesh_flows::sequence::Sequence),
     KindModule::of(&evmesh_flows::parallel::Parallel),
     KindModule::halves(

@@ -11,6 +11,8 @@ fn install() {
     let mut kinds: Vec<&'static dyn Kind> = registry::BUILTIN.to_vec();
     kinds.push(&evmesh_channels::in_memory_channel::IN_MEMORY_CHANNEL);
     kinds.push(&evmesh_channels::nats_jetstream_channel::NATS_JETSTREAM_CHANNEL);
+    kinds.push(&evmesh_channels::channel::Channel);
+    kinds.push(&evmesh_channels::subscription::Subscription);
     registry::install(kinds).expect("one set of kinds");
 }
 

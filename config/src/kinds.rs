@@ -3,18 +3,16 @@
 
 pub mod apiserver_source;
 pub mod broker;
-pub mod channel;
 pub mod config_maps;
 pub mod event_display;
 pub mod github_source;
 pub mod kafka_source;
 pub mod ping_source;
 pub mod secret;
-pub mod subscription;
 pub mod trigger;
 
 use crate::MeshConfig;
-use crate::messaging::{ChannelDefaults, ChannelKind, ChannelTemplate, owner_of};
+use crate::messaging::{ChannelKind, owner_of};
 use crate::model::ObjectMeta;
 use crate::registry::{AddrKey, Address};
 
@@ -87,13 +85,3 @@ pub fn front_addresses(
 }
 
 pub(crate) const MESSAGING: &str = "messaging.knative.dev";
-
-/// A flow's or Channel's `channelTemplate`, else the default for its namespace.
-pub(crate) fn template_or_default(
-    t: &Option<ChannelTemplate>,
-    defaults: &ChannelDefaults,
-    meta: &ObjectMeta,
-) -> ChannelTemplate {
-    t.clone()
-        .unwrap_or_else(|| defaults.template_for(&meta.namespace).clone())
-}

@@ -142,49 +142,6 @@ macro_rules! schema_subscribers {
     };
 }
 
-/// Channel `spec`.
-pub(crate) const CHANNEL_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
-  "properties": {
-    "channelTemplate": "#,
-    crate::schema_channel_template!(),
-    r#",
-    "delivery": "#,
-    crate::schema_delivery!(),
-    r#",
-    "subscribers": "#,
-    crate::schema_subscribers!(),
-    r#"
-  }}"#
-);
-
-/// Subscription `spec`.
-pub(crate) const SUBSCRIPTION_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Subscription.",
-  "required": ["channel"],
-  "properties": {
-    "channel": {"type": "object", "description": "Reference to a channel that will be used to create the subscription. You can specify only the following fields of the KReference: Kind, APIVersion, Name. This field is immutable.",
-      "properties": {
-        "apiVersion": {"type": "string", "description": "API version of the referent."},
-        "kind": {"type": "string", "description": "Kind of the referent."},
-        "name": {"type": "string", "description": "Name of the referent."}
-      }},
-    "subscriber": "#,
-    crate::schema_destination!(
-        "Subscriber is reference to function for processing events. Events from the Channel will be delivered here and replies are sent to a Destination as specified by the Reply."
-    ),
-    r#",
-    "reply": "#,
-    crate::schema_destination!(
-        "Reply specifies (optionally) how to handle events returned from the Subscriber target."
-    ),
-    r#",
-    "delivery": "#,
-    crate::schema_delivery!(),
-    r#"
-  }}"#
-);
-
 /// `ceOverrides` of a source.
 macro_rules! ce_overrides {
     () => {

@@ -538,11 +538,11 @@ pub struct ValidationContext<'a> {
 /// ```
 /// use evmesh_config::{ValidationContext, load_str, validate_in};
 /// let running = evmesh_config::MeshConfig::from_yaml("a.yaml",
-///     "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata: {name: orders}\n").unwrap();
-/// let docs = load_str("b.yaml", "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {name: s}\nspec:\n  channel: {apiVersion: messaging.knative.dev/v1, kind: Channel, name: orders}\n  subscriber: {uri: http://127.0.0.1:9000/}\n").unwrap();
+///     "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: orders}\n").unwrap();
+/// let docs = load_str("b.yaml", "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: orders\n  subscriber: {uri: http://127.0.0.1:9000/}\n").unwrap();
 /// let mesh = validate_in(&docs, &ValidationContext { running: Some(&running), ..Default::default() }).unwrap();
-/// assert!(mesh.warnings.is_empty());
-/// assert_eq!(mesh.subscriptions[0].channel.1, "orders");
+/// assert!(mesh.warnings.is_empty(), "the running mesh has the broker");
+/// assert_eq!(mesh.triggers[0].resource.spec.broker, "orders");
 /// ```
 pub fn validate_in(
     docs: &[Document],
@@ -743,14 +743,13 @@ fn validate_impl(
                 .map(|(k, _)| k),
         );
     }
-    messaging.known(&channel_defaults, &mut known);
-    // Deferred resources are finished kind by kind, in registration order.
+    // Deferred resources are finished stage by stage, kind by kind in registration order.
     let rank = |k: &'static dyn crate::registry::Kind| {
         crate::registry::all()
             .iter()
             .position(|r| std::ptr::addr_eq(*r as *const _, k as *const _))
     };
-    deferred.sort_by_key(|(k, ..)| rank(*k));
+    deferred.sort_by_key(|(k, ..)| (k.stage(), rank(*k)));
     for (k, meta, spec, _) in &deferred {
         let mut add = crate::registry::Addressables { known: &mut known };
         k.known(meta, spec, &channel_defaults, &mut add);

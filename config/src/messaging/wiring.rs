@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{ChannelDefaults, ChannelSpec, ChannelTemplate, MESSAGING_V1, SubscriptionSpec};
+use super::{ChannelDefaults, ChannelTemplate, MESSAGING_V1, SubscriptionSpec};
 use crate::model::{Destination, KReference, ObjectMeta};
 
 /// A channel generated for a Channel (its backing channel), Sequence or Parallel.
@@ -158,9 +158,9 @@ fn template_spec(template: &ChannelTemplate) -> Value {
 /// ```
 /// use evmesh_config::{ChannelKind, ObjectMeta};
 /// use evmesh_config::messaging::wiring::generated_channel;
-/// let parent = ObjectMeta::namespaced("demo", "c");
-/// let c = generated_channel("messaging.knative.dev/v1", "Channel", &parent, &ChannelKind::InMemory.template(), "c");
-/// assert_eq!(evmesh_config::messaging::owner_of(&c.metadata), Some(("Channel".into(), "c".into())));
+/// let parent = ObjectMeta::namespaced("demo", "s");
+/// let c = generated_channel("flows.knative.dev/v1", "Sequence", &parent, &ChannelKind::InMemory.template(), "s-kn-sequence-0");
+/// assert_eq!(c.metadata.other["ownerReferences"][0]["kind"], "Sequence");
 /// ```
 pub fn generated_channel(
     owner_api_version: &str,
@@ -191,30 +191,6 @@ pub fn generated_subscription(
     GeneratedSubscription {
         metadata: child_meta(owner_api_version, owner_kind, parent, "Subscription", name),
         spec,
-    }
-}
-
-/// The backing channel of a generic `Channel`: the template's kind, the same name, its spec
-/// the Channel's `delivery` with the template's `spec` merged over it (as Knative does).
-pub fn wire_channel(
-    meta: &ObjectMeta,
-    spec: &ChannelSpec,
-    template: &ChannelTemplate,
-) -> GeneratedChannel {
-    let mut merged = serde_json::Map::new();
-    if let Some(d) = &spec.delivery {
-        merged.insert("delivery".into(), json!(d));
-    }
-    if let Value::Object(t) = template_spec(template) {
-        merged.extend(t);
-    }
-    GeneratedChannel {
-        template: ChannelTemplate {
-            spec: None,
-            ..template.clone()
-        },
-        metadata: child_meta(MESSAGING_V1, "Channel", meta, &template.kind, &meta.name),
-        spec: Value::Object(merged),
     }
 }
 
