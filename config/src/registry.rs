@@ -279,8 +279,8 @@ pub trait Kind: Sync {
 
 /// The state of one validation pass that the kinds' [`Kind::validate`] fill in: each kind's typed
 /// resources, waiting for the cross-kind checks (refs, default channels, wiring) that follow.
-/// Opaque outside this crate: the validation half of every kind is registered here, where the
-/// typed specs are (the lowest layer; an embedder validates without the runtime).
+/// A kind reads it through its methods ([`Pass::typed`], [`Pass::defer`], ...); this crate's own
+/// kinds fill in the typed resources it keeps.
 pub struct Pass<'a> {
     pub(crate) ctx: Ctx,
     pub(crate) messaging: crate::messaging::check::Pending<'a>,

@@ -1,7 +1,7 @@
-//! Validation of the messaging kinds (InMemoryChannel, Channel, Subscription, the
-//! `default-ch-webhook` ConfigMap) into the [`ChannelConfig`]s and [`SubscriptionConfig`]s the
-//! data plane runs, every error with file:line:field; kinds of other crates that generate
-//! channels (Sequence, Parallel) are finished between the channels and the Subscriptions.
+//! The checks the messaging and flows kinds share (through [`crate::registry::Finish`]) and the
+//! `default-ch-webhook` ConfigMap, into the [`ChannelConfig`]s and [`SubscriptionConfig`]s the
+//! data plane runs, every error with file:line:field; the kinds themselves (channels, Channel,
+//! Subscription, Sequence, Parallel) live in their crates and finish stage by stage.
 
 use std::collections::HashMap;
 
@@ -19,8 +19,8 @@ use crate::validate::{
     check_ref_target, typed,
 };
 
-/// The messaging documents of one validation pass, typed, waiting for the rest of
-/// the documents (brokers, the default-channel ConfigMap) before they are wired.
+/// The `default-ch-webhook` ConfigMap of one validation pass, waiting for the rest of the
+/// documents before the default channels are known.
 #[derive(Default)]
 pub(crate) struct Pending<'a> {
     config_map: Option<(Option<ChannelDefaultsText>, &'a Document)>,
