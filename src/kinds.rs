@@ -1,34 +1,73 @@
-//! The runtime registry: every kind's runtime half (its status from what runs), registered
-//! once. Its validation half is registered in [`evmesh_config::registry::REGISTRY`]; a kind
-//! evmesh serves has one entry in each.
+//! The kinds evmesh serves, assembled once: [`KINDS`], one line per kind, each a
+//! [`KindModule`] supplying the kind's validation half (`evmesh_config`'s registry) and its
+//! runtime half (its status from what runs). [`install`] installs their validation halves as
+//! `evmesh_config`'s registry; every facade entry point calls it before it reads any YAML.
 
-use evmesh_broker::kind::{RuntimeKind, StatusCx, conditions, identity};
-use evmesh_config::registry::KindInfo;
+use std::sync::Once;
+
+use evmesh_broker::kind::{KindModule, RuntimeKind, StatusCx, conditions, identity};
+use evmesh_config::kinds as config;
+use evmesh_config::registry::{self, KindInfo};
 use serde_json::{Value, json};
 
-/// Every kind's runtime half, registered once.
-static RUNTIME: &[&dyn RuntimeKind] = &[
-    &evmesh_broker::kind::Broker,
-    &evmesh_broker::kind::Trigger,
-    &EventDisplay,
-    &evmesh_channels::in_memory_channel::InMemoryChannel,
-    &evmesh_channels::nats_jetstream_channel::NatsJetStreamChannel,
-    &evmesh_kafka::kafka_channel::KafkaChannel,
-    &evmesh_channels::channel::Channel,
-    &evmesh_channels::subscription::Subscription,
-    &evmesh_flows::sequence::Sequence,
-    &evmesh_flows::parallel::Parallel,
-    &evmesh_sources::kind::Source("PingSource"),
-    &evmesh_sources::kind::Source("GitHubSource"),
-    &evmesh_sources::kind::Source("ApiServerSource"),
-    &evmesh_sources::kind::Source("KafkaSource"),
+/// Every kind evmesh reads, registered once, in the order the CLI lists them.
+pub static KINDS: &[KindModule] = &[
+    KindModule::halves(&config::broker::Broker, &evmesh_broker::kind::Broker),
+    KindModule::halves(&config::trigger::Trigger, &evmesh_broker::kind::Trigger),
+    KindModule::halves(&config::event_display::EventDisplay, &EventDisplay),
+    KindModule::of(&evmesh_channels::in_memory_channel::IN_MEMORY_CHANNEL),
+    KindModule::of(&evmesh_channels::nats_jetstream_channel::NATS_JETSTREAM_CHANNEL),
+    KindModule::of(&evmesh_kafka::kafka_channel::KAFKA_CHANNEL),
+    KindModule::of(&evmesh_channels::channel::Channel),
+    KindModule::of(&evmesh_channels::subscription::Subscription),
+    KindModule::of(&evmesh_flows::sequence::Sequence),
+    KindModule::of(&evmesh_flows::parallel::Parallel),
+    KindModule::halves(
+        &config::ping_source::PingSource,
+        &evmesh_sources::kind::Source("PingSource"),
+    ),
+    KindModule::halves(
+        &config::github_source::GitHubSource,
+        &evmesh_sources::kind::Source("GitHubSource"),
+    ),
+    KindModule::halves(
+        &config::apiserver_source::ApiServerSource,
+        &evmesh_sources::kind::Source("ApiServerSource"),
+    ),
+    KindModule::halves(
+        &config::kafka_source::KafkaSource,
+        &evmesh_sources::kind::Source("KafkaSource"),
+    ),
+    KindModule::validation_only(&config::config_maps::DefaultChannelConfigMap),
+    KindModule::validation_only(&config::config_maps::NatsConfigMap),
+    KindModule::validation_only(&config::config_maps::KafkaChannelConfigMap),
+    // Any other `v1` ConfigMap (after the ones above: the first registration that reads a
+    // document validates it).
+    KindModule::validation_only(&config::config_maps::OtherConfigMap),
+    KindModule::validation_only(&config::secret::Secret),
 ];
+
+/// Installs [`KINDS`] as `evmesh_config`'s kind registry (once; later calls do nothing). When
+/// an embedder installed another set first, that set stays and a warning says so.
+///
+/// ```
+/// evmesh::kinds::install();
+/// assert!(evmesh::evmesh_config::registry::by_kind("flows.knative.dev/v1", "Sequence").is_some());
+/// ```
+pub fn install() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = registry::install(KINDS.iter().map(KindModule::config).collect()) {
+            tracing::warn!("{e}: evmesh's own kinds are not installed");
+        }
+    });
+}
 
 /// The runtime half of `kind`.
 pub(crate) fn runtime(kind: &KindInfo) -> Option<&'static dyn RuntimeKind> {
-    RUNTIME
+    KINDS
         .iter()
-        .copied()
+        .filter_map(KindModule::runtime)
         .find(|k| k.group_kind() == (kind.group, kind.kind))
 }
 
@@ -52,23 +91,33 @@ impl RuntimeKind for EventDisplay {
 
 #[cfg(test)]
 mod tests {
-    /// Every kind served through the API has a runtime half, and every runtime half a served
-    /// kind.
+    use super::*;
+
+    /// Every kind served through the API has a runtime half, each module's two halves are the
+    /// same kind, and the installed registry is exactly the modules' validation halves.
     #[test]
     fn every_served_kind_has_its_runtime_half() {
-        for k in evmesh_config::registry::kinds() {
-            assert!(
-                super::runtime(k).is_some(),
-                "{} has no runtime half",
-                k.kind
-            );
+        install();
+        for k in registry::kinds() {
+            assert!(runtime(k).is_some(), "{} has no runtime half", k.kind);
         }
-        for r in super::RUNTIME {
-            let (g, k) = r.group_kind();
-            assert!(
-                evmesh_config::registry::by_group(g, k).is_some(),
-                "{g}/{k} is not registered in evmesh_config"
-            );
+        for m in KINDS {
+            let versions = m.config().versions();
+            match m.runtime() {
+                Some(r) => {
+                    let (g, k) = r.group_kind();
+                    assert!(
+                        versions.iter().any(|v| v.group == g && v.kind == k),
+                        "{g}/{k}: the runtime half of another kind"
+                    );
+                }
+                None => assert!(versions.is_empty(), "a served kind without runtime half"),
+            }
+        }
+        let installed = registry::all();
+        assert_eq!(installed.len(), KINDS.len());
+        for (m, k) in KINDS.iter().zip(installed) {
+            assert!(std::ptr::addr_eq(m.config(), *k));
         }
     }
 }

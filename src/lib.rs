@@ -118,7 +118,7 @@
 mod admin;
 mod closing;
 mod display;
-mod kinds;
+pub mod kinds;
 mod kube;
 pub mod prelude;
 mod runtime;
@@ -316,6 +316,7 @@ impl Mesh {
     }
 
     fn from_named_yaml(name: &str, text: &str) -> Result<Mesh, ConfigErrors> {
+        kinds::install();
         let docs = evmesh_config::load_str(name, text).map_err(|e| ConfigErrors {
             errors: vec![e],
             warnings: vec![],
@@ -334,6 +335,7 @@ impl Mesh {
     /// # Ok::<(), evmesh::ConfigErrors>(())
     /// ```
     pub fn from_paths(paths: &[PathBuf]) -> Result<Mesh, ConfigErrors> {
+        kinds::install();
         let config = MeshConfig::from_paths(paths)?;
         let (docs, _) = evmesh_config::load_paths(paths);
         Ok(Mesh::new(config, docs, paths.to_vec()))
@@ -354,6 +356,7 @@ impl Mesh {
     /// # Ok::<(), ConfigErrors>(())
     /// ```
     pub fn from_resources(resources: &[Resource]) -> Result<Mesh, ConfigErrors> {
+        kinds::install();
         let config = MeshConfig::from_resources(resources)?;
         let text = MeshConfig::resources_yaml(resources);
         let docs = evmesh_config::load_str("<resources>", &text).map_err(|e| ConfigErrors {

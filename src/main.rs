@@ -293,6 +293,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    evmesh::kinds::install();
     evmesh_broker::tls::install_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format);

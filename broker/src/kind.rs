@@ -1,6 +1,7 @@
 //! The runtime half of a kind: how a resource shows its status from what runs. Each kind crate
-//! implements [`RuntimeKind`] for its kinds in one module; the facade registers them once, next
-//! to the kind's validation half ([`evmesh_config::registry::Kind`]).
+//! implements [`RuntimeKind`] for its kinds in one module, beside (or on the same type as) the
+//! kind's validation half ([`evmesh_config::registry::Kind`]); the facade registers both by one
+//! line, a [`KindModule`].
 
 use std::sync::Arc;
 
@@ -53,6 +54,78 @@ pub trait RuntimeKind: Sync {
     fn group_kind(&self) -> (&'static str, &'static str);
     /// The `status` of a stored resource of this kind, from what runs.
     fn status(&self, cx: &StatusCx, manifest: &Value) -> Value;
+}
+
+/// One kind as the facade registers it, by one line: its validation half (an
+/// [`evmesh_config::registry::Kind`]) and its runtime half (a [`RuntimeKind`]).
+///
+/// A kind that lives in one module implements both traits on one type ([`KindModule::of`]).
+/// The kinds `evmesh_config` validates itself (Broker, Trigger, the sources) have their halves
+/// in two crates, below and above the data plane, so a module is a pair of references rather
+/// than a trait both halves would have to share a type for; a ConfigMap or Secret evmesh reads
+/// but does not serve has no runtime half ([`KindModule::validation_only`]).
+///
+/// ```
+/// use evmesh_broker::kind::{KindModule, RuntimeKind, StatusCx};
+/// use evmesh_config::registry::{Kind, KindInfo, Pass};
+/// struct Note;
+/// impl Kind for Note {
+///     fn versions(&self) -> &'static [KindInfo] { &[] }
+///     fn validate<'a>(&self, _: &mut Pass<'a>, _: &'a evmesh_config::Document, _: &str,
+///         _: evmesh_config::ObjectMeta, _: &serde_json::Value) {}
+/// }
+/// impl RuntimeKind for Note {
+///     fn group_kind(&self) -> (&'static str, &'static str) { ("example.dev", "Note") }
+///     fn status(&self, _: &StatusCx, _: &serde_json::Value) -> serde_json::Value {
+///         serde_json::json!({})
+///     }
+/// }
+/// static NOTE: KindModule = KindModule::of(&Note);
+/// assert_eq!(NOTE.runtime().map(|r| r.group_kind().1), Some("Note"));
+/// ```
+#[derive(Clone, Copy)]
+pub struct KindModule {
+    config: &'static dyn evmesh_config::registry::Kind,
+    runtime: Option<&'static dyn RuntimeKind>,
+}
+
+impl KindModule {
+    /// A kind whose one type is both halves.
+    pub const fn of<K: evmesh_config::registry::Kind + RuntimeKind>(kind: &'static K) -> Self {
+        KindModule {
+            config: kind,
+            runtime: Some(kind),
+        }
+    }
+
+    /// A kind whose halves are two types (in two crates).
+    pub const fn halves(
+        config: &'static dyn evmesh_config::registry::Kind,
+        runtime: &'static dyn RuntimeKind,
+    ) -> Self {
+        KindModule {
+            config,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// An input read but not served (no status): a ConfigMap or Secret.
+    pub const fn validation_only(config: &'static dyn evmesh_config::registry::Kind) -> Self {
+        KindModule {
+            config,
+            runtime: None,
+        }
+    }
+
+    /// The validation half.
+    pub fn config(&self) -> &'static dyn evmesh_config::registry::Kind {
+        self.config
+    }
+
+    /// The runtime half (`None` for an input that is not served).
+    pub fn runtime(&self) -> Option<&'static dyn RuntimeKind> {
+        self.runtime
+    }
 }
 
 /// `namespace`, `name` and `generation` of a manifest.

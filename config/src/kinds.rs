@@ -1,25 +1,18 @@
-//! The kinds evmesh reads, one module each, every one registered once in
-//! [`crate::registry::REGISTRY`].
+//! The kinds this crate validates, one module each, every one registered once in
+//! [`crate::registry::BUILTIN`] (and in the facade's list).
 
-pub(crate) mod apiserver_source;
-pub(crate) mod broker;
-pub(crate) mod channel;
-pub(crate) mod config_maps;
-pub(crate) mod event_display;
-pub(crate) mod github_source;
-pub(crate) mod in_memory_channel;
-pub(crate) mod kafka_channel;
-pub(crate) mod kafka_source;
-pub(crate) mod nats_jetstream_channel;
-pub(crate) mod parallel;
-pub(crate) mod ping_source;
-pub(crate) mod secret;
-pub(crate) mod sequence;
-pub(crate) mod subscription;
-pub(crate) mod trigger;
+pub mod apiserver_source;
+pub mod broker;
+pub mod config_maps;
+pub mod event_display;
+pub mod github_source;
+pub mod kafka_source;
+pub mod ping_source;
+pub mod secret;
+pub mod trigger;
 
 use crate::MeshConfig;
-use crate::messaging::{ChannelDefaults, ChannelKind, ChannelTemplate, owner_of};
+use crate::messaging::{ChannelKind, owner_of};
 use crate::model::ObjectMeta;
 use crate::registry::{AddrKey, Address};
 
@@ -44,13 +37,13 @@ pub(crate) fn owned(m: &ObjectMeta, kind: &str, ns: &str, name: &str) -> bool {
 }
 
 /// Removes a channel of `kind` that a user wrote.
-pub(crate) fn remove_channel(mesh: &mut MeshConfig, kind: ChannelKind, ns: &str, name: &str) {
+pub fn remove_channel(mesh: &mut MeshConfig, kind: ChannelKind, ns: &str, name: &str) {
     mesh.channels
         .retain(|c| !(c.kind == kind && written(&c.metadata, ns, name)));
 }
 
 /// Removes what a Channel, Sequence or Parallel generated.
-pub(crate) fn remove_generated(mesh: &mut MeshConfig, kind: &str, ns: &str, name: &str) {
+pub fn remove_generated(mesh: &mut MeshConfig, kind: &str, ns: &str, name: &str) {
     mesh.channels
         .retain(|c| !owned(&c.metadata, kind, ns, name));
     mesh.subscriptions
@@ -58,11 +51,7 @@ pub(crate) fn remove_generated(mesh: &mut MeshConfig, kind: &str, ns: &str, name
 }
 
 /// Every channel of `kind` in `mesh`, addressed as itself.
-pub(crate) fn channel_addresses(
-    mesh: &MeshConfig,
-    kind: ChannelKind,
-    out: &mut Vec<(AddrKey, Address)>,
-) {
+pub fn channel_addresses(mesh: &MeshConfig, kind: ChannelKind, out: &mut Vec<(AddrKey, Address)>) {
     for c in mesh.channels.iter().filter(|c| c.kind == kind) {
         let m = &c.metadata;
         out.push((
@@ -74,7 +63,7 @@ pub(crate) fn channel_addresses(
 
 /// The channels `kind` (Channel, Sequence, Parallel) generated whose address is the owner's:
 /// `front(owner)` names the channel in front.
-pub(crate) fn front_addresses(
+pub fn front_addresses(
     mesh: &MeshConfig,
     group: &str,
     kind: &str,
@@ -96,14 +85,3 @@ pub(crate) fn front_addresses(
 }
 
 pub(crate) const MESSAGING: &str = "messaging.knative.dev";
-pub(crate) const FLOWS: &str = "flows.knative.dev";
-
-/// A flow's or Channel's `channelTemplate`, else the default for its namespace.
-pub(crate) fn template_or_default(
-    t: &Option<ChannelTemplate>,
-    defaults: &ChannelDefaults,
-    meta: &ObjectMeta,
-) -> ChannelTemplate {
-    t.clone()
-        .unwrap_or_else(|| defaults.template_for(&meta.namespace).clone())
-}

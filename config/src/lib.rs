@@ -23,7 +23,7 @@
 mod annotations;
 mod error;
 pub mod kafka;
-mod kinds;
+pub mod kinds;
 mod loader;
 pub mod messaging;
 mod model;

@@ -1,9 +1,9 @@
-//! The messaging and flows model (`messaging.knative.dev`, `flows.knative.dev`): channels, their
-//! subscriptions, and what the data plane runs of them once validated.
+//! The messaging model (`messaging.knative.dev`): channels, their subscriptions, and what the
+//! data plane runs of them once validated.
 //!
-//! A Sequence or Parallel is wired as Knative's reconcilers wire it: into Channels and
-//! Subscriptions (named `<seq>-kn-sequence-<i>`, `<p>-kn-parallel[-<i>]`); the data plane only ever
-//! runs [`ChannelConfig`]s and [`SubscriptionConfig`]s.
+//! A Channel, Sequence or Parallel is wired as Knative's reconcilers wire it: into channels and
+//! Subscriptions (the flows kinds live in `evmesh-flows`); the data plane only ever runs
+//! [`ChannelConfig`]s and [`SubscriptionConfig`]s.
 
 use std::collections::BTreeMap;
 
@@ -160,17 +160,6 @@ pub struct InMemoryChannelSpec {
     pub subscribers: Option<serde_json::Value>,
 }
 
-/// The OpenAPI schema of a KafkaChannel's `spec` (for discovery and kubectl).
-pub(crate) const KAFKA_CHANNEL_SPEC: &str = r#"{"type": "object", "description": "KafkaChannelSpec defines the specification for a KafkaChannel.",
-  "x-kubernetes-preserve-unknown-fields": true,
-  "properties": {
-    "numPartitions": {"type": "integer", "format": "int32", "description": "NumPartitions is the number of partitions of a Kafka topic. By default, it is set to 1."},
-    "replicationFactor": {"type": "integer", "format": "int16", "description": "ReplicationFactor is the replication factor of a Kafka topic. By default, it is set to 1."},
-    "retentionDuration": {"type": "string", "description": "RetentionDuration is the duration for which events will be retained in the Kafka Topic (ISO-8601, default PT168H)."},
-    "delivery": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-    "subscribers": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
-  }}"#;
-
 /// `spec` of a `KafkaChannel` (eventing-kafka-broker's `KafkaChannelSpec`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -285,88 +274,6 @@ pub struct SubscriptionConfig {
     pub location: Option<Location>,
 }
 
-/// One step of a Sequence: a destination (`ref`/`uri` inline, as Knative's `SequenceStep`)
-/// plus its own delivery.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SequenceStep {
-    /// The step's addressable.
-    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
-    pub reference: Option<KReference>,
-    /// An absolute URL, or a URL relative to the `ref`'s address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// PEM CA certificates trusted for this step.
-    #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
-    pub ca_certs: Option<String>,
-    /// OIDC audience (not supported yet).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
-    /// Delivery of this step's subscription.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<DeliverySpec>,
-}
-
-impl SequenceStep {
-    /// The step as a [`Destination`].
-    pub fn destination(&self) -> Destination {
-        Destination {
-            reference: self.reference.clone(),
-            uri: self.uri.clone(),
-            ca_certs: self.ca_certs.clone(),
-            audience: self.audience.clone(),
-        }
-    }
-}
-
-/// `spec` of a `flows.knative.dev/v1` `Sequence`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SequenceSpec {
-    /// The steps, in order (at least one).
-    #[serde(default)]
-    pub steps: Vec<SequenceStep>,
-    /// The kind of the channels in front of each step (default: the default channel).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel_template: Option<ChannelTemplate>,
-    /// Where the last step's replies go.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<Destination>,
-}
-
-/// One branch of a Parallel.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ParallelBranch {
-    /// Decides whether the branch runs: the branch gets the event the filter replies with (none:
-    /// the branch always runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<Destination>,
-    /// The branch's subscriber.
-    pub subscriber: Destination,
-    /// Where the subscriber's replies go (else the Parallel's `reply`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<Destination>,
-    /// Delivery of the subscriber's subscription.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<DeliverySpec>,
-}
-
-/// `spec` of a `flows.knative.dev/v1` `Parallel`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ParallelSpec {
-    /// The branches (at least one); every branch gets every event.
-    #[serde(default)]
-    pub branches: Vec<ParallelBranch>,
-    /// The kind of the ingress and branch channels (default: the default channel).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel_template: Option<ChannelTemplate>,
-    /// Where branch replies go when the branch sets no `reply`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<Destination>,
-}
-
 /// Name of eventing-natss's ConfigMap that says where NATS is.
 pub const NATS_CONFIGMAP: &str = "config-nats";
 /// Key of [`NATS_CONFIGMAP`]'s data holding the NATS settings (YAML with `url`).
@@ -426,6 +333,22 @@ impl ChannelDefaults {
         self.namespace_defaults
             .get(ns)
             .unwrap_or(&self.cluster_default)
+    }
+
+    /// `template` when set, else the one a channel in namespace `ns` gets.
+    ///
+    /// ```
+    /// use evmesh_config::messaging::ChannelDefaults;
+    /// assert_eq!(ChannelDefaults::default().template_or_default(&None, "demo").kind, "InMemoryChannel");
+    /// ```
+    pub fn template_or_default(
+        &self,
+        template: &Option<ChannelTemplate>,
+        ns: &str,
+    ) -> ChannelTemplate {
+        template
+            .clone()
+            .unwrap_or_else(|| self.template_for(ns).clone())
     }
 }
 

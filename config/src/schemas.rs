@@ -1,8 +1,15 @@
 //! OpenAPI v3 schemas of the served kinds' `spec`, after Knative's CRDs (JSON text, for the
 //! kind registry).
 
-/// A Destination (`ref` or `uri`), as in Knative's duck types.
-macro_rules! destination {
+/// The OpenAPI schema (JSON text) of a Destination (`ref` or `uri`), as in Knative's duck types,
+/// with `description`: for the spec schema of a kind registered outside this crate.
+///
+/// ```
+/// let s: serde_json::Value = serde_json::from_str(evmesh_config::schema_destination!("Where.")).unwrap();
+/// assert_eq!(s["description"], "Where.");
+/// ```
+#[macro_export]
+macro_rules! schema_destination {
     ($desc:literal) => {
         concat!(
             r#"{"type": "object", "description": ""#,
@@ -25,14 +32,20 @@ macro_rules! destination {
     };
 }
 
-/// A DeliverySpec, as in Knative's duck types.
-macro_rules! delivery {
+/// The OpenAPI schema (JSON text) of a DeliverySpec, as in Knative's duck types.
+///
+/// ```
+/// let s: serde_json::Value = serde_json::from_str(evmesh_config::schema_delivery!()).unwrap();
+/// assert_eq!(s["type"], "object");
+/// ```
+#[macro_export]
+macro_rules! schema_delivery {
     () => {
         concat!(
             r#"{"type": "object", "description": "Delivery contains the delivery spec for each subscription: retries, backoff and the dead letter sink.",
   "properties": {
     "deadLetterSink": "#,
-            destination!("DeadLetterSink is the sink receiving events that could not be sent to a destination."),
+            $crate::schema_destination!("DeadLetterSink is the sink receiving events that could not be sent to a destination."),
             r#",
     "retry": {"type": "integer", "format": "int32", "description": "Retry is the minimum number of retries the sender should attempt when sending an event before moving it to the dead letter sink."},
     "backoffPolicy": {"type": "string", "description": "BackoffPolicy is the retry backoff policy (linear, exponential)."},
@@ -57,7 +70,7 @@ pub(crate) const BROKER_SPEC: &str = concat!(
         "namespace": {"type": "string", "description": "Namespace of the referent."}
       }},
     "delivery": "#,
-    delivery!(),
+    crate::schema_delivery!(),
     r#"
   }}"#
 );
@@ -84,12 +97,12 @@ pub(crate) const TRIGGER_SPEC: &str = concat!(
           "cesql": {"type": "string", "description": "CESQL is a CloudEvents SQL expression that will be evaluated to true or false against each CloudEvent."}
         }}},
     "subscriber": "#,
-    destination!(
+    crate::schema_destination!(
         "Subscriber is the addressable that receives events from the Broker that pass the Filter. It is required."
     ),
     r#",
     "delivery": "#,
-    delivery!(),
+    crate::schema_delivery!(),
     r#"
   }}"#
 );
@@ -97,8 +110,15 @@ pub(crate) const TRIGGER_SPEC: &str = concat!(
 /// EventDisplay `spec` (evmesh's built-in printing sink: no settings).
 pub(crate) const EVENT_DISPLAY_SPEC: &str = r#"{"type": "object", "description": "Spec of the EventDisplay (no settings yet).", "x-kubernetes-preserve-unknown-fields": true}"#;
 
-/// A `channelTemplate` (the kind and spec of the channels created).
-macro_rules! channel_template {
+/// The OpenAPI schema (JSON text) of a `channelTemplate` (the kind and spec of the channels
+/// created).
+///
+/// ```
+/// let s: serde_json::Value = serde_json::from_str(evmesh_config::schema_channel_template!()).unwrap();
+/// assert_eq!(s["type"], "object");
+/// ```
+#[macro_export]
+macro_rules! schema_channel_template {
     () => {
         r#"{"type": "object", "description": "ChannelTemplate specifies which Channel CRD to use to create the CRD Channel backing this resource.",
   "properties": {
@@ -109,143 +129,18 @@ macro_rules! channel_template {
     };
 }
 
-/// Channelable `subscribers` (server-managed).
-macro_rules! subscribers {
+/// The OpenAPI schema (JSON text) of Channelable `subscribers` (server-managed).
+///
+/// ```
+/// let s: serde_json::Value = serde_json::from_str(evmesh_config::schema_subscribers!()).unwrap();
+/// assert_eq!(s["type"], "array");
+/// ```
+#[macro_export]
+macro_rules! schema_subscribers {
     () => {
         r#"{"type": "array", "description": "This is the list of subscriptions for this subscribable (managed by the server).", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}"#
     };
 }
-
-/// InMemoryChannel `spec`.
-pub(crate) const IN_MEMORY_CHANNEL_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
-  "properties": {
-    "delivery": "#,
-    delivery!(),
-    r#",
-    "subscribers": "#,
-    subscribers!(),
-    r#"
-  }}"#
-);
-
-/// NatsJetStreamChannel `spec` (eventing-natss).
-pub(crate) const NATS_JETSTREAM_CHANNEL_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
-  "properties": {
-    "delivery": "#,
-    delivery!(),
-    r#",
-    "subscribers": "#,
-    subscribers!(),
-    r#",
-    "stream": {"type": "object", "description": "How the JetStream stream is made: overrideName, config.", "x-kubernetes-preserve-unknown-fields": true},
-    "consumerConfigTemplate": {"type": "object", "description": "How each subscription's consumer is made: ackWait, maxAckPending.", "x-kubernetes-preserve-unknown-fields": true},
-    "deploymentSpecTemplate": {"type": "object", "description": "Dispatcher Deployment settings (ignored by evmesh).", "x-kubernetes-preserve-unknown-fields": true}
-  }}"#
-);
-
-/// Channel `spec`.
-pub(crate) const CHANNEL_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Channel.",
-  "properties": {
-    "channelTemplate": "#,
-    channel_template!(),
-    r#",
-    "delivery": "#,
-    delivery!(),
-    r#",
-    "subscribers": "#,
-    subscribers!(),
-    r#"
-  }}"#
-);
-
-/// Subscription `spec`.
-pub(crate) const SUBSCRIPTION_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Subscription.",
-  "required": ["channel"],
-  "properties": {
-    "channel": {"type": "object", "description": "Reference to a channel that will be used to create the subscription. You can specify only the following fields of the KReference: Kind, APIVersion, Name. This field is immutable.",
-      "properties": {
-        "apiVersion": {"type": "string", "description": "API version of the referent."},
-        "kind": {"type": "string", "description": "Kind of the referent."},
-        "name": {"type": "string", "description": "Name of the referent."}
-      }},
-    "subscriber": "#,
-    destination!(
-        "Subscriber is reference to function for processing events. Events from the Channel will be delivered here and replies are sent to a Destination as specified by the Reply."
-    ),
-    r#",
-    "reply": "#,
-    destination!(
-        "Reply specifies (optionally) how to handle events returned from the Subscriber target."
-    ),
-    r#",
-    "delivery": "#,
-    delivery!(),
-    r#"
-  }}"#
-);
-
-/// Sequence `spec`.
-pub(crate) const SEQUENCE_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Sequence.",
-  "properties": {
-    "channelTemplate": "#,
-    channel_template!(),
-    r#",
-    "steps": {"type": "array", "description": "Steps is the list of Destinations (processors / functions) that will be called in the order provided. Each step has its own delivery options.",
-      "items": {"type": "object", "description": "A Destination plus its delivery options.",
-        "properties": {
-          "ref": {"type": "object", "description": "Ref points to an Addressable.", "x-kubernetes-preserve-unknown-fields": true},
-          "uri": {"type": "string", "description": "URI can be an absolute URL or a URL relative to the Ref's address."},
-          "CACerts": {"type": "string", "description": "Certification Authority (CA) certificates in PEM format."},
-          "audience": {"type": "string", "description": "Audience is the OIDC audience."},
-          "delivery": "#,
-    delivery!(),
-    r#"
-        }}},
-    "reply": "#,
-    destination!("Reply is a Reference to where the result of the last Subscriber gets sent to."),
-    r#"
-  }}"#
-);
-
-/// Parallel `spec`.
-pub(crate) const PARALLEL_SPEC: &str = concat!(
-    r#"{"type": "object", "description": "Spec defines the desired state of the Parallel.",
-  "properties": {
-    "channelTemplate": "#,
-    channel_template!(),
-    r#",
-    "branches": {"type": "array", "description": "Branches is the list of Filter/Subscribers pairs.",
-      "items": {"type": "object",
-        "properties": {
-          "filter": "#,
-    destination!(
-        "Filter is the expression guarding the branch: the branch gets the event the filter replies with."
-    ),
-    r#",
-          "subscriber": "#,
-    destination!("Subscriber receiving the event when the filter passes."),
-    r#",
-          "reply": "#,
-    destination!(
-        "Reply is a Reference to where the result of Subscriber of this case gets sent to. If not specified, sent the result to the Parallel Reply."
-    ),
-    r#",
-          "delivery": "#,
-    delivery!(),
-    r#"
-        }}},
-    "reply": "#,
-    destination!(
-        "Reply is a Reference to where the result of a case Subscriber gets sent to when the case does not have a Reply."
-    ),
-    r#"
-  }}"#
-);
 
 /// `ceOverrides` of a source.
 macro_rules! ce_overrides {
@@ -289,7 +184,9 @@ pub(crate) const PING_SOURCE_SPEC: &str = concat!(
     "dataBase64": {"type": "string", "description": "DataBase64 is the base64-encoded string of the actual event's body posted to the sink. Default is empty. Mutually exclusive with `data`."},
     "schedule": {"type": "string", "description": "Schedule is the cron schedule. Defaults to `* * * * *`."},
     "sink": "#,
-    destination!("Sink is a reference to an object that will resolve to a uri to use as the sink."),
+    crate::schema_destination!(
+        "Sink is a reference to an object that will resolve to a uri to use as the sink."
+    ),
     r#",
     "timezone": {"type": "string", "description": "Timezone modifies the actual time relative to the specified timezone. Defaults to the system time zone."}
   }}"#
@@ -315,7 +212,9 @@ pub(crate) const GITHUB_SOURCE_SPEC: &str = concat!(
     "secure": {"type": "boolean", "description": "Set to true to enable secure webhook invocation."},
     "serviceAccountName": {"type": "string", "description": "Service Account to run Receive Adapter as. If omitted, uses 'default'."},
     "sink": "#,
-    destination!("Reference to an object that will resolve to a domain name to use as the sink."),
+    crate::schema_destination!(
+        "Reference to an object that will resolve to a domain name to use as the sink."
+    ),
     r#"
   }}"#
 );

@@ -538,11 +538,11 @@ pub struct ValidationContext<'a> {
 /// ```
 /// use evmesh_config::{ValidationContext, load_str, validate_in};
 /// let running = evmesh_config::MeshConfig::from_yaml("a.yaml",
-///     "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata: {name: orders}\n").unwrap();
-/// let docs = load_str("b.yaml", "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata: {name: s}\nspec:\n  channel: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: orders}\n  subscriber: {uri: http://127.0.0.1:9000/}\n").unwrap();
+///     "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: orders}\n").unwrap();
+/// let docs = load_str("b.yaml", "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: orders\n  subscriber: {uri: http://127.0.0.1:9000/}\n").unwrap();
 /// let mesh = validate_in(&docs, &ValidationContext { running: Some(&running), ..Default::default() }).unwrap();
-/// assert!(mesh.warnings.is_empty());
-/// assert_eq!(mesh.subscriptions[0].channel.1, "orders");
+/// assert!(mesh.warnings.is_empty(), "the running mesh has the broker");
+/// assert_eq!(mesh.triggers[0].resource.spec.broker, "orders");
 /// ```
 pub fn validate_in(
     docs: &[Document],
@@ -652,7 +652,9 @@ fn validate_impl(
             Some(v) => v.clone(),
         };
         if let Some(registered) = crate::registry::reader(api_version, kind, &meta) {
+            pass.current = Some(registered);
             registered.validate(&mut pass, doc, api_version, meta, &spec);
+            pass.current = None;
             continue;
         }
         let ctx = &mut pass.ctx;
@@ -665,7 +667,17 @@ fn validate_impl(
                 );
             }
             (g, k) if KNATIVE_EVENTING_GROUPS.contains(&g) => {
-                ctx.error(doc, "kind", format!("unknown kind {k:?} in {api_version}"));
+                // Without an installed registry only this crate's own kinds are known.
+                let hint = if crate::registry::installed() {
+                    ""
+                } else {
+                    " (no kind registry is installed: evmesh_config alone knows its own kinds; evmesh installs the rest, e.g. Sequence and Parallel, see registry::install)"
+                };
+                ctx.error(
+                    doc,
+                    "kind",
+                    format!("unknown kind {k:?} in {api_version}{hint}"),
+                );
             }
             (_, k) => {
                 let status = obj.get("status");
@@ -703,6 +715,8 @@ fn validate_impl(
         config_maps,
         sources,
         secrets,
+        current: _,
+        mut deferred,
     } = pass;
     let mut mesh = MeshConfig {
         nats_url,
@@ -729,7 +743,17 @@ fn validate_impl(
                 .map(|(k, _)| k),
         );
     }
-    messaging.known(&channel_defaults, &mut known);
+    // Deferred resources are finished stage by stage, kind by kind in registration order.
+    let rank = |k: &'static dyn crate::registry::Kind| {
+        crate::registry::all()
+            .iter()
+            .position(|r| std::ptr::addr_eq(*r as *const _, k as *const _))
+    };
+    deferred.sort_by_key(|(k, ..)| (k.stage(), rank(*k)));
+    for (k, meta, spec, _) in &deferred {
+        let mut add = crate::registry::Addressables { known: &mut known };
+        k.known(meta, spec, &channel_defaults, &mut add);
+    }
 
     let mut used_config_maps: HashSet<(String, String)> = HashSet::new();
     for (broker, doc) in brokers {
@@ -942,7 +966,14 @@ fn validate_impl(
             });
         }
     }
-    messaging.finish(&mut ctx, context, channel_defaults, &known, &mut mesh);
+    messaging.finish(
+        &mut ctx,
+        context,
+        channel_defaults,
+        &known,
+        deferred,
+        &mut mesh,
+    );
     mesh.externals = externals;
     let secret_names: HashSet<(String, String)> = secrets
         .iter()

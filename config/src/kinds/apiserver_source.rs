@@ -9,7 +9,7 @@ use crate::registry::{AGE, READY_COL, REASON_COL, SINK_COL};
 use crate::registry::{Kind, KindInfo, Pass};
 
 /// The ApiServerSource kind.
-pub(crate) struct ApiServerSource;
+pub struct ApiServerSource;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "sources.knative.dev",

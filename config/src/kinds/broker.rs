@@ -12,7 +12,7 @@ use crate::registry::{
 use crate::validate::{check_api_version, typed};
 
 /// The Broker kind.
-pub(crate) struct Broker;
+pub struct Broker;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "eventing.knative.dev",

@@ -21,7 +21,7 @@ fn is_config_map(api_version: &str, kind: &str, meta: &ObjectMeta, name: &str) -
 }
 
 /// Knative's `default-ch-webhook` ConfigMap.
-pub(crate) struct DefaultChannelConfigMap;
+pub struct DefaultChannelConfigMap;
 
 impl Kind for DefaultChannelConfigMap {
     fn versions(&self) -> &'static [KindInfo] {
@@ -44,7 +44,7 @@ impl Kind for DefaultChannelConfigMap {
 }
 
 /// eventing-natss's `config-nats` ConfigMap.
-pub(crate) struct NatsConfigMap;
+pub struct NatsConfigMap;
 
 impl Kind for NatsConfigMap {
     fn versions(&self) -> &'static [KindInfo] {
@@ -66,7 +66,7 @@ impl Kind for NatsConfigMap {
 }
 
 /// eventing-kafka-broker's `kafka-channel-config` ConfigMap.
-pub(crate) struct KafkaChannelConfigMap;
+pub struct KafkaChannelConfigMap;
 
 impl Kind for KafkaChannelConfigMap {
     fn versions(&self) -> &'static [KindInfo] {
@@ -100,7 +100,7 @@ impl Kind for KafkaChannelConfigMap {
 
 /// Any other `v1` ConfigMap: kept for the Kafka-class Brokers whose `spec.config` names it
 /// (warned about when none does).
-pub(crate) struct OtherConfigMap;
+pub struct OtherConfigMap;
 
 impl Kind for OtherConfigMap {
     fn versions(&self) -> &'static [KindInfo] {

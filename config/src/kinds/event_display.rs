@@ -9,7 +9,7 @@ use crate::model::{ExternalResource, ObjectMeta};
 use crate::registry::{AGE, AddrKey, Address, Kind, KindInfo, Pass, PrinterColumn, READY_COL};
 
 /// The EventDisplay kind.
-pub(crate) struct EventDisplay;
+pub struct EventDisplay;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "evmesh.dev",

@@ -9,7 +9,7 @@ use crate::registry::{AGE, READY_COL, REASON_COL, SINK_COL};
 use crate::registry::{Kind, KindInfo, Pass};
 
 /// The KafkaSource kind.
-pub(crate) struct KafkaSource;
+pub struct KafkaSource;
 
 static INFO: &[KindInfo] = &[
     KindInfo {

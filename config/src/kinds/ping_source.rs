@@ -24,7 +24,7 @@ const PING_COLUMNS: &[PrinterColumn] = &[
 const PING_DESCRIPTION: &str = "PingSource describes an event source with a fixed payload produced on a specified cron schedule.";
 
 /// The PingSource kind.
-pub(crate) struct PingSource;
+pub struct PingSource;
 
 static INFO: &[KindInfo] = &[
     KindInfo {

@@ -7,7 +7,7 @@ use crate::model::ObjectMeta;
 use crate::registry::{Kind, KindInfo, Pass};
 
 /// The Secret kind.
-pub(crate) struct Secret;
+pub struct Secret;
 
 impl Kind for Secret {
     fn versions(&self) -> &'static [KindInfo] {

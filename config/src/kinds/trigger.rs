@@ -9,7 +9,7 @@ use crate::registry::{AGE, Immutable, Kind, KindInfo, Pass, PrinterColumn, READY
 use crate::validate::{check_api_version, typed};
 
 /// The Trigger kind.
-pub(crate) struct Trigger;
+pub struct Trigger;
 
 static INFO: &[KindInfo] = &[KindInfo {
     group: "eventing.knative.dev",

@@ -1,16 +1,16 @@
-//! Validation of the messaging and flows kinds (InMemoryChannel, Channel, Subscription,
-//! Sequence, Parallel, the `default-ch-webhook` ConfigMap) into the [`ChannelConfig`]s and
-//! [`SubscriptionConfig`]s the data plane runs, every error with file:line:field.
+//! The checks the messaging and flows kinds share (through [`crate::registry::Finish`]) and the
+//! `default-ch-webhook` ConfigMap, into the [`ChannelConfig`]s and [`SubscriptionConfig`]s the
+//! data plane runs, every error with file:line:field; the kinds themselves (channels, Channel,
+//! Subscription, Sequence, Parallel) live in their crates and finish stage by stage.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::wiring::{self, GeneratedChannel, GeneratedSubscription, Wiring};
+use super::wiring::{GeneratedChannel, GeneratedSubscription, Wiring};
 use super::{
-    ChannelConfig, ChannelDefaults, ChannelKind, ChannelSpec, ChannelTemplate, InMemoryChannelSpec,
-    KafkaChannelSpec, MESSAGING_V1, NatsJetStreamChannelSpec, ParallelSpec, SequenceSpec,
-    SubscriptionConfig, SubscriptionSpec, owner_of,
+    ChannelConfig, ChannelDefaults, ChannelKind, ChannelTemplate, InMemoryChannelSpec,
+    KafkaChannelSpec, NatsJetStreamChannelSpec, SubscriptionConfig, owner_of,
 };
 use crate::loader::Document;
 use crate::model::{DeliverySpec, Destination, ObjectMeta};
@@ -19,22 +19,10 @@ use crate::validate::{
     check_ref_target, typed,
 };
 
-const MESSAGING: &str = "messaging.knative.dev";
-const FLOWS: &str = "flows.knative.dev";
-
-/// The messaging and flows documents of one validation pass, typed, waiting for the rest of
-/// the documents (brokers, the default-channel ConfigMap) before they are wired.
+/// The `default-ch-webhook` ConfigMap of one validation pass, waiting for the rest of the
+/// documents before the default channels are known.
 #[derive(Default)]
 pub(crate) struct Pending<'a> {
-    pub(crate) imcs: Vec<(ObjectMeta, InMemoryChannelSpec, &'a Document)>,
-    /// NatsJetStreamChannels, with their spec as written.
-    pub(crate) jsms: Vec<(ObjectMeta, NatsJetStreamChannelSpec, Value, &'a Document)>,
-    /// KafkaChannels, with their spec as written.
-    pub(crate) kafkas: Vec<(ObjectMeta, KafkaChannelSpec, Value, &'a Document)>,
-    pub(crate) channels: Vec<(ObjectMeta, ChannelSpec, &'a Document)>,
-    pub(crate) subscriptions: Vec<(ObjectMeta, SubscriptionSpec, &'a Document)>,
-    pub(crate) sequences: Vec<(ObjectMeta, SequenceSpec, &'a Document)>,
-    pub(crate) parallels: Vec<(ObjectMeta, ParallelSpec, &'a Document)>,
     config_map: Option<(Option<ChannelDefaultsText>, &'a Document)>,
 }
 
@@ -186,290 +174,27 @@ impl<'a> Pending<'a> {
         }
     }
 
-    /// Adds the addressables this pass defines (and generates) to `known`.
-    pub(crate) fn known(&self, defaults: &ChannelDefaults, known: &mut Known) {
-        let mut add = |group: &str, kind: &str, m: &ObjectMeta, name: &str| {
-            known.channels.insert((
-                group.to_string(),
-                kind.to_string(),
-                m.namespace.clone(),
-                name.to_string(),
-            ));
-        };
-        for (m, _, _) in &self.imcs {
-            add(MESSAGING, "InMemoryChannel", m, &m.name);
-        }
-        for (m, _, _, _) in &self.jsms {
-            add(MESSAGING, "NatsJetStreamChannel", m, &m.name);
-        }
-        for (m, _, _, _) in &self.kafkas {
-            add(MESSAGING, "KafkaChannel", m, &m.name);
-        }
-        let kind_of = |t: &Option<ChannelTemplate>, ns: &str| {
-            t.as_ref()
-                .map(|t| t.kind.clone())
-                .unwrap_or_else(|| defaults.template_for(ns).kind.clone())
-        };
-        for (m, s, _) in &self.channels {
-            add(MESSAGING, "Channel", m, &m.name);
-            add(
-                MESSAGING,
-                &kind_of(&s.channel_template, &m.namespace),
-                m,
-                &m.name,
-            );
-        }
-        for (m, s, _) in &self.sequences {
-            add(FLOWS, "Sequence", m, &m.name);
-            let k = kind_of(&s.channel_template, &m.namespace);
-            for i in 0..s.steps.len() {
-                add(MESSAGING, &k, m, &wiring::sequence_channel_name(&m.name, i));
-            }
-        }
-        for (m, s, _) in &self.parallels {
-            add(FLOWS, "Parallel", m, &m.name);
-            let k = kind_of(&s.channel_template, &m.namespace);
-            add(MESSAGING, &k, m, &wiring::parallel_channel_name(&m.name));
-            for i in 0..s.branches.len() {
-                add(
-                    MESSAGING,
-                    &k,
-                    m,
-                    &wiring::parallel_branch_channel_name(&m.name, i),
-                );
-            }
-        }
-    }
-
-    /// Validates and wires everything collected into `mesh.channels` / `mesh.subscriptions`.
+    /// Finishes every deferred resource, stage by stage (the caller sorted them), into
+    /// `mesh.channels` / `mesh.subscriptions`.
     pub(crate) fn finish(
         self,
         ctx: &mut Ctx,
         context: &ValidationContext<'_>,
         defaults: ChannelDefaults,
         known: &Known,
+        deferred: Vec<crate::registry::Deferred<'_>>,
         mesh: &mut MeshConfig,
     ) {
         let mut out = Out::new(context.running);
-        for (meta, spec, doc) in self.imcs {
-            let before = ctx.errors.len();
-            out.checked_channel(
-                ctx,
-                doc,
-                known,
-                before,
-                ChannelKind::InMemory,
-                meta,
-                &spec.delivery,
-                Value::Null,
-            );
-        }
-        for (meta, spec, raw, doc) in self.kafkas {
-            let before = ctx.errors.len();
-            for (field, v) in [
-                ("spec.numPartitions", spec.num_partitions),
-                ("spec.replicationFactor", spec.replication_factor),
-            ] {
-                if v.is_some_and(|v| v < 1) {
-                    ctx.error(doc, field, "must be at least 1");
-                }
-            }
-            if let Some(r) = &spec.retention_duration
-                && let Err(e) = crate::parse_duration(r)
-            {
-                ctx.error(doc, "spec.retentionDuration", e);
-            }
-            out.checked_channel(
-                ctx,
-                doc,
-                known,
-                before,
-                ChannelKind::Kafka,
-                meta,
-                &spec.delivery,
-                raw,
-            );
-        }
-        for (meta, spec, raw, doc) in self.jsms {
-            let before = ctx.errors.len();
-            out.checked_channel(
-                ctx,
-                doc,
-                known,
-                before,
-                ChannelKind::NatsJetStream,
-                meta,
-                &spec.delivery,
-                raw,
-            );
-        }
-        let mut generic: HashMap<(String, String), ChannelKind> = HashMap::new();
-        for (meta, spec, doc) in self.channels {
-            let before = ctx.errors.len();
-            let (template, field) = match &spec.channel_template {
-                Some(t) => (t.clone(), "spec.channelTemplate"),
-                None => (defaults.template_for(&meta.namespace).clone(), "spec"),
-            };
-            let kind = template_kind(ctx, doc, field, &template);
-            check_template_spec(ctx, doc, &spec.channel_template);
-            if let Some(d) = &spec.delivery {
-                check_delivery(ctx, doc, "spec.delivery", d);
-            }
-            check_dls_target(
-                ctx,
-                doc,
-                "spec.delivery",
-                &spec.delivery,
-                &meta.namespace,
-                known,
-            );
-            let (Some(kind), true) = (kind, ctx.errors.len() == before) else {
-                continue;
-            };
-            generic.insert((meta.namespace.clone(), meta.name.clone()), kind);
-            let backing = wiring::wire_channel(&meta, &spec, &template);
-            out.generated_channel(ctx, doc, kind, backing);
-        }
-        for (meta, spec, doc) in self.sequences {
-            let before = ctx.errors.len();
-            if spec.steps.is_empty() {
-                ctx.error(doc, "spec.steps", "at least one step is required");
-            }
-            for (i, step) in spec.steps.iter().enumerate() {
-                let field = format!("spec.steps[{i}]");
-                destination(
-                    ctx,
-                    doc,
-                    &field,
-                    &step.destination(),
-                    &meta.namespace,
-                    known,
-                );
-                if let Some(d) = &step.delivery {
-                    check_delivery(ctx, doc, &format!("{field}.delivery"), d);
-                }
-                check_dls_target(
-                    ctx,
-                    doc,
-                    &format!("{field}.delivery"),
-                    &step.delivery,
-                    &meta.namespace,
-                    known,
-                );
-            }
-            if let Some(r) = &spec.reply {
-                destination(ctx, doc, "spec.reply", r, &meta.namespace, known);
-            }
-            let (template, kind) =
-                flow_template(ctx, doc, &spec.channel_template, &defaults, &meta);
-            if let (Some(kind), true) = (kind, ctx.errors.len() == before) {
-                let w = wiring::wire_sequence(&meta, &spec, &template);
-                out.wiring(ctx, doc, kind, w);
-            }
-        }
-        for (meta, spec, doc) in self.parallels {
-            let before = ctx.errors.len();
-            if spec.branches.is_empty() {
-                ctx.error(doc, "spec.branches", "at least one branch is required");
-            }
-            for (i, b) in spec.branches.iter().enumerate() {
-                let field = format!("spec.branches[{i}]");
-                if let Some(f) = &b.filter {
-                    destination(
-                        ctx,
-                        doc,
-                        &format!("{field}.filter"),
-                        f,
-                        &meta.namespace,
-                        known,
-                    );
-                }
-                destination(
-                    ctx,
-                    doc,
-                    &format!("{field}.subscriber"),
-                    &b.subscriber,
-                    &meta.namespace,
-                    known,
-                );
-                if let Some(r) = &b.reply {
-                    destination(
-                        ctx,
-                        doc,
-                        &format!("{field}.reply"),
-                        r,
-                        &meta.namespace,
-                        known,
-                    );
-                }
-                if let Some(d) = &b.delivery {
-                    check_delivery(ctx, doc, &format!("{field}.delivery"), d);
-                }
-                check_dls_target(
-                    ctx,
-                    doc,
-                    &format!("{field}.delivery"),
-                    &b.delivery,
-                    &meta.namespace,
-                    known,
-                );
-            }
-            if let Some(r) = &spec.reply {
-                destination(ctx, doc, "spec.reply", r, &meta.namespace, known);
-            }
-            let (template, kind) =
-                flow_template(ctx, doc, &spec.channel_template, &defaults, &meta);
-            if let (Some(kind), true) = (kind, ctx.errors.len() == before) {
-                let w = wiring::wire_parallel(&meta, &spec, &template);
-                out.wiring(ctx, doc, kind, w);
-            }
-        }
-        for (meta, spec, doc) in self.subscriptions {
-            let before = ctx.errors.len();
-            let ns = meta.namespace.clone();
-            let channel =
-                subscription_channel(ctx, doc, &spec, &ns, &generic, &defaults, context, known);
-            if spec.subscriber.is_none() && spec.reply.is_none() {
-                ctx.error(
-                    doc,
-                    "spec",
-                    "a Subscription needs a subscriber, a reply or both",
-                );
-            }
-            if let Some(s) = &spec.subscriber {
-                destination(ctx, doc, "spec.subscriber", s, &ns, known);
-            }
-            if let Some(r) = &spec.reply {
-                destination(ctx, doc, "spec.reply", r, &ns, known);
-            }
-            let delivery = spec
-                .delivery
-                .as_ref()
-                .and_then(|d| check_delivery(ctx, doc, "spec.delivery", d));
-            check_dls_target(ctx, doc, "spec.delivery", &spec.delivery, &ns, known);
-            if let Some(v) = meta.annotations.get(crate::REPLAY_FROM_ANNOTATION)
-                && let Err(e) = crate::ReplayFrom::parse(v)
-            {
-                ctx.error(
-                    doc,
-                    "metadata.annotations",
-                    format!("{} {e}", crate::REPLAY_FROM_ANNOTATION),
-                );
-            }
-            if let (Some(channel), true) = (channel, ctx.errors.len() == before) {
-                out.subscription(
-                    ctx,
-                    doc,
-                    SubscriptionConfig {
-                        location: Some(doc.locate("")),
-                        metadata: meta,
-                        channel,
-                        subscriber: spec.subscriber,
-                        reply: spec.reply,
-                        delivery,
-                    },
-                );
-            }
+        let mut cx = crate::registry::Finish {
+            ctx,
+            known,
+            defaults: &defaults,
+            out: &mut out,
+            running: context.running,
+        };
+        for (kind, meta, spec, doc) in deferred {
+            kind.finish(&mut cx, doc, meta, spec);
         }
         mesh.channels = out.channels;
         mesh.subscriptions = out.subscriptions;
@@ -477,7 +202,7 @@ impl<'a> Pending<'a> {
     }
 }
 
-fn destination(
+pub(crate) fn destination(
     ctx: &mut Ctx,
     doc: &Document,
     field: &str,
@@ -489,7 +214,7 @@ fn destination(
     check_ref_target(ctx, doc, &format!("{field}.ref"), d, ns, known);
 }
 
-fn check_dls_target(
+pub(crate) fn check_dls_target(
     ctx: &mut Ctx,
     doc: &Document,
     field: &str,
@@ -540,7 +265,8 @@ fn check_channel_spec(ctx: &mut Ctx, doc: &Document, field: &str, kind: ChannelK
     }
 }
 
-fn flow_template(
+/// A resource's `channelTemplate` (else its namespace's default) and the channel kind it names.
+pub(crate) fn flow_template(
     ctx: &mut Ctx,
     doc: &Document,
     template: &Option<ChannelTemplate>,
@@ -556,126 +282,13 @@ fn flow_template(
     (t, kind)
 }
 
-/// The channel a Subscription reads: an InMemoryChannel by name, or a generic Channel's
-/// backing channel (same name, the Channel's template kind).
-#[allow(clippy::too_many_arguments)]
-fn subscription_channel(
-    ctx: &mut Ctx,
-    doc: &Document,
-    spec: &SubscriptionSpec,
-    ns: &str,
-    generic: &HashMap<(String, String), ChannelKind>,
-    defaults: &ChannelDefaults,
-    context: &ValidationContext<'_>,
-    known: &Known,
-) -> Option<(ChannelKind, String)> {
-    let r = &spec.channel;
-    let field = "spec.channel";
-    if r.name.is_empty() || r.kind.is_empty() {
-        ctx.error(doc, field, "`kind` and `name` are required");
-        return None;
-    }
-    if r.namespace.as_ref().is_some_and(|n| n != ns) {
-        ctx.error(
-            doc,
-            &format!("{field}.namespace"),
-            "a Subscription reads a channel of its own namespace",
-        );
-        return None;
-    }
-    let group = r.api_version.split('/').next().unwrap_or("");
-    let key = |kind: &str| {
-        (
-            MESSAGING.to_string(),
-            kind.to_string(),
-            ns.to_string(),
-            r.name.clone(),
-        )
-    };
-    if r.kind == "Channel" {
-        if !r.api_version.is_empty() && r.api_version != MESSAGING_V1 {
-            ctx.error(
-                doc,
-                &format!("{field}.apiVersion"),
-                format!("Channel is served as {MESSAGING_V1:?}"),
-            );
-            return None;
-        }
-        if !known.channels.contains(&key("Channel")) {
-            ctx.warn(
-                doc,
-                field,
-                format!(
-                    "Channel {:?} does not exist in namespace {ns:?} (yet): the subscription is not ready until it does",
-                    r.name
-                ),
-            );
-        }
-        let kind = generic
-            .get(&(ns.to_string(), r.name.clone()))
-            .copied()
-            .or_else(|| {
-                context.running.and_then(|m| {
-                    m.channels
-                        .iter()
-                        .find(|c| {
-                            c.metadata.namespace == ns
-                                && c.metadata.name == r.name
-                                && owner_of(&c.metadata).is_some_and(|(k, _)| k == "Channel")
-                        })
-                        .map(|c| c.kind)
-                })
-            });
-        let kind = match kind {
-            Some(k) => k,
-            None => {
-                let t = defaults.template_for(ns);
-                match ChannelKind::from_template(&t.api_version, &t.kind) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        ctx.error(doc, field, e);
-                        return None;
-                    }
-                }
-            }
-        };
-        return Some((kind, r.name.clone()));
-    }
-    if group != MESSAGING && !group.is_empty() {
-        ctx.error(
-            doc,
-            &format!("{field}.kind"),
-            format!("{} {:?} is not a channel", r.api_version, r.kind),
-        );
-        return None;
-    }
-    match ChannelKind::from_template(&r.api_version, &r.kind) {
-        Ok(kind) => {
-            if !known.channels.contains(&key(kind.kind())) {
-                ctx.warn(
-                    doc,
-                    field,
-                    format!(
-                        "{} {:?} does not exist in namespace {ns:?} (yet): the subscription is not ready until it does",
-                        kind.kind(),
-                        r.name
-                    ),
-                );
-            }
-            Some((kind, r.name.clone()))
-        }
-        Err(e) => {
-            ctx.error(doc, field, e);
-            None
-        }
-    }
-}
-
 /// Owner of a channel or subscription: `None` for one a user wrote.
 type Owner = Option<(String, String)>;
 
 /// What a pass produces, refusing a generated name that another owner already uses.
-struct Out {
+pub(crate) struct Out {
+    /// The channel kind backing each generic Channel of the pass, by `(namespace, name)`.
+    pub(crate) generic: HashMap<(String, String), ChannelKind>,
     channels: Vec<ChannelConfig>,
     subscriptions: Vec<SubscriptionConfig>,
     channel_owners: HashMap<(String, String), Owner>,
@@ -692,6 +305,7 @@ fn describe(owner: &Owner) -> String {
 impl Out {
     fn new(running: Option<&MeshConfig>) -> Out {
         let mut out = Out {
+            generic: HashMap::new(),
             channels: Vec::new(),
             subscriptions: Vec::new(),
             channel_owners: HashMap::new(),
@@ -714,7 +328,7 @@ impl Out {
     /// when nothing about it was an error since `before` (the caller's kind-specific checks
     /// included).
     #[allow(clippy::too_many_arguments)]
-    fn checked_channel(
+    pub(crate) fn checked_channel(
         &mut self,
         ctx: &mut Ctx,
         doc: &Document,
@@ -775,7 +389,7 @@ impl Out {
         }
     }
 
-    fn subscription(&mut self, ctx: &mut Ctx, doc: &Document, s: SubscriptionConfig) {
+    pub(crate) fn subscription(&mut self, ctx: &mut Ctx, doc: &Document, s: SubscriptionConfig) {
         let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
         let owner = owner_of(&s.metadata);
         match self.subscription_owners.get(&key) {
@@ -799,7 +413,7 @@ impl Out {
         }
     }
 
-    fn generated_channel(
+    pub(crate) fn generated_channel(
         &mut self,
         ctx: &mut Ctx,
         doc: &Document,
@@ -843,7 +457,7 @@ impl Out {
         );
     }
 
-    fn wiring(&mut self, ctx: &mut Ctx, doc: &Document, kind: ChannelKind, w: Wiring) {
+    pub(crate) fn wiring(&mut self, ctx: &mut Ctx, doc: &Document, kind: ChannelKind, w: Wiring) {
         for c in w.channels {
             self.generated_channel(ctx, doc, kind, c);
         }

@@ -3,10 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{
-    ChannelDefaults, ChannelSpec, ChannelTemplate, FLOWS_V1, MESSAGING_V1, ParallelSpec,
-    SequenceSpec, SubscriptionSpec,
-};
+use super::{ChannelDefaults, ChannelTemplate, MESSAGING_V1, SubscriptionSpec};
 use crate::model::{Destination, KReference, ObjectMeta};
 
 /// A channel generated for a Channel (its backing channel), Sequence or Parallel.
@@ -61,26 +58,6 @@ impl GeneratedSubscription {
             "spec": self.spec,
         })
     }
-}
-
-/// `<seq>-kn-sequence-<i>`: the channel in front of step `i`, and its subscription.
-pub fn sequence_channel_name(sequence: &str, step: usize) -> String {
-    format!("{sequence}-kn-sequence-{step}")
-}
-
-/// `<p>-kn-parallel`: a Parallel's ingress channel.
-pub fn parallel_channel_name(parallel: &str) -> String {
-    format!("{parallel}-kn-parallel")
-}
-
-/// `<p>-kn-parallel-<i>`: the channel of branch `i`, and the subscription of its subscriber.
-pub fn parallel_branch_channel_name(parallel: &str, branch: usize) -> String {
-    format!("{parallel}-kn-parallel-{branch}")
-}
-
-/// `<p>-kn-parallel-filter-<i>`: branch `i`'s subscription on the ingress channel.
-pub fn parallel_filter_subscription_name(parallel: &str, branch: usize) -> String {
-    format!("{parallel}-kn-parallel-filter-{branch}")
 }
 
 /// A stable uid for a generated resource: derived from its parent's uid and its own kind and
@@ -145,7 +122,8 @@ fn child_meta(
     meta
 }
 
-fn channel_ref(template: &ChannelTemplate, name: &str) -> KReference {
+/// A ref to the channel `name` of `template`'s kind (in the referring resource's namespace).
+pub fn channel_ref(template: &ChannelTemplate, name: &str) -> KReference {
     KReference {
         api_version: template.api_version.clone(),
         kind: template.kind.clone(),
@@ -154,7 +132,8 @@ fn channel_ref(template: &ChannelTemplate, name: &str) -> KReference {
     }
 }
 
-fn channel_destination(template: &ChannelTemplate, ns: &str, name: &str) -> Destination {
+/// A Destination that is the channel `ns/name` of `template`'s kind.
+pub fn channel_destination(template: &ChannelTemplate, ns: &str, name: &str) -> Destination {
     Destination {
         reference: Some(KReference {
             namespace: Some(ns.to_string()),
@@ -172,8 +151,20 @@ fn template_spec(template: &ChannelTemplate) -> Value {
         .unwrap_or_else(|| json!({}))
 }
 
-fn flow_channel(
-    kind: &str,
+/// The channel `name` of `template`'s kind (its spec the template's) generated for `parent`, a
+/// resource of `owner_api_version` `owner_kind`: same namespace, a controller
+/// `ownerReference` to the parent, a stable uid derived from the parent's.
+///
+/// ```
+/// use evmesh_config::{ChannelKind, ObjectMeta};
+/// use evmesh_config::messaging::wiring::generated_channel;
+/// let parent = ObjectMeta::namespaced("demo", "s");
+/// let c = generated_channel("flows.knative.dev/v1", "Sequence", &parent, &ChannelKind::InMemory.template(), "s-kn-sequence-0");
+/// assert_eq!(c.metadata.other["ownerReferences"][0]["kind"], "Sequence");
+/// ```
+pub fn generated_channel(
+    owner_api_version: &str,
+    owner_kind: &str,
     parent: &ObjectMeta,
     template: &ChannelTemplate,
     name: &str,
@@ -183,129 +174,29 @@ fn flow_channel(
             spec: None,
             ..template.clone()
         },
-        metadata: child_meta(FLOWS_V1, kind, parent, &template.kind, name),
+        metadata: child_meta(owner_api_version, owner_kind, parent, &template.kind, name),
         spec: template_spec(template),
     }
 }
 
-fn subscription(
-    kind: &str,
+/// The Subscription `name` generated for `parent`, a resource of `owner_api_version`
+/// `owner_kind` (owned as [`generated_channel`]'s channels are).
+pub fn generated_subscription(
+    owner_api_version: &str,
+    owner_kind: &str,
     parent: &ObjectMeta,
     name: &str,
     spec: SubscriptionSpec,
 ) -> GeneratedSubscription {
     GeneratedSubscription {
-        metadata: child_meta(FLOWS_V1, kind, parent, "Subscription", name),
+        metadata: child_meta(owner_api_version, owner_kind, parent, "Subscription", name),
         spec,
     }
 }
 
-/// The backing channel of a generic `Channel`: the template's kind, the same name, its spec
-/// the Channel's `delivery` with the template's `spec` merged over it (as Knative does).
-pub fn wire_channel(
-    meta: &ObjectMeta,
-    spec: &ChannelSpec,
-    template: &ChannelTemplate,
-) -> GeneratedChannel {
-    let mut merged = serde_json::Map::new();
-    if let Some(d) = &spec.delivery {
-        merged.insert("delivery".into(), json!(d));
-    }
-    if let Value::Object(t) = template_spec(template) {
-        merged.extend(t);
-    }
-    GeneratedChannel {
-        template: ChannelTemplate {
-            spec: None,
-            ..template.clone()
-        },
-        metadata: child_meta(MESSAGING_V1, "Channel", meta, &template.kind, &meta.name),
-        spec: Value::Object(merged),
-    }
-}
-
-/// A Sequence's channels and subscriptions: for step `i`, channel `<seq>-kn-sequence-<i>` and a
-/// subscription of the same name on it with the step as subscriber, the step's delivery, and
-/// as reply the next step's channel (the last step: the Sequence's `reply`, if any).
-pub fn wire_sequence(meta: &ObjectMeta, spec: &SequenceSpec, template: &ChannelTemplate) -> Wiring {
-    let mut w = Wiring::default();
-    let n = spec.steps.len();
-    for (i, step) in spec.steps.iter().enumerate() {
-        let name = sequence_channel_name(&meta.name, i);
-        w.channels
-            .push(flow_channel("Sequence", meta, template, &name));
-        let reply = if i + 1 < n {
-            Some(channel_destination(
-                template,
-                &meta.namespace,
-                &sequence_channel_name(&meta.name, i + 1),
-            ))
-        } else {
-            spec.reply.clone()
-        };
-        w.subscriptions.push(subscription(
-            "Sequence",
-            meta,
-            &name,
-            SubscriptionSpec {
-                channel: channel_ref(template, &name),
-                subscriber: Some(step.destination()),
-                reply,
-                delivery: step.delivery.clone(),
-            },
-        ));
-    }
-    w
-}
-
-/// A Parallel's channels and subscriptions: ingress channel `<p>-kn-parallel`, branch channels
-/// `<p>-kn-parallel-<i>`; on the ingress channel a subscription `<p>-kn-parallel-filter-<i>`
-/// per branch (with a filter: subscriber = the filter, reply = the branch channel; without:
-/// subscriber = the branch channel, as Knative wires it); on each branch channel a subscription
-/// `<p>-kn-parallel-<i>` (subscriber = the branch's, its delivery, reply = the branch's `reply`,
-/// else the Parallel's).
-pub fn wire_parallel(meta: &ObjectMeta, spec: &ParallelSpec, template: &ChannelTemplate) -> Wiring {
-    let mut w = Wiring::default();
-    let ingress = parallel_channel_name(&meta.name);
-    w.channels
-        .push(flow_channel("Parallel", meta, template, &ingress));
-    for (i, branch) in spec.branches.iter().enumerate() {
-        let branch_channel = parallel_branch_channel_name(&meta.name, i);
-        w.channels
-            .push(flow_channel("Parallel", meta, template, &branch_channel));
-        let to_branch = channel_destination(template, &meta.namespace, &branch_channel);
-        let (subscriber, reply) = match &branch.filter {
-            Some(filter) => (filter.clone(), Some(to_branch)),
-            None => (to_branch, None),
-        };
-        w.subscriptions.push(subscription(
-            "Parallel",
-            meta,
-            &parallel_filter_subscription_name(&meta.name, i),
-            SubscriptionSpec {
-                channel: channel_ref(template, &ingress),
-                subscriber: Some(subscriber),
-                reply,
-                delivery: None,
-            },
-        ));
-        w.subscriptions.push(subscription(
-            "Parallel",
-            meta,
-            &branch_channel,
-            SubscriptionSpec {
-                channel: channel_ref(template, &branch_channel),
-                subscriber: Some(branch.subscriber.clone()),
-                reply: branch.reply.clone().or_else(|| spec.reply.clone()),
-                delivery: branch.delivery.clone(),
-            },
-        ));
-    }
-    w
-}
-
-/// What a stored Channel, Sequence or Parallel manifest is wired into (`None` for other kinds
-/// or a spec that does not parse), with `defaults` for a missing `channelTemplate`. The admin
+/// What a stored manifest of a kind that generates channels (Channel, Sequence, Parallel) is
+/// wired into, by its registered [`Kind::wire`](crate::registry::Kind::wire) (`None` for other
+/// kinds or a spec that does not parse), with `defaults` for a missing `channelTemplate`. The admin
 /// API shows these generated resources next to those users wrote.
 pub fn wire(manifest: &Value, defaults: &ChannelDefaults) -> Option<Wiring> {
     let api = manifest.get("apiVersion")?.as_str()?;
