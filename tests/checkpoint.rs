@@ -209,11 +209,16 @@ async fn a_parked_retry_does_not_hold_the_saved_position_back() {
     })
     .await;
     for i in 1..=3 {
-        assert_eq!(post_binary(&url, event(&format!("later-{i}"), "t")).await, 202);
+        assert_eq!(
+            post_binary(&url, event(&format!("later-{i}"), "t")).await,
+            202
+        );
     }
-    eventually("the later events delivered", Duration::from_secs(10), || {
-        sink.count() == 4
-    })
+    eventually(
+        "the later events delivered",
+        Duration::from_secs(10),
+        || sink.count() == 4,
+    )
     .await;
     m.shutdown().await;
 
@@ -276,7 +281,10 @@ async fn deleting_a_trigger_drops_its_parked_retries() {
     // Shutdown waits for the deleted trigger to drop its progress.
     m.shutdown().await;
     let (cp, parked) = saved_parked(dir.path()).await;
-    assert!(cp.is_none(), "the deleted trigger's checkpoint is gone: {cp:?}");
+    assert!(
+        cp.is_none(),
+        "the deleted trigger's checkpoint is gone: {cp:?}"
+    );
     assert!(
         parked.is_empty(),
         "the deleted trigger's parked retries are gone: {:?}",
@@ -352,9 +360,11 @@ async fn replay_drops_parked_retries() {
     assert_eq!(at, 1, "positioned after the retrying event");
     sink.always(Reply::Status(202));
     assert_eq!(post_binary(&url_of(&m), event("after", "t")).await, 202);
-    eventually("the event after the replay", Duration::from_secs(10), || {
-        sink.count() == 2
-    })
+    eventually(
+        "the event after the replay",
+        Duration::from_secs(10),
+        || sink.count() == 2,
+    )
     .await;
     m.shutdown().await;
     let (cp, parked) = saved_parked(dir.path()).await;
@@ -364,9 +374,78 @@ async fn replay_drops_parked_retries() {
         parked.iter().map(|(k, _)| k).collect::<Vec<_>>()
     );
     assert_eq!(cp.expect("checkpoint")["taken_upto"], 2);
-    assert_eq!(sink.ids(), ["stuck", "after"], "the dropped retry did not run");
+    assert_eq!(
+        sink.ids(),
+        ["stuck", "after"],
+        "the dropped retry did not run"
+    );
 }
 
 fn url_of(m: &evmesh::RunningMesh) -> String {
     mesh_url(m, "/demo/default")
+}
+
+#[tokio::test]
+async fn a_checkpoint_with_an_in_flight_list_from_before_parking_still_loads_and_keeps_its_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = TestSink::start().await;
+    sink.always(Reply::Status(503));
+    let yaml = broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 2, backoffPolicy: linear, backoffDelay: PT0.5S}",
+    );
+    let m = mesh_at(dir.path(), &yaml, |o| o).await;
+    assert_eq!(
+        post_binary(&mesh_url(&m, "/demo/default"), event("old", "t")).await,
+        202
+    );
+    eventually("the first attempt failed", Duration::from_secs(10), || {
+        sink.count() == 1
+    })
+    .await;
+    m.shutdown().await;
+
+    // Rewrite what was saved as evmesh wrote it before retries were parked: the retry in the
+    // checkpoint's in-flight list, no park key.
+    let (key, _) = saved_entry(dir.path()).await.expect("checkpoint");
+    let (_, parked) = saved_parked(dir.path()).await;
+    assert_eq!(parked.len(), 1, "parked");
+    let entry: serde_json::Value = serde_json::from_slice(&parked[0].1).expect("JSON");
+    assert_eq!(entry["progress"]["failures"], 1, "{entry}");
+    {
+        let store = evmesh_store::open(Default::default(), dir.path()).expect("open store");
+        store
+            .delete_checkpoint(&parked[0].0)
+            .expect("delete park key");
+        let old = serde_json::json!({"taken_upto": 1, "inflight": [entry]});
+        store
+            .put_checkpoint(&key, serde_json::to_vec(&old).expect("JSON"))
+            .expect("put");
+        store.flush().await.expect("flush");
+    }
+
+    let m = mesh_at(dir.path(), &yaml, |o| o).await;
+    eventually_counters(
+        &mesh_url(&m, ""),
+        "triggers",
+        "demo",
+        "t1",
+        Duration::from_secs(15),
+        |c| c["dropped"] == 1,
+    )
+    .await;
+    m.shutdown().await;
+    assert_eq!(
+        sink.count(),
+        3,
+        "retry: 2 means 3 attempts in all: the migrated retry kept its count"
+    );
+    let (cp, parked) = saved_parked(dir.path()).await;
+    let cp = cp.expect("checkpoint");
+    assert!(
+        cp.get("inflight").is_none(),
+        "saved again as a watermark only: {cp}"
+    );
+    assert_eq!(cp["taken_upto"], 1, "{cp}");
+    assert!(parked.is_empty(), "finished: nothing parked");
 }

@@ -276,11 +276,16 @@ spec:
     })
     .await;
     for i in 1..=3 {
-        assert_eq!(post_binary(&url, event(&format!("later-{i}"), "t")).await, 202);
+        assert_eq!(
+            post_binary(&url, event(&format!("later-{i}"), "t")).await,
+            202
+        );
     }
-    eventually("the later events delivered", Duration::from_secs(10), || {
-        sink.count() == 4
-    })
+    eventually(
+        "the later events delivered",
+        Duration::from_secs(10),
+        || sink.count() == 4,
+    )
     .await;
     // From now on the subscriber fails: every attempt of "stuck" counts against its budget.
     sink.always(Reply::Status(503));
