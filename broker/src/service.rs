@@ -963,10 +963,10 @@ impl BrokerService {
                     .strip_prefix("p/")
                     .and_then(|k| k.rsplit_once('/'))
                     .map(|(route, _)| route);
-                if route.is_some_and(|r| !live_keys.contains(r)) {
-                    if let Err(e) = self.inner.store.delete_checkpoint(&key) {
-                        tracing::warn!("deleting stale parked retry {key}: {e}");
-                    }
+                if route.is_some_and(|r| !live_keys.contains(r))
+                    && let Err(e) = self.inner.store.delete_checkpoint(&key)
+                {
+                    tracing::warn!("deleting stale parked retry {key}: {e}");
                 }
             }
             self.state_mut().started = true;
