@@ -260,9 +260,35 @@ async fn deleting_a_trigger_drops_its_parked_retries() {
     let (_, parked) = saved_parked(dir.path()).await;
     assert_eq!(parked.len(), 1, "parked while the trigger exists");
 
-    // A changed trigger keeps it (same uid, delivery changed in place).
+    // A trigger changed while it runs keeps it (delivery swapped in place), and so does one
+    // whose configuration changed across a restart.
     let changed = yaml.replace("retry: 3,", "retry: 4,");
     assert_ne!(changed, yaml);
+    let m = mesh_at(dir.path(), &yaml, |o| o).await;
+    let trigger = changed
+        .split("---")
+        .nth(1)
+        .expect("the trigger's document")
+        .to_string();
+    let resp = client()
+        .put(mesh_url(
+            &m,
+            "/apis/eventing.knative.dev/v1/namespaces/demo/triggers/t1",
+        ))
+        .header("content-type", "application/yaml")
+        .body(trigger)
+        .send()
+        .await
+        .expect("PUT");
+    let code = resp.status().as_u16();
+    assert_eq!(code, 200, "{}", resp.text().await.unwrap_or_default());
+    m.shutdown().await;
+    let (_, parked) = saved_parked(dir.path()).await;
+    assert_eq!(
+        parked.len(),
+        1,
+        "a trigger changed live keeps its parked retry"
+    );
     let m = mesh_at(dir.path(), &changed, |o| o).await;
     m.shutdown().await;
     let (_, parked) = saved_parked(dir.path()).await;
