@@ -240,6 +240,107 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_resumes_a_parked_retry_with_its_attempt_count_while_the_watermark_moved_past_it() {
+    let sink = TestSink::start().await;
+    let dls = TestSink::start().await;
+    // The first event fails, the later ones are delivered.
+    sink.script([Reply::Status(503)]);
+    sink.always(Reply::Status(202));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: all}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 2, backoffPolicy: linear, backoffDelay: PT4S, deadLetterSink: {{uri: "{}"}}}}
+"#,
+            sink.url(),
+            dls.url()
+        ),
+    );
+    let data = dir.path().join("data");
+    let first = start(&config, &data, None);
+    let url = first.url("/default/default");
+    assert_eq!(post_binary(&url, event("stuck", "t")).await, 202);
+    eventually("the first attempt failed", Duration::from_secs(10), || {
+        sink.count() == 1
+    })
+    .await;
+    for i in 1..=3 {
+        assert_eq!(
+            post_binary(&url, event(&format!("later-{i}"), "t")).await,
+            202
+        );
+    }
+    eventually(
+        "the later events delivered",
+        Duration::from_secs(10),
+        || sink.count() == 4,
+    )
+    .await;
+    // From now on the subscriber fails: every attempt of "stuck" counts against its budget.
+    sink.always(Reply::Status(503));
+    // Completions are saved within a few ms; 200 ms is far beyond that, and still well before
+    // the second attempt (4 s after the first).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.kill9();
+    assert_eq!(sink.count(), 4, "killed before the second attempt");
+
+    // What the killed process left: the watermark past every event, the retry parked.
+    {
+        let store = evmesh::evmesh_store::open(Default::default(), &data).expect("open store");
+        let saved = store
+            .checkpoints("t/default/default/all/")
+            .expect("checkpoints");
+        assert_eq!(saved.len(), 1, "one checkpoint");
+        let cp: serde_json::Value = serde_json::from_slice(&saved[0].1).expect("JSON");
+        assert_eq!(
+            cp["taken_upto"], 4,
+            "the watermark moved past the retrying event: {cp}"
+        );
+        assert!(cp.get("inflight").is_none(), "no in-flight list: {cp}");
+        let parked = parked(store.as_ref(), &saved[0].0);
+        assert_eq!(parked.len(), 1, "the retrying event is parked");
+        let entry: serde_json::Value = serde_json::from_slice(&parked[0].1).expect("JSON");
+        assert_eq!(entry["offset"], 0, "{entry}");
+        assert_eq!(entry["progress"]["failures"], 1, "{entry}");
+        store.flush().await.expect("flush");
+    }
+
+    let _second = start(&config, &data, None);
+    eventually(
+        "dead-lettered after the restart",
+        Duration::from_secs(30),
+        || dls.count() == 1,
+    )
+    .await;
+    let ids = sink.ids();
+    assert_eq!(
+        ids.iter().filter(|i| *i == "stuck").count(),
+        3,
+        "retry: 2 means 3 attempts in all, across the restart (the count was not reset): {ids:?}"
+    );
+    for i in 1..=3 {
+        let id = format!("later-{i}");
+        assert_eq!(
+            ids.iter().filter(|x| **x == id).count(),
+            1,
+            "{id} was delivered before the kill and not again: {ids:?}"
+        );
+    }
+    assert_eq!(dls.received()[0].event().id(), "stuck");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_does_not_redeliver_completed_events() {
     let sink = TestSink::start().await;
     let dir = tempfile::tempdir().expect("tempdir");

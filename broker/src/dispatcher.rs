@@ -381,17 +381,23 @@ impl Routes {
     }
 }
 
-/// Persisted progress of one trigger.
+/// Persisted progress of one trigger on the embedded log: its watermark. Every matching event
+/// below `taken_upto` is done or parked (a retrying delivery, kept under its own key, see
+/// [`crate::log`]); nothing else is written per event.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Checkpoint {
     pub(crate) taken_upto: Offset,
+    /// Pending deliveries: written by evmesh before parked retries (read for migration: they
+    /// are parked when the trigger starts), and the parked ones once read back. Never saved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) inflight: Vec<InflightEntry>,
     /// The `evmesh.dev/replay-from` value last applied to this trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) replay_applied: Option<String>,
 }
 
-/// A pending delivery in a checkpoint.
+/// A pending delivery: a parked one (the value of its park key), or one in a checkpoint
+/// written before parked retries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct InflightEntry {
     pub(crate) offset: Offset,
@@ -980,7 +986,7 @@ impl Worker {
             tokio::select! {
                 Some((pos, event, progress, end)) = attempts.next(), if !attempts.is_empty() => {
                     dirty = true;
-                    if self.finish(&mut st, pos, event, progress, end) && ordered {
+                    if self.finish(&mut st, cursor.as_mut(), pos, event, progress, end) && ordered {
                         // The next slot of its lane may run now.
                         scan = true;
                     }
@@ -1042,10 +1048,12 @@ impl Worker {
         Ok(at)
     }
 
-    /// Applies an attempt's end; returns whether the slot is complete (and was removed).
+    /// Applies an attempt's end; returns whether the slot is complete (and was removed). A
+    /// delivery that will be retried is parked with the cursor; one that is complete unparked.
     fn finish(
         &self,
         st: &mut State,
+        cursor: &mut dyn Cursor,
         pos: Pos,
         event: Option<Arc<EventRecord>>,
         mut progress: Progress,
@@ -1089,6 +1097,7 @@ impl Worker {
                 }
                 let due_ms = unix_ms() + wait.as_millis() as u64;
                 slot.due = Some((Instant::now() + wait, due_ms));
+                cursor.park(pos, &slot.progress, Some(due_ms));
                 self.report_pending_retries(st);
                 return false;
             }
@@ -1103,6 +1112,7 @@ impl Worker {
             }
         }
         st.remove(pos);
+        cursor.unpark(pos);
         self.report_pending_retries(st);
         true
     }

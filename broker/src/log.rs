@@ -84,8 +84,23 @@ pub trait Cursor: Send {
     /// Reads the event at `pos`.
     fn load(&self, pos: Pos) -> BoxFuture<'static, Result<Arc<EventRecord>, String>>;
     /// Saves where the run stands: every record handed out by `next` is done except `pending`.
-    /// A log with durable local state keeps the retry state too; others keep the position.
+    /// A log with durable local state keeps the retry state of parked deliveries (see
+    /// [`park`](Cursor::park)) and saves a position that only the others hold back; others keep
+    /// the position.
     fn save(&mut self, pending: &[Pending<'_>]);
+    /// A delivery failed and will be retried: a log with durable local state parks it (writes
+    /// its retry state under its own key, durable with the next group commit), so it no longer
+    /// holds the saved position back and resumes with its attempt count after a restart. Called
+    /// again at each failure; a log without such state keeps retry state in memory (the default
+    /// does nothing).
+    fn park(&mut self, pos: Pos, progress: &Progress, due_ms: Option<u64>) {
+        let _ = (pos, progress, due_ms);
+    }
+    /// The delivery at `pos` is finished (delivered, dead-lettered or dropped): its parked
+    /// state, if any, is deleted.
+    fn unpark(&mut self, pos: Pos) {
+        let _ = pos;
+    }
     /// Repositions the run at `to` (a replay). `tag` is remembered as applied (see
     /// [`applied_tag`](Cursor::applied_tag)). Resolves with the position it resumes from.
     fn seek(&mut self, to: ReplayFrom, tag: Option<String>) -> BoxFuture<'_, Result<Pos, String>>;
@@ -214,6 +229,92 @@ const CATCH_UP_READS_PER_TURN: usize = 8;
 /// Bytes of a failed response body kept in a checkpoint: what `knativeerrordata` needs.
 const MAX_KEPT_BODY: usize = 1024;
 
+/// The store key prefix of a route's parked deliveries: `p/<checkpoint key>/`.
+pub(crate) fn park_prefix(route_key: &str) -> String {
+    format!("p/{route_key}/")
+}
+
+/// The store key of a route's parked delivery at `offset` (zero-padded, so keys sort by
+/// offset).
+fn park_key(route_key: &str, offset: Offset) -> String {
+    format!("p/{route_key}/{offset:020}")
+}
+
+/// A route's parked deliveries, in offset order (blocking). Keys of another route under the
+/// same prefix (a longer key) are left out.
+pub(crate) fn read_parked(
+    store: &dyn EventStore,
+    route_key: &str,
+) -> Result<Vec<InflightEntry>, String> {
+    let prefix = park_prefix(route_key);
+    let found = store
+        .checkpoints(&prefix)
+        .map_err(|e| format!("could not read its parked retries: {e}"))?;
+    let mut out = Vec::new();
+    for (key, value) in found {
+        let Some(rest) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let entry: InflightEntry = serde_json::from_slice(&value)
+            .map_err(|e| format!("its parked retry {key} is unreadable: {e}"))?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// Reads a route's parked deliveries into `checkpoint.inflight` (blocking). Entries of a
+/// checkpoint written before parked retries (its `inflight` list) are parked now, so they
+/// keep their retry state once the checkpoint is saved without them.
+pub(crate) fn restore_parked(
+    store: &dyn EventStore,
+    route_key: &str,
+    checkpoint: &mut Checkpoint,
+) -> Result<(), String> {
+    let mut all: std::collections::BTreeMap<Offset, InflightEntry> = read_parked(store, route_key)?
+        .into_iter()
+        .map(|e| (e.offset, e))
+        .collect();
+    for e in std::mem::take(&mut checkpoint.inflight) {
+        if all.contains_key(&e.offset) {
+            // Parked after that checkpoint was written: the parked state is newer.
+            continue;
+        }
+        let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+        store
+            .put_checkpoint(&park_key(route_key, e.offset), bytes)
+            .map_err(|e| format!("could not park its pending retries: {e}"))?;
+        all.insert(e.offset, e);
+    }
+    checkpoint.inflight = all.into_values().collect();
+    Ok(())
+}
+
+/// Deletes a route's saved progress: its checkpoint and its parked deliveries (blocking).
+pub(crate) fn delete_progress(
+    store: &dyn EventStore,
+    route_key: &str,
+) -> Result<(), evmesh_store::StoreError> {
+    delete_parked(store, route_key)?;
+    store.delete_checkpoint(route_key)
+}
+
+/// Deletes a route's parked deliveries (blocking).
+fn delete_parked(store: &dyn EventStore, route_key: &str) -> Result<(), evmesh_store::StoreError> {
+    let prefix = park_prefix(route_key);
+    for (key, _) in store.checkpoints(&prefix)? {
+        let own = key
+            .strip_prefix(&prefix)
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()));
+        if own {
+            store.delete_checkpoint(&key)?;
+        }
+    }
+    Ok(())
+}
+
 /// A trigger's or subscription's membership in an embedded broker's or channel's log: the
 /// router feeds its queue, and its progress is a checkpoint blob in the store.
 pub(crate) struct EmbeddedGroup {
@@ -239,6 +340,11 @@ impl ConsumerGroup for EmbeddedGroup {
                 None => (self.reload_checkpoint().await?, true),
             };
             let at = checkpoint.taken_upto;
+            // Restored deliveries are parked; those at or after the position are not handed
+            // out again when the run reads past them.
+            let parked: std::collections::BTreeSet<Offset> =
+                checkpoint.inflight.iter().map(|e| e.offset).collect();
+            let skip = parked.range(at..).copied().collect();
             Ok(Box::new(EmbeddedCursor {
                 shared: self.shared.clone(),
                 store: self.store.clone(),
@@ -251,6 +357,9 @@ impl ConsumerGroup for EmbeddedGroup {
                 catch_up_wait: None,
                 replay_applied: checkpoint.replay_applied,
                 restored: checkpoint.inflight,
+                parked,
+                skip,
+                last_saved: None,
             }) as Box<dyn Cursor>)
         })
     }
@@ -264,27 +373,37 @@ impl EmbeddedGroup {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("could not read its checkpoint: {e}"))?;
-        match saved
+        let mut checkpoint = match saved
             .into_iter()
             .find(|(k, _)| *k == self.shared.checkpoint_key)
         {
             Some((_, bytes)) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("its checkpoint is unreadable: {e}")),
+                .map_err(|e| format!("its checkpoint is unreadable: {e}"))?,
             // It failed before its first checkpoint: it starts where it started before.
-            None => Ok(Checkpoint {
+            None => Checkpoint {
                 taken_upto: self.shared.start,
                 ..Checkpoint::default()
-            }),
-        }
+            },
+        };
+        let store = self.store.clone();
+        let key = self.shared.checkpoint_key.clone();
+        tokio::task::spawn_blocking(move || {
+            restore_parked(store.as_ref(), &key, &mut checkpoint).map(|()| checkpoint)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 }
 
 /// The cursor of a run on the embedded log: events from the router's queue, or read from the
 /// store itself ("catch-up": after a replay, and after the run was restarted).
 ///
-/// Progress is `{taken_upto, inflight}`: every matching event below `taken_upto` is complete
-/// except those listed in `inflight` (with their retry state). That record stays small (bounded
-/// by the in-flight limit) however far the run lags behind.
+/// Progress is a watermark (`taken_upto` in the checkpoint): every matching event below it is
+/// complete or parked. A delivery that will be retried is parked: its retry state is written
+/// under its own key (`p/<checkpoint key>/<offset>`) at each failure and deleted when it
+/// finishes, so it does not hold the watermark back; a successful delivery writes nothing but,
+/// at most every few ms, a changed watermark. Retention still keeps every parked event (the
+/// route's low watermark is its oldest pending offset).
 struct EmbeddedCursor {
     shared: Arc<TriggerShared>,
     store: Arc<dyn EventStore>,
@@ -300,6 +419,12 @@ struct EmbeddedCursor {
     catch_up_wait: Option<Instant>,
     replay_applied: Option<String>,
     restored: Vec<InflightEntry>,
+    /// Offsets of the parked deliveries (those with a park key).
+    parked: std::collections::BTreeSet<Offset>,
+    /// Restored deliveries at or after where the run resumed reading: passed over when read.
+    skip: std::collections::BTreeSet<Offset>,
+    /// The checkpoint last written (an unchanged one is not written again).
+    last_saved: Option<Checkpoint>,
 }
 
 impl EmbeddedCursor {
@@ -350,6 +475,9 @@ impl EmbeddedCursor {
         loop {
             if let Some((offset, event)) = self.backlog.pop_front() {
                 self.taken_upto = self.taken_upto.max(offset + 1);
+                if self.skip.remove(&offset) {
+                    continue;
+                }
                 return Some((Pos::embedded(offset), Some(event)));
             }
             if let Some(cursor) = self.catch_up {
@@ -392,6 +520,9 @@ impl EmbeddedCursor {
                 Popped::Event(offset, event) => {
                     if offset >= self.skip_below {
                         self.taken_upto = self.taken_upto.max(offset + 1);
+                        if self.skip.remove(&offset) {
+                            continue;
+                        }
                         return Some((Pos::embedded(offset), Some(event)));
                     }
                 }
@@ -449,24 +580,21 @@ impl Cursor for EmbeddedCursor {
                 self.taken_upto = self.taken_upto.max(routed);
             }
         }
+        // Parked deliveries do not hold the watermark back; the others (being attempted for the
+        // first time, or waiting in their ordering lane) do.
+        let watermark = pending
+            .iter()
+            .map(|p| p.pos.offset)
+            .filter(|o| !self.parked.contains(o))
+            .min()
+            .unwrap_or(self.taken_upto)
+            .min(self.taken_upto);
         let cp = Checkpoint {
-            taken_upto: self.taken_upto,
-            inflight: pending
-                .iter()
-                .map(|p| {
-                    let mut progress = p.progress.clone();
-                    if let Some(f) = progress.last_failure.as_mut() {
-                        f.body.truncate(MAX_KEPT_BODY);
-                    }
-                    InflightEntry {
-                        offset: p.pos.offset,
-                        progress,
-                        due_ms: p.due_ms,
-                    }
-                })
-                .collect(),
+            taken_upto: watermark,
+            inflight: Vec::new(),
             replay_applied: self.replay_applied.clone(),
         };
+        // Retention keeps every pending event, parked ones included.
         let low = pending
             .iter()
             .map(|p| p.pos.offset)
@@ -474,6 +602,9 @@ impl Cursor for EmbeddedCursor {
             .unwrap_or(self.taken_upto)
             .min(self.taken_upto);
         self.shared.low_watermark.store(low, Ordering::Release);
+        if self.last_saved.as_ref() == Some(&cp) {
+            return;
+        }
         match serde_json::to_vec(&cp) {
             Ok(bytes) => {
                 if let Err(e) = self
@@ -481,9 +612,44 @@ impl Cursor for EmbeddedCursor {
                     .put_checkpoint(&self.shared.checkpoint_key, bytes)
                 {
                     tracing::error!(route = %self.shared.name, "saving progress: {e}");
+                } else {
+                    self.last_saved = Some(cp);
                 }
             }
             Err(e) => tracing::error!(route = %self.shared.name, "encoding progress: {e}"),
+        }
+    }
+
+    fn park(&mut self, pos: Pos, progress: &Progress, due_ms: Option<u64>) {
+        let mut progress = progress.clone();
+        if let Some(f) = progress.last_failure.as_mut() {
+            f.body.truncate(MAX_KEPT_BODY);
+        }
+        let entry = InflightEntry {
+            offset: pos.offset,
+            progress,
+            due_ms,
+        };
+        let key = park_key(&self.shared.checkpoint_key, pos.offset);
+        match serde_json::to_vec(&entry) {
+            // Not parked unless written: until then it holds the watermark back.
+            Ok(bytes) => match self.store.put_checkpoint(&key, bytes) {
+                Ok(()) => {
+                    self.parked.insert(pos.offset);
+                }
+                Err(e) => tracing::error!(route = %self.shared.name, "parking a retry: {e}"),
+            },
+            Err(e) => tracing::error!(route = %self.shared.name, "encoding a retry: {e}"),
+        }
+    }
+
+    fn unpark(&mut self, pos: Pos) {
+        if self.parked.remove(&pos.offset)
+            && let Err(e) = self
+                .store
+                .delete_checkpoint(&park_key(&self.shared.checkpoint_key, pos.offset))
+        {
+            tracing::error!(route = %self.shared.name, "deleting a parked retry: {e}");
         }
     }
 
@@ -495,6 +661,16 @@ impl Cursor for EmbeddedCursor {
                 tokio::task::spawn_blocking(move || crate::replay::seek(store.as_ref(), &log, to))
                     .await
                     .map_err(|e| e.to_string())??;
+            // Pending deliveries are dropped: their parked state too.
+            let store = self.store.clone();
+            let key = self.shared.checkpoint_key.clone();
+            tokio::task::spawn_blocking(move || delete_parked(store.as_ref(), &key))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("dropping its parked retries: {e}"))?;
+            self.parked.clear();
+            self.skip.clear();
+            self.restored.clear();
             self.taken_upto = at;
             self.skip_below = at;
             self.catch_up = Some(at);

@@ -521,6 +521,9 @@ struct State {
     stream_failures: HashMap<(StreamKind, String, String), String>,
     /// Whether the first reconcile (which drops checkpoints of routes that are gone) ran.
     started: bool,
+    /// Deleted routes finishing their in-flight attempts, then dropping their progress
+    /// (awaited by shutdown, so a deleted route's progress is gone once it returns).
+    deleting: Vec<JoinHandle<()>>,
 }
 
 impl State {
@@ -960,6 +963,22 @@ impl BrokerService {
                     tracing::warn!("deleting stale checkpoint {key}: {e}");
                 }
             }
+            // Parked retries of routes no longer configured (`p/<route key>/<offset>`).
+            let store = self.inner.store.clone();
+            let parked = blocking(move || store.checkpoints("p/"))
+                .await
+                .map_err(|e| StartError(format!("reading parked retries: {e}")))?;
+            for (key, _) in parked {
+                let route = key
+                    .strip_prefix("p/")
+                    .and_then(|k| k.rsplit_once('/'))
+                    .map(|(route, _)| route);
+                if route.is_some_and(|r| !live_keys.contains(r))
+                    && let Err(e) = self.inner.store.delete_checkpoint(&key)
+                {
+                    tracing::warn!("deleting stale parked retry {key}: {e}");
+                }
+            }
             self.state_mut().started = true;
         }
         Ok(())
@@ -1156,8 +1175,8 @@ impl BrokerService {
             return;
         };
         tracing::info!(route = %format!("{}/{}", key.0, key.1), "{} deleted: finishing its in-flight deliveries", entry.resource.noun());
-        if let Some(run) = entry.running.take() {
-            drop(run.stop(true));
+        let task = if let Some(run) = entry.running.take() {
+            run.stop(true)
         } else {
             // Not running: nothing in flight, drop its progress now.
             let store = self.inner.store.clone();
@@ -1167,11 +1186,17 @@ impl BrokerService {
                 if let Some(t) = stopping {
                     let _ = t.await;
                 }
-                if let Err(e) = store.delete_checkpoint(&ck) {
+                let k = ck.clone();
+                if let Err(e) =
+                    blocking(move || crate::log::delete_progress(store.as_ref(), &k)).await
+                {
                     tracing::warn!("deleting checkpoint {ck}: {e}");
                 }
-            });
-        }
+            })
+        };
+        let mut state = self.state_mut();
+        state.deleting.retain(|t| !t.is_finished());
+        state.deleting.push(task);
     }
 
     async fn start_stream(
@@ -1514,7 +1539,9 @@ impl BrokerService {
             if let Some(run) = entry.running.take() {
                 entry.stopping = Some(run.stop(true));
             } else {
-                let _ = self.inner.store.delete_checkpoint(&entry.checkpoint_key);
+                let store = self.inner.store.clone();
+                let key = entry.checkpoint_key.clone();
+                let _ = blocking(move || crate::log::delete_progress(store.as_ref(), &key)).await;
             }
             entry.checkpoint_key = d.checkpoint_key.clone();
             entry.counters = (d.counters)(ns, stream_name, name);
@@ -1649,7 +1676,7 @@ impl BrokerService {
                 (exact, false)
             }
         };
-        let checkpoint = match stored {
+        let mut checkpoint = match stored {
             Some(bytes) => serde_json::from_slice::<Checkpoint>(&bytes)
                 .map_err(|e| format!("its saved progress ({key}) is unreadable: {e}"))?,
             None => {
@@ -1677,6 +1704,18 @@ impl BrokerService {
                 let _ = self.inner.store.delete_checkpoint(&legacy);
             }
         }
+        // Its parked retries (and, from a checkpoint written before retries were parked, its
+        // in-flight list, parked now).
+        checkpoint = {
+            let store = self.inner.store.clone();
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::log::restore_parked(store.as_ref(), &key, &mut checkpoint)
+                    .map(|()| checkpoint)
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        };
         let (shared, commands) = TriggerShared::new(
             d.label.clone(),
             key.clone(),
@@ -1721,10 +1760,13 @@ impl BrokerService {
         let del = delete_after.clone();
         let task = tokio::spawn(async move {
             worker.supervised(commands, stop_rx).await;
-            if del.load(Ordering::Acquire)
-                && let Err(e) = store.delete_checkpoint(&key)
-            {
-                tracing::warn!("deleting checkpoint {key}: {e}");
+            if del.load(Ordering::Acquire) {
+                let k = key.clone();
+                let deleted =
+                    blocking(move || crate::log::delete_progress(store.as_ref(), &k)).await;
+                if let Err(e) = deleted {
+                    tracing::warn!("deleting checkpoint {key}: {e}");
+                }
             }
         });
         Ok(RunningTrigger {
@@ -2275,6 +2317,7 @@ impl BrokerService {
                 }
                 tasks.extend(entry.stopping.take());
             }
+            tasks.append(&mut state.deleting);
         }
         for t in tasks {
             let _ = t.await;

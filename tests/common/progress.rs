@@ -31,12 +31,20 @@ pub async fn left_to_deliver(
     let progress: serde_json::Value =
         serde_json::from_slice(&saved[0].1).expect("saved progress is JSON");
     let taken_upto = progress["taken_upto"].as_u64().expect("taken_upto");
-    let in_flight: Vec<u64> = progress["inflight"]
+    // Pending deliveries: parked ones under their own keys (`p/<checkpoint key>/<offset>`), and
+    // an in-flight list in a checkpoint written before retries were parked.
+    let mut in_flight: Vec<u64> = progress["inflight"]
         .as_array()
-        .expect("inflight")
-        .iter()
-        .map(|e| e["offset"].as_u64().expect("offset"))
-        .collect();
+        .map(|a| {
+            a.iter()
+                .map(|e| e["offset"].as_u64().expect("offset"))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (_, value) in parked(store.as_ref(), &saved[0].0) {
+        let entry: serde_json::Value = serde_json::from_slice(&value).expect("parked retry JSON");
+        in_flight.push(entry["offset"].as_u64().expect("offset"));
+    }
     let log = LogId::new(format!("{ns}/{broker}"));
     let head = store.next_offset(&log).expect("log head");
     let mut left = Vec::new();
@@ -73,6 +81,18 @@ pub async fn left_to_deliver(
     }
     store.flush().await.expect("flush");
     left
+}
+
+/// The parked retries of the route whose checkpoint key is `route_key`, read from an open store:
+/// `(store key, value)` of each `p/<route key>/<offset>`.
+pub fn parked(store: &dyn evmesh_store::EventStore, route_key: &str) -> Vec<(String, Vec<u8>)> {
+    let prefix = format!("p/{route_key}/");
+    store
+        .checkpoints(&prefix)
+        .expect("read parked retries")
+        .into_iter()
+        .filter(|(k, _)| k[prefix.len()..].bytes().all(|b| b.is_ascii_digit()))
+        .collect()
 }
 
 /// A trigger's name and its filter, as the test knows it.
