@@ -13,11 +13,22 @@ pub(crate) struct SledEngine {
 impl SledEngine {
     /// Opens (or creates) the database.
     pub(crate) fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .open()
-            .map_err(engine_err)?;
-        Ok(SledEngine { db })
+        // sled releases its file lock from its own flusher thread a moment after the last
+        // handle is dropped: a store closed and opened again at once (a restart in the same
+        // process) waits for that, up to a second, instead of failing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match sled::Config::new().path(dir.join("sled")).open() {
+                Ok(db) => return Ok(SledEngine { db }),
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(engine_err(e)),
+            }
+        }
     }
 }
 
