@@ -45,7 +45,7 @@ mod clock;
 pub mod github;
 mod github_api;
 pub mod kind;
-mod ping;
+pub mod ping;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
