@@ -684,6 +684,28 @@ impl Source for ApiServerSource {
     }
 }
 
+/// The ApiServerSource kind's runtime hooks.
+struct ApiServerKind;
+
+impl SourceKind for ApiServerKind {
+    fn kind(&self) -> &'static str {
+        "ApiServerSource"
+    }
+    fn build(&self, source: &SourceConfig, cx: &BuildCx<'_>) -> Result<Built, NotRunning> {
+        let a = ApiServerSource::new(source, cx.kube_api.clone())
+            .map_err(|e| NotRunning::new("InvalidSpec", e.0))?;
+        Ok(Built::source(std::sync::Arc::new(a)))
+    }
+}
+
+/// `sources.knative.dev/v1` ApiServerSource, as the runtime registers it.
+///
+/// ```
+/// use evmesh_broker::kind::RuntimeKind;
+/// assert_eq!(evmesh_sources::apiserver::API_SERVER_SOURCE.group_kind().1, "ApiServerSource");
+/// ```
+pub static API_SERVER_SOURCE: SourceModule = SourceModule::new(&ApiServerKind);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,25 +782,3 @@ mod tests {
         assert_eq!(v.to_string(), r#"{"a":[{"x":2,"y":1}],"b":{"a":2,"z":1}}"#);
     }
 }
-
-/// The ApiServerSource kind's runtime hooks.
-struct ApiServerKind;
-
-impl SourceKind for ApiServerKind {
-    fn kind(&self) -> &'static str {
-        "ApiServerSource"
-    }
-    fn build(&self, source: &SourceConfig, cx: &BuildCx<'_>) -> Result<Built, NotRunning> {
-        let a = ApiServerSource::new(source, cx.kube_api.clone())
-            .map_err(|e| NotRunning::new("InvalidSpec", e.0))?;
-        Ok(Built::source(std::sync::Arc::new(a)))
-    }
-}
-
-/// `sources.knative.dev/v1` ApiServerSource, as the runtime registers it.
-///
-/// ```
-/// use evmesh_broker::kind::RuntimeKind;
-/// assert_eq!(evmesh_sources::apiserver::API_SERVER_SOURCE.group_kind().1, "ApiServerSource");
-/// ```
-pub static API_SERVER_SOURCE: SourceModule = SourceModule::new(&ApiServerKind);
