@@ -3,7 +3,7 @@
 //! runtime half (its status from what runs). [`install`] installs their validation halves as
 //! `evmesh_config`'s registry; every facade entry point calls it before it reads any YAML. A
 //! source kind's runtime half is an `evmesh_sources::kind::SourceModule`, whose build hooks the
-//! generic source runner finds here ([`source_kind`]).
+//! generic source runner finds here (`source_kind`).
 
 use std::sync::Once;
 
