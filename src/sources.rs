@@ -424,3 +424,53 @@ impl evmesh_broker::kind::SourceStatus for SourceRuntime {
         self.status_of(kind, namespace, name, generation)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runner adds an internal channel and a subscription to the sink (Knative's source
+    /// delivery) for a kind that publishes into one (PingSource), none for a kind delivering from
+    /// its own log (KafkaSource): the kinds' hooks say which, the runner names neither.
+    #[test]
+    fn internal_channels_are_what_the_kinds_say() {
+        crate::kinds::install();
+        let mesh = MeshConfig::from_yaml(
+            "sources.yaml",
+            r#"
+apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: tick, namespace: demo}
+spec:
+  schedule: "* * * * *"
+  sink: {uri: "http://127.0.0.1:9/ping"}
+---
+apiVersion: sources.knative.dev/v1beta1
+kind: KafkaSource
+metadata: {name: orders, namespace: demo}
+spec:
+  bootstrapServers: ["127.0.0.1:9"]
+  topics: [orders]
+  sink: {uri: "http://127.0.0.1:9/kafka"}
+"#,
+        )
+        .expect("valid sources");
+        let plane = with_source_channels(&mesh).expect("sources add channels");
+        let added: Vec<_> = plane
+            .channels
+            .iter()
+            .filter(|c| c.metadata.name.starts_with("_source."))
+            .map(|c| (c.metadata.namespace.as_str(), c.metadata.name.as_str()))
+            .collect();
+        assert_eq!(added, [("demo", "_source.pingsource.tick")]);
+        let subs: Vec<_> = plane
+            .subscriptions
+            .iter()
+            .filter(|s| s.metadata.name.starts_with("_source."))
+            .collect();
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].channel.1, "_source.pingsource.tick");
+        assert_eq!(subs[0].delivery.as_ref().map(|d| d.retry), Some(5));
+        assert!(with_source_channels(&MeshConfig::default()).is_none());
+    }
+}
