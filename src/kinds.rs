@@ -1,13 +1,16 @@
 //! The kinds evmesh serves, assembled once: [`KINDS`], one line per kind, each a
 //! [`KindModule`] supplying the kind's validation half (`evmesh_config`'s registry) and its
 //! runtime half (its status from what runs). [`install`] installs their validation halves as
-//! `evmesh_config`'s registry; every facade entry point calls it before it reads any YAML.
+//! `evmesh_config`'s registry; every facade entry point calls it before it reads any YAML. A
+//! source kind's runtime half is an `evmesh_sources::kind::SourceModule`, whose build hooks the
+//! generic source runner finds here (`source_kind`).
 
 use std::sync::Once;
 
 use evmesh_broker::kind::{KindModule, RuntimeKind, StatusCx, conditions, identity};
 use evmesh_config::kinds as config;
 use evmesh_config::registry::{self, KindInfo};
+use evmesh_sources::kind::{SourceKind, SourceModule};
 use serde_json::{Value, json};
 
 /// Every kind evmesh reads, registered once, in the order the CLI lists them.
@@ -24,19 +27,19 @@ pub static KINDS: &[KindModule] = &[
     KindModule::of(&evmesh_flows::parallel::Parallel),
     KindModule::halves(
         &config::ping_source::PingSource,
-        &evmesh_sources::kind::Source("PingSource"),
+        &evmesh_sources::ping::PING_SOURCE,
     ),
     KindModule::halves(
         &config::github_source::GitHubSource,
-        &evmesh_sources::kind::Source("GitHubSource"),
+        &evmesh_sources::github::GITHUB_SOURCE,
     ),
     KindModule::halves(
         &config::apiserver_source::ApiServerSource,
-        &evmesh_sources::kind::Source("ApiServerSource"),
+        &evmesh_sources::apiserver::API_SERVER_SOURCE,
     ),
     KindModule::halves(
         &config::kafka_source::KafkaSource,
-        &evmesh_sources::kind::Source("KafkaSource"),
+        &evmesh_kafka::source::KAFKA_SOURCE,
     ),
     KindModule::validation_only(&config::config_maps::DefaultChannelConfigMap),
     KindModule::validation_only(&config::config_maps::NatsConfigMap),
@@ -61,6 +64,20 @@ pub fn install() {
             tracing::warn!("{e}: evmesh's own kinds are not installed");
         }
     });
+}
+
+/// The build hooks of source kind `kind` (e.g. `PingSource`).
+pub(crate) fn source_kind(kind: &str) -> Option<&'static dyn SourceKind> {
+    source_kinds().find(|k| k.kind() == kind)
+}
+
+/// The build hooks of every source kind.
+pub(crate) fn source_kinds() -> impl Iterator<Item = &'static dyn SourceKind> {
+    KINDS
+        .iter()
+        .filter_map(KindModule::runtime)
+        .filter_map(SourceModule::from_runtime)
+        .map(SourceModule::hooks)
 }
 
 /// The runtime half of `kind`.
@@ -114,6 +131,12 @@ mod tests {
                 None => assert!(versions.is_empty(), "a served kind without runtime half"),
             }
         }
+        // Every source kind has its build hooks, found by its kind.
+        for k in registry::kinds().filter(|k| k.group == "sources.knative.dev") {
+            let hooks = source_kind(k.kind);
+            assert_eq!(hooks.map(|h| h.kind()), Some(k.kind), "{}", k.kind);
+        }
+        assert_eq!(source_kinds().count(), 4);
         let installed = registry::all();
         assert_eq!(installed.len(), KINDS.len());
         for (m, k) in KINDS.iter().zip(installed) {

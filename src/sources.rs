@@ -1,11 +1,14 @@
-//! Runs the mesh's sources (PingSource, GitHubSource, ApiServerSource): starts, restarts and stops them as the
-//! resources change, routes GitHub webhooks to them, and reports their status.
+//! Runs the mesh's sources, of whatever source kind is registered: starts, restarts and stops
+//! them as the resources change, serves their kinds' webhook routes, and reports their status.
+//! It names no source kind: each kind's module supplies its build hooks
+//! ([`evmesh_sources::kind::SourceKind`]), found through its one `KINDS` line.
 //!
 //! A source is a composition, as the design card has it: an internal channel (a durable log,
 //! `_source.<kind>.<name>` in the source's namespace) with one subscription delivering to the
 //! resolved `sink` through the shared delivery engine (retries; in process when the sink is one
 //! of evmesh's own brokers or channels). The source's [`EventSink`] publishes into that channel
-//! and resolves once the event is durable.
+//! and resolves once the event is durable. A kind that delivers from its own log (KafkaSource)
+//! has no internal channel.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -15,31 +18,20 @@ use std::time::Duration;
 use axum::Router;
 use evmesh_broker::{BrokerService, PublishError};
 use evmesh_config::{
-    BackoffPolicy, ChannelConfig, ChannelKind, Delivery, MeshConfig, ObjectMeta, Resolver,
-    SourceConfig, SourceSpec, SubscriptionConfig,
+    ChannelConfig, ChannelKind, MeshConfig, ObjectMeta, Resolver, SourceConfig, SubscriptionConfig,
+};
+use evmesh_sources::kind::{
+    BuildCx, Built, NotRunning, SourceKey as Key, SourceKind, Webhooks, default_delivery,
 };
 use evmesh_sources::{
-    ApiServerSource, BoxFuture, CancellationToken, EventRecord, EventSink, GitHubSource, KubeApi,
-    PingSource, SinkError, SinkErrorKind, Source, SourceContext, WebhookHooks, webhook_router,
-    webhook_url,
+    BoxFuture, CancellationToken, EventRecord, EventSink, KubeApi, SinkError, SinkErrorKind,
+    SourceContext,
 };
 use evmesh_store::EventStore;
 use serde_json::{Value, json};
-
-/// Not-ready reasons of a running source that `/readyz` reports (a source waiting for a normal
-/// step, such as joining its consumer group, is not failing).
-const FAILING_REASONS: &[&str] = &[evmesh_kafka::source::KAFKA_UNAVAILABLE];
 use url::Url;
 
-/// Checkpoint key prefix of the GitHub webhook ids (`status.webhookIDKey`), kept across restarts
-/// so a restarted evmesh updates its webhook instead of registering another.
-const HOOK_KEY: &str = "src~github-hook/";
-
-/// `(kind, namespace, name)`.
-type Key = (String, String, String);
-
-/// A built source, and the same as a GitHubSource when it is one (for its webhook route).
-type Built = (Arc<dyn Source>, Option<Arc<GitHubSource>>);
+use crate::kinds::{source_kind, source_kinds};
 
 /// The internal channel (and subscription) of a source: `_source.<kind>.<name>`. The `_` keeps
 /// it apart from any Kubernetes name.
@@ -47,15 +39,10 @@ pub(crate) fn internal_channel(kind: &str, name: &str) -> String {
     format!("_source.{}.{name}", kind.to_ascii_lowercase())
 }
 
-/// Delivery from a source's channel to its sink: Knative's source adapters retry 5 times,
-/// exponentially from 50 ms.
-fn source_delivery() -> Delivery {
-    Delivery {
-        retry: 5,
-        backoff_policy: BackoffPolicy::Exponential,
-        backoff_delay: Some(Duration::from_millis(50)),
-        ..Delivery::single_attempt()
-    }
+/// Whether source `s` publishes into an internal channel (its kind says; an unknown kind does
+/// not run).
+fn uses_internal_channel(s: &SourceConfig) -> bool {
+    source_kind(s.kind()).is_some_and(|k| k.internal_channel())
 }
 
 /// The mesh the data plane runs: `mesh` plus one internal channel and one subscription to the
@@ -65,12 +52,8 @@ pub(crate) fn with_source_channels(mesh: &MeshConfig) -> Option<MeshConfig> {
         return None;
     }
     let mut m = mesh.clone();
-    // A KafkaSource delivers straight from its topics (the Kafka log) through the delivery engine.
-    for s in mesh
-        .sources
-        .iter()
-        .filter(|s| !matches!(s.spec, SourceSpec::Kafka(_)))
-    {
+    // A kind delivering from its own log (KafkaSource) has no internal channel.
+    for s in mesh.sources.iter().filter(|s| uses_internal_channel(s)) {
         let name = internal_channel(s.kind(), &s.metadata.name);
         let metadata = ObjectMeta::namespaced(&s.metadata.namespace, &name);
         m.channels.push(ChannelConfig {
@@ -85,7 +68,7 @@ pub(crate) fn with_source_channels(mesh: &MeshConfig) -> Option<MeshConfig> {
             channel: (ChannelKind::InMemory, name),
             subscriber: Some(s.sink().clone()),
             reply: None,
-            delivery: Some(source_delivery()),
+            delivery: Some(default_delivery()),
             location: s.location.clone(),
         });
     }
@@ -119,18 +102,10 @@ impl EventSink for ChannelSink {
 
 struct Running {
     fingerprint: u64,
-    source: Arc<dyn Source>,
-    github: Option<Arc<GitHubSource>>,
+    kind: &'static dyn SourceKind,
+    built: Built,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-}
-
-/// Why a source does not run, as its status shows it.
-#[derive(Clone)]
-struct NotRunning {
-    reason: String,
-    message: String,
-    sink_uri: Option<String>,
 }
 
 #[derive(Default)]
@@ -145,7 +120,7 @@ pub(crate) struct SourceRuntime {
     service: BrokerService,
     store: Arc<dyn EventStore>,
     base: Url,
-    hooks: WebhookHooks,
+    hooks: Webhooks,
     state: Arc<Mutex<State>>,
     /// The Kubernetes API ApiServerSources watch.
     kube_api: KubeApi,
@@ -160,23 +135,13 @@ fn key(s: &SourceConfig) -> Key {
 }
 
 /// What the running source depends on: a change restarts it.
-fn fingerprint(s: &SourceConfig, mesh: &MeshConfig, uri: &str) -> u64 {
+fn fingerprint(kind: &dyn SourceKind, s: &SourceConfig, mesh: &MeshConfig, uri: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.api_version.hash(&mut h);
     s.metadata.uid.hash(&mut h);
     format!("{:?}", s.spec).hash(&mut h);
     uri.hash(&mut h);
-    if let SourceSpec::GitHub(g) = &s.spec {
-        let ns = &s.metadata.namespace;
-        for v in [Some(&g.secret_token), g.access_token.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            evmesh_config::secret_value(&mesh.secrets, ns, v)
-                .ok()
-                .hash(&mut h);
-        }
-    }
+    kind.fingerprint(s, mesh).hash(&mut h);
     h.finish()
 }
 
@@ -193,15 +158,18 @@ impl SourceRuntime {
             service,
             store,
             base,
-            hooks: Arc::default(),
+            hooks: Webhooks::default(),
             state: Arc::default(),
             kube_api,
         }
     }
 
-    /// The webhook endpoints (`/webhooks/github/{namespace}/{name}`).
+    /// The webhook endpoints of every source kind serving webhooks (GitHubSource's
+    /// `/webhooks/github/{namespace}/{name}`).
     pub(crate) fn router(&self) -> Router {
-        webhook_router(self.hooks.clone())
+        source_kinds()
+            .filter_map(|k| k.routes(self.hooks.clone()))
+            .fold(Router::new(), Router::merge)
     }
 
     /// The resolved sink URL of `s` (shown as `status.sinkUri`).
@@ -209,114 +177,7 @@ impl SourceRuntime {
         resolver
             .resolve(s.sink(), &s.metadata.namespace)
             .map(|u| u.to_string())
-            .map_err(|e| NotRunning {
-                reason: "NotFound".into(),
-                message: format!("sink not resolved: {e}"),
-                sink_uri: None,
-            })
-    }
-
-    fn build(
-        &self,
-        s: &SourceConfig,
-        mesh: &MeshConfig,
-        resolver: &Resolver,
-        hook_id: Option<String>,
-    ) -> Result<Built, NotRunning> {
-        match &s.spec {
-            SourceSpec::Kafka(k) => {
-                let ns = &s.metadata.namespace;
-                let not_running = |reason: &str, message: String| NotRunning {
-                    reason: reason.into(),
-                    message,
-                    sink_uri: None,
-                };
-                let sink = resolver
-                    .resolve(s.sink(), ns)
-                    .map_err(|e| not_running("NotFound", format!("sink not resolved: {e}")))?;
-                let delivery = k.delivery.clone().unwrap_or_else(source_delivery);
-                let dead_letter = match &delivery.dead_letter_sink {
-                    Some(d) => Some(resolver.resolve(d, ns).map_err(|e| {
-                        not_running("NotFound", format!("dead-letter sink not resolved: {e}"))
-                    })?),
-                    None => None,
-                };
-                let plan = evmesh_kafka::SinkPlan {
-                    sink,
-                    sink_ca_certs: s.sink().ca_certs.clone(),
-                    dead_letter,
-                    delivery,
-                };
-                let source =
-                    evmesh_kafka::KafkaSource::new(s, &mesh.secrets, self.service.clone(), plan)
-                        .map_err(|e| not_running("InvalidSpec", e.to_string()))?;
-                Ok((Arc::new(source), None))
-            }
-            SourceSpec::Ping(_) => {
-                let p = PingSource::new(s).map_err(|e| NotRunning {
-                    reason: "InvalidSpec".into(),
-                    message: e.to_string(),
-                    sink_uri: None,
-                })?;
-                Ok((Arc::new(p), None))
-            }
-            SourceSpec::ApiServer(_) => {
-                let a = ApiServerSource::new(s, self.kube_api.clone()).map_err(|e| NotRunning {
-                    reason: "InvalidSpec".into(),
-                    message: e.to_string(),
-                    sink_uri: None,
-                })?;
-                Ok((Arc::new(a), None))
-            }
-            SourceSpec::GitHub(_) => {
-                // Validated as an absolute URL; the listen URL when absent.
-                let base = s
-                    .metadata
-                    .annotations
-                    .get(evmesh_config::PUBLIC_URL_ANNOTATION)
-                    .and_then(|u| Url::parse(u).ok())
-                    .unwrap_or_else(|| self.base.clone());
-                let url = webhook_url(&base, &s.metadata.namespace, &s.metadata.name);
-                let g = GitHubSource::new(s, &mesh.secrets, url).map_err(|e| {
-                    let reason = if e.0.starts_with("spec.accessToken") {
-                        "AccessTokenNotFound"
-                    } else {
-                        "SecretTokenNotFound"
-                    };
-                    NotRunning {
-                        reason: reason.into(),
-                        message: e.to_string(),
-                        sink_uri: None,
-                    }
-                })?;
-                let key = format!("{HOOK_KEY}{}/{}", s.metadata.namespace, s.metadata.name);
-                let hook_id = hook_id.or_else(|| {
-                    let saved = self.store.checkpoints(&key).ok()?;
-                    saved
-                        .into_iter()
-                        .find(|(k, _)| *k == key)
-                        .and_then(|(_, v)| String::from_utf8(v).ok())
-                });
-                let store = self.store.clone();
-                let observer: evmesh_sources::HookObserver = Arc::new(move |id: Option<&str>| {
-                    let result = match id {
-                        Some(id) => store.put_checkpoint(&key, id.as_bytes().to_vec()),
-                        None => store.delete_checkpoint(&key),
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "storing the GitHub webhook id failed");
-                    }
-                    let store = store.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = store.flush().await {
-                            tracing::warn!(error = %e, "storing the GitHub webhook id failed");
-                        }
-                    });
-                });
-                let g = Arc::new(g.with_hook_id(hook_id).with_hook_observer(observer));
-                Ok((g.clone(), Some(g)))
-            }
-        }
+            .map_err(|e| NotRunning::new("NotFound", format!("sink not resolved: {e}")))
     }
 
     /// Makes the running sources those of `mesh`: starts new ones, restarts changed ones (a
@@ -331,9 +192,21 @@ impl SourceRuntime {
             for s in &mesh.sources {
                 let k = key(s);
                 wanted.insert(k.clone());
+                let Some(kind) = source_kind(s.kind()) else {
+                    // Validation accepts only registered kinds; nothing to run otherwise.
+                    if let Some(old) = state.running.remove(&k) {
+                        self.unhook(&k, &old);
+                        to_stop.push((old, false));
+                    }
+                    let why = format!("no source kind {} is registered", s.kind());
+                    state
+                        .not_running
+                        .insert(k, NotRunning::new("UnknownKind", why));
+                    continue;
+                };
                 let planned = self
                     .plan(s, resolver)
-                    .map(|uri| (fingerprint(s, mesh, &uri), uri));
+                    .map(|uri| (fingerprint(kind, s, mesh, &uri), uri));
                 let (fp, uri) = match planned {
                     Ok(p) => p,
                     Err(nr) => {
@@ -349,16 +222,22 @@ impl SourceRuntime {
                     continue;
                 }
                 let old = state.running.remove(&k);
-                let hook_id = old
-                    .as_ref()
-                    .and_then(|o| o.github.as_ref())
-                    .and_then(|g| g.hook_id());
+                let cx = BuildCx {
+                    mesh,
+                    resolver,
+                    service: &self.service,
+                    store: &self.store,
+                    base: &self.base,
+                    kube_api: &self.kube_api,
+                    previous: old.as_ref().map(|o| &o.built),
+                };
+                let built = kind.build(s, &cx);
                 if let Some(old) = old {
                     self.unhook(&k, &old);
                     to_stop.push((old, false));
                 }
-                match self.build(s, mesh, resolver, hook_id) {
-                    Ok((source, github)) => {
+                match built {
+                    Ok(built) => {
                         let sink: Arc<dyn EventSink> = Arc::new(ChannelSink {
                             service: self.service.clone(),
                             namespace: k.1.clone(),
@@ -366,12 +245,10 @@ impl SourceRuntime {
                         });
                         let stop = CancellationToken::new();
                         let ctx = SourceContext::new(sink, Some(uri), stop.clone());
-                        let runner = source.clone();
+                        let runner = built.source.clone();
                         let task = tokio::spawn(async move { runner.run(ctx).await });
-                        if let Some(g) = &github
-                            && let Ok(mut h) = self.hooks.write()
-                        {
-                            h.insert((k.1.clone(), k.2.clone()), g.clone());
+                        if let Some(w) = &built.webhook {
+                            self.hooks.insert(k.clone(), w.clone());
                         }
                         tracing::info!(kind = %k.0, namespace = %k.1, name = %k.2, "source started");
                         state.not_running.remove(&k);
@@ -379,8 +256,8 @@ impl SourceRuntime {
                             k,
                             Running {
                                 fingerprint: fp,
-                                source,
-                                github,
+                                kind,
+                                built,
                                 stop,
                                 task,
                             },
@@ -438,10 +315,8 @@ impl SourceRuntime {
     }
 
     fn unhook(&self, k: &Key, r: &Running) {
-        if r.github.is_some()
-            && let Ok(mut h) = self.hooks.write()
-        {
-            h.remove(&(k.1.clone(), k.2.clone()));
+        if r.built.webhook.is_some() {
+            self.hooks.remove(k);
         }
     }
 
@@ -455,12 +330,12 @@ impl SourceRuntime {
             .running
             .iter()
             .filter_map(|((kind, ns, name), r)| {
-                let st = r.source.status();
+                let st = r.built.source.status();
                 (!st.ready
                     && st
                         .reason
                         .as_deref()
-                        .is_some_and(|r| FAILING_REASONS.contains(&r)))
+                        .is_some_and(|why| r.kind.failing_reasons().contains(&why)))
                 .then(|| {
                     (
                         format!("{kind} {ns}/{name}"),
@@ -480,7 +355,7 @@ impl SourceRuntime {
             return json!({});
         };
         if let Some(r) = state.running.get(&k) {
-            let mut st = r.source.status();
+            let mut st = r.built.source.status();
             // The subscription to the sink can be what is not ready (e.g. a sink not resolved).
             if st.ready
                 && let Some(sub) = self
@@ -494,11 +369,11 @@ impl SourceRuntime {
             }
             return st.to_json(generation);
         }
-        let nr = state.not_running.get(&k).cloned().unwrap_or(NotRunning {
-            reason: "NotRunning".into(),
-            message: "the source is not running".into(),
-            sink_uri: None,
-        });
+        let nr = state
+            .not_running
+            .get(&k)
+            .cloned()
+            .unwrap_or_else(|| NotRunning::new("NotRunning", "the source is not running"));
         let mut st = json!({
             "observedGeneration": generation,
             "conditions": [{"type": "Ready", "status": "False", "reason": nr.reason, "message": nr.message}],
@@ -515,9 +390,7 @@ impl SourceRuntime {
             Ok(mut s) => s.running.drain().map(|(_, r)| r).collect(),
             Err(_) => Vec::new(),
         };
-        if let Ok(mut h) = self.hooks.write() {
-            h.clear();
-        }
+        self.hooks.clear();
         for r in all {
             stop(r, false).await;
         }
@@ -537,7 +410,7 @@ async fn stop(r: Running, deleted: bool) {
         task.abort();
     }
     if deleted {
-        let source = r.source;
+        let source = r.built.source;
         tokio::spawn(async move {
             if let Err(e) = source.finalize().await {
                 tracing::warn!(kind = source.kind(), error = %e, "cleaning up a deleted source failed");
@@ -549,5 +422,55 @@ async fn stop(r: Running, deleted: bool) {
 impl evmesh_broker::kind::SourceStatus for SourceRuntime {
     fn status(&self, kind: &str, namespace: &str, name: &str, generation: i64) -> Value {
         self.status_of(kind, namespace, name, generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The runner adds an internal channel and a subscription to the sink (Knative's source
+    /// delivery) for a kind that publishes into one (PingSource), none for a kind delivering from
+    /// its own log (KafkaSource): the kinds' hooks say which, the runner names neither.
+    #[test]
+    fn internal_channels_are_what_the_kinds_say() {
+        crate::kinds::install();
+        let mesh = MeshConfig::from_yaml(
+            "sources.yaml",
+            r#"
+apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: tick, namespace: demo}
+spec:
+  schedule: "* * * * *"
+  sink: {uri: "http://127.0.0.1:9/ping"}
+---
+apiVersion: sources.knative.dev/v1beta1
+kind: KafkaSource
+metadata: {name: orders, namespace: demo}
+spec:
+  bootstrapServers: ["127.0.0.1:9"]
+  topics: [orders]
+  sink: {uri: "http://127.0.0.1:9/kafka"}
+"#,
+        )
+        .expect("valid sources");
+        let plane = with_source_channels(&mesh).expect("sources add channels");
+        let added: Vec<_> = plane
+            .channels
+            .iter()
+            .filter(|c| c.metadata.name.starts_with("_source."))
+            .map(|c| (c.metadata.namespace.as_str(), c.metadata.name.as_str()))
+            .collect();
+        assert_eq!(added, [("demo", "_source.pingsource.tick")]);
+        let subs: Vec<_> = plane
+            .subscriptions
+            .iter()
+            .filter(|s| s.metadata.name.starts_with("_source."))
+            .collect();
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0].channel.1, "_source.pingsource.tick");
+        assert_eq!(subs[0].delivery.as_ref().map(|d| d.retry), Some(5));
+        assert!(with_source_channels(&MeshConfig::default()).is_none());
     }
 }

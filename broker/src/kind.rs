@@ -54,6 +54,11 @@ pub trait RuntimeKind: Sync {
     fn group_kind(&self) -> (&'static str, &'static str);
     /// The `status` of a stored resource of this kind, from what runs.
     fn status(&self, cx: &StatusCx, manifest: &Value) -> Value;
+    /// More of this kind for a runtime above the data plane, which knows its type and downcasts
+    /// it (a source kind's build hooks, `evmesh_sources::kind::SourceModule`); `None` for most.
+    fn extension(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        None
+    }
 }
 
 /// One kind as the facade registers it, by one line: its validation half (an

@@ -17,6 +17,9 @@ use evmesh_config::{
     Delivery, DeliveryOrder, KAFKA_EVENT_TYPE, KafkaKeyType, KafkaSourceConfig, SecretConfig,
     SecretValueFromSource, SourceConfig, SourceSpec, secret_value,
 };
+use evmesh_sources::kind::{
+    BuildCx, Built, NotRunning, SourceKind, SourceModule, default_delivery,
+};
 use evmesh_sources::{BoxFuture, CeAttributes, Source, SourceContext, SourceError, SourceStatus};
 use serde_json::{Map, Value, json};
 use url::Url;
@@ -474,3 +477,60 @@ impl Source for KafkaSource {
         }
     }
 }
+
+/// The KafkaSource kind's runtime hooks: it delivers straight from its topics (the Kafka log)
+/// through the delivery engine, so it has no internal channel; its sink plan is resolved here.
+struct KafkaSourceKind;
+
+impl SourceKind for KafkaSourceKind {
+    fn kind(&self) -> &'static str {
+        "KafkaSource"
+    }
+
+    fn internal_channel(&self) -> bool {
+        false
+    }
+
+    fn build(&self, s: &SourceConfig, cx: &BuildCx<'_>) -> Result<Built, NotRunning> {
+        let SourceSpec::Kafka(k) = &s.spec else {
+            return Err(NotRunning::new(
+                "InvalidSpec",
+                format!("{} is not a KafkaSource", s.kind()),
+            ));
+        };
+        let ns = &s.metadata.namespace;
+        let sink = cx
+            .resolver
+            .resolve(s.sink(), ns)
+            .map_err(|e| NotRunning::new("NotFound", format!("sink not resolved: {e}")))?;
+        let delivery = k.delivery.clone().unwrap_or_else(default_delivery);
+        let dead_letter = match &delivery.dead_letter_sink {
+            Some(d) => Some(cx.resolver.resolve(d, ns).map_err(|e| {
+                NotRunning::new("NotFound", format!("dead-letter sink not resolved: {e}"))
+            })?),
+            None => None,
+        };
+        let plan = SinkPlan {
+            sink,
+            sink_ca_certs: s.sink().ca_certs.clone(),
+            dead_letter,
+            delivery,
+        };
+        let source = KafkaSource::new(s, &cx.mesh.secrets, cx.service.clone(), plan)
+            .map_err(|e| NotRunning::new("InvalidSpec", e.0))?;
+        Ok(Built::source(Arc::new(source)))
+    }
+
+    fn failing_reasons(&self) -> &'static [&'static str] {
+        &[KAFKA_UNAVAILABLE]
+    }
+}
+
+/// `sources.knative.dev/v1beta1` KafkaSource, as the runtime registers it.
+///
+/// ```
+/// use evmesh_broker::kind::RuntimeKind;
+/// assert_eq!(evmesh_kafka::source::KAFKA_SOURCE.group_kind().1, "KafkaSource");
+/// assert!(!evmesh_kafka::source::KAFKA_SOURCE.hooks().internal_channel());
+/// ```
+pub static KAFKA_SOURCE: SourceModule = SourceModule::new(&KafkaSourceKind);

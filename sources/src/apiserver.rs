@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use crate::cloudevents_attrs::{apply_overrides, base_attributes};
+use crate::kind::{BuildCx, Built, NotRunning, SourceKind, SourceModule};
 use crate::{BoxFuture, CeAttributes, Source, SourceContext, SourceError, SourceStatus};
 
 /// The Kubernetes API an ApiServerSource watches.
@@ -682,6 +683,28 @@ impl Source for ApiServerSource {
         }
     }
 }
+
+/// The ApiServerSource kind's runtime hooks.
+struct ApiServerKind;
+
+impl SourceKind for ApiServerKind {
+    fn kind(&self) -> &'static str {
+        "ApiServerSource"
+    }
+    fn build(&self, source: &SourceConfig, cx: &BuildCx<'_>) -> Result<Built, NotRunning> {
+        let a = ApiServerSource::new(source, cx.kube_api.clone())
+            .map_err(|e| NotRunning::new("InvalidSpec", e.0))?;
+        Ok(Built::source(std::sync::Arc::new(a)))
+    }
+}
+
+/// `sources.knative.dev/v1` ApiServerSource, as the runtime registers it.
+///
+/// ```
+/// use evmesh_broker::kind::RuntimeKind;
+/// assert_eq!(evmesh_sources::apiserver::API_SERVER_SOURCE.group_kind().1, "ApiServerSource");
+/// ```
+pub static API_SERVER_SOURCE: SourceModule = SourceModule::new(&ApiServerKind);
 
 #[cfg(test)]
 mod tests {

@@ -12,8 +12,8 @@ use axum::routing::post;
 use bytes::Bytes;
 use evmesh_broker::record::{DataKind, EventRecord};
 use evmesh_config::{
-    GITHUB_EVENT_TYPE_PREFIX, GITHUB_EVENT_TYPES, GitHubSourceSpec, SecretConfig, SourceConfig,
-    SourceSpec, secret_value,
+    GITHUB_EVENT_TYPE_PREFIX, GITHUB_EVENT_TYPES, GitHubSourceSpec, MeshConfig, SecretConfig,
+    SourceConfig, SourceSpec, secret_value,
 };
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, StatusCode};
@@ -22,10 +22,18 @@ use url::Url;
 
 use crate::cloudevents_attrs::{apply_overrides, base_attributes};
 use crate::github_api::{GitHubApi, HookOptions};
+use crate::kind::{BuildCx, Built, NotRunning, SourceKind, SourceModule, Webhooks, digest};
 use crate::{
     BoxFuture, CeAttributes, EventSink, SinkErrorKind, Source, SourceContext, SourceError,
     SourceStatus,
 };
+
+/// The kind.
+const KIND: &str = "GitHubSource";
+
+/// Checkpoint key prefix of the webhook ids (`status.webhookIDKey`) the runner keeps across
+/// restarts, so a restarted evmesh updates its webhook instead of registering another.
+const HOOK_KEY: &str = "src~github-hook/";
 
 /// The route the webhook endpoints are served under (axum path syntax).
 pub const WEBHOOK_ROUTE: &str = "/webhooks/github/{namespace}/{name}";
@@ -71,14 +79,42 @@ async fn handle(
         .read()
         .ok()
         .and_then(|h| h.get(&(namespace.clone(), name.clone())).cloned());
+    answer(source, &namespace, &name, &headers, body).await
+}
+
+/// Serves one delivery to `source` (404 when there is none).
+async fn answer(
+    source: Option<Arc<GitHubSource>>,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     match source {
-        Some(s) => s.receive(&headers, body).await.into_response(),
+        Some(s) => s.receive(headers, body).await.into_response(),
         None => (
             StatusCode::NOT_FOUND,
             format!("no GitHubSource {namespace}/{name}"),
         )
             .into_response(),
     }
+}
+
+/// The runner's router: [`WEBHOOK_ROUTE`] for the GitHubSources among a runner's [`Webhooks`].
+fn runner_router(webhooks: Webhooks) -> Router {
+    async fn handle_runner(
+        State(hooks): State<Webhooks>,
+        Path((namespace, name)): Path<(String, String)>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let source = hooks.get::<GitHubSource>(KIND, &namespace, &name);
+        answer(source, &namespace, &name, &headers, body).await
+    }
+    Router::new()
+        .route(WEBHOOK_ROUTE, post(handle_runner))
+        .layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES))
+        .with_state(webhooks)
 }
 
 /// The answer to one webhook delivery.
@@ -637,7 +673,7 @@ impl GitHubSource {
 
 impl Source for GitHubSource {
     fn kind(&self) -> &'static str {
-        "GitHubSource"
+        KIND
     }
 
     fn run(&self, ctx: SourceContext) -> BoxFuture<'_, ()> {
@@ -723,3 +759,92 @@ impl Source for GitHubSource {
         })
     }
 }
+
+/// The GitHubSource kind's runtime hooks: its webhook URL (under the listen URL unless
+/// [`evmesh_config::PUBLIC_URL_ANNOTATION`] says otherwise), its webhook id kept across restarts
+/// (from the instance it replaces, else from the runner's store), and its webhook route.
+struct GitHubKind;
+
+impl SourceKind for GitHubKind {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    /// Its Secrets' values: a rotated token restarts it.
+    fn fingerprint(&self, source: &SourceConfig, mesh: &MeshConfig) -> u64 {
+        let SourceSpec::GitHub(g) = &source.spec else {
+            return 0;
+        };
+        let ns = &source.metadata.namespace;
+        let values: Vec<Option<&[u8]>> = [Some(&g.secret_token), g.access_token.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|v| secret_value(&mesh.secrets, ns, v).ok())
+            .collect();
+        digest(&values)
+    }
+
+    fn build(&self, s: &SourceConfig, cx: &BuildCx<'_>) -> Result<Built, NotRunning> {
+        // Validated as an absolute URL; the listen URL when absent.
+        let base = s
+            .metadata
+            .annotations
+            .get(evmesh_config::PUBLIC_URL_ANNOTATION)
+            .and_then(|u| Url::parse(u).ok())
+            .unwrap_or_else(|| cx.base.clone());
+        let url = webhook_url(&base, &s.metadata.namespace, &s.metadata.name);
+        let g = GitHubSource::new(s, &cx.mesh.secrets, url).map_err(|e| {
+            let reason = if e.0.starts_with("spec.accessToken") {
+                "AccessTokenNotFound"
+            } else {
+                "SecretTokenNotFound"
+            };
+            NotRunning::new(reason, e.0)
+        })?;
+        let key = format!("{HOOK_KEY}{}/{}", s.metadata.namespace, s.metadata.name);
+        let previous = cx
+            .previous
+            .and_then(|p| p.webhook.clone())
+            .and_then(|w| w.downcast::<GitHubSource>().ok());
+        let hook_id = previous.and_then(|p| p.hook_id()).or_else(|| {
+            let saved = cx.store.checkpoints(&key).ok()?;
+            saved
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| String::from_utf8(v).ok())
+        });
+        let store = cx.store.clone();
+        let observer: HookObserver = Arc::new(move |id: Option<&str>| {
+            let result = match id {
+                Some(id) => store.put_checkpoint(&key, id.as_bytes().to_vec()),
+                None => store.delete_checkpoint(&key),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "storing the GitHub webhook id failed");
+            }
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.flush().await {
+                    tracing::warn!(error = %e, "storing the GitHub webhook id failed");
+                }
+            });
+        });
+        let g = Arc::new(g.with_hook_id(hook_id).with_hook_observer(observer));
+        Ok(Built {
+            source: g.clone(),
+            webhook: Some(g),
+        })
+    }
+
+    fn routes(&self, webhooks: Webhooks) -> Option<Router> {
+        Some(runner_router(webhooks))
+    }
+}
+
+/// `sources.knative.dev/v1` GitHubSource, as the runtime registers it.
+///
+/// ```
+/// use evmesh_broker::kind::RuntimeKind;
+/// assert_eq!(evmesh_sources::github::GITHUB_SOURCE.group_kind().1, "GitHubSource");
+/// ```
+pub static GITHUB_SOURCE: SourceModule = SourceModule::new(&GitHubKind);

@@ -7,6 +7,11 @@
 //! sink, which resolves once the event is durably accepted. The sink does durability and delivery
 //! (retries, dead-letter sink): a source has no HTTP client or retry code for events of its own.
 //!
+//! Each kind's module also supplies the kind's runtime hooks ([`kind::SourceKind`]: how it is
+//! built, its webhook routes) as a [`kind::SourceModule`] (`ping::PING_SOURCE`,
+//! `github::GITHUB_SOURCE`, `apiserver::API_SERVER_SOURCE`), which the facade registers by one
+//! line; its source runner names no kind.
+//!
 //! ```
 //! use std::sync::{Arc, Mutex};
 //! use evmesh_broker::record::EventRecord;
@@ -45,7 +50,7 @@ mod clock;
 pub mod github;
 mod github_api;
 pub mod kind;
-mod ping;
+pub mod ping;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use evmesh_config::{CronSchedule, PING_EVENT_TYPE, SourceConfig, SourceSpec};
 use serde_json::json;
 
 use crate::cloudevents_attrs::{apply_overrides, base_attributes};
+use crate::kind::{BuildCx, Built, NotRunning, SourceKind, SourceModule};
 use crate::{
     BoxFuture, CeAttributes, Clock, Source, SourceContext, SourceError, SourceStatus, SystemClock,
 };
@@ -243,3 +244,24 @@ impl Source for PingSource {
         }
     }
 }
+
+/// The PingSource kind's runtime hooks.
+struct PingKind;
+
+impl SourceKind for PingKind {
+    fn kind(&self) -> &'static str {
+        "PingSource"
+    }
+    fn build(&self, source: &SourceConfig, _cx: &BuildCx<'_>) -> Result<Built, NotRunning> {
+        let p = PingSource::new(source).map_err(|e| NotRunning::new("InvalidSpec", e.0))?;
+        Ok(Built::source(Arc::new(p)))
+    }
+}
+
+/// `sources.knative.dev/v1` PingSource, as the runtime registers it.
+///
+/// ```
+/// use evmesh_broker::kind::RuntimeKind;
+/// assert_eq!(evmesh_sources::ping::PING_SOURCE.group_kind().1, "PingSource");
+/// ```
+pub static PING_SOURCE: SourceModule = SourceModule::new(&PingKind);
