@@ -69,6 +69,12 @@ struct LimitArgs {
     /// fjall's journal budget on disk, in MiB (at least 64): bounds what a restart replays.
     #[arg(long, default_value_t = evmesh_store::DEFAULT_JOURNAL_BYTES >> 20, value_parser = clap::value_parser!(u64).range(64..))]
     store_journal_mb: u64,
+    /// glibc malloc arenas (Linux with glibc): `serve` starts itself once more with
+    /// `GLIBC_TUNABLES=glibc.malloc.arena_max=N:glibc.malloc.trim_threshold=131072`, unless
+    /// GLIBC_TUNABLES is set already; 0 keeps glibc's defaults (8 arenas per core, a trim
+    /// threshold that grows), under which RSS crept up while the live heap stayed flat.
+    #[arg(long, default_value_t = 2)]
+    malloc_arenas: usize,
 }
 
 impl LimitArgs {
@@ -297,6 +303,9 @@ fn main() -> ExitCode {
     evmesh_broker::tls::install_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Command::Serve { limits, .. } = &cli.command {
+        tune_malloc(limits.malloc_arenas);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -312,6 +321,43 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc keeps freed memory in up to 8 arenas per core and raises its trim threshold as large
+/// blocks come and go, so a long `serve` run's RSS grew although its live heap did not
+/// (BENCHMARKS.md §9). This starts the same program again (same pid, arguments and
+/// environment) with glibc told to keep `arenas` arenas and to give back free memory above
+/// 128 KiB at the top of a heap. It does nothing when `GLIBC_TUNABLES` is set already (by the
+/// operator, or by this), when `arenas` is 0, or when the program cannot be started again (it
+/// then runs on with glibc's defaults).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc(arenas: usize) {
+    use std::os::unix::process::CommandExt;
+    if arenas == 0 || std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    let err = cmd
+        .args(args)
+        .env(
+            "GLIBC_TUNABLES",
+            format!("glibc.malloc.arena_max={arenas}:glibc.malloc.trim_threshold=131072"),
+        )
+        .exec();
+    tracing::warn!(
+        "could not start again with glibc malloc tunables ({err}); glibc's defaults apply"
+    );
+}
+
+/// Other platforms and C libraries keep their allocator's defaults.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc(_arenas: usize) {}
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -98,6 +98,75 @@ pub(crate) fn event_cost(stored: usize) -> usize {
     stored * 2 + 512
 }
 
+/// Default budget of a log's [`Tail`], in (approximate) bytes of events.
+pub(crate) const DEFAULT_TAIL_BYTES: usize = 4 * 1024 * 1024;
+
+/// Events ingress has just stored, handed to the log's router in memory (decoded once, at
+/// ingress) so that the router need not read them back from the store and decode them again.
+/// Bounded in bytes: an event that does not fit is not kept, and the router reads it from the
+/// store as before (it reads the store whenever the next offset is not here).
+pub(crate) struct Tail {
+    inner: std::sync::Mutex<TailInner>,
+    budget: usize,
+}
+
+#[derive(Default)]
+struct TailInner {
+    events: BTreeMap<Offset, (Arc<EventRecord>, usize)>,
+    bytes: usize,
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail {
+            inner: std::sync::Mutex::default(),
+            budget: DEFAULT_TAIL_BYTES,
+        }
+    }
+}
+
+impl Tail {
+    /// Keeps the event just stored at `offset` (`stored`: its stored size) for the router, when
+    /// it fits the budget.
+    pub(crate) fn push(&self, offset: Offset, event: EventRecord, stored: usize) {
+        let cost = event_cost(stored);
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if t.bytes + cost > self.budget {
+            return;
+        }
+        t.bytes += cost;
+        if let Some((_, old)) = t.events.insert(offset, (Arc::new(event), cost)) {
+            t.bytes -= old;
+        }
+    }
+
+    /// Takes the events at `from`, `from + 1`, … (at most `max`, stopping at the first offset
+    /// not here), with their cost; forgets everything below `from` (the router has passed it).
+    fn take_from(&self, from: Offset, max: usize) -> Vec<(Offset, Arc<EventRecord>, usize)> {
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(entry) = t.events.first_entry() {
+            if *entry.key() >= from {
+                break;
+            }
+            let (_, cost) = entry.remove();
+            t.bytes -= cost;
+        }
+        let mut out = Vec::new();
+        let mut next = from;
+        while out.len() < max {
+            match t.events.remove(&next) {
+                Some((event, cost)) => {
+                    t.bytes -= cost;
+                    out.push((next, event, cost));
+                    next += 1;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
 /// A request to a running trigger worker.
 pub(crate) enum Command {
     /// Position the trigger at `from` and re-deliver from there; answers with the new offset.
@@ -415,6 +484,8 @@ pub(crate) struct Router {
     /// Next offset to route (published for retention).
     pub(crate) next: Arc<AtomicU64>,
     pub(crate) counters: Counters,
+    /// What ingress just stored, in memory: read before the store.
+    pub(crate) tail: Arc<Tail>,
     /// Fault injection: the router panics this many more times (at its next turn, where all it
     /// routed is handed out, then at each restart); shared with its broker's runtime.
     #[cfg(feature = "fault-injection")]
@@ -455,6 +526,27 @@ impl Table {
 }
 
 impl Router {
+    /// Queues the event at `offset` for every trigger of `table` it matches.
+    fn route(
+        &self,
+        table: &Table,
+        matched: &mut Vec<usize>,
+        offset: Offset,
+        event: &Arc<EventRecord>,
+        cost: usize,
+    ) {
+        matched.clear();
+        table.index.matching(event, matched);
+        for &i in matched.iter() {
+            let t = &table.triggers[i];
+            if offset >= t.start {
+                self.counters.routed(1);
+                t.push(offset, event, cost);
+                t.notify.notify_one();
+            }
+        }
+    }
+
     async fn read(&self, from: Offset, max: usize) -> Vec<evmesh_store::Record> {
         let store = self.store.clone();
         let log = self.log.clone();
@@ -580,26 +672,35 @@ impl Router {
                 if let Ok(Ok(head)) =
                     tokio::task::spawn_blocking(move || store.next_offset(&log)).await
                 {
-                    self.next.store(head.max(from), Ordering::Release);
+                    let head = head.max(from);
+                    self.next.store(head, Ordering::Release);
+                    self.tail.take_from(head, 0);
                 }
             } else {
-                let batch = self.read(from, ROUTER_BATCH).await;
+                // What ingress handed over in memory first (the usual case: nothing to read or
+                // decode); from the store when the next offset is not there.
+                let handed = self.tail.take_from(from, ROUTER_BATCH);
+                if !handed.is_empty() {
+                    for (offset, event, cost) in &handed {
+                        self.route(&table, &mut matched, *offset, event, *cost);
+                        self.next.store(offset + 1, Ordering::Release);
+                    }
+                    if handed.len() == ROUTER_BATCH {
+                        continue;
+                    }
+                    progressed = true;
+                }
+                let batch = if handed.is_empty() {
+                    self.read(from, ROUTER_BATCH).await
+                } else {
+                    Vec::new()
+                };
                 let mut stalled = false;
                 for record in &batch {
                     match EventRecord::from_stored(&record.payload) {
                         Ok(event) => {
-                            let event = Arc::new(event);
                             let cost = event_cost(record.payload.len());
-                            matched.clear();
-                            table.index.matching(&event, &mut matched);
-                            for &i in &matched {
-                                let t = &table.triggers[i];
-                                if record.offset >= t.start {
-                                    self.counters.routed(1);
-                                    t.push(record.offset, &event, cost);
-                                    t.notify.notify_one();
-                                }
-                            }
+                            self.route(&table, &mut matched, record.offset, &Arc::new(event), cost);
                         }
                         Err(e) => {
                             // Never skipped: routing stops here, each trigger says why.
@@ -1246,4 +1347,67 @@ fn unix_ms() -> u64 {
 fn instant_from_unix_ms(ms: u64) -> Instant {
     let now = unix_ms();
     Instant::now() + Duration::from_millis(ms.saturating_sub(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cloudevents::{EventBuilder, EventBuilderV10};
+
+    fn record(id: &str) -> EventRecord {
+        let event = EventBuilderV10::new()
+            .id(id)
+            .source("test")
+            .ty("t")
+            .build()
+            .expect("event");
+        EventRecord::from_event(event).expect("record")
+    }
+
+    fn offsets(taken: &[(Offset, Arc<EventRecord>, usize)]) -> Vec<Offset> {
+        taken.iter().map(|(o, _, _)| *o).collect()
+    }
+
+    #[test]
+    fn tail_hands_over_consecutive_offsets_and_forgets_what_the_router_passed() {
+        let tail = Tail::default();
+        for o in [3, 4, 6] {
+            tail.push(o, record(&o.to_string()), 100);
+        }
+        // 5 is not there (its append has not come back yet): 3 and 4 only, in order.
+        let taken = tail.take_from(3, 10);
+        assert_eq!(offsets(&taken), vec![3, 4]);
+        assert_eq!(cloudevents::AttributesReader::id(taken[1].1.event()), "4");
+        // Still not there: the router reads 5 from the store.
+        assert!(tail.take_from(5, 10).is_empty());
+        // A late push below where the router stands is forgotten, never handed over.
+        tail.push(2, record("2"), 100);
+        assert_eq!(offsets(&tail.take_from(6, 10)), vec![6]);
+        let inner = tail.inner.lock().expect("lock");
+        assert!(inner.events.is_empty());
+        assert_eq!(inner.bytes, 0);
+    }
+
+    #[test]
+    fn tail_takes_at_most_max_and_keeps_the_rest() {
+        let tail = Tail::default();
+        for o in 0..5 {
+            tail.push(o, record("x"), 100);
+        }
+        assert_eq!(offsets(&tail.take_from(0, 2)), vec![0, 1]);
+        assert_eq!(offsets(&tail.take_from(2, 10)), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn tail_keeps_no_more_than_its_budget() {
+        let tail = Tail {
+            inner: std::sync::Mutex::default(),
+            budget: event_cost(100) * 2,
+        };
+        for o in 0..5 {
+            tail.push(o, record("x"), 100);
+        }
+        // What did not fit is left to the store.
+        assert_eq!(offsets(&tail.take_from(0, 10)), vec![0, 1]);
+    }
 }

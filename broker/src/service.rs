@@ -140,6 +140,8 @@ pub(crate) struct BrokerRuntime {
     /// The triggers the router feeds; swapped in by the reconciler, picked up by the router.
     pub(crate) routes: Arc<Routes>,
     pub(crate) router_next: Arc<AtomicU64>,
+    /// Events just stored, handed to the router in memory (embedded logs).
+    pub(crate) tail: Arc<crate::dispatcher::Tail>,
     pub(crate) accepting: Arc<AtomicBool>,
     /// False once the broker is deleted: new events get 404 at once.
     pub(crate) open: AtomicBool,
@@ -176,7 +178,7 @@ impl BrokerRuntime {
         }
         if self.kind == StreamKind::Channel {
             // A channel keeps the event exactly as received.
-            return self.write(&event).await;
+            return self.write(event).await;
         }
         let ttl = match event.extension_json(TTL_EXTENSION) {
             None => MAX_TTL,
@@ -198,19 +200,23 @@ impl BrokerRuntime {
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
                 .into(),
         );
-        self.write(&event).await
+        self.write(event).await
     }
 
     /// Appends to the log; resolves once the event is durable.
-    async fn write(&self, event: &EventRecord) -> Result<Offset, PublishError> {
+    async fn write(&self, event: EventRecord) -> Result<Offset, PublishError> {
         match &self.backend {
             Backend::Embedded => {
-                let offset = self.store.append(&self.log, event.to_stored()).await?;
+                let stored = event.to_stored();
+                let size = stored.len();
+                let offset = self.store.append(&self.log, stored).await?;
+                // The router takes it from here in memory (decoded once, at ingress).
+                self.tail.push(offset, event, size);
                 self.notify.notify_one();
                 Ok(offset)
             }
             Backend::External(log) => {
-                let offset = log.append(event).await?.offset;
+                let offset = log.append(&event).await?.offset;
                 // Its routes read the log themselves: each has new work until its cursor says
                 // it is caught up again (what `is_idle` looks at).
                 self.routes.new_work_all();
@@ -1272,6 +1278,7 @@ impl BrokerService {
             counters: Counters::default(),
             routes: Arc::new(Routes::default()),
             router_next: Arc::new(AtomicU64::new(head)),
+            tail: Arc::default(),
             accepting: self.inner.accepting.clone(),
             open: AtomicBool::new(true),
             routes_loaded: AtomicBool::new(false),
@@ -1299,6 +1306,7 @@ impl BrokerService {
             notify: runtime.notify.clone(),
             next: runtime.router_next.clone(),
             counters: runtime.counters.clone(),
+            tail: runtime.tail.clone(),
             #[cfg(feature = "fault-injection")]
             panics_left: runtime.router_panics_left.clone(),
         });
