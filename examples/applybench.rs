@@ -9,7 +9,8 @@
 //!   the delivery work is unchanged) and reports ingress latency p50/p99/p99.9 for the requests
 //!   sent before the apply and for those sent in the second after it. With `--deliver no` the
 //!   broker's trigger matches none of the load: every event is stored and routed through the
-//!   filter, none is delivered.
+//!   filter, none is delivered. Each request is encoded once (only its `ce-id` changes); at most
+//!   `--in-flight` (1024) are outstanding, and latency counts from when a request was due.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,7 +121,12 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-async fn ingress(rate: u64, seconds: u64, deliver: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn ingress(
+    rate: u64,
+    seconds: u64,
+    deliver: bool,
+    in_flight: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let sink = start_sink().await?;
     // `--deliver no`: the broker's trigger matches none of the load, so every event is stored
     // and routed through the filter but not delivered (the load then fits 2 cores at rates
@@ -142,6 +148,18 @@ async fn ingress(rate: u64, seconds: u64, deliver: bool) -> Result<(), Box<dyn s
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, u64, u16)>();
     let failures = Arc::new(AtomicU64::new(0));
+    // The request is encoded once; each send only sets its own `ce-id`. At most `in_flight`
+    // requests are outstanding: past that a send waits for one to finish, and its latency is
+    // counted from when it was due (open loop, no coordinated omission).
+    let template = EventBuilderV10::new()
+        .id("e")
+        .source("/bench")
+        .ty("bench.event")
+        .build()?;
+    let template = evmesh::evmesh_broker::codec::encode_binary(template)?;
+    let body = bytes::Bytes::from(template.body);
+    let headers = template.headers;
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     let sender = {
         let client = client.clone();
         let failures = failures.clone();
@@ -150,37 +168,27 @@ async fn ingress(rate: u64, seconds: u64, deliver: bool) -> Result<(), Box<dyn s
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for i in 0..total {
                 tick.tick().await;
+                let due = interval * (i as u32);
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let (client, url, tx, failures) = (
                     client.clone(),
                     ingress.clone(),
                     tx.clone(),
                     failures.clone(),
                 );
+                let mut headers = headers.clone();
+                let body = body.clone();
                 tokio::spawn(async move {
-                    let sent = start.elapsed();
-                    let event = EventBuilderV10::new()
-                        .id(format!("e{i}"))
-                        .source("/bench")
-                        .ty("bench.event")
-                        .build()
-                        .expect("valid event");
-                    let Ok(enc) = evmesh::evmesh_broker::codec::encode_binary(event) else {
-                        return;
-                    };
-                    let t0 = Instant::now();
-                    match client
-                        .post(&url)
-                        .headers(enc.headers)
-                        .body(enc.body)
-                        .send()
-                        .await
-                    {
+                    let _permit = permit;
+                    if let Ok(id) = reqwest::header::HeaderValue::from_str(&format!("e{i}")) {
+                        headers.insert("ce-id", id);
+                    }
+                    match client.post(&url).headers(headers).body(body).send().await {
                         Ok(r) => {
-                            let _ = tx.send((
-                                sent,
-                                t0.elapsed().as_micros() as u64,
-                                r.status().as_u16(),
-                            ));
+                            let took = start.elapsed().saturating_sub(due);
+                            let _ = tx.send((due, took.as_micros() as u64, r.status().as_u16()));
                         }
                         Err(_) => {
                             failures.fetch_add(1, Ordering::Relaxed);
@@ -270,12 +278,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 arg("--rate", "10000").parse()?,
                 arg("--seconds", "6").parse()?,
                 arg("--deliver", "yes") != "no",
+                arg("--in-flight", "1024").parse()?,
             )
             .await
         }
         _ => {
             eprintln!(
-                "usage: applybench triggers [--count N] [--concurrency C] | applybench ingress [--rate R] [--seconds S] [--deliver yes|no]"
+                "usage: applybench triggers [--count N] [--concurrency C] | applybench ingress [--rate R] [--seconds S] [--deliver yes|no] [--in-flight N]"
             );
             std::process::exit(2);
         }
