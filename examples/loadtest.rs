@@ -1266,20 +1266,31 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
             );
             tokio::spawn(async move {
                 let _permit = permit;
-                let ok = match memory_event(id, "bench.match") {
-                    Ok(enc) => client
+                let outcome = match memory_event(id, "bench.match") {
+                    Ok(enc) => match client
                         .post(&ingress)
                         .headers(enc.headers)
                         .body(enc.body)
                         .send()
                         .await
-                        .is_ok_and(|r| r.status().as_u16() == 202),
-                    Err(_) => false,
+                    {
+                        Ok(r) if r.status().as_u16() == 202 => Ok(()),
+                        Ok(r) => Err(format!("answered {}", r.status())),
+                        Err(e) => Err(format!("request failed: {e:?}")),
+                    },
+                    Err(e) => Err(format!("could not encode: {e}")),
                 };
-                if ok {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                match outcome {
+                    Ok(()) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(why) => {
+                        // The first few say why (a 503 promises nothing; a transport error
+                        // is the sender's or the connection's).
+                        if failed.fetch_add(1, Ordering::Relaxed) < 10 {
+                            eprintln!("event {id} not accepted: {why}");
+                        }
+                    }
                 }
             });
         }
