@@ -167,9 +167,15 @@ async fn events_accepted_while_evmesh_is_out_of_file_descriptors_are_all_deliver
     // The idle clients leave: evmesh gets its descriptors back, serves the waiting client and
     // delivers everything.
     drop(idle);
-    let status = tokio::time::timeout(Duration::from_secs(20), read_status(&mut extra))
-        .await
-        .expect("the client that waited is served");
+    let status = match tokio::time::timeout(Duration::from_secs(20), read_status(&mut extra)).await
+    {
+        Ok(s) => s,
+        Err(_) => panic!(
+            "the client that waited is not served; fds {}; stderr:\n{}",
+            open_fds(pid),
+            p.stderr_tail()
+        ),
+    };
     assert_eq!(status, 202);
     accepted.push("extra".to_string());
     // Backed off, not spinning: a handful of accept-error lines, not thousands.

@@ -273,54 +273,95 @@ impl KafkaLog {
     }
 }
 
+/// How long [`commit_start`] keeps trying when the group's coordinator refuses a commit from
+/// outside the group (longer than the 10 s session timeout, after which a member that is gone
+/// no longer holds the group).
+const COMMIT_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Commits `topic`'s end offsets for `group` on partitions it has no committed offset for (a
 /// new group starts at the end, saved before the route runs). Blocking.
+///
+/// The commit comes from outside the group (no member id). While the group has a generation —
+/// another process with the same configuration started at the same time, or a member that is
+/// gone but not yet expired — the coordinator may refuse it (`UnknownMemberId`,
+/// `IllegalGeneration`, `RebalanceInProgress`): then the committed offsets are read again (the
+/// other member may have committed the start itself) and the commit is retried, for at most
+/// [`COMMIT_START_PATIENCE`].
 fn commit_start(settings: &KafkaSettings, topic: &str, group: &str) -> Result<(), String> {
-    {
-        let mut c = settings.client_config();
-        c.set("group.id", group).set("enable.auto.commit", "false");
-        let consumer: BaseConsumer = c.create().map_err(|e| e.to_string())?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-            .map_err(|e| format!("reading the partitions of {}: {e}", topic))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        drop(metadata);
-        let mut all = TopicPartitionList::new();
-        for p in &partitions {
-            all.add_partition(topic, *p);
-        }
-        let committed = consumer
-            .committed_offsets(all, REQUEST_TIMEOUT)
-            .map_err(|e| format!("reading committed offsets: {e}"))?;
-        let mut commit = TopicPartitionList::new();
-        for e in committed.elements() {
-            if matches!(e.offset(), Offset::Invalid) {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, e.partition(), REQUEST_TIMEOUT)
-                    .map_err(|err| {
-                        format!("reading the end of partition {}: {err}", e.partition())
-                    })?;
-                commit
-                    .add_partition_offset(topic, e.partition(), Offset::Offset(high))
-                    .map_err(|err| err.to_string())?;
+    let deadline = std::time::Instant::now() + COMMIT_START_PATIENCE;
+    loop {
+        match try_commit_start(settings, topic, group) {
+            Err((e, true)) if std::time::Instant::now() < deadline => {
+                tracing::debug!(group, "start commit refused, trying again: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
+            Err((e, _)) => return Err(e),
+            Ok(()) => return Ok(()),
         }
-        drop(committed);
-        let result = if commit.count() > 0 {
-            consumer
-                .commit(&commit, CommitMode::Sync)
-                .map_err(|e| format!("committing the start of group {group}: {e}"))
-        } else {
-            Ok(())
-        };
-        drop(commit);
-        drop(consumer);
-        result
     }
+}
+
+/// One try of [`commit_start`]; the error says whether trying again may help.
+fn try_commit_start(
+    settings: &KafkaSettings,
+    topic: &str,
+    group: &str,
+) -> Result<(), (String, bool)> {
+    let fatal = |e: String| (e, false);
+    let mut c = settings.client_config();
+    c.set("group.id", group).set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = c.create().map_err(|e| fatal(e.to_string()))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|e| fatal(format!("reading the partitions of {}: {e}", topic)))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    drop(metadata);
+    let mut all = TopicPartitionList::new();
+    for p in &partitions {
+        all.add_partition(topic, *p);
+    }
+    let committed = consumer
+        .committed_offsets(all, REQUEST_TIMEOUT)
+        .map_err(|e| fatal(format!("reading committed offsets: {e}")))?;
+    let mut commit = TopicPartitionList::new();
+    for e in committed.elements() {
+        if matches!(e.offset(), Offset::Invalid) {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, e.partition(), REQUEST_TIMEOUT)
+                .map_err(|err| {
+                    fatal(format!(
+                        "reading the end of partition {}: {err}",
+                        e.partition()
+                    ))
+                })?;
+            commit
+                .add_partition_offset(topic, e.partition(), Offset::Offset(high))
+                .map_err(|err| fatal(err.to_string()))?;
+        }
+    }
+    drop(committed);
+    let result = if commit.count() > 0 {
+        consumer.commit(&commit, CommitMode::Sync).map_err(|e| {
+            let again = matches!(
+                e.rdkafka_error_code(),
+                Some(
+                    rdkafka::types::RDKafkaErrorCode::UnknownMemberId
+                        | rdkafka::types::RDKafkaErrorCode::IllegalGeneration
+                        | rdkafka::types::RDKafkaErrorCode::RebalanceInProgress
+                )
+            );
+            (format!("committing the start of group {group}: {e}"), again)
+        })
+    } else {
+        Ok(())
+    };
+    drop(commit);
+    drop(consumer);
+    result
 }
 
 impl Log for KafkaLog {
