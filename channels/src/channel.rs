@@ -89,10 +89,7 @@ impl Kind for Channel {
         meta: ObjectMeta,
         spec: &Value,
     ) {
-        pass.check_api_version(doc, api_version, MESSAGING_V1);
-        if pass.typed::<ChannelSpec>(doc, "spec", spec).is_some() {
-            pass.defer(meta, spec.clone(), doc);
-        }
+        pass.typed_and_deferred::<ChannelSpec>(doc, api_version, MESSAGING_V1, meta, spec);
     }
     fn known(
         &self,

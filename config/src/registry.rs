@@ -351,6 +351,23 @@ impl<'a> Pass<'a> {
             self.deferred.push((kind, meta, spec, doc));
         }
     }
+
+    /// The usual first pass of a kind whose spec is a `T`: checks the `apiVersion` (`want`),
+    /// reads `spec` as a `T` (see [`Pass::typed`]) and, when it parses, defers the document
+    /// (see [`Pass::defer`]) for the kind's later passes.
+    pub fn typed_and_deferred<T: DeserializeOwned>(
+        &mut self,
+        doc: &'a Document,
+        api_version: &str,
+        want: &str,
+        meta: ObjectMeta,
+        spec: &Value,
+    ) {
+        self.check_api_version(doc, api_version, want);
+        if self.typed::<T>(doc, "spec", spec).is_some() {
+            self.defer(meta, spec.clone(), doc);
+        }
+    }
 }
 
 /// The addressables of a validation pass that refs may name without a "does not exist"

@@ -201,10 +201,7 @@ impl Kind for Parallel {
         meta: ObjectMeta,
         spec: &Value,
     ) {
-        pass.check_api_version(doc, api_version, FLOWS_V1);
-        if pass.typed::<ParallelSpec>(doc, "spec", spec).is_some() {
-            pass.defer(meta, spec.clone(), doc);
-        }
+        pass.typed_and_deferred::<ParallelSpec>(doc, api_version, FLOWS_V1, meta, spec);
     }
     fn known(
         &self,

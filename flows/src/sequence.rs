@@ -183,10 +183,7 @@ impl Kind for Sequence {
         meta: ObjectMeta,
         spec: &Value,
     ) {
-        pass.check_api_version(doc, api_version, FLOWS_V1);
-        if pass.typed::<SequenceSpec>(doc, "spec", spec).is_some() {
-            pass.defer(meta, spec.clone(), doc);
-        }
+        pass.typed_and_deferred::<SequenceSpec>(doc, api_version, FLOWS_V1, meta, spec);
     }
     fn known(
         &self,
