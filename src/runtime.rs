@@ -925,12 +925,12 @@ impl Runtime {
                 .unwrap_or_else(|| SOURCE_API.to_string()),
         };
         let code = if previous.is_some() { 200 } else { 201 };
+        if !unchanged && previous.is_none() {
+            // Its start position is durable with its resource, before anyone can see it.
+            self.stake_new(&one, |_, _, _| true)
+                .map_err(WriteError::Internal)?;
+        }
         if !unchanged && pipelined {
-            if previous.is_none() {
-                // Its start position is durable with its resource, before anyone can see it.
-                self.stake_new(&one, |_, _, _| true)
-                    .map_err(WriteError::Internal)?;
-            }
             let bytes =
                 serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
             self.inner
@@ -952,10 +952,6 @@ impl Runtime {
             return Ok((code, self.render(kind, &stamped), warnings));
         }
         if !unchanged {
-            if previous.is_none() {
-                self.stake_new(&one, |_, _, _| true)
-                    .map_err(WriteError::Internal)?;
-            }
             let bytes =
                 serde_json::to_vec(&stored).map_err(|e| WriteError::Internal(e.to_string()))?;
             self.inner
