@@ -15,9 +15,9 @@ use cloudevents::Event;
 use evmesh_config::{DeliveryOrder, ReplayFrom};
 use evmesh_filter::{Filter, FilterIndex};
 use evmesh_store::{EventStore, LogId, Offset};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
 use crate::delivery::{self, DeliveryEngine, Next, Outcome, Plan, Progress};
 use crate::log::{ConsumerGroup, Cursor, Pending, Pos};
@@ -28,6 +28,9 @@ use crate::service::Publisher;
 /// Default budget of a route's queue ([`TriggerQueue`]), in (approximate) bytes of events.
 pub(crate) const DEFAULT_ROUTE_QUEUE_BYTES: usize = 1024 * 1024;
 const ROUTER_BATCH: usize = 512;
+/// How long the router waits for ingress to hand over an offset it stored (while later ones
+/// are handed over) before it reads that offset from the store.
+const TAIL_WAIT: Duration = Duration::from_millis(5);
 /// How often a router stopped at a record it cannot read tries it again.
 const STALL_RETRY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
@@ -108,12 +111,16 @@ pub(crate) const DEFAULT_TAIL_BYTES: usize = 4 * 1024 * 1024;
 pub(crate) struct Tail {
     inner: std::sync::Mutex<TailInner>,
     budget: usize,
+    /// One past the highest offset pushed since start (0: none yet), kept or not.
+    head: AtomicU64,
 }
 
 #[derive(Default)]
 struct TailInner {
     events: BTreeMap<Offset, (Arc<EventRecord>, usize)>,
     bytes: usize,
+    /// One past the highest offset that did not fit (it must be read from the store).
+    not_kept_upto: Offset,
 }
 
 impl Default for Tail {
@@ -121,6 +128,7 @@ impl Default for Tail {
         Tail {
             inner: std::sync::Mutex::default(),
             budget: DEFAULT_TAIL_BYTES,
+            head: AtomicU64::new(0),
         }
     }
 }
@@ -130,14 +138,33 @@ impl Tail {
     /// it fits the budget.
     pub(crate) fn push(&self, offset: Offset, event: EventRecord, stored: usize) {
         let cost = event_cost(stored);
+        self.head.fetch_max(offset + 1, Ordering::AcqRel);
         let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if t.bytes + cost > self.budget {
+            t.not_kept_upto = t.not_kept_upto.max(offset + 1);
             return;
         }
         t.bytes += cost;
         if let Some((_, old)) = t.events.insert(offset, (Arc::new(event), cost)) {
             t.bytes -= old;
         }
+    }
+
+    /// One past the highest offset ingress has stored since start, `None` before the first.
+    fn head(&self) -> Option<Offset> {
+        match self.head.load(Ordering::Acquire) {
+            0 => None,
+            h => Some(h),
+        }
+    }
+
+    /// Whether the event at `from` is stored and still to be handed over: ingress has handed
+    /// over later ones, and none from `from` on was left out for the budget.
+    fn awaits(&self, from: Offset) -> bool {
+        let t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.head().is_some_and(|h| h > from)
+            && from >= t.not_kept_upto
+            && !t.events.contains_key(&from)
     }
 
     /// Takes the events at `from`, `from + 1`, … (at most `max`, stopping at the first offset
@@ -631,6 +658,8 @@ impl Router {
         let mut debounce = ROUTES_DEBOUNCE;
         self.routes.dirty.store(true, Ordering::Release);
         let mut matched = Vec::new();
+        // Since when the next offset is stored but not handed over while later ones are.
+        let mut missing_since: Option<Instant> = None;
         loop {
             // An injected panic comes between batches, where every routed offset was handed out.
             #[cfg(feature = "fault-injection")]
@@ -666,12 +695,21 @@ impl Router {
             let from = self.next.load(Ordering::Acquire);
             if table.triggers.is_empty() {
                 // Nothing to route: skip to the head without reading (the log is only kept, for
-                // retention and for triggers that start later).
-                let store = self.store.clone();
-                let log = self.log.clone();
-                if let Ok(Ok(head)) =
-                    tokio::task::spawn_blocking(move || store.next_offset(&log)).await
-                {
+                // retention and for triggers that start later). The head is what ingress last
+                // handed over; the store is asked only before the first event of this run (a
+                // blocking-pool round trip per wake-up cost more than the event itself).
+                let head = match self.tail.head() {
+                    Some(head) => Some(head),
+                    None => {
+                        let store = self.store.clone();
+                        let log = self.log.clone();
+                        tokio::task::spawn_blocking(move || store.next_offset(&log))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                };
+                if let Some(head) = head {
                     let head = head.max(from);
                     self.next.store(head, Ordering::Release);
                     self.tail.take_from(head, 0);
@@ -680,6 +718,26 @@ impl Router {
                 // What ingress handed over in memory first (the usual case: nothing to read or
                 // decode); from the store when the next offset is not there.
                 let handed = self.tail.take_from(from, ROUTER_BATCH);
+                if handed.is_empty() && self.tail.awaits(from) {
+                    // Ingress stored `from` but its task has not handed it over yet (appends
+                    // are answered in offset order, their tasks run in any order): wait for it
+                    // a moment rather than read and decode from the store what is about to
+                    // come. Not for long: a client gone after the append never hands it over.
+                    let since = *missing_since.get_or_insert_with(Instant::now);
+                    let waited = since.elapsed();
+                    if waited < TAIL_WAIT {
+                        tokio::select! {
+                            _ = notified => {}
+                            _ = tokio::time::sleep(TAIL_WAIT - waited) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        if *shutdown.borrow() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                missing_since = None;
                 if !handed.is_empty() {
                     for (offset, event, cost) in &handed {
                         self.route(&table, &mut matched, *offset, event, *cost);
@@ -926,7 +984,10 @@ impl Worker {
                 },
             );
         }
-        let mut attempts = FuturesUnordered::new();
+        // Each attempt is a task of its own, so one route's deliveries (HTTP client work, reply
+        // routing) spread over the runtime's threads; this task keeps the bookkeeping. Dropping
+        // the set (replay, drain timeout, end of the run) aborts the attempts still in it.
+        let mut attempts: JoinSet<AttemptResult> = JoinSet::new();
         if let Some((from, text)) = self.replay_from.clone()
             && cursor.applied_tag() != Some(text.as_str())
         {
@@ -971,7 +1032,7 @@ impl Worker {
                     if let Some(slot) = st.slots.get_mut(&pos) {
                         slot.running = true;
                         slot.due = None;
-                        attempts.push(self.attempt(
+                        attempts.spawn(self.attempt(
                             cursor.as_ref(),
                             pos,
                             slot.event.clone(),
@@ -1037,7 +1098,7 @@ impl Worker {
                     .is_none_or(|l| st.lanes.get(l).is_none_or(VecDeque::is_empty));
                 if first {
                     slot.running = true;
-                    attempts.push(self.attempt(
+                    attempts.spawn(self.attempt(
                         cursor.as_ref(),
                         pos,
                         slot.event.clone(),
@@ -1069,11 +1130,18 @@ impl Worker {
             if !dirty {
                 self.shared.injected_panic();
             }
-            let next_due = st
-                .slots
-                .values()
-                .filter(|s| !s.running)
-                .filter_map(|s| s.due.map(|(d, _)| d))
+            // Only slots not running can be due (none while every slot is running: no scan).
+            let waiting = st.slots.len() > attempts.len();
+            let next_due = waiting
+                .then(|| {
+                    st.slots
+                        .values()
+                        .filter(|s| !s.running)
+                        .filter_map(|s| s.due.map(|(d, _)| d))
+                        .min()
+                })
+                .flatten()
+                .into_iter()
                 .chain(cursor.wake_at())
                 .min();
             let sleep_until = match (dirty, next_due) {
@@ -1085,11 +1153,22 @@ impl Worker {
             let drain_deadline = drain_at.unwrap_or(now + Duration::from_secs(3600));
             let wakeup = cursor.wakeup();
             tokio::select! {
-                Some((pos, event, progress, end)) = attempts.next(), if !attempts.is_empty() => {
+                Some(ended) = attempts.join_next(), if !attempts.is_empty() => {
                     dirty = true;
-                    if self.finish(&mut st, cursor.as_mut(), pos, event, progress, end) && ordered {
-                        // The next slot of its lane may run now.
-                        scan = true;
+                    // Take every attempt that has ended, not one per turn of the loop.
+                    let mut ended = Some(ended);
+                    while let Some(result) = ended.take().or_else(|| attempts.try_join_next()) {
+                        let (pos, event, progress, end) = match result {
+                            Ok(r) => r,
+                            // A panic in an attempt is the worker's: its supervisor restarts it.
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            // Aborted: only when the set is dropped, which ends its attempts.
+                            Err(_) => continue,
+                        };
+                        if self.finish(&mut st, cursor.as_mut(), pos, event, progress, end) && ordered {
+                            // The next slot of its lane may run now.
+                            scan = true;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(sleep_until.into()) => { scan = true; }
@@ -1106,7 +1185,7 @@ impl Worker {
                             let result = self.replay(&mut st, cursor.as_mut(), from, annotation).await;
                             if result.is_ok() {
                                 // In-flight attempts of the old position are abandoned.
-                                attempts = FuturesUnordered::new();
+                                attempts = JoinSet::new();
                                 last_checkpoint = Instant::now();
                                 dirty = false;
                                 scan = true;
@@ -1401,13 +1480,44 @@ mod tests {
     #[test]
     fn tail_keeps_no_more_than_its_budget() {
         let tail = Tail {
-            inner: std::sync::Mutex::default(),
             budget: event_cost(100) * 2,
+            ..Tail::default()
         };
         for o in 0..5 {
             tail.push(o, record("x"), 100);
         }
-        // What did not fit is left to the store.
+        // What did not fit is left to the store; the head counts it all the same.
+        assert_eq!(tail.head(), Some(5));
         assert_eq!(offsets(&tail.take_from(0, 10)), vec![0, 1]);
+    }
+
+    #[test]
+    fn tail_awaits_an_offset_stored_before_later_ones_that_were_handed_over() {
+        let tail = Tail::default();
+        assert!(!tail.awaits(0), "nothing handed over yet");
+        tail.push(1, record("b"), 100);
+        tail.push(2, record("c"), 100);
+        assert!(
+            tail.awaits(0),
+            "0 is stored (1 and 2 are), its task has not run yet"
+        );
+        assert!(!tail.awaits(3), "nothing after 3 was handed over");
+        tail.push(0, record("a"), 100);
+        assert!(!tail.awaits(0), "0 is here now");
+        assert_eq!(offsets(&tail.take_from(0, 10)), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn tail_does_not_await_an_offset_it_may_have_left_out_for_its_budget() {
+        let tail = Tail {
+            budget: event_cost(100) * 2,
+            ..Tail::default()
+        };
+        for o in 1..4 {
+            tail.push(o, record("x"), 100);
+        }
+        // 3 did not fit: it, and 0 (which may be one of those too), are read from the store.
+        assert!(!tail.awaits(3));
+        assert!(!tail.awaits(0));
     }
 }

@@ -436,36 +436,43 @@ impl EmbeddedCursor {
     ) -> Result<(Vec<(Offset, Arc<EventRecord>)>, Offset, bool), String> {
         let store = self.store.clone();
         let log = self.log.clone();
-        let batch = tokio::task::spawn_blocking(move || store.read(&log, from, READ_BATCH))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let at_end = batch.len() < READ_BATCH;
-        let mut next = from;
-        let mut matched = Vec::new();
         let filter = self.shared.filter();
-        for record in batch {
-            next = record.offset + 1;
-            match EventRecord::from_stored(&record.payload) {
-                Ok(event) if filter.matches(&event) => {
-                    matched.push((record.offset, Arc::new(event)));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // Never skipped: the catch-up stops here and retries; the route says why.
-                    let reason = format!(
-                        "record {} of log {} cannot be read ({e}); delivery stops there rather than skip it",
-                        record.offset,
-                        self.log.as_str()
-                    );
-                    self.shared.set_not_ready("log", Some(reason.clone()));
-                    if matched.is_empty() {
-                        return Err(reason);
+        // Read, decode and filter on a blocking thread: the route's own task only hands out
+        // what matched (a catch-up of many events does not tie it up decoding).
+        let (matched, next, at_end, bad) = tokio::task::spawn_blocking(move || {
+            let batch = store.read(&log, from, READ_BATCH)?;
+            let at_end = batch.len() < READ_BATCH;
+            let mut next = from;
+            let mut matched = Vec::new();
+            for record in batch {
+                match EventRecord::from_stored(&record.payload) {
+                    Ok(event) => {
+                        next = record.offset + 1;
+                        if filter.matches(&event) {
+                            matched.push((record.offset, Arc::new(event)));
+                        }
                     }
-                    // Deliver what matched before it; the next read starts at the bad record.
-                    return Ok((matched, record.offset, false));
+                    // Never skipped: the read ends at the bad record.
+                    Err(e) => return Ok((matched, record.offset, false, Some(e.to_string()))),
                 }
             }
+            Ok::<_, evmesh_store::StoreError>((matched, next, at_end, None))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = bad {
+            // The catch-up stops at the bad record and retries; the route says why.
+            let reason = format!(
+                "record {next} of log {} cannot be read ({e}); delivery stops there rather than skip it",
+                self.log.as_str()
+            );
+            self.shared.set_not_ready("log", Some(reason.clone()));
+            if matched.is_empty() {
+                return Err(reason);
+            }
+            // Deliver what matched before it; the next read starts at the bad record.
+            return Ok((matched, next, false));
         }
         Ok((matched, next, at_end))
     }
