@@ -247,8 +247,13 @@ impl EventRecord {
                 return Err(RecordError(format!("attribute {name} is null")));
             }
         }
-        let mut view: Event = serde_json::from_value(Value::Object(attributes.clone()))
+        // Read the view from the attributes in place (no copy of the map).
+        let value = Value::Object(attributes);
+        let mut view: Event = serde::Deserialize::deserialize(&value)
             .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?;
+        let Value::Object(attributes) = value else {
+            return Err(RecordError("attributes are not an object".into()));
+        };
         if let Some((_, bytes)) = &data {
             view.set_data_unchecked(Data::Binary(bytes.to_vec()));
         }

@@ -16,8 +16,10 @@
 //!   them (`kn.eventing.kafka.discarded_events`).
 //! - `evmesh_reply_loops_stopped_total` (counter, per broker): replies refused for TTL.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{LazyLock, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -168,6 +170,55 @@ fn code_class(code: u16) -> &'static str {
     }
 }
 
+/// Metric handles looked up once per label set: building a metric's key allocates its labels
+/// and looks it up in the registry, which cost more per event than the count itself.
+#[derive(Clone)]
+struct Handles {
+    parts: [String; 3],
+    code: u16,
+    counter: Option<metrics::Counter>,
+    histogram: metrics::Histogram,
+}
+
+type HandleCache = LazyLock<RwLock<HashMap<u64, Vec<Handles>>>>;
+
+static INGRESS_HANDLES: HandleCache = LazyLock::new(Default::default);
+static APPEND_HANDLES: HandleCache = LazyLock::new(Default::default);
+
+/// The handles of `parts` and `code` in `cache`, made by `make` the first time.
+fn cached(
+    cache: &HandleCache,
+    parts: [&str; 3],
+    code: u16,
+    make: impl FnOnce() -> (Option<metrics::Counter>, metrics::Histogram),
+) -> (Option<metrics::Counter>, metrics::Histogram) {
+    let mut h = std::hash::DefaultHasher::new();
+    (parts, code).hash(&mut h);
+    let hash = h.finish();
+    let same = |e: &&Handles| e.code == code && e.parts.iter().map(String::as_str).eq(parts);
+    if let Some(e) = cache
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&hash)
+        .and_then(|v| v.iter().find(same))
+    {
+        return (e.counter.clone(), e.histogram.clone());
+    }
+    install();
+    let (counter, histogram) = make();
+    let mut map = cache.write().unwrap_or_else(|e| e.into_inner());
+    let entries = map.entry(hash).or_default();
+    if !entries.iter().any(|e| same(&e)) {
+        entries.push(Handles {
+            parts: parts.map(str::to_string),
+            code,
+            counter: counter.clone(),
+            histogram: histogram.clone(),
+        });
+    }
+    (counter, histogram)
+}
+
 /// Records one ingress request of an existing broker (unknown brokers are not labelled, so a
 /// client cannot grow the label set).
 pub fn ingress_request(
@@ -177,26 +228,45 @@ pub fn ingress_request(
     code: u16,
     elapsed: Duration,
 ) {
-    let labels = [
-        ("container_name", "ingress".to_string()),
-        ("namespace_name", namespace.to_string()),
-        ("broker_name", broker.to_string()),
-        ("event_type", event_type.unwrap_or("").to_string()),
-        ("response_code", code.to_string()),
-        ("response_code_class", code_class(code).to_string()),
-    ];
-    metrics::counter!("event_count", &labels).increment(1);
-    metrics::histogram!("event_dispatch_latencies", &labels).record(elapsed.as_secs_f64() * 1000.0);
+    let event_type = event_type.unwrap_or("");
+    let (counter, histogram) = cached(
+        &INGRESS_HANDLES,
+        [namespace, broker, event_type],
+        code,
+        || {
+            let labels = [
+                ("container_name", "ingress".to_string()),
+                ("namespace_name", namespace.to_string()),
+                ("broker_name", broker.to_string()),
+                ("event_type", event_type.to_string()),
+                ("response_code", code.to_string()),
+                ("response_code_class", code_class(code).to_string()),
+            ];
+            (
+                Some(metrics::counter!("event_count", &labels)),
+                metrics::histogram!("event_dispatch_latencies", &labels),
+            )
+        },
+    );
+    if let Some(c) = counter {
+        c.increment(1);
+    }
+    histogram.record(elapsed.as_secs_f64() * 1000.0);
 }
 
 /// Records the append latency of one accepted event.
 pub fn appended(namespace: &str, broker: &str, elapsed: Duration) {
-    metrics::histogram!(
-        "evmesh_append_latency_seconds",
-        "namespace_name" => namespace.to_string(),
-        "broker_name" => broker.to_string()
-    )
-    .record(elapsed.as_secs_f64());
+    let (_, histogram) = cached(&APPEND_HANDLES, [namespace, broker, ""], 0, || {
+        (
+            None,
+            metrics::histogram!(
+                "evmesh_append_latency_seconds",
+                "namespace_name" => namespace.to_string(),
+                "broker_name" => broker.to_string()
+            ),
+        )
+    });
+    histogram.record(elapsed.as_secs_f64());
 }
 
 /// Counts a reply refused because its TTL ran out.
@@ -221,7 +291,11 @@ pub struct DeliveryMetrics {
     discarded: metrics::Counter,
     pending_retries: metrics::Gauge,
     queued_bytes: metrics::Gauge,
+    /// The attempt metrics' handles by response code (`None`: transport failure).
+    attempts: RwLock<Vec<AttemptHandles>>,
 }
+
+type AttemptHandles = (Option<u16>, metrics::Counter, metrics::Histogram);
 
 impl DeliveryMetrics {
     /// Metrics labelled with a trigger (installs the recorder first).
@@ -259,6 +333,7 @@ impl DeliveryMetrics {
             discarded: metrics::counter!("evmesh_discarded_total", &labels),
             pending_retries: metrics::gauge!("evmesh_pending_retries", &labels),
             queued_bytes: metrics::gauge!("evmesh_route_queue_bytes", &labels),
+            attempts: RwLock::default(),
             labels,
         }
     }
@@ -285,17 +360,34 @@ impl DeliveryMetrics {
 
     /// One delivery attempt: `code` is the HTTP status, `None` for a transport failure.
     pub(crate) fn attempt(&self, code: Option<u16>, elapsed: Duration) {
-        let (code, class) = match code {
-            Some(c) => (c.to_string(), code_class(c).to_string()),
-            None => ("0".to_string(), "transport".to_string()),
-        };
-        let mut labels = self.labels.clone();
-        labels.push(("container_name", "filter".to_string()));
-        labels.push(("response_code", code));
-        labels.push(("response_code_class", class));
-        metrics::counter!("event_count", &labels).increment(1);
-        metrics::histogram!("event_dispatch_latencies", &labels)
-            .record(elapsed.as_secs_f64() * 1000.0);
+        let known = self
+            .attempts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(c, ..)| *c == code)
+            .map(|(_, counter, histogram)| (counter.clone(), histogram.clone()));
+        let (counter, histogram) = known.unwrap_or_else(|| {
+            let (text, class) = match code {
+                Some(c) => (c.to_string(), code_class(c).to_string()),
+                None => ("0".to_string(), "transport".to_string()),
+            };
+            let mut labels = self.labels.clone();
+            labels.push(("container_name", "filter".to_string()));
+            labels.push(("response_code", text));
+            labels.push(("response_code_class", class));
+            let made = (
+                metrics::counter!("event_count", &labels),
+                metrics::histogram!("event_dispatch_latencies", &labels),
+            );
+            self.attempts
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((code, made.0.clone(), made.1.clone()));
+            made
+        });
+        counter.increment(1);
+        histogram.record(elapsed.as_secs_f64() * 1000.0);
     }
 }
 
