@@ -2,6 +2,11 @@
 //!
 //! * `loadtest bare --listen 127.0.0.1:18081`: a bare axum handler answering 202 to every POST,
 //!   the baseline wrk compares evmesh's durable ingress with.
+//! * `loadtest sink`, `loadtest forward --to URL`, `loadtest bare-log --dir DIR`: the parts of a
+//!   run across processes (`bench/scaling.sh`, each pinned to its own cores): a sink that counts
+//!   what it is sent (`GET /count`), the accept-and-forward floor, and the minimal durable
+//!   ingress (each body appended to one file, group commit with one fdatasync per batch, 202
+//!   after it).
 //! * `loadtest e2e --triggers 100 --matching 10 --seconds 10 --concurrency 64`: a real evmesh
 //!   (durable store in a temp dir) plus a sink in this process; POSTs binary events over
 //!   loopback HTTP and reports accepted events/s, delivered events/s and the ingress→sink latency
@@ -88,6 +93,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             axum::serve(listener, app).await?;
             Ok(())
         }
+        Some("sink") => {
+            let listener =
+                tokio::net::TcpListener::bind(arg("--listen", "127.0.0.1:18082")).await?;
+            println!("counting sink on {}", listener.local_addr()?);
+            axum::serve(listener, counting_sink()).await?;
+            Ok(())
+        }
+        Some("forward") => {
+            let listener =
+                tokio::net::TcpListener::bind(arg("--listen", "127.0.0.1:18081")).await?;
+            let to = arg("--to", "http://127.0.0.1:18082/t0");
+            println!(
+                "accept-and-forward floor on {} to {to}",
+                listener.local_addr()?
+            );
+            axum::serve(listener, forward_app(vec![to])).await?;
+            Ok(())
+        }
+        Some("bare-log") => {
+            let listener =
+                tokio::net::TcpListener::bind(arg("--listen", "127.0.0.1:18083")).await?;
+            let dir = std::path::PathBuf::from(arg("--dir", "."));
+            println!(
+                "bare group-commit log on {} in {}",
+                listener.local_addr()?,
+                dir.display()
+            );
+            axum::serve(listener, bare_log_app(&dir)?).await?;
+            Ok(())
+        }
         Some("e2e") => {
             e2e(
                 arg("--triggers", "1").parse()?,
@@ -163,7 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => {
             eprintln!(
-                "usage: loadtest bare [--listen ADDR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] [--rate R] [--floor] [--class Kafka] [--instances N] [--partitions P] | loadtest kafkasource [--records R] | loadtest sequence [--steps N] [--channel InMemoryChannel|NatsJetStreamChannel|KafkaChannel] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--channel K] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D] | loadtest backlog [--evmesh PATH] [--events N] [--concurrency C] [-- SERVE_FLAGS] | loadtest soak [--evmesh PATH] [--rate R] [--seconds S] [--triggers T] [--retention ISO] [--retention-interval ISO] [--sample-seconds S] [--idle-seconds S] [-- SERVE_FLAGS]"
+                "usage: loadtest bare [--listen ADDR] | loadtest sink [--listen ADDR] | loadtest forward [--listen ADDR] [--to URL] | loadtest bare-log [--listen ADDR] [--dir DIR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] [--rate R] [--floor] [--class Kafka] [--instances N] [--partitions P] | loadtest kafkasource [--records R] | loadtest sequence [--steps N] [--channel InMemoryChannel|NatsJetStreamChannel|KafkaChannel] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--channel K] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D] | loadtest backlog [--evmesh PATH] [--events N] [--concurrency C] [-- SERVE_FLAGS] | loadtest soak [--evmesh PATH] [--rate R] [--seconds S] [--triggers T] [--retention ISO] [--retention-interval ISO] [--sample-seconds S] [--idle-seconds S] [-- SERVE_FLAGS]"
             );
             std::process::exit(2);
         }
@@ -634,16 +669,13 @@ async fn settle(
 /// The accept-and-forward floor: an axum handler that answers 202 at once and forwards each
 /// request's body and `ce-*`/content-type headers to `paths` of a fresh sink on a pooled client
 /// (no parsing, no store), measured with the same load as evmesh.
-async fn floor(paths: &[String], load: Load) -> Result<Measured, Box<dyn std::error::Error>> {
-    let sink = Sink::start().await?;
-    let targets: Arc<Vec<String>> = Arc::new(
-        paths
-            .iter()
-            .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
-            .collect(),
-    );
+/// The accept-and-forward floor: an axum handler that answers 202 and forwards each body (with
+/// its `ce-*` headers and content type) to every one of `targets` on a pooled client, without
+/// parsing or storing anything.
+fn forward_app(targets: Vec<String>) -> Router {
+    let targets = Arc::new(targets);
     let client = reqwest::Client::new();
-    let app = Router::new().fallback(post(move |headers: HeaderMap, body: axum::body::Bytes| {
+    Router::new().fallback(post(move |headers: HeaderMap, body: axum::body::Bytes| {
         let (client, targets) = (client.clone(), targets.clone());
         async move {
             let mut fwd = HeaderMap::new();
@@ -665,7 +697,80 @@ async fn floor(paths: &[String], load: Load) -> Result<Measured, Box<dyn std::er
             });
             StatusCode::ACCEPTED
         }
-    }));
+    }))
+}
+
+/// A counting sink for runs across processes: every POST is answered 202 and counted;
+/// `GET /count` answers the count so far.
+fn counting_sink() -> Router {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    Router::new()
+        .route(
+            "/count",
+            axum::routing::get(move || {
+                let c = c.clone();
+                async move { c.load(Ordering::Relaxed).to_string() }
+            }),
+        )
+        .fallback(post(move || {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::Relaxed);
+                StatusCode::ACCEPTED
+            }
+        }))
+}
+
+/// The minimal durable ingress (issue 7 item 9's bare log): every POST body is appended to one
+/// file by a group-commit thread (write what is waiting, one fdatasync, then answer each 202).
+fn bare_log_app(dir: &std::path::Path) -> std::io::Result<Router> {
+    use std::io::Write;
+    type Waiting = (axum::body::Bytes, tokio::sync::oneshot::Sender<bool>);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("bare.log"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Waiting>();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            buf.clear();
+            for (body, _) in &batch {
+                buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                buf.extend_from_slice(body);
+            }
+            let ok = file.write_all(&buf).and_then(|_| file.sync_data()).is_ok();
+            for (_, done) in batch {
+                let _ = done.send(ok);
+            }
+        }
+    });
+    Ok(Router::new().fallback(post(move |body: axum::body::Bytes| {
+        let tx = tx.clone();
+        async move {
+            let (done, stored) = tokio::sync::oneshot::channel();
+            if tx.send((body, done)).is_err() {
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
+            match stored.await {
+                Ok(true) => StatusCode::ACCEPTED,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            }
+        }
+    })))
+}
+
+async fn floor(paths: &[String], load: Load) -> Result<Measured, Box<dyn std::error::Error>> {
+    let sink = Sink::start().await?;
+    let app = forward_app(
+        paths
+            .iter()
+            .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
+            .collect(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let ingress = format!("http://{}/", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Scaling run (issue 7 item 9): delivery through one trigger, and durable ingress, with the
+# process under test pinned to 1, 2, 4, 8 cores (taskset) and the load (wrk) and the sink on
+# cores of their own; each step beside its floor, measured the same way in the same run:
+#   ingress   evmesh, one broker, no trigger: accepted ev/s (wrk)
+#   bare-log  the minimal durable ingress (loadtest bare-log: append + group-commit fdatasync)
+#   floor     the accept-and-forward floor (loadtest forward): accepted/s and deliveries/s
+#   evmesh    evmesh, one broker, one trigger to the sink: accepted/s and deliveries/s
+# Deliveries/s is what the sink counted during the wrk run, over its length. Each process gets
+# a fresh data dir. Needs: cargo build --release --bin evmesh --example loadtest; wrk; taskset;
+# bash (its /dev/tcp asks the sink for its count).
+#
+#   bench/scaling.sh                     # 16 cores: evmesh on 0..N-1, sink on 8-11, wrk on 12-15
+#   CORES="1" SINK_CPUS=1 LOAD_CPUS=1 bench/scaling.sh   # a 2-core machine: 1 core each side
+#   EVMESH="target/release/evmesh /tmp/evmesh-old" bench/scaling.sh   # compare builds
+set -u
+cd "$(dirname "$0")/.."
+R=${TARGET:-target}/release
+LOADTEST=${LOADTEST:-$R/examples/loadtest}
+EVMESH=${EVMESH:-$R/evmesh}
+WRK=${WRK:-wrk}
+LUA=${LUA:-bench/ce-post.lua}
+CORES=${CORES:-1 2 4 8}
+DUR=${DUR:-6}
+CONN=${CONN:-128}
+THREADS=${THREADS:-4}
+SINK_CPUS=${SINK_CPUS:-8-11}
+LOAD_CPUS=${LOAD_CPUS:-12-15}
+DRAIN=${DRAIN:-5}
+SERVE_FLAGS=${SERVE_FLAGS:-}
+DATA=${DATA:-${TMPDIR:-/tmp}}
+SINK=127.0.0.1:18082
+OUT=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT"' EXIT
+
+# http_get HOST:PORT PATH: the whole answer to a GET (bash's /dev/tcp: no curl needed)
+http_get() {
+  exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$1" >&3
+  cat <&3
+  exec 3<&-
+}
+
+count() { # what the sink has counted
+  local v
+  v=$(http_get "$SINK" /count 2>/dev/null | tail -1)
+  [[ $v =~ ^[0-9]+$ ]] && echo "$v" || echo 0
+}
+
+wait_port() { # wait until something answers on $1 (host:port)
+  for _ in $(seq 100); do
+    http_get "$1" / >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "nothing answers on $1" >&2
+  return 1
+}
+
+wait_ready() { # evmesh: until /readyz answers 200
+  for _ in $(seq 100); do
+    http_get "$1" /readyz 2>/dev/null | head -1 | grep -q " 200" && return 0
+    sleep 0.1
+  done
+  echo "evmesh on $1 not ready" >&2
+  return 1
+}
+
+# load URL: runs wrk; sets ACCEPTED (req/s), TOTAL (answered), DELIVERED (sink count during run)
+load() {
+  local c0 c1
+  c0=$(count)
+  taskset -c "$LOAD_CPUS" "$WRK" -t"$THREADS" -c"$CONN" -d"${DUR}s" -s "$LUA" "$1" >"$OUT/wrk" 2>&1
+  c1=$(count)
+  if grep -q "Non-2xx" "$OUT/wrk"; then
+    echo "  (non-2xx answers: $(grep Non-2xx "$OUT/wrk"))"
+  fi
+  ACCEPTED=$(awk '/Requests\/sec/ {printf "%d", $2}' "$OUT/wrk")
+  TOTAL=$(awk '/requests in/ {print $1}' "$OUT/wrk")
+  DELIVERED=$(( (c1 - c0) / DUR ))
+}
+
+# drain N0: waits up to DRAIN s for the sink to reach count N0; prints what is left
+drain() {
+  local left
+  for _ in $(seq $((DRAIN * 10))); do
+    left=$(( $1 - $(count) ))
+    [ "$left" -le 0 ] && { echo 0; return; }
+    sleep 0.1
+  done
+  echo "$left"
+}
+
+yaml_trigger() {
+  cat >"$1" <<EOF
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: t0}
+spec:
+  broker: default
+  subscriber: {uri: "http://$SINK/t0"}
+EOF
+}
+yaml_trigger "$OUT/trigger.yaml"
+
+taskset -c "$SINK_CPUS" "$LOADTEST" sink --listen "$SINK" >/dev/null 2>&1 &
+wait_port "$SINK" || exit 1
+
+echo "cores step accepted/s deliveries/s backlog_left"
+for n in $CORES; do
+  cpus="0-$((n - 1))"
+  # ingress only, each evmesh build
+  for ev in $EVMESH; do
+    d=$(mktemp -d -p "$DATA")
+    taskset -c "$cpus" "$ev" serve -f bench/ingress.yaml --listen 127.0.0.1:18080 --data-dir "$d" $SERVE_FLAGS >"$OUT/ev.log" 2>&1 &
+    p=$!
+    wait_ready 127.0.0.1:18080 || { tail -5 "$OUT/ev.log"; exit 1; }
+    load http://127.0.0.1:18080/default/default
+    echo "$n ingress[$(basename "$ev")] $ACCEPTED - -"
+    kill $p; wait $p 2>/dev/null; rm -rf "$d"
+  done
+  # the bare durable log
+  d=$(mktemp -d -p "$DATA")
+  taskset -c "$cpus" "$LOADTEST" bare-log --listen 127.0.0.1:18083 --dir "$d" >/dev/null 2>&1 &
+  p=$!
+  wait_port 127.0.0.1:18083 || exit 1
+  load http://127.0.0.1:18083/
+  echo "$n bare-log $ACCEPTED - -"
+  kill $p; wait $p 2>/dev/null; rm -rf "$d"
+  # the accept-and-forward floor
+  taskset -c "$cpus" "$LOADTEST" forward --listen 127.0.0.1:18081 --to "http://$SINK/floor" >/dev/null 2>&1 &
+  p=$!
+  wait_port 127.0.0.1:18081 || exit 1
+  base=$(count)
+  load http://127.0.0.1:18081/
+  echo "$n floor $ACCEPTED $DELIVERED $(drain $((base + TOTAL)))"
+  kill $p; wait $p 2>/dev/null
+  # evmesh, one trigger
+  for ev in $EVMESH; do
+    d=$(mktemp -d -p "$DATA")
+    taskset -c "$cpus" "$ev" serve -f "$OUT/trigger.yaml" --listen 127.0.0.1:18080 --data-dir "$d" $SERVE_FLAGS >"$OUT/ev.log" 2>&1 &
+    p=$!
+    wait_ready 127.0.0.1:18080 || { tail -5 "$OUT/ev.log"; exit 1; }
+    base=$(count)
+    load http://127.0.0.1:18080/default/default
+    echo "$n evmesh[$(basename "$ev")] $ACCEPTED $DELIVERED $(drain $((base + TOTAL)))"
+    kill $p; wait $p 2>/dev/null; rm -rf "$d"
+  done
+done

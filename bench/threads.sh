@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Where evmesh's CPU goes under load, by thread (issue 7 item 9): evmesh pinned to CPUS, wrk and
+# a counting sink on cores of their own, as in bench/scaling.sh. Prints the sink's count each
+# second (deliveries/s) and, for the middle of the run, each evmesh thread's CPU time in ms per
+# second (threads of one name summed: tokio-rt-worker holds the runtime's workers and its
+# blocking pool; evmesh-store-* is the group-commit thread; fjall:worker the storage engine's
+# flushes and compactions). MODE: ingress (one broker, no trigger), trigger (one trigger to the
+# sink, wrk loading ingress), replay (first fill the log with wrk and no trigger, then start
+# again with a trigger that replays from the earliest event: delivery alone, no ingress).
+#
+#   CPUS=0-7 MODE=trigger bench/threads.sh          # 16 cores: sink on 8-11, wrk on 12-15
+set -u
+cd "$(dirname "$0")/.."
+R=${TARGET:-target}/release
+LOADTEST=${LOADTEST:-$R/examples/loadtest}
+EVMESH=${EVMESH:-$R/evmesh}
+WRK=${WRK:-wrk}
+LUA=${LUA:-bench/ce-post.lua}
+CPUS=${CPUS:-0-7}
+MODE=${MODE:-trigger}
+DUR=${DUR:-8}
+CONN=${CONN:-128}
+THREADS=${THREADS:-4}
+SINK_CPUS=${SINK_CPUS:-8-11}
+LOAD_CPUS=${LOAD_CPUS:-12-15}
+SERVE_FLAGS=${SERVE_FLAGS:-}
+SINK=127.0.0.1:18082
+OUT=$(mktemp -d)
+DIR=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT" "$DIR"' EXIT
+
+http_get() {
+  exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$1" >&3
+  cat <&3
+  exec 3<&-
+}
+count() {
+  local v
+  v=$(http_get "$SINK" /count 2>/dev/null | tail -1)
+  [[ $v =~ ^[0-9]+$ ]] && echo "$v" || echo 0
+}
+wait_ready() {
+  for _ in $(seq 100); do
+    http_get "$1" /readyz 2>/dev/null | head -1 | grep -q " 200" && return 0
+    sleep 0.1
+  done
+  echo "not ready: $1" >&2
+  return 1
+}
+# cpu PID: "name ticks" per thread (utime + stime, in clock ticks)
+cpu() {
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(tr ' ' _ <"$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"
+  done | awk '{s[$1] += $2} END {for (n in s) print n, s[n]}' | sort
+}
+serve() { # serve YAML: starts evmesh on CPUS, sets P
+  taskset -c "$CPUS" "$EVMESH" serve -f "$1" --listen 127.0.0.1:18080 --data-dir "$DIR" $SERVE_FLAGS >"$OUT/ev.log" 2>&1 &
+  P=$!
+  wait_ready 127.0.0.1:18080 || { tail -5 "$OUT/ev.log"; exit 1; }
+}
+cat >"$OUT/trigger.yaml" <<EOF
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: default}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: t0
+  annotations: {evmesh.dev/replay-from: earliest}
+spec:
+  broker: default
+  subscriber: {uri: "http://$SINK/t0"}
+EOF
+
+taskset -c "$SINK_CPUS" "$LOADTEST" sink --listen "$SINK" >/dev/null 2>&1 &
+sleep 0.5
+case $MODE in
+  ingress) serve bench/ingress.yaml ;;
+  trigger) serve "$OUT/trigger.yaml" ;;
+  replay)
+    serve bench/ingress.yaml
+    taskset -c "$LOAD_CPUS" "$WRK" -t"$THREADS" -c"$CONN" -d"${DUR}s" -s "$LUA" http://127.0.0.1:18080/default/default | grep "requests in"
+    kill $P; wait $P 2>/dev/null
+    serve "$OUT/trigger.yaml"
+    ;;
+esac
+hz=$(getconf CLK_TCK)
+if [ "$MODE" != replay ]; then
+  taskset -c "$LOAD_CPUS" "$WRK" -t"$THREADS" -c"$CONN" -d"${DUR}s" -s "$LUA" http://127.0.0.1:18080/default/default >"$OUT/wrk" 2>&1 &
+fi
+last=$(count)
+for s in $(seq 1 $((DUR + 4))); do
+  [ "$s" = 3 ] && cpu $P >"$OUT/c1" && t1=$(date +%s.%N)
+  [ "$s" = $((DUR - 1)) ] && cpu $P >"$OUT/c2" && t2=$(date +%s.%N)
+  sleep 1
+  now=$(count)
+  echo "t=$s deliveries/s $((now - last))"
+  last=$now
+done
+[ -s "$OUT/wrk" ] && grep -E "Requests/sec|requests in|Non-2xx" "$OUT/wrk"
+echo "CPU ms per second, t=3..$((DUR - 1)):"
+join "$OUT/c1" "$OUT/c2" | awk -v hz="$hz" -v t1="$t1" -v t2="$t2" '{printf "  %-20s %6.0f\n", $1, ($3 - $2) * 1000 / hz / (t2 - t1)}'
