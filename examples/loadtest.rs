@@ -65,6 +65,12 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use cloudevents::{EventBuilder, EventBuilderV10};
 
+/// The allocator the `evmesh` binary uses (see `src/main.rs`), so the evmesh this process runs
+/// is measured as it ships; the floors run on it too.
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

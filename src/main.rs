@@ -71,10 +71,14 @@ struct LimitArgs {
     store_journal_mb: u64,
     /// glibc malloc arenas (Linux with glibc): `serve` starts itself once more with
     /// `GLIBC_TUNABLES=glibc.malloc.arena_max=N:glibc.malloc.trim_threshold=131072`, unless
-    /// GLIBC_TUNABLES is set already; 0 keeps glibc's defaults (8 arenas per core, a trim
-    /// threshold that grows), under which RSS crept up while the live heap stayed flat.
-    #[arg(long, default_value_t = 2)]
-    malloc_arenas: usize,
+    /// GLIBC_TUNABLES is set already (and, in a build with jemalloc, with `_RJEM_MALLOC_CONF`
+    /// for jemalloc's background purging, unless that is set); 0 keeps the allocators'
+    /// defaults (glibc: 8 arenas per core, a trim threshold that grows, under which RSS crept
+    /// up while the live heap stayed flat). glibc's malloc serves C libraries (librdkafka) and
+    /// builds without jemalloc. Default: one per core the process may run on (its CPU
+    /// affinity), at least 2; fewer arenas than cores serialise allocation.
+    #[arg(long)]
+    malloc_arenas: Option<usize>,
 }
 
 impl LimitArgs {
@@ -298,13 +302,18 @@ enum Command {
     },
 }
 
+/// One glibc arena per core this process may run on (`taskset`, cgroup cpusets), at least 2.
+fn default_malloc_arenas() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
 fn main() -> ExitCode {
     evmesh::kinds::install();
     evmesh_broker::tls::install_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Command::Serve { limits, .. } = &cli.command {
-        tune_malloc(limits.malloc_arenas);
+        tune_malloc(limits.malloc_arenas.unwrap_or_else(default_malloc_arenas));
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -322,17 +331,53 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc keeps freed memory in up to 8 arenas per core and raises its trim threshold as large
-/// blocks come and go, so a long `serve` run's RSS grew although its live heap did not
-/// (BENCHMARKS.md §9). This starts the same program again (same pid, arguments and
-/// environment) with glibc told to keep `arenas` arenas and to give back free memory above
-/// 128 KiB at the top of a heap. It does nothing when `GLIBC_TUNABLES` is set already (by the
-/// operator, or by this), when `arenas` is 0, or when the program cannot be started again (it
-/// then runs on with glibc's defaults).
+/// The allocator the `evmesh` binary uses on Linux: jemalloc. With glibc's malloc, threads
+/// freeing what others allocated (an event is decoded by ingress, delivered and dropped
+/// elsewhere) waited on arena locks: on 2 cores end-to-end deliveries were 30–45% lower, on 8
+/// cores a fixed number of arenas halved ingress (BENCHMARKS.md §10).
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's run-time settings (this build's jemalloc reads them under this name).
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
+const JEMALLOC_CONF: &str = "_RJEM_MALLOC_CONF";
+
+/// What `serve` sets for jemalloc unless the operator set it: a background thread gives freed
+/// pages back after a second (jemalloc's default is 10 s, and only as it allocates), so RSS
+/// follows the live heap (BENCHMARKS.md §9).
+#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
+const JEMALLOC_SETTINGS: &str = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
+/// Allocator settings that must be in the environment before the program starts: this starts
+/// the same program again (same pid, arguments and environment) with them added.
+/// - glibc's malloc (C libraries, such as librdkafka; and evmesh itself where jemalloc is not
+///   built in) keeps freed memory in up to 8 arenas per core and raises its trim threshold as
+///   large blocks come and go, so a long `serve` run's RSS grew although its live heap did not
+///   (BENCHMARKS.md §9): `GLIBC_TUNABLES` keeps it to `arenas` arenas and gives back free
+///   memory above 128 KiB at the top of a heap.
+/// - jemalloc: [`JEMALLOC_SETTINGS`].
+///
+/// Each is left alone when the operator set it already (or this did); nothing is set when
+/// `arenas` is 0; where the program cannot be started again it runs on with the defaults.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc(arenas: usize) {
     use std::os::unix::process::CommandExt;
-    if arenas == 0 || std::env::var_os("GLIBC_TUNABLES").is_some() {
+    if arenas == 0 {
+        return;
+    }
+    let mut settings = Vec::new();
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        settings.push((
+            "GLIBC_TUNABLES",
+            format!("glibc.malloc.arena_max={arenas}:glibc.malloc.trim_threshold=131072"),
+        ));
+    }
+    #[cfg(all(feature = "jemalloc", not(target_env = "musl")))]
+    if std::env::var_os(JEMALLOC_CONF).is_none() {
+        settings.push((JEMALLOC_CONF, JEMALLOC_SETTINGS.to_string()));
+    }
+    if settings.is_empty() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
@@ -343,16 +388,8 @@ fn tune_malloc(arenas: usize) {
     if let Some(arg0) = args.next() {
         cmd.arg0(arg0);
     }
-    let err = cmd
-        .args(args)
-        .env(
-            "GLIBC_TUNABLES",
-            format!("glibc.malloc.arena_max={arenas}:glibc.malloc.trim_threshold=131072"),
-        )
-        .exec();
-    tracing::warn!(
-        "could not start again with glibc malloc tunables ({err}); glibc's defaults apply"
-    );
+    let err = cmd.args(args).envs(settings).exec();
+    tracing::warn!("could not start again with malloc settings ({err}); the defaults apply");
 }
 
 /// Other platforms and C libraries keep their allocator's defaults.
