@@ -110,6 +110,46 @@ async fn a_trigger_far_behind_keeps_its_queue_within_budget_and_reads_the_rest_f
     );
 }
 
+/// A broker whose in-memory hand-off from ingress to its router has no room at all
+/// (`ServiceOptions::tail_bytes` 0): the router reads every event back from the log, and every
+/// one is delivered once; the gauge shows the hand-off empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_room_to_hand_events_over_in_memory_the_router_reads_them_from_the_log() {
+    let (open_tx, open_rx) = tokio::sync::watch::channel(true);
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let sink = gated_sink(open_rx, seen.clone()).await;
+    let yaml = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default, namespace: demo}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t, namespace: demo}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{sink}\"}}\n"
+    );
+    let m = mesh_with(&yaml, |mut o| {
+        o.service.tail_bytes = 0;
+        o
+    })
+    .await;
+    let url = m.url("/demo/default");
+    for i in 0..50 {
+        assert_eq!(post_binary(&url, event(&format!("e{i}"), "t")).await, 202);
+    }
+    eventually("every event delivered", Duration::from_secs(30), || {
+        seen.lock().expect("seen").len() == 50
+    })
+    .await;
+    drop(open_tx);
+    let seen = seen.lock().expect("seen").clone();
+    assert!(seen.values().all(|n| *n == 1), "delivered twice: {seen:?}");
+    let (_, metrics) = get_text(&m.url("/metrics")).await;
+    let tail = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("evmesh_tail_bytes{")
+                && l.contains("namespace_name=\"demo\"")
+                && l.contains("broker_name=\"default\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(tail, Some(0.0), "{metrics}");
+}
+
 /// The glibc malloc settings of a running `evmesh serve` as its environment shows them (glibc
 /// cuts `GLIBC_TUNABLES` at its first `:` in place while it reads it).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

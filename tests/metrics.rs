@@ -194,6 +194,12 @@ spec: {{broker: mbroker, subscriber: {{uri: "{}"}}}}
         .is_some(),
         "{text}"
     );
+    // The in-memory hand-off from ingress to the router, within its default budget (4 MiB).
+    assert!(
+        sample(&text, "evmesh_tail_bytes", &broker)
+            .is_some_and(|b| (0.0..=4.0 * 1024.0 * 1024.0).contains(&b)),
+        "{text}"
+    );
 }
 
 #[tokio::test]

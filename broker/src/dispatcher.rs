@@ -101,7 +101,8 @@ pub(crate) fn event_cost(stored: usize) -> usize {
     stored * 2 + 512
 }
 
-/// Default budget of a log's [`Tail`], in (approximate) bytes of events.
+/// Default budget of a log's [`Tail`], in (approximate) bytes of events
+/// (`ServiceOptions::tail_bytes`).
 pub(crate) const DEFAULT_TAIL_BYTES: usize = 4 * 1024 * 1024;
 
 /// Events ingress has just stored, handed to the log's router in memory (decoded once, at
@@ -113,6 +114,8 @@ pub(crate) struct Tail {
     budget: usize,
     /// One past the highest offset pushed since start (0: none yet), kept or not.
     head: AtomicU64,
+    /// `evmesh_tail_bytes` of its broker or channel.
+    gauge: Option<metrics::Gauge>,
 }
 
 #[derive(Default)]
@@ -129,11 +132,27 @@ impl Default for Tail {
             inner: std::sync::Mutex::default(),
             budget: DEFAULT_TAIL_BYTES,
             head: AtomicU64::new(0),
+            gauge: None,
         }
     }
 }
 
 impl Tail {
+    /// A tail of `budget` bytes that reports what it holds on `gauge`.
+    pub(crate) fn new(budget: usize, gauge: metrics::Gauge) -> Tail {
+        Tail {
+            budget,
+            gauge: Some(gauge),
+            ..Tail::default()
+        }
+    }
+
+    fn report(&self, bytes: usize) {
+        if let Some(g) = &self.gauge {
+            g.set(bytes as f64);
+        }
+    }
+
     /// Keeps the event just stored at `offset` (`stored`: its stored size) for the router, when
     /// it fits the budget.
     pub(crate) fn push(&self, offset: Offset, event: EventRecord, stored: usize) {
@@ -148,6 +167,7 @@ impl Tail {
         if let Some((_, old)) = t.events.insert(offset, (Arc::new(event), cost)) {
             t.bytes -= old;
         }
+        self.report(t.bytes);
     }
 
     /// One past the highest offset ingress has stored since start, `None` before the first.
@@ -190,6 +210,7 @@ impl Tail {
                 None => break,
             }
         }
+        self.report(t.bytes);
         out
     }
 }

@@ -47,6 +47,11 @@ pub struct ServiceOptions {
     /// it reads the log itself until it has caught up (`evmesh_route_queue_bytes`). Default
     /// 1 MiB.
     pub route_queue_bytes: usize,
+    /// Budget of each broker's and channel's in-memory hand-off from ingress to its router, in
+    /// approximate bytes of events: what ingress stored and the router has not taken yet. An
+    /// event that does not fit is read back from the log by the router
+    /// (`evmesh_tail_bytes`). Default 4 MiB.
+    pub tail_bytes: usize,
 }
 
 impl Default for ServiceOptions {
@@ -61,6 +66,7 @@ impl Default for ServiceOptions {
             retention_interval: Duration::from_secs(60),
             ca_file: None,
             route_queue_bytes: crate::dispatcher::DEFAULT_ROUTE_QUEUE_BYTES,
+            tail_bytes: crate::dispatcher::DEFAULT_TAIL_BYTES,
         }
     }
 }
@@ -1278,7 +1284,10 @@ impl BrokerService {
             counters: Counters::default(),
             routes: Arc::new(Routes::default()),
             router_next: Arc::new(AtomicU64::new(head)),
-            tail: Arc::default(),
+            tail: Arc::new(crate::dispatcher::Tail::new(
+                self.inner.options.tail_bytes,
+                crate::telemetry::tail_gauge(kind.noun(), namespace, name),
+            )),
             accepting: self.inner.accepting.clone(),
             open: AtomicBool::new(true),
             routes_loaded: AtomicBool::new(false),

@@ -15,6 +15,8 @@
 //!   store (a Kafka topic) that are not events, discarded as Knative's Kafka dispatcher discards
 //!   them (`kn.eventing.kafka.discarded_events`).
 //! - `evmesh_reply_loops_stopped_total` (counter, per broker): replies refused for TTL.
+//! - `evmesh_tail_bytes` (gauge, per broker or channel): events ingress handed to the router in
+//!   memory and the router has not taken yet (`ServiceOptions::tail_bytes`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -118,6 +120,11 @@ fn describe() {
         "evmesh_route_queue_bytes",
         metrics::Unit::Bytes,
         "Approximate bytes of events the router holds for a trigger (bounded by its budget; a trigger behind it reads the log)"
+    );
+    metrics::describe_gauge!(
+        "evmesh_tail_bytes",
+        metrics::Unit::Bytes,
+        "Approximate bytes of events ingress stored and handed to a broker's or channel's router in memory, not taken yet (bounded by its budget; what does not fit the router reads from the log)"
     );
     metrics::describe_counter!(
         "evmesh_dead_lettered_total",
@@ -267,6 +274,17 @@ pub fn appended(namespace: &str, broker: &str, elapsed: Duration) {
         )
     });
     histogram.record(elapsed.as_secs_f64());
+}
+
+/// The gauge of a broker's or channel's in-memory hand-off from ingress to its router
+/// (`noun`: `broker` or `channel`).
+pub(crate) fn tail_gauge(noun: &str, namespace: &str, name: &str) -> metrics::Gauge {
+    install();
+    metrics::gauge!(
+        "evmesh_tail_bytes",
+        "namespace_name" => namespace.to_string(),
+        format!("{noun}_name") => name.to_string()
+    )
 }
 
 /// Counts a reply refused because its TTL ran out.
