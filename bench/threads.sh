@@ -29,25 +29,8 @@ OUT=$(mktemp -d)
 DIR=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT" "$DIR"' EXIT
 
-http_get() {
-  exec 3<>"/dev/tcp/${1%:*}/${1##*:}" || return 1
-  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$1" >&3
-  cat <&3
-  exec 3<&-
-}
-count() {
-  local v
-  v=$(http_get "$SINK" /count 2>/dev/null | tail -1)
-  [[ $v =~ ^[0-9]+$ ]] && echo "$v" || echo 0
-}
-wait_ready() {
-  for _ in $(seq 100); do
-    http_get "$1" /readyz 2>/dev/null | head -1 | grep -q " 200" && return 0
-    sleep 0.1
-  done
-  echo "not ready: $1" >&2
-  return 1
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 # cpu PID: "name ticks" per thread (utime + stime, in clock ticks)
 cpu() {
   for t in /proc/"$1"/task/*; do
