@@ -15,26 +15,14 @@
 #   EVMESH="target/release/evmesh /tmp/evmesh-old" bench/scaling.sh   # compare builds
 set -u
 cd "$(dirname "$0")/.."
-R=${TARGET:-target}/release
-LOADTEST=${LOADTEST:-$R/examples/loadtest}
-EVMESH=${EVMESH:-$R/evmesh}
-WRK=${WRK:-wrk}
-LUA=${LUA:-bench/ce-post.lua}
-CORES=${CORES:-1 2 4 8}
-DUR=${DUR:-6}
-CONN=${CONN:-128}
-THREADS=${THREADS:-4}
-SINK_CPUS=${SINK_CPUS:-8-11}
-LOAD_CPUS=${LOAD_CPUS:-12-15}
-DRAIN=${DRAIN:-5}
-SERVE_FLAGS=${SERVE_FLAGS:-}
-DATA=${DATA:-${TMPDIR:-/tmp}}
-SINK=127.0.0.1:18082
-OUT=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT"' EXIT
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+CORES=${CORES:-1 2 4 8}
+DUR=${DUR:-6}
+DRAIN=${DRAIN:-5}
+DATA=${DATA:-${TMPDIR:-/tmp}}
+OUT=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT"' EXIT
 
 # load URL: runs wrk; sets ACCEPTED (req/s), TOTAL (answered), DELIVERED (sink count during run)
 load() {
@@ -61,21 +49,7 @@ drain() {
   echo "$left"
 }
 
-yaml_trigger() {
-  cat >"$1" <<EOF
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {name: t0}
-spec:
-  broker: default
-  subscriber: {uri: "http://$SINK/t0"}
-EOF
-}
-yaml_trigger "$OUT/trigger.yaml"
+trigger_yaml "$OUT/trigger.yaml"
 
 taskset -c "$SINK_CPUS" "$LOADTEST" sink --listen "$SINK" >/dev/null 2>&1 &
 wait_port "$SINK" || exit 1

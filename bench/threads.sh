@@ -11,26 +11,15 @@
 #   CPUS=0-7 MODE=trigger bench/threads.sh          # 16 cores: sink on 8-11, wrk on 12-15
 set -u
 cd "$(dirname "$0")/.."
-R=${TARGET:-target}/release
-LOADTEST=${LOADTEST:-$R/examples/loadtest}
-EVMESH=${EVMESH:-$R/evmesh}
-WRK=${WRK:-wrk}
-LUA=${LUA:-bench/ce-post.lua}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 CPUS=${CPUS:-0-7}
 MODE=${MODE:-trigger}
 DUR=${DUR:-8}
-CONN=${CONN:-128}
-THREADS=${THREADS:-4}
-SINK_CPUS=${SINK_CPUS:-8-11}
-LOAD_CPUS=${LOAD_CPUS:-12-15}
-SERVE_FLAGS=${SERVE_FLAGS:-}
-SINK=127.0.0.1:18082
 OUT=$(mktemp -d)
 DIR=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$OUT" "$DIR"' EXIT
 
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 # cpu PID: "name ticks" per thread (utime + stime, in clock ticks)
 cpu() {
   for t in /proc/"$1"/task/*; do
@@ -42,7 +31,7 @@ serve() { # serve YAML: starts evmesh on CPUS, sets P
   P=$!
   wait_ready 127.0.0.1:18080 || { tail -5 "$OUT/ev.log"; exit 1; }
 }
-cat >"$OUT/trigger.yaml" <<EOF
+trigger_yaml "$OUT/trigger.yaml"
 apiVersion: eventing.knative.dev/v1
 kind: Broker
 metadata: {name: default}

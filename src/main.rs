@@ -336,18 +336,18 @@ fn main() -> ExitCode {
 /// elsewhere) waited on arena locks: on 2 cores end-to-end deliveries were 30–45% lower, on 8
 /// cores a fixed number of arenas halved ingress (BENCHMARKS.md §10).
 #[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod jemalloc {
+    #[global_allocator]
+    static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's run-time settings (this build's jemalloc reads them under this name).
-#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
-const JEMALLOC_CONF: &str = "_RJEM_MALLOC_CONF";
+    /// jemalloc's run-time settings (this build's jemalloc reads them under this name).
+    pub(crate) const CONF: &str = "_RJEM_MALLOC_CONF";
 
-/// What `serve` sets for jemalloc unless the operator set it: a background thread gives freed
-/// pages back after a second (jemalloc's default is 10 s, and only as it allocates), so RSS
-/// follows the live heap (BENCHMARKS.md §9).
-#[cfg(all(feature = "jemalloc", target_os = "linux", not(target_env = "musl")))]
-const JEMALLOC_SETTINGS: &str = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+    /// What `serve` sets unless the operator set it: a background thread gives freed pages back
+    /// after a second (jemalloc's default is 10 s, and only as it allocates), so RSS follows
+    /// the live heap (BENCHMARKS.md §9).
+    pub(crate) const SETTINGS: &str = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+}
 
 /// Allocator settings that must be in the environment before the program starts: this starts
 /// the same program again (same pid, arguments and environment) with them added.
@@ -356,7 +356,7 @@ const JEMALLOC_SETTINGS: &str = "background_thread:true,dirty_decay_ms:1000,muzz
 ///   large blocks come and go, so a long `serve` run's RSS grew although its live heap did not
 ///   (BENCHMARKS.md §9): `GLIBC_TUNABLES` keeps it to `arenas` arenas and gives back free
 ///   memory above 128 KiB at the top of a heap.
-/// - jemalloc: [`JEMALLOC_SETTINGS`].
+/// - jemalloc: [`jemalloc::SETTINGS`].
 ///
 /// Each is left alone when the operator set it already (or this did); nothing is set when
 /// `arenas` is 0; where the program cannot be started again it runs on with the defaults.
@@ -374,8 +374,8 @@ fn tune_malloc(arenas: usize) {
         ));
     }
     #[cfg(all(feature = "jemalloc", not(target_env = "musl")))]
-    if std::env::var_os(JEMALLOC_CONF).is_none() {
-        settings.push((JEMALLOC_CONF, JEMALLOC_SETTINGS.to_string()));
+    if std::env::var_os(jemalloc::CONF).is_none() {
+        settings.push((jemalloc::CONF, jemalloc::SETTINGS.to_string()));
     }
     if settings.is_empty() {
         return;
