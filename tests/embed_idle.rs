@@ -244,6 +244,10 @@ fn unique(prefix: &str) -> String {
 #[tokio::test]
 async fn wait_idle_resolves_on_a_kafka_class_broker_once_events_and_replies_are_delivered() {
     let broker = unique("idle");
+    // Trigger names of their own: a trigger's consumer group is named after it (Knative's
+    // `knative-trigger-<namespace>-<name>`), and a group an earlier run left on the same
+    // Kafka may still hold a member that is gone.
+    let (orders_t, confirmations_t) = (unique("orders"), unique("confirmations"));
     let yaml = format!(
         r#"apiVersion: eventing.knative.dev/v1
 kind: Broker
@@ -252,9 +256,9 @@ metadata:
   annotations: {{eventing.knative.dev/broker.class: Kafka}}
 ---
 {}{}"#,
-        trigger("orders", "order.created", "orders", "")
+        trigger(&orders_t, "order.created", "orders", "")
             .replace("broker: default", &format!("broker: {broker}")),
-        trigger("confirmations", "order.confirmed", "confirmations", "")
+        trigger(&confirmations_t, "order.confirmed", "confirmations", "")
             .replace("broker: default", &format!("broker: {broker}")),
     );
     let bootstrap = std::env::var("EVMESH_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
@@ -278,12 +282,12 @@ metadata:
             .is_some_and(|t| t.is_ready())
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !(ready("orders") && ready("confirmations")) {
+    while !(ready(&orders_t) && ready(&confirmations_t)) {
         assert!(
             std::time::Instant::now() < deadline,
             "triggers not ready: {:?} {:?}",
-            running.trigger("default", "orders"),
-            running.trigger("default", "confirmations")
+            running.trigger("default", &orders_t),
+            running.trigger("default", &confirmations_t)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
