@@ -464,6 +464,30 @@ struct Measured {
     total_secs: f64,
     /// Sorted ingress→sink latencies, µs.
     latencies: Vec<u64>,
+    /// CPU time (user + system) the whole process spent from the first send until the last
+    /// delivery: senders and sink included, the same for the floor and for evmesh.
+    cpu_secs: f64,
+}
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (0 where
+/// there is none).
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (tick(11) + tick(12)) / 100.0
 }
 
 impl Measured {
@@ -477,9 +501,13 @@ impl Measured {
     fn delivery_rate(&self) -> f64 {
         self.delivered as f64 / self.total_secs
     }
+    /// CPU µs the process spent per delivery.
+    fn cpu_per_delivery_us(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.delivered.max(1) as f64
+    }
     fn line(&self, label: &str, expected: u64) -> String {
         format!(
-            "{label}: accepted {} in {:.1}s = {:.0} ev/s; delivered {} of {expected} in {:.1}s = {:.0} deliveries/s; latency ingress->sink p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            "{label}: accepted {} in {:.1}s = {:.0} ev/s; delivered {} of {expected} in {:.1}s = {:.0} deliveries/s; latency ingress->sink p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; CPU {:.1} µs per delivery (whole process)",
             self.accepted,
             self.send_secs,
             self.accepted as f64 / self.send_secs,
@@ -490,6 +518,7 @@ impl Measured {
             self.pct(0.99),
             self.pct(0.999),
             self.pct(1.0),
+            self.cpu_per_delivery_us(),
         )
     }
 }
@@ -641,6 +670,7 @@ async fn settle(
     accepted_ids: &[String],
     send_time: Duration,
     started: Instant,
+    cpu_started: f64,
 ) -> (Measured, Vec<(String, String)>) {
     let expected = accepted_ids.len() as u64 * paths.len() as u64;
     let distinct = || sink.pairs.lock().map(|p| p.len() as u64).unwrap_or(0);
@@ -649,6 +679,7 @@ async fn settle(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total_time = started.elapsed();
+    let cpu_secs = process_cpu_secs() - cpu_started;
     let mut latencies = sink.latencies.lock().map(|l| l.clone()).unwrap_or_default();
     latencies.sort_unstable();
     let missing = {
@@ -667,6 +698,7 @@ async fn settle(
             delivered: sink.delivered.load(Ordering::Relaxed),
             total_secs: total_time.as_secs_f64(),
             latencies,
+            cpu_secs,
         },
         missing,
     )
@@ -781,8 +813,9 @@ async fn floor(paths: &[String], load: Load) -> Result<Measured, Box<dyn std::er
     let ingress = format!("http://{}/", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let started = Instant::now();
+    let cpu_started = process_cpu_secs();
     let (ids, failed, send_time) = send_load(&[ingress], load).await;
-    let (measured, missing) = settle(&sink, paths, &ids, send_time, started).await;
+    let (measured, missing) = settle(&sink, paths, &ids, send_time, started, cpu_started).await;
     server.abort();
     if failed > 0 || !missing.is_empty() {
         return Err(format!("floor: {failed} failures, missing {missing:?}").into());
@@ -844,14 +877,24 @@ async fn drive(
         .collect();
 
     let started = Instant::now();
+    let cpu_started = process_cpu_secs();
     let (accepted_ids, failed, send_time) = send_load(&ingresses, load).await;
     let expected = accepted_ids.len() as u64 * paths.len() as u64;
-    let (measured, missing) = settle(&sink, &paths, &accepted_ids, send_time, started).await;
+    let (measured, missing) = settle(
+        &sink,
+        &paths,
+        &accepted_ids,
+        send_time,
+        started,
+        cpu_started,
+    )
+    .await;
     println!("{}", measured.line(label, expected));
     if let Some(f) = &floor {
         println!(
-            "share of the floor: deliveries/s {:.2}; p99 {:.2} ms vs {:.2} ms, p99.9 {:.2} ms vs {:.2} ms",
+            "share of the floor: deliveries/s {:.2}; CPU per delivery, floor's / evmesh's {:.2}; p99 {:.2} ms vs {:.2} ms, p99.9 {:.2} ms vs {:.2} ms",
             measured.delivery_rate() / f.delivery_rate(),
+            f.cpu_per_delivery_us() / measured.cpu_per_delivery_us(),
             measured.pct(0.99),
             f.pct(0.99),
             measured.pct(0.999),

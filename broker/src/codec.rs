@@ -115,8 +115,17 @@ fn describe(sdk: &str) -> String {
 /// Encodes a record in binary content mode: each attribute in a percent-encoded `ce-*` header,
 /// `datacontenttype` as `Content-Type`, the data bytes as the body, unchanged.
 pub fn encode_record_binary(record: &EventRecord) -> Encoded {
+    encode_record_binary_omitting(record, None)
+}
+
+/// [`encode_record_binary`], leaving out the attribute `omit` (what a delivery leaves out,
+/// without a copy of the record).
+pub(crate) fn encode_record_binary_omitting(record: &EventRecord, omit: Option<&str>) -> Encoded {
     let mut headers = HeaderMap::new();
     for (name, value) in record.attributes() {
+        if omit == Some(name.as_str()) {
+            continue;
+        }
         if name == "datacontenttype" {
             if let Some(ct) = value.as_str().and_then(|v| HeaderValue::from_str(v).ok()) {
                 headers.insert(http::header::CONTENT_TYPE, ct);
@@ -142,6 +151,14 @@ pub fn encode_record_binary(record: &EventRecord) -> Encoded {
 /// Encodes a record in structured content mode (`application/cloudevents+json`): JSON data
 /// embedded as sent, text as a JSON string, bytes as `data_base64`.
 pub fn encode_record_structured(record: &EventRecord) -> Encoded {
+    encode_record_structured_omitting(record, None)
+}
+
+/// [`encode_record_structured`], leaving out the attribute `omit`.
+pub(crate) fn encode_record_structured_omitting(
+    record: &EventRecord,
+    omit: Option<&str>,
+) -> Encoded {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -149,7 +166,7 @@ pub fn encode_record_structured(record: &EventRecord) -> Encoded {
     );
     Encoded {
         headers,
-        body: record.to_structured_json(),
+        body: record.to_structured_json_omitting(omit),
     }
 }
 

@@ -488,15 +488,23 @@ impl DeliveryEngine {
                 reply: Some(Box::new(event.clone())),
             };
         };
-        let mut event = event.clone();
-        event.remove_extension(crate::ingress::TTL_EXTENSION);
         let dead_letter = progress.phase == Phase::DeadLetter;
-        if dead_letter && let Some(f) = &progress.last_failure {
-            stamp_error(&mut event, f);
-        }
-        let outcome = self
-            .send_to(url, progress.ca_certs(plan), &event, plan, !dead_letter)
-            .await;
+        let ca_certs = progress.ca_certs(plan);
+        // The broker's TTL stays in the broker: left out of what is sent (without copying the
+        // event, except to stamp a dead letter's error extensions).
+        let ttl = Some(crate::ingress::TTL_EXTENSION);
+        let outcome = match &progress.last_failure {
+            Some(f) if dead_letter => {
+                let mut event = event.clone();
+                stamp_error(&mut event, f);
+                self.send_omitting(url, ca_certs, &event, ttl, plan, false)
+                    .await
+            }
+            _ => {
+                self.send_omitting(url, ca_certs, event, ttl, plan, !dead_letter)
+                    .await
+            }
+        };
         if !dead_letter && let Some(m) = &plan.metrics {
             m.outcome(&outcome);
         }
@@ -523,13 +531,31 @@ impl DeliveryEngine {
         plan: &Plan,
         want_reply: bool,
     ) -> Outcome {
+        self.send_omitting(url, ca_certs, event, None, plan, want_reply)
+            .await
+    }
+
+    /// [`DeliveryEngine::send_to`], leaving out the attribute `omit`.
+    async fn send_omitting(
+        &self,
+        url: &Url,
+        ca_certs: Option<&str>,
+        event: &EventRecord,
+        omit: Option<&str>,
+        plan: &Plan,
+        want_reply: bool,
+    ) -> Outcome {
         if let Some(sink) = self.local.get(url) {
             // An evmesh address of this process: handed over in memory, as its ingress takes it.
             let started = std::time::Instant::now();
+            let mut event = event.clone();
+            if let Some(name) = omit {
+                event.remove_extension(name);
+            }
             let outcome = sink
                 .deliver(LocalRequest {
                     url: url.clone(),
-                    event: event.clone(),
+                    event,
                     want_reply,
                     timeout: plan.delivery.timeout,
                 })
@@ -549,8 +575,8 @@ impl DeliveryEngine {
             Err(e) => return failed(url, None, vec![], false, format!("CACerts: {e}")),
         };
         let encoded = match plan.delivery.format {
-            DeliveryFormat::Json => codec::encode_record_structured(event),
-            DeliveryFormat::Binary => codec::encode_record_binary(event),
+            DeliveryFormat::Json => codec::encode_record_structured_omitting(event, omit),
+            DeliveryFormat::Binary => codec::encode_record_binary_omitting(event, omit),
         };
         let mut req = client
             .post(url.clone())

@@ -114,6 +114,9 @@ pub(crate) struct Tail {
     budget: usize,
     /// One past the highest offset pushed since start (0: none yet), kept or not.
     head: AtomicU64,
+    /// The log's next offset when its runtime started: what lies below was stored before and
+    /// is never handed over (the router reads it from the store).
+    low: Offset,
     /// `evmesh_tail_bytes` of its broker or channel.
     gauge: Option<metrics::Gauge>,
 }
@@ -132,16 +135,19 @@ impl Default for Tail {
             inner: std::sync::Mutex::default(),
             budget: DEFAULT_TAIL_BYTES,
             head: AtomicU64::new(0),
+            low: 0,
             gauge: None,
         }
     }
 }
 
 impl Tail {
-    /// A tail of `budget` bytes that reports what it holds on `gauge`.
-    pub(crate) fn new(budget: usize, gauge: metrics::Gauge) -> Tail {
+    /// A tail of `budget` bytes that reports what it holds on `gauge`, for a log whose next
+    /// offset is `first` (ingress hands over what it stores from there on).
+    pub(crate) fn new(budget: usize, gauge: metrics::Gauge, first: Offset) -> Tail {
         Tail {
             budget,
+            low: first,
             gauge: Some(gauge),
             ..Tail::default()
         }
@@ -178,13 +184,30 @@ impl Tail {
         }
     }
 
+    /// Where the event at `from` is to come from, when it is not here.
+    fn source_of(&self, from: Offset) -> Source {
+        let t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(head) = self.head() else {
+            // Nothing handed over in this run: whatever is stored came before it.
+            return Source::Store;
+        };
+        if from < t.not_kept_upto || from < self.low {
+            Source::Store
+        } else if t.events.contains_key(&from) {
+            Source::Handed
+        } else if head > from {
+            // Ingress has handed over later ones: `from` is stored and on its way.
+            Source::Awaited
+        } else {
+            Source::Nothing
+        }
+    }
+
     /// Whether the event at `from` is stored and still to be handed over: ingress has handed
     /// over later ones, and none from `from` on was left out for the budget.
+    #[cfg(test)]
     fn awaits(&self, from: Offset) -> bool {
-        let t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        self.head().is_some_and(|h| h > from)
-            && from >= t.not_kept_upto
-            && !t.events.contains_key(&from)
+        self.source_of(from) == Source::Awaited
     }
 
     /// Takes the events at `from`, `from + 1`, … (at most `max`, stopping at the first offset
@@ -213,6 +236,23 @@ impl Tail {
         self.report(t.bytes);
         out
     }
+}
+
+/// Where the router's next event is, as its log's [`Tail`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// In the tail.
+    Handed,
+    /// Stored, and its hand-over still to come (appends are answered in offset order, their
+    /// tasks run in any order).
+    Awaited,
+    /// To be read from the store: stored before this run's first hand-over, or left out for
+    /// the tail's budget.
+    Store,
+    /// Nothing stored past what was handed over, as far as hand-overs tell: the router waits.
+    /// (An append whose task was dropped between its commit and its hand-over is caught by
+    /// the next hand-over, as `Awaited`, or by the router's idle read.)
+    Nothing,
 }
 
 /// A request to a running trigger worker.
@@ -681,6 +721,8 @@ impl Router {
         let mut matched = Vec::new();
         // Since when the next offset is stored but not handed over while later ones are.
         let mut missing_since: Option<Instant> = None;
+        // The last wait ended with no hand-over.
+        let mut idle = false;
         loop {
             // An injected panic comes between batches, where every routed offset was handed out.
             #[cfg(feature = "fault-injection")]
@@ -739,7 +781,12 @@ impl Router {
                 // What ingress handed over in memory first (the usual case: nothing to read or
                 // decode); from the store when the next offset is not there.
                 let handed = self.tail.take_from(from, ROUTER_BATCH);
-                if handed.is_empty() && self.tail.awaits(from) {
+                let source = if handed.is_empty() {
+                    self.tail.source_of(from)
+                } else {
+                    Source::Handed
+                };
+                if source == Source::Awaited {
                     // Ingress stored `from` but its task has not handed it over yet (appends
                     // are answered in offset order, their tasks run in any order): wait for it
                     // a moment rather than read and decode from the store what is about to
@@ -769,11 +816,16 @@ impl Router {
                     }
                     progressed = true;
                 }
-                let batch = if handed.is_empty() {
+                // The store is read only for what was not handed over: nothing handed over
+                // yet in this run, left out for the budget, awaited too long, or (`idle`)
+                // once the router waited a while with no hand-over, for an append whose task
+                // was dropped between its commit and its hand-over.
+                let batch = if handed.is_empty() && (source != Source::Nothing || idle) {
                     self.read(from, ROUTER_BATCH).await
                 } else {
                     Vec::new()
                 };
+                idle = false;
                 let mut stalled = false;
                 for record in &batch {
                     match EventRecord::from_stored(&record.payload) {
@@ -816,7 +868,7 @@ impl Router {
                 };
                 tokio::select! {
                     _ = notified => {}
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(wait) => idle = true,
                     _ = shutdown.changed() => {}
                 }
             }
@@ -1526,6 +1578,29 @@ mod tests {
         tail.push(0, record("a"), 100);
         assert!(!tail.awaits(0), "0 is here now");
         assert_eq!(offsets(&tail.take_from(0, 10)), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn tail_sends_the_router_to_the_store_only_for_what_is_not_handed_over() {
+        let tail = Tail {
+            low: 10,
+            ..Tail::default()
+        };
+        assert_eq!(tail.source_of(0), Source::Store, "nothing handed over yet");
+        tail.push(11, record("b"), 100);
+        assert_eq!(tail.source_of(3), Source::Store, "stored before the run");
+        assert_eq!(
+            tail.source_of(10),
+            Source::Awaited,
+            "stored, hand-over to come"
+        );
+        assert_eq!(tail.source_of(11), Source::Handed);
+        assert_eq!(offsets(&tail.take_from(11, 10)), vec![11]);
+        assert_eq!(
+            tail.source_of(12),
+            Source::Nothing,
+            "past the last hand-over: nothing to read"
+        );
     }
 
     #[test]

@@ -183,6 +183,57 @@ fn extension_value(v: &Value) -> ExtensionValue {
     }
 }
 
+/// The CloudEvents 1.0 view of checked attributes, built directly: what the SDK's deserializer
+/// makes of them (the same checks, the same error texts), without the copy of the map and the
+/// generic visitor it goes through (a fifth of the cost of accepting an event).
+fn view_v10(attributes: &Map<String, Value>) -> Result<Event, String> {
+    use cloudevents::AttributesWriter;
+    use serde::Deserialize;
+    let string = |v: &Value| String::deserialize(v).map_err(|e| e.to_string());
+    let mut view = Event::default();
+    // The default stamps the current time: an event without `time` has none.
+    view.set_time(None::<chrono::DateTime<chrono::Utc>>);
+    for (name, value) in attributes {
+        match name.as_str() {
+            "specversion" => {}
+            "id" => {
+                view.set_id(string(value)?);
+            }
+            "type" => {
+                view.set_type(string(value)?);
+            }
+            "source" => {
+                view.set_source(string(value)?);
+            }
+            "datacontenttype" => {
+                view.set_datacontenttype(Some(string(value)?));
+            }
+            "subject" => {
+                view.set_subject(Some(string(value)?));
+            }
+            "dataschema" => {
+                let url = url::Url::parse(&string(value)?).map_err(|e| e.to_string())?;
+                view.set_dataschema(Some(url));
+            }
+            "time" => {
+                let time = chrono::DateTime::parse_from_rfc3339(&string(value)?)
+                    .map_err(|e| e.to_string())?;
+                view.set_time(Some(time.with_timezone(&chrono::Utc)));
+            }
+            _ => {
+                let v = ExtensionValue::deserialize(value).map_err(|e| e.to_string())?;
+                view.set_extension(name, v);
+            }
+        }
+    }
+    Ok(view)
+}
+
+/// The view as the SDK's deserializer makes it.
+fn view_by_sdk(attributes: &Map<String, Value>) -> Result<Event, String> {
+    serde::Deserialize::deserialize(&Value::Object(attributes.clone())).map_err(|e| e.to_string())
+}
+
 impl EventRecord {
     /// A record from attributes (as received, including `specversion`, without data fields),
     /// data and passed-through headers. Checks the event as CloudEvents 1.0 or 0.3 requires:
@@ -247,13 +298,12 @@ impl EventRecord {
                 return Err(RecordError(format!("attribute {name} is null")));
             }
         }
-        // Read the view from the attributes in place (no copy of the map).
-        let value = Value::Object(attributes);
-        let mut view: Event = serde::Deserialize::deserialize(&value)
-            .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?;
-        let Value::Object(attributes) = value else {
-            return Err(RecordError("attributes are not an object".into()));
-        };
+        let mut view = match attr_str(&attributes, "specversion") {
+            Some("1.0") => view_v10(&attributes),
+            // 0.3 through the SDK (its attributes cannot be built from outside it).
+            _ => view_by_sdk(&attributes),
+        }
+        .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?;
         if let Some((_, bytes)) = &data {
             view.set_data_unchecked(Data::Binary(bytes.to_vec()));
         }
@@ -584,6 +634,11 @@ impl EventRecord {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn to_structured_json(&self) -> Vec<u8> {
+        self.to_structured_json_omitting(None)
+    }
+
+    /// [`EventRecord::to_structured_json`], leaving out the attribute `omit`.
+    pub(crate) fn to_structured_json_omitting(&self, omit: Option<&str>) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(256 + self.data.as_ref().map_or(0, |(_, b)| b.len() * 4 / 3));
         out.push(b'{');
@@ -599,6 +654,9 @@ impl EventRecord {
             out.extend_from_slice(value);
         };
         for (name, value) in &self.attributes {
+            if omit == Some(name.as_str()) {
+                continue;
+            }
             let v = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
             field(&mut out, name, &v);
         }
@@ -752,6 +810,27 @@ mod tests {
         match v {
             Value::Object(m) => m,
             _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn the_view_is_what_the_sdk_makes_of_the_attributes_errors_included() {
+        let cases = [
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t"}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"https://x/y?z","type":"t",
+                "datacontenttype":"application/json","subject":"s","dataschema":"https://example.com/s.json",
+                "time":"2026-12-04T10:00:00.123+02:00","flag":true,"count":42,"neg":-7,"text":"x"}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","time":"yesterday"}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","dataschema":"/relative"}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","subject":5}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","ratio":0.5}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","nested":{"a":1}}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","huge":18446744073709551615u64}),
+            serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":["a"]}),
+        ];
+        for case in cases {
+            let a = attrs(case.clone());
+            assert_eq!(view_v10(&a), view_by_sdk(&a), "{case}");
         }
     }
 

@@ -1287,6 +1287,7 @@ impl BrokerService {
             tail: Arc::new(crate::dispatcher::Tail::new(
                 self.inner.options.tail_bytes,
                 crate::telemetry::tail_gauge(kind.noun(), namespace, name),
+                head,
             )),
             accepting: self.inner.accepting.clone(),
             open: AtomicBool::new(true),

@@ -1,4 +1,6 @@
-//! The fjall 3 engine: one `WriteBatch` per batch, committed with
+//! The fjall 3 engine: records in one keyspace, metadata and checkpoints in another (so that
+//! the records' tables hold nothing but keys that only grow, which compaction moves down
+//! without rewriting them); one `WriteBatch` per batch, committed with
 //! `PersistMode::SyncData` (the journal is written and `fdatasync`ed under the journal lock
 //! before `commit` returns). Its memory is bounded by [`StoreOptions`](crate::StoreOptions): the
 //! block cache, the write buffer (memtable) and the journal size. Retention writes no
@@ -17,8 +19,13 @@ use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, PersistMode
 use crate::kv::{Batch, KvEngine, engine_err};
 use crate::{Result, StoreOptions};
 
-/// The one keyspace evmesh keeps its logs, metadata and checkpoints in.
+/// The keyspace of the logs' records (`l/…` keys). Stores written before evmesh split its
+/// keyspaces kept everything here; opening one moves the rest to [`META_KEYSPACE`].
 const KEYSPACE: &str = "evmesh";
+/// The keyspace of everything else: log metadata (rewritten at every commit), checkpoints, the
+/// disk probe. Kept apart, they would make every table of the records overlap every other
+/// one, and compaction rewrite the records again and again.
+const META_KEYSPACE: &str = "evmesh-meta";
 /// fjall refuses a journal budget below this.
 const MIN_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// fjall refuses a write buffer below this.
@@ -30,10 +37,11 @@ const MIN_WRITE_BUFFER_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, Default)]
 pub(crate) struct Firsts(RwLock<HashMap<Vec<u8>, u64>>);
 
-/// fjall database in `<dir>/fjall`, one keyspace.
+/// fjall database in `<dir>/fjall`: records in one keyspace, the rest in another.
 pub(crate) struct FjallEngine {
     db: Database,
     ks: Keyspace,
+    meta: Keyspace,
     write_buffer: u64,
     firsts: Arc<Firsts>,
 }
@@ -53,17 +61,67 @@ impl FjallEngine {
             .map_err(engine_err)?;
         // The write buffer size given here only counts for a new keyspace (fjall keeps the
         // one it was created with); `commit` enforces the configured one on every keyspace.
-        let ks = db
-            .keyspace(KEYSPACE, || {
-                KeyspaceCreateOptions::default().max_memtable_size(write_buffer)
-            })
-            .map_err(engine_err)?;
-        Ok(FjallEngine {
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(write_buffer);
+        let split = db.keyspace_exists(META_KEYSPACE);
+        let ks = db.keyspace(KEYSPACE, options).map_err(engine_err)?;
+        let meta = db.keyspace(META_KEYSPACE, options).map_err(engine_err)?;
+        let engine = FjallEngine {
             db,
             ks,
+            meta,
             write_buffer,
             firsts,
-        })
+        };
+        if !split {
+            engine.move_meta_out()?;
+        }
+        Ok(engine)
+    }
+
+    /// Whether `key` lives in the records' keyspace.
+    fn is_record(key: &[u8]) -> bool {
+        key.starts_with(b"l/")
+    }
+
+    /// The keyspace of `key`.
+    fn keyspace_of(&self, key: &[u8]) -> &Keyspace {
+        if Self::is_record(key) {
+            &self.ks
+        } else {
+            &self.meta
+        }
+    }
+
+    /// A store written before the split keeps its metadata and checkpoints among the records:
+    /// moves them to their own keyspace in one durable batch (until that batch commits, the
+    /// meta keyspace is empty and the next open moves them again).
+    fn move_meta_out(&self) -> Result<()> {
+        let mut b = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut moved = 0usize;
+        for range in [(&b""[..], &b"l/"[..]), (&b"l0"[..], &[0xffu8][..])] {
+            for item in self.ks.range(range.0..range.1) {
+                let (k, v) = item.into_inner().map_err(engine_err)?;
+                b.insert(&self.meta, k.clone(), v);
+                b.remove(&self.ks, k);
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            b.commit().map_err(engine_err)?;
+            tracing::info!(
+                keys = moved,
+                "store: moved log metadata and checkpoints to their own keyspace"
+            );
+        }
+        Ok(())
+    }
+
+    /// Test only: writes `key` into the records' keyspace whatever it is, as stores written
+    /// before the split did.
+    #[cfg(test)]
+    pub(crate) fn insert_unsplit(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.ks.insert(key, value).map_err(engine_err)?;
+        self.db.persist(PersistMode::SyncData).map_err(engine_err)
     }
 }
 
@@ -74,31 +132,39 @@ impl KvEngine for FjallEngine {
             if start >= end {
                 continue;
             }
-            for item in self.ks.range(start.as_slice()..end.as_slice()) {
+            let ks = self.keyspace_of(start);
+            for item in ks.range(start.as_slice()..end.as_slice()) {
                 let k = item.key().map_err(engine_err)?;
                 // A key also written by this batch must get exactly one item (same seqno).
                 if !batch.writes.contains_key(k.as_ref()) {
-                    b.remove(&self.ks, k);
+                    b.remove(ks, k);
                 }
             }
         }
         for (k, v) in batch.writes {
+            let ks = self.keyspace_of(&k);
             match v {
-                Some(v) => b.insert(&self.ks, k, v),
-                None => b.remove(&self.ks, k),
+                Some(v) => b.insert(ks, k, v),
+                None => b.remove(ks, k),
             }
         }
         b.commit().map_err(engine_err)?;
         // The write buffer budget, also for a keyspace created with a larger one: a full
         // memtable is sealed and flushed to a table in the background.
-        if self.ks.tree.active_memtable().size() > self.write_buffer {
-            self.ks.rotate_memtable().map_err(engine_err)?;
+        for ks in [&self.ks, &self.meta] {
+            if ks.tree.active_memtable().size() > self.write_buffer {
+                ks.rotate_memtable().map_err(engine_err)?;
+            }
         }
         Ok(())
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.ks.get(key).map_err(engine_err)?.map(|v| v.to_vec()))
+        Ok(self
+            .keyspace_of(key)
+            .get(key)
+            .map_err(engine_err)?
+            .map(|v| v.to_vec()))
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -106,7 +172,8 @@ impl KvEngine for FjallEngine {
         if limit == 0 || start >= end {
             return Ok(out);
         }
-        for item in self.ks.range(start..end) {
+        // A range lies within one tag (`l/`, `m/`, `c/`): in one keyspace.
+        for item in self.keyspace_of(start).range(start..end) {
             let (k, v) = item.into_inner().map_err(engine_err)?;
             out.push((k.to_vec(), v.to_vec()));
             if out.len() >= limit {
@@ -120,7 +187,7 @@ impl KvEngine for FjallEngine {
         if start >= end {
             return Ok(None);
         }
-        match self.ks.range(start..end).next_back() {
+        match self.keyspace_of(start).range(start..end).next_back() {
             Some(item) => Ok(Some(item.key().map_err(engine_err)?.to_vec())),
             None => Ok(None),
         }
@@ -182,5 +249,78 @@ impl CompactionFilter for BelowFirstFilter {
         } else {
             Verdict::Keep
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Batch;
+
+    fn open(dir: &Path) -> FjallEngine {
+        FjallEngine::open(dir, &StoreOptions::default(), Arc::default()).expect("open")
+    }
+
+    #[test]
+    fn records_and_the_rest_go_to_their_own_keyspaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let mut batch = Batch::default();
+        batch
+            .writes
+            .insert(b"l/a\0\0\0\0\0\0\0\0\x01".to_vec(), Some(b"r".to_vec()));
+        batch.writes.insert(b"m/a".to_vec(), Some(b"m".to_vec()));
+        batch.writes.insert(b"c/t".to_vec(), Some(b"c".to_vec()));
+        e.commit(batch).expect("commit");
+        assert_eq!(e.ks.iter().count(), 1, "only the record among the records");
+        assert_eq!(e.meta.iter().count(), 2);
+        assert_eq!(e.get(b"m/a").expect("get"), Some(b"m".to_vec()));
+        assert_eq!(
+            e.scan(b"c/", b"c0", 10).expect("scan"),
+            vec![(b"c/t".to_vec(), b"c".to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_store_written_before_the_split_has_its_metadata_and_checkpoints_moved_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            for (k, v) in [
+                (&b"c/trigger"[..], &b"checkpoint"[..]),
+                (b"h/probe", b""),
+                (b"l/a\0\0\0\0\0\0\0\0\x07", b"record"),
+                (b"m/a", b"meta"),
+            ] {
+                e.insert_unsplit(k, v).expect("insert");
+            }
+            // What such a store looked like: no meta keyspace at all.
+            let meta = e.meta.clone();
+            e.db.delete_keyspace(meta).expect("delete keyspace");
+        }
+        let e = open(dir.path());
+        assert_eq!(e.get(b"m/a").expect("get"), Some(b"meta".to_vec()));
+        assert_eq!(
+            e.get(b"c/trigger").expect("get"),
+            Some(b"checkpoint".to_vec())
+        );
+        assert_eq!(
+            e.get(b"l/a\0\0\0\0\0\0\0\0\x07").expect("get"),
+            Some(b"record".to_vec())
+        );
+        let left: Vec<Vec<u8>> =
+            e.ks.iter()
+                .map(|i| i.key().expect("key").to_vec())
+                .collect();
+        assert_eq!(
+            left,
+            vec![b"l/a\0\0\0\0\0\0\0\0\x07".to_vec()],
+            "records only"
+        );
+        drop(e);
+        // Moved for good: opening again finds the same.
+        let e = open(dir.path());
+        assert_eq!(e.get(b"m/a").expect("get"), Some(b"meta".to_vec()));
+        assert_eq!(e.ks.iter().count(), 1);
     }
 }
