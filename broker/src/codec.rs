@@ -121,7 +121,7 @@ pub fn encode_record_binary(record: &EventRecord) -> Encoded {
 /// [`encode_record_binary`], leaving out the attribute `omit` (what a delivery leaves out,
 /// without a copy of the record).
 pub(crate) fn encode_record_binary_omitting(record: &EventRecord, omit: Option<&str>) -> Encoded {
-    let mut headers = HeaderMap::new();
+    let mut headers = HeaderMap::with_capacity(record.attributes().len() + 4);
     for (name, value) in record.attributes() {
         if omit == Some(name.as_str()) {
             continue;
@@ -132,20 +132,36 @@ pub(crate) fn encode_record_binary_omitting(record: &EventRecord, omit: Option<&
             }
             continue;
         }
-        let text = match value {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
+        let text: std::borrow::Cow<'_, str> = match value {
+            serde_json::Value::String(s) => s.into(),
+            other => other.to_string().into(),
         };
-        let Ok(hname) = HeaderName::from_bytes(format!("ce-{name}").as_bytes()) else {
+        let Some(hname) = ce_header_name(name) else {
             continue;
         };
-        let enc = percent_encode(text.as_bytes(), CE_HEADER).to_string();
+        let enc: std::borrow::Cow<'_, str> = percent_encode(text.as_bytes(), CE_HEADER).into();
         if let Ok(hv) = HeaderValue::from_str(&enc) {
             headers.insert(hname, hv);
         }
     }
     let body = record.data().map(|(_, b)| b.to_vec()).unwrap_or_default();
     Encoded { headers, body }
+}
+
+/// The `ce-` header of attribute `name` (the usual ones without building the name).
+fn ce_header_name(name: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match name {
+        "specversion" => "ce-specversion",
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "type" => "ce-type",
+        "time" => "ce-time",
+        "subject" => "ce-subject",
+        "dataschema" => "ce-dataschema",
+        "knativearrivaltime" => "ce-knativearrivaltime",
+        "knativebrokerttl" => "ce-knativebrokerttl",
+        _ => return HeaderName::from_bytes(format!("ce-{name}").as_bytes()).ok(),
+    }))
 }
 
 /// Encodes a record in structured content mode (`application/cloudevents+json`): JSON data

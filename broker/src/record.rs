@@ -187,24 +187,24 @@ fn extension_value(v: &Value) -> ExtensionValue {
 /// makes of them (the same checks, the same error texts), without the copy of the map and the
 /// generic visitor it goes through (a fifth of the cost of accepting an event).
 fn view_v10(attributes: &Map<String, Value>) -> Result<Event, String> {
-    use cloudevents::AttributesWriter;
+    use cloudevents::{AttributesWriter, EventBuilder};
     use serde::Deserialize;
     let string = |v: &Value| String::deserialize(v).map_err(|e| e.to_string());
-    let mut view = Event::default();
-    // The default stamps the current time: an event without `time` has none.
-    view.set_time(None::<chrono::DateTime<chrono::Utc>>);
+    let required = |name: &str| match attributes.get(name) {
+        Some(v) => string(v),
+        None => Err(format!("missing field `{name}`")),
+    };
+    // Through the builder, not `Event::default()`: that one makes an id, reads the host name
+    // and the clock for values that are replaced at once.
+    let mut view = cloudevents::EventBuilderV10::new()
+        .id(required("id")?)
+        .source(required("source")?)
+        .ty(required("type")?)
+        .build()
+        .map_err(|e| e.to_string())?;
     for (name, value) in attributes {
         match name.as_str() {
-            "specversion" => {}
-            "id" => {
-                view.set_id(string(value)?);
-            }
-            "type" => {
-                view.set_type(string(value)?);
-            }
-            "source" => {
-                view.set_source(string(value)?);
-            }
+            "specversion" | "id" | "type" | "source" => {}
             "datacontenttype" => {
                 view.set_datacontenttype(Some(string(value)?));
             }
