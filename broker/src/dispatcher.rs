@@ -7,7 +7,7 @@
 //! through the cursor so a restart resumes exactly where it stopped.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -174,6 +174,14 @@ impl Tail {
             t.bytes -= old;
         }
         self.report(t.bytes);
+    }
+
+    /// Notes the event just stored at `offset` without keeping it (its log has no routes to
+    /// hand it to; one added later reads it from the store).
+    pub(crate) fn skip(&self, offset: Offset) {
+        self.head.fetch_max(offset + 1, Ordering::AcqRel);
+        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        t.not_kept_upto = t.not_kept_upto.max(offset + 1);
     }
 
     /// One past the highest offset ingress has stored since start, `None` before the first.
@@ -480,6 +488,8 @@ impl TriggerShared {
 #[derive(Default)]
 pub(crate) struct Routes {
     members: std::sync::Mutex<Vec<Arc<TriggerShared>>>,
+    /// How many members there are (read by ingress without the lock).
+    count: AtomicUsize,
     dirty: AtomicBool,
     /// A member left or its filter changed: the index is built anew (members only added are
     /// appended to it).
@@ -491,18 +501,22 @@ const ROUTES_DEBOUNCE: Duration = Duration::from_millis(20);
 
 impl Routes {
     pub(crate) fn insert(&self, t: Arc<TriggerShared>) {
-        self.members
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(t);
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.push(t);
+        self.count.store(members.len(), Ordering::Release);
         self.dirty.store(true, Ordering::Release);
     }
     pub(crate) fn remove(&self, t: &Arc<TriggerShared>) {
-        self.members
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|m| !Arc::ptr_eq(m, t));
+        {
+            let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            members.retain(|m| !Arc::ptr_eq(m, t));
+            self.count.store(members.len(), Ordering::Release);
+        }
         self.changed();
+    }
+    /// Whether there are no members (nothing to hand an event to).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
     }
     /// A member's filter changed.
     pub(crate) fn changed(&self) {
@@ -1601,6 +1615,18 @@ mod tests {
             Source::Nothing,
             "past the last hand-over: nothing to read"
         );
+    }
+
+    #[test]
+    fn tail_sends_the_router_to_the_store_for_what_it_skipped() {
+        let tail = Tail::default();
+        tail.skip(0);
+        tail.skip(1);
+        assert_eq!(tail.head(), Some(2), "skipped events still move the head");
+        assert_eq!(tail.source_of(1), Source::Store);
+        tail.push(2, record("c"), 100);
+        assert_eq!(tail.source_of(0), Source::Store);
+        assert_eq!(offsets(&tail.take_from(2, 10)), vec![2]);
     }
 
     #[test]

@@ -216,9 +216,15 @@ impl BrokerRuntime {
                 let stored = event.to_stored();
                 let size = stored.len();
                 let offset = self.store.append(&self.log, stored).await?;
-                // The router takes it from here in memory (decoded once, at ingress).
-                self.tail.push(offset, event, size);
-                self.notify.notify_one();
+                if self.routes.is_empty() {
+                    // Nothing to route it to: the router only moves its position, on its
+                    // own time (a trigger added later reads the event from the store).
+                    self.tail.skip(offset);
+                } else {
+                    // The router takes it from here in memory (decoded once, at ingress).
+                    self.tail.push(offset, event, size);
+                    self.notify.notify_one();
+                }
                 Ok(offset)
             }
             Backend::External(log) => {
