@@ -328,3 +328,136 @@ async fn invalid_replay_from_annotation_on_a_subscription_is_a_validation_error(
     let err = evmesh::Mesh::from_yaml(&yaml).expect_err("invalid");
     assert!(err.to_string().contains("evmesh.dev/replay-from"), "{err}");
 }
+
+/// A subscriber on a raw socket that holds the first request it gets (never answers it) and
+/// notes when evmesh closes that connection; every other request gets 202. It records the
+/// `ce-id` of each request.
+struct HoldingSubscriber {
+    url: String,
+    ids: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    held_closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HoldingSubscriber {
+    async fn start() -> HoldingSubscriber {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/", listener.local_addr().expect("addr"));
+        let ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held_closed = std::sync::Arc::new(AtomicBool::new(false));
+        let holding = std::sync::Arc::new(AtomicBool::new(true));
+        let (ids2, closed2) = (ids.clone(), held_closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (ids, closed, holding) = (ids2.clone(), closed2.clone(), holding.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One request: its head, then Content-Length bytes of body.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                        let header = |name: &str| {
+                            head.lines()
+                                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                                .map(|v| v.trim().to_string())
+                        };
+                        let len: usize = header("content-length")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + len);
+                        ids.lock()
+                            .expect("ids")
+                            .push(header("ce-id").unwrap_or_default());
+                        if holding.swap(false, Ordering::AcqRel) {
+                            // Held: no answer; wait for the other side to close.
+                            while !matches!(conn.read(&mut chunk).await, Ok(0) | Err(_)) {}
+                            closed.store(true, Ordering::Release);
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
+                        if conn.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HoldingSubscriber {
+            url,
+            ids,
+            held_closed,
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.ids.lock().expect("ids").clone()
+    }
+}
+
+#[tokio::test]
+async fn replay_abandons_an_attempt_in_flight_and_delivers_from_the_new_position() {
+    let sub = HoldingSubscriber::start().await;
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: default, namespace: demo}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: t1, namespace: demo}}
+spec:
+  broker: default
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 0, timeout: PT300S}}
+"#,
+        sub.url
+    );
+    let m = mesh(&yaml).await;
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("held", "keep")).await,
+        202
+    );
+    eventually("the attempt is in flight", Duration::from_secs(10), || {
+        sub.ids() == ["held"]
+    })
+    .await;
+
+    let at = m
+        .mesh
+        .service()
+        .replay("demo", "t1", ReplayFrom::Earliest)
+        .await
+        .expect("replay");
+    assert_eq!(at, 0);
+    // The held attempt is abandoned (its connection closed, not left to its 300 s timeout)
+    // and the event goes again from the replayed position.
+    eventually(
+        "the held attempt's connection is closed and the event delivered again",
+        Duration::from_secs(10),
+        || {
+            sub.held_closed.load(std::sync::atomic::Ordering::Acquire)
+                && sub.ids() == ["held", "held"]
+        },
+    )
+    .await;
+    m.mesh.shutdown().await;
+}
