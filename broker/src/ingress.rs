@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use crate::service::{BrokerService, PublishError};
+use crate::service::{BrokerService, PublishError, StreamKind};
 use crate::{codec, telemetry};
 
 /// The TTL extension Knative's broker uses against reply loops.
@@ -134,6 +134,7 @@ async fn handle_channel(
     body: Body,
 ) -> Response {
     let mut event_type = None;
+    let mut found = false;
     match receive(
         &ingress,
         Target::Channel,
@@ -143,6 +144,7 @@ async fn handle_channel(
         headers,
         body,
         &mut event_type,
+        &mut found,
     )
     .await
     {
@@ -160,6 +162,7 @@ async fn handle(
 ) -> Response {
     let started = std::time::Instant::now();
     let mut event_type = None;
+    let mut found = false;
     let resp = match receive(
         &ingress,
         Target::Broker,
@@ -169,6 +172,7 @@ async fn handle(
         headers,
         body,
         &mut event_type,
+        &mut found,
     )
     .await
     {
@@ -178,7 +182,7 @@ async fn handle(
             e.into_response()
         }
     };
-    if ingress.service.has_broker(&namespace, &broker) {
+    if found {
         telemetry::ingress_request(
             &namespace,
             &broker,
@@ -200,6 +204,7 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
     event_type: &mut Option<String>,
+    found: &mut bool,
 ) -> Result<Response, IngressError> {
     if method == Method::OPTIONS {
         let mut resp = StatusCode::OK.into_response();
@@ -212,11 +217,11 @@ async fn receive(
     if method != Method::POST {
         return Err(IngressError::MethodNotAllowed);
     }
-    let exists = match target {
-        Target::Broker => ingress.service.has_broker(namespace, broker),
-        Target::Channel => ingress.service.has_channel(namespace, broker),
+    let kind = match target {
+        Target::Broker => StreamKind::Broker,
+        Target::Channel => StreamKind::Channel,
     };
-    if !exists {
+    let Some(stream) = ingress.service.stream(kind, namespace, broker) else {
         let (noun, not_ready) = match target {
             Target::Broker => (
                 "broker",
@@ -237,7 +242,8 @@ async fn receive(
         return Err(IngressError::NotFound(format!(
             "{noun} {namespace}/{broker} not found"
         )));
-    }
+    };
+    *found = true;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -251,20 +257,9 @@ async fn receive(
     let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
     *event_type = Some(cloudevents::AttributesReader::ty(event.event()).to_string());
     let append_started = std::time::Instant::now();
-    match target {
-        Target::Broker => {
-            ingress
-                .service
-                .publish_record(namespace, broker, event)
-                .await?;
-            telemetry::appended(namespace, broker, append_started.elapsed());
-        }
-        Target::Channel => {
-            ingress
-                .service
-                .publish_channel(namespace, broker, event)
-                .await?;
-        }
+    BrokerService::publish_to(&stream, event).await?;
+    if target == Target::Broker {
+        telemetry::appended(namespace, broker, append_started.elapsed());
     }
     let mut resp = StatusCode::ACCEPTED.into_response();
     resp.headers_mut()

@@ -1882,6 +1882,37 @@ impl BrokerService {
         self.publish_record(namespace, name, record).await
     }
 
+    /// The running broker or channel `namespace/name` (one lookup for ingress to publish to).
+    pub(crate) fn stream(
+        &self,
+        kind: StreamKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<BrokerRuntime>> {
+        let state = self.state();
+        let streams = match kind {
+            StreamKind::Broker => &state.brokers,
+            StreamKind::Channel => &state.channels,
+        };
+        streams
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Publishes `event` to a running broker or channel (from [`BrokerService::stream`]) and
+    /// counts it there.
+    pub(crate) async fn publish_to(
+        stream: &BrokerRuntime,
+        event: EventRecord,
+    ) -> Result<Offset, PublishError> {
+        let result = stream.append(event).await;
+        match &result {
+            Ok(_) => stream.counters.accepted(),
+            Err(_) => stream.counters.rejected(),
+        }
+        result
+    }
+
     /// Publishes an [`EventRecord`] (attributes, data bytes and passed-through headers as
     /// received), like [`BrokerService::publish`].
     pub async fn publish_record(
