@@ -664,3 +664,94 @@ async fn a_nats_jetstream_channel_deleted_through_the_api_stops_taking_events() 
         "a deleted channel no longer takes events"
     );
 }
+
+#[tokio::test]
+async fn a_subscription_whose_consumer_cannot_be_created_starts_by_itself_once_it_can() {
+    let ch = unique("blocked");
+    let sub = format!("{ch}-sub");
+    let _streams = Streams::of_channels(&[&ch]);
+    let sink = TestSink::start().await;
+    let m = nats_mesh(&channel_yaml(&ch, "")).await;
+    // A consumer of the subscription's name that is not a pull consumer (someone else's, or
+    // left from elsewhere): evmesh cannot open its group on it.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(nats_url().as_str())
+            .await
+            .expect("connect to NATS"),
+    );
+    let stream = js
+        .get_stream(evmesh_channels::nats::stream_name("default", &ch))
+        .await
+        .expect("the channel's stream");
+    let consumer = format!(
+        "KN_SUB_DEFAULT__{}",
+        sub.to_ascii_uppercase().replace('-', "_")
+    );
+    stream
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            durable_name: Some(consumer.clone()),
+            deliver_subject: format!("elsewhere.{consumer}"),
+            ..Default::default()
+        })
+        .await
+        .expect("a push consumer in the way");
+
+    let (code, body) = {
+        let resp = client()
+            .post(m.url("/apis/messaging.knative.dev/v1/namespaces/default/subscriptions"))
+            .header("content-type", "application/yaml")
+            .body(subscription_yaml(&sub, &ch, &sink.url(), ""))
+            .send()
+            .await
+            .expect("apply");
+        (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        )
+    };
+    assert!(code == 200 || code == 201, "{code} {body}");
+    let status_url = m.url(&format!(
+        "/apis/messaging.knative.dev/v1/namespaces/default/subscriptions/{sub}"
+    ));
+    let mut reason = String::new();
+    for _ in 0..100 {
+        let (_, s) = get_json(&status_url).await;
+        reason = s["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if reason.contains("consumer") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reason.contains("consumer"),
+        "not ready for its consumer: {reason}"
+    );
+
+    // Out of the way: the subscription starts without being applied again, and delivers.
+    stream
+        .delete_consumer(&consumer)
+        .await
+        .expect("delete the consumer in the way");
+    let mut ready = false;
+    for _ in 0..150 {
+        let (_, s) = get_json(&status_url).await;
+        if s["status"]["conditions"][0]["status"] == "True" {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the subscription did not start by itself");
+    post_ok(
+        &m.url(&format!("/channels/default/{ch}")),
+        event("after", "t"),
+    )
+    .await;
+    eventually("delivered", Duration::from_secs(10), || {
+        sink.ids() == ["after"]
+    })
+    .await;
+}

@@ -528,6 +528,21 @@ struct RouteDesired {
     labels: (String, String, String),
 }
 
+impl State {
+    /// Whether some route is configured to run but could not start.
+    fn routes_failing(&self) -> bool {
+        self.triggers
+            .values()
+            .chain(self.subscriptions.values())
+            .any(|e| {
+                e.running.is_none()
+                    && e.not_ready
+                        .as_ref()
+                        .is_some_and(|(code, _)| code == START_FAILED)
+            })
+    }
+}
+
 #[derive(Default)]
 struct State {
     brokers: HashMap<(String, String), Arc<BrokerRuntime>>,
@@ -608,6 +623,10 @@ struct StreamRetry {
     /// Whether the retry task runs.
     running: bool,
 }
+
+/// Reason of a route that could not start (its progress could not be read, or its consumer
+/// group on a log elsewhere could not be opened); the retry task reconciles again until it runs.
+const START_FAILED: &str = "CheckpointUnreadable";
 
 /// First wait before a failing log is opened again; doubles up to [`STREAM_RETRY_MAX`].
 const STREAM_RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -773,7 +792,10 @@ impl BrokerService {
     /// Keeps `mesh` for the retry task while some log is failing (a retry reconciles the latest
     /// configuration, never an older one), and starts that task when it is not running.
     fn note_failures(&self, mesh: &MeshConfig, resolver: &Resolver) {
-        let failing = !self.state().stream_failures.is_empty();
+        let failing = {
+            let state = self.state();
+            !state.stream_failures.is_empty() || state.routes_failing()
+        };
         let mut retry = self.retry_state();
         if !failing {
             retry.latest = None;
@@ -833,7 +855,10 @@ impl BrokerService {
                     }
                 }
             }
-            if opened {
+            // A route that could not start (say its consumer group could not be opened) is
+            // started again by reconciling, on the same backoff.
+            let routes_failing = self.state().routes_failing();
+            if opened || routes_failing {
                 let _guard = self.inner.reconcile.lock().await;
                 let latest = self.retry_state().latest.clone();
                 if let Some((mesh, resolver)) = latest
@@ -841,10 +866,13 @@ impl BrokerService {
                 {
                     tracing::warn!("reconciling after a log opened: {e}");
                 }
-                wait = STREAM_RETRY_FIRST;
+                if opened {
+                    wait = STREAM_RETRY_FIRST;
+                }
             }
+            let routes_failing = self.state().routes_failing();
             let mut retry = self.retry_state();
-            if retry.targets.is_empty() || retry.latest.is_none() {
+            if (retry.targets.is_empty() && !routes_failing) || retry.latest.is_none() {
                 retry.running = false;
                 retry.opened.clear();
                 break;
@@ -1650,8 +1678,9 @@ impl BrokerService {
                             entry.running = Some(run);
                         }
                         Err(reason) => {
+                            // Tried again by the retry task (see `note_failures`).
                             tracing::error!(route = %label, "{noun} not ready: {reason}");
-                            entry.not_ready = Some(("CheckpointUnreadable".to_string(), reason));
+                            entry.not_ready = Some((START_FAILED.to_string(), reason));
                         }
                     }
                 }
