@@ -1116,7 +1116,7 @@ impl BrokerService {
         let found = mesh.triggers.iter().rev().find(|t| {
             t.resource.metadata.namespace == namespace && t.resource.metadata.name == name
         });
-        match found {
+        let result = match found {
             Some(t) => {
                 let d = self.trigger_desired(t, mesh, resolver);
                 self.apply_route(d, None).await
@@ -1128,7 +1128,10 @@ impl BrokerService {
                 );
                 Ok(())
             }
-        }
+        };
+        // A trigger that could not start is tried again by the retry task.
+        self.note_failures(mesh, resolver);
+        result
     }
 
     /// Saves a newly created trigger's start position, its broker log's head now, so that it
