@@ -32,22 +32,9 @@ serve() { # serve YAML: starts evmesh on CPUS, sets P
   wait_ready 127.0.0.1:18080 || { tail -5 "$OUT/ev.log"; exit 1; }
 }
 trigger_yaml "$OUT/trigger.yaml"
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {name: default}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: t0
-  annotations: {evmesh.dev/replay-from: earliest}
-spec:
-  broker: default
-  subscriber: {uri: "http://$SINK/t0"}
-EOF
 
 taskset -c "$SINK_CPUS" "$LOADTEST" sink --listen "$SINK" >/dev/null 2>&1 &
-sleep 0.5
+wait_port "$SINK" || exit 1
 case $MODE in
   ingress) serve bench/ingress.yaml ;;
   trigger) serve "$OUT/trigger.yaml" ;;
