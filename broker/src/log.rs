@@ -170,6 +170,12 @@ pub struct GroupSpec {
     /// Records a run holds at once (in flight and waiting for a retry): the most the log hands
     /// out before the run reports some done.
     pub max_in_flight: usize,
+    /// When the route was created (unix milliseconds; its `creationTimestamp`, whole seconds). A
+    /// group that does not exist yet starts with the first record the log received at or after
+    /// this time, where the log keeps record times, so that events accepted between the route's
+    /// creation and the start of its run (a subscriber not resolvable yet, a stream opened
+    /// again) reach it. `None`: at the log's end.
+    pub created_ms: Option<u64>,
 }
 
 /// A log that lives outside the embedded store (a JetStream stream, a Kafka topic).
@@ -183,8 +189,9 @@ pub trait Log: Send + Sync {
     /// Appends one event as received (the log's codec decides its encoding); resolves with its
     /// position once it is durable.
     fn append<'a>(&'a self, event: &'a EventRecord) -> BoxFuture<'a, Result<Pos, LogError>>;
-    /// Opens (creating it when new) the consumer group of one route. A new group starts at the
-    /// log's end, and that start is saved before this resolves.
+    /// Opens (creating it when new) the consumer group of one route. A new group starts with
+    /// the first record appended since the route's creation ([`GroupSpec::created_ms`]; at the
+    /// log's end when that is unknown), and that start is saved before this resolves.
     fn open_group(
         &self,
         spec: GroupSpec,

@@ -1850,6 +1850,13 @@ impl BrokerService {
             namespace: d.key.0.clone(),
             name: d.key.1.clone(),
             max_in_flight: self.inner.options.max_in_flight.max(1),
+            created_ms: d
+                .resource
+                .metadata()
+                .creation_timestamp
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .and_then(|t| u64::try_from(t.timestamp_millis()).ok()),
         };
         let group = log
             .open_group(spec.clone())

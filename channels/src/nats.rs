@@ -145,7 +145,7 @@ pub fn publish_subject(namespace: &str, name: &str) -> String {
 ///
 /// ```
 /// use evmesh_broker::log::GroupSpec;
-/// let spec = GroupSpec { route_kind: "subscription", namespace: "default".into(), name: "to-step-1".into(), max_in_flight: 100 };
+/// let spec = GroupSpec { route_kind: "subscription", namespace: "default".into(), name: "to-step-1".into(), max_in_flight: 100, created_ms: None };
 /// assert_eq!(evmesh_channels::nats::consumer_name(&spec), "KN_SUB_DEFAULT__TO_STEP_1");
 /// ```
 pub fn consumer_name(spec: &GroupSpec) -> String {
@@ -320,8 +320,20 @@ impl Log for JetStreamLog {
                     .settings
                     .max_ack_pending
                     .unwrap_or(spec.max_in_flight as i64),
-                // A new subscription starts at the stream's end; the consumer keeps that start.
-                deliver_policy: consumer::DeliverPolicy::New,
+                // A new subscription starts with what the stream received since the
+                // subscription was created (or at its end, when that time is unknown); the
+                // consumer keeps that start.
+                deliver_policy: match spec.created_ms {
+                    Some(ms) => consumer::DeliverPolicy::ByStartTime {
+                        start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                            i128::from(ms) * 1_000_000,
+                        )
+                        .map_err(|e| {
+                            LogError::new(format!("the subscription's creation time: {e}"))
+                        })?,
+                    },
+                    None => consumer::DeliverPolicy::New,
+                },
                 ..Default::default()
             };
             let consumer = self

@@ -16,6 +16,7 @@ use evmesh_broker::log::{
 use evmesh_broker::record::EventRecord;
 use evmesh_config::kafka::KafkaBrokerConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
@@ -278,8 +279,11 @@ impl KafkaLog {
 /// no longer holds the group).
 const COMMIT_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Commits `topic`'s end offsets for `group` on partitions it has no committed offset for (a
-/// new group starts at the end, saved before the route runs). Blocking.
+/// Commits a start for `group` on the partitions of `topic` it has no committed offset for (a
+/// new group), saved before the route runs: the first offset whose record was appended at or
+/// after `created_ms` (the route's creation; Kafka's `ListOffsets` by time), so that records
+/// appended between the route's creation and its start reach it; the partition's end when no
+/// record is that recent or the time is unknown. Blocking.
 ///
 /// The commit comes from outside the group (no member id). While the group has a generation —
 /// another process with the same configuration started at the same time, or a member that is
@@ -287,10 +291,15 @@ const COMMIT_START_PATIENCE: std::time::Duration = std::time::Duration::from_sec
 /// `IllegalGeneration`, `RebalanceInProgress`): then the committed offsets are read again (the
 /// other member may have committed the start itself) and the commit is retried, for at most
 /// [`COMMIT_START_PATIENCE`].
-fn commit_start(settings: &KafkaSettings, topic: &str, group: &str) -> Result<(), String> {
+fn commit_start(
+    settings: &KafkaSettings,
+    topic: &str,
+    group: &str,
+    created_ms: Option<u64>,
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + COMMIT_START_PATIENCE;
     loop {
-        match try_commit_start(settings, topic, group) {
+        match try_commit_start(settings, topic, group, created_ms) {
             Err((e, true)) if std::time::Instant::now() < deadline => {
                 tracing::debug!(group, "start commit refused, trying again: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(500));
@@ -306,6 +315,7 @@ fn try_commit_start(
     settings: &KafkaSettings,
     topic: &str,
     group: &str,
+    created_ms: Option<u64>,
 ) -> Result<(), (String, bool)> {
     let fatal = |e: String| (e, false);
     let mut c = settings.client_config();
@@ -338,8 +348,14 @@ fn try_commit_start(
                         e.partition()
                     ))
                 })?;
+            let start = match created_ms {
+                Some(ms) => {
+                    first_since(&consumer, topic, e.partition(), ms, high).map_err(fatal)?
+                }
+                None => high,
+            };
             commit
-                .add_partition_offset(topic, e.partition(), Offset::Offset(high))
+                .add_partition_offset(topic, e.partition(), Offset::Offset(start))
                 .map_err(|err| fatal(err.to_string()))?;
         }
     }
@@ -362,6 +378,67 @@ fn try_commit_start(
     drop(commit);
     drop(consumer);
     result
+}
+
+/// The first offset of `topic`/`partition` (whose end is `high`) appended at or after `ms`
+/// (unix milliseconds), `high` when none was. Kafka's time index answers it; Tansu 0.6 answers
+/// offset 0 for a time after the partition's last record, so the last record's time is read
+/// first: when it is older, nothing was appended since. Blocking; `consumer` is assigned the
+/// partition for that read (no group membership, nothing committed).
+fn first_since(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    ms: u64,
+    high: i64,
+) -> Result<i64, String> {
+    if high <= 0 {
+        return Ok(high);
+    }
+    let time_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    let mut last = TopicPartitionList::new();
+    last.add_partition_offset(topic, partition, Offset::Offset(high - 1))
+        .map_err(|e| e.to_string())?;
+    consumer
+        .assign(&last)
+        .map_err(|e| format!("reading the last record of partition {partition}: {e}"))?;
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    let last_ms = loop {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "reading the last record of partition {partition}: no answer within {REQUEST_TIMEOUT:?}"
+            ));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.partition() == partition && m.offset() == high - 1 => {
+                break m.timestamp().to_millis();
+            }
+            Some(Err(e)) => {
+                return Err(format!(
+                    "reading the last record of partition {partition}: {e}"
+                ));
+            }
+            _ => {}
+        }
+    };
+    let _ = consumer.unassign();
+    if last_ms.is_some_and(|t| t < time_ms) {
+        return Ok(high);
+    }
+    let mut q = TopicPartitionList::new();
+    q.add_partition_offset(topic, partition, Offset::Offset(time_ms))
+        .map_err(|e| e.to_string())?;
+    let found = consumer
+        .offsets_for_times(q, REQUEST_TIMEOUT)
+        .map_err(|e| {
+            format!("finding the offset of partition {partition} at the route's creation: {e}")
+        })?;
+    let at = found.elements().first().map(|f| f.offset());
+    Ok(match at {
+        Some(Offset::Offset(o)) if o < high => o,
+        // No record appended since: only new records.
+        _ => high,
+    })
 }
 
 impl Log for KafkaLog {
@@ -390,7 +467,8 @@ impl Log for KafkaLog {
         Box::pin(async move {
             let group = self.group_of(&spec.name);
             let (settings, topic, g) = (self.settings.clone(), self.topic.clone(), group.clone());
-            tokio::task::spawn_blocking(move || commit_start(&settings, &topic, &g))
+            let created_ms = spec.created_ms;
+            tokio::task::spawn_blocking(move || commit_start(&settings, &topic, &g, created_ms))
                 .await
                 .map_err(|e| LogError::new(e.to_string()))?
                 .map_err(LogError::new)?;

@@ -314,6 +314,29 @@ pub async fn post_raw(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, 
     (status, resp.text().await.unwrap_or_default())
 }
 
+/// POSTs YAML to an admin API collection (a create); returns (status, body).
+pub async fn create(collection: &str, yaml: &str) -> (u16, String) {
+    let resp = client()
+        .post(collection)
+        .header("content-type", "application/yaml")
+        .body(yaml.to_string())
+        .send()
+        .await
+        .expect("apply");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// Sleeps into the next whole second of the wall clock (and 50 ms past it): a resource created
+/// after this has a `creationTimestamp` (whole seconds) later than anything done before it.
+pub async fn into_the_next_second() {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_millis())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(u64::from(1000 - ms) + 50)).await;
+}
+
 /// Waits until `cond` holds, failing the test after `timeout`.
 pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
