@@ -280,3 +280,73 @@ spec:
         "{text}"
     );
 }
+
+/// A client that sends ever new event types cannot grow the metrics without end: a broker's
+/// ingress metrics label at most `MAX_EVENT_TYPES` distinct `event_type` values, and count the
+/// events of later new types under `(other)`.
+#[tokio::test]
+async fn a_broker_labels_a_bounded_number_of_event_types_and_counts_the_rest_as_other() {
+    use evmesh::evmesh_broker::telemetry::{MAX_EVENT_TYPES, OTHER_EVENT_TYPES};
+    let m = mesh(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: manytypes, namespace: tns}\n",
+    )
+    .await;
+    let url = m.url("/tns/manytypes");
+    let extra = 3;
+    let types: Vec<String> = (0..MAX_EVENT_TYPES + extra)
+        .map(|i| format!("type.{i}"))
+        .collect();
+    for chunk in types.chunks(50) {
+        let mut sends = tokio::task::JoinSet::new();
+        for ty in chunk {
+            let (url, ty) = (url.clone(), ty.clone());
+            sends.spawn(async move { post_binary(&url, event(&ty, &ty)).await });
+        }
+        while let Some(code) = sends.join_next().await {
+            assert_eq!(code.expect("send"), 202);
+        }
+    }
+    // A type labelled before the bound was reached keeps its own label.
+    assert_eq!(post_binary(&url, event("again", "type.0")).await, 202);
+    let text = scrape(&m).await;
+    let labelled: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("event_count{")
+                && l.contains("container_name=\"ingress\"")
+                && l.contains("namespace_name=\"tns\"")
+                && l.contains("broker_name=\"manytypes\"")
+        })
+        .filter_map(|l| l.split("event_type=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(labelled.len(), MAX_EVENT_TYPES + 1, "{labelled:?}");
+    let broker = [
+        ("container_name", "ingress"),
+        ("namespace_name", "tns"),
+        ("broker_name", "manytypes"),
+    ];
+    let of = |ty: &'static str| -> Vec<(&str, &str)> {
+        broker.iter().copied().chain([("event_type", ty)]).collect()
+    };
+    assert_eq!(
+        sample(&text, "event_count", &of(OTHER_EVENT_TYPES)),
+        Some(extra as f64),
+        "the events of the types past the bound"
+    );
+    let total: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("event_count{")
+                && broker
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        total,
+        (MAX_EVENT_TYPES + extra + 1) as f64,
+        "every event counted once"
+    );
+    assert_eq!(sample(&text, "event_count", &of("type.0")), Some(2.0));
+}

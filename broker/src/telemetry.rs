@@ -5,6 +5,9 @@
 //! - `event_count` (counter) and `event_dispatch_latencies` (histogram, ms): labels
 //!   `namespace_name`, `broker_name`, `trigger_name` (filter), `event_type` (ingress),
 //!   `response_code`, `response_code_class`. The filter's count is one per delivery attempt.
+//!   `event_type` is what clients send: a broker labels at most [`MAX_EVENT_TYPES`] distinct
+//!   types, later new ones are counted as [`OTHER_EVENT_TYPES`] (each label set is a series
+//!   kept for the process's life, so a client must not be able to grow them without end).
 //!
 //! evmesh's own:
 //! - `evmesh_append_latency_seconds` (histogram): stamping and durable append of one event.
@@ -199,18 +202,13 @@ fn cached(
     code: u16,
     make: impl FnOnce() -> (Option<metrics::Counter>, metrics::Histogram),
 ) -> (Option<metrics::Counter>, metrics::Histogram) {
+    if let Some(known) = lookup(cache, parts, code) {
+        return known;
+    }
     let mut h = std::hash::DefaultHasher::new();
     (parts, code).hash(&mut h);
     let hash = h.finish();
     let same = |e: &&Handles| e.code == code && e.parts.iter().map(String::as_str).eq(parts);
-    if let Some(e) = cache
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&hash)
-        .and_then(|v| v.iter().find(same))
-    {
-        return (e.counter.clone(), e.histogram.clone());
-    }
     install();
     let (counter, histogram) = make();
     let mut map = cache.write().unwrap_or_else(|e| e.into_inner());
@@ -226,8 +224,53 @@ fn cached(
     (counter, histogram)
 }
 
-/// Records one ingress request of an existing broker (unknown brokers are not labelled, so a
-/// client cannot grow the label set).
+/// The most distinct `event_type` label values the ingress metrics of one broker get.
+pub const MAX_EVENT_TYPES: usize = 1000;
+/// The `event_type` label of a broker's events whose type came after [`MAX_EVENT_TYPES`] others.
+pub const OTHER_EVENT_TYPES: &str = "(other)";
+
+/// Per broker (namespace, name), the event types its ingress metrics label.
+static EVENT_TYPES: LazyLock<Mutex<TypesByBroker>> = LazyLock::new(Default::default);
+
+type TypesByBroker = HashMap<(String, String), std::collections::HashSet<String>>;
+
+/// `event_type` itself while `broker` labels fewer than [`MAX_EVENT_TYPES`] types (or already
+/// labels this one), else [`OTHER_EVENT_TYPES`].
+fn event_type_label<'a>(namespace: &str, broker: &str, event_type: &'a str) -> &'a str {
+    let mut all = EVENT_TYPES.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (namespace.to_string(), broker.to_string());
+    let types = all.entry(key).or_default();
+    if types.contains(event_type) {
+        return event_type;
+    }
+    if types.len() >= MAX_EVENT_TYPES {
+        return OTHER_EVENT_TYPES;
+    }
+    types.insert(event_type.to_string());
+    event_type
+}
+
+/// Looks the handles of a label set up without making them.
+fn lookup(
+    cache: &HandleCache,
+    parts: [&str; 3],
+    code: u16,
+) -> Option<(Option<metrics::Counter>, metrics::Histogram)> {
+    let mut h = std::hash::DefaultHasher::new();
+    (parts, code).hash(&mut h);
+    let hash = h.finish();
+    let same = |e: &&Handles| e.code == code && e.parts.iter().map(String::as_str).eq(parts);
+    cache
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&hash)
+        .and_then(|v| v.iter().find(same))
+        .map(|e| (e.counter.clone(), e.histogram.clone()))
+}
+
+/// Records one ingress request of an existing broker (unknown brokers are not labelled, and a
+/// broker labels at most [`MAX_EVENT_TYPES`] event types, so a client cannot grow the label
+/// set without end).
 pub fn ingress_request(
     namespace: &str,
     broker: &str,
@@ -236,7 +279,30 @@ pub fn ingress_request(
     elapsed: Duration,
 ) {
     let event_type = event_type.unwrap_or("");
-    let (counter, histogram) = cached(
+    let (counter, histogram) = match lookup(&INGRESS_HANDLES, [namespace, broker, event_type], code)
+    {
+        Some(known) => known,
+        None => ingress_handles(
+            namespace,
+            broker,
+            event_type_label(namespace, broker, event_type),
+            code,
+        ),
+    };
+    if let Some(c) = counter {
+        c.increment(1);
+    }
+    histogram.record(elapsed.as_secs_f64() * 1000.0);
+}
+
+/// The ingress handles of one label set, made the first time.
+fn ingress_handles(
+    namespace: &str,
+    broker: &str,
+    event_type: &str,
+    code: u16,
+) -> (Option<metrics::Counter>, metrics::Histogram) {
+    cached(
         &INGRESS_HANDLES,
         [namespace, broker, event_type],
         code,
@@ -254,11 +320,7 @@ pub fn ingress_request(
                 metrics::histogram!("event_dispatch_latencies", &labels),
             )
         },
-    );
-    if let Some(c) = counter {
-        c.increment(1);
-    }
-    histogram.record(elapsed.as_secs_f64() * 1000.0);
+    )
 }
 
 /// Records the append latency of one accepted event.
