@@ -638,7 +638,11 @@ impl Router {
         cost: usize,
     ) {
         matched.clear();
-        table.index.matching(event, matched);
+        if table.index.reads_data() {
+            table.index.matching(event.event(), matched);
+        } else {
+            table.index.matching(event, matched);
+        }
         for &i in matched.iter() {
             let t = &table.triggers[i];
             if offset >= t.start {
@@ -1148,7 +1152,7 @@ impl Worker {
                     };
                     if event
                         .as_ref()
-                        .is_some_and(|e| !self.shared.filter().matches(e))
+                        .is_some_and(|e| !e.passes(&self.shared.filter()))
                     {
                         // Not for this route: done (the next save reports it).
                         continue;

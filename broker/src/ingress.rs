@@ -1,6 +1,8 @@
 //! Broker ingress over HTTP: `POST /{namespace}/{broker}` with a CloudEvent; the handler only
 //! translates HTTP to [`BrokerService::publish`] and errors back to status codes.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Path, State};
@@ -8,8 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
-use crate::service::{BrokerService, PublishError, StreamKind};
-use crate::{codec, telemetry};
+use crate::codec;
+use crate::service::{BrokerRuntime, BrokerService, PublishError, StreamKind};
 
 /// The TTL extension Knative's broker uses against reply loops.
 pub const TTL_EXTENSION: &str = "knativebrokerttl";
@@ -134,7 +136,7 @@ async fn handle_channel(
     body: Body,
 ) -> Response {
     let mut event_type = None;
-    let mut found = false;
+    let mut found = None;
     match receive(
         &ingress,
         Target::Channel,
@@ -162,7 +164,7 @@ async fn handle(
 ) -> Response {
     let started = std::time::Instant::now();
     let mut event_type = None;
-    let mut found = false;
+    let mut found = None;
     let resp = match receive(
         &ingress,
         Target::Broker,
@@ -182,10 +184,9 @@ async fn handle(
             e.into_response()
         }
     };
-    if found {
-        telemetry::ingress_request(
-            &namespace,
-            &broker,
+    // Unknown brokers are not labelled, so a client cannot grow the label set.
+    if let Some(metrics) = found.as_ref().and_then(|b| b.metrics.as_ref()) {
+        metrics.request(
             event_type.as_deref(),
             resp.status().as_u16(),
             started.elapsed(),
@@ -204,7 +205,7 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
     event_type: &mut Option<String>,
-    found: &mut bool,
+    found: &mut Option<Arc<BrokerRuntime>>,
 ) -> Result<Response, IngressError> {
     if method == Method::OPTIONS {
         let mut resp = StatusCode::OK.into_response();
@@ -243,7 +244,7 @@ async fn receive(
             "{noun} {namespace}/{broker} not found"
         )));
     };
-    *found = true;
+    *found = Some(stream.clone());
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -255,12 +256,15 @@ async fn receive(
         .await
         .map_err(|e| body_error(&e, ingress.max_size))?;
     let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
-    *event_type = Some(cloudevents::AttributesReader::ty(event.event()).to_string());
+    *event_type = Some(cloudevents::AttributesReader::ty(&*event).to_string());
     let append_started = std::time::Instant::now();
-    BrokerService::publish_to(&stream, event).await?;
-    if target == Target::Broker {
-        telemetry::appended(namespace, broker, append_started.elapsed());
+    let published = BrokerService::publish_to(&stream, event).await;
+    if published.is_ok()
+        && let Some(metrics) = &stream.metrics
+    {
+        metrics.appended(append_started.elapsed());
     }
+    published?;
     let mut resp = StatusCode::ACCEPTED.into_response();
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));

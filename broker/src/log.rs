@@ -455,7 +455,7 @@ impl EmbeddedCursor {
                 match EventRecord::from_stored(&record.payload) {
                     Ok(event) => {
                         next = record.offset + 1;
-                        if filter.matches(&event) {
+                        if event.passes(&filter) {
                             matched.push((record.offset, Arc::new(event)));
                         }
                     }

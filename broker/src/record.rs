@@ -43,14 +43,19 @@ impl DataKind {
     }
 }
 
-/// One event as evmesh keeps it. The [`cloudevents::Event`] view (through [`EventRecord::event`]
-/// or `Deref`) is for filters and logs; its data is the raw bytes as `Data::Binary`.
+/// One event as evmesh keeps it. Its attributes read as a [`cloudevents::Event`] through
+/// `Deref` (without data: what filters and logs read; [`EventRecord::data`] is the record's
+/// own); [`EventRecord::event`] is the whole event, its data the raw bytes as `Data::Binary`.
 #[derive(Clone, Debug)]
 pub struct EventRecord {
     attributes: Map<String, Value>,
     data: Option<(DataKind, Bytes)>,
     headers: Vec<(String, String)>,
+    /// The attributes as a CloudEvent, without data.
     view: Event,
+    /// `view` with a copy of the data, made the first time [`EventRecord::event`] is asked
+    /// (an in-process subscriber, the Rust API): routing and delivery never copy the data.
+    full: std::sync::OnceLock<Event>,
 }
 
 impl std::ops::Deref for EventRecord {
@@ -298,20 +303,18 @@ impl EventRecord {
                 return Err(RecordError(format!("attribute {name} is null")));
             }
         }
-        let mut view = match attr_str(&attributes, "specversion") {
+        let view = match attr_str(&attributes, "specversion") {
             Some("1.0") => view_v10(&attributes),
             // 0.3 through the SDK (its attributes cannot be built from outside it).
             _ => view_by_sdk(&attributes),
         }
         .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?;
-        if let Some((_, bytes)) = &data {
-            view.set_data_unchecked(Data::Binary(bytes.to_vec()));
-        }
         Ok(EventRecord {
             attributes,
             data,
             headers,
             view,
+            full: std::sync::OnceLock::new(),
         })
     }
 
@@ -368,7 +371,9 @@ impl EventRecord {
         EventRecord::new(attributes, data, Vec::new())
     }
 
-    /// The CloudEvent view (data as the raw bytes, `Data::Binary`), for filters and logs.
+    /// The whole event as a [`cloudevents::Event`], its data the raw bytes as `Data::Binary`
+    /// (copied from the record the first time it is asked; `Deref` reads the attributes without
+    /// that copy).
     ///
     /// ```
     /// use cloudevents::AttributesReader;
@@ -378,11 +383,28 @@ impl EventRecord {
     /// #     .data("application/json", serde_json::json!({"sku": "A1"})).build()?;
     /// # let mut record = EventRecord::from_event(event)?;
     /// assert_eq!(record.event().ty(), "order.created");
-    /// assert_eq!(record.ty(), "order.created"); // the same view, through `Deref`
+    /// assert!(record.event().data().is_some());
+    /// assert_eq!(record.ty(), "order.created"); // the attributes, through `Deref`
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn event(&self) -> &Event {
-        &self.view
+        self.full.get_or_init(|| {
+            let mut event = self.view.clone();
+            if let Some((_, bytes)) = &self.data {
+                event.set_data_unchecked(Data::Binary(bytes.to_vec()));
+            }
+            event
+        })
+    }
+
+    /// Whether the event passes `filter`: given its attributes, or the whole event when the
+    /// filter reads data (`evmesh.dev/jsonpath`).
+    pub(crate) fn passes(&self, filter: &evmesh_filter::Filter) -> bool {
+        if filter.reads_data() {
+            filter.matches(self.event())
+        } else {
+            filter.matches(self)
+        }
     }
 
     /// The attributes and extensions as received (plus the broker's own extensions), without
@@ -483,6 +505,7 @@ impl EventRecord {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn set_extension(&mut self, name: &str, value: Value) {
+        self.full.take();
         self.view.set_extension(name, extension_value(&value));
         self.attributes.insert(name.to_string(), value);
     }
@@ -501,6 +524,7 @@ impl EventRecord {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn remove_extension(&mut self, name: &str) {
+        self.full.take();
         self.view.remove_extension(name);
         // Keeps the other attributes in order (with serde_json/preserve_order too).
         self.attributes.retain(|k, _| k != name);

@@ -163,6 +163,8 @@ pub(crate) struct BrokerRuntime {
     /// Stops the broker's router and retention tasks.
     stop: watch::Sender<bool>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Its ingress metrics (brokers only).
+    pub(crate) metrics: Option<crate::telemetry::IngressMetrics>,
     /// Fault injection: how many more times its router panics.
     #[cfg(feature = "fault-injection")]
     pub(crate) router_panics_left: Arc<std::sync::atomic::AtomicU32>,
@@ -1334,6 +1336,8 @@ impl BrokerService {
             backend_kind,
             stop,
             tasks: std::sync::Mutex::new(Vec::new()),
+            metrics: (kind == StreamKind::Broker)
+                .then(|| crate::telemetry::IngressMetrics::new(namespace, name)),
             #[cfg(feature = "fault-injection")]
             router_panics_left: Arc::new(std::sync::atomic::AtomicU32::new(0)),
         });

@@ -22,9 +22,8 @@
 //!   memory and the router has not taken yet (`ServiceOptions::tail_bytes`).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -180,162 +179,96 @@ fn code_class(code: u16) -> &'static str {
     }
 }
 
-/// Metric handles looked up once per label set: building a metric's key allocates its labels
-/// and looks it up in the registry, which cost more per event than the count itself.
-#[derive(Clone)]
-struct Handles {
-    parts: [String; 3],
-    code: u16,
-    counter: Option<metrics::Counter>,
-    histogram: metrics::Histogram,
-}
-
-type HandleCache = LazyLock<RwLock<HashMap<u64, Vec<Handles>>>>;
-
-static INGRESS_HANDLES: HandleCache = LazyLock::new(Default::default);
-static APPEND_HANDLES: HandleCache = LazyLock::new(Default::default);
-
-/// The handles of `parts` and `code` in `cache`, made by `make` the first time.
-fn cached(
-    cache: &HandleCache,
-    parts: [&str; 3],
-    code: u16,
-    make: impl FnOnce() -> (Option<metrics::Counter>, metrics::Histogram),
-) -> (Option<metrics::Counter>, metrics::Histogram) {
-    if let Some(known) = lookup(cache, parts, code) {
-        return known;
-    }
-    let mut h = std::hash::DefaultHasher::new();
-    (parts, code).hash(&mut h);
-    let hash = h.finish();
-    let same = |e: &&Handles| e.code == code && e.parts.iter().map(String::as_str).eq(parts);
-    install();
-    let (counter, histogram) = make();
-    let mut map = cache.write().unwrap_or_else(|e| e.into_inner());
-    let entries = map.entry(hash).or_default();
-    if !entries.iter().any(|e| same(&e)) {
-        entries.push(Handles {
-            parts: parts.map(str::to_string),
-            code,
-            counter: counter.clone(),
-            histogram: histogram.clone(),
-        });
-    }
-    (counter, histogram)
-}
-
 /// The most distinct `event_type` label values the ingress metrics of one broker get.
 pub const MAX_EVENT_TYPES: usize = 1000;
 /// The `event_type` label of a broker's events whose type came after [`MAX_EVENT_TYPES`] others.
 pub const OTHER_EVENT_TYPES: &str = "(other)";
 
-/// Per broker (namespace, name), the event types its ingress metrics label.
-static EVENT_TYPES: LazyLock<Mutex<TypesByBroker>> = LazyLock::new(Default::default);
+/// Handles of one ingress label set (event type known) by response code.
+type ByCode = Vec<(u16, metrics::Counter, metrics::Histogram)>;
 
-type TypesByBroker = HashMap<(String, String), std::collections::HashSet<String>>;
-
-/// `event_type` itself while `broker` labels fewer than [`MAX_EVENT_TYPES`] types (or already
-/// labels this one), else [`OTHER_EVENT_TYPES`].
-fn event_type_label<'a>(namespace: &str, broker: &str, event_type: &'a str) -> &'a str {
-    let mut all = EVENT_TYPES.lock().unwrap_or_else(|e| e.into_inner());
-    let key = (namespace.to_string(), broker.to_string());
-    let types = all.entry(key).or_default();
-    if types.contains(event_type) {
-        return event_type;
-    }
-    if types.len() >= MAX_EVENT_TYPES {
-        return OTHER_EVENT_TYPES;
-    }
-    types.insert(event_type.to_string());
-    event_type
+/// The ingress metrics of one broker, kept with it: the append latency, and Knative's
+/// `event_count` / `event_dispatch_latencies` by event type and response code. Handles are made
+/// once per label set (building a metric's key allocates its labels and looks it up in the
+/// registry, which cost more per event than the count itself); at most [`MAX_EVENT_TYPES`]
+/// event types get a label of their own.
+pub(crate) struct IngressMetrics {
+    namespace: String,
+    broker: String,
+    append: metrics::Histogram,
+    /// Event type label → handles by code.
+    handles: RwLock<HashMap<String, ByCode>>,
 }
 
-/// Looks the handles of a label set up without making them.
-fn lookup(
-    cache: &HandleCache,
-    parts: [&str; 3],
-    code: u16,
-) -> Option<(Option<metrics::Counter>, metrics::Histogram)> {
-    let mut h = std::hash::DefaultHasher::new();
-    (parts, code).hash(&mut h);
-    let hash = h.finish();
-    let same = |e: &&Handles| e.code == code && e.parts.iter().map(String::as_str).eq(parts);
-    cache
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&hash)
-        .and_then(|v| v.iter().find(same))
-        .map(|e| (e.counter.clone(), e.histogram.clone()))
-}
-
-/// Records one ingress request of an existing broker (unknown brokers are not labelled, and a
-/// broker labels at most [`MAX_EVENT_TYPES`] event types, so a client cannot grow the label
-/// set without end).
-pub fn ingress_request(
-    namespace: &str,
-    broker: &str,
-    event_type: Option<&str>,
-    code: u16,
-    elapsed: Duration,
-) {
-    let event_type = event_type.unwrap_or("");
-    let (counter, histogram) = match lookup(&INGRESS_HANDLES, [namespace, broker, event_type], code)
-    {
-        Some(known) => known,
-        None => ingress_handles(
-            namespace,
-            broker,
-            event_type_label(namespace, broker, event_type),
-            code,
-        ),
-    };
-    if let Some(c) = counter {
-        c.increment(1);
-    }
-    histogram.record(elapsed.as_secs_f64() * 1000.0);
-}
-
-/// The ingress handles of one label set, made the first time.
-fn ingress_handles(
-    namespace: &str,
-    broker: &str,
-    event_type: &str,
-    code: u16,
-) -> (Option<metrics::Counter>, metrics::Histogram) {
-    cached(
-        &INGRESS_HANDLES,
-        [namespace, broker, event_type],
-        code,
-        || {
-            let labels = [
-                ("container_name", "ingress".to_string()),
-                ("namespace_name", namespace.to_string()),
-                ("broker_name", broker.to_string()),
-                ("event_type", event_type.to_string()),
-                ("response_code", code.to_string()),
-                ("response_code_class", code_class(code).to_string()),
-            ];
-            (
-                Some(metrics::counter!("event_count", &labels)),
-                metrics::histogram!("event_dispatch_latencies", &labels),
-            )
-        },
-    )
-}
-
-/// Records the append latency of one accepted event.
-pub fn appended(namespace: &str, broker: &str, elapsed: Duration) {
-    let (_, histogram) = cached(&APPEND_HANDLES, [namespace, broker, ""], 0, || {
-        (
-            None,
-            metrics::histogram!(
+impl IngressMetrics {
+    /// The metrics of broker `namespace/broker` (installs the recorder first).
+    pub(crate) fn new(namespace: &str, broker: &str) -> IngressMetrics {
+        install();
+        IngressMetrics {
+            namespace: namespace.to_string(),
+            broker: broker.to_string(),
+            append: metrics::histogram!(
                 "evmesh_append_latency_seconds",
                 "namespace_name" => namespace.to_string(),
                 "broker_name" => broker.to_string()
             ),
-        )
-    });
-    histogram.record(elapsed.as_secs_f64());
+            handles: RwLock::default(),
+        }
+    }
+
+    /// Records the append latency of one accepted event.
+    pub(crate) fn appended(&self, elapsed: Duration) {
+        self.append.record(elapsed.as_secs_f64());
+    }
+
+    /// Records one ingress request (`event_type` `None`: it was not a valid event).
+    pub(crate) fn request(&self, event_type: Option<&str>, code: u16, elapsed: Duration) {
+        let event_type = event_type.unwrap_or("");
+        let known = {
+            let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+            handles.get(event_type).and_then(|by_code| {
+                by_code
+                    .iter()
+                    .find(|(c, ..)| *c == code)
+                    .map(|(_, counter, histogram)| (counter.clone(), histogram.clone()))
+            })
+        };
+        let (counter, histogram) = known.unwrap_or_else(|| self.make(event_type, code));
+        counter.increment(1);
+        histogram.record(elapsed.as_secs_f64() * 1000.0);
+    }
+
+    /// Makes (and keeps) the handles of a label set not seen yet.
+    fn make(&self, event_type: &str, code: u16) -> (metrics::Counter, metrics::Histogram) {
+        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        let label = if handles.contains_key(event_type)
+            || handles.len() < MAX_EVENT_TYPES
+            || event_type == OTHER_EVENT_TYPES
+            || event_type.is_empty()
+        {
+            event_type
+        } else {
+            OTHER_EVENT_TYPES
+        };
+        let by_code = handles.entry(label.to_string()).or_default();
+        if let Some((_, counter, histogram)) = by_code.iter().find(|(c, ..)| *c == code) {
+            return (counter.clone(), histogram.clone());
+        }
+        let labels = [
+            ("container_name", "ingress".to_string()),
+            ("namespace_name", self.namespace.clone()),
+            ("broker_name", self.broker.clone()),
+            ("event_type", label.to_string()),
+            ("response_code", code.to_string()),
+            ("response_code_class", code_class(code).to_string()),
+        ];
+        let made = (
+            metrics::counter!("event_count", &labels),
+            metrics::histogram!("event_dispatch_latencies", &labels),
+        );
+        by_code.push((code, made.0.clone(), made.1.clone()));
+        made
+    }
 }
 
 /// The gauge of a broker's or channel's in-memory hand-off from ingress to its router
