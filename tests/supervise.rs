@@ -1,7 +1,8 @@
 //! Supervision: a trigger's delivery worker or a broker's router that panics is restarted
 //! with backoff, its triggers show not ready with the reason meanwhile, and delivery resumes with
 //! nothing lost. Panics are injected with the `fault-injection` feature's
-//! `BrokerService::inject_worker_panic` / `inject_router_panic` (tests only).
+//! `BrokerService::inject_worker_panic` / `inject_router_panic` (tests only), and a hand-over
+//! to the router lost with `inject_lost_handovers`.
 
 mod common;
 
@@ -158,4 +159,29 @@ async fn panicking_broker_router_restarts_shows_not_ready_meanwhile_and_loses_no
             }
         }
     }
+}
+
+/// An event stored but never handed to the router in memory (its append's task dropped between
+/// the commit and the hand-over, a client gone at that instant) is found in the log and
+/// delivered by itself, without a later event to show the router the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stored_but_not_handed_to_the_router_is_read_from_the_log_and_delivered() {
+    let sink = TestSink::start().await;
+    let m = mesh(&broker_and_trigger(&sink, "")).await;
+    let url = m.url("/demo/default");
+    assert_eq!(post_binary(&url, event("handed", "t")).await, 202);
+    eventually("the first event delivered", Duration::from_secs(10), || {
+        delivered(&m) == 1
+    })
+    .await;
+
+    assert!(m.mesh.service().inject_lost_handovers("demo", "default", 1));
+    assert_eq!(post_binary(&url, event("not-handed", "t")).await, 202);
+    eventually(
+        "the event not handed over delivered from the log",
+        Duration::from_secs(5),
+        || delivered(&m) == 2,
+    )
+    .await;
+    assert_eq!(sink.ids(), ["handed", "not-handed"]);
 }

@@ -168,6 +168,10 @@ pub(crate) struct BrokerRuntime {
     /// Fault injection: how many more times its router panics.
     #[cfg(feature = "fault-injection")]
     pub(crate) router_panics_left: Arc<std::sync::atomic::AtomicU32>,
+    /// Fault injection: how many more stored events are not handed to the router (as when an
+    /// append's task is dropped between its commit and its hand-over).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) handovers_to_lose: std::sync::atomic::AtomicU32,
 }
 
 impl BrokerRuntime {
@@ -218,6 +222,14 @@ impl BrokerRuntime {
                 let stored = event.to_stored();
                 let size = stored.len();
                 let offset = self.store.append(&self.log, stored).await?;
+                #[cfg(feature = "fault-injection")]
+                if self
+                    .handovers_to_lose
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    return Ok(offset);
+                }
                 if self.routes.is_empty() {
                     // Nothing to route it to: the router only moves its position, on its
                     // own time (a trigger added later reads the event from the store).
@@ -1340,6 +1352,8 @@ impl BrokerService {
                 .then(|| crate::telemetry::IngressMetrics::new(namespace, name)),
             #[cfg(feature = "fault-injection")]
             router_panics_left: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            #[cfg(feature = "fault-injection")]
+            handovers_to_lose: std::sync::atomic::AtomicU32::new(0),
         });
         if external {
             // Its routes read the log themselves; retention is the log's own.
@@ -2324,6 +2338,26 @@ impl BrokerService {
             Some(b) if matches!(b.backend, Backend::Embedded) => {
                 b.router_panics_left.store(times, Ordering::Release);
                 b.notify.notify_one();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Fault injection for tests (cargo feature `fault-injection`): the next `times` events
+    /// broker `namespace/name` stores are not handed to its router in memory, as when an
+    /// append's task is dropped between its commit and its hand-over (a client gone at that
+    /// instant); the router must find them in the log. Returns whether the broker runs a router
+    /// (one on the embedded store).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_lost_handovers(&self, namespace: &str, name: &str, times: u32) -> bool {
+        let state = self.state();
+        match state
+            .brokers
+            .get(&(namespace.to_string(), name.to_string()))
+        {
+            Some(b) if matches!(b.backend, Backend::Embedded) => {
+                b.handovers_to_lose.store(times, Ordering::Release);
                 true
             }
             _ => false,
