@@ -2,7 +2,7 @@
 //! [`KindModule`] supplying the kind's validation half (`evmesh_config`'s registry) and its
 //! runtime half (its status from what runs). [`install`] installs their validation halves as
 //! `evmesh_config`'s registry; every facade entry point calls it before it reads any YAML. A
-//! source kind's runtime half is an `evmesh_sources::kind::SourceModule`, whose build hooks the
+//! source kind is an `evmesh_sources::kind::SourceModule` (both halves), whose build hooks the
 //! generic source runner finds here (`source_kind`).
 
 use std::sync::Once;
@@ -25,22 +25,10 @@ pub static KINDS: &[KindModule] = &[
     KindModule::of(&evmesh_channels::subscription::Subscription),
     KindModule::of(&evmesh_flows::sequence::Sequence),
     KindModule::of(&evmesh_flows::parallel::Parallel),
-    KindModule::halves(
-        &config::ping_source::PingSource,
-        &evmesh_sources::ping::PING_SOURCE,
-    ),
-    KindModule::halves(
-        &config::github_source::GitHubSource,
-        &evmesh_sources::github::GITHUB_SOURCE,
-    ),
-    KindModule::halves(
-        &config::apiserver_source::ApiServerSource,
-        &evmesh_sources::apiserver::API_SERVER_SOURCE,
-    ),
-    KindModule::halves(
-        &config::kafka_source::KafkaSource,
-        &evmesh_kafka::source::KAFKA_SOURCE,
-    ),
+    KindModule::of(&evmesh_sources::ping::PING_SOURCE),
+    KindModule::of(&evmesh_sources::github::GITHUB_SOURCE),
+    KindModule::of(&evmesh_sources::apiserver::API_SERVER_SOURCE),
+    KindModule::of(&evmesh_kafka::source::KAFKA_SOURCE),
     KindModule::validation_only(&config::config_maps::DefaultChannelConfigMap),
     KindModule::validation_only(&config::config_maps::NatsConfigMap),
     KindModule::validation_only(&config::config_maps::KafkaChannelConfigMap),

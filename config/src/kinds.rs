@@ -1,13 +1,9 @@
 //! The kinds this crate validates, one module each, every one registered once in
 //! [`crate::registry::BUILTIN`] (and in the facade's list).
 
-pub mod apiserver_source;
 pub mod broker;
 pub mod config_maps;
 pub mod event_display;
-pub mod github_source;
-pub mod kafka_source;
-pub mod ping_source;
 pub mod secret;
 pub mod trigger;
 

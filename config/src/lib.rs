@@ -50,6 +50,9 @@ pub use resolve::{
     DEFAULT_URL_TEMPLATE, Resolver, SUBSCRIBER_GROUP, SUBSCRIBER_KIND, SUBSCRIBERS_PATH,
     broker_url, channel_url, event_display_url, subscriber_url,
 };
+pub use schemas::{GITHUB_SOURCE_SPEC, PING_SOURCE_SPEC};
+pub use sources::KAFKA_SOURCE_SPEC;
+pub use sources::apiserver::APISERVER_SOURCE_SPEC;
 pub use sources::apiserver::{
     APISERVER_ADD, APISERVER_DELETE, APISERVER_REF_ADD, APISERVER_REF_DELETE, APISERVER_REF_UPDATE,
     APISERVER_UPDATE, ApiServerResource, ApiServerSourceSpec, ApiVersionKind, LabelSelector,

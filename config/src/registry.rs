@@ -2,7 +2,8 @@
 //! to it resolve and what it contributes to a [`MeshConfig`]. Validation, the resolver, the admin
 //! API, kubectl discovery and the runtime look kinds up in the [installed](install) set (else
 //! this crate's own kinds, [`BUILTIN`]); the kinds are one module each, this crate's under
-//! `config/src/kinds/`, the others in their own crates (Sequence and Parallel in `evmesh-flows`).
+//! `config/src/kinds/`, the others in their own crates (Sequence and Parallel in `evmesh-flows`,
+//! the sources in `evmesh-sources` and `evmesh-kafka`, validated through [`Pass::source`]).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -344,6 +345,23 @@ impl<'a> Pass<'a> {
         crate::validate::typed(&mut self.ctx, doc, base, value)
     }
 
+    /// Validates a `sources.knative.dev` document of `kind` (PingSource, GitHubSource,
+    /// ApiServerSource, KafkaSource: the source model's checks) and adds the source to the mesh.
+    pub fn source(
+        &mut self,
+        doc: &'a Document,
+        api_version: &str,
+        kind: &str,
+        meta: ObjectMeta,
+        spec: &Value,
+    ) {
+        if let Some(s) =
+            crate::sources::check_source(&mut self.ctx, doc, api_version, kind, meta, spec)
+        {
+            self.sources.push((s, doc));
+        }
+    }
+
     /// Keeps the document being validated for [`Kind::known`] and [`Kind::finish`] of the
     /// kind validating it, once every document is read.
     pub fn defer(&mut self, meta: ObjectMeta, spec: Value, doc: &'a Document) {
@@ -574,10 +592,6 @@ pub static BUILTIN: &[&dyn Kind] = &[
     &kinds::broker::Broker,
     &kinds::trigger::Trigger,
     &kinds::event_display::EventDisplay,
-    &kinds::ping_source::PingSource,
-    &kinds::github_source::GitHubSource,
-    &kinds::apiserver_source::ApiServerSource,
-    &kinds::kafka_source::KafkaSource,
     &kinds::config_maps::DefaultChannelConfigMap,
     &kinds::config_maps::NatsConfigMap,
     &kinds::config_maps::KafkaChannelConfigMap,
@@ -638,7 +652,7 @@ pub fn all() -> &'static [&'static dyn Kind] {
 /// Every served kind's API coordinates (each version), in the order the CLI lists them.
 ///
 /// ```
-/// assert!(evmesh_config::registry::kinds().any(|k| k.kind == "PingSource"));
+/// assert!(evmesh_config::registry::kinds().any(|k| k.kind == "Trigger"));
 /// ```
 pub fn kinds() -> impl Iterator<Item = &'static KindInfo> {
     all().iter().flat_map(|k| k.versions().iter())

@@ -173,7 +173,7 @@ macro_rules! secret_value {
 }
 
 /// PingSource `spec` (v1 and v1beta2).
-pub(crate) const PING_SOURCE_SPEC: &str = concat!(
+pub const PING_SOURCE_SPEC: &str = concat!(
     r#"{"type": "object", "description": "PingSourceSpec defines the desired state of the PingSource (from the client).",
   "properties": {
     "ceOverrides": "#,
@@ -193,7 +193,7 @@ pub(crate) const PING_SOURCE_SPEC: &str = concat!(
 );
 
 /// GitHubSource `spec` (v1alpha1).
-pub(crate) const GITHUB_SOURCE_SPEC: &str = concat!(
+pub const GITHUB_SOURCE_SPEC: &str = concat!(
     r#"{"type": "object", "description": "GitHubSourceSpec defines the desired state of GitHubSource.",
   "required": ["ownerAndRepository", "eventTypes", "secretToken"],
   "properties": {

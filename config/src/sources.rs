@@ -11,7 +11,7 @@ use serde_json::Value;
 
 mod kafka;
 
-pub(crate) use kafka::KAFKA_SOURCE_SPEC;
+pub use kafka::KAFKA_SOURCE_SPEC;
 pub use kafka::{
     KAFKA_EVENT_TYPE, KAFKA_KEY_TYPE_LABEL, KafkaKeyType, KafkaNet, KafkaSasl, KafkaSourceConfig,
     KafkaSourceSpec, KafkaTls, SOURCES_V1BETA1,

@@ -26,6 +26,7 @@ use url::Url;
 
 use crate::group::{GroupStatus, InitialOffset, KafkaGroup, KafkaRecord};
 use crate::{GroupSpec, KafkaSettings, Sasl, Tls, binding};
+use evmesh_config::registry::{AGE, KindInfo, READY_COL, REASON_COL, SINK_COL};
 
 /// Not-ready reason of a KafkaSource that cannot reach its Kafka (it keeps trying, and is
 /// ready once its consumer group joined).
@@ -526,11 +527,40 @@ impl SourceKind for KafkaSourceKind {
     }
 }
 
-/// `sources.knative.dev/v1beta1` KafkaSource, as the runtime registers it.
+/// The API versions it is served in.
+static VERSIONS: &[KindInfo] = &[
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1beta1",
+        kind: "KafkaSource",
+        plural: "kafkasources",
+        singular: "kafkasource",
+        short_names: &[],
+        categories: &["all", "knative", "eventing", "sources"],
+        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
+        spec_schema: evmesh_config::KAFKA_SOURCE_SPEC,
+        description: "KafkaSource reads Kafka topics as a consumer group and sends each record to its sink as a CloudEvent.",
+    },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1",
+        kind: "KafkaSource",
+        plural: "kafkasources",
+        singular: "kafkasource",
+        short_names: &[],
+        categories: &["all", "knative", "eventing", "sources"],
+        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
+        spec_schema: evmesh_config::KAFKA_SOURCE_SPEC,
+        description: "KafkaSource reads Kafka topics as a consumer group and sends each record to its sink as a CloudEvent.",
+    },
+];
+
+/// `sources.knative.dev/v1beta1` KafkaSource, both halves (its validation and its runtime),
+/// registered once.
 ///
 /// ```
 /// use evmesh_broker::kind::RuntimeKind;
 /// assert_eq!(evmesh_kafka::source::KAFKA_SOURCE.group_kind().1, "KafkaSource");
 /// assert!(!evmesh_kafka::source::KAFKA_SOURCE.hooks().internal_channel());
 /// ```
-pub static KAFKA_SOURCE: SourceModule = SourceModule::new(&KafkaSourceKind);
+pub static KAFKA_SOURCE: SourceModule = SourceModule::new(&KafkaSourceKind, VERSIONS);

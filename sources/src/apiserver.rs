@@ -24,6 +24,7 @@ use url::Url;
 use crate::cloudevents_attrs::{apply_overrides, base_attributes};
 use crate::kind::{BuildCx, Built, NotRunning, SourceKind, SourceModule};
 use crate::{BoxFuture, CeAttributes, Source, SourceContext, SourceError, SourceStatus};
+use evmesh_config::registry::{AGE, KindInfo, READY_COL, REASON_COL, SINK_COL};
 
 /// The Kubernetes API an ApiServerSource watches.
 #[derive(Clone)]
@@ -698,13 +699,28 @@ impl SourceKind for ApiServerKind {
     }
 }
 
-/// `sources.knative.dev/v1` ApiServerSource, as the runtime registers it.
+/// The API versions it is served in.
+static VERSIONS: &[KindInfo] = &[KindInfo {
+    group: "sources.knative.dev",
+    version: "v1",
+    kind: "ApiServerSource",
+    plural: "apiserversources",
+    singular: "apiserversource",
+    short_names: &[],
+    categories: &["all", "knative", "sources"],
+    printer_columns: &[SINK_COL, AGE, READY_COL, REASON_COL],
+    spec_schema: evmesh_config::APISERVER_SOURCE_SPEC,
+    description: "ApiServerSource is an event source that brings Kubernetes API server events into Knative.",
+}];
+
+/// `sources.knative.dev/v1` ApiServerSource, both halves (its validation and its runtime),
+/// registered once.
 ///
 /// ```
 /// use evmesh_broker::kind::RuntimeKind;
 /// assert_eq!(evmesh_sources::apiserver::API_SERVER_SOURCE.group_kind().1, "ApiServerSource");
 /// ```
-pub static API_SERVER_SOURCE: SourceModule = SourceModule::new(&ApiServerKind);
+pub static API_SERVER_SOURCE: SourceModule = SourceModule::new(&ApiServerKind, VERSIONS);
 
 #[cfg(test)]
 mod tests {

@@ -27,6 +27,7 @@ use crate::{
     BoxFuture, CeAttributes, EventSink, SinkErrorKind, Source, SourceContext, SourceError,
     SourceStatus,
 };
+use evmesh_config::registry::{AGE, KindInfo, READY_COL, REASON_COL, SINK_COL};
 
 /// The kind.
 const KIND: &str = "GitHubSource";
@@ -841,10 +842,25 @@ impl SourceKind for GitHubKind {
     }
 }
 
-/// `sources.knative.dev/v1` GitHubSource, as the runtime registers it.
+/// The API versions it is served in.
+static VERSIONS: &[KindInfo] = &[KindInfo {
+    group: "sources.knative.dev",
+    version: "v1alpha1",
+    kind: "GitHubSource",
+    plural: "githubsources",
+    singular: "githubsource",
+    short_names: &[],
+    categories: &["all", "knative", "eventing", "sources"],
+    printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
+    spec_schema: evmesh_config::GITHUB_SOURCE_SPEC,
+    description: "GitHubSource is the Schema for the githubsources API: it turns GitHub webhook deliveries into CloudEvents sent to its sink.",
+}];
+
+/// `sources.knative.dev/v1` GitHubSource, both halves (its validation and its runtime),
+/// registered once.
 ///
 /// ```
 /// use evmesh_broker::kind::RuntimeKind;
 /// assert_eq!(evmesh_sources::github::GITHUB_SOURCE.group_kind().1, "GitHubSource");
 /// ```
-pub static GITHUB_SOURCE: SourceModule = SourceModule::new(&GitHubKind);
+pub static GITHUB_SOURCE: SourceModule = SourceModule::new(&GitHubKind, VERSIONS);

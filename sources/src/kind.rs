@@ -1,5 +1,6 @@
-//! The runtime half of a source kind: how one is built from its configuration ([`SourceKind`]),
-//! registered once as a [`SourceModule`], and its status from the runner that runs it.
+//! A source kind, both halves: how one is built from its configuration ([`SourceKind`]),
+//! registered once as a [`SourceModule`] with its API versions (validated by the source model's
+//! checks in `evmesh_config`), and its status from the runner that runs it.
 //!
 //! The facade's generic source runner (internal channel, sink resolution, start, restart, stop,
 //! status) names no source kind: it finds each kind's [`SourceKind`] through its registration
@@ -14,7 +15,10 @@ use std::time::Duration;
 use axum::Router;
 use evmesh_broker::BrokerService;
 use evmesh_broker::kind::{RuntimeKind, StatusCx, identity};
-use evmesh_config::{BackoffPolicy, Delivery, MeshConfig, Resolver, SourceConfig};
+use evmesh_config::registry::{Kind, KindInfo, Pass};
+use evmesh_config::{
+    BackoffPolicy, Delivery, Document, MeshConfig, ObjectMeta, Resolver, SourceConfig,
+};
 use evmesh_store::EventStore;
 use serde_json::Value;
 use url::Url;
@@ -153,7 +157,7 @@ pub struct BuildCx<'a> {
 ///         Ok(Built::source(Arc::new(p)))
 ///     }
 /// }
-/// static PING: SourceModule = SourceModule::new(&Ping);
+/// static PING: SourceModule = SourceModule::new(&Ping, &[]);
 /// assert!(PING.hooks().internal_channel());
 /// ```
 pub trait SourceKind: Sync {
@@ -188,19 +192,24 @@ pub trait SourceKind: Sync {
     }
 }
 
-/// A source kind as registered: its [`SourceKind`] hooks, and its runtime half (status from the
-/// sources' runner). Found again from the registration by [`SourceModule::from_runtime`].
-pub struct SourceModule(&'static dyn SourceKind);
+/// A source kind as registered, both halves: its validation (its API versions; the checks
+/// are the source model's, `evmesh_config`'s) and its runtime half (its [`SourceKind`] hooks,
+/// its status from the sources' runner). Found again from the registration by
+/// [`SourceModule::from_runtime`].
+pub struct SourceModule {
+    hooks: &'static dyn SourceKind,
+    versions: &'static [KindInfo],
+}
 
 impl SourceModule {
-    /// The module of the kind `hooks` implements.
-    pub const fn new(hooks: &'static dyn SourceKind) -> Self {
-        SourceModule(hooks)
+    /// The module of the kind `hooks` implements, served in `versions`.
+    pub const fn new(hooks: &'static dyn SourceKind, versions: &'static [KindInfo]) -> Self {
+        SourceModule { hooks, versions }
     }
 
     /// Its hooks.
     pub fn hooks(&self) -> &'static dyn SourceKind {
-        self.0
+        self.hooks
     }
 
     /// The source kind a registered runtime half is, if it is one.
@@ -216,13 +225,35 @@ impl SourceModule {
     }
 }
 
+impl Kind for SourceModule {
+    fn versions(&self) -> &'static [KindInfo] {
+        self.versions
+    }
+    fn validate<'a>(
+        &self,
+        pass: &mut Pass<'a>,
+        doc: &'a Document,
+        api_version: &str,
+        meta: ObjectMeta,
+        spec: &Value,
+    ) {
+        pass.source(doc, api_version, self.hooks.kind(), meta, spec);
+    }
+    fn remove(&self, mesh: &mut MeshConfig, ns: &str, name: &str) {
+        let kind = self.hooks.kind();
+        mesh.sources.retain(|s| {
+            !(s.kind() == kind && s.metadata.namespace == ns && s.metadata.name == name)
+        });
+    }
+}
+
 impl RuntimeKind for SourceModule {
     fn group_kind(&self) -> (&'static str, &'static str) {
-        ("sources.knative.dev", self.0.kind())
+        ("sources.knative.dev", self.hooks.kind())
     }
     fn status(&self, cx: &StatusCx, manifest: &Value) -> Value {
         let (ns, name, generation) = identity(manifest);
-        cx.sources.status(self.0.kind(), ns, name, generation)
+        cx.sources.status(self.hooks.kind(), ns, name, generation)
     }
     fn extension(&self) -> Option<&(dyn Any + Send + Sync)> {
         Some(self)

@@ -28,6 +28,9 @@
 //!     }
 //! }
 //!
+//! # let mut kinds = evmesh_config::registry::BUILTIN.to_vec();
+//! # kinds.push(&evmesh_sources::ping::PING_SOURCE);
+//! # evmesh_config::registry::install(kinds).unwrap();
 //! let mesh = MeshConfig::from_yaml("ping.yaml", r#"
 //! apiVersion: sources.knative.dev/v1
 //! kind: PingSource

@@ -14,6 +14,7 @@ use crate::kind::{BuildCx, Built, NotRunning, SourceKind, SourceModule};
 use crate::{
     BoxFuture, CeAttributes, Clock, Source, SourceContext, SourceError, SourceStatus, SystemClock,
 };
+use evmesh_config::registry::{AGE, KindInfo, PrinterColumn, READY_COL, REASON_COL, SINK_COL};
 
 #[derive(Default)]
 struct State {
@@ -258,10 +259,54 @@ impl SourceKind for PingKind {
     }
 }
 
-/// `sources.knative.dev/v1` PingSource, as the runtime registers it.
+const PING_COLUMNS: &[PrinterColumn] = &[
+    SINK_COL,
+    PrinterColumn {
+        name: "Schedule",
+        type_: "string",
+        json_path: ".spec.schedule",
+        description: "",
+        priority: 0,
+    },
+    AGE,
+    READY_COL,
+    REASON_COL,
+];
+const PING_DESCRIPTION: &str = "PingSource describes an event source with a fixed payload produced on a specified cron schedule.";
+
+/// The API versions it is served in.
+static VERSIONS: &[KindInfo] = &[
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1",
+        kind: "PingSource",
+        plural: "pingsources",
+        singular: "pingsource",
+        short_names: &[],
+        categories: &["all", "knative", "sources"],
+        printer_columns: PING_COLUMNS,
+        spec_schema: evmesh_config::PING_SOURCE_SPEC,
+        description: PING_DESCRIPTION,
+    },
+    KindInfo {
+        group: "sources.knative.dev",
+        version: "v1beta2",
+        kind: "PingSource",
+        plural: "pingsources",
+        singular: "pingsource",
+        short_names: &[],
+        categories: &["all", "knative", "sources"],
+        printer_columns: PING_COLUMNS,
+        spec_schema: evmesh_config::PING_SOURCE_SPEC,
+        description: PING_DESCRIPTION,
+    },
+];
+
+/// `sources.knative.dev/v1` PingSource, both halves (its validation and its runtime),
+/// registered once.
 ///
 /// ```
 /// use evmesh_broker::kind::RuntimeKind;
 /// assert_eq!(evmesh_sources::ping::PING_SOURCE.group_kind().1, "PingSource");
 /// ```
-pub static PING_SOURCE: SourceModule = SourceModule::new(&PingKind);
+pub static PING_SOURCE: SourceModule = SourceModule::new(&PingKind, VERSIONS);

@@ -47,6 +47,7 @@ spec:
 }
 
 fn source_from(yaml: &str) -> GitHubSource {
+    common::install_kinds();
     let mesh = MeshConfig::from_yaml("github.yaml", yaml).expect("valid");
     GitHubSource::new(
         &mesh.sources[0],

@@ -19,6 +19,7 @@ fn ping(spec: &str) -> PingSource {
     let yaml = format!(
         "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata: {{name: test-ping-source, namespace: pingsource-example}}\nspec:\n{spec}  sink: {{uri: http://127.0.0.1:9/}}\n"
     );
+    common::install_kinds();
     let mesh = MeshConfig::from_yaml("ping.yaml", &yaml).expect("valid PingSource");
     PingSource::new(&mesh.sources[0]).expect("a ping source")
 }

@@ -330,7 +330,7 @@ pub(crate) fn sink(spec: &ApiServerSourceSpec) -> &Destination {
 }
 
 /// ApiServerSource `spec` schema (OpenAPI v3, for `kubectl explain` and the admin API).
-pub(crate) const APISERVER_SOURCE_SPEC: &str = r#"{"type": "object", "description": "ApiServerSourceSpec defines the desired state of ApiServerSource.",
+pub const APISERVER_SOURCE_SPEC: &str = r#"{"type": "object", "description": "ApiServerSourceSpec defines the desired state of ApiServerSource.",
   "required": ["resources"],
   "properties": {
     "ceOverrides": {"type": "object", "description": "CloudEventOverrides defines overrides to control the output format and modifications of the event sent to the sink.", "properties": {"extensions": {"type": "object", "additionalProperties": {"type": "string"}}}},

@@ -17,7 +17,7 @@ pub const KAFKA_KEY_TYPE_LABEL: &str = "kafkasources.sources.knative.dev/key-typ
 const MAX_CONSUMERS: i32 = 64;
 
 /// The OpenAPI schema of a KafkaSource's `spec` (for discovery and kubectl).
-pub(crate) const KAFKA_SOURCE_SPEC: &str = r#"{"type": "object", "description": "KafkaSourceSpec defines the desired state of the KafkaSource.",
+pub const KAFKA_SOURCE_SPEC: &str = r#"{"type": "object", "description": "KafkaSourceSpec defines the desired state of the KafkaSource.",
   "required": ["bootstrapServers", "topics", "sink"],
   "x-kubernetes-preserve-unknown-fields": true,
   "properties": {

@@ -86,3 +86,14 @@ pub fn attr(e: &EventRecord, name: &str) -> Option<String> {
         other => other.to_string(),
     })
 }
+
+/// Installs `evmesh_config`'s own kinds and this crate's source kinds as the kind registry (as
+/// the facade does, without the kinds of other crates), so YAML with sources validates.
+pub fn install_kinds() {
+    let mut kinds: Vec<&'static dyn evmesh_config::registry::Kind> =
+        evmesh_config::registry::BUILTIN.to_vec();
+    kinds.push(&evmesh_sources::ping::PING_SOURCE);
+    kinds.push(&evmesh_sources::github::GITHUB_SOURCE);
+    kinds.push(&evmesh_sources::apiserver::API_SERVER_SOURCE);
+    evmesh_config::registry::install(kinds).expect("one set of kinds");
+}

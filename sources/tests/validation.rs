@@ -1,8 +1,12 @@
-//! Validation of PingSource, GitHubSource and `v1` Secret documents, as Knative validates them.
+//! Validation of PingSource, GitHubSource and `v1` Secret documents, as Knative validates them
+//! (the source kinds of this crate installed beside `evmesh_config`'s own, as the facade does).
+
+mod common;
 
 use evmesh_config::{ConfigErrors, MeshConfig, SourceSpec, secret_value};
 
 fn load(yaml: &str) -> Result<MeshConfig, ConfigErrors> {
+    common::install_kinds();
     MeshConfig::from_yaml("sources.yaml", yaml)
 }
 
