@@ -383,8 +383,10 @@ fn try_commit_start(
 /// The first offset of `topic`/`partition` (whose end is `high`) appended at or after `ms`
 /// (unix milliseconds), `high` when none was. Kafka's time index answers it; Tansu 0.6 answers
 /// offset 0 for a time after the partition's last record, so the last record's time is read
-/// first: when it is older, nothing was appended since. Blocking; `consumer` is assigned the
-/// partition for that read (no group membership, nothing committed).
+/// first: when it is older, nothing was appended since. When that record cannot be read (a
+/// control record, a slow broker), the time index's answer stands: at worst the route gets
+/// records from before its creation, never fewer. Blocking; `consumer` is assigned the partition
+/// for that read (no group membership, nothing committed).
 fn first_since(
     consumer: &BaseConsumer,
     topic: &str,
@@ -396,34 +398,14 @@ fn first_since(
         return Ok(high);
     }
     let time_ms = i64::try_from(ms).unwrap_or(i64::MAX);
-    let mut last = TopicPartitionList::new();
-    last.add_partition_offset(topic, partition, Offset::Offset(high - 1))
-        .map_err(|e| e.to_string())?;
-    consumer
-        .assign(&last)
-        .map_err(|e| format!("reading the last record of partition {partition}: {e}"))?;
-    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-    let last_ms = loop {
-        if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "reading the last record of partition {partition}: no answer within {REQUEST_TIMEOUT:?}"
-            ));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) if m.partition() == partition && m.offset() == high - 1 => {
-                break m.timestamp().to_millis();
-            }
-            Some(Err(e)) => {
-                return Err(format!(
-                    "reading the last record of partition {partition}: {e}"
-                ));
-            }
-            _ => {}
-        }
-    };
-    let _ = consumer.unassign();
-    if last_ms.is_some_and(|t| t < time_ms) {
-        return Ok(high);
+    match last_record_ms(consumer, topic, partition, high) {
+        Some(last_ms) if last_ms < time_ms => return Ok(high),
+        Some(_) => {}
+        None => tracing::debug!(
+            topic,
+            partition,
+            "the last record's time could not be read; the time index's answer stands"
+        ),
     }
     let mut q = TopicPartitionList::new();
     q.add_partition_offset(topic, partition, Offset::Offset(time_ms))
@@ -440,6 +422,31 @@ fn first_since(
         _ => high,
     })
 }
+
+/// The time (unix milliseconds) of the record at `high - 1`, when it can be read within
+/// [`LAST_RECORD_PATIENCE`].
+fn last_record_ms(consumer: &BaseConsumer, topic: &str, partition: i32, high: i64) -> Option<i64> {
+    let mut last = TopicPartitionList::new();
+    last.add_partition_offset(topic, partition, Offset::Offset(high - 1))
+        .ok()?;
+    consumer.assign(&last).ok()?;
+    let deadline = std::time::Instant::now() + LAST_RECORD_PATIENCE;
+    let mut found = None;
+    while found.is_none() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) if m.partition() == partition && m.offset() >= high - 1 => {
+                found = Some(m.timestamp().to_millis());
+            }
+            Some(Err(_)) => break,
+            _ => {}
+        }
+    }
+    let _ = consumer.unassign();
+    found.flatten()
+}
+
+/// How long [`first_since`] tries to read a partition's last record.
+const LAST_RECORD_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Log for KafkaLog {
     fn append<'a>(&'a self, event: &'a EventRecord) -> BoxFuture<'a, Result<Pos, LogError>> {
