@@ -236,61 +236,15 @@ data:
 }
 
 /// A subscription gets what its channel took after it was created, even when its run (and so
-/// its consumer group) starts later: here its dead-letter sink, a Broker, does not exist yet. Nothing the
-/// channel took before the subscription was created reaches it.
+/// its consumer group) starts later; nothing the channel took before it was created.
 #[tokio::test]
 async fn a_new_subscription_gets_what_its_channel_took_between_its_creation_and_its_start() {
     let ch = unique("late");
-    let sink = TestSink::start().await;
     let m = kafka_mesh(&channel_yaml(&ch)).await;
-    let address = m.url(&format!("/channels/default/{ch}"));
-    post_ok(&address, event("before", "t")).await;
-    into_the_next_second().await;
-    let subscription = format!(
-        r#"
-apiVersion: messaging.knative.dev/v1
-kind: Subscription
-metadata:
-  name: {ch}-sub
-spec:
-  channel: {{apiVersion: messaging.knative.dev/v1beta1, kind: KafkaChannel, name: {ch}}}
-  subscriber: {{uri: "{}"}}
-  delivery:
-    deadLetterSink:
-      ref: {{apiVersion: eventing.knative.dev/v1, kind: Broker, name: later}}
-"#,
-        sink.url()
-    );
-    let (code, body) = create(
-        &m.url("/apis/messaging.knative.dev/v1/namespaces/default/subscriptions"),
-        &subscription,
+    late_subscription::gets_what_its_channel_took_between_its_creation_and_its_start(
+        &m,
+        ("messaging.knative.dev/v1beta1", "KafkaChannel"),
+        &ch,
     )
     .await;
-    assert_eq!(code, 201, "{body}");
-    post_ok(&address, event("while-not-ready", "t")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        sink.count(),
-        0,
-        "a subscription that is not ready delivers nothing"
-    );
-    let (code, body) = create(
-        &m.url("/apis/eventing.knative.dev/v1/namespaces/default/brokers"),
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: later}\n",
-    )
-    .await;
-    assert_eq!(code, 201, "{body}");
-    post_ok(&address, event("after", "t")).await;
-    eventually("both events delivered", Duration::from_secs(20), || {
-        sink.count() >= 2
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut ids = sink.ids();
-    ids.sort();
-    assert_eq!(
-        ids,
-        ["after", "while-not-ready"],
-        "what came after the subscription's creation, nothing before it"
-    );
 }

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 
+pub mod late_subscription;
 pub mod process;
 pub mod progress;
 pub mod sequence;
