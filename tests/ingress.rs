@@ -67,6 +67,15 @@ async fn assert_rejected(headers: &[(&str, &str)], body: &str, reason_contains: 
     assert_eq!(sink.count(), 0, "a rejected event must not be delivered");
 }
 
+/// An event refused when its append is tried (here its `knativebrokerttl` ran out) is counted
+/// once as rejected, as one refused before it became an event is.
+#[tokio::test]
+async fn an_event_whose_ttl_ran_out_is_rejected_and_counted_once() {
+    let mut headers = BINARY_OK.to_vec();
+    headers.push(("ce-knativebrokerttl", "1"));
+    assert_rejected(&headers, "{}", "knativebrokerttl").await;
+}
+
 #[tokio::test]
 async fn ingress_rejects_event_without_id_with_400() {
     assert_rejected(&without("ce-id"), "{}", "id").await;

@@ -415,22 +415,8 @@ impl HoldingSubscriber {
 #[tokio::test]
 async fn replay_abandons_an_attempt_in_flight_and_delivers_from_the_new_position() {
     let sub = HoldingSubscriber::start().await;
-    let yaml = format!(
-        r#"
-apiVersion: eventing.knative.dev/v1
-kind: Broker
-metadata: {{name: default, namespace: demo}}
----
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata: {{name: t1, namespace: demo}}
-spec:
-  broker: default
-  subscriber: {{uri: "{}"}}
-  delivery: {{retry: 0, timeout: PT300S}}
-"#,
-        sub.url
-    );
+    // The trigger's own timeout (300 s) outlasts the test: only the replay ends the attempt.
+    let yaml = broker_and_trigger_to(&sub.url, "  delivery: {retry: 0, timeout: PT300S}");
     let m = mesh(&yaml).await;
     assert_eq!(
         post_binary(&m.url("/demo/default"), event("held", "keep")).await,

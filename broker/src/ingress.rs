@@ -151,7 +151,12 @@ async fn handle_channel(
     .await
     {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Some(channel) = &found {
+                channel.counters.rejected();
+            }
+            e.into_response()
+        }
     }
 }
 
@@ -180,7 +185,9 @@ async fn handle(
     {
         Ok(resp) => resp,
         Err(e) => {
-            ingress.service.count_rejected(&namespace, &broker);
+            if let Some(broker) = &found {
+                broker.counters.rejected();
+            }
             e.into_response()
         }
     };

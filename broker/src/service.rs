@@ -1957,17 +1957,15 @@ impl BrokerService {
     }
 
     /// Publishes `event` to a running broker or channel (from [`BrokerService::stream`]) and
-    /// counts it there.
+    /// counts it there as accepted. A refusal is counted by the caller, once per request
+    /// whatever refused it (ingress: decoding or the append).
     pub(crate) async fn publish_to(
         stream: &BrokerRuntime,
         event: EventRecord,
     ) -> Result<Offset, PublishError> {
-        let result = stream.append(event).await;
-        match &result {
-            Ok(_) => stream.counters.accepted(),
-            Err(_) => stream.counters.rejected(),
-        }
-        result
+        let offset = stream.append(event).await?;
+        stream.counters.accepted();
+        Ok(offset)
     }
 
     /// Publishes an [`EventRecord`] (attributes, data bytes and passed-through headers as
@@ -1999,17 +1997,6 @@ impl BrokerService {
             Err(_) => broker.counters.rejected(),
         }
         result
-    }
-
-    /// Counts a request rejected at ingress before it became an event (bad request, too large).
-    pub fn count_rejected(&self, namespace: &str, name: &str) {
-        if let Some(b) = self
-            .state()
-            .brokers
-            .get(&(namespace.to_string(), name.to_string()))
-        {
-            b.counters.rejected();
-        }
     }
 
     /// Whether broker `namespace/name` exists.

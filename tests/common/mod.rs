@@ -351,6 +351,11 @@ pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 
 /// A Broker + one Trigger to `sink` with extra trigger spec lines (indented 2 spaces under spec).
 pub fn broker_and_trigger(sink: &TestSink, trigger_spec_extra: &str) -> String {
+    broker_and_trigger_to(&sink.url(), trigger_spec_extra)
+}
+
+/// [`broker_and_trigger`] to a subscriber at `uri` (one that is not a [`TestSink`]).
+pub fn broker_and_trigger_to(uri: &str, trigger_spec_extra: &str) -> String {
     format!(
         r#"
 apiVersion: eventing.knative.dev/v1
@@ -367,8 +372,7 @@ spec:
   subscriber: {{uri: "{}"}}
 {}
 "#,
-        sink.url(),
-        trigger_spec_extra
+        uri, trigger_spec_extra
     )
 }
 
