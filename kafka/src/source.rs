@@ -527,33 +527,24 @@ impl SourceKind for KafkaSourceKind {
     }
 }
 
+/// Its API coordinates in `version`.
+const fn version(version: &'static str) -> KindInfo {
+    KindInfo {
+        group: "sources.knative.dev",
+        version,
+        kind: "KafkaSource",
+        plural: "kafkasources",
+        singular: "kafkasource",
+        short_names: &[],
+        categories: &["all", "knative", "eventing", "sources"],
+        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
+        spec_schema: evmesh_config::KAFKA_SOURCE_SPEC,
+        description: "KafkaSource reads Kafka topics as a consumer group and sends each record to its sink as a CloudEvent.",
+    }
+}
+
 /// The API versions it is served in.
-static VERSIONS: &[KindInfo] = &[
-    KindInfo {
-        group: "sources.knative.dev",
-        version: "v1beta1",
-        kind: "KafkaSource",
-        plural: "kafkasources",
-        singular: "kafkasource",
-        short_names: &[],
-        categories: &["all", "knative", "eventing", "sources"],
-        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
-        spec_schema: evmesh_config::KAFKA_SOURCE_SPEC,
-        description: "KafkaSource reads Kafka topics as a consumer group and sends each record to its sink as a CloudEvent.",
-    },
-    KindInfo {
-        group: "sources.knative.dev",
-        version: "v1",
-        kind: "KafkaSource",
-        plural: "kafkasources",
-        singular: "kafkasource",
-        short_names: &[],
-        categories: &["all", "knative", "eventing", "sources"],
-        printer_columns: &[READY_COL, REASON_COL, SINK_COL, AGE],
-        spec_schema: evmesh_config::KAFKA_SOURCE_SPEC,
-        description: "KafkaSource reads Kafka topics as a consumer group and sends each record to its sink as a CloudEvent.",
-    },
-];
+static VERSIONS: &[KindInfo] = &[version("v1beta1"), version("v1")];
 
 /// `sources.knative.dev/v1beta1` KafkaSource, both halves (its validation and its runtime),
 /// registered once.

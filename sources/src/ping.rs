@@ -259,6 +259,7 @@ impl SourceKind for PingKind {
     }
 }
 
+/// The columns `kubectl get pingsources` prints.
 const PING_COLUMNS: &[PrinterColumn] = &[
     SINK_COL,
     PrinterColumn {
@@ -272,35 +273,25 @@ const PING_COLUMNS: &[PrinterColumn] = &[
     READY_COL,
     REASON_COL,
 ];
-const PING_DESCRIPTION: &str = "PingSource describes an event source with a fixed payload produced on a specified cron schedule.";
+
+/// Its API coordinates in `version`.
+const fn version(version: &'static str) -> KindInfo {
+    KindInfo {
+        group: "sources.knative.dev",
+        version,
+        kind: "PingSource",
+        plural: "pingsources",
+        singular: "pingsource",
+        short_names: &[],
+        categories: &["all", "knative", "sources"],
+        printer_columns: PING_COLUMNS,
+        spec_schema: evmesh_config::PING_SOURCE_SPEC,
+        description: "PingSource describes an event source with a fixed payload produced on a specified cron schedule.",
+    }
+}
 
 /// The API versions it is served in.
-static VERSIONS: &[KindInfo] = &[
-    KindInfo {
-        group: "sources.knative.dev",
-        version: "v1",
-        kind: "PingSource",
-        plural: "pingsources",
-        singular: "pingsource",
-        short_names: &[],
-        categories: &["all", "knative", "sources"],
-        printer_columns: PING_COLUMNS,
-        spec_schema: evmesh_config::PING_SOURCE_SPEC,
-        description: PING_DESCRIPTION,
-    },
-    KindInfo {
-        group: "sources.knative.dev",
-        version: "v1beta2",
-        kind: "PingSource",
-        plural: "pingsources",
-        singular: "pingsource",
-        short_names: &[],
-        categories: &["all", "knative", "sources"],
-        printer_columns: PING_COLUMNS,
-        spec_schema: evmesh_config::PING_SOURCE_SPEC,
-        description: PING_DESCRIPTION,
-    },
-];
+static VERSIONS: &[KindInfo] = &[version("v1"), version("v1beta2")];
 
 /// `sources.knative.dev/v1` PingSource, both halves (its validation and its runtime),
 /// registered once.
