@@ -1976,25 +1976,36 @@ impl BrokerService {
         name: &str,
         event: EventRecord,
     ) -> Result<Offset, PublishError> {
-        let broker = self
-            .state()
-            .brokers
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned();
-        let Some(broker) = broker else {
+        self.publish_named(StreamKind::Broker, namespace, name, event)
+            .await
+    }
+
+    /// Publishes to the broker or channel `namespace/name` and counts the outcome there.
+    async fn publish_named(
+        &self,
+        kind: StreamKind,
+        namespace: &str,
+        name: &str,
+        event: EventRecord,
+    ) -> Result<Offset, PublishError> {
+        let Some(stream) = self.stream(kind, namespace, name) else {
             // Configured but its log does not run (Kafka or NATS unreachable): not stored,
             // try again later, as ingress answers 503 there.
-            if let Some(why) = self.broker_not_ready(namespace, name) {
+            let not_ready = match kind {
+                StreamKind::Broker => self.broker_not_ready(namespace, name),
+                StreamKind::Channel => self.channel_not_ready(namespace, name),
+            };
+            let noun = kind.noun();
+            if let Some(why) = not_ready {
                 return Err(PublishError::Log(LogError::new(format!(
-                    "broker {namespace}/{name} is not ready: {why}"
+                    "{noun} {namespace}/{name} is not ready: {why}"
                 ))));
             }
-            return Err(PublishError::NotFound(format!("broker {namespace}/{name}")));
+            return Err(PublishError::NotFound(format!("{noun} {namespace}/{name}")));
         };
-        let result = broker.append(event).await;
-        match &result {
-            Ok(_) => broker.counters.accepted(),
-            Err(_) => broker.counters.rejected(),
+        let result = Self::publish_to(&stream, event).await;
+        if result.is_err() {
+            stream.counters.rejected();
         }
         result
     }
@@ -2195,27 +2206,8 @@ impl BrokerService {
         name: &str,
         event: EventRecord,
     ) -> Result<Offset, PublishError> {
-        let channel = self
-            .state()
-            .channels
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned();
-        let Some(channel) = channel else {
-            if let Some(why) = self.channel_not_ready(namespace, name) {
-                return Err(PublishError::Log(LogError::new(format!(
-                    "channel {namespace}/{name} is not ready: {why}"
-                ))));
-            }
-            return Err(PublishError::NotFound(format!(
-                "channel {namespace}/{name}"
-            )));
-        };
-        let result = channel.append(event).await;
-        match &result {
-            Ok(_) => channel.counters.accepted(),
-            Err(_) => channel.counters.rejected(),
-        }
-        result
+        self.publish_named(StreamKind::Channel, namespace, name, event)
+            .await
     }
 
     /// Whether channel `namespace/name` runs.
