@@ -268,6 +268,13 @@ fn parse_duration(s: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// The deliver policy of a consumer that starts with the messages stored at or after `ms`
+/// (unix milliseconds).
+fn since(ms: u64) -> Result<consumer::DeliverPolicy, time::error::ComponentRange> {
+    let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)?;
+    Ok(consumer::DeliverPolicy::ByStartTime { start_time })
+}
+
 /// A channel's stream.
 struct JetStreamLog {
     client: async_nats::Client,
@@ -324,14 +331,9 @@ impl Log for JetStreamLog {
                 // subscription was created (or at its end, when that time is unknown); the
                 // consumer keeps that start.
                 deliver_policy: match spec.created_ms {
-                    Some(ms) => consumer::DeliverPolicy::ByStartTime {
-                        start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
-                            i128::from(ms) * 1_000_000,
-                        )
-                        .map_err(|e| {
-                            LogError::new(format!("the subscription's creation time: {e}"))
-                        })?,
-                    },
+                    Some(ms) => since(ms).map_err(|e| {
+                        LogError::new(format!("the subscription's creation time: {e}"))
+                    })?,
                     None => consumer::DeliverPolicy::New,
                 },
                 ..Default::default()
@@ -658,12 +660,7 @@ impl Cursor for JetStreamCursor {
             let deliver_policy = match to {
                 evmesh_broker::log::ReplayFrom::Earliest => consumer::DeliverPolicy::All,
                 evmesh_broker::log::ReplayFrom::TimeMs(ms) => {
-                    consumer::DeliverPolicy::ByStartTime {
-                        start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
-                            i128::from(ms) * 1_000_000,
-                        )
-                        .map_err(|e| format!("replay time {to}: {e}"))?,
-                    }
+                    since(ms).map_err(|e| format!("replay time {to}: {e}"))?
                 }
             };
             let applied = tag.or_else(|| self.applied.clone());
