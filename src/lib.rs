@@ -252,6 +252,10 @@ pub enum Error {
     /// No such broker (or channel); the message names it.
     #[error("{0} not found")]
     NotFound(String),
+    /// The broker or channel is configured but does not run yet (its Kafka or NATS cannot be
+    /// reached; tried again on a timer): nothing was stored, publish again later.
+    #[error("{0}")]
+    NotReady(String),
     /// The event was refused (its TTL ran out, or it cannot be encoded).
     #[error("event refused: {0}")]
     InvalidEvent(String),
@@ -270,6 +274,7 @@ impl From<PublishError> for Error {
             PublishError::ShuttingDown => Error::ShuttingDown,
             PublishError::Store(e) => Error::Store(e),
             PublishError::Log(e) => Error::Store(evmesh_store::StoreError::Engine(e.to_string())),
+            PublishError::NotReady(why) => Error::NotReady(why),
             e @ (PublishError::TtlExpired | PublishError::Encode(_)) => {
                 Error::InvalidEvent(e.to_string())
             }
@@ -706,9 +711,9 @@ impl Publisher {
     /// durably stored.
     ///
     /// # Errors
-    /// [`Error::NotFound`] (no such broker), [`Error::ShuttingDown`], [`Error::Store`] (also
-    /// when the broker's log, on Kafka or NATS, is not reachable yet: nothing was stored, try
-    /// again), [`Error::InvalidEvent`].
+    /// [`Error::NotFound`] (no such broker), [`Error::NotReady`] (the broker's log, on Kafka,
+    /// is not reachable yet: nothing was stored, try again), [`Error::ShuttingDown`],
+    /// [`Error::Store`], [`Error::InvalidEvent`].
     /// ```no_run
     /// # async fn demo(running: evmesh::RunningMesh, event: cloudevents::Event) -> Result<(), evmesh::Error> {
     /// let offset = running.publisher().publish("default", "default", event).await?;

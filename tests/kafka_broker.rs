@@ -486,6 +486,41 @@ async fn a_kafka_class_broker_without_kafka_is_not_ready_and_becomes_ready_when_
 }
 
 #[tokio::test]
+async fn a_broker_not_ready_answers_503_with_retry_after_and_the_rust_api_says_not_ready() {
+    // Nothing listens where the ConfigMap says Kafka is: the broker is configured, not ready.
+    let sink = TestSink::start().await;
+    let broker = "unreached";
+    let yaml = configmap_yaml(broker, &format!("127.0.0.1:{}", free_port()), 1, &sink);
+    let m = mesh(&yaml).await;
+    let enc = evmesh::evmesh_broker::codec::encode_binary(event("early", "t")).expect("encode");
+    let resp = client()
+        .post(m.url(&format!("/default/{broker}")))
+        .headers(enc.headers)
+        .body(enc.body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(
+        resp.headers()["retry-after"],
+        evmesh::evmesh_broker::ingress::NOT_READY_RETRY_AFTER_SECS.to_string(),
+        "a client is told when to try again"
+    );
+    let body = resp.text().await.expect("body");
+    assert!(
+        body.contains(&format!("broker default/{broker} is not ready")),
+        "{body}"
+    );
+    match m.mesh.publish("default", broker, event("early", "t")).await {
+        Err(evmesh::Error::NotReady(why)) => {
+            assert!(why.contains("is not ready"), "{why}")
+        }
+        other => panic!("publishing to a broker that is not ready: {other:?}"),
+    }
+    m.mesh.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_record_of_a_broker_topic_that_is_no_cloudevent_is_discarded_and_counted() {
     let broker = format!("kb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let (orders, refunds) = (TestSink::start().await, TestSink::start().await);

@@ -108,6 +108,10 @@ impl From<PublishError> for IngressError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::NotFound(m) => IngressError::NotFound(format!("{m} not found")),
+            // Configured, but its log (Kafka, NATS) cannot be reached yet: try again later.
+            PublishError::NotReady(m) => {
+                IngressError::Unavailable(m, Some(NOT_READY_RETRY_AFTER_SECS))
+            }
             PublishError::TtlExpired => IngressError::BadRequest(e.to_string()),
             PublishError::Encode(m) => IngressError::BadRequest(m),
             // Busy (append queue full) or failing (disk full, I/O error): nothing was stored,
@@ -118,13 +122,6 @@ impl From<PublishError> for IngressError {
             PublishError::ShuttingDown => IngressError::Unavailable(e.to_string(), None),
         }
     }
-}
-
-/// What an ingress path publishes into.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Broker,
-    Channel,
 }
 
 /// `POST /channels/{namespace}/{channel}`: a channel's address (its `status.address.url`).
@@ -139,7 +136,7 @@ async fn handle_channel(
     let mut found = None;
     match receive(
         &ingress,
-        Target::Channel,
+        StreamKind::Channel,
         &namespace,
         &channel,
         method,
@@ -172,7 +169,7 @@ async fn handle(
     let mut found = None;
     let resp = match receive(
         &ingress,
-        Target::Broker,
+        StreamKind::Broker,
         &namespace,
         &broker,
         method,
@@ -205,7 +202,7 @@ async fn handle(
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     ingress: &Ingress,
-    target: Target,
+    kind: StreamKind,
     namespace: &str,
     broker: &str,
     method: Method,
@@ -225,32 +222,7 @@ async fn receive(
     if method != Method::POST {
         return Err(IngressError::MethodNotAllowed);
     }
-    let kind = match target {
-        Target::Broker => StreamKind::Broker,
-        Target::Channel => StreamKind::Channel,
-    };
-    let Some(stream) = ingress.service.stream(kind, namespace, broker) else {
-        let (noun, not_ready) = match target {
-            Target::Broker => (
-                "broker",
-                ingress.service.broker_not_ready(namespace, broker),
-            ),
-            Target::Channel => (
-                "channel",
-                ingress.service.channel_not_ready(namespace, broker),
-            ),
-        };
-        // Configured, but its log (Kafka, NATS) cannot be reached yet: try again later.
-        if let Some(why) = not_ready {
-            return Err(IngressError::Unavailable(
-                format!("{noun} {namespace}/{broker} is not ready: {why}"),
-                Some(NOT_READY_RETRY_AFTER_SECS),
-            ));
-        }
-        return Err(IngressError::NotFound(format!(
-            "{noun} {namespace}/{broker} not found"
-        )));
-    };
+    let stream = ingress.service.stream(kind, namespace, broker)?;
     *found = Some(stream.clone());
     let declared = headers
         .get(header::CONTENT_LENGTH)

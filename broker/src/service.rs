@@ -77,6 +77,10 @@ pub enum PublishError {
     /// No such broker or channel (the message names which).
     #[error("{0} not found")]
     NotFound(String),
+    /// The broker or channel is configured but does not run yet: its log (Kafka, NATS) could
+    /// not be opened and is tried again on a timer. Nothing was stored; try again later.
+    #[error("{0}")]
+    NotReady(String),
     /// The `knativebrokerttl` extension ran out: the event is looping.
     #[error("event dropped: knativebrokerttl reached 0 (reply loop protection)")]
     TtlExpired,
@@ -271,6 +275,7 @@ impl crate::delivery::LocalSink for BrokerRuntime {
                         PublishError::TtlExpired | PublishError::Encode(_) => 400,
                         PublishError::Store(_)
                         | PublishError::Log(_)
+                        | PublishError::NotReady(_)
                         | PublishError::ShuttingDown => 503,
                     },
                     reason: e.to_string(),
@@ -1939,21 +1944,34 @@ impl BrokerService {
         self.publish_record(namespace, name, record).await
     }
 
-    /// The running broker or channel `namespace/name` (one lookup for ingress to publish to).
+    /// The running broker or channel `namespace/name` (one lookup for ingress to publish to),
+    /// or why there is none: [`PublishError::NotReady`] when it is configured but its log does
+    /// not run yet, [`PublishError::NotFound`] otherwise.
     pub(crate) fn stream(
         &self,
         kind: StreamKind,
         namespace: &str,
         name: &str,
-    ) -> Option<Arc<BrokerRuntime>> {
-        let state = self.state();
-        let streams = match kind {
-            StreamKind::Broker => &state.brokers,
-            StreamKind::Channel => &state.channels,
+    ) -> Result<Arc<BrokerRuntime>, PublishError> {
+        let key = (namespace.to_string(), name.to_string());
+        let found = {
+            let state = self.state();
+            let streams = match kind {
+                StreamKind::Broker => &state.brokers,
+                StreamKind::Channel => &state.channels,
+            };
+            streams.get(&key).cloned()
         };
-        streams
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        if let Some(stream) = found {
+            return Ok(stream);
+        }
+        let noun = kind.noun();
+        match self.stream_failure(kind, namespace, name) {
+            Some(why) => Err(PublishError::NotReady(format!(
+                "{noun} {namespace}/{name} is not ready: {why}"
+            ))),
+            None => Err(PublishError::NotFound(format!("{noun} {namespace}/{name}"))),
+        }
     }
 
     /// Publishes `event` to a running broker or channel (from [`BrokerService::stream`]) and
@@ -1988,21 +2006,7 @@ impl BrokerService {
         name: &str,
         event: EventRecord,
     ) -> Result<Offset, PublishError> {
-        let Some(stream) = self.stream(kind, namespace, name) else {
-            // Configured but its log does not run (Kafka or NATS unreachable): not stored,
-            // try again later, as ingress answers 503 there.
-            let not_ready = match kind {
-                StreamKind::Broker => self.broker_not_ready(namespace, name),
-                StreamKind::Channel => self.channel_not_ready(namespace, name),
-            };
-            let noun = kind.noun();
-            if let Some(why) = not_ready {
-                return Err(PublishError::Log(LogError::new(format!(
-                    "{noun} {namespace}/{name} is not ready: {why}"
-                ))));
-            }
-            return Err(PublishError::NotFound(format!("{noun} {namespace}/{name}")));
-        };
+        let stream = self.stream(kind, namespace, name)?;
         let result = Self::publish_to(&stream, event).await;
         if result.is_err() {
             stream.counters.rejected();
