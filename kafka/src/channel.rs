@@ -20,7 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
-use crate::group::{Appends, InitialOffset, KafkaGroup};
+use crate::group::{Appends, InitialOffset, KafkaGroup, offset_at_time};
 use crate::{GroupSpec, KafkaProducer, KafkaSettings, binding};
 
 /// The channel kind this module runs.
@@ -407,20 +407,10 @@ fn first_since(
             "the last record's time could not be read; the time index's answer stands"
         ),
     }
-    let mut q = TopicPartitionList::new();
-    q.add_partition_offset(topic, partition, Offset::Offset(time_ms))
-        .map_err(|e| e.to_string())?;
-    let found = consumer
-        .offsets_for_times(q, REQUEST_TIMEOUT)
-        .map_err(|e| {
-            format!("finding the offset of partition {partition} at the route's creation: {e}")
-        })?;
-    let at = found.elements().first().map(|f| f.offset());
-    Ok(match at {
-        Some(Offset::Offset(o)) if o < high => o,
-        // No record appended since: only new records.
-        _ => high,
-    })
+    let at = offset_at_time(consumer, topic, partition, time_ms)
+        .map_err(|e| format!("{e} (the route's creation)"))?;
+    // No record appended since: only new records.
+    Ok(at.filter(|o| *o < high).unwrap_or(high))
 }
 
 /// The time (unix milliseconds) of the record at `high - 1`, when it can be read within

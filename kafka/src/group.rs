@@ -326,21 +326,9 @@ fn reposition<C: ConsumerContext>(
             ReplayFrom::Earliest => low,
             ReplayFrom::TimeMs(ms) => {
                 let time_ms = i64::try_from(ms).unwrap_or(i64::MAX);
-                let mut q = TopicPartitionList::new();
-                q.add_partition_offset(t, *p, Offset::Offset(time_ms))
-                    .map_err(|e| e.to_string())?;
-                let found = consumer
-                    .offsets_for_times(q, REQUEST_TIMEOUT)
-                    .map_err(|e| {
-                        format!("finding the offset of {t}/{p} at {}: {e}", generation.from)
-                    })?;
-                let at = found.elements().first().map(|e| e.offset());
-                drop(found);
-                let at = match at {
-                    Some(Offset::Offset(o)) => o.clamp(low, high),
-                    // No record at or after the time: only new records.
-                    _ => high,
-                };
+                let at = offset_at_time(consumer, t, *p, time_ms)
+                    .map_err(|e| format!("{e} ({})", generation.from))?
+                    .map_or(high, |o| o.clamp(low, high));
                 let mut skips = skips.lock().unwrap_or_else(|e| e.into_inner());
                 if at < high {
                     skips.insert(
@@ -368,6 +356,29 @@ fn reposition<C: ConsumerContext>(
             .map_err(|e| e.to_string())?;
     }
     Ok((moved, new_marks))
+}
+
+/// What the time index of `topic`/`partition` answers for `time_ms` (unix milliseconds): the
+/// first offset appended at or after it, `None` when it knows none. Kafka answers exactly; Tansu
+/// 0.6 answers offset 0 for a time after the partition's last record, so each caller guards the
+/// answer (a group's start reads the last record's time first, a replay skips older records).
+pub(crate) fn offset_at_time<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    time_ms: i64,
+) -> Result<Option<i64>, String> {
+    let mut q = TopicPartitionList::new();
+    q.add_partition_offset(topic, partition, Offset::Offset(time_ms))
+        .map_err(|e| e.to_string())?;
+    let found = consumer
+        .offsets_for_times(q, REQUEST_TIMEOUT)
+        .map_err(|e| format!("finding the offset of {topic}/{partition} by time: {e}"))?;
+    let at = found.elements().first().map(|e| e.offset());
+    Ok(match at {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    })
 }
 
 /// Commits `offsets` for `consumer`'s group.
