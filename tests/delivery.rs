@@ -646,3 +646,86 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
         "the slow trigger holds only its own 4 slots"
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_that_redirects_with_307_gets_the_event_at_the_new_address_unchanged() {
+    let moved_to = TestSink::start().await;
+    let old = TestSink::start().await;
+    old.always(Reply::Raw(
+        307,
+        vec![("location", moved_to.url())],
+        String::new(),
+    ));
+    let m = mesh(&broker_and_trigger(&old, "")).await;
+    let sent = EventBuilderV10::new()
+        .id("r-1")
+        .source("/orders")
+        .ty("t")
+        .data("application/json", br#"{ "amount": 10.50 }"#.to_vec())
+        .build()
+        .expect("event");
+    post_ok(&m.url("/demo/default"), sent).await;
+    eventually("delivered where the subscriber moved", WAIT, || {
+        moved_to.count() == 1
+    })
+    .await;
+    let got = &moved_to.received()[0];
+    assert_eq!(got.event().id(), "r-1");
+    assert_eq!(got.body, br#"{ "amount": 10.50 }"#, "method and body kept");
+    assert_eq!(got.header("referer"), Some(old.url()));
+    assert_eq!(old.count(), 1);
+    eventually("counted delivered", WAIT, || {
+        m.mesh.service().triggers()[0].counters.delivered == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_redirects_without_end_is_given_up_after_ten_redirects_and_dead_lettered()
+{
+    let looping = TestSink::start().await;
+    let dls = TestSink::start().await;
+    looping.always(Reply::Raw(
+        308,
+        vec![("location", looping.url())],
+        String::new(),
+    ));
+    let m = mesh(&broker_and_trigger(
+        &looping,
+        &format!(
+            "  delivery: {{retry: 0, deadLetterSink: {{uri: \"{}\"}}}}",
+            dls.url()
+        ),
+    ))
+    .await;
+    post_ok(&m.url("/demo/default"), event("loop-1", "t")).await;
+    eventually("dead letter", WAIT, || dls.count() == 1).await;
+    assert_eq!(looping.count(), 11, "the request and ten redirects");
+    let e = dls.received()[0].event().clone();
+    assert!(
+        e.extension("knativeerrorcode").is_none(),
+        "no final answer, no code: {e}"
+    );
+}
+
+#[tokio::test]
+async fn with_http_proxy_set_deliveries_go_through_the_proxy() {
+    // The "proxy" is a sink: a request through a proxy reaches it with the subscriber's absolute
+    // URL, whose host (reserved `.invalid`) resolves nowhere, so only the proxy can answer it.
+    let proxy = TestSink::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &broker_and_trigger_to("http://subscriber.invalid/hook", ""),
+    );
+    let p = EvmeshProcess::start_with_env(
+        &config,
+        &dir.path().join("data"),
+        &[],
+        &[("HTTP_PROXY", &proxy.url()), ("NO_PROXY", "")],
+    );
+    post_ok(&p.url("/demo/default"), event("via-proxy", "t")).await;
+    eventually("delivered through the proxy", WAIT, || proxy.count() == 1).await;
+    assert_eq!(proxy.received()[0].event().id(), "via-proxy");
+    p.kill9();
+}

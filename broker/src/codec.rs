@@ -144,7 +144,8 @@ pub(crate) fn encode_record_binary_omitting(record: &EventRecord, omit: Option<&
             headers.insert(hname, hv);
         }
     }
-    let body = record.data().map(|(_, b)| b.to_vec()).unwrap_or_default();
+    // The record's bytes themselves (shared, not copied).
+    let body = record.data().map(|(_, b)| b.clone()).unwrap_or_default();
     Encoded { headers, body }
 }
 
@@ -182,7 +183,7 @@ pub(crate) fn encode_record_structured_omitting(
     );
     Encoded {
         headers,
-        body: record.to_structured_json_omitting(omit),
+        body: Bytes::from(record.to_structured_json_omitting(omit)),
     }
 }
 
@@ -192,7 +193,7 @@ pub struct Encoded {
     /// Headers (`ce-*` and `content-type`).
     pub headers: HeaderMap,
     /// Body bytes.
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 #[derive(Default)]
@@ -212,7 +213,7 @@ impl Builder<()> for Parts {
         self.0.borrow_mut().headers.insert(name, value);
     }
     fn body(&mut self, bytes: Vec<u8>) -> cloudevents::message::Result<()> {
-        self.0.borrow_mut().body = bytes;
+        self.0.borrow_mut().body = Bytes::from(bytes);
         Ok(())
     }
     fn finish(&mut self) -> cloudevents::message::Result<()> {
@@ -237,7 +238,10 @@ pub fn encode_structured(event: &Event) -> Result<Encoded, DecodeError> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/cloudevents+json"),
     );
-    Ok(Encoded { headers, body })
+    Ok(Encoded {
+        headers,
+        body: Bytes::from(body),
+    })
 }
 
 #[cfg(test)]
@@ -263,7 +267,7 @@ mod tests {
             .to_str()
             .expect("ascii");
         assert!(note.is_ascii() && !note.contains(' '), "{note}");
-        let back = decode(&enc.headers, enc.body).expect("decodes");
+        let back = decode(&enc.headers, enc.body.to_vec()).expect("decodes");
         assert_eq!(back.extension("note"), event.extension("note"));
         assert_eq!(back.id(), "1");
         assert!(matches!(back.data(), Some(cloudevents::event::Data::Binary(b)) if b == b"body"));

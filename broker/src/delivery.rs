@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::codec;
+use crate::http_client::{HttpClient, SendError};
 use crate::record::EventRecord;
 use crate::tls::{self, TlsError};
 use rustls_pki_types::CertificateDer;
@@ -395,9 +396,9 @@ impl Progress {
 /// one per distinct Destination `CACerts`).
 #[derive(Clone, Debug)]
 pub struct DeliveryEngine {
-    client: reqwest::Client,
+    client: HttpClient,
     extra_roots: Arc<Vec<CertificateDer<'static>>>,
-    per_ca: Arc<Mutex<HashMap<String, reqwest::Client>>>,
+    per_ca: Arc<Mutex<HashMap<String, HttpClient>>>,
     local: Arc<LocalSinks>,
 }
 
@@ -411,14 +412,8 @@ impl Default for DeliveryEngine {
 /// ingress limit are read whole).
 const MAX_REPLY: usize = 4 * 1024 * 1024;
 
-fn build_client(extra: &[CertificateDer<'static>]) -> Result<reqwest::Client, TlsError> {
-    let tls = tls::client_config(extra)?;
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .tls_backend_preconfigured(tls)
-        .build()
-        .map_err(|e| TlsError(format!("building the HTTP client: {e}")))
+fn build_client(extra: &[CertificateDer<'static>]) -> Result<HttpClient, TlsError> {
+    HttpClient::new(tls::client_config(extra)?)
 }
 
 impl DeliveryEngine {
@@ -426,8 +421,8 @@ impl DeliveryEngine {
     pub fn new() -> Self {
         tls::install_provider();
         let client = build_client(&[]).unwrap_or_else(|e| {
-            tracing::error!("{e}; https deliveries will use reqwest's defaults");
-            reqwest::Client::new()
+            tracing::error!("{e}; deliveries will use reqwest's defaults");
+            HttpClient::Reqwest(reqwest::Client::new())
         });
         DeliveryEngine {
             client,
@@ -464,7 +459,7 @@ impl DeliveryEngine {
     }
 
     /// The client for a Destination: the shared one, or one that also trusts its `CACerts`.
-    fn client_for(&self, ca_certs: Option<&str>) -> Result<reqwest::Client, TlsError> {
+    fn client_for(&self, ca_certs: Option<&str>) -> Result<HttpClient, TlsError> {
         let Some(pem) = ca_certs else {
             return Ok(self.client.clone());
         };
@@ -574,70 +569,84 @@ impl DeliveryEngine {
             Ok(c) => c,
             Err(e) => return failed(url, None, vec![], false, format!("CACerts: {e}")),
         };
-        let encoded = match plan.delivery.format {
+        let encode = || match plan.delivery.format {
             DeliveryFormat::Json => codec::encode_record_structured_omitting(event, omit),
             DeliveryFormat::Binary => codec::encode_record_binary_omitting(event, omit),
         };
-        let mut req = client
-            .post(url.clone())
-            .timeout(plan.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT))
-            .headers(encoded.headers)
-            .body(encoded.body);
-        for (name, value) in event.headers() {
-            req = req.header(name.as_str(), value.as_str());
-        }
-        if let Ok(ns) = HeaderValue::from_str(&plan.namespace) {
-            req = req.header("kn-namespace", ns);
-        }
-        if want_reply {
-            req = req.header("prefer", "reply");
-        }
+        let encoded = encode();
+        let namespace = HeaderValue::from_str(&plan.namespace).ok();
+        // The first request takes the encoded headers; a redirected one encodes them again.
+        let mut first = Some(encoded.headers);
+        let headers = || {
+            let mut h = first.take().unwrap_or_else(|| encode().headers);
+            for (name, value) in event.headers() {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    h.append(n, v);
+                }
+            }
+            if let Some(ns) = &namespace {
+                h.insert("kn-namespace", ns.clone());
+            }
+            if want_reply {
+                h.insert("prefer", HeaderValue::from_static("reply"));
+            }
+            h
+        };
+        // A reply is read whole (up to the limit); anything else only as far as a dead letter
+        // needs, so a large error body is never held in memory.
+        let cap = |status: http::StatusCode| {
+            if want_reply && status.is_success() && status.as_u16() != 202 {
+                (MAX_REPLY, true)
+            } else {
+                (MAX_FAILURE_BODY, false)
+            }
+        };
         let started = std::time::Instant::now();
         let record = |code: Option<u16>| {
             if let Some(m) = &plan.metrics {
                 m.attempt(code, started.elapsed());
             }
         };
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) if local_cause(&e).is_some() => {
-                // The request never left evmesh: no attempt to count against the subscriber.
-                let cause = local_cause(&e).unwrap_or_default();
-                return Outcome::Failed(Failure {
-                    dest: redact(url),
-                    status: None,
-                    body: Vec::new(),
-                    retryable: true,
-                    retry_after: None,
-                    reason: format!("evmesh could not send the request: {cause}"),
-                    local: true,
-                });
-            }
-            Err(e) => {
+        let timeout = plan.delivery.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let answer = match client.post(url, headers, encoded.body, timeout, &cap).await {
+            Ok(a) => a,
+            Err(SendError::TimedOut) => {
                 record(None);
-                let reason = if e.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    format!("request failed: {}", root_cause(&e))
-                };
-                return failed(url, None, vec![], true, reason);
+                return failed(url, None, vec![], true, "timed out".to_string());
+            }
+            Err(SendError::Failed(e)) => {
+                if let Some(cause) = local_cause(&*e) {
+                    // The request never left evmesh: no attempt to count against the subscriber.
+                    return Outcome::Failed(Failure {
+                        dest: redact(url),
+                        status: None,
+                        body: Vec::new(),
+                        retryable: true,
+                        retry_after: None,
+                        reason: format!("evmesh could not send the request: {cause}"),
+                        local: true,
+                    });
+                }
+                record(None);
+                return failed(
+                    url,
+                    None,
+                    vec![],
+                    true,
+                    format!("request failed: {}", root_cause(&*e)),
+                );
             }
         };
-        let status = resp.status();
+        let status = answer.status;
         record(Some(status.as_u16()));
-        let headers = resp.headers().clone();
-        // A reply is read whole (up to the limit); anything else only as far as a dead letter
-        // needs, so a large error body is never held in memory.
-        let is_reply = want_reply && status.is_success() && status.as_u16() != 202;
-        let (cap, whole) = if is_reply {
-            (MAX_REPLY, true)
-        } else {
-            (MAX_FAILURE_BODY, false)
-        };
-        let body = match read_body(resp, cap, whole).await {
+        let body = match answer.body {
             Ok(b) => b,
             Err(e) => return failed(url, Some(status.as_u16()), vec![], true, e),
         };
+        let headers = answer.headers;
         classify(url, status, &headers, body, want_reply)
     }
 }
@@ -691,31 +700,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
-}
-
-/// Reads at most `cap` bytes of a response body; with `whole`, a longer body is an error,
-/// otherwise it is cut at `cap` (the rest is never read or kept).
-async fn read_body(
-    mut resp: reqwest::Response,
-    cap: usize,
-    whole: bool,
-) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("reading response: {e}"))?
-    {
-        if body.len() + chunk.len() > cap {
-            if whole {
-                return Err("response body too large".into());
-            }
-            body.extend_from_slice(&chunk[..cap - body.len()]);
-            break;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// Most bytes of a failure's response body kept (what `knativeerrordata` carries).

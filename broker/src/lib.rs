@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod delivery;
 mod dispatcher;
+mod http_client;
 pub mod ingress;
 pub mod kind;
 pub mod log;
