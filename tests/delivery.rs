@@ -681,6 +681,39 @@ async fn a_subscriber_that_redirects_with_307_gets_the_event_at_the_new_address_
 }
 
 #[tokio::test]
+async fn a_subscriber_that_redirects_with_303_is_sent_a_get_without_the_body() {
+    let moved_to = TestSink::start().await;
+    let old = TestSink::start().await;
+    old.always(Reply::Raw(
+        303,
+        vec![("location", moved_to.url())],
+        String::new(),
+    ));
+    let m = mesh(&broker_and_trigger(&old, "")).await;
+    let sent = EventBuilderV10::new()
+        .id("see-other")
+        .source("/orders")
+        .ty("t")
+        .data("application/json", br#"{"a":1}"#.to_vec())
+        .build()
+        .expect("event");
+    post_ok(&m.url("/demo/default"), sent).await;
+    eventually("followed", WAIT, || moved_to.count() == 1).await;
+    let got = &moved_to.received()[0];
+    assert_eq!(
+        got.method,
+        http::Method::GET,
+        "as Go's client and reqwest do"
+    );
+    assert!(got.body.is_empty());
+    assert_eq!(got.header("content-type"), None);
+    assert_eq!(got.header("ce-id").as_deref(), Some("see-other"));
+    let first = &old.received()[0];
+    assert_eq!(first.method, http::Method::POST);
+    assert_eq!(first.body, br#"{"a":1}"#);
+}
+
+#[tokio::test]
 async fn a_subscriber_that_redirects_without_end_is_given_up_after_ten_redirects_and_dead_lettered()
 {
     let looping = TestSink::start().await;

@@ -32,6 +32,7 @@ pub use progress::*;
 #[derive(Clone, Debug)]
 pub struct Received {
     pub at: Instant,
+    pub method: http::Method,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub event: Option<Event>,
@@ -175,6 +176,7 @@ async fn record(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         let mut s = state.lock().expect("sink state");
         s.received.push(Received {
             at: Instant::now(),
+            method: parts.method.clone(),
             headers: parts.headers.clone(),
             body,
             event,
