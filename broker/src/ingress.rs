@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -128,10 +128,10 @@ impl From<PublishError> for IngressError {
 async fn handle_channel(
     State(ingress): State<Ingress>,
     Path((namespace, channel)): Path<(String, String)>,
-    method: Method,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
+    // The request's own headers, moved (axum's `HeaderMap` extractor would copy them).
+    let (parts, body) = req.into_parts();
     let mut event_type = None;
     let mut found = None;
     match receive(
@@ -139,8 +139,8 @@ async fn handle_channel(
         StreamKind::Channel,
         &namespace,
         &channel,
-        method,
-        headers,
+        parts.method,
+        parts.headers,
         body,
         &mut event_type,
         &mut found,
@@ -160,10 +160,10 @@ async fn handle_channel(
 async fn handle(
     State(ingress): State<Ingress>,
     Path((namespace, broker)): Path<(String, String)>,
-    method: Method,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
+    // The request's own headers, moved (axum's `HeaderMap` extractor would copy them).
+    let (parts, body) = req.into_parts();
     let started = std::time::Instant::now();
     let mut event_type = None;
     let mut found = None;
@@ -172,8 +172,8 @@ async fn handle(
         StreamKind::Broker,
         &namespace,
         &broker,
-        method,
-        headers,
+        parts.method,
+        parts.headers,
         body,
         &mut event_type,
         &mut found,
