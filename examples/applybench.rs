@@ -157,7 +157,7 @@ async fn ingress(
         .ty("bench.event")
         .build()?;
     let template = evmesh::evmesh_broker::codec::encode_binary(template)?;
-    let body = bytes::Bytes::from(template.body);
+    let body = template.body;
     let headers = template.headers;
     let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
     let sender = {

@@ -46,11 +46,13 @@ pub(crate) enum SendError {
 /// `whole` a longer body is an error, otherwise it is cut there (the rest is never read).
 pub(crate) type BodyCap<'a> = &'a (dyn Fn(StatusCode) -> (usize, bool) + Sync);
 
+type HyperClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// A pooled HTTP client for deliveries.
 #[derive(Clone, Debug)]
 pub(crate) enum HttpClient {
     /// hyper's pooled client (the default).
-    Hyper(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>),
+    Hyper(Box<HyperClient>),
     /// reqwest: for a process whose environment names a proxy.
     Reqwest(reqwest::Client),
 }
@@ -110,7 +112,7 @@ impl HttpClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
-        Ok(HttpClient::Hyper(client))
+        Ok(HttpClient::Hyper(Box::new(client)))
     }
 
     /// POSTs `body` with the headers `headers()` makes to `url`, following redirects, and reads
@@ -156,7 +158,7 @@ impl HttpClient {
 }
 
 async fn post_hyper(
-    client: &Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: &HyperClient,
     url: &Url,
     mut headers: impl FnMut() -> HeaderMap,
     body: Bytes,

@@ -87,12 +87,12 @@ proptest! {
             let data = record.data().map(|(_, b)| b.clone());
             // What was accepted is delivered and read back with the same data bytes.
             let bin = encode_record_binary(&record);
-            let back = decode_record(&bin.headers, Bytes::from(bin.body));
+            let back = decode_record(&bin.headers, bin.body);
             prop_assert!(back.is_ok(), "binary re-decode: {:?}", back.err());
             let back = back.ok();
             prop_assert_eq!(back.as_ref().and_then(|r| r.data().map(|(_, b)| b.clone())), data.clone());
             let st = encode_record_structured(&record);
-            let back = decode_record(&st.headers, Bytes::from(st.body));
+            let back = decode_record(&st.headers, st.body);
             prop_assert!(back.is_ok(), "structured re-decode: {:?}", back.err());
             let back = back.ok();
             prop_assert_eq!(back.as_ref().and_then(|r| r.data().map(|(_, b)| b.clone())), data);
