@@ -2,7 +2,8 @@
 //! with backoff, its triggers show not ready with the reason meanwhile, and delivery resumes with
 //! nothing lost. Panics are injected with the `fault-injection` feature's
 //! `BrokerService::inject_worker_panic` / `inject_router_panic` (tests only), and a hand-over
-//! to the router lost with `inject_lost_handovers`.
+//! to the router lost with `inject_lost_handovers`, a route start failing with
+//! `inject_route_start_failures`.
 
 mod common;
 
@@ -184,4 +185,43 @@ async fn an_event_stored_but_not_handed_to_the_router_is_read_from_the_log_and_d
     )
     .await;
     assert_eq!(sink.ids(), ["handed", "not-handed"]);
+}
+
+/// A trigger applied to a running mesh (kubectl's path: `reconcile_trigger`, not the whole
+/// reconcile) whose route cannot start is not ready with the reason, and the retry task starts it
+/// later: what its broker took meanwhile is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_applied_while_its_route_cannot_start_starts_on_the_retry_and_loses_nothing() {
+    let sink = TestSink::start().await;
+    let m = mesh("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {name: default, namespace: demo}\n").await;
+    m.mesh.service().inject_route_start_failures(1);
+    let trigger = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t1, namespace: demo}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{}\"}}\n",
+        sink.url()
+    );
+    let resp = client()
+        .post(m.url("/apis/eventing.knative.dev/v1/namespaces/demo/triggers"))
+        .header("content-type", "application/yaml")
+        .body(trigger)
+        .send()
+        .await
+        .expect("apply");
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(
+        reason(&m).as_deref(),
+        Some("injected: the route could not start"),
+        "not ready, saying why"
+    );
+    assert_eq!(
+        post_binary(&m.url("/demo/default"), event("meanwhile", "t")).await,
+        202
+    );
+    eventually(
+        "started by the retry task and delivered",
+        Duration::from_secs(10),
+        || delivered(&m) == 1,
+    )
+    .await;
+    assert_eq!(sink.ids(), ["meanwhile"]);
+    assert_eq!(reason(&m), None);
 }

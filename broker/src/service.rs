@@ -628,6 +628,10 @@ struct Inner {
     /// While a broker's or channel's log cannot be opened: the configuration it was wanted by
     /// (the latest reconciled) and the task that tries again on a timer.
     retry: std::sync::Mutex<StreamRetry>,
+    /// Fault injection: how many route starts still fail (see
+    /// [`BrokerService::inject_route_start_failures`]).
+    #[cfg(feature = "fault-injection")]
+    route_starts_to_fail: std::sync::atomic::AtomicU32,
 }
 
 /// Brokers and channels whose log could not be opened, tried again with backoff.
@@ -754,6 +758,8 @@ impl BrokerService {
                 subscribers: crate::subscriber::Subscribers::default(),
                 providers: std::sync::RwLock::new(Vec::new()),
                 retry: std::sync::Mutex::new(StreamRetry::default()),
+                #[cfg(feature = "fault-injection")]
+                route_starts_to_fail: std::sync::atomic::AtomicU32::new(0),
             }),
         })
     }
@@ -1731,6 +1737,15 @@ impl BrokerService {
         broker: Arc<BrokerRuntime>,
         saved: Option<&HashMap<String, Vec<u8>>>,
     ) -> Result<RunningTrigger, String> {
+        #[cfg(feature = "fault-injection")]
+        if self
+            .inner
+            .route_starts_to_fail
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("injected: the route could not start".into());
+        }
         if let Backend::External(log) = &broker.backend {
             return self
                 .start_external_route(d, entry, plan, broker.clone(), log.clone())
@@ -2325,6 +2340,17 @@ impl BrokerService {
             }
             _ => false,
         }
+    }
+
+    /// Fault injection for tests (cargo feature `fault-injection`): the next `times` starts of
+    /// a trigger's or subscription's route fail, as when its progress cannot be read or its
+    /// consumer group on a log elsewhere cannot be opened; the route is not ready meanwhile and
+    /// the retry task starts it again.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_route_start_failures(&self, times: u32) {
+        self.inner
+            .route_starts_to_fail
+            .store(times, Ordering::Release);
     }
 
     /// Fault injection for tests (cargo feature `fault-injection`): the next `times` events
