@@ -66,14 +66,12 @@ pub fn decode_record(headers: &HeaderMap, body: Bytes) -> Result<EventRecord, De
     if !headers.contains_key("ce-specversion") {
         return Err(DecodeError(describe("Wrong encoding")));
     }
-    let mut attributes = serde_json::Map::new();
+    // Sized once: growing the (insertion-ordered) map rehashes every key again.
+    let mut attributes = serde_json::Map::with_capacity(headers.len());
     for (k, v) in headers {
         let Some(name) = k.as_str().strip_prefix("ce-") else {
             continue;
         };
-        if attributes.contains_key(name) {
-            return Err(DecodeError(format!("header {k} is repeated")));
-        }
         let mut raw = v.as_bytes();
         // RFC 7230 quoted string: unquote first.
         if raw.len() >= 2 && raw[0] == b'"' && raw[raw.len() - 1] == b'"' {
@@ -91,7 +89,12 @@ pub fn decode_record(headers: &HeaderMap, body: Bytes) -> Result<EventRecord, De
             // Binary mode carries it as Content-Type.
             continue;
         }
-        attributes.insert(name.to_string(), serde_json::Value::String(text));
+        if attributes
+            .insert(name.to_string(), serde_json::Value::String(text))
+            .is_some()
+        {
+            return Err(DecodeError(format!("header {k} is repeated")));
+        }
     }
     if let Some(ct) = ct {
         attributes.insert(
@@ -248,6 +251,23 @@ pub fn encode_structured(event: &Event) -> Result<Encoded, DecodeError> {
 mod tests {
     use super::*;
     use cloudevents::{AttributesReader, EventBuilder, EventBuilderV10};
+
+    #[test]
+    fn a_repeated_ce_header_is_refused() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ] {
+            h.insert(k, v.parse().expect("value"));
+        }
+        assert!(decode_record(&h, Bytes::new()).is_ok());
+        h.append("ce-id", "2".parse().expect("value"));
+        let err = decode_record(&h, Bytes::new()).expect_err("refused");
+        assert_eq!(err.0, "header ce-id is repeated");
+    }
 
     #[test]
     fn binary_round_trip_percent_encodes_non_ascii_and_spaces() {
