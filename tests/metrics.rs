@@ -350,3 +350,51 @@ async fn a_broker_labels_a_bounded_number_of_event_types_and_counts_the_rest_as_
     );
     assert_eq!(sample(&text, "event_count", &of("type.0")), Some(2.0));
 }
+
+/// Scrapes until `name{labels}` is `want`, for at most [`WAIT`].
+async fn until_sample(m: &TestMesh, name: &str, labels: &[(&str, &str)], want: f64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(m).await;
+        if sample(&text, name, labels) == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never {want}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn pending_retries_counts_a_delivery_waiting_for_its_retry_until_it_is_attempted() {
+    let sink = TestSink::start().await;
+    sink.script([Reply::Status(500)]);
+    let yaml = format!(
+        r#"
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {{name: rbroker, namespace: rns}}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {{name: waits, namespace: rns}}
+spec:
+  broker: rbroker
+  subscriber: {{uri: "{}"}}
+  delivery: {{retry: 1, backoffDelay: PT2S, backoffPolicy: linear}}
+"#,
+        sink.url()
+    );
+    let m = mesh(&yaml).await;
+    assert_eq!(
+        post_binary(&m.url("/rns/rbroker"), event("1", "t")).await,
+        202
+    );
+    let labels = [("namespace_name", "rns"), ("trigger_name", "waits")];
+    until_sample(&m, "evmesh_pending_retries", &labels, 1.0).await;
+    // The retry is attempted (and answered 202): nothing waits any more.
+    eventually("retried", WAIT, || sink.count() == 2).await;
+    until_sample(&m, "evmesh_pending_retries", &labels, 0.0).await;
+}

@@ -937,6 +937,9 @@ enum AttemptEnd {
 #[derive(Default)]
 struct State {
     slots: BTreeMap<Pos, Slot>,
+    /// How many slots wait for a retry (`due` set): the pending-retries gauge, kept as slots
+    /// change instead of counted over every slot at each finished attempt.
+    due_count: usize,
     /// Ordered mode: the slots of each lane, in log order.
     lanes: HashMap<Lane, VecDeque<Pos>>,
 }
@@ -951,6 +954,9 @@ impl State {
     }
 
     fn insert(&mut self, pos: Pos, slot: Slot) {
+        if slot.due.is_some() {
+            self.due_count += 1;
+        }
         if let Some(l) = &slot.lane {
             self.lanes.entry(l.clone()).or_default().push_back(pos);
         }
@@ -961,6 +967,9 @@ impl State {
         let Some(slot) = self.slots.remove(&pos) else {
             return;
         };
+        if slot.due.is_some() {
+            self.due_count -= 1;
+        }
         if let Some(l) = slot.lane
             && let Some(q) = self.lanes.get_mut(&l)
         {
@@ -1122,7 +1131,9 @@ impl Worker {
                 for pos in start {
                     if let Some(slot) = st.slots.get_mut(&pos) {
                         slot.running = true;
-                        slot.due = None;
+                        if slot.due.take().is_some() {
+                            st.due_count -= 1;
+                        }
                         attempts.spawn(self.attempt(
                             cursor.as_ref(),
                             pos,
@@ -1341,11 +1352,13 @@ impl Worker {
         if event.is_some() {
             slot.event = event;
         }
-        let id = slot
-            .event
-            .as_deref()
-            .map(delivery::describe)
-            .unwrap_or_default();
+        // What the log lines name (made only for a dead letter or a drop).
+        let id = |slot: &Slot| {
+            slot.event
+                .as_deref()
+                .map(delivery::describe)
+                .unwrap_or_default()
+        };
         match end {
             AttemptEnd::Next(Next::Done { .. }) => {
                 if slot.progress.phase == delivery::Phase::DeadLetter {
@@ -1353,7 +1366,7 @@ impl Worker {
                     let plan = self.shared.plan();
                     let dls = plan.dead_letter.as_ref().map(delivery::redact);
                     self.shared.counters.log_dead_lettered(
-                        &id,
+                        &id(slot),
                         slot.progress.last_failure.as_ref(),
                         dls.as_deref().unwrap_or(""),
                     );
@@ -1367,14 +1380,16 @@ impl Worker {
                     self.shared.counters.retried();
                 }
                 let due_ms = unix_ms() + wait.as_millis() as u64;
-                slot.due = Some((Instant::now() + wait, due_ms));
+                if slot.due.replace((Instant::now() + wait, due_ms)).is_none() {
+                    st.due_count += 1;
+                }
                 cursor.park(pos, &slot.progress, Some(due_ms));
                 self.report_pending_retries(st);
                 return false;
             }
             AttemptEnd::Next(Next::Dropped(f)) => {
                 self.shared.counters.dropped();
-                self.shared.counters.log_dropped(&id, &f);
+                self.shared.counters.log_dropped(&id(slot), &f);
             }
             AttemptEnd::Abandoned => return false,
             AttemptEnd::Gone(reason) => {
@@ -1389,8 +1404,7 @@ impl Worker {
     }
 
     fn report_pending_retries(&self, st: &State) {
-        let pending = st.slots.values().filter(|s| s.due.is_some()).count();
-        self.shared.counters.pending_retries(pending);
+        self.shared.counters.pending_retries(st.due_count);
     }
 
     fn attempt(
