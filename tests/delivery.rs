@@ -647,28 +647,32 @@ spec: {{broker: default, subscriber: {{uri: "{}"}}}}
     );
 }
 
-#[tokio::test]
-async fn a_subscriber_that_redirects_with_307_gets_the_event_at_the_new_address_unchanged() {
+/// A subscriber `old` answering every request with `status` and a `Location` of `moved_to`, a
+/// trigger to it, and one event `id` with JSON `data` accepted.
+async fn redirected(status: u16, id: &str, data: &[u8]) -> (TestSink, TestSink, TestMesh) {
     let moved_to = TestSink::start().await;
     let old = TestSink::start().await;
     old.always(Reply::Raw(
-        307,
+        status,
         vec![("location", moved_to.url())],
         String::new(),
     ));
     let m = mesh(&broker_and_trigger(&old, "")).await;
     let sent = EventBuilderV10::new()
-        .id("r-1")
+        .id(id)
         .source("/orders")
         .ty("t")
-        .data("application/json", br#"{ "amount": 10.50 }"#.to_vec())
+        .data("application/json", data.to_vec())
         .build()
         .expect("event");
     post_ok(&m.url("/demo/default"), sent).await;
-    eventually("delivered where the subscriber moved", WAIT, || {
-        moved_to.count() == 1
-    })
-    .await;
+    eventually("followed", WAIT, || moved_to.count() == 1).await;
+    (old, moved_to, m)
+}
+
+#[tokio::test]
+async fn a_subscriber_that_redirects_with_307_gets_the_event_at_the_new_address_unchanged() {
+    let (old, moved_to, m) = redirected(307, "r-1", br#"{ "amount": 10.50 }"#).await;
     let got = &moved_to.received()[0];
     assert_eq!(got.event().id(), "r-1");
     assert_eq!(got.body, br#"{ "amount": 10.50 }"#, "method and body kept");
@@ -682,23 +686,7 @@ async fn a_subscriber_that_redirects_with_307_gets_the_event_at_the_new_address_
 
 #[tokio::test]
 async fn a_subscriber_that_redirects_with_303_is_sent_a_get_without_the_body() {
-    let moved_to = TestSink::start().await;
-    let old = TestSink::start().await;
-    old.always(Reply::Raw(
-        303,
-        vec![("location", moved_to.url())],
-        String::new(),
-    ));
-    let m = mesh(&broker_and_trigger(&old, "")).await;
-    let sent = EventBuilderV10::new()
-        .id("see-other")
-        .source("/orders")
-        .ty("t")
-        .data("application/json", br#"{"a":1}"#.to_vec())
-        .build()
-        .expect("event");
-    post_ok(&m.url("/demo/default"), sent).await;
-    eventually("followed", WAIT, || moved_to.count() == 1).await;
+    let (old, moved_to, _m) = redirected(303, "see-other", br#"{"a":1}"#).await;
     let got = &moved_to.received()[0];
     assert_eq!(
         got.method,
