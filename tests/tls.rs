@@ -174,3 +174,62 @@ async fn serve_with_an_unreadable_ca_file_fails_to_start_with_a_message() {
         "{stderr}"
     );
 }
+
+/// An https subscriber that speaks HTTP/2 only (its TLS offers `h2` alone through ALPN): the
+/// delivery engine negotiates HTTP/2 and the event arrives.
+#[tokio::test]
+async fn an_https_subscriber_speaking_only_http2_gets_the_event_over_http2() {
+    use std::sync::{Arc, Mutex};
+    let ca = TestCa::new("h2 CA");
+    let mut config = ca.server_config();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<Mutex<Vec<(http::Version, String)>>> = Arc::default();
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let recorded = recorded.clone();
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let id = req
+                    .headers()
+                    .get("ce-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                recorded.lock().expect("seen").push((req.version(), id));
+                async {
+                    let mut resp =
+                        http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                    *resp.status_mut() = http::StatusCode::ACCEPTED;
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service),
+            );
+        }
+    });
+    let url = format!("https://127.0.0.1:{}/h2", addr.port());
+    let m = mesh(&yaml(&url, Some(&ca.pem()), None)).await;
+    post_ok(&m.url("/demo/default"), event("over-h2", "t")).await;
+    eventually("delivered over HTTP/2", WAIT, || {
+        !seen.lock().expect("seen").is_empty()
+    })
+    .await;
+    assert_eq!(
+        seen.lock().expect("seen")[0],
+        (http::Version::HTTP_2, "over-h2".to_string())
+    );
+    eventually("counted delivered", WAIT, || {
+        m.mesh.service().triggers()[0].counters.delivered == 1
+    })
+    .await;
+}
