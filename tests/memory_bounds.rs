@@ -119,14 +119,16 @@ async fn with_no_room_to_hand_events_over_in_memory_the_router_reads_them_from_t
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let sink = gated_sink(open_rx, seen.clone()).await;
     let yaml = format!(
-        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default, namespace: demo}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t, namespace: demo}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{sink}\"}}\n"
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata: {{name: default, namespace: notail}}\n---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {{name: t, namespace: notail}}\nspec:\n  broker: default\n  subscriber: {{uri: \"{sink}\"}}\n"
     );
+    // Its own namespace: metrics are process-wide, and another test here runs a broker
+    // demo/default whose hand-off gauge would be read instead.
     let m = mesh_with(&yaml, |mut o| {
         o.service.tail_bytes = 0;
         o
     })
     .await;
-    let url = m.url("/demo/default");
+    let url = m.url("/notail/default");
     for i in 0..50 {
         assert_eq!(post_binary(&url, event(&format!("e{i}"), "t")).await, 202);
     }
@@ -142,7 +144,7 @@ async fn with_no_room_to_hand_events_over_in_memory_the_router_reads_them_from_t
         .lines()
         .find(|l| {
             l.starts_with("evmesh_tail_bytes{")
-                && l.contains("namespace_name=\"demo\"")
+                && l.contains("namespace_name=\"notail\"")
                 && l.contains("broker_name=\"default\"")
         })
         .and_then(|l| l.rsplit(' ').next())
