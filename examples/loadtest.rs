@@ -17,7 +17,8 @@
 //!   to earlier ones (at most `concurrency` in flight), and reports p50/p99/p99.9. `--floor`
 //!   first measures the accept-and-forward floor with the same load (an axum handler that
 //!   answers 202 and forwards each body to the sink on a pooled client: no parsing, no store)
-//!   and prints evmesh's share of its deliveries/s.
+//!   and prints evmesh's share of its deliveries/s. `--floor-hyper`: the same floor forwarding
+//!   on hyper-util's pooled client (what evmesh delivers on) instead of reqwest.
 //! * `loadtest sequence --steps 3 --seconds 10 --concurrency 64`: the same measurement through a
 //!   Sequence (InMemoryChannel) of `steps` steps, each an HTTP service in this process that
 //!   replies with the event it got; the last reply goes to the sink. Posts to the Sequence's
@@ -140,7 +141,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         r if r.is_empty() => None,
                         r => Some(r.parse()?),
                     },
-                    floor: args.iter().any(|a| a == "--floor"),
+                    floor: args.iter().any(|a| a == "--floor" || a == "--floor-hyper"),
+                    floor_hyper: args.iter().any(|a| a == "--floor-hyper"),
                 },
                 &arg("--class", "MTChannelBasedBroker"),
                 arg("--instances", "1").parse()?,
@@ -364,6 +366,7 @@ async fn run_flow(
         concurrency,
         rate: None,
         floor: false,
+        floor_hyper: false,
     };
     let result = drive(sink, &yaml, &target, paths, &label, load, 1).await;
     if kind == "NatsJetStreamChannel" {
@@ -454,6 +457,8 @@ struct Load {
     rate: Option<u64>,
     /// Also measure the accept-and-forward floor with the same load, before evmesh.
     floor: bool,
+    /// The floor forwards on hyper-util's pooled client instead of reqwest.
+    floor_hyper: bool,
 }
 
 /// What one measured run gave.
@@ -704,12 +709,9 @@ async fn settle(
     )
 }
 
-/// The accept-and-forward floor: an axum handler that answers 202 at once and forwards each
-/// request's body and `ce-*`/content-type headers to `paths` of a fresh sink on a pooled client
-/// (no parsing, no store), measured with the same load as evmesh.
 /// The accept-and-forward floor: an axum handler that answers 202 and forwards each body (with
-/// its `ce-*` headers and content type) to every one of `targets` on a pooled client, without
-/// parsing or storing anything.
+/// its `ce-*` headers and content type) to every one of `targets` on a pooled reqwest client,
+/// without parsing or storing anything.
 fn forward_app(targets: Vec<String>) -> Router {
     let targets = Arc::new(targets);
     let client = reqwest::Client::new();
@@ -731,6 +733,43 @@ fn forward_app(targets: Vec<String>) -> Router {
                         .body(body.clone())
                         .send()
                         .await;
+                }
+            });
+            StatusCode::ACCEPTED
+        }
+    }))
+}
+
+/// [`forward_app`] forwarding on hyper-util's pooled client (HTTP/1.1), as evmesh delivers.
+fn forward_app_hyper(targets: Vec<String>) -> Router {
+    use http_body_util::{BodyExt, Full};
+    let targets: Arc<Vec<http::Uri>> =
+        Arc::new(targets.iter().filter_map(|t| t.parse().ok()).collect());
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: hyper_util::client::legacy::Client<_, Full<axum::body::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(connector);
+    Router::new().fallback(post(move |headers: HeaderMap, body: axum::body::Bytes| {
+        let (client, targets) = (client.clone(), targets.clone());
+        async move {
+            let mut fwd = HeaderMap::new();
+            for (k, v) in &headers {
+                let n = k.as_str();
+                if n.starts_with("ce-") || n == "content-type" {
+                    fwd.insert(k.clone(), v.clone());
+                }
+            }
+            tokio::spawn(async move {
+                for t in targets.iter() {
+                    let mut req = http::Request::new(Full::new(body.clone()));
+                    *req.method_mut() = http::Method::POST;
+                    *req.uri_mut() = t.clone();
+                    *req.headers_mut() = fwd.clone();
+                    if let Ok(resp) = client.request(req).await {
+                        let _ = resp.into_body().collect().await;
+                    }
                 }
             });
             StatusCode::ACCEPTED
@@ -803,12 +842,15 @@ fn bare_log_app(dir: &std::path::Path) -> std::io::Result<Router> {
 
 async fn floor(paths: &[String], load: Load) -> Result<Measured, Box<dyn std::error::Error>> {
     let sink = Sink::start().await?;
-    let app = forward_app(
-        paths
-            .iter()
-            .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
-            .collect(),
-    );
+    let targets = paths
+        .iter()
+        .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
+        .collect();
+    let app = if load.floor_hyper {
+        forward_app_hyper(targets)
+    } else {
+        forward_app(targets)
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let ingress = format!("http://{}/", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
