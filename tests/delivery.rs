@@ -750,3 +750,31 @@ async fn with_http_proxy_set_deliveries_go_through_the_proxy() {
     assert_eq!(proxy.received()[0].event().id(), "via-proxy");
     p.kill9();
 }
+
+/// evmesh's pooled connections to a subscriber send TCP keepalive probes when idle (a
+/// subscriber that vanished is noticed instead of waiting out a long attempt timeout), as
+/// reqwest's and Go's clients do by default.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn delivery_connections_probe_an_idle_subscriber_with_tcp_keepalive() {
+    let sink = TestSink::start().await;
+    let _m = one_event(&sink, "").await;
+    eventually("delivered", WAIT, || sink.count() == 1).await;
+    let to_sink = format!(":{:04X}", sink.addr.port());
+    // /proc/net/tcp: the connections to the sink's port (evmesh's side), established (01), and
+    // their timer ("tr:when"): 02 is the keepalive timer.
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let timers: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 5 && f[2].ends_with(&to_sink) && f[3] == "01").then(|| f[5].to_string())
+        })
+        .collect();
+    assert!(!timers.is_empty(), "no connection to the sink:\n{table}");
+    assert!(
+        timers.iter().all(|t| t.starts_with("02:")),
+        "keepalive timer on every connection to the sink: {timers:?}"
+    );
+}

@@ -23,6 +23,11 @@ const MAX_REDIRECTS: usize = 10;
 const MAX_IDLE_PER_HOST: usize = 256;
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle time before TCP keepalive probes, and between them.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long sent data may stay unacknowledged before the connection is given up (Linux).
+#[cfg(target_os = "linux")]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The answer to a request: its status, headers and (the first `cap` bytes of) its body.
 #[derive(Debug)]
@@ -100,6 +105,14 @@ impl HttpClient {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
+        // reqwest's defaults, kept: a subscriber that vanished is noticed (keepalive probes,
+        // unacknowledged data given up after 30 s) instead of waiting out a long attempt
+        // timeout or the kernel's retransmissions on a pooled connection.
+        http.set_keepalive(Some(TCP_KEEPALIVE));
+        http.set_keepalive_interval(Some(TCP_KEEPALIVE));
+        http.set_keepalive_retries(Some(3));
+        #[cfg(target_os = "linux")]
+        http.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
