@@ -115,7 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "accept-and-forward floor on {} to {to}",
                 listener.local_addr()?
             );
-            axum::serve(listener, forward_app(vec![to])).await?;
+            axum::serve(listener, forward_app(vec![to], false)).await?;
             Ok(())
         }
         Some("bare-log") => {
@@ -709,48 +709,63 @@ async fn settle(
     )
 }
 
-/// The accept-and-forward floor: an axum handler that answers 202 and forwards each body (with
-/// its `ce-*` headers and content type) to every one of `targets` on a pooled reqwest client,
-/// without parsing or storing anything.
-fn forward_app(targets: Vec<String>) -> Router {
-    let targets = Arc::new(targets);
-    let client = reqwest::Client::new();
-    Router::new().fallback(post(move |headers: HeaderMap, body: axum::body::Bytes| {
-        let (client, targets) = (client.clone(), targets.clone());
-        async move {
-            let mut fwd = HeaderMap::new();
-            for (k, v) in &headers {
-                let n = k.as_str();
-                if n.starts_with("ce-") || n == "content-type" {
-                    fwd.insert(k.clone(), v.clone());
-                }
-            }
-            tokio::spawn(async move {
-                for t in targets.iter() {
-                    let _ = client
-                        .post(t)
-                        .headers(fwd.clone())
-                        .body(body.clone())
-                        .send()
-                        .await;
-                }
-            });
-            StatusCode::ACCEPTED
-        }
-    }))
+type HyperForwarder = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<axum::body::Bytes>,
+>;
+
+/// The pooled client the accept-and-forward floor forwards on.
+#[derive(Clone)]
+enum Forwarder {
+    Reqwest(reqwest::Client),
+    Hyper(Box<HyperForwarder>),
 }
 
-/// [`forward_app`] forwarding on hyper-util's pooled client (HTTP/1.1), as evmesh delivers.
-fn forward_app_hyper(targets: Vec<String>) -> Router {
-    use http_body_util::{BodyExt, Full};
-    let targets: Arc<Vec<http::Uri>> =
-        Arc::new(targets.iter().filter_map(|t| t.parse().ok()).collect());
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: hyper_util::client::legacy::Client<_, Full<axum::body::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(connector);
+impl Forwarder {
+    /// reqwest's client, or (`hyper`) hyper-util's, as evmesh delivers on.
+    fn new(hyper: bool) -> Forwarder {
+        if !hyper {
+            return Forwarder::Reqwest(reqwest::Client::new());
+        }
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        Forwarder::Hyper(Box::new(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(256)
+                .build(connector),
+        ))
+    }
+
+    /// POSTs `body` with `headers` to `target`, reading the answer; failures are ignored (the
+    /// sink's count tells what arrived).
+    async fn post(&self, target: &str, headers: HeaderMap, body: axum::body::Bytes) {
+        match self {
+            Forwarder::Reqwest(c) => {
+                let _ = c.post(target).headers(headers).body(body).send().await;
+            }
+            Forwarder::Hyper(c) => {
+                use http_body_util::BodyExt;
+                let Ok(uri) = target.parse::<http::Uri>() else {
+                    return;
+                };
+                let mut req = http::Request::new(http_body_util::Full::new(body));
+                *req.method_mut() = http::Method::POST;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+                if let Ok(resp) = c.request(req).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            }
+        }
+    }
+}
+
+/// The accept-and-forward floor: an axum handler that answers 202 and forwards each body (with
+/// its `ce-*` headers and content type) to every one of `targets` on a pooled client (reqwest's,
+/// or with `hyper` hyper-util's), without parsing or storing anything.
+fn forward_app(targets: Vec<String>, hyper: bool) -> Router {
+    let targets = Arc::new(targets);
+    let client = Forwarder::new(hyper);
     Router::new().fallback(post(move |headers: HeaderMap, body: axum::body::Bytes| {
         let (client, targets) = (client.clone(), targets.clone());
         async move {
@@ -763,13 +778,7 @@ fn forward_app_hyper(targets: Vec<String>) -> Router {
             }
             tokio::spawn(async move {
                 for t in targets.iter() {
-                    let mut req = http::Request::new(Full::new(body.clone()));
-                    *req.method_mut() = http::Method::POST;
-                    *req.uri_mut() = t.clone();
-                    *req.headers_mut() = fwd.clone();
-                    if let Ok(resp) = client.request(req).await {
-                        let _ = resp.into_body().collect().await;
-                    }
+                    client.post(t, fwd.clone(), body.clone()).await;
                 }
             });
             StatusCode::ACCEPTED
@@ -846,11 +855,7 @@ async fn floor(paths: &[String], load: Load) -> Result<Measured, Box<dyn std::er
         .iter()
         .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
         .collect();
-    let app = if load.floor_hyper {
-        forward_app_hyper(targets)
-    } else {
-        forward_app(targets)
-    };
+    let app = forward_app(targets, load.floor_hyper);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let ingress = format!("http://{}/", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });

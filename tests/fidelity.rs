@@ -209,8 +209,9 @@ async fn text_data_sent_in_structured_mode_arrives_unchanged_in_binary_mode() {
     assert_eq!(got.header("content-type").as_deref(), Some("text/plain"));
 }
 
-#[tokio::test]
-async fn jsonpath_filters_see_the_raw_json_data() {
+/// A trigger whose JSONPath filter matches only a number between 10 and 11 in the data, and two
+/// events taken by its broker (`{"price": 9.99}`, then [`ODD_JSON`]), routed: the sink and mesh.
+async fn jsonpath_trigger_after_two_events() -> (TestSink, TestMesh) {
     let sink = TestSink::start().await;
     let m = mesh(&broker_and_trigger(
         &sink,
@@ -226,6 +227,12 @@ async fn jsonpath_filters_see_the_raw_json_data() {
     assert_eq!(post_bytes(&url, &h, ODD_JSON.to_vec()).await, 202);
     eventually("delivery", WAIT, || sink.count() == 1).await;
     quiet(&m, "demo", "default", 2).await;
+    (sink, m)
+}
+
+#[tokio::test]
+async fn jsonpath_filters_see_the_raw_json_data() {
+    let (sink, m) = jsonpath_trigger_after_two_events().await;
     assert_eq!(sink.count(), 1, "only the matching event");
     assert_eq!(sink.received()[0].body, ODD_JSON);
 }
@@ -234,21 +241,7 @@ async fn jsonpath_filters_see_the_raw_json_data() {
 /// the data, which the attributes-only view that routing uses does not carry.
 #[tokio::test]
 async fn jsonpath_filters_see_the_data_of_events_read_back_from_the_log() {
-    let sink = TestSink::start().await;
-    let m = mesh(&broker_and_trigger(
-        &sink,
-        "  filters:\n    - evmesh.dev/jsonpath: \"$[?@ > 10 && @ < 11]\"",
-    ))
-    .await;
-    let url = m.url("/demo/default");
-    let h = binary_headers("application/json");
-    assert_eq!(
-        post_bytes(&url, &h, b"{\"price\": 9.99}".to_vec()).await,
-        202
-    );
-    assert_eq!(post_bytes(&url, &h, ODD_JSON.to_vec()).await, 202);
-    eventually("delivery", WAIT, || sink.count() == 1).await;
-    quiet(&m, "demo", "default", 2).await;
+    let (sink, m) = jsonpath_trigger_after_two_events().await;
     m.mesh
         .service()
         .replay("demo", "t1", evmesh::evmesh_config::ReplayFrom::Earliest)
