@@ -232,7 +232,7 @@ async fn jsonpath_trigger_after_two_events() -> (TestSink, TestMesh) {
 
 #[tokio::test]
 async fn jsonpath_filters_see_the_raw_json_data() {
-    let (sink, m) = jsonpath_trigger_after_two_events().await;
+    let (sink, _m) = jsonpath_trigger_after_two_events().await;
     assert_eq!(sink.count(), 1, "only the matching event");
     assert_eq!(sink.received()[0].body, ODD_JSON);
 }

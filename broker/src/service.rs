@@ -219,6 +219,16 @@ impl BrokerRuntime {
         self.write(event).await
     }
 
+    /// Appends `event` and counts the outcome here, accepted or rejected (for callers that do
+    /// not count a refusal themselves, as ingress does once per request).
+    async fn publish_counted(&self, event: EventRecord) -> Result<Offset, PublishError> {
+        let result = BrokerService::publish_to(self, event).await;
+        if result.is_err() {
+            self.counters.rejected();
+        }
+        result
+    }
+
     /// Appends to the log; resolves once the event is durable.
     async fn write(&self, event: EventRecord) -> Result<Offset, PublishError> {
         match &self.backend {
@@ -262,14 +272,8 @@ impl crate::delivery::LocalSink for BrokerRuntime {
         event: EventRecord,
     ) -> crate::delivery::LocalFuture<'_, Result<(), crate::delivery::LocalRefusal>> {
         Box::pin(async move {
-            let result = self.append(event).await;
-            match &result {
-                Ok(_) => self.counters.accepted(),
-                Err(_) => self.counters.rejected(),
-            }
-            result
-                .map(|_| ())
-                .map_err(|e| crate::delivery::LocalRefusal {
+            self.publish_counted(event).await.map(|_| ()).map_err(|e| {
+                crate::delivery::LocalRefusal {
                     status: match e {
                         PublishError::NotFound(_) => 404,
                         PublishError::TtlExpired | PublishError::Encode(_) => 400,
@@ -279,7 +283,8 @@ impl crate::delivery::LocalSink for BrokerRuntime {
                         | PublishError::ShuttingDown => 503,
                     },
                     reason: e.to_string(),
-                })
+                }
+            })
         })
     }
 }
@@ -2022,11 +2027,7 @@ impl BrokerService {
         event: EventRecord,
     ) -> Result<Offset, PublishError> {
         let stream = self.stream(kind, namespace, name)?;
-        let result = Self::publish_to(&stream, event).await;
-        if result.is_err() {
-            stream.counters.rejected();
-        }
-        result
+        stream.publish_counted(event).await
     }
 
     /// Whether broker `namespace/name` exists.
