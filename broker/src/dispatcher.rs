@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cloudevents::Event;
 use evmesh_config::{DeliveryOrder, ReplayFrom};
 use evmesh_filter::{Filter, FilterIndex};
 use evmesh_store::{EventStore, LogId, Offset};
@@ -638,11 +637,8 @@ impl Router {
         cost: usize,
     ) {
         matched.clear();
-        if table.index.reads_data() {
-            table.index.matching(event.event(), matched);
-        } else {
-            table.index.matching(event, matched);
-        }
+        // The record gives filters its attributes and, to JSONPath filters, its data.
+        table.index.matching(&**event, matched);
         for &i in matched.iter() {
             let t = &table.triggers[i];
             if offset >= t.start {
@@ -906,9 +902,12 @@ enum Lane {
     Partition(u32),
 }
 
-fn lane_of(event: &Event) -> Lane {
-    match event.extension(PARTITION_KEY) {
-        Some(v) => Lane::Key(v.to_string()),
+fn lane_of(event: &EventRecord) -> Lane {
+    // As the SDK's `ExtensionValue` writes it (a string as is, a number or boolean as text).
+    match evmesh_filter::EventAttributes::attribute(event, PARTITION_KEY) {
+        Some(evmesh_filter::AttrValue::Str(s)) => Lane::Key(s.into_owned()),
+        Some(evmesh_filter::AttrValue::Int(i)) => Lane::Key(i.to_string()),
+        Some(evmesh_filter::AttrValue::Bool(b)) => Lane::Key(b.to_string()),
         None => Lane::NoKey,
     }
 }

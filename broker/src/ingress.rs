@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -124,12 +124,20 @@ impl From<PublishError> for IngressError {
     }
 }
 
+/// The route's two path parameters (namespace, then broker or channel), percent-decoded, borrowed
+/// from the request (not copied into `String`s as `Path` would).
+fn names(params: &RawPathParams) -> (&str, &str) {
+    let mut values = params.iter().map(|(_, v)| v);
+    (values.next().unwrap_or(""), values.next().unwrap_or(""))
+}
+
 /// `POST /channels/{namespace}/{channel}`: a channel's address (its `status.address.url`).
 async fn handle_channel(
     State(ingress): State<Ingress>,
-    Path((namespace, channel)): Path<(String, String)>,
+    params: RawPathParams,
     req: Request,
 ) -> Response {
+    let (namespace, channel) = names(&params);
     // The request's own headers, moved (axum's `HeaderMap` extractor would copy them).
     let (parts, body) = req.into_parts();
     let mut event_type = None;
@@ -137,8 +145,8 @@ async fn handle_channel(
     match receive(
         &ingress,
         StreamKind::Channel,
-        &namespace,
-        &channel,
+        namespace,
+        channel,
         parts.method,
         parts.headers,
         body,
@@ -157,11 +165,8 @@ async fn handle_channel(
     }
 }
 
-async fn handle(
-    State(ingress): State<Ingress>,
-    Path((namespace, broker)): Path<(String, String)>,
-    req: Request,
-) -> Response {
+async fn handle(State(ingress): State<Ingress>, params: RawPathParams, req: Request) -> Response {
+    let (namespace, broker) = names(&params);
     // The request's own headers, moved (axum's `HeaderMap` extractor would copy them).
     let (parts, body) = req.into_parts();
     let started = std::time::Instant::now();
@@ -170,8 +175,8 @@ async fn handle(
     let resp = match receive(
         &ingress,
         StreamKind::Broker,
-        &namespace,
-        &broker,
+        namespace,
+        broker,
         parts.method,
         parts.headers,
         body,
@@ -235,7 +240,11 @@ async fn receive(
         .await
         .map_err(|e| body_error(&e, ingress.max_size))?;
     let event = codec::decode_record(&headers, bytes).map_err(|e| IngressError::BadRequest(e.0))?;
-    *event_type = Some(cloudevents::AttributesReader::ty(&*event).to_string());
+    *event_type = event
+        .attributes()
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
     let append_started = std::time::Instant::now();
     let published = BrokerService::publish_to(&stream, event).await;
     if published.is_ok()

@@ -44,15 +44,17 @@ impl DataKind {
 }
 
 /// One event as evmesh keeps it. Its attributes read as a [`cloudevents::Event`] through
-/// `Deref` (without data: what filters and logs read; [`EventRecord::data`] is the record's
-/// own); [`EventRecord::event`] is the whole event, its data the raw bytes as `Data::Binary`.
+/// `Deref` (without data; [`EventRecord::data`] is the record's own); [`EventRecord::event`] is
+/// the whole event, its data the raw bytes as `Data::Binary`. Filters read the attributes
+/// themselves ([`evmesh_filter::EventAttributes`]), so routing and delivery build neither.
 #[derive(Clone, Debug)]
 pub struct EventRecord {
     attributes: Map<String, Value>,
     data: Option<(DataKind, Bytes)>,
     headers: Vec<(String, String)>,
-    /// The attributes as a CloudEvent, without data.
-    view: Event,
+    /// The attributes as a CloudEvent, without data: made the first time it is read (a 0.3
+    /// event's at once, as the SDK checks it).
+    view: std::sync::OnceLock<Event>,
     /// `view` with a copy of the data, made the first time [`EventRecord::event`] is asked
     /// (an in-process subscriber, the Rust API): routing and delivery never copy the data.
     full: std::sync::OnceLock<Event>,
@@ -61,7 +63,47 @@ pub struct EventRecord {
 impl std::ops::Deref for EventRecord {
     type Target = Event;
     fn deref(&self) -> &Event {
-        &self.view
+        self.view.get_or_init(|| build_view(&self.attributes))
+    }
+}
+
+impl evmesh_filter::EventAttributes for EventRecord {
+    fn attribute(&self, name: &str) -> Option<evmesh_filter::AttrValue<'_>> {
+        use evmesh_filter::AttrValue;
+        use std::borrow::Cow;
+        if attr_str(&self.attributes, "specversion") != Some("1.0") {
+            // 0.3 names some attributes differently (`schemaurl`): as the SDK reads them.
+            return (**self).attribute(name);
+        }
+        let value = self.attributes.get(name)?;
+        Some(match (name, value) {
+            // As the view holds them (what Knative's Go SDK compares): parsed, then written.
+            ("time", Value::String(s)) => match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => AttrValue::Str(Cow::Owned(evmesh_filter::format_time(
+                    &t.with_timezone(&chrono::Utc),
+                ))),
+                Err(_) => AttrValue::Str(Cow::Borrowed(s)),
+            },
+            ("dataschema", Value::String(s)) => match url::Url::parse(s) {
+                Ok(url) => AttrValue::Str(Cow::Owned(url.into())),
+                Err(_) => AttrValue::Str(Cow::Borrowed(s)),
+            },
+            (_, Value::String(s)) => AttrValue::Str(Cow::Borrowed(s)),
+            (_, Value::Bool(b)) => AttrValue::Bool(*b),
+            (_, other) => match extension_value(other) {
+                ExtensionValue::Integer(i) => AttrValue::Int(i),
+                ExtensionValue::Boolean(b) => AttrValue::Bool(b),
+                ExtensionValue::String(s) => AttrValue::Str(Cow::Owned(s)),
+            },
+        })
+    }
+
+    fn json_data(&self) -> Option<std::borrow::Cow<'_, Value>> {
+        // As the whole event gives it (data as bytes): whatever parses as JSON.
+        let (_, bytes) = self.data.as_ref()?;
+        serde_json::from_slice(bytes)
+            .ok()
+            .map(std::borrow::Cow::Owned)
     }
 }
 
@@ -239,6 +281,66 @@ fn view_by_sdk(attributes: &Map<String, Value>) -> Result<Event, String> {
     serde::Deserialize::deserialize(&Value::Object(attributes.clone())).map_err(|e| e.to_string())
 }
 
+/// Whether [`view_v10`] accepts attributes that have `id`, `source` and `type` (as
+/// [`EventRecord::new`] checks first), found without building the view: those three,
+/// `datacontenttype` and `subject` strings, `dataschema` an absolute URL, `time` RFC 3339,
+/// extensions strings, booleans or integers that fit an `i64`.
+fn v10_ok(attributes: &Map<String, Value>) -> bool {
+    attributes
+        .iter()
+        .all(|(name, value)| match (name.as_str(), value) {
+            ("specversion", _) => true,
+            ("id" | "source" | "type" | "datacontenttype" | "subject", v) => v.is_string(),
+            ("dataschema", Value::String(s)) => url::Url::parse(s).is_ok(),
+            ("time", Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+            ("dataschema" | "time", _) => false,
+            (_, Value::String(_) | Value::Bool(_)) => true,
+            (_, Value::Number(n)) => n.is_i64(),
+            _ => false,
+        })
+}
+
+/// Checks attributes as their view needs them: what [`view_v10`] or the SDK says of them. A 1.0
+/// event's view is not built here (unless something is wrong, for the error's text); a 0.3
+/// event's is, and returned.
+fn check_view(specversion: &str, attributes: &Map<String, Value>) -> Result<Option<Event>, String> {
+    match specversion {
+        "1.0" if v10_ok(attributes) => Ok(None),
+        "1.0" => view_v10(attributes).map(Some),
+        _ => view_by_sdk(attributes).map(Some),
+    }
+}
+
+/// The view of checked attributes (see [`check_view`]). Cannot fail for them; should it, the
+/// view holds `id`, `source` and `type` alone rather than panic.
+fn build_view(attributes: &Map<String, Value>) -> Event {
+    let built = match attr_str(attributes, "specversion") {
+        Some("1.0") => view_v10(attributes),
+        _ => view_by_sdk(attributes),
+    };
+    built.unwrap_or_else(|_| {
+        use cloudevents::AttributesWriter;
+        let mut event = Event::default();
+        event.set_id(attr_str(attributes, "id").unwrap_or_default());
+        event.set_source(attr_str(attributes, "source").unwrap_or_default());
+        event.set_type(attr_str(attributes, "type").unwrap_or_default());
+        event
+    })
+}
+
+/// Appends `value` as JSON behind its length (4 bytes, little-endian); `empty` when it does not
+/// serialize.
+fn write_sized(out: &mut Vec<u8>, value: &impl serde::Serialize, empty: &[u8]) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.truncate(at + 4);
+        out.extend_from_slice(empty);
+    }
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
 impl EventRecord {
     /// A record from attributes (as received, including `specversion`, without data fields),
     /// data and passed-through headers. Checks the event as CloudEvents 1.0 or 0.3 requires:
@@ -268,15 +370,15 @@ impl EventRecord {
         data: Option<(DataKind, Bytes)>,
         headers: Vec<(String, String)>,
     ) -> Result<EventRecord, RecordError> {
-        match attr_str(&attributes, "specversion") {
-            Some("1.0") | Some("0.3") => {}
+        let specversion = match attr_str(&attributes, "specversion") {
+            Some(v @ ("1.0" | "0.3")) => v,
             Some(other) => {
                 return Err(RecordError(format!(
                     "specversion {other} is not supported (1.0 and 0.3 are)"
                 )));
             }
             None => return Err(RecordError("specversion is missing".into())),
-        }
+        };
         for required in ["id", "source", "type"] {
             match attributes.get(required) {
                 Some(Value::String(s)) if !s.is_empty() => {}
@@ -303,12 +405,13 @@ impl EventRecord {
                 return Err(RecordError(format!("attribute {name} is null")));
             }
         }
-        let view = match attr_str(&attributes, "specversion") {
-            Some("1.0") => view_v10(&attributes),
-            // 0.3 through the SDK (its attributes cannot be built from outside it).
-            _ => view_by_sdk(&attributes),
+        // 0.3 through the SDK (its attributes cannot be built from outside it).
+        let view = std::sync::OnceLock::new();
+        if let Some(built) = check_view(specversion, &attributes)
+            .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?
+        {
+            let _ = view.set(built);
         }
-        .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?;
         Ok(EventRecord {
             attributes,
             data,
@@ -389,7 +492,7 @@ impl EventRecord {
     /// ```
     pub fn event(&self) -> &Event {
         self.full.get_or_init(|| {
-            let mut event = self.view.clone();
+            let mut event = (**self).clone();
             if let Some((_, bytes)) = &self.data {
                 event.set_data_unchecked(Data::Binary(bytes.to_vec()));
             }
@@ -397,14 +500,10 @@ impl EventRecord {
         })
     }
 
-    /// Whether the event passes `filter`: given its attributes, or the whole event when the
-    /// filter reads data (`evmesh.dev/jsonpath`).
+    /// Whether the event passes `filter` (which reads the record's attributes, and its data
+    /// when it is an `evmesh.dev/jsonpath` filter).
     pub(crate) fn passes(&self, filter: &evmesh_filter::Filter) -> bool {
-        if filter.reads_data() {
-            filter.matches(self.event())
-        } else {
-            filter.matches(self)
-        }
+        filter.matches(self)
     }
 
     /// The attributes and extensions as received (plus the broker's own extensions), without
@@ -506,7 +605,7 @@ impl EventRecord {
     /// ```
     pub fn set_extension(&mut self, name: &str, value: Value) {
         self.full.take();
-        self.view.set_extension(name, extension_value(&value));
+        self.view.take();
         self.attributes.insert(name.to_string(), value);
     }
 
@@ -525,7 +624,7 @@ impl EventRecord {
     /// ```
     pub fn remove_extension(&mut self, name: &str) {
         self.full.take();
-        self.view.remove_extension(name);
+        self.view.take();
         // Keeps the other attributes in order (with serde_json/preserve_order too).
         self.attributes.retain(|k, _| k != name);
     }
@@ -560,15 +659,12 @@ impl EventRecord {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn to_stored(&self) -> Vec<u8> {
-        let attrs = serde_json::to_vec(&self.attributes).unwrap_or_else(|_| b"{}".to_vec());
-        let headers = serde_json::to_vec(&self.headers).unwrap_or_else(|_| b"[]".to_vec());
         let data_len = self.data.as_ref().map_or(0, |(_, b)| b.len());
-        let mut out = Vec::with_capacity(10 + attrs.len() + headers.len() + data_len);
+        // One buffer, each JSON part serialized in place behind its length (no copies).
+        let mut out = Vec::with_capacity(256 + 64 * self.headers.len() + data_len);
         out.push(FORMAT_VERSION);
-        out.extend_from_slice(&(attrs.len() as u32).to_le_bytes());
-        out.extend_from_slice(&attrs);
-        out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-        out.extend_from_slice(&headers);
+        write_sized(&mut out, &self.attributes, b"{}");
+        write_sized(&mut out, &self.headers, b"[]");
         match &self.data {
             None => out.push(0),
             Some((kind, bytes)) => {
@@ -838,6 +934,65 @@ mod tests {
     }
 
     #[test]
+    fn filters_read_a_record_as_they_read_its_cloudevent() {
+        use evmesh_filter::{EventAttributes, Filter};
+        let cases = [
+            serde_json::json!({"specversion":"1.0","id":"1","source":"https://x/y?z","type":"t",
+                "datacontenttype":"application/json","subject":"s",
+                "dataschema":"HTTPS://Example.COM/a/../s.json",
+                "time":"2026-12-04T10:00:00.1200+02:00","flag":true,"count":42,"neg":-7,
+                "text":"x","partitionkey":"k1"}),
+            serde_json::json!({"specversion":"1.0","id":"2","source":"/s","type":"t.v2",
+                "time":"2026-12-04T08:00:00Z","flag":false,"count":7}),
+            serde_json::json!({"specversion":"0.3","id":"3","source":"/s","type":"t",
+                "schemaurl":"https://example.com/s.json","subject":"s","ext":"e"}),
+        ];
+        let names = [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            "dataschema",
+            "schemaurl",
+            "flag",
+            "count",
+            "neg",
+            "text",
+            "ext",
+            "missing",
+        ];
+        let filters = [
+            "time = '2026-12-04T08:00:00.12Z'",
+            "time = '2026-12-04T08:00:00Z'",
+            "dataschema = 'https://example.com/s.json'",
+            "flag AND count > 40 AND neg < 0",
+            "EXISTS schemaurl",
+            "specversion = '0.3' OR type LIKE 't%'",
+            "count = 7 AND NOT flag",
+        ];
+        for case in cases {
+            let data = Some((DataKind::Json, Bytes::from_static(br#"{"a": [1, 2]}"#)));
+            let record = EventRecord::new(attrs(case.clone()), data, vec![]).expect("valid");
+            let event = record.event().clone();
+            for name in names {
+                assert_eq!(
+                    record.attribute(name),
+                    event.attribute(name),
+                    "{name} of {case}"
+                );
+            }
+            for expr in filters {
+                let f = Filter::cesql(expr).expect("parses");
+                assert_eq!(f.matches(&record), f.matches(&event), "{expr} on {case}");
+            }
+            assert_eq!(record.json_data(), event.json_data(), "{case}");
+        }
+    }
+
+    #[test]
     fn the_view_is_what_the_sdk_makes_of_the_attributes_errors_included() {
         let cases = [
             serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t"}),
@@ -855,6 +1010,8 @@ mod tests {
         for case in cases {
             let a = attrs(case.clone());
             assert_eq!(view_v10(&a), view_by_sdk(&a), "{case}");
+            // The check without the view agrees with building it.
+            assert_eq!(v10_ok(&a), view_v10(&a).is_ok(), "{case}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! The Knative attribute dialects: `exact`, `prefix`, `suffix` and the legacy
 //! `filter.attributes`.
 
-use cloudevents::Event;
+use crate::attr::EventAttributes;
 
 use crate::attr::{self, AttrName};
 
@@ -26,7 +26,7 @@ pub(crate) struct AttrFilter {
 }
 
 impl AttrFilter {
-    pub(crate) fn matches(&self, event: &Event) -> bool {
+    pub(crate) fn matches(&self, event: &dyn EventAttributes) -> bool {
         self.attrs.iter().all(|(name, want)| {
             let Some(have) = attr::lookup_str(event, name) else {
                 return false;

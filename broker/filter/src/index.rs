@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use cloudevents::Event;
+use crate::attr::EventAttributes;
 use rustc_hash::FxBuildHasher;
 
 use crate::Filter;
@@ -104,7 +104,7 @@ impl<K: Clone> FilterIndex<K> {
 
     /// Appends to `out` the key of every entry whose filter matches `event`, each once, in the
     /// order the entries were given.
-    pub fn matching(&self, event: &Event, out: &mut Vec<K>) {
+    pub fn matching(&self, event: &dyn EventAttributes, out: &mut Vec<K>) {
         let mut first: Option<&[u32]> = None;
         let mut more: Vec<u32> = Vec::new();
         for (name, map) in &self.indexed {

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use cloudevents::Event;
-use cloudevents::event::Data;
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
+
+use crate::attr::EventAttributes;
 
 /// A compiled JSONPath filter: the query is parsed once.
 #[derive(Clone, Debug)]
@@ -28,26 +28,11 @@ impl JsonPathFilter {
 
     /// Holds when the query selects a node (equal to `equals`, when set) in the event's JSON
     /// data. No data, data that is not JSON, or an evaluation error: false.
-    pub(crate) fn matches(&self, event: &Event) -> bool {
-        let parsed;
-        let data: &Value = match event.data() {
-            Some(Data::Json(v)) => v,
-            Some(Data::String(s)) => match serde_json::from_str(s) {
-                Ok(v) => {
-                    parsed = v;
-                    &parsed
-                }
-                Err(_) => return false,
-            },
-            Some(Data::Binary(b)) => match serde_json::from_slice(b) {
-                Ok(v) => {
-                    parsed = v;
-                    &parsed
-                }
-                Err(_) => return false,
-            },
-            None => return false,
+    pub(crate) fn matches(&self, event: &dyn EventAttributes) -> bool {
+        let Some(data) = event.json_data() else {
+            return false;
         };
+        let data: &Value = &data;
         match js_path_process(&self.query, data) {
             Ok(nodes) => match &self.equals {
                 None => !nodes.is_empty(),

@@ -25,12 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use cloudevents::Event;
-
 use crate::attr::AttrName;
 use crate::dialects::{AttrFilter, Mode};
 use crate::jsonpath::JsonPathFilter;
 
+pub use crate::attr::{AttrValue, EventAttributes, format_time};
 pub use crate::index::FilterIndex;
 
 /// The YAML/JSON shape of one entry of a Trigger's `spec.filters` (Knative's
@@ -174,7 +173,7 @@ enum Node {
 }
 
 impl Node {
-    fn matches(&self, event: &Event, meta: &Meta) -> bool {
+    fn matches(&self, event: &dyn EventAttributes, meta: &Meta) -> bool {
         match self {
             Node::All(children) => children.iter().all(|c| c.matches(event, meta)),
             Node::Any(children) => children.iter().any(|c| c.matches(event, meta)),
@@ -506,8 +505,9 @@ impl Filter {
         self.node.reads_data()
     }
 
-    /// Whether the event passes.
-    pub fn matches(&self, event: &Event) -> bool {
+    /// Whether the event passes: a [`cloudevents::Event`], or anything else that gives a
+    /// filter what it reads ([`EventAttributes`]).
+    pub fn matches(&self, event: &dyn EventAttributes) -> bool {
         self.node.matches(event, &self.meta)
     }
 

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use cloudevents::Event;
+use crate::attr::EventAttributes;
 use smallvec::SmallVec;
 
 use super::{ErrorKind, EvalError, Value};
@@ -288,7 +288,7 @@ macro_rules! child {
 
 /// An attribute reference: its value, or `false` with a missing-attribute error.
 #[inline(always)]
-fn ident<'e>(event: &'e Event, name: &AttrName) -> Out<'e> {
+fn ident<'e>(event: &'e dyn EventAttributes, name: &AttrName) -> Out<'e> {
     let value = match attr::lookup(event, name) {
         Some(AttrValue::Str(s)) => Val::Str(s),
         Some(AttrValue::Bool(b)) => Val::Bool(b),
@@ -409,7 +409,7 @@ fn equals(l: Val<'_>, r: Val<'_>, pending: &mut Option<EvalError>) -> bool {
 impl Expr {
     /// Evaluates a sub-expression: leaves inline, the rest through [`Expr::eval`].
     #[inline(always)]
-    fn eval_child<'e>(&'e self, event: &'e Event) -> Out<'e> {
+    fn eval_child<'e>(&'e self, event: &'e dyn EventAttributes) -> Out<'e> {
         match self {
             Expr::Bool(b) => (Val::Bool(*b), None),
             Expr::Int(i) => (Val::Int(*i), None),
@@ -419,7 +419,7 @@ impl Expr {
         }
     }
 
-    pub(crate) fn eval<'e>(&'e self, event: &'e Event) -> Out<'e> {
+    pub(crate) fn eval<'e>(&'e self, event: &'e dyn EventAttributes) -> Out<'e> {
         let mut pending = None;
         let value = match self {
             Expr::Bool(b) => Val::Bool(*b),

@@ -15,7 +15,7 @@ mod parser;
 
 use std::fmt;
 
-use cloudevents::Event;
+use crate::attr::EventAttributes;
 
 /// A CESQL value: the language has three primitive types.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,14 +122,14 @@ impl Expression {
 
     /// Evaluates the expression in fail-fast mode: on the first error the value is the zero
     /// value of the failing sub-expression's type, propagated up as the specification says.
-    pub fn evaluate(&self, event: &Event) -> (Value, Option<EvalError>) {
+    pub fn evaluate(&self, event: &dyn EventAttributes) -> (Value, Option<EvalError>) {
         let (value, error) = self.root.eval(event);
         (value.into_owned(), error)
     }
 
     /// Whether the event passes: the result is Boolean `true` and no error happened. On an
     /// evaluation error, returns it.
-    pub(crate) fn test(&self, event: &Event) -> Result<bool, EvalError> {
+    pub(crate) fn test(&self, event: &dyn EventAttributes) -> Result<bool, EvalError> {
         match self.root.eval(event) {
             (_, Some(error)) => Err(error),
             (eval::Val::Bool(b), None) => Ok(b),
