@@ -25,6 +25,9 @@ const CE_HEADER: &AsciiSet = &percent_encoding::CONTROLS
     .add(b'%')
     .add(0x7f);
 
+/// Binary mode's marker header, made once (a `&str` key is parsed again on every lookup).
+static CE_SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
+
 /// Why a request or reply is not a valid CloudEvent.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -63,7 +66,7 @@ pub fn decode_record(headers: &HeaderMap, body: Bytes) -> Result<EventRecord, De
                 .map_err(|e| DecodeError(format!("invalid CloudEvent: {e}")));
         }
     }
-    if !headers.contains_key("ce-specversion") {
+    if !headers.contains_key(&CE_SPECVERSION) {
         return Err(DecodeError(describe("Wrong encoding")));
     }
     // Sized once: growing the (insertion-ordered) map rehashes every key again.

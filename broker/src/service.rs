@@ -567,6 +567,47 @@ impl State {
     }
 }
 
+/// A `(namespace, name)` key of [`State`]'s stream maps, looked up from two `&str`s without
+/// building the owned key (ingress does it once per request).
+trait NamePair {
+    fn pair(&self) -> (&str, &str);
+}
+
+impl NamePair for (String, String) {
+    fn pair(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl NamePair for (&str, &str) {
+    fn pair(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn NamePair + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn NamePair + 'a) {
+        self
+    }
+}
+
+// Hashes as `(String, String)` does (each part in turn), as `Borrow` requires.
+impl std::hash::Hash for dyn NamePair + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (a, b) = self.pair();
+        a.hash(state);
+        b.hash(state);
+    }
+}
+
+impl PartialEq for dyn NamePair + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+
+impl Eq for dyn NamePair + '_ {}
+
 #[derive(Default)]
 struct State {
     brokers: HashMap<(String, String), Arc<BrokerRuntime>>,
@@ -1973,14 +2014,13 @@ impl BrokerService {
         namespace: &str,
         name: &str,
     ) -> Result<Arc<BrokerRuntime>, PublishError> {
-        let key = (namespace.to_string(), name.to_string());
         let found = {
             let state = self.state();
             let streams = match kind {
                 StreamKind::Broker => &state.brokers,
                 StreamKind::Channel => &state.channels,
             };
-            streams.get(&key).cloned()
+            streams.get(&(namespace, name) as &dyn NamePair).cloned()
         };
         if let Some(stream) = found {
             return Ok(stream);
@@ -2034,7 +2074,7 @@ impl BrokerService {
     pub fn has_broker(&self, namespace: &str, name: &str) -> bool {
         self.state()
             .brokers
-            .contains_key(&(namespace.to_string(), name.to_string()))
+            .contains_key(&(namespace, name) as &dyn NamePair)
     }
 
     /// Why broker `namespace/name` is configured but does not run (its log could not be

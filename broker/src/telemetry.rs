@@ -224,18 +224,22 @@ impl IngressMetrics {
     /// Records one ingress request (`event_type` `None`: it was not a valid event).
     pub(crate) fn request(&self, event_type: Option<&str>, code: u16, elapsed: Duration) {
         let event_type = event_type.unwrap_or("");
-        let known = {
+        let millis = elapsed.as_secs_f64() * 1000.0;
+        {
+            // Recorded under the read lock: no handle cloned (and dropped) per request.
             let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
-            handles.get(event_type).and_then(|by_code| {
-                by_code
-                    .iter()
-                    .find(|(c, ..)| *c == code)
-                    .map(|(_, counter, histogram)| (counter.clone(), histogram.clone()))
-            })
-        };
-        let (counter, histogram) = known.unwrap_or_else(|| self.make(event_type, code));
+            if let Some((_, counter, histogram)) = handles
+                .get(event_type)
+                .and_then(|by_code| by_code.iter().find(|(c, ..)| *c == code))
+            {
+                counter.increment(1);
+                histogram.record(millis);
+                return;
+            }
+        }
+        let (counter, histogram) = self.make(event_type, code);
         counter.increment(1);
-        histogram.record(elapsed.as_secs_f64() * 1000.0);
+        histogram.record(millis);
     }
 
     /// Makes (and keeps) the handles of a label set not seen yet.
