@@ -233,3 +233,68 @@ async fn an_https_subscriber_speaking_only_http2_gets_the_event_over_http2() {
     })
     .await;
 }
+
+/// An HTTP/2 subscriber that refuses the first stream (`RST_STREAM` with `REFUSED_STREAM`: it
+/// did no work on it) gets the request again at once on a new stream, as Go's HTTP/2 transport
+/// (Knative's dispatcher) retries it: the event is delivered on the first attempt, with no
+/// retry spent and no dead letter.
+#[tokio::test]
+async fn a_refused_http2_stream_is_sent_again_without_spending_a_retry() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ca = TestCa::new("h2 refused CA");
+    let mut config = ca.server_config();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let streams = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (s, a) = (streams.clone(), answered.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let (s, a) = (s.clone(), a.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if s.fetch_add(1, Ordering::SeqCst) == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let resp = http::Response::builder()
+                        .status(http::StatusCode::ACCEPTED)
+                        .body(())
+                        .expect("response");
+                    if respond.send_response(resp, true).is_ok() {
+                        a.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let url = format!("https://127.0.0.1:{}/refuses-once", addr.port());
+    let m = mesh(&yaml(&url, Some(&ca.pem()), None)).await;
+    post_ok(&m.url("/demo/default"), event("refused-once", "t")).await;
+    eventually("counted delivered", WAIT, || {
+        m.mesh.service().triggers()[0].counters.delivered == 1
+    })
+    .await;
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        2,
+        "one refused stream, one answered"
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    let counters = &m.mesh.service().triggers()[0].counters;
+    assert_eq!(
+        counters.retried, 0,
+        "the refused stream spent no retry: {counters:?}"
+    );
+}

@@ -185,28 +185,46 @@ async fn post_hyper(
     let mut from: Option<String> = None;
     for hop in 0..=MAX_REDIRECTS {
         let uri: Uri = target.as_str().parse().map_err(|e| failed(Box::new(e)))?;
-        let mut req = http::Request::new(Full::new(body.clone().unwrap_or_default()));
-        *req.method_mut() = method.clone();
-        *req.uri_mut() = uri;
-        let mut h = headers();
-        if body.is_none() {
-            // Redirected as a GET: what described the body goes with it (as reqwest does).
-            for name in [
-                header::CONTENT_TYPE,
-                header::CONTENT_LENGTH,
-                header::CONTENT_ENCODING,
-            ] {
-                h.remove(name);
+        // A stream the server refused (`REFUSED_STREAM`: it did no work on it) is sent again,
+        // as Go's HTTP/2 transport (Knative's dispatcher) does: at once the first time, then
+        // after 1, 2, 4... seconds, within the deadline. It is no failed delivery attempt and
+        // spends none of the subscriber's retries.
+        let mut refused = 0;
+        let resp = loop {
+            let mut req = http::Request::new(Full::new(body.clone().unwrap_or_default()));
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri.clone();
+            let mut h = headers();
+            if body.is_none() {
+                // Redirected as a GET: what described the body goes with it (as reqwest does).
+                for name in [
+                    header::CONTENT_TYPE,
+                    header::CONTENT_LENGTH,
+                    header::CONTENT_ENCODING,
+                ] {
+                    h.remove(name);
+                }
             }
-        }
-        if let Some(v) = from.as_deref().and_then(|f| HeaderValue::from_str(f).ok()) {
-            h.insert(header::REFERER, v);
-        }
-        *req.headers_mut() = h;
-        let resp = match tokio::time::timeout_at(deadline, client.request(req)).await {
-            Err(_) => return Err(SendError::TimedOut),
-            Ok(Err(e)) => return Err(failed(Box::new(e))),
-            Ok(Ok(r)) => r,
+            if let Some(v) = from.as_deref().and_then(|f| HeaderValue::from_str(f).ok()) {
+                h.insert(header::REFERER, v);
+            }
+            *req.headers_mut() = h;
+            match tokio::time::timeout_at(deadline, client.request(req)).await {
+                Err(_) => return Err(SendError::TimedOut),
+                Ok(Err(e)) if refused < REFUSED_STREAM_RETRIES && refused_stream(&e) => {
+                    if refused > 0 {
+                        let wait = Duration::from_secs(1 << (refused - 1));
+                        if Instant::now() + wait >= deadline {
+                            return Err(SendError::TimedOut);
+                        }
+                        tokio::time::sleep(wait).await;
+                    }
+                    refused += 1;
+                    tracing::debug!(%uri, refused, "HTTP/2 stream refused: sending the request again");
+                }
+                Ok(Err(e)) => return Err(failed(Box::new(e))),
+                Ok(Ok(r)) => break r,
+            }
         };
         let status = resp.status();
         if status.is_redirection()
@@ -237,6 +255,22 @@ async fn post_hyper(
         });
     }
     Err(failed(Box::new(TooManyRedirects(MAX_REDIRECTS))))
+}
+
+/// How many times a request whose HTTP/2 stream the server refused is sent again (Go's
+/// HTTP/2 transport: up to 6).
+const REFUSED_STREAM_RETRIES: u32 = 6;
+
+/// Whether the error is the server's `RST_STREAM` with `REFUSED_STREAM`.
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) && h2.is_remote();
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Where a redirect answer sends the request: its `Location` resolved against `from`, for the
