@@ -175,19 +175,33 @@ async fn serve_with_an_unreadable_ca_file_fails_to_start_with_a_message() {
     );
 }
 
+/// A CA, and a loopback listener with a TLS acceptor whose certificate it signed and whose ALPN
+/// offers `h2` alone: an HTTP/2-only https subscriber's beginnings.
+async fn h2_only_listener(
+    ca_name: &str,
+) -> (
+    TestCa,
+    tokio::net::TcpListener,
+    tokio_rustls::TlsAcceptor,
+    std::net::SocketAddr,
+) {
+    let ca = TestCa::new(ca_name);
+    let mut config = ca.server_config();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (ca, listener, acceptor, addr)
+}
+
 /// An https subscriber that speaks HTTP/2 only (its TLS offers `h2` alone through ALPN): the
 /// delivery engine negotiates HTTP/2 and the event arrives.
 #[tokio::test]
 async fn an_https_subscriber_speaking_only_http2_gets_the_event_over_http2() {
     use std::sync::{Arc, Mutex};
-    let ca = TestCa::new("h2 CA");
-    let mut config = ca.server_config();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (ca, listener, acceptor, addr) = h2_only_listener("h2 CA").await;
     let seen: Arc<Mutex<Vec<(http::Version, String)>>> = Arc::default();
     let recorded = seen.clone();
     tokio::spawn(async move {
@@ -242,14 +256,7 @@ async fn an_https_subscriber_speaking_only_http2_gets_the_event_over_http2() {
 async fn a_refused_http2_stream_is_sent_again_without_spending_a_retry() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let ca = TestCa::new("h2 refused CA");
-    let mut config = ca.server_config();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (ca, listener, acceptor, addr) = h2_only_listener("h2 refused CA").await;
     let streams = Arc::new(AtomicUsize::new(0));
     let answered = Arc::new(AtomicUsize::new(0));
     let (s, a) = (streams.clone(), answered.clone());
