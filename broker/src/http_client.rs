@@ -184,7 +184,6 @@ async fn post_hyper(
     let mut body = Some(body);
     let mut from: Option<String> = None;
     for hop in 0..=MAX_REDIRECTS {
-        let uri: Uri = target.as_str().parse().map_err(|e| failed(Box::new(e)))?;
         // A stream the server refused (`REFUSED_STREAM`: it did no work on it) is sent again,
         // as Go's HTTP/2 transport (Knative's dispatcher) does: at once the first time, then
         // after 1, 2, 4... seconds, within the deadline. It is no failed delivery attempt and
@@ -193,7 +192,11 @@ async fn post_hyper(
         let resp = loop {
             let mut req = http::Request::new(Full::new(body.clone().unwrap_or_default()));
             *req.method_mut() = method.clone();
-            *req.uri_mut() = uri.clone();
+            // Parsed for each send (moved into the request; sent again only when refused).
+            *req.uri_mut() = target
+                .as_str()
+                .parse::<Uri>()
+                .map_err(|e| failed(Box::new(e)))?;
             let mut h = headers();
             if body.is_none() {
                 // Redirected as a GET: what described the body goes with it (as reqwest does).
@@ -220,7 +223,7 @@ async fn post_hyper(
                         tokio::time::sleep(wait).await;
                     }
                     refused += 1;
-                    tracing::debug!(%uri, refused, "HTTP/2 stream refused: sending the request again");
+                    tracing::debug!(url = %target, refused, "HTTP/2 stream refused: sending the request again");
                 }
                 Ok(Err(e)) => return Err(failed(Box::new(e))),
                 Ok(Ok(r)) => break r,
