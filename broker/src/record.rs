@@ -89,7 +89,6 @@ impl evmesh_filter::EventAttributes for EventRecord {
                 Err(_) => AttrValue::Str(Cow::Borrowed(s)),
             },
             (_, Value::String(s)) => AttrValue::Str(Cow::Borrowed(s)),
-            (_, Value::Bool(b)) => AttrValue::Bool(*b),
             (_, other) => match extension_value(other) {
                 ExtensionValue::Integer(i) => AttrValue::Int(i),
                 ExtensionValue::Boolean(b) => AttrValue::Bool(b),

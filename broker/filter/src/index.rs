@@ -23,8 +23,6 @@ pub struct FilterIndex<K> {
     indexed: Vec<(AttrName, ValueMap)>,
     /// Entries tested for every event (ascending).
     scan: Vec<u32>,
-    /// Some entry's filter reads the event's data ([`Filter::reads_data`]).
-    reads_data: bool,
 }
 
 impl<K: Clone> FilterIndex<K> {
@@ -34,7 +32,6 @@ impl<K: Clone> FilterIndex<K> {
             entries: Vec::with_capacity(entries.len()),
             indexed: Vec::new(),
             scan: Vec::new(),
-            reads_data: false,
         };
         for (key, filter) in entries {
             if !index.push(key, filter) {
@@ -76,15 +73,8 @@ impl<K: Clone> FilterIndex<K> {
             }
             None => self.scan.push(i),
         }
-        self.reads_data |= filter.reads_data();
         self.entries.push((key, filter));
         true
-    }
-
-    /// Whether some entry's filter reads the event's data: [`matching`](Self::matching) must
-    /// then be given the event with its data (the others read attributes only).
-    pub fn reads_data(&self) -> bool {
-        self.reads_data
     }
 
     /// The number of entries.

@@ -190,15 +190,6 @@ impl Node {
         }
     }
 
-    fn reads_data(&self) -> bool {
-        match self {
-            Node::All(children) | Node::Any(children) => children.iter().any(Node::reads_data),
-            Node::Not(child) => child.reads_data(),
-            Node::Attrs(_) | Node::Cesql(_) => false,
-            Node::JsonPath(_) => true,
-        }
-    }
-
     fn match_all() -> Node {
         Node::All(Vec::new())
     }
@@ -490,19 +481,6 @@ impl Filter {
     /// How many CESQL evaluation errors this filter has met (each made an event fail it).
     pub fn cesql_error_count(&self) -> u64 {
         self.meta.cesql_errors.load(Ordering::Relaxed)
-    }
-
-    /// Whether the filter reads the event's data (an `evmesh.dev/jsonpath` filter): it must be
-    /// given the event with its data; the other dialects read attributes only (as Knative's).
-    ///
-    /// ```
-    /// use evmesh_filter::Filter;
-    /// let by_type = Filter::attributes(&[("type".to_string(), "t".to_string())].into())?;
-    /// assert!(!by_type.reads_data());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn reads_data(&self) -> bool {
-        self.node.reads_data()
     }
 
     /// Whether the event passes: a [`cloudevents::Event`], or anything else that gives a
