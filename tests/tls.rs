@@ -248,30 +248,32 @@ async fn an_https_subscriber_speaking_only_http2_gets_the_event_over_http2() {
     .await;
 }
 
-/// An HTTP/2 subscriber that refuses the first stream (`RST_STREAM` with `REFUSED_STREAM`: it
-/// did no work on it) gets the request again at once on a new stream, as Go's HTTP/2 transport
-/// (Knative's dispatcher) retries it: the event is delivered on the first attempt, with no
-/// retry spent and no dead letter.
-#[tokio::test]
-async fn a_refused_http2_stream_is_sent_again_without_spending_a_retry() {
+/// An HTTP/2-only https subscriber that refuses its first `refuse` streams (`RST_STREAM` with
+/// `REFUSED_STREAM`) and answers 202 to the others: its CA, its URL, and how many streams it saw.
+async fn refusing_h2_subscriber(
+    refuse: usize,
+) -> (
+    TestCa,
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let (ca, listener, acceptor, addr) = h2_only_listener("h2 refused CA").await;
+    let (ca, listener, acceptor, addr) = h2_only_listener("h2 refusing CA").await;
     let streams = Arc::new(AtomicUsize::new(0));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let (s, a) = (streams.clone(), answered.clone());
+    let seen = streams.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let Ok(tls) = acceptor.accept(tcp).await else {
                 continue;
             };
-            let (s, a) = (s.clone(), a.clone());
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
                 };
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    if s.fetch_add(1, Ordering::SeqCst) == 0 {
+                    if seen.fetch_add(1, Ordering::SeqCst) < refuse {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         continue;
                     }
@@ -279,14 +281,23 @@ async fn a_refused_http2_stream_is_sent_again_without_spending_a_retry() {
                         .status(http::StatusCode::ACCEPTED)
                         .body(())
                         .expect("response");
-                    if respond.send_response(resp, true).is_ok() {
-                        a.fetch_add(1, Ordering::SeqCst);
-                    }
+                    let _ = respond.send_response(resp, true);
                 }
             });
         }
     });
-    let url = format!("https://127.0.0.1:{}/refuses-once", addr.port());
+    let url = format!("https://127.0.0.1:{}/refusing", addr.port());
+    (ca, url, streams)
+}
+
+/// An HTTP/2 subscriber that refuses the first stream (`RST_STREAM` with `REFUSED_STREAM`: it
+/// did no work on it) gets the request again at once on a new stream, as Go's HTTP/2 transport
+/// (Knative's dispatcher) retries it: the event is delivered on the first attempt, with no
+/// retry spent and no dead letter.
+#[tokio::test]
+async fn a_refused_http2_stream_is_sent_again_without_spending_a_retry() {
+    use std::sync::atomic::Ordering;
+    let (ca, url, streams) = refusing_h2_subscriber(1).await;
     let m = mesh(&yaml(&url, Some(&ca.pem()), None)).await;
     post_ok(&m.url("/demo/default"), event("refused-once", "t")).await;
     eventually("counted delivered", WAIT, || {
@@ -298,10 +309,34 @@ async fn a_refused_http2_stream_is_sent_again_without_spending_a_retry() {
         2,
         "one refused stream, one answered"
     );
-    assert_eq!(answered.load(Ordering::SeqCst), 1);
     let counters = &m.mesh.service().triggers()[0].counters;
     assert_eq!(
         counters.retried, 0,
         "the refused stream spent no retry: {counters:?}"
     );
+}
+
+/// A subscriber that refuses every stream is not sent the request without end: within one
+/// attempt the request goes again at once, then after 1 s, then the attempt's `timeout` (here
+/// 1.5 s) ends it as a failed attempt, retried and then given up as any failed delivery.
+#[tokio::test]
+async fn a_subscriber_refusing_every_http2_stream_fails_its_attempts_within_their_timeout() {
+    use std::sync::atomic::Ordering;
+    let (ca, url, streams) = refusing_h2_subscriber(usize::MAX).await;
+    let m = mesh(&(yaml(&url, Some(&ca.pem()), None) + "    timeout: PT1.5S\n")).await;
+    post_ok(&m.url("/demo/default"), event("always-refused", "t")).await;
+    eventually("given up", WAIT, || {
+        m.mesh.service().triggers()[0].counters.dropped == 1
+    })
+    .await;
+    let counters = &m.mesh.service().triggers()[0].counters;
+    assert_eq!(
+        (counters.delivered, counters.retried),
+        (0, 1),
+        "{counters:?}"
+    );
+    // Two attempts (retry: 1), each sending at most three times: at once, again at once, and
+    // after 1 s.
+    let sent = streams.load(Ordering::SeqCst);
+    assert!((4..=6).contains(&sent), "{sent} streams");
 }
