@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::keys::{self, LogMeta};
 use crate::kv::{Batch, EngineSlot};
-use crate::{Offset, Result, StoreError};
+use crate::{LogId, Offset, Result, StoreError};
 
 /// How long checkpoint writes alone wait for more work before they are committed.
 const CHECKPOINT_LINGER: Duration = Duration::from_millis(2);
@@ -25,7 +25,7 @@ const RECOVER_INTERVAL: Duration = Duration::from_millis(500);
 pub(crate) enum Request {
     /// Append `payload` to the log `log`; answer with its offset once durable.
     Append {
-        log: String,
+        log: LogId,
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Offset>>,
     },
@@ -38,7 +38,7 @@ pub(crate) enum Request {
     /// Answers with how many records that dropped from the log (0 when `from` no longer
     /// matched). The records themselves are removed afterwards by the caller, off this thread.
     Trim {
-        log: String,
+        log: LogId,
         from: Offset,
         to: Offset,
         freed: u64,
@@ -55,7 +55,7 @@ impl Request {
 
 /// A [`Request::Trim`] taken apart.
 struct Trim {
-    log: String,
+    log: LogId,
     from: Offset,
     to: Offset,
     freed: u64,
@@ -95,7 +95,7 @@ pub(crate) struct Committer {
     engine: Arc<EngineSlot>,
     counters: Arc<Counters>,
     /// Metadata of the logs touched so far, as committed.
-    metas: HashMap<String, LogMeta>,
+    metas: HashMap<LogId, LogMeta>,
     /// Checkpoint writes not yet committed (shared with readers, kept across a failed commit).
     pending: Arc<PendingCheckpoints>,
     /// Payload bytes of appends sent and not answered yet (the store's admission bound).
@@ -315,12 +315,12 @@ impl Committer {
     }
 
     /// The committed metadata of `log`, loaded from the engine on first use.
-    fn meta(&mut self, log: &str) -> Result<LogMeta> {
+    fn meta(&mut self, log: &LogId) -> Result<LogMeta> {
         if let Some(m) = self.metas.get(log) {
             return Ok(*m);
         }
-        let m = keys::load_meta(self.engine.get()?.as_ref(), log)?;
-        self.metas.insert(log.to_owned(), m);
+        let m = keys::load_meta(self.engine.get()?.as_ref(), log.as_str())?;
+        self.metas.insert(log.clone(), m);
         Ok(m)
     }
 
@@ -328,7 +328,7 @@ impl Committer {
     /// moved, one durable engine batch.
     fn commit_cycle(
         &mut self,
-        appends: Vec<(String, Vec<u8>, oneshot::Sender<Result<Offset>>)>,
+        appends: Vec<(LogId, Vec<u8>, oneshot::Sender<Result<Offset>>)>,
         flushes: Vec<oneshot::Sender<Result<()>>>,
         trims: Vec<Trim>,
     ) {
@@ -337,7 +337,7 @@ impl Committer {
         // client finds its bytes released.
         let appended_bytes: usize = appends.iter().map(|(_, p, _)| p.len()).sum();
         let mut batch = Batch::default();
-        let mut dirty: HashMap<String, LogMeta> = HashMap::new();
+        let mut dirty: HashMap<LogId, LogMeta> = HashMap::new();
         let mut waiting = Vec::with_capacity(appends.len());
         let mut trimmed = Vec::with_capacity(trims.len());
         for t in trims {
@@ -363,10 +363,21 @@ impl Committer {
             };
             trimmed.push((n, t.reply));
         }
+        // The log of the last append and its metadata so far: a run of appends to one log
+        // (the usual batch) looks its metadata up once.
+        let mut current: Option<(LogId, LogMeta)> = None;
         for (log, payload, reply) in appends {
-            let meta = match dirty.get(&log) {
-                Some(m) => Ok(*m),
-                None => self.meta(&log),
+            let meta = match current.take() {
+                Some((last, m)) if last == log => Ok(m),
+                other => {
+                    if let Some((last, m)) = other {
+                        dirty.insert(last, m);
+                    }
+                    match dirty.get(&log) {
+                        Some(m) => Ok(*m),
+                        None => self.meta(&log),
+                    }
+                }
             };
             let mut meta = match meta {
                 Ok(m) => m,
@@ -379,16 +390,19 @@ impl Committer {
             meta.next += 1;
             meta.bytes += payload.len() as u64;
             batch.writes.insert(
-                keys::record_key(&log, offset),
+                keys::record_key(log.as_str(), offset),
                 Some(keys::record_value(now, &payload)),
             );
-            dirty.insert(log, meta);
+            current = Some((log, meta));
             waiting.push((offset, reply));
+        }
+        if let Some((log, meta)) = current {
+            dirty.insert(log, meta);
         }
         for (log, meta) in &dirty {
             batch
                 .writes
-                .insert(keys::meta_key(log), Some(meta.encode()));
+                .insert(keys::meta_key(log.as_str()), Some(meta.encode()));
         }
         let checkpoints = self.pending.snapshot();
         for (key, _, value) in &checkpoints {

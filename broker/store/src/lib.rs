@@ -46,17 +46,29 @@ pub use store::{KvEventStore, StoreStats};
 /// Position of a record in a log. Offsets are assigned contiguously from 0 and never reused.
 pub type Offset = u64;
 
-/// Name of one log; evmesh uses `"<namespace>/<broker>"`.
+/// Name of one log; evmesh uses `"<namespace>/<broker>"`. Cheap to clone (the name is shared).
+///
+/// ```
+/// let log = evmesh_store::LogId::new("default/default");
+/// assert_eq!(log.clone().as_str(), "default/default");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LogId(String);
+pub struct LogId(std::sync::Arc<str>);
 
 impl LogId {
     /// Makes a log id from its name.
     pub fn new(name: impl Into<String>) -> Self {
-        LogId(name.into())
+        LogId(std::sync::Arc::from(name.into()))
     }
     /// The log's name.
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Maps keyed by [`LogId`] are looked up by name.
+impl std::borrow::Borrow<str> for LogId {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }

@@ -229,7 +229,7 @@ impl EventStore for KvEventStore {
             }
             let (reply, rx) = oneshot::channel();
             if let Err(e) = self.send(Request::Append {
-                log: log.as_str().to_owned(),
+                log: log.clone(),
                 payload,
                 reply,
             }) {
@@ -319,7 +319,7 @@ impl EventStore for KvEventStore {
         }
         let (reply, rx) = mpsc::sync_channel(1);
         self.send(Request::Trim {
-            log: name.to_owned(),
+            log: log.clone(),
             from: meta.first,
             to,
             freed,
