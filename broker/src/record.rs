@@ -53,17 +53,20 @@ pub struct EventRecord {
     data: Option<(DataKind, Bytes)>,
     headers: Vec<(String, String)>,
     /// The attributes as a CloudEvent, without data: made the first time it is read (a 0.3
-    /// event's at once, as the SDK checks it).
-    view: std::sync::OnceLock<Event>,
+    /// event's at once, as the SDK checks it). Boxed, as `full`: a record is moved from step to
+    /// step on the ingress path, and an `Event` held in place would make each move ~10 times
+    /// larger.
+    view: std::sync::OnceLock<Box<Event>>,
     /// `view` with a copy of the data, made the first time [`EventRecord::event`] is asked
     /// (an in-process subscriber, the Rust API): routing and delivery never copy the data.
-    full: std::sync::OnceLock<Event>,
+    full: std::sync::OnceLock<Box<Event>>,
 }
 
 impl std::ops::Deref for EventRecord {
     type Target = Event;
     fn deref(&self) -> &Event {
-        self.view.get_or_init(|| build_view(&self.attributes))
+        self.view
+            .get_or_init(|| Box::new(build_view(&self.attributes)))
     }
 }
 
@@ -369,7 +372,34 @@ impl EventRecord {
         data: Option<(DataKind, Bytes)>,
         headers: Vec<(String, String)>,
     ) -> Result<EventRecord, RecordError> {
-        let specversion = match attr_str(&attributes, "specversion") {
+        // One pass over the attributes (no lookups by name); the errors are reported in the
+        // order: specversion, id, source, type, then the first bad name or null value.
+        let mut found: [Option<&Value>; 4] = [None; 4];
+        let mut malformed = None;
+        for (name, value) in &attributes {
+            match name.as_str() {
+                "specversion" => found[0] = Some(value),
+                "id" => found[1] = Some(value),
+                "source" => found[2] = Some(value),
+                "type" => found[3] = Some(value),
+                _ => {}
+            }
+            if malformed.is_some() {
+                continue;
+            }
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                malformed = Some(format!(
+                    "attribute name {name:?} is invalid (lower-case letters and digits only)"
+                ));
+            } else if value.is_null() {
+                malformed = Some(format!("attribute {name} is null"));
+            }
+        }
+        let specversion = match found[0].and_then(Value::as_str) {
             Some(v @ ("1.0" | "0.3")) => v,
             Some(other) => {
                 return Err(RecordError(format!(
@@ -378,8 +408,8 @@ impl EventRecord {
             }
             None => return Err(RecordError("specversion is missing".into())),
         };
-        for required in ["id", "source", "type"] {
-            match attributes.get(required) {
+        for (required, value) in ["id", "source", "type"].into_iter().zip(&found[1..]) {
+            match value {
                 Some(Value::String(s)) if !s.is_empty() => {}
                 Some(Value::String(_)) => {
                     return Err(RecordError(format!("attribute {required} is empty")));
@@ -390,26 +420,15 @@ impl EventRecord {
                 None => return Err(RecordError(format!("attribute {required} is missing"))),
             }
         }
-        for (name, value) in &attributes {
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            {
-                return Err(RecordError(format!(
-                    "attribute name {name:?} is invalid (lower-case letters and digits only)"
-                )));
-            }
-            if value.is_null() {
-                return Err(RecordError(format!("attribute {name} is null")));
-            }
+        if let Some(e) = malformed {
+            return Err(RecordError(e));
         }
         // 0.3 through the SDK (its attributes cannot be built from outside it).
         let view = std::sync::OnceLock::new();
         if let Some(built) = check_view(specversion, &attributes)
             .map_err(|e| RecordError(format!("invalid CloudEvent: {e}")))?
         {
-            let _ = view.set(built);
+            let _ = view.set(Box::new(built));
         }
         Ok(EventRecord {
             attributes,
@@ -495,7 +514,7 @@ impl EventRecord {
             if let Some((_, bytes)) = &self.data {
                 event.set_data_unchecked(Data::Binary(bytes.to_vec()));
             }
-            event
+            Box::new(event)
         })
     }
 
@@ -930,6 +949,16 @@ mod tests {
             Value::Object(m) => m,
             _ => Map::new(),
         }
+    }
+
+    #[test]
+    fn a_record_is_small_to_move() {
+        // The views are boxed: moving a record copies its handles, not two `Event`s.
+        assert!(
+            std::mem::size_of::<EventRecord>() < 2 * std::mem::size_of::<Event>(),
+            "{} bytes",
+            std::mem::size_of::<EventRecord>()
+        );
     }
 
     #[test]
