@@ -243,10 +243,9 @@ async fn serve_connection(
     let svc_state = state.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let active = Active::new(svc_state.clone());
-        let deadline = Instant::now() + body_timeout;
         let app = app.clone();
         async move {
-            let req = req.map(|b| Body::new(DeadlineBody::new(b, deadline, body_timeout)));
+            let req = req.map(|b| Body::new(DeadlineBody::new(b, body_timeout)));
             let resp = app.oneshot(req).await;
             // The request counts as in progress until its response body is sent (a watch
             // streams for long): idle and header timeouts start after it.
@@ -364,18 +363,20 @@ impl HttpBody for Guarded {
     }
 }
 
-/// A request body that fails with [`BodyTimeout`] once its deadline passes.
+/// A request body that fails with [`BodyTimeout`] once its deadline passes. The deadline is
+/// set by the first read that finds the body incomplete (the handler reads right after the
+/// head): a body that came with its head needs no timer at all.
 struct DeadlineBody {
     inner: Incoming,
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
     limit: Duration,
 }
 
 impl DeadlineBody {
-    fn new(inner: Incoming, deadline: Instant, limit: Duration) -> Self {
+    fn new(inner: Incoming, limit: Duration) -> Self {
         DeadlineBody {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            sleep: None,
             limit,
         }
     }
@@ -392,8 +393,11 @@ impl HttpBody for DeadlineBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => Poll::Ready(r.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
-                if self.sleep.as_mut().poll(cx).is_ready() {
-                    let limit = self.limit;
+                let limit = self.limit;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(Box::new(BodyTimeout(limit)))));
                 }
                 Poll::Pending

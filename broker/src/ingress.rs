@@ -17,6 +17,53 @@ use crate::service::{BrokerRuntime, BrokerService, PublishError, StreamKind};
 pub const TTL_EXTENSION: &str = "knativebrokerttl";
 /// Extension stamped with the time the broker accepted the event.
 pub const ARRIVAL_EXTENSION: &str = "knativearrivaltime";
+/// The current time as Knative stamps [`ARRIVAL_EXTENSION`]: RFC 3339 in UTC with `Z`, and as
+/// many fraction digits as the nanoseconds need (none, 3, 6 or 9), as chrono's
+/// `to_rfc3339_opts(SecondsFormat::AutoSi, true)` writes it.
+pub(crate) fn arrival_time_now() -> String {
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => rfc3339_utc(d.as_secs(), d.subsec_nanos()),
+        Err(_) => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    }
+}
+
+/// `secs` since the Unix epoch and `nanos` as [`arrival_time_now`] writes them; the date and
+/// time of day are formatted once per second and thread (a stamp per accepted event).
+fn rfc3339_utc(secs: u64, nanos: u32) -> String {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            let whole = i64::try_from(secs)
+                .ok()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .unwrap_or_default();
+            cached.1 = whole.format("%Y-%m-%dT%H:%M:%S").to_string();
+            cached.0 = secs;
+        }
+        let mut out = String::with_capacity(cached.1.len() + 11);
+        out.push_str(&cached.1);
+        let (digits, value) = if nanos == 0 {
+            (0, 0)
+        } else if nanos.is_multiple_of(1_000_000) {
+            (3, nanos / 1_000_000)
+        } else if nanos.is_multiple_of(1_000) {
+            (6, nanos / 1_000)
+        } else {
+            (9, nanos)
+        };
+        if digits > 0 {
+            use std::fmt::Write;
+            let _ = write!(out, ".{value:0digits$}");
+        }
+        out.push('Z');
+        out
+    })
+}
+
 /// TTL given to an event that arrives without one.
 pub const MAX_TTL: i64 = 255;
 /// Default limit of an event's HTTP body (1 MiB, like Kafka's default message size).
@@ -152,6 +199,7 @@ async fn handle_channel(
         body,
         &mut event_type,
         &mut found,
+        &mut None,
     )
     .await
     {
@@ -172,6 +220,7 @@ async fn handle(State(ingress): State<Ingress>, params: RawPathParams, req: Requ
     let started = std::time::Instant::now();
     let mut event_type = None;
     let mut found = None;
+    let mut stored_at = None;
     let resp = match receive(
         &ingress,
         StreamKind::Broker,
@@ -182,6 +231,7 @@ async fn handle(State(ingress): State<Ingress>, params: RawPathParams, req: Requ
         body,
         &mut event_type,
         &mut found,
+        &mut stored_at,
     )
     .await
     {
@@ -195,10 +245,12 @@ async fn handle(State(ingress): State<Ingress>, params: RawPathParams, req: Requ
     };
     // Unknown brokers are not labelled, so a client cannot grow the label set.
     if let Some(metrics) = found.as_ref().and_then(|b| b.metrics.as_ref()) {
+        // An accepted event's request ends where its append did (one clock read fewer).
+        let ended = stored_at.unwrap_or_else(std::time::Instant::now);
         metrics.request(
             event_type.as_deref(),
             resp.status().as_u16(),
-            started.elapsed(),
+            ended.saturating_duration_since(started),
         );
     }
     resp
@@ -215,6 +267,7 @@ async fn receive(
     body: Body,
     event_type: &mut Option<String>,
     found: &mut Option<Arc<BrokerRuntime>>,
+    stored_at: &mut Option<std::time::Instant>,
 ) -> Result<Response, IngressError> {
     if method == Method::OPTIONS {
         let mut resp = StatusCode::OK.into_response();
@@ -250,7 +303,9 @@ async fn receive(
     if published.is_ok()
         && let Some(metrics) = &stream.metrics
     {
-        metrics.appended(append_started.elapsed());
+        let now = std::time::Instant::now();
+        metrics.appended(now.saturating_duration_since(append_started));
+        *stored_at = Some(now);
     }
     published?;
     let mut resp = StatusCode::ACCEPTED.into_response();
@@ -273,4 +328,40 @@ fn body_error(e: &axum::Error, max_size: usize) -> IngressError {
         cause = c.source();
     }
     IngressError::BadRequest(format!("reading the request body failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arrival_time_is_written_as_chrono_writes_it() {
+        let seconds = [
+            0,
+            59,
+            1_764_979_200,
+            1_764_979_201,
+            1_764_979_200,
+            4_102_444_799,
+        ];
+        let nanos = [
+            0,
+            1,
+            7_000_000,
+            123_000_000,
+            4_000,
+            120_500_000,
+            999_999_999,
+            1_000,
+        ];
+        for s in seconds {
+            for n in nanos {
+                let expected = chrono::DateTime::from_timestamp(s as i64, n)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+                assert_eq!(Some(rfc3339_utc(s, n)), expected, "{s} s {n} ns");
+            }
+        }
+        let now = arrival_time_now();
+        assert!(chrono::DateTime::parse_from_rfc3339(&now).is_ok(), "{now}");
+    }
 }

@@ -210,12 +210,7 @@ impl BrokerRuntime {
             return Err(PublishError::TtlExpired);
         }
         event.set_extension(TTL_EXTENSION, ttl.into());
-        event.set_extension(
-            ARRIVAL_EXTENSION,
-            chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-                .into(),
-        );
+        event.set_extension(ARRIVAL_EXTENSION, crate::ingress::arrival_time_now().into());
         self.write(event).await
     }
 
