@@ -737,6 +737,10 @@ impl Router {
         let mut missing_since: Option<Instant> = None;
         // The last wait ended with no hand-over.
         let mut idle = false;
+        // The wait's timer, kept across waits: moving its deadline later does not take the
+        // timer wheel's lock as registering a new one does (a wait per hand-over).
+        let idle_timer = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(idle_timer);
         loop {
             // An injected panic comes between batches, where every routed offset was handed out.
             #[cfg(feature = "fault-injection")]
@@ -880,9 +884,12 @@ impl Router {
                 } else {
                     Duration::from_millis(100)
                 };
+                idle_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + wait);
                 tokio::select! {
                     _ = notified => {}
-                    _ = tokio::time::sleep(wait) => idle = true,
+                    _ = &mut idle_timer => idle = true,
                     _ = shutdown.changed() => {}
                 }
             }
@@ -1049,7 +1056,7 @@ impl Worker {
         self,
         mut cursor: Box<dyn Cursor>,
         commands: &mut mpsc::UnboundedReceiver<Command>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let ordered = self.shared.order == DeliveryOrder::Ordered;
         // Ordered per partition (Kafka) rather than per partition key.
@@ -1112,6 +1119,19 @@ impl Worker {
         let mut scan = true;
         // A run starts with work (restored deliveries, a catch-up read) until it says otherwise.
         self.shared.new_work();
+        // The timer and the wake-up are kept across turns of the loop (a turn per finished
+        // attempt or new event): made again only when they fired or the time moved, not
+        // registered and dropped again at every turn.
+        let timer = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(timer);
+        let mut wakeup = cursor.wakeup();
+        let mut stop_signal = {
+            let mut shutdown = shutdown.clone();
+            Box::pin(async move {
+                // Fires once shutdown was asked for (or its sender is gone).
+                let _ = shutdown.changed().await;
+            })
+        };
         loop {
             let now = Instant::now();
             // Read before taking: work queued after this makes the "settled" below stale.
@@ -1252,7 +1272,10 @@ impl Worker {
                 (false, None) => now + IDLE_RECHECK,
             };
             let drain_deadline = drain_at.unwrap_or(now + Duration::from_secs(3600));
-            let wakeup = cursor.wakeup();
+            let sleep_until = tokio::time::Instant::from_std(sleep_until);
+            if timer.deadline() != sleep_until || timer.is_elapsed() {
+                timer.as_mut().reset(sleep_until);
+            }
             tokio::select! {
                 Some(ended) = attempts.join_next(), if !attempts.is_empty() => {
                     dirty = true;
@@ -1272,8 +1295,8 @@ impl Worker {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(sleep_until.into()) => { scan = true; }
-                _ = wakeup, if !stopping => {}
+                _ = &mut timer => { scan = true; }
+                _ = &mut wakeup, if !stopping => { wakeup = cursor.wakeup(); }
                 Some(cmd) = commands.recv(), if !stopping => {
                     match cmd {
                         Command::Replay { done, annotation: Some(text), .. }
@@ -1295,7 +1318,7 @@ impl Worker {
                         }
                     }
                 }
-                _ = shutdown.changed(), if !stopping => {
+                _ = &mut stop_signal, if !stopping => {
                     stopping = true;
                     drain_at = Some(Instant::now() + self.drain_timeout);
                 }
