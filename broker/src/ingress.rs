@@ -17,6 +17,11 @@ use crate::service::{BrokerRuntime, BrokerService, PublishError, StreamKind};
 pub const TTL_EXTENSION: &str = "knativebrokerttl";
 /// Extension stamped with the time the broker accepted the event.
 pub const ARRIVAL_EXTENSION: &str = "knativearrivaltime";
+/// TTL given to an event that arrives without one.
+pub const MAX_TTL: i64 = 255;
+/// Default limit of an event's HTTP body (1 MiB, like Kafka's default message size).
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
+
 /// The current time as Knative stamps [`ARRIVAL_EXTENSION`]: RFC 3339 in UTC with `Z`, and as
 /// many fraction digits as the nanoseconds need (none, 3, 6 or 9), as chrono's
 /// `to_rfc3339_opts(SecondsFormat::AutoSi, true)` writes it.
@@ -63,11 +68,6 @@ fn rfc3339_utc(secs: u64, nanos: u32) -> String {
         out
     })
 }
-
-/// TTL given to an event that arrives without one.
-pub const MAX_TTL: i64 = 255;
-/// Default limit of an event's HTTP body (1 MiB, like Kafka's default message size).
-pub const DEFAULT_MAX_EVENT_SIZE: usize = 1024 * 1024;
 
 /// The error a request body gives once its read deadline passed (the server wraps every
 /// request body with one); ingress answers `408 Request Timeout` for it.
