@@ -66,13 +66,6 @@ impl LogId {
     }
 }
 
-/// Maps keyed by [`LogId`] are looked up by name.
-impl std::borrow::Borrow<str> for LogId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
 /// One record read back from a log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
