@@ -264,3 +264,69 @@ async fn appends_commit_while_a_retention_run_reads_the_log() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].payload, vec![99]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_to_several_logs_in_one_batch_get_each_log_s_next_offsets_in_order() {
+    let (engine, store) = store();
+    let (a, b) = (LogId::new("a"), LogId::new("b"));
+    // Sent in this order (each append sends its request when first polled): a, b, a, a, b, ...
+    // The first commit takes 2 ms, so the rest queue behind it and go in one batch, runs of
+    // one log interleaved with the other's.
+    let order: Vec<&LogId> = [&a, &b, &a, &a, &b, &b, &a, &b, &a, &a, &a, &b]
+        .into_iter()
+        .collect();
+    let mut appends: Vec<_> = order
+        .iter()
+        .enumerate()
+        .map(|(i, log)| Some(store.append(log, vec![i as u8])))
+        .collect();
+    let mut offsets = vec![None; appends.len()];
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, out) in appends.iter_mut().zip(offsets.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => {
+                        *out = Some(r.expect("append"));
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    assert!(
+        engine.commits.load(Ordering::SeqCst) < order.len(),
+        "the appends were not batched"
+    );
+    for log in [&a, &b] {
+        let got: Vec<u64> = order
+            .iter()
+            .zip(&offsets)
+            .filter(|(l, _)| **l == log)
+            .map(|(_, o)| o.expect("answered"))
+            .collect();
+        let n = got.len() as u64;
+        assert_eq!(got, (0..n).collect::<Vec<_>>(), "log {}", log.as_str());
+        assert_eq!(store.next_offset(log).expect("next"), n);
+        let payloads: Vec<u8> = store
+            .read(log, 0, 100)
+            .expect("read")
+            .into_iter()
+            .map(|r| r.payload[0])
+            .collect();
+        let sent: Vec<u8> = order
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l == log)
+            .map(|(i, _)| i as u8)
+            .collect();
+        assert_eq!(payloads, sent, "log {}", log.as_str());
+    }
+}
