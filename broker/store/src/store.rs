@@ -85,6 +85,12 @@ impl KvEventStore {
         Self::start_slot(kind, EngineSlot::new(engine, None), options)
     }
 
+    /// Whether the committer runs under `SCHED_BATCH` now.
+    #[cfg(test)]
+    pub(crate) fn committer_batch_policy(&self) -> bool {
+        self.counters.batch_policy.load(Ordering::Relaxed)
+    }
+
     fn start_slot(kind: EngineKind, slot: EngineSlot, options: StoreOptions) -> Result<Self> {
         let engine = Arc::new(slot);
         let health = Arc::new(crate::committer::Health::default());

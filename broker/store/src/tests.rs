@@ -330,3 +330,114 @@ async fn appends_to_several_logs_in_one_batch_get_each_log_s_next_offsets_in_ord
         assert_eq!(payloads, sent, "log {}", log.as_str());
     }
 }
+
+/// Field `n` (1-based, as `proc(5)` numbers them) of a `/proc/.../stat` line.
+#[cfg(target_os = "linux")]
+fn stat_field(stat: &str, n: usize) -> Option<i64> {
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// The calling thread's (policy, nice value) from `/proc/thread-self/stat`.
+#[cfg(target_os = "linux")]
+fn own_policy_and_nice() -> (i64, i64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
+    (
+        stat_field(&stat, 41).expect("policy"),
+        stat_field(&stat, 19).expect("nice"),
+    )
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
+    use crate::committer::{QUIET_COMMITS, SchedPolicy};
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_BATCH: i64 = 3;
+    // A thread of its own, as the committer has.
+    std::thread::spawn(|| {
+        let (_, nice) = own_policy_and_nice();
+        let mut policy = SchedPolicy::new();
+        if nice != 0 {
+            policy.observe(100);
+            assert_eq!(own_policy_and_nice(), (SCHED_OTHER, nice), "left alone");
+            eprintln!("nice {nice}: the policy is left as it is, as documented");
+            return;
+        }
+        // (appends in a commit, the policy after it)
+        let mut steps = vec![(2, SCHED_OTHER), (8, SCHED_BATCH), (2, SCHED_BATCH)];
+        // Quiet commits: the policy changes back at the last of QUIET_COMMITS in a row.
+        steps.extend((1..QUIET_COMMITS).map(|_| (1, SCHED_BATCH)));
+        steps.push((3, SCHED_BATCH)); // a larger one starts the count again
+        steps.extend((1..QUIET_COMMITS).map(|_| (1, SCHED_BATCH)));
+        steps.push((0, SCHED_BATCH)); // a commit of checkpoints alone changes nothing
+        steps.push((1, SCHED_OTHER));
+        steps.extend([(3, SCHED_OTHER), (4, SCHED_BATCH)]);
+        for (appends, expected) in steps {
+            policy.observe(appends);
+            assert_eq!(
+                own_policy_and_nice(),
+                (expected, 0),
+                "after a commit of {appends}"
+            );
+            assert_eq!(policy.is_batch(), expected == SCHED_BATCH);
+        }
+    })
+    .join()
+    .expect("thread");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_ones_back() {
+    let nice = own_policy_and_nice().1;
+    let (engine, store) = store();
+    let log = LogId::new("l");
+    // Sent together: the first commit takes 2 ms, so they share one or two commits.
+    let appends: Vec<_> = (0..12u8)
+        .map(|i| {
+            let store = store.clone();
+            let log = log.clone();
+            async move { store.append(&log, vec![i]).await }
+        })
+        .collect();
+    for r in futures_join_all(appends).await {
+        r.expect("append");
+    }
+    assert!(engine.commits.load(Ordering::SeqCst) < 12, "not batched");
+    assert_eq!(store.committer_batch_policy(), nice == 0);
+    // One at a time: each its own commit.
+    for i in 0..crate::committer::QUIET_COMMITS {
+        assert_eq!(store.committer_batch_policy(), nice == 0, "after {i} quiet");
+        store.append(&log, vec![99]).await.expect("append");
+    }
+    assert!(!store.committer_batch_policy());
+}
+
+/// Polls every future until all are ready (each sends its request when first polled).
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
