@@ -275,32 +275,17 @@ async fn appends_to_several_logs_in_one_batch_get_each_log_s_next_offsets_in_ord
     let order: Vec<&LogId> = [&a, &b, &a, &a, &b, &b, &a, &b, &a, &a, &a, &b]
         .into_iter()
         .collect();
-    let mut appends: Vec<_> = order
-        .iter()
-        .enumerate()
-        .map(|(i, log)| Some(store.append(log, vec![i as u8])))
-        .collect();
-    let mut offsets = vec![None; appends.len()];
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, out) in appends.iter_mut().zip(offsets.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(r) => {
-                        *out = Some(r.expect("append"));
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
+    let offsets: Vec<Option<u64>> = poll_together(
+        order
+            .iter()
+            .enumerate()
+            .map(|(i, log)| store.append(log, vec![i as u8]))
+            .collect(),
+    )
+    .await
+    .into_iter()
+    .map(|r| Some(r.expect("append")))
+    .collect();
     assert!(
         engine.commits.load(Ordering::SeqCst) < order.len(),
         "the appends were not batched"
@@ -398,14 +383,8 @@ async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_one
     let (engine, store) = store();
     let log = LogId::new("l");
     // Sent together: the first commit takes 2 ms, so they share one or two commits.
-    let appends: Vec<_> = (0..12u8)
-        .map(|i| {
-            let store = store.clone();
-            let log = log.clone();
-            async move { store.append(&log, vec![i]).await }
-        })
-        .collect();
-    for r in futures_join_all(appends).await {
+    let appends = (0..12u8).map(|i| store.append(&log, vec![i])).collect();
+    for r in poll_together(appends).await {
         r.expect("append");
     }
     assert!(engine.commits.load(Ordering::SeqCst) < 12, "not batched");
@@ -418,8 +397,9 @@ async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_one
     assert!(!store.committer_batch_policy());
 }
 
-/// Polls every future until all are ready (each sends its request when first polled).
-async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+/// Polls the futures together until all are ready, and gives their outputs in their order
+/// (an append sends its request when first polled: in this order).
+async fn poll_together<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
