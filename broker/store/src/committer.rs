@@ -543,7 +543,7 @@ impl SchedPolicy {
     /// The policy of the calling thread, which is the normal one.
     pub(crate) fn new() -> Self {
         SchedPolicy {
-            allowed: cfg!(target_os = "linux") && thread_nice() == Some(0),
+            allowed: cfg!(target_os = "linux") && policy_and_nice() == Some((0, 0)),
             batch: false,
             quiet: 0,
         }
@@ -587,7 +587,7 @@ impl SchedPolicy {
 
 /// Sets the calling thread's policy to `SCHED_BATCH` (`true`) or `SCHED_OTHER`, at nice 0.
 #[cfg(target_os = "linux")]
-fn set_batch(batch: bool) -> std::result::Result<(), String> {
+pub(crate) fn set_batch(batch: bool) -> std::result::Result<(), String> {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
         set_thread_priority_and_policy, thread_native_id,
@@ -606,16 +606,18 @@ fn set_batch(batch: bool) -> std::result::Result<(), String> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn set_batch(_batch: bool) -> std::result::Result<(), String> {
+pub(crate) fn set_batch(_batch: bool) -> std::result::Result<(), String> {
     Err("only on Linux".into())
 }
 
-/// The calling thread's nice value, from `/proc/thread-self/stat` (its 19th field).
-fn thread_nice() -> Option<i32> {
+/// The calling thread's scheduling policy (0: `SCHED_OTHER`) and nice value, from
+/// `/proc/thread-self/stat` (its 41st and 19th fields).
+fn policy_and_nice() -> Option<(i64, i64)> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after its last ')'.
     let after = stat.get(stat.rfind(')')? + 1..)?;
-    after.split_whitespace().nth(16)?.parse().ok()
+    let field = |n: usize| after.split_whitespace().nth(n - 3)?.parse().ok();
+    Some((field(41)?, field(19)?))
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

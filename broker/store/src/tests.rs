@@ -343,6 +343,21 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
     use crate::committer::{QUIET_COMMITS, SchedPolicy};
     const SCHED_OTHER: i64 = 0;
     const SCHED_BATCH: i64 = 3;
+    // A thread started under SCHED_BATCH (somebody's choice) is left alone.
+    std::thread::spawn(|| {
+        if own_policy_and_nice() != (SCHED_OTHER, 0) {
+            return;
+        }
+        crate::committer::set_batch(true).expect("set SCHED_BATCH");
+        let mut policy = SchedPolicy::new();
+        policy.observe(8);
+        for _ in 0..QUIET_COMMITS {
+            policy.observe(1);
+        }
+        assert_eq!(own_policy_and_nice(), (SCHED_BATCH, 0), "left alone");
+    })
+    .join()
+    .expect("thread");
     // A thread of its own, as the committer has.
     std::thread::spawn(|| {
         let (_, nice) = own_policy_and_nice();
