@@ -360,12 +360,12 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
     .expect("thread");
     // A thread of its own, as the committer has.
     std::thread::spawn(|| {
-        let (_, nice) = own_policy_and_nice();
+        let started = own_policy_and_nice();
         let mut policy = SchedPolicy::new();
-        if nice != 0 {
+        if started != (SCHED_OTHER, 0) {
             policy.observe(100);
-            assert_eq!(own_policy_and_nice(), (SCHED_OTHER, nice), "left alone");
-            eprintln!("nice {nice}: the policy is left as it is, as documented");
+            assert_eq!(own_policy_and_nice(), started, "left alone");
+            eprintln!("(policy, nice) {started:?}: left as it is, as documented");
             return;
         }
         // (appends in a commit, the policy after it)
@@ -394,7 +394,8 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_ones_back() {
-    let nice = own_policy_and_nice().1;
+    // The committer starts with this thread's policy and nice value.
+    let normal = own_policy_and_nice() == (0, 0);
     let (engine, store) = store();
     let log = LogId::new("l");
     // Sent together: the first commit takes 2 ms, so they share one or two commits.
@@ -403,10 +404,10 @@ async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_one
         r.expect("append");
     }
     assert!(engine.commits.load(Ordering::SeqCst) < 12, "not batched");
-    assert_eq!(store.committer_batch_policy(), nice == 0);
+    assert_eq!(store.committer_batch_policy(), normal);
     // One at a time: each its own commit.
     for i in 0..crate::committer::QUIET_COMMITS {
-        assert_eq!(store.committer_batch_policy(), nice == 0, "after {i} quiet");
+        assert_eq!(store.committer_batch_policy(), normal, "after {i} quiet");
         store.append(&log, vec![99]).await.expect("append");
     }
     assert!(!store.committer_batch_policy());
