@@ -213,11 +213,7 @@ impl Committer {
             if open && !reqs.iter().any(Request::is_urgent) {
                 open = linger(&rx, &mut reqs);
             }
-            let appends = reqs
-                .iter()
-                .filter(|r| matches!(r, Request::Append { .. }))
-                .count();
-            self.process(reqs);
+            let appends = self.process(reqs);
             policy.observe(appends);
             self.counters
                 .batch_policy
@@ -285,7 +281,8 @@ impl Committer {
         }
     }
 
-    fn process(&mut self, reqs: Vec<Request>) {
+    /// Commits what `reqs` ask for; returns how many appends they held.
+    fn process(&mut self, reqs: Vec<Request>) -> usize {
         if self.failing {
             self.reopen_if_due();
         }
@@ -316,13 +313,11 @@ impl Committer {
                 }),
             }
         }
-        if !appends.is_empty()
-            || !flushes.is_empty()
-            || !trims.is_empty()
-            || !self.pending.is_empty()
-        {
+        let n = appends.len();
+        if n > 0 || !flushes.is_empty() || !trims.is_empty() || !self.pending.is_empty() {
             self.commit_cycle(appends, flushes, trims);
         }
+        n
     }
 
     /// The committed metadata of `log`, loaded from the engine on first use.
@@ -612,7 +607,7 @@ pub(crate) fn set_batch(_batch: bool) -> std::result::Result<(), String> {
 
 /// The calling thread's scheduling policy (0: `SCHED_OTHER`) and nice value, from
 /// `/proc/thread-self/stat` (its 41st and 19th fields).
-fn policy_and_nice() -> Option<(i64, i64)> {
+pub(crate) fn policy_and_nice() -> Option<(i64, i64)> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after its last ')'.
     let after = stat.get(stat.rfind(')')? + 1..)?;

@@ -275,7 +275,7 @@ async fn appends_to_several_logs_in_one_batch_get_each_log_s_next_offsets_in_ord
     let order: Vec<&LogId> = [&a, &b, &a, &a, &b, &b, &a, &b, &a, &a, &a, &b]
         .into_iter()
         .collect();
-    let offsets: Vec<Option<u64>> = poll_together(
+    let offsets: Vec<u64> = poll_together(
         order
             .iter()
             .enumerate()
@@ -284,7 +284,7 @@ async fn appends_to_several_logs_in_one_batch_get_each_log_s_next_offsets_in_ord
     )
     .await
     .into_iter()
-    .map(|r| Some(r.expect("append")))
+    .map(|r| r.expect("append"))
     .collect();
     assert!(
         engine.commits.load(Ordering::SeqCst) < order.len(),
@@ -295,7 +295,7 @@ async fn appends_to_several_logs_in_one_batch_get_each_log_s_next_offsets_in_ord
             .iter()
             .zip(&offsets)
             .filter(|(l, _)| **l == log)
-            .map(|(_, o)| o.expect("answered"))
+            .map(|(_, o)| *o)
             .collect();
         let n = got.len() as u64;
         assert_eq!(got, (0..n).collect::<Vec<_>>(), "log {}", log.as_str());
@@ -316,25 +316,10 @@ async fn appends_to_several_logs_in_one_batch_get_each_log_s_next_offsets_in_ord
     }
 }
 
-/// Field `n` (1-based, as `proc(5)` numbers them) of a `/proc/.../stat` line.
-#[cfg(target_os = "linux")]
-fn stat_field(stat: &str, n: usize) -> Option<i64> {
-    let after = stat.get(stat.rfind(')')? + 1..)?;
-    after
-        .split_whitespace()
-        .nth(n.checked_sub(3)?)?
-        .parse()
-        .ok()
-}
-
-/// The calling thread's (policy, nice value) from `/proc/thread-self/stat`.
+/// The calling thread's (policy, nice value), read from `/proc/thread-self/stat`.
 #[cfg(target_os = "linux")]
 fn own_policy_and_nice() -> (i64, i64) {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("own stat");
-    (
-        stat_field(&stat, 41).expect("policy"),
-        stat_field(&stat, 19).expect("nice"),
-    )
+    crate::committer::policy_and_nice().expect("own stat")
 }
 
 #[cfg(target_os = "linux")]
