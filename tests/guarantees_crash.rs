@@ -162,6 +162,11 @@ spec:
         })
         .await;
     }
+    // Their completions saved too (the README: duplicates include completions not yet saved;
+    // a kill -9 200 ms after the last completion redelivers nothing, as `crash.rs` checks).
+    // Without the wait the kill raced the save, and under load a save can come later than a
+    // trigger's in-flight limit of deliveries (14 receipts once in a CI rehearsal).
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(money.count(), MAX_IN_FLIGHT, "money's slots stayed blocked");
     first.kill9();
 
