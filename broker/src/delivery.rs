@@ -143,11 +143,20 @@ pub struct LocalRefusal {
 /// Finds the sink for the rest of a path under a prefix (see [`LocalSinks::insert_prefix`]).
 pub type LocalLookup = Arc<dyn Fn(&str) -> Option<Arc<dyn LocalSink>> + Send + Sync>;
 
+/// Local sinks by URL key (see `local_key`), each with its URL's port.
+type SinksByKey = HashMap<String, (u16, Arc<dyn LocalSink>)>;
+/// Prefix lookups by the prefix's key, each with its port.
+type Prefixes = Vec<(String, u16, LocalLookup)>;
+
 /// The evmesh addresses served in this process, by URL (see [`LocalSink`]).
 #[derive(Default)]
 pub struct LocalSinks {
-    sinks: std::sync::RwLock<HashMap<String, Arc<dyn LocalSink>>>,
-    prefixes: std::sync::RwLock<Vec<(String, LocalLookup)>>,
+    sinks: std::sync::RwLock<SinksByKey>,
+    prefixes: std::sync::RwLock<Prefixes>,
+    /// The ports of every URL and prefix above, sorted and without repeats: a URL on another
+    /// port (every delivery to a remote subscriber, as a rule) is not local, found without
+    /// building its key. Changed only with the two lists, under its own write lock first.
+    ports: std::sync::RwLock<Vec<u16>>,
 }
 
 impl std::fmt::Debug for LocalSinks {
@@ -163,45 +172,74 @@ fn local_key(url: &Url) -> String {
         "{}://{}:{}{}",
         url.scheme(),
         url.host_str().unwrap_or_default(),
-        url.port_or_known_default().unwrap_or(0),
+        local_port(url),
         url.path().trim_end_matches('/')
     )
+}
+
+/// The port of a URL in its local key (the scheme's default when it names none).
+fn local_port(url: &Url) -> u16 {
+    url.port_or_known_default().unwrap_or(0)
 }
 
 impl LocalSinks {
     /// Serves `url` in process through `sink` (replacing what served it before).
     pub fn insert(&self, url: &Url, sink: Arc<dyn LocalSink>) {
-        if let Ok(mut s) = self.sinks.write() {
-            s.insert(local_key(url), sink);
-        }
+        self.change(|sinks, _| {
+            sinks.insert(local_key(url), (local_port(url), sink));
+        });
     }
     /// Stops serving `url` in process.
     pub fn remove(&self, url: &Url) {
-        if let Ok(mut s) = self.sinks.write() {
-            s.remove(&local_key(url));
-        }
+        self.change(|sinks, _| {
+            sinks.remove(&local_key(url));
+        });
     }
     /// Serves every URL under `prefix` in process: `lookup` gets the rest of the path (without
     /// the `/` after the prefix) and names the sink, or `None` (not local). Replaces an earlier
     /// lookup of the same prefix.
     pub fn insert_prefix(&self, prefix: &Url, lookup: LocalLookup) {
-        if let Ok(mut p) = self.prefixes.write() {
+        self.change(|_, prefixes| {
             let key = local_key(prefix);
-            p.retain(|(k, _)| *k != key);
-            p.push((key, lookup));
-        }
+            prefixes.retain(|(k, _, _)| *k != key);
+            prefixes.push((key, local_port(prefix), lookup));
+        });
+    }
+    /// Applies `f` to the URLs and prefixes and notes their ports again. The ports' lock is
+    /// taken first and held throughout, so changes come one at a time; [`LocalSinks::get`] never
+    /// holds it while it takes another.
+    fn change(&self, f: impl FnOnce(&mut SinksByKey, &mut Prefixes)) {
+        let Ok(mut ports) = self.ports.write() else {
+            return;
+        };
+        let (Ok(mut sinks), Ok(mut prefixes)) = (self.sinks.write(), self.prefixes.write()) else {
+            return;
+        };
+        f(&mut sinks, &mut prefixes);
+        let mut all: Vec<u16> = sinks
+            .values()
+            .map(|(port, _)| *port)
+            .chain(prefixes.iter().map(|(_, port, _)| *port))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        *ports = all;
     }
     /// The sink serving `url`, if any (a URL with a query string is never local).
     pub fn get(&self, url: &Url) -> Option<Arc<dyn LocalSink>> {
         if url.query().is_some() {
             return None;
         }
+        let port = local_port(url);
+        if self.ports.read().ok()?.binary_search(&port).is_err() {
+            return None;
+        }
         let key = local_key(url);
-        if let Some(sink) = self.sinks.read().ok()?.get(&key).cloned() {
-            return Some(sink);
+        if let Some((_, sink)) = self.sinks.read().ok()?.get(&key) {
+            return Some(sink.clone());
         }
         let prefixes = self.prefixes.read().ok()?;
-        prefixes.iter().find_map(|(p, lookup)| {
+        prefixes.iter().find_map(|(p, _, lookup)| {
             let rest = key.strip_prefix(p.as_str())?.strip_prefix('/')?;
             lookup(rest)
         })
@@ -891,6 +929,56 @@ mod tests {
             reason: String::new(),
             local: false,
         })
+    }
+
+    /// A local sink that accepts everything; tells sinks apart by pointer.
+    struct Accepting;
+    impl LocalSink for Accepting {
+        fn accept(&self, _: EventRecord) -> LocalFuture<'_, Result<(), LocalRefusal>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn url(s: &str) -> Url {
+        s.parse().expect("url")
+    }
+
+    #[test]
+    fn local_sinks_find_urls_and_prefixes_on_their_port_and_nothing_on_another() {
+        let local = LocalSinks::default();
+        let broker: Arc<dyn LocalSink> = Arc::new(Accepting);
+        let channel: Arc<dyn LocalSink> = Arc::new(Accepting);
+        assert!(local.get(&url("http://127.0.0.1:8080/default/b")).is_none());
+        local.insert(&url("http://127.0.0.1:8080/default/b/"), broker.clone());
+        let by_prefix = channel.clone();
+        local.insert_prefix(
+            &url("http://127.0.0.1:9090/subscribers"),
+            Arc::new(move |rest| (rest == "ns/sub").then(|| by_prefix.clone())),
+        );
+        let found = |u: &str| local.get(&url(u));
+        // The trailing `/` does not matter; the scheme's default port is the port.
+        assert!(found("http://127.0.0.1:8080/default/b").is_some_and(|s| Arc::ptr_eq(&s, &broker)));
+        assert!(
+            found("http://127.0.0.1:9090/subscribers/ns/sub")
+                .is_some_and(|s| Arc::ptr_eq(&s, &channel))
+        );
+        assert!(found("http://127.0.0.1:8080/default/other").is_none());
+        assert!(found("http://127.0.0.1:9090/subscribers/ns/other").is_none());
+        assert!(found("http://127.0.0.1:8080/default/b?x=1").is_none());
+        assert!(found("http://127.0.0.1:8081/default/b").is_none());
+        assert!(found("http://127.0.0.1/default/b").is_none());
+        local.insert(&url("http://sink.example/ingress"), broker.clone());
+        assert!(found("http://sink.example:80/ingress").is_some());
+        // Removing one URL keeps the others on its port, and the removed one is gone.
+        local.insert(&url("http://127.0.0.1:8080/default/c"), channel.clone());
+        local.remove(&url("http://127.0.0.1:8080/default/b"));
+        assert!(found("http://127.0.0.1:8080/default/b").is_none());
+        assert!(
+            found("http://127.0.0.1:8080/default/c").is_some_and(|s| Arc::ptr_eq(&s, &channel))
+        );
+        local.remove(&url("http://127.0.0.1:8080/default/c"));
+        assert!(found("http://127.0.0.1:8080/default/c").is_none());
+        assert!(found("http://127.0.0.1:9090/subscribers/ns/sub").is_some());
     }
 
     fn local_failure() -> Outcome {

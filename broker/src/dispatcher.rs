@@ -1457,28 +1457,34 @@ impl Worker {
                     );
                 }
             };
-            let plan = shared.plan();
-            let plan = &*plan;
-            let local = progress.url(plan).and_then(|u| engine.local_sinks().get(u));
-            let mut outcome = match local {
-                None => engine.attempt(plan, &progress, &event).await,
-                Some(sink) => tokio::select! {
-                    o = engine.attempt(plan, &progress, &event) => o,
-                    _ = abandon_when_stopping(sink, stop) => {
-                        return (pos, Some(event), progress, AttemptEnd::Abandoned);
-                    }
-                },
-            };
-            if let Outcome::Delivered { reply: Some(reply) } = outcome {
-                // The reply must be stored (or handed on) before the delivery counts as done; if
-                // that fails, the whole delivery is tried again (as Knative's dispatcher does).
-                outcome = route_reply(&engine, &publisher, plan, *reply, &event).await;
-            }
-            if let Outcome::Failed(f) = &outcome {
-                tracing::debug!(trigger = %shared.name, offset = pos.offset, status = ?f.status, "attempt failed: {}", f.reason);
-            }
-            let next = progress.next(plan, outcome);
-            (pos, Some(event), progress, AttemptEnd::Next(next))
+            // The delivery itself (the HTTP client's state, some 3 KB) in a box of its own, so
+            // the task's future stays small: tokio copies a task's cell, as large as its future,
+            // when it spawns it, when it stores the output and when it hands that to the worker.
+            Box::pin(async move {
+                let plan = shared.plan();
+                let plan = &*plan;
+                let local = progress.url(plan).and_then(|u| engine.local_sinks().get(u));
+                let mut outcome = match local {
+                    None => engine.attempt(plan, &progress, &event).await,
+                    Some(sink) => tokio::select! {
+                        o = engine.attempt(plan, &progress, &event) => o,
+                        _ = abandon_when_stopping(sink, stop) => {
+                            return (pos, Some(event), progress, AttemptEnd::Abandoned);
+                        }
+                    },
+                };
+                if let Outcome::Delivered { reply: Some(reply) } = outcome {
+                    // The reply must be stored (or handed on) before the delivery counts as done; if
+                    // that fails, the whole delivery is tried again (as Knative's dispatcher does).
+                    outcome = route_reply(&engine, &publisher, plan, *reply, &event).await;
+                }
+                if let Outcome::Failed(f) = &outcome {
+                    tracing::debug!(trigger = %shared.name, offset = pos.offset, status = ?f.status, "attempt failed: {}", f.reason);
+                }
+                let next = progress.next(plan, outcome);
+                (pos, Some(event), progress, AttemptEnd::Next(next))
+            })
+            .await
         }
     }
 }
