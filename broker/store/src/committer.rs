@@ -208,6 +208,7 @@ impl Committer {
                     Err(_) => break,
                 }
             };
+            policy.wake();
             let mut reqs = vec![first];
             open = drain(&rx, &mut reqs);
             if open && !reqs.iter().any(Request::is_urgent) {
@@ -515,6 +516,9 @@ pub(crate) const BUSY_BATCH: usize = 4;
 pub(crate) const QUIET_BATCH: usize = 1;
 /// Quiet group commits in a row after which the committer preempts again.
 pub(crate) const QUIET_COMMITS: usize = 8;
+/// Time since the last large group commit after which the committer preempts again before its
+/// next commit (a load that stopped, or a backlog drained with only checkpoints to commit).
+pub(crate) const BUSY_FOR: Duration = Duration::from_millis(50);
 
 /// The group-commit thread's scheduling policy on Linux, following the load. While group commits
 /// are large (at least [`BUSY_BATCH`] appends: requests arrive faster than one commit takes)
@@ -522,8 +526,10 @@ pub(crate) const QUIET_COMMITS: usize = 8;
 /// waking it does not preempt a running thread. An append then waits for a request thread to
 /// yield (or for its time slice to end) instead of interrupting it, more appends join each
 /// commit, and fewer commits (each an `fdatasync` and several context switches) cost less CPU
-/// per event. After [`QUIET_COMMITS`] commits in a row of one append each, it goes back to the
-/// normal policy, so that at a light load a commit starts the moment its append arrives (with
+/// per event. After [`QUIET_COMMITS`] commits in a row of one append each, or when a request
+/// comes [`BUSY_FOR`] or more after the last large commit, it goes back to the normal policy,
+/// so that at a light load (or after a load stopped) a commit starts the moment its request
+/// arrives (with
 /// `SCHED_BATCH` all the time, the 1,000 ev/s open loop's p99.9 was 3.5–8.7 ms against 1.6–3.9
 /// ms in four alternating runs). Measured in BENCHMARKS.md §9. Nothing changes where the thread's nice value is not 0 (setting the
 /// policy also sets the nice value), after the kernel refused once, or elsewhere than Linux.
@@ -532,6 +538,8 @@ pub(crate) struct SchedPolicy {
     batch: bool,
     /// Quiet commits in a row.
     quiet: usize,
+    /// When the last large group commit ended.
+    last_busy: Option<Instant>,
 }
 
 impl SchedPolicy {
@@ -541,6 +549,7 @@ impl SchedPolicy {
             allowed: cfg!(target_os = "linux") && policy_and_nice() == Some((0, 0)),
             batch: false,
             quiet: 0,
+            last_busy: None,
         }
     }
 
@@ -549,9 +558,34 @@ impl SchedPolicy {
         self.batch
     }
 
+    /// Called when the committer has a request to handle (on its thread, before the commit):
+    /// back to the normal policy when the last large commit is [`BUSY_FOR`] ago or more.
+    pub(crate) fn wake(&mut self) {
+        if self.batch {
+            self.wake_at(Instant::now());
+        }
+    }
+
+    /// [`SchedPolicy::wake`] at `now`.
+    pub(crate) fn wake_at(&mut self, now: Instant) {
+        if self.batch
+            && self
+                .last_busy
+                .is_some_and(|t| now.saturating_duration_since(t) >= BUSY_FOR)
+        {
+            self.quiet = 0;
+            self.set(false);
+        }
+    }
+
     /// Follows a group commit of `appends` appends (called on the committer's thread). A
     /// commit without appends (checkpoints, retention) says nothing about the load.
     pub(crate) fn observe(&mut self, appends: usize) {
+        self.observe_at(appends, Instant::now());
+    }
+
+    /// [`SchedPolicy::observe`] of a commit that ended at `now`.
+    pub(crate) fn observe_at(&mut self, appends: usize, now: Instant) {
         if appends == 0 {
             return;
         }
@@ -561,12 +595,17 @@ impl SchedPolicy {
             0
         };
         let batch = if appends >= BUSY_BATCH {
+            self.last_busy = Some(now);
             true
         } else if self.quiet >= QUIET_COMMITS {
             false
         } else {
             self.batch
         };
+        self.set(batch);
+    }
+
+    fn set(&mut self, batch: bool) {
         if !self.allowed || batch == self.batch {
             return;
         }

@@ -325,7 +325,7 @@ fn own_policy_and_nice() -> (i64, i64) {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
-    use crate::committer::{QUIET_COMMITS, SchedPolicy};
+    use crate::committer::{BUSY_FOR, QUIET_COMMITS, SchedPolicy};
     const SCHED_OTHER: i64 = 0;
     const SCHED_BATCH: i64 = 3;
     // A thread started under SCHED_BATCH (somebody's choice) is left alone.
@@ -371,6 +371,29 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
             );
             assert_eq!(policy.is_batch(), expected == SCHED_BATCH);
         }
+        // A request BUSY_FOR or more after the last large commit: back before its commit.
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let policy_is = |expected: i64, when: &str| {
+            assert_eq!(own_policy_and_nice(), (expected, 0), "{when}");
+        };
+        policy.observe_at(8, t0);
+        policy_is(SCHED_BATCH, "after a large commit");
+        policy.wake_at(t0 + BUSY_FOR - ms(1));
+        policy.observe_at(1, t0 + BUSY_FOR - ms(1));
+        policy_is(SCHED_BATCH, "a request within BUSY_FOR");
+        policy.observe_at(5, t0 + ms(40)); // a large commit starts the time again
+        policy.wake_at(t0 + BUSY_FOR + ms(10));
+        policy_is(SCHED_BATCH, "within BUSY_FOR of the last large commit");
+        policy.wake_at(t0 + ms(40) + BUSY_FOR);
+        policy_is(
+            SCHED_OTHER,
+            "a request BUSY_FOR after the last large commit",
+        );
+        assert!(!policy.is_batch());
+        // A commit without appends (a checkpoint) after that changes nothing.
+        policy.observe_at(0, t0 + ms(200));
+        policy_is(SCHED_OTHER, "after a commit of checkpoints alone");
     })
     .join()
     .expect("thread");
@@ -395,6 +418,23 @@ async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_one
         assert_eq!(store.committer_batch_policy(), normal, "after {i} quiet");
         store.append(&log, vec![99]).await.expect("append");
     }
+    assert!(!store.committer_batch_policy());
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_first_commit_after_a_load_stopped_runs_under_the_normal_policy() {
+    let normal = own_policy_and_nice() == (0, 0);
+    let (_engine, store) = store();
+    let log = LogId::new("l");
+    let appends = (0..12u8).map(|i| store.append(&log, vec![i])).collect();
+    for r in poll_together(appends).await {
+        r.expect("append");
+    }
+    assert_eq!(store.committer_batch_policy(), normal);
+    // Nothing for a while, then one append: committed under the normal policy again.
+    tokio::time::sleep(crate::committer::BUSY_FOR + std::time::Duration::from_millis(20)).await;
+    store.append(&log, vec![99]).await.expect("append");
     assert!(!store.committer_batch_policy());
 }
 
