@@ -406,11 +406,7 @@ async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_one
     let normal = own_policy_and_nice() == (0, 0);
     let (engine, store) = store();
     let log = LogId::new("l");
-    // Sent together: the first commit takes 2 ms, so they share one or two commits.
-    let appends = (0..12u8).map(|i| store.append(&log, vec![i])).collect();
-    for r in poll_together(appends).await {
-        r.expect("append");
-    }
+    append_twelve_together(&store, &log).await;
     assert!(engine.commits.load(Ordering::SeqCst) < 12, "not batched");
     assert_eq!(store.committer_batch_policy(), normal);
     // One at a time: each its own commit.
@@ -427,15 +423,22 @@ async fn the_first_commit_after_a_load_stopped_runs_under_the_normal_policy() {
     let normal = own_policy_and_nice() == (0, 0);
     let (_engine, store) = store();
     let log = LogId::new("l");
-    let appends = (0..12u8).map(|i| store.append(&log, vec![i])).collect();
-    for r in poll_together(appends).await {
-        r.expect("append");
-    }
+    append_twelve_together(&store, &log).await;
     assert_eq!(store.committer_batch_policy(), normal);
     // Nothing for a while, then one append: committed under the normal policy again.
     tokio::time::sleep(crate::committer::BUSY_FOR + std::time::Duration::from_millis(20)).await;
     store.append(&log, vec![99]).await.expect("append");
     assert!(!store.committer_batch_policy());
+}
+
+/// Sends 12 appends together: the first commit takes 2 ms, so they share one or two commits
+/// (a large group commit).
+#[cfg(target_os = "linux")]
+async fn append_twelve_together(store: &KvEventStore, log: &LogId) {
+    let appends = (0..12u8).map(|i| store.append(log, vec![i])).collect();
+    for r in poll_together(appends).await {
+        r.expect("append");
+    }
 }
 
 /// Polls the futures together until all are ready, and gives their outputs in their order
