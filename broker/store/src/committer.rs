@@ -529,10 +529,10 @@ pub(crate) const BUSY_FOR: Duration = Duration::from_millis(50);
 /// per event. After [`QUIET_COMMITS`] commits in a row of one append each, or when a request
 /// comes [`BUSY_FOR`] or more after the last large commit, it goes back to the normal policy,
 /// so that at a light load (or after a load stopped) a commit starts the moment its request
-/// arrives (with
-/// `SCHED_BATCH` all the time, the 1,000 ev/s open loop's p99.9 was 3.5–8.7 ms against 1.6–3.9
-/// ms in four alternating runs). Measured in BENCHMARKS.md §9. Nothing changes where the thread's nice value is not 0 (setting the
-/// policy also sets the nice value), after the kernel refused once, or elsewhere than Linux.
+/// arrives (with `SCHED_BATCH` all the time, the 1,000 ev/s open loop's p99.9 was 3.5–8.7 ms
+/// against 1.6–3.9 ms in four alternating runs; BENCHMARKS.md §9). A thread that starts under
+/// another policy or a nice value other than 0 is left alone (setting the policy also sets the
+/// nice value), as it is after the kernel refused once, and off Linux.
 pub(crate) struct SchedPolicy {
     allowed: bool,
     batch: bool,

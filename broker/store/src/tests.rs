@@ -379,8 +379,8 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
         };
         policy.observe_at(8, t0);
         policy_is(SCHED_BATCH, "after a large commit");
-        policy.wake_at(t0 + BUSY_FOR - ms(1));
-        policy.observe_at(1, t0 + BUSY_FOR - ms(1));
+        policy.wake_at(t0 + ms(30));
+        policy.observe_at(1, t0 + ms(30));
         policy_is(SCHED_BATCH, "a request within BUSY_FOR");
         policy.observe_at(5, t0 + ms(40)); // a large commit starts the time again
         policy.wake_at(t0 + BUSY_FOR + ms(10));
