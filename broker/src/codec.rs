@@ -69,8 +69,8 @@ pub fn decode_record(headers: &HeaderMap, body: Bytes) -> Result<EventRecord, De
     if !headers.contains_key(&CE_SPECVERSION) {
         return Err(DecodeError(describe("Wrong encoding")));
     }
-    // Sized once: growing the (insertion-ordered) map rehashes every key again.
-    let mut attributes = serde_json::Map::with_capacity(headers.len());
+    // Sized once (every header could be an attribute).
+    let mut attributes = record::Attributes::with_capacity(headers.len());
     for (k, v) in headers {
         let Some(name) = k.as_str().strip_prefix("ce-") else {
             continue;
@@ -93,17 +93,14 @@ pub fn decode_record(headers: &HeaderMap, body: Bytes) -> Result<EventRecord, De
             continue;
         }
         if attributes
-            .insert(name.to_string(), serde_json::Value::String(text))
+            .insert_str(name, serde_json::Value::String(text))
             .is_some()
         {
             return Err(DecodeError(format!("header {k} is repeated")));
         }
     }
     if let Some(ct) = ct {
-        attributes.insert(
-            "datacontenttype".into(),
-            serde_json::Value::String(ct.to_string()),
-        );
+        attributes.insert_str("datacontenttype", serde_json::Value::String(ct.to_string()));
     }
     let data = (!body.is_empty()).then(|| (record::classify_body(ct, &body), body));
     EventRecord::new(attributes, data, passthrough)
@@ -129,7 +126,7 @@ pub fn encode_record_binary(record: &EventRecord) -> Encoded {
 pub(crate) fn encode_record_binary_omitting(record: &EventRecord, omit: Option<&str>) -> Encoded {
     let mut headers = HeaderMap::with_capacity(record.attributes().len() + 4);
     for (name, value) in record.attributes() {
-        if omit == Some(name.as_str()) {
+        if omit == Some(name) {
             continue;
         }
         if name == "datacontenttype" {

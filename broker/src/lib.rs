@@ -13,6 +13,7 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
+pub mod attributes;
 pub mod codec;
 pub mod delivery;
 mod dispatcher;

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use cloudevents::Event;
 use cloudevents::event::{Data, ExtensionValue};
 use http::HeaderMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+pub use crate::attributes::Attributes;
 
 /// Version byte of the current stored form.
 pub const FORMAT_VERSION: u8 = 2;
@@ -49,7 +51,7 @@ impl DataKind {
 /// themselves ([`evmesh_filter::EventAttributes`]), so routing and delivery build neither.
 #[derive(Clone, Debug)]
 pub struct EventRecord {
-    attributes: Map<String, Value>,
+    attributes: Attributes,
     data: Option<(DataKind, Bytes)>,
     headers: Vec<(String, String)>,
     /// The attributes as a CloudEvent, without data: made the first time it is read (a 0.3
@@ -216,7 +218,7 @@ pub fn passthrough_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     out
 }
 
-fn attr_str<'a>(attributes: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+fn attr_str<'a>(attributes: &'a Attributes, name: &str) -> Option<&'a str> {
     attributes.get(name).and_then(Value::as_str)
 }
 
@@ -235,7 +237,7 @@ fn extension_value(v: &Value) -> ExtensionValue {
 /// The CloudEvents 1.0 view of checked attributes, built directly: what the SDK's deserializer
 /// makes of them (the same checks, the same error texts), without the copy of the map and the
 /// generic visitor it goes through (a fifth of the cost of accepting an event).
-fn view_v10(attributes: &Map<String, Value>) -> Result<Event, String> {
+fn view_v10(attributes: &Attributes) -> Result<Event, String> {
     use cloudevents::{AttributesWriter, EventBuilder};
     use serde::Deserialize;
     let string = |v: &Value| String::deserialize(v).map_err(|e| e.to_string());
@@ -252,7 +254,7 @@ fn view_v10(attributes: &Map<String, Value>) -> Result<Event, String> {
         .build()
         .map_err(|e| e.to_string())?;
     for (name, value) in attributes {
-        match name.as_str() {
+        match name {
             "specversion" | "id" | "type" | "source" => {}
             "datacontenttype" => {
                 view.set_datacontenttype(Some(string(value)?));
@@ -279,33 +281,31 @@ fn view_v10(attributes: &Map<String, Value>) -> Result<Event, String> {
 }
 
 /// The view as the SDK's deserializer makes it.
-fn view_by_sdk(attributes: &Map<String, Value>) -> Result<Event, String> {
-    serde::Deserialize::deserialize(&Value::Object(attributes.clone())).map_err(|e| e.to_string())
+fn view_by_sdk(attributes: &Attributes) -> Result<Event, String> {
+    serde::Deserialize::deserialize(&Value::Object(attributes.to_map())).map_err(|e| e.to_string())
 }
 
 /// Whether [`view_v10`] accepts attributes that have `id`, `source` and `type` (as
 /// [`EventRecord::new`] checks first), found without building the view: those three,
 /// `datacontenttype` and `subject` strings, `dataschema` an absolute URL, `time` RFC 3339,
 /// extensions strings, booleans or integers that fit an `i64`.
-fn v10_ok(attributes: &Map<String, Value>) -> bool {
-    attributes
-        .iter()
-        .all(|(name, value)| match (name.as_str(), value) {
-            ("specversion", _) => true,
-            ("id" | "source" | "type" | "datacontenttype" | "subject", v) => v.is_string(),
-            ("dataschema", Value::String(s)) => url::Url::parse(s).is_ok(),
-            ("time", Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
-            ("dataschema" | "time", _) => false,
-            (_, Value::String(_) | Value::Bool(_)) => true,
-            (_, Value::Number(n)) => n.is_i64(),
-            _ => false,
-        })
+fn v10_ok(attributes: &Attributes) -> bool {
+    attributes.iter().all(|(name, value)| match (name, value) {
+        ("specversion", _) => true,
+        ("id" | "source" | "type" | "datacontenttype" | "subject", v) => v.is_string(),
+        ("dataschema", Value::String(s)) => url::Url::parse(s).is_ok(),
+        ("time", Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s).is_ok(),
+        ("dataschema" | "time", _) => false,
+        (_, Value::String(_) | Value::Bool(_)) => true,
+        (_, Value::Number(n)) => n.is_i64(),
+        _ => false,
+    })
 }
 
 /// Checks attributes as their view needs them: what [`view_v10`] or the SDK says of them. A 1.0
 /// event's view is not built here (unless something is wrong, for the error's text); a 0.3
 /// event's is, and returned.
-fn check_view(specversion: &str, attributes: &Map<String, Value>) -> Result<Option<Event>, String> {
+fn check_view(specversion: &str, attributes: &Attributes) -> Result<Option<Event>, String> {
     match specversion {
         "1.0" if v10_ok(attributes) => Ok(None),
         "1.0" => view_v10(attributes).map(Some),
@@ -315,7 +315,7 @@ fn check_view(specversion: &str, attributes: &Map<String, Value>) -> Result<Opti
 
 /// The view of checked attributes (see [`check_view`]). Cannot fail for them; should it, the
 /// view holds `id`, `source` and `type` alone rather than panic.
-fn build_view(attributes: &Map<String, Value>) -> Event {
+fn build_view(attributes: &Attributes) -> Event {
     let built = match attr_str(attributes, "specversion") {
         Some("1.0") => view_v10(attributes),
         _ => view_by_sdk(attributes),
@@ -344,9 +344,10 @@ fn write_sized(out: &mut Vec<u8>, value: &impl serde::Serialize, empty: &[u8]) {
 }
 
 impl EventRecord {
-    /// A record from attributes (as received, including `specversion`, without data fields),
-    /// data and passed-through headers. Checks the event as CloudEvents 1.0 or 0.3 requires:
-    /// `id`, `source` and `type` present and not empty, attributes well formed.
+    /// A record from attributes (as received, including `specversion`, without data fields: an
+    /// [`Attributes`] or a `serde_json::Map`), data and passed-through headers. Checks the event
+    /// as CloudEvents 1.0 or 0.3 requires: `id`, `source` and `type` present and not empty,
+    /// attributes well formed.
     ///
     /// # Errors
     /// A [`RecordError`] naming the problem: `specversion` missing or not `1.0`/`0.3`; `id`,
@@ -362,22 +363,25 @@ impl EventRecord {
     /// let record = EventRecord::new(attributes, Some((DataKind::Json, data)), Vec::new())?;
     /// assert_eq!(record.spec_version(), "1.0");
     ///
-    /// let no_id = serde_json::from_str(r#"{"specversion": "1.0", "source": "/shop", "type": "t"}"#)?;
+    /// // Or as `Attributes` (what `attributes()` returns), which keep the order written too.
+    /// let no_id: evmesh_broker::record::Attributes =
+    ///     serde_json::from_str(r#"{"specversion": "1.0", "source": "/shop", "type": "t"}"#)?;
     /// let err = EventRecord::new(no_id, None, Vec::new()).unwrap_err();
     /// assert_eq!(err.to_string(), "attribute id is missing");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn new(
-        attributes: Map<String, Value>,
+        attributes: impl Into<Attributes>,
         data: Option<(DataKind, Bytes)>,
         headers: Vec<(String, String)>,
     ) -> Result<EventRecord, RecordError> {
+        let attributes = attributes.into();
         // One pass over the attributes (no lookups by name); the errors are reported in the
         // order: specversion, id, source, type, then the first bad name or null value.
         let mut found: [Option<&Value>; 4] = [None; 4];
         let mut malformed = None;
         for (name, value) in &attributes {
-            match name.as_str() {
+            match name {
                 "specversion" => found[0] = Some(value),
                 "id" => found[1] = Some(value),
                 "source" => found[2] = Some(value),
@@ -464,7 +468,7 @@ impl EventRecord {
     pub fn from_event(event: Event) -> Result<EventRecord, RecordError> {
         let mut event = event;
         let (_, _, data) = event.take_data();
-        let mut attributes = match serde_json::to_value(&event) {
+        let mut attributes: serde_json::Map<String, Value> = match serde_json::to_value(&event) {
             Ok(Value::Object(m)) => m,
             Ok(_) => return Err(RecordError("event is not a JSON object".into())),
             Err(e) => return Err(RecordError(e.to_string())),
@@ -472,6 +476,7 @@ impl EventRecord {
         attributes.remove("data");
         attributes.remove("data_base64");
         attributes.remove("datacontentencoding");
+        let attributes = Attributes::from(attributes);
         let ct = attr_str(&attributes, "datacontenttype").map(str::to_string);
         let data = match data {
             None => None,
@@ -537,7 +542,7 @@ impl EventRecord {
     /// assert!(!record.attributes().contains_key("data"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn attributes(&self) -> &Map<String, Value> {
+    pub fn attributes(&self) -> &Attributes {
         &self.attributes
     }
 
@@ -624,7 +629,7 @@ impl EventRecord {
     pub fn set_extension(&mut self, name: &str, value: Value) {
         self.full.take();
         self.view.take();
-        self.attributes.insert(name.to_string(), value);
+        self.attributes.insert_str(name, value);
     }
 
     /// Removes an extension attribute; the other attributes keep their order.
@@ -643,8 +648,8 @@ impl EventRecord {
     pub fn remove_extension(&mut self, name: &str) {
         self.full.take();
         self.view.take();
-        // Keeps the other attributes in order (with serde_json/preserve_order too).
-        self.attributes.retain(|k, _| k != name);
+        // The other attributes keep their order.
+        self.attributes.remove(name);
     }
 
     /// Sets the passed-through headers (see [`passthrough_headers`]).
@@ -740,7 +745,7 @@ impl EventRecord {
             *rest = tail;
             Ok(part)
         }
-        let attributes: Map<String, Value> = serde_json::from_slice(take(&mut rest)?)
+        let attributes: Attributes = serde_json::from_slice(take(&mut rest)?)
             .map_err(|e| RecordError(format!("record attributes: {e}")))?;
         let headers: Vec<(String, String)> = serde_json::from_slice(take(&mut rest)?)
             .map_err(|e| RecordError(format!("record headers: {e}")))?;
@@ -792,7 +797,7 @@ impl EventRecord {
             out.extend_from_slice(value);
         };
         for (name, value) in &self.attributes {
-            if omit == Some(name.as_str()) {
+            if omit == Some(name) {
                 continue;
             }
             let v = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
@@ -847,7 +852,7 @@ pub fn from_structured(
         serde_json::from_slice::<OrderedObject>(body)
             .map_err(|e| RecordError(format!("structured body is not a JSON object: {e}")))?
             .0;
-    let mut attributes = Map::new();
+    let mut attributes = Attributes::with_capacity(fields.len());
     let mut data_raw = None;
     let mut data_b64 = None;
     let mut encoding = None;
@@ -924,10 +929,21 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
                 mut map: A,
             ) -> Result<OrderedObject, A::Error> {
                 let mut fields: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
+                // The names seen, hashed once there are many (a body of many thousand fields
+                // would otherwise cost their square in comparisons).
+                let mut seen = std::collections::HashSet::new();
                 while let Some((k, v)) =
                     map.next_entry::<String, Box<serde_json::value::RawValue>>()?
                 {
-                    if fields.iter().any(|(name, _)| *name == k) {
+                    let repeated = if fields.len() < 32 {
+                        fields.iter().any(|(name, _)| *name == k)
+                    } else {
+                        if seen.is_empty() {
+                            seen.extend(fields.iter().map(|(name, _)| name.clone()));
+                        }
+                        !seen.insert(k.clone())
+                    };
+                    if repeated {
                         return Err(serde::de::Error::custom(format!("duplicate field {k}")));
                     }
                     fields.push((k, v));
@@ -944,10 +960,10 @@ mod tests {
     use super::*;
     use cloudevents::AttributesReader;
 
-    fn attrs(v: Value) -> Map<String, Value> {
+    fn attrs(v: Value) -> serde_json::Map<String, Value> {
         match v {
             Value::Object(m) => m,
-            _ => Map::new(),
+            _ => serde_json::Map::new(),
         }
     }
 
@@ -1036,7 +1052,7 @@ mod tests {
             serde_json::json!({"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":["a"]}),
         ];
         for case in cases {
-            let a = attrs(case.clone());
+            let a = Attributes::from(attrs(case.clone()));
             assert_eq!(view_v10(&a), view_by_sdk(&a), "{case}");
             // The check without the view agrees with building it.
             assert_eq!(v10_ok(&a), view_v10(&a).is_ok(), "{case}");
@@ -1059,6 +1075,26 @@ mod tests {
             back.data().map(|(_, b)| b.clone()),
             r.data().map(|(_, b)| b.clone())
         );
+    }
+
+    #[test]
+    fn a_structured_event_with_many_extensions_keeps_them_in_order_and_a_repeated_one_is_refused() {
+        let extensions: Vec<String> = (0..200).map(|i| format!("\"ext{i}\":{i}")).collect();
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t",{}}}"#,
+            extensions.join(",")
+        );
+        let r = from_structured(body.as_bytes(), vec![]).expect("valid");
+        assert_eq!(r.attributes().len(), 204);
+        assert_eq!(r.attributes()["ext150"], 150);
+        let names: Vec<&str> = r.attributes().iter().map(|(n, _)| n).collect();
+        assert_eq!(names[4..7], ["ext0", "ext1", "ext2"]);
+        let back = EventRecord::from_stored(&r.to_stored()).expect("stored form");
+        assert_eq!(back.attributes(), r.attributes());
+        // A name repeated far into the body (found through the hashed names).
+        let repeated = format!("{},\"ext7\":1}}", &body[..body.len() - 1]);
+        let err = from_structured(repeated.as_bytes(), vec![]).expect_err("repeated");
+        assert!(err.to_string().contains("duplicate field ext7"), "{err}");
     }
 
     #[test]

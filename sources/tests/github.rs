@@ -228,8 +228,8 @@ async fn each_fixture_becomes_the_event_knative_emits() {
         let got: serde_json::Map<String, Value> = e
             .attributes()
             .iter()
-            .filter(|(k, _)| !STANDARD.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| !STANDARD.contains(k))
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         assert_eq!(Value::Object(got), exts, "{event} extensions");
         let (kind, data) = e.data().expect("data");
