@@ -2,9 +2,9 @@
 //! `partitionkey`) written, binary and structured mode read.
 
 use bytes::Bytes;
-use evmesh_broker::record::{EventRecord, classify_body, from_structured};
+use evmesh_broker::record::{Attributes, EventRecord, classify_body, from_structured};
 use rdkafka::message::{Header, OwnedHeaders};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The extension that becomes the record key.
 pub const PARTITION_KEY: &str = "partitionkey";
@@ -82,7 +82,7 @@ pub fn decode(
     {
         return None;
     }
-    let mut attributes = Map::new();
+    let mut attributes = Attributes::with_capacity(headers.len());
     for (k, v) in headers {
         let Some(name) = k
             .get(..3)
@@ -109,7 +109,7 @@ mod tests {
     use rdkafka::message::Headers;
 
     fn event() -> EventRecord {
-        let mut attrs = Map::new();
+        let mut attrs = serde_json::Map::new();
         attrs.insert("specversion".into(), "1.0".into());
         attrs.insert("id".into(), "e1".into());
         attrs.insert("source".into(), "/s".into());
