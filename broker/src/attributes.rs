@@ -174,8 +174,10 @@ impl Attributes {
 }
 
 impl PartialEq for Attributes {
+    /// The same names with the same values, in any order (as JSON objects, and
+    /// `serde_json::Map`, compare).
     fn eq(&self, other: &Self) -> bool {
-        self.entries == other.entries
+        self.len() == other.len() && self.iter().all(|(n, v)| other.get(n) == Some(v))
     }
 }
 
@@ -315,5 +317,17 @@ mod tests {
             r#"{"z":3,"a":2,"m":{"x":[1]}}"#
         );
         assert_eq!(Attributes::from(a.to_map()), a);
+    }
+
+    #[test]
+    fn attributes_compare_as_json_objects_do_in_any_order() {
+        let ab: Attributes = serde_json::from_str(r#"{"a":1,"b":2}"#).unwrap_or_default();
+        let ba: Attributes = serde_json::from_str(r#"{"b":2,"a":1}"#).unwrap_or_default();
+        let other: Attributes = serde_json::from_str(r#"{"b":2,"a":3}"#).unwrap_or_default();
+        let more: Attributes = serde_json::from_str(r#"{"b":2,"a":1,"c":3}"#).unwrap_or_default();
+        assert_eq!(ab, ba);
+        assert_ne!(ab, other);
+        assert_ne!(ab, more);
+        assert_ne!(more, ab);
     }
 }
