@@ -23,6 +23,8 @@ pub struct FilterIndex<K> {
     indexed: Vec<(AttrName, ValueMap)>,
     /// Entries tested for every event (ascending).
     scan: Vec<u32>,
+    /// How many entries' filters read the event's data (JSONPath).
+    data_readers: usize,
 }
 
 impl<K: Clone> FilterIndex<K> {
@@ -32,6 +34,7 @@ impl<K: Clone> FilterIndex<K> {
             entries: Vec::with_capacity(entries.len()),
             indexed: Vec::new(),
             scan: Vec::new(),
+            data_readers: 0,
         };
         for (key, filter) in entries {
             if !index.push(key, filter) {
@@ -73,6 +76,9 @@ impl<K: Clone> FilterIndex<K> {
             }
             None => self.scan.push(i),
         }
+        if filter.reads_data() {
+            self.data_readers += 1;
+        }
         self.entries.push((key, filter));
         true
     }
@@ -93,8 +99,17 @@ impl<K: Clone> FilterIndex<K> {
     }
 
     /// Appends to `out` the key of every entry whose filter matches `event`, each once, in the
-    /// order the entries were given.
+    /// order the entries were given. The event's data is parsed as JSON at most once however many
+    /// JSONPath filters read it.
     pub fn matching(&self, event: &dyn EventAttributes, out: &mut Vec<K>) {
+        if self.data_readers > 1 {
+            self.matching_in(&ParsedOnce::new(event), out);
+        } else {
+            self.matching_in(event, out);
+        }
+    }
+
+    fn matching_in(&self, event: &dyn EventAttributes, out: &mut Vec<K>) {
         let mut first: Option<&[u32]> = None;
         let mut more: Vec<u32> = Vec::new();
         for (name, map) in &self.indexed {
@@ -134,5 +149,34 @@ impl<K: Clone> FilterIndex<K> {
                 out.push(key.clone());
             }
         }
+    }
+}
+
+/// An event whose JSON data is parsed on the first read and kept for the others, for the length
+/// of one [`FilterIndex::matching`] call.
+struct ParsedOnce<'e> {
+    event: &'e dyn EventAttributes,
+    data: std::cell::OnceCell<Option<std::borrow::Cow<'e, serde_json::Value>>>,
+}
+
+impl<'e> ParsedOnce<'e> {
+    fn new(event: &'e dyn EventAttributes) -> Self {
+        ParsedOnce {
+            event,
+            data: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl EventAttributes for ParsedOnce<'_> {
+    fn attribute(&self, name: &str) -> Option<attr::AttrValue<'_>> {
+        self.event.attribute(name)
+    }
+
+    fn json_data(&self) -> Option<std::borrow::Cow<'_, serde_json::Value>> {
+        self.data
+            .get_or_init(|| self.event.json_data())
+            .as_deref()
+            .map(std::borrow::Cow::Borrowed)
     }
 }

@@ -204,6 +204,16 @@ impl Node {
         Node::All(children)
     }
 
+    /// Whether evaluating it may read the event's data (a JSONPath filter somewhere in it).
+    fn reads_data(&self) -> bool {
+        match self {
+            Node::All(children) | Node::Any(children) => children.iter().any(Node::reads_data),
+            Node::Not(child) => child.reads_data(),
+            Node::JsonPath(_) => true,
+            Node::Attrs(_) | Node::Cesql(_) => false,
+        }
+    }
+
     /// Attribute/value pairs every matching event carries (from an exact or legacy
     /// attributes filter at the top, or inside a top-level `all`).
     fn required_pairs<'a>(&'a self, out: &mut Vec<(&'a AttrName, &'a str)>) {
@@ -487,6 +497,11 @@ impl Filter {
     /// filter what it reads ([`EventAttributes`]).
     pub fn matches(&self, event: &dyn EventAttributes) -> bool {
         self.node.matches(event, &self.meta)
+    }
+
+    /// Whether it may read the event's data (it holds a JSONPath filter).
+    pub(crate) fn reads_data(&self) -> bool {
+        self.node.reads_data()
     }
 
     /// The (attribute, value) pair the index files this filter under, if any: one that every

@@ -478,3 +478,53 @@ fn filter_is_send_sync_and_cheap_to_clone() {
     assert!(f.clone().matches(&event("a")));
     assert!((!f).matches(&event("b")));
 }
+
+/// An event that counts how often its data is read as JSON.
+struct CountingReads {
+    event: Event,
+    reads: std::cell::Cell<usize>,
+}
+
+impl evmesh_filter::EventAttributes for CountingReads {
+    fn attribute(&self, name: &str) -> Option<evmesh_filter::AttrValue<'_>> {
+        self.event.attribute(name)
+    }
+
+    fn json_data(&self) -> Option<std::borrow::Cow<'_, serde_json::Value>> {
+        self.reads.set(self.reads.get() + 1);
+        self.event.json_data()
+    }
+}
+
+#[test]
+fn the_index_reads_an_event_s_data_once_for_all_its_jsonpath_filters() {
+    let order = json!({"order": {"total": 150, "items": [{"sku": "A-1"}]}});
+    let entries = vec![
+        ("big", compile("- evmesh.dev/jsonpath: '$[?@.total > 100]'")),
+        (
+            "sku",
+            compile("- evmesh.dev/jsonpath: \"$.order.items[?@.sku == 'A-1']\""),
+        ),
+        ("by-type", compile("- exact: {type: order.created}")),
+        (
+            "not-small",
+            compile("- not:\n    evmesh.dev/jsonpath: '$[?@.total < 10]'"),
+        ),
+        (
+            "huge",
+            compile("- evmesh.dev/jsonpath: '$[?@.total > 1000]'"),
+        ),
+    ];
+    let index = FilterIndex::new(entries);
+    let event = CountingReads {
+        event: with_data(order, "application/json"),
+        reads: std::cell::Cell::new(0),
+    };
+    let mut out = Vec::new();
+    index.matching(&event, &mut out);
+    assert_eq!(out, vec!["big", "sku", "by-type", "not-small"]);
+    assert_eq!(event.reads.get(), 1, "the data was parsed once per filter");
+    // A filter tested alone reads the data itself, as before.
+    assert!(compile("- evmesh.dev/jsonpath: '$.order'").matches(&event));
+    assert_eq!(event.reads.get(), 2);
+}
