@@ -1,5 +1,5 @@
 //! Criterion benchmarks: per-event cost of each filter kind, and `FilterIndex::matching` with
-//! 10, 1,000 and 10,000 triggers.
+//! 10, 1,000 and 10,000 triggers, and with ten JSONPath triggers.
 //!
 //! Run: `cargo bench -p evmesh-filter --bench filters -- --warm-up-time 1 --measurement-time 3`
 
@@ -113,5 +113,39 @@ fn index(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, per_filter, index);
+/// Ten JSONPath triggers over an event whose data arrived as bytes (as a broker holds it):
+/// the data is parsed as JSON when a filter reads it.
+fn index_jsonpath(c: &mut Criterion) {
+    let items: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({"sku": format!("A-{i}"), "qty": i, "price": 9.5}))
+        .collect();
+    let doc = serde_json::json!({"order": {"id": 42, "total": 150, "items": items}});
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    let ev = EventBuilderV10::new()
+        .id("1")
+        .source("/shop")
+        .ty("order.created")
+        .data("application/json", bytes)
+        .build()
+        .expect("the bench event is valid");
+    let entries: Vec<(usize, Filter)> = (0..10)
+        .map(|i| {
+            let yaml = format!("- evmesh.dev/jsonpath: \"$.order.items[?@.sku == 'A-{i}']\"");
+            (i, compile(&yaml))
+        })
+        .collect();
+    let idx = FilterIndex::new(entries);
+    let mut out = Vec::with_capacity(16);
+    idx.matching(&ev, &mut out);
+    assert_eq!(out.len(), 10);
+    c.bench_function("index_matching_10_jsonpath", |b| {
+        b.iter(|| {
+            out.clear();
+            idx.matching(black_box(&ev), &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(benches, per_filter, index, index_jsonpath);
 criterion_main!(benches);
