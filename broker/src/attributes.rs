@@ -250,13 +250,42 @@ impl<'de> serde::Deserialize<'de> for Attributes {
                 mut map: A,
             ) -> Result<Attributes, A::Error> {
                 let mut out = Attributes::with_capacity(map.size_hint().unwrap_or(8).min(64));
-                while let Some((name, value)) = map.next_entry::<String, Value>()? {
-                    out.insert(name, value);
+                while let Some((Name(name), value)) = map.next_entry::<Name<'de>, Value>()? {
+                    match name {
+                        Cow::Borrowed(name) => out.insert_str(name, value),
+                        Cow::Owned(name) => out.insert(name, value),
+                    };
                 }
                 Ok(out)
             }
         }
         d.deserialize_map(Visit)
+    }
+}
+
+/// A name read from JSON, borrowed from the input where it has no escapes (so a well-known
+/// name is not copied at all).
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an attribute name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
     }
 }
 
@@ -317,6 +346,18 @@ mod tests {
             r#"{"z":3,"a":2,"m":{"x":[1]}}"#
         );
         assert_eq!(Attributes::from(a.to_map()), a);
+    }
+
+    #[test]
+    fn names_with_escapes_are_read_as_the_names_they_spell() {
+        let a: Attributes =
+            serde_json::from_str(r#"{"typ\u0065":"t","x\u0079z":1,"id":"1"}"#).unwrap_or_default();
+        assert_eq!(a["type"], "t");
+        assert_eq!(a["xyz"], 1);
+        assert_eq!(
+            a.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["type", "xyz", "id"]
+        );
     }
 
     #[test]
