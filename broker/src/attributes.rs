@@ -96,7 +96,8 @@ impl Attributes {
     /// assert_eq!(attributes.get("region"), Some(&serde_json::json!("eu")));
     /// ```
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.position(name).map(|i| &self.entries[i].1)
+        let i = self.position(name)?;
+        self.entries.get(i).map(|(_, v)| v)
     }
 
     /// Whether attribute `name` is there.
@@ -131,8 +132,8 @@ impl Attributes {
     /// assert_eq!(attributes.iter().next(), Some(("a", &3.into())));
     /// ```
     pub fn insert(&mut self, name: String, value: Value) -> Option<Value> {
-        if let Some(i) = self.position(&name) {
-            return Some(std::mem::replace(&mut self.entries[i].1, value));
+        if let Some(slot) = self.slot(&name) {
+            return Some(std::mem::replace(slot, value));
         }
         self.push(kept(name), value);
         None
@@ -141,12 +142,18 @@ impl Attributes {
     /// [`insert`](Self::insert) with a borrowed name (copied only when it is new and not a
     /// well-known one).
     pub(crate) fn insert_str(&mut self, name: &str, value: Value) -> Option<Value> {
-        if let Some(i) = self.position(name) {
-            return Some(std::mem::replace(&mut self.entries[i].1, value));
+        if let Some(slot) = self.slot(name) {
+            return Some(std::mem::replace(slot, value));
         }
         let name = well_known(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed);
         self.push(name, value);
         None
+    }
+
+    /// The value of `name`, to change in place.
+    fn slot(&mut self, name: &str) -> Option<&mut Value> {
+        let i = self.position(name)?;
+        self.entries.get_mut(i).map(|(_, v)| v)
     }
 
     /// Appends a name not there yet. The index, when there is one, is kept up to date rather
