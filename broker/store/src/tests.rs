@@ -402,19 +402,45 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_large_group_commit_puts_the_committer_under_sched_batch_and_quiet_ones_back() {
+    use crate::committer::{BUSY_FOR, QUIET_COMMITS};
     // The committer starts with this thread's policy and nice value.
     let normal = own_policy_and_nice() == (0, 0);
     let (engine, store) = store();
     let log = LogId::new("l");
-    append_twelve_together(&store, &log).await;
-    assert!(engine.commits.load(Ordering::SeqCst) < 12, "not batched");
-    assert_eq!(store.committer_batch_policy(), normal);
-    // One at a time: each its own commit.
-    for i in 0..crate::committer::QUIET_COMMITS {
-        assert_eq!(store.committer_batch_policy(), normal, "after {i} quiet");
-        store.append(&log, vec![99]).await.expect("append");
+    // A try in which BUSY_FOR passed since the large commit may legitimately end under the
+    // normal policy early (a busy machine can stall the committer or this test that long): it
+    // proves nothing either way, and is made again.
+    for attempt in 0..5 {
+        if attempt > 0 {
+            // What an earlier try left is undone by the next commit after this pause.
+            tokio::time::sleep(BUSY_FOR + std::time::Duration::from_millis(20)).await;
+        }
+        let started = std::time::Instant::now();
+        let commits = engine.commits.load(Ordering::SeqCst);
+        if !enter_a_large_commit(&store, &log, normal).await {
+            continue;
+        }
+        assert!(
+            engine.commits.load(Ordering::SeqCst) - commits < 12,
+            "not batched"
+        );
+        // One at a time: each its own commit.
+        let mut conclusive = true;
+        for i in 0..QUIET_COMMITS {
+            let policy = store.committer_batch_policy();
+            if started.elapsed() >= BUSY_FOR {
+                conclusive = false;
+                break;
+            }
+            assert_eq!(policy, normal, "after {i} quiet");
+            store.append(&log, vec![99]).await.expect("append");
+        }
+        if conclusive {
+            assert!(settles_on(&store, false).await, "still under SCHED_BATCH");
+            return;
+        }
     }
-    assert!(!store.committer_batch_policy());
+    panic!("five tries each took longer than {BUSY_FOR:?} from the large commit on");
 }
 
 #[cfg(target_os = "linux")]
@@ -423,12 +449,45 @@ async fn the_first_commit_after_a_load_stopped_runs_under_the_normal_policy() {
     let normal = own_policy_and_nice() == (0, 0);
     let (_engine, store) = store();
     let log = LogId::new("l");
-    append_twelve_together(&store, &log).await;
-    assert_eq!(store.committer_batch_policy(), normal);
+    let mut entered = false;
+    for _ in 0..5 {
+        entered = enter_a_large_commit(&store, &log, normal).await;
+        if entered {
+            break;
+        }
+    }
+    assert!(
+        entered,
+        "twelve appends sent together never made a large group commit"
+    );
     // Nothing for a while, then one append: committed under the normal policy again.
     tokio::time::sleep(crate::committer::BUSY_FOR + std::time::Duration::from_millis(20)).await;
     store.append(&log, vec![99]).await.expect("append");
-    assert!(!store.committer_batch_policy());
+    assert!(settles_on(&store, false).await, "still under SCHED_BATCH");
+}
+
+/// Sends twelve appends together (see [`append_twelve_together`]); whether the committer then
+/// runs under `SCHED_BATCH` as expected (`normal`: when its thread started under the normal
+/// policy at nice 0). Not on a busy machine that trickled the appends into small commits, or
+/// stalled the committer for `BUSY_FOR` after its large one: the caller tries again.
+#[cfg(target_os = "linux")]
+async fn enter_a_large_commit(store: &KvEventStore, log: &LogId, normal: bool) -> bool {
+    append_twelve_together(store, log).await;
+    settles_on(store, normal).await
+}
+
+/// Whether the committer's policy reads `batch` within 200 ms: it records the policy after a
+/// commit's answers are sent, so a reader woken by its answer may come first.
+#[cfg(target_os = "linux")]
+async fn settles_on(store: &KvEventStore, batch: bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while store.committer_batch_policy() != batch {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    true
 }
 
 /// Sends 12 appends together: the first commit takes 2 ms, so they share one or two commits
