@@ -18,7 +18,10 @@
 //!   first measures the accept-and-forward floor with the same load (an axum handler that
 //!   answers 202 and forwards each body to the sink on a pooled client: no parsing, no store)
 //!   and prints evmesh's share of its deliveries/s. `--floor-hyper`: the same floor forwarding
-//!   on hyper-util's pooled client (what evmesh delivers on) instead of reqwest.
+//!   on hyper-util's pooled client (what evmesh delivers on) instead of reqwest. `--rounds N`
+//!   (with `--floor`): the floor and evmesh measured N times each, in turn (floor, evmesh,
+//!   floor, ...), both kept running in this one process, with each round's share and the
+//!   median, so that a slow minute of a shared machine falls on both sides.
 //! * `loadtest sequence --steps 3 --seconds 10 --concurrency 64`: the same measurement through a
 //!   Sequence (InMemoryChannel) of `steps` steps, each an HTTP service in this process that
 //!   replies with the event it got; the last reply goes to the sink. Posts to the Sequence's
@@ -143,6 +146,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                     floor: args.iter().any(|a| a == "--floor" || a == "--floor-hyper"),
                     floor_hyper: args.iter().any(|a| a == "--floor-hyper"),
+                    rounds: arg("--rounds", "1").parse()?,
                 },
                 &arg("--class", "MTChannelBasedBroker"),
                 arg("--instances", "1").parse()?,
@@ -206,7 +210,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => {
             eprintln!(
-                "usage: loadtest bare [--listen ADDR] | loadtest sink [--listen ADDR] | loadtest forward [--listen ADDR] [--to URL] | loadtest bare-log [--listen ADDR] [--dir DIR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] [--rate R] [--floor] [--class Kafka] [--instances N] [--partitions P] | loadtest kafkasource [--records R] | loadtest sequence [--steps N] [--channel InMemoryChannel|NatsJetStreamChannel|KafkaChannel] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--channel K] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D] | loadtest backlog [--evmesh PATH] [--events N] [--concurrency C] [-- SERVE_FLAGS] | loadtest soak [--evmesh PATH] [--rate R] [--seconds S] [--triggers T] [--retention ISO] [--retention-interval ISO] [--sample-seconds S] [--idle-seconds S] [-- SERVE_FLAGS]"
+                "usage: loadtest bare [--listen ADDR] | loadtest sink [--listen ADDR] | loadtest forward [--listen ADDR] [--to URL] | loadtest bare-log [--listen ADDR] [--dir DIR] | loadtest e2e [--triggers N] [--matching M] [--seconds S] [--concurrency C] [--rate R] [--floor] [--rounds N] [--class Kafka] [--instances N] [--partitions P] | loadtest kafkasource [--records R] | loadtest sequence [--steps N] [--channel InMemoryChannel|NatsJetStreamChannel|KafkaChannel] [--seconds S] [--concurrency C] | loadtest fanout [--subscriptions N] [--channel K] [--seconds S] [--concurrency C] | loadtest ordered [--keys K] [--order ordered|unordered] [--seconds S] [--concurrency C] [--sink-delay-ms D] | loadtest backlog [--evmesh PATH] [--events N] [--concurrency C] [-- SERVE_FLAGS] | loadtest soak [--evmesh PATH] [--rate R] [--seconds S] [--triggers T] [--retention ISO] [--retention-interval ISO] [--sample-seconds S] [--idle-seconds S] [-- SERVE_FLAGS]"
             );
             std::process::exit(2);
         }
@@ -367,6 +371,7 @@ async fn run_flow(
         rate: None,
         floor: false,
         floor_hyper: false,
+        rounds: 1,
     };
     let result = drive(sink, &yaml, &target, paths, &label, load, 1).await;
     if kind == "NatsJetStreamChannel" {
@@ -445,6 +450,13 @@ impl Sink {
             pairs,
         })
     }
+
+    /// Forgets what it was sent (the next round counts from zero).
+    fn reset(&self) {
+        self.latencies.lock().map(|mut l| l.clear()).ok();
+        self.pairs.lock().map(|mut p| p.clear()).ok();
+        self.delivered.store(0, Ordering::Relaxed);
+    }
 }
 
 /// How `drive` sends: `concurrency` senders one request after the other (closed loop), or, with
@@ -459,6 +471,9 @@ struct Load {
     floor: bool,
     /// The floor forwards on hyper-util's pooled client instead of reqwest.
     floor_hyper: bool,
+    /// With `floor`: measure the floor and evmesh this many times each, in turn (floor,
+    /// evmesh, floor, ...), in one process, and report the share of each round and their median.
+    rounds: usize,
 }
 
 /// What one measured run gave.
@@ -578,7 +593,14 @@ async fn post_one(
 }
 
 /// Sends `load` to `ingresses`; returns the accepted ids, the failures and the send time.
-async fn send_load(ingresses: &[String], load: Load) -> (Vec<String>, u64, Duration) {
+/// Ids are `w-n` (closed loop: sender, count) or `r-n` (open loop), prefixed with `round.` after
+/// the first round, so that no round's id repeats an earlier one's.
+async fn send_load(ingresses: &[String], load: Load, round: usize) -> (Vec<String>, u64, Duration) {
+    let prefix = if round == 0 {
+        String::new()
+    } else {
+        format!("{round}.")
+    };
     let accepted_ids = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let failures = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -587,11 +609,12 @@ async fn send_load(ingresses: &[String], load: Load) -> (Vec<String>, u64, Durat
             let stop = Arc::new(AtomicBool::new(false));
             let mut senders = Vec::new();
             for w in 0..load.concurrency {
-                let (stop, accepted_ids, failures, ingress) = (
+                let (stop, accepted_ids, failures, ingress, prefix) = (
                     stop.clone(),
                     accepted_ids.clone(),
                     failures.clone(),
                     ingresses[w % ingresses.len()].clone(),
+                    prefix.clone(),
                 );
                 senders.push(tokio::spawn(async move {
                     let client = reqwest::Client::new();
@@ -601,7 +624,7 @@ async fn send_load(ingresses: &[String], load: Load) -> (Vec<String>, u64, Durat
                         post_one(
                             &client,
                             &ingress,
-                            format!("{w}-{n}"),
+                            format!("{prefix}{w}-{n}"),
                             &accepted_ids,
                             &failures,
                         )
@@ -636,22 +659,16 @@ async fn send_load(ingresses: &[String], load: Load) -> (Vec<String>, u64, Durat
                         p
                     }
                 };
-                let (client, accepted_ids, failures, ingress) = (
+                let (client, accepted_ids, failures, ingress, id) = (
                     client.clone(),
                     accepted_ids.clone(),
                     failures.clone(),
                     ingresses[n as usize % ingresses.len()].clone(),
+                    format!("{prefix}r-{n}"),
                 );
                 tokio::spawn(async move {
                     let _permit = permit;
-                    post_one(
-                        &client,
-                        &ingress,
-                        format!("r-{n}"),
-                        &accepted_ids,
-                        &failures,
-                    )
-                    .await;
+                    post_one(&client, &ingress, id, &accepted_ids, &failures).await;
                 });
             }
             let _ = permits.acquire_many(load.concurrency.max(1) as u32).await;
@@ -849,25 +866,66 @@ fn bare_log_app(dir: &std::path::Path) -> std::io::Result<Router> {
     })))
 }
 
-async fn floor(paths: &[String], load: Load) -> Result<Measured, Box<dyn std::error::Error>> {
-    let sink = Sink::start().await?;
-    let targets = paths
-        .iter()
-        .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
-        .collect();
-    let app = forward_app(targets, load.floor_hyper);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ingress = format!("http://{}/", listener.local_addr()?);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let started = Instant::now();
-    let cpu_started = process_cpu_secs();
-    let (ids, failed, send_time) = send_load(&[ingress], load).await;
-    let (measured, missing) = settle(&sink, paths, &ids, send_time, started, cpu_started).await;
-    server.abort();
-    if failed > 0 || !missing.is_empty() {
-        return Err(format!("floor: {failed} failures, missing {missing:?}").into());
+/// The accept-and-forward floor running in this process: its handler and its own sink.
+struct Floor {
+    sink: Sink,
+    ingress: String,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Floor {
+    async fn start(paths: &[String], load: Load) -> Result<Floor, Box<dyn std::error::Error>> {
+        let sink = Sink::start().await?;
+        let targets = paths
+            .iter()
+            .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
+            .collect();
+        let app = forward_app(targets, load.floor_hyper);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let ingress = format!("http://{}/", listener.local_addr()?);
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Floor {
+            sink,
+            ingress,
+            server,
+        })
     }
-    Ok(measured)
+
+    /// Sends `load` through the floor and waits until the sink has every event.
+    async fn measure(
+        &self,
+        paths: &[String],
+        load: Load,
+        round: usize,
+    ) -> Result<Measured, Box<dyn std::error::Error>> {
+        self.sink.reset();
+        let started = Instant::now();
+        let cpu_started = process_cpu_secs();
+        let (ids, failed, send_time) =
+            send_load(std::slice::from_ref(&self.ingress), load, round).await;
+        let (measured, missing) =
+            settle(&self.sink, paths, &ids, send_time, started, cpu_started).await;
+        if failed > 0 || !missing.is_empty() {
+            return Err(format!("floor: {failed} failures, missing {missing:?}").into());
+        }
+        Ok(measured)
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The median of `v` (0 when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Runs `instances` meshes from `yaml` (one data dir each), waits until they are idle (Kafka
@@ -886,12 +944,7 @@ async fn drive(
     instances: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let floor = if load.floor {
-        let f = floor(&paths, load).await?;
-        println!(
-            "{}",
-            f.line("accept-and-forward floor", f.accepted * paths.len() as u64)
-        );
-        Some(f)
+        Some(Floor::start(&paths, load).await?)
     } else {
         None
     };
@@ -923,43 +976,88 @@ async fn drive(
         .map(|m| format!("{}{}", m.url().as_str().trim_end_matches('/'), target))
         .collect();
 
-    let started = Instant::now();
-    let cpu_started = process_cpu_secs();
-    let (accepted_ids, failed, send_time) = send_load(&ingresses, load).await;
-    let expected = accepted_ids.len() as u64 * paths.len() as u64;
-    let (measured, missing) = settle(
-        &sink,
-        &paths,
-        &accepted_ids,
-        send_time,
-        started,
-        cpu_started,
-    )
-    .await;
-    println!("{}", measured.line(label, expected));
-    if let Some(f) = &floor {
+    let rounds = if floor.is_some() {
+        load.rounds.max(1)
+    } else {
+        1
+    };
+    // Per round: evmesh's share of the floor's deliveries/s, and of its CPU per delivery.
+    let mut shares = Vec::new();
+    for round in 0..rounds {
+        let of_rounds = if rounds > 1 {
+            format!(" (round {} of {rounds})", round + 1)
+        } else {
+            String::new()
+        };
+        let f = match &floor {
+            Some(floor) => {
+                let f = floor.measure(&paths, load, round).await?;
+                let floor_label = format!("accept-and-forward floor{of_rounds}");
+                println!("{}", f.line(&floor_label, f.accepted * paths.len() as u64));
+                Some(f)
+            }
+            None => None,
+        };
+        sink.reset();
+        let started = Instant::now();
+        let cpu_started = process_cpu_secs();
+        let (accepted_ids, failed, send_time) = send_load(&ingresses, load, round).await;
+        let expected = accepted_ids.len() as u64 * paths.len() as u64;
+        let (measured, missing) = settle(
+            &sink,
+            &paths,
+            &accepted_ids,
+            send_time,
+            started,
+            cpu_started,
+        )
+        .await;
         println!(
-            "share of the floor: deliveries/s {:.2}; CPU per delivery, floor's / evmesh's {:.2}; p99 {:.2} ms vs {:.2} ms, p99.9 {:.2} ms vs {:.2} ms",
-            measured.delivery_rate() / f.delivery_rate(),
-            f.cpu_per_delivery_us() / measured.cpu_per_delivery_us(),
-            measured.pct(0.99),
-            f.pct(0.99),
-            measured.pct(0.999),
-            f.pct(0.999),
+            "{}",
+            measured.line(&format!("{label}{of_rounds}"), expected)
+        );
+        if let Some(f) = &f {
+            let share = measured.delivery_rate() / f.delivery_rate();
+            let cpu_share = f.cpu_per_delivery_us() / measured.cpu_per_delivery_us();
+            shares.push((share, cpu_share));
+            println!(
+                "share of the floor: deliveries/s {share:.2}; CPU per delivery, floor's / evmesh's {cpu_share:.2}; p99 {:.2} ms vs {:.2} ms, p99.9 {:.2} ms vs {:.2} ms",
+                measured.pct(0.99),
+                f.pct(0.99),
+                measured.pct(0.999),
+                f.pct(0.999),
+            );
+        }
+        // Every accepted id must have reached every matching trigger; no ingress failure allowed.
+        if failed > 0 || !missing.is_empty() {
+            eprintln!(
+                "FAILED: {failed} ingress failures; {} of {expected} (path, id) deliveries missing (first: {missing:?})",
+                expected.saturating_sub(sink.pairs.lock().map(|p| p.len() as u64).unwrap_or(0))
+            );
+            std::process::exit(1);
+        }
+    }
+    if shares.len() > 1 {
+        let list = |i: usize| {
+            shares
+                .iter()
+                .map(|s| format!("{:.2}", if i == 0 { s.0 } else { s.1 }))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "over {} alternating rounds: share of the floor's deliveries/s {} (median {:.2}); CPU share {} (median {:.2})",
+            shares.len(),
+            list(0),
+            median(shares.iter().map(|s| s.0).collect()),
+            list(1),
+            median(shares.iter().map(|s| s.1).collect()),
         );
     }
     for m in &meshes {
         m.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    // Every accepted id must have reached every matching trigger; no ingress failure allowed.
-    if failed > 0 || !missing.is_empty() {
-        eprintln!(
-            "FAILED: {failed} ingress failures; {} of {expected} (path, id) deliveries missing (first: {missing:?})",
-            expected.saturating_sub(sink.pairs.lock().map(|p| p.len() as u64).unwrap_or(0))
-        );
-        std::process::exit(1);
-    }
     println!("ok: every accepted event reached every expected path, no ingress failure");
     Ok(())
 }
