@@ -411,6 +411,7 @@ impl Committer {
                 .writes
                 .insert(keys::meta_key(log.as_str()), Some(meta.encode()));
         }
+        batch.sync_all = !flushes.is_empty() || !trimmed.is_empty();
         let checkpoints = self.pending.snapshot();
         for (key, _, value) in &checkpoints {
             batch

@@ -47,8 +47,25 @@ pub(crate) struct FjallEngine {
 }
 
 impl FjallEngine {
-    /// Opens (or creates, or recovers from the journal) the database.
+    /// Opens (or creates, or recovers from the journal) the database. A store whose events the
+    /// `segments` engine keeps is refused: its records are not in fjall.
     pub(crate) fn open(dir: &Path, options: &StoreOptions, firsts: Arc<Firsts>) -> Result<Self> {
+        if crate::segments_engine::has_segments(dir)? {
+            return Err(crate::StoreError::Engine(format!(
+                "the events of the store in {} are in segment files: open it with the `segments` storage engine",
+                dir.display()
+            )));
+        }
+        Self::open_unchecked(dir, options, firsts)
+    }
+
+    /// [`open`](Self::open) without the check for segment files: the `segments` engine keeps
+    /// its metadata and checkpoints here.
+    pub(crate) fn open_unchecked(
+        dir: &Path,
+        options: &StoreOptions,
+        firsts: Arc<Firsts>,
+    ) -> Result<Self> {
         let write_buffer = options.write_buffer_bytes.max(MIN_WRITE_BUFFER_BYTES);
         let factory: Arc<dyn Factory> = Arc::new(BelowFirst(firsts.clone()));
         let db = Database::builder(dir.join("fjall"))
@@ -125,9 +142,11 @@ impl FjallEngine {
     }
 }
 
-impl KvEngine for FjallEngine {
-    fn commit(&self, batch: Batch) -> Result<()> {
-        let mut b = self.db.batch().durability(Some(PersistMode::SyncData));
+impl FjallEngine {
+    /// Commits `batch` with the given durability: `SyncData` (`fdatasync` before returning) or
+    /// `Buffer` (handed to the OS: it survives the process being killed, not a power loss).
+    pub(crate) fn commit_with(&self, batch: Batch, mode: PersistMode) -> Result<()> {
+        let mut b = self.db.batch().durability(Some(mode));
         for (start, end) in &batch.delete_ranges {
             if start >= end {
                 continue;
@@ -157,6 +176,23 @@ impl KvEngine for FjallEngine {
             }
         }
         Ok(())
+    }
+
+    /// Whether the records' keyspace holds anything (a store written by this engine).
+    pub(crate) fn has_records(&self) -> Result<bool> {
+        Ok(self.ks.first_key_value().is_some())
+    }
+
+    /// Empties the records' keyspace, durably (once the `segments` engine has copied them).
+    pub(crate) fn clear_records(&self) -> Result<()> {
+        self.ks.clear().map_err(engine_err)?;
+        self.db.persist(PersistMode::SyncData).map_err(engine_err)
+    }
+}
+
+impl KvEngine for FjallEngine {
+    fn commit(&self, batch: Batch) -> Result<()> {
+        self.commit_with(batch, PersistMode::SyncData)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {

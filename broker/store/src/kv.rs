@@ -17,6 +17,10 @@ pub(crate) struct Batch {
     pub(crate) delete_ranges: Vec<(Vec<u8>, Vec<u8>)>,
     /// Puts (`Some`) and deletes (`None`), keyed by key.
     pub(crate) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Everything of the batch must survive a power loss, not only its records: a flush was
+    /// asked for, or retention moves a log's start. An engine that syncs its records apart
+    /// from the rest (`segments`) syncs the rest too then.
+    pub(crate) sync_all: bool,
 }
 
 impl Batch {

@@ -35,6 +35,8 @@ mod keys;
 mod kv;
 #[cfg(feature = "redb")]
 mod redb_engine;
+#[cfg(all(feature = "fjall", unix))]
+mod segments_engine;
 #[cfg(feature = "sled")]
 mod sled_engine;
 mod store;
@@ -220,11 +222,20 @@ pub enum EngineKind {
     Redb,
     /// fjall 3.
     Fjall,
+    /// The events in append-only segment files of evmesh's own (one write and one
+    /// `fdatasync` per group commit, a CRC per record), log metadata and checkpoints in fjall.
+    /// Needs the `fjall` feature (and a Unix).
+    Segments,
 }
 
 impl EngineKind {
     /// Every engine, in declaration order.
-    pub const ALL: [EngineKind; 3] = [EngineKind::Sled, EngineKind::Redb, EngineKind::Fjall];
+    pub const ALL: [EngineKind; 4] = [
+        EngineKind::Sled,
+        EngineKind::Redb,
+        EngineKind::Fjall,
+        EngineKind::Segments,
+    ];
 
     /// Whether this build has the engine (its cargo feature of `evmesh-store`, or of `evmesh`,
     /// is on): `fjall` (default), `redb`, `sled`.
@@ -243,6 +254,7 @@ impl EngineKind {
             EngineKind::Sled => cfg!(feature = "sled"),
             EngineKind::Redb => cfg!(feature = "redb"),
             EngineKind::Fjall => cfg!(feature = "fjall"),
+            EngineKind::Segments => cfg!(all(feature = "fjall", unix)),
         }
     }
 
@@ -258,6 +270,7 @@ impl EngineKind {
             EngineKind::Sled => "sled",
             EngineKind::Redb => "redb",
             EngineKind::Fjall => "fjall",
+            EngineKind::Segments => "segments",
         }
     }
 }
@@ -282,8 +295,9 @@ impl std::str::FromStr for EngineKind {
             "sled" => Ok(EngineKind::Sled),
             "redb" => Ok(EngineKind::Redb),
             "fjall" => Ok(EngineKind::Fjall),
+            "segments" => Ok(EngineKind::Segments),
             other => Err(format!(
-                "unknown storage engine {other:?} (sled, redb, fjall)"
+                "unknown storage engine {other:?} (sled, redb, fjall, segments)"
             )),
         }
     }

@@ -203,11 +203,23 @@ fn open_engine(
                 cache.firsts.clone(),
             )?));
         }
+        #[cfg(all(feature = "fjall", unix))]
+        EngineKind::Segments => {
+            return Ok(Arc::new(crate::segments_engine::SegmentsEngine::open(
+                path,
+                options,
+                cache.firsts.clone(),
+            )?));
+        }
         _ => {}
     }
     let _ = path;
+    let feature = match kind {
+        EngineKind::Segments => "fjall",
+        other => other.as_str(),
+    };
     Err(StoreError::Engine(format!(
-        "storage engine {kind} is not built in (enable the `{kind}` cargo feature of evmesh or evmesh-store)"
+        "storage engine {kind} is not built in (enable the `{feature}` cargo feature of evmesh or evmesh-store)"
     )))
 }
 

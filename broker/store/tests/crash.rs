@@ -303,6 +303,12 @@ fn fjall_keeps_every_acknowledged_append_across_kill_9() {
     crash_test(EngineKind::Fjall, false);
 }
 
+#[cfg(feature = "fjall")]
+#[test]
+fn segments_keeps_every_acknowledged_append_across_kill_9() {
+    crash_test(EngineKind::Segments, false);
+}
+
 #[cfg(feature = "sled")]
 #[test]
 fn sled_keeps_every_acknowledged_append_across_kill_9_during_retention() {
@@ -319,6 +325,12 @@ fn redb_keeps_every_acknowledged_append_across_kill_9_during_retention() {
 #[test]
 fn fjall_keeps_every_acknowledged_append_across_kill_9_during_retention() {
     crash_test(EngineKind::Fjall, true);
+}
+
+#[cfg(feature = "fjall")]
+#[test]
+fn segments_keeps_every_acknowledged_append_across_kill_9_during_retention() {
+    crash_test(EngineKind::Segments, true);
 }
 
 /// The journal file fjall writes to now: the `.jnl` with the highest number under `dir`.

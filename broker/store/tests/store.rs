@@ -413,3 +413,5 @@ engine_tests!(sled, EngineKind::Sled);
 engine_tests!(redb, EngineKind::Redb);
 #[cfg(feature = "fjall")]
 engine_tests!(fjall, EngineKind::Fjall);
+#[cfg(feature = "fjall")]
+engine_tests!(segments, EngineKind::Segments);

@@ -1,0 +1,1126 @@
+//! The `segments` engine: the logs' records in append-only segment files of evmesh's own (one
+//! write and one `fdatasync` per group commit), log metadata and checkpoints in fjall.
+//!
+//! Layout: `<dir>/segments/<id:010>.seg`, each a run of frames
+//! `[body length u32 LE][CRC-32 of body u32 LE][key length u16 LE][key][value]`, where key and
+//! value are the store's record key and value (`keys::record_key`, `keys::record_value`). A
+//! segment is written until it holds [`SEGMENT_BYTES`], then the next one is started. Which
+//! record lies where is kept in memory (an index of some 24 bytes per record), rebuilt from the
+//! files at open: reading stops at the first frame that is incomplete or fails its CRC, and the
+//! last segment is cut there (the torn tail of a commit that never finished). A record whose
+//! offset is not above the last one read for its log replaces that one and everything after it
+//! (a failed commit's offsets are given out again). Retention drops a log's records below its
+//! first offset from the index; a segment none of whose records any log still holds is deleted.
+//!
+//! Durability: a commit writes the records to the active segment and `fdatasync`s it before the
+//! metadata and checkpoints go to fjall; those are handed to the OS (they survive the process
+//! being killed) and `fdatasync`ed when the batch asks for it ([`Batch::sync_all`]: a flush or a
+//! retention run), when it holds no records (a checkpoint-only commit, the disk probe) and at
+//! least every [`META_SYNC_EVERY`]. At open a log's metadata is reconciled with its records, so
+//! metadata older than the records (a power loss) never gives an offset out twice.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use fjall::PersistMode;
+
+use crate::fjall_engine::{Firsts, FjallEngine};
+use crate::keys::LogMeta;
+use crate::kv::{Batch, KvEngine, engine_err};
+use crate::{Result, StoreError, StoreOptions};
+
+/// The folder of the segment files, inside the store's directory.
+const SEGMENTS_DIR: &str = "segments";
+/// A segment is closed once a commit would take it past this many bytes.
+pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Frame header: body length and CRC.
+const HEADER: usize = 8;
+/// The metadata and checkpoints are `fdatasync`ed at least this often under a steady load.
+const META_SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Reads of records of one segment closer than this are made as one read.
+const COALESCE_GAP: u64 = 4096;
+/// One coalesced read spans at most this many bytes.
+const COALESCE_SPAN: u64 = 1024 * 1024;
+/// Records copied per commit when a store written by the fjall engine is moved to segments.
+const MIGRATE_CHUNK: usize = 4096;
+
+/// Where one record's value lies.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    offset: u64,
+    seg: u32,
+    /// Position of the value in the segment.
+    pos: u32,
+    /// Length of the value (append time and payload).
+    len: u32,
+}
+
+/// One segment file and how many records in it are still held.
+struct Segment {
+    file: Arc<File>,
+    live: u64,
+}
+
+/// Which record lies where, per log (by its record key prefix `l/<log>\0`).
+#[derive(Default)]
+struct Index {
+    logs: HashMap<Vec<u8>, VecDeque<Entry>>,
+    segments: BTreeMap<u32, Segment>,
+}
+
+impl Index {
+    /// Adds `e` to the log of `prefix`; a record at or below the log's last offset replaces
+    /// that one and everything after it.
+    fn push(&mut self, prefix: &[u8], e: Entry) {
+        let Index { logs, segments } = self;
+        let q = match logs.get_mut(prefix) {
+            Some(q) => q,
+            None => logs.entry(prefix.to_vec()).or_default(),
+        };
+        while q.back().is_some_and(|last| last.offset >= e.offset) {
+            if let Some(old) = q.pop_back()
+                && let Some(s) = segments.get_mut(&old.seg)
+            {
+                s.live = s.live.saturating_sub(1);
+            }
+        }
+        q.push_back(e);
+        if let Some(s) = segments.get_mut(&e.seg) {
+            s.live += 1;
+        }
+    }
+
+    /// Drops the records of `prefix` with `from <= offset < to`.
+    fn remove(&mut self, prefix: &[u8], from: u64, to: u64) {
+        let Index { logs, segments } = self;
+        let Some(q) = logs.get_mut(prefix) else {
+            return;
+        };
+        let start = q.partition_point(|e| e.offset < from);
+        let end = q.partition_point(|e| e.offset < to);
+        if start >= end {
+            return;
+        }
+        for e in q.drain(start..end) {
+            if let Some(s) = segments.get_mut(&e.seg) {
+                s.live = s.live.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Removes every segment no record is held in, except `active`; returns their ids.
+    fn take_dead(&mut self, active: u32) -> Vec<u32> {
+        let dead: Vec<u32> = self
+            .segments
+            .iter()
+            .filter(|(id, s)| s.live == 0 && **id != active)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &dead {
+            self.segments.remove(id);
+        }
+        dead
+    }
+}
+
+/// The segment being written.
+struct Writer {
+    seg: u32,
+    file: Arc<File>,
+    /// Bytes committed to it.
+    len: u64,
+    /// Set after a failed `fdatasync`: what the file holds is unknown until the engine is
+    /// reopened (and reads the file again).
+    failed: Option<String>,
+    last_meta_sync: Instant,
+}
+
+/// Records in segment files, everything else in fjall (see the module's documentation).
+pub(crate) struct SegmentsEngine {
+    dir: PathBuf,
+    meta: FjallEngine,
+    index: RwLock<Index>,
+    writer: Mutex<Writer>,
+    /// The id of the segment being written (trim never deletes it).
+    active: AtomicU32,
+}
+
+/// Whether `dir` holds a segment file (a store of the `segments` engine).
+pub(crate) fn has_segments(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir.join(SEGMENTS_DIR)) {
+        Ok(entries) => {
+            for e in entries {
+                if segment_id(&e.map_err(engine_err)?.path()).is_some() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(engine_err(e)),
+    }
+}
+
+fn segment_path(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("{id:010}.seg"))
+}
+
+fn segment_id(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    let id = name.strip_suffix(".seg")?;
+    (id.len() == 10).then(|| id.parse().ok()).flatten()
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(engine_err)
+}
+
+/// Splits a record key (or a bound of a range of them) into its log prefix `l/<log>\0` and the
+/// rest.
+fn split_record_key(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !key.starts_with(b"l/") {
+        return None;
+    }
+    let nul = key.get(2..)?.iter().position(|b| *b == 0)? + 2;
+    Some(key.split_at(nul + 1))
+}
+
+/// The smallest offset whose 8-byte key suffix is `>= rest`; `None` when none is.
+fn ceil_offset(rest: &[u8]) -> Option<u64> {
+    let mut b = [0u8; 8];
+    let n = rest.len().min(8);
+    b[..n].copy_from_slice(&rest[..n]);
+    let o = u64::from_be_bytes(b);
+    if rest.len() > 8 {
+        o.checked_add(1)
+    } else {
+        Some(o)
+    }
+}
+
+/// The log prefix and the offsets `[from, to)` of the record keys in `[start, end)`; `None` when
+/// the range holds no record key.
+fn record_range<'a>(start: &'a [u8], end: &[u8]) -> Result<Option<(&'a [u8], u64, u64)>> {
+    let Some((prefix, rest)) = split_record_key(start) else {
+        return Err(StoreError::Engine(
+            "the segments engine reads records of one log at a time".into(),
+        ));
+    };
+    let Some(from) = ceil_offset(rest) else {
+        return Ok(None);
+    };
+    let to = match end.strip_prefix(prefix) {
+        Some(rest) => ceil_offset(rest).unwrap_or(u64::MAX),
+        None if end > prefix => u64::MAX,
+        None => 0,
+    };
+    Ok((from < to).then_some((prefix, from, to)))
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+/// Appends one frame for `key` → `value` to `buf`; returns the value's position in `buf`.
+fn encode_frame(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<usize> {
+    let key_len = u16::try_from(key.len())
+        .map_err(|_| StoreError::Engine("record key too long for a segment".into()))?;
+    let body_len = u32::try_from(2 + key.len() + value.len())
+        .map_err(|_| StoreError::Engine("record too large for a segment".into()))?;
+    let at = buf.len();
+    buf.extend_from_slice(&body_len.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&key_len.to_le_bytes());
+    buf.extend_from_slice(key);
+    let value_at = buf.len();
+    buf.extend_from_slice(value);
+    let crc = crc32fast::hash(&buf[at + HEADER..]);
+    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(value_at)
+}
+
+/// Reads the frames of segment `id` into `index`; returns the length of its valid part.
+fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
+    let size = file.metadata().map_err(engine_err)?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut pos = 0u64;
+    let mut body = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER];
+        if pos + HEADER as u64 > size || r.read_exact(&mut header).is_err() {
+            break;
+        }
+        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if body_len < 2 || pos + HEADER as u64 + body_len > size {
+            break;
+        }
+        body.resize(body_len as usize, 0);
+        if r.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+            break;
+        }
+        let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
+        let Some(key) = body.get(2..2 + key_len) else {
+            break;
+        };
+        let Some((prefix, rest)) = split_record_key(key) else {
+            break;
+        };
+        let Some(offset) = be_u64(rest) else {
+            break;
+        };
+        let value_pos = pos + (HEADER + 2 + key_len) as u64;
+        let (Ok(vpos), Ok(len)) = (
+            u32::try_from(value_pos),
+            u32::try_from(body_len as usize - 2 - key_len),
+        ) else {
+            break;
+        };
+        index.push(
+            prefix,
+            Entry {
+                offset,
+                seg: id,
+                pos: vpos,
+                len,
+            },
+        );
+        pos += HEADER as u64 + body_len;
+    }
+    Ok(pos)
+}
+
+impl SegmentsEngine {
+    /// Opens (or creates) the store in `dir`: reads the segments back, moves the records of a
+    /// store the fjall engine wrote into segments, and reconciles each log's metadata with its
+    /// records.
+    pub(crate) fn open(dir: &Path, options: &StoreOptions, firsts: Arc<Firsts>) -> Result<Self> {
+        let meta = FjallEngine::open_unchecked(dir, options, firsts)?;
+        let seg_dir = dir.join(SEGMENTS_DIR);
+        if !seg_dir.exists() {
+            std::fs::create_dir_all(&seg_dir).map_err(engine_err)?;
+            sync_dir(dir)?;
+        }
+        let mut ids: Vec<u32> = std::fs::read_dir(&seg_dir)
+            .map_err(engine_err)?
+            .filter_map(|e| e.ok().and_then(|e| segment_id(&e.path())))
+            .collect();
+        ids.sort_unstable();
+        let mut index = Index::default();
+        let mut tail = None;
+        for (i, id) in ids.iter().enumerate() {
+            let path = segment_path(&seg_dir, *id);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(engine_err)?;
+            // Counted again below, once every log's start is known.
+            index.segments.insert(
+                *id,
+                Segment {
+                    file: Arc::new(file.try_clone().map_err(engine_err)?),
+                    live: 0,
+                },
+            );
+            let valid = read_segment(&file, *id, &mut index)?;
+            let size = file.metadata().map_err(engine_err)?.len();
+            let last = i + 1 == ids.len();
+            if valid < size {
+                if last {
+                    tracing::warn!(
+                        segment = %path.display(),
+                        kept = valid,
+                        cut = size - valid,
+                        "store: cutting the torn tail of the last segment (a commit that never finished)"
+                    );
+                    file.set_len(valid).map_err(engine_err)?;
+                    file.sync_all().map_err(engine_err)?;
+                } else {
+                    tracing::error!(
+                        segment = %path.display(),
+                        kept = valid,
+                        ignored = size - valid,
+                        "store: a segment holds a damaged frame; the records after it are not read"
+                    );
+                }
+            }
+            if last {
+                tail = Some((*id, valid));
+            }
+        }
+        let (seg, len) = match tail {
+            Some(t) => t,
+            None => {
+                let file = create_segment(&seg_dir, 0)?;
+                index.segments.insert(
+                    0,
+                    Segment {
+                        file: Arc::new(file),
+                        live: 0,
+                    },
+                );
+                (0, 0)
+            }
+        };
+        let file = index
+            .segments
+            .get(&seg)
+            .map(|s| s.file.clone())
+            .ok_or_else(|| StoreError::Engine("segment missing from the index".into()))?;
+        let engine = SegmentsEngine {
+            dir: seg_dir,
+            meta,
+            index: RwLock::new(index),
+            writer: Mutex::new(Writer {
+                seg,
+                file,
+                len,
+                failed: None,
+                last_meta_sync: Instant::now(),
+            }),
+            active: AtomicU32::new(seg),
+        };
+        engine.migrate()?;
+        engine.reconcile()?;
+        Ok(engine)
+    }
+
+    /// Copies the records of a store written by the fjall engine into segments, then empties
+    /// fjall's records (a crash in between copies them again: the copies replace the first).
+    fn migrate(&self) -> Result<()> {
+        if !self.meta.has_records()? {
+            return Ok(());
+        }
+        let mut from = b"l/".to_vec();
+        let mut moved = 0usize;
+        loop {
+            let chunk = self.meta.scan(&from, b"l0", MIGRATE_CHUNK)?;
+            let Some((last, _)) = chunk.last() else { break };
+            from = last.clone();
+            from.push(0);
+            let mut batch = Batch::default();
+            moved += chunk.len();
+            batch
+                .writes
+                .extend(chunk.into_iter().map(|(k, v)| (k, Some(v))));
+            self.commit(batch)?;
+        }
+        self.meta.clear_records()?;
+        tracing::info!(
+            records = moved,
+            "store: moved the records fjall held into segment files"
+        );
+        Ok(())
+    }
+
+    /// Brings every log's metadata in line with its records: records below the log's first
+    /// offset are dropped, the next offset is above every record, the byte count is that of the
+    /// records held. Segments holding nothing are deleted.
+    fn reconcile(&self) -> Result<()> {
+        let mut fixes = Batch {
+            sync_all: true,
+            ..Batch::default()
+        };
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            // Every log with metadata or records.
+            let mut logs: Vec<Vec<u8>> = index.logs.keys().cloned().collect();
+            for (k, _) in self.meta.scan(b"m/", b"m0", usize::MAX)? {
+                let mut prefix = b"l/".to_vec();
+                prefix.extend_from_slice(k.get(2..).unwrap_or_default());
+                prefix.push(0);
+                if !index.logs.contains_key(&prefix) {
+                    logs.push(prefix);
+                }
+            }
+            for prefix in logs {
+                let name = &prefix[2..prefix.len() - 1];
+                let mut meta_key = b"m/".to_vec();
+                meta_key.extend_from_slice(name);
+                let stored = match self.meta.get(&meta_key)? {
+                    Some(v) => Some(LogMeta::decode(&v)?),
+                    None => None,
+                };
+                let floor = stored.map(|m| m.first).unwrap_or(0);
+                index.remove(&prefix, 0, floor);
+                let (first, next, bytes) = match index.logs.get(&prefix) {
+                    Some(q) if !q.is_empty() => {
+                        let bytes = q.iter().map(|e| u64::from(e.len).saturating_sub(8)).sum();
+                        let (lo, hi) = (
+                            q.front().map_or(0, |e| e.offset),
+                            q.back().map_or(0, |e| e.offset + 1),
+                        );
+                        (lo.max(floor), hi, bytes)
+                    }
+                    _ => (floor, floor, 0),
+                };
+                let m = match stored {
+                    Some(m) => LogMeta {
+                        first: first.max(m.first).min(next.max(m.next)),
+                        next: next.max(m.next),
+                        bytes,
+                    },
+                    None => LogMeta { first, next, bytes },
+                };
+                let m = if index.logs.get(&prefix).is_some_and(|q| !q.is_empty()) {
+                    m
+                } else {
+                    // Nothing held: the log is empty at its next offset.
+                    LogMeta {
+                        first: m.next,
+                        next: m.next,
+                        bytes: 0,
+                    }
+                };
+                if stored != Some(m) {
+                    fixes.writes.insert(meta_key, Some(m.encode()));
+                }
+            }
+        }
+        if !fixes.writes.is_empty() {
+            tracing::info!(
+                logs = fixes.writes.len(),
+                "store: log metadata brought in line with the records in the segments"
+            );
+            self.meta.commit_with(fixes, PersistMode::SyncData)?;
+        }
+        self.delete_dead();
+        Ok(())
+    }
+
+    /// Deletes the segments that hold no record any more (never the one being written).
+    fn delete_dead(&self) {
+        let dead = {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            index.take_dead(self.active.load(Ordering::Acquire))
+        };
+        for id in dead {
+            let path = segment_path(&self.dir, id);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(segment = %path.display(), error = %e, "store: could not delete a segment");
+            }
+        }
+    }
+
+    /// Starts the next segment.
+    fn rotate(&self, w: &mut Writer) -> Result<()> {
+        let seg = w
+            .seg
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Engine("segment ids used up".into()))?;
+        let file = Arc::new(create_segment(&self.dir, seg)?);
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            index.segments.insert(
+                seg,
+                Segment {
+                    file: file.clone(),
+                    live: 0,
+                },
+            );
+            self.active.store(seg, Ordering::Release);
+        }
+        w.seg = seg;
+        w.file = file;
+        w.len = 0;
+        // The segment left may hold nothing any more.
+        self.delete_dead();
+        Ok(())
+    }
+
+    /// The values of the records of `prefix` with `from <= offset < to`, at most `limit`.
+    fn read(&self, prefix: &[u8], from: u64, to: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let (picked, files) = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let Some(q) = index.logs.get(prefix) else {
+                return Ok(Vec::new());
+            };
+            let i = q.partition_point(|e| e.offset < from);
+            let picked: Vec<Entry> = q
+                .range(i..)
+                .take_while(|e| e.offset < to)
+                .take(limit)
+                .copied()
+                .collect();
+            let mut files: Vec<(u32, Arc<File>)> = Vec::new();
+            for e in &picked {
+                if files.last().is_none_or(|(id, _)| *id != e.seg) {
+                    let s = index.segments.get(&e.seg).ok_or_else(|| {
+                        StoreError::Engine(format!("record in a missing segment {}", e.seg))
+                    })?;
+                    files.push((e.seg, s.file.clone()));
+                }
+            }
+            (picked, files)
+        };
+        let mut out = Vec::with_capacity(picked.len());
+        let mut files = files.into_iter().peekable();
+        let mut file: Option<(u32, Arc<File>)> = None;
+        let mut i = 0;
+        while i < picked.len() {
+            let first = picked[i];
+            // The run of records of one segment read with one call.
+            let mut j = i + 1;
+            let mut end = u64::from(first.pos) + u64::from(first.len);
+            while let Some(e) = picked.get(j) {
+                let (pos, e_end) = (u64::from(e.pos), u64::from(e.pos) + u64::from(e.len));
+                if e.seg != first.seg
+                    || pos < end
+                    || pos - end > COALESCE_GAP
+                    || e_end - u64::from(first.pos) > COALESCE_SPAN
+                {
+                    break;
+                }
+                end = e_end;
+                j += 1;
+            }
+            if file.as_ref().is_none_or(|(id, _)| *id != first.seg) {
+                file = files.next();
+            }
+            let Some((_, f)) = file.as_ref() else {
+                return Err(StoreError::Engine("segment missing for a read".into()));
+            };
+            let mut buf = vec![0u8; (end - u64::from(first.pos)) as usize];
+            f.read_exact_at(&mut buf, u64::from(first.pos))
+                .map_err(engine_err)?;
+            if j == i + 1 {
+                out.push((first.offset, buf));
+            } else {
+                for e in &picked[i..j] {
+                    let at = (e.pos - first.pos) as usize;
+                    let value = buf
+                        .get(at..at + e.len as usize)
+                        .ok_or_else(|| StoreError::Engine("record outside its read".into()))?;
+                    out.push((e.offset, value.to_vec()));
+                }
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+}
+
+fn create_segment(dir: &Path, id: u32) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(segment_path(dir, id))
+        .map_err(engine_err)?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+fn record_key_of(prefix: &[u8], offset: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+impl KvEngine for SegmentsEngine {
+    fn commit(&self, batch: Batch) -> Result<()> {
+        let Batch {
+            delete_ranges,
+            writes,
+            sync_all,
+        } = batch;
+        let mut rest = Batch::default();
+        let mut removals: Vec<(Vec<u8>, u64, u64)> = Vec::new();
+        for (start, end) in delete_ranges {
+            if split_record_key(&start).is_some() {
+                if let Some((prefix, from, to)) = record_range(&start, &end)? {
+                    removals.push((prefix.to_vec(), from, to));
+                }
+            } else {
+                rest.delete_ranges.push((start, end));
+            }
+        }
+        let mut frames = Vec::new();
+        // (key, position of its value in `frames`, value length)
+        let mut added: Vec<(Vec<u8>, usize, usize)> = Vec::new();
+        for (k, v) in writes {
+            if !k.starts_with(b"l/") {
+                rest.writes.insert(k, v);
+                continue;
+            }
+            let Some((prefix, rest_key)) = split_record_key(&k) else {
+                return Err(StoreError::Engine("malformed record key".into()));
+            };
+            let Some(offset) = be_u64(rest_key) else {
+                return Err(StoreError::Engine("malformed record key".into()));
+            };
+            match v {
+                Some(v) => {
+                    let at = encode_frame(&mut frames, &k, &v)?;
+                    added.push((k, at, v.len()));
+                }
+                None => removals.push((prefix.to_vec(), offset, offset + 1)),
+            }
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = &w.failed {
+            return Err(StoreError::Engine(format!(
+                "the segment file failed to sync earlier ({reason}); reopening the store"
+            )));
+        }
+        let mut base = 0;
+        if !frames.is_empty() {
+            if w.len > 0 && w.len + frames.len() as u64 > SEGMENT_BYTES {
+                self.rotate(&mut w)?;
+            }
+            base = w.len;
+            if base + frames.len() as u64 > u64::from(u32::MAX) {
+                return Err(StoreError::Engine(
+                    "group commit too large for a segment".into(),
+                ));
+            }
+            if let Err(e) = w.file.write_all_at(&frames, base) {
+                // Back to the committed length, so that no part of this batch is read back.
+                if let Err(t) = w.file.set_len(base) {
+                    w.failed = Some(t.to_string());
+                }
+                return Err(engine_err(e));
+            }
+            if let Err(e) = w.file.sync_data() {
+                // After a failed sync the kernel may have dropped the pages: read the file again.
+                w.failed = Some(e.to_string());
+                let _ = w.file.set_len(base);
+                return Err(engine_err(e));
+            }
+            w.len = base + frames.len() as u64;
+        }
+        if !rest.is_empty() {
+            let sync =
+                sync_all || frames.is_empty() || w.last_meta_sync.elapsed() >= META_SYNC_EVERY;
+            let mode = if sync {
+                PersistMode::SyncData
+            } else {
+                PersistMode::Buffer
+            };
+            self.meta.commit_with(rest, mode)?;
+            if sync {
+                w.last_meta_sync = Instant::now();
+            }
+        }
+        // The index is updated under the writer's lock, so that commits enter it in the order
+        // they were written.
+        let seg = w.seg;
+        if !added.is_empty() || !removals.is_empty() {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            for (prefix, from, to) in &removals {
+                index.remove(prefix, *from, *to);
+            }
+            for (k, at, len) in &added {
+                let (Some((prefix, rest_key)), Ok(pos), Ok(len)) = (
+                    split_record_key(k),
+                    u32::try_from(base + *at as u64),
+                    u32::try_from(*len),
+                ) else {
+                    continue;
+                };
+                let Some(offset) = be_u64(rest_key) else {
+                    continue;
+                };
+                index.push(
+                    prefix,
+                    Entry {
+                        offset,
+                        seg,
+                        pos,
+                        len,
+                    },
+                );
+            }
+        }
+        drop(w);
+        if !removals.is_empty() {
+            self.delete_dead();
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if !key.starts_with(b"l/") {
+            return self.meta.get(key);
+        }
+        let Some((prefix, rest)) = split_record_key(key) else {
+            return Ok(None);
+        };
+        let Some(offset) = be_u64(rest) else {
+            return Ok(None);
+        };
+        Ok(self
+            .read(prefix, offset, offset.saturating_add(1), 1)?
+            .into_iter()
+            .next()
+            .map(|(_, v)| v))
+    }
+
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if !start.starts_with(b"l/") {
+            return self.meta.scan(start, end, limit);
+        }
+        if limit == 0 || start >= end {
+            return Ok(Vec::new());
+        }
+        let Some((prefix, from, to)) = record_range(start, end)? else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .read(prefix, from, to, limit)?
+            .into_iter()
+            .map(|(offset, v)| (record_key_of(prefix, offset), v))
+            .collect())
+    }
+
+    fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>> {
+        if !start.starts_with(b"l/") {
+            return self.meta.last_key(start, end);
+        }
+        if start >= end {
+            return Ok(None);
+        }
+        let Some((prefix, from, to)) = record_range(start, end)? else {
+            return Ok(None);
+        };
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = index.logs.get(prefix) else {
+            return Ok(None);
+        };
+        let i = q.partition_point(|e| e.offset < to);
+        Ok(i.checked_sub(1)
+            .and_then(|i| q.get(i))
+            .filter(|e| e.offset >= from)
+            .map(|e| record_key_of(prefix, e.offset)))
+    }
+
+    /// Drops the log's records below its new first offset from the index and deletes the
+    /// segments that hold nothing any more.
+    fn trim(&self, _all: &[u8], _old: &[u8], end: &[u8]) -> Result<()> {
+        let Some((prefix, rest)) = split_record_key(end) else {
+            return Ok(());
+        };
+        let Some(first) = ceil_offset(rest) else {
+            return Ok(());
+        };
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(prefix, 0, first);
+        self.delete_dead();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys;
+
+    fn open(dir: &Path) -> SegmentsEngine {
+        SegmentsEngine::open(dir, &StoreOptions::default(), Arc::default()).expect("open")
+    }
+
+    fn put(e: &SegmentsEngine, log: &str, offsets: std::ops::Range<u64>, value: &[u8]) {
+        let mut batch = Batch::default();
+        for o in offsets {
+            batch
+                .writes
+                .insert(keys::record_key(log, o), Some(keys::record_value(o, value)));
+        }
+        e.commit(batch).expect("commit");
+    }
+
+    fn offsets(e: &SegmentsEngine, log: &str) -> Vec<u64> {
+        e.scan(
+            &keys::record_key(log, 0),
+            &keys::record_end(log),
+            usize::MAX,
+        )
+        .expect("scan")
+        .iter()
+        .map(|(k, _)| keys::offset_of(k).expect("offset"))
+        .collect()
+    }
+
+    fn last_segment(dir: &Path) -> PathBuf {
+        let mut ids: Vec<u32> = std::fs::read_dir(dir.join(SEGMENTS_DIR))
+            .expect("read dir")
+            .filter_map(|e| segment_id(&e.expect("entry").path()))
+            .collect();
+        ids.sort_unstable();
+        segment_path(&dir.join(SEGMENTS_DIR), *ids.last().expect("a segment"))
+    }
+
+    #[test]
+    fn records_go_to_segments_and_the_rest_to_fjall() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let mut batch = Batch::default();
+        batch.writes.insert(
+            keys::record_key("a", 0),
+            Some(keys::record_value(7, b"event")),
+        );
+        batch
+            .writes
+            .insert(b"c/t".to_vec(), Some(b"checkpoint".to_vec()));
+        e.commit(batch).expect("commit");
+        assert!(!e.meta.has_records().expect("fjall"), "no record in fjall");
+        assert_eq!(
+            e.get(&keys::record_key("a", 0)).expect("get"),
+            Some(keys::record_value(7, b"event"))
+        );
+        assert_eq!(e.get(b"c/t").expect("get"), Some(b"checkpoint".to_vec()));
+        let size = std::fs::metadata(last_segment(dir.path()))
+            .expect("segment")
+            .len();
+        assert!(size > 5, "the record is in the segment file");
+    }
+
+    #[test]
+    fn scans_read_runs_of_records_of_interleaved_logs_in_offset_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        for i in 0..10 {
+            put(&e, "a", i * 3..i * 3 + 3, format!("a{i}").as_bytes());
+            put(&e, "b", i..i + 1, b"b");
+        }
+        assert_eq!(offsets(&e, "a"), (0..30).collect::<Vec<_>>());
+        assert_eq!(offsets(&e, "b"), (0..10).collect::<Vec<_>>());
+        let some = e
+            .scan(&keys::record_key("a", 4), &keys::record_key("a", 9), 3)
+            .expect("scan");
+        let got: Vec<(u64, Vec<u8>)> = some
+            .into_iter()
+            .map(|(k, v)| (keys::offset_of(&k).expect("offset"), v))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (4, keys::record_value(4, b"a1")),
+                (5, keys::record_value(5, b"a1")),
+                (6, keys::record_value(6, b"a2")),
+            ]
+        );
+        assert_eq!(
+            e.last_key(&keys::record_key("a", 0), &keys::record_key("a", 17))
+                .expect("last"),
+            Some(keys::record_key("a", 16))
+        );
+        // The key a store builds to scan on from after a key (`key + \0`).
+        let mut after = keys::record_key("b", 3);
+        after.push(0);
+        assert_eq!(
+            e.scan(&after, &keys::record_end("b"), 1).expect("scan")[0].0,
+            keys::record_key("b", 4)
+        );
+    }
+
+    #[test]
+    fn reopening_reads_the_records_back_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            put(&e, "a", 0..5, b"whole");
+        }
+        // Half a frame at the end, as a commit killed while writing leaves it.
+        let path = last_segment(dir.path());
+        let mut half = Vec::new();
+        encode_frame(
+            &mut half,
+            &keys::record_key("a", 5),
+            &keys::record_value(5, b"torn"),
+        )
+        .expect("frame");
+        half.truncate(half.len() - 3);
+        let size = std::fs::metadata(&path).expect("segment").len();
+        let f = OpenOptions::new().write(true).open(&path).expect("open");
+        f.write_all_at(&half, size).expect("write");
+        drop(f);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            std::fs::metadata(&path).expect("segment").len(),
+            size,
+            "the torn frame is cut"
+        );
+        // The next record goes where the torn one was, and reads back after a reopen.
+        put(&e, "a", 5..6, b"next");
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), (0..6).collect::<Vec<_>>());
+        assert_eq!(
+            e.get(&keys::record_key("a", 5)).expect("get"),
+            Some(keys::record_value(5, b"next"))
+        );
+    }
+
+    #[test]
+    fn a_frame_failing_its_crc_ends_the_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            put(&e, "a", 0..3, b"abc");
+            put(&e, "a", 3..4, b"xyz");
+        }
+        let path = last_segment(dir.path());
+        let size = std::fs::metadata(&path).expect("segment").len();
+        // Flip the last byte of the last record's payload.
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.write_all_at(b"Z", size - 1).expect("write");
+        drop(f);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_record_at_an_offset_already_read_replaces_it_and_everything_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            put(&e, "a", 0..4, b"first");
+            // A failed commit's offsets given out again.
+            put(&e, "a", 2..3, b"again");
+        }
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
+        assert_eq!(
+            e.get(&keys::record_key("a", 2)).expect("get"),
+            Some(keys::record_value(2, b"again"))
+        );
+    }
+
+    #[test]
+    fn metadata_behind_the_records_is_brought_forward_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            let mut batch = Batch::default();
+            for o in 0..3 {
+                batch
+                    .writes
+                    .insert(keys::record_key("a", o), Some(keys::record_value(o, b"x")));
+            }
+            // The metadata says two records: the third one's metadata was lost.
+            let stale = LogMeta {
+                first: 0,
+                next: 2,
+                bytes: 2,
+            };
+            batch
+                .writes
+                .insert(keys::meta_key("a"), Some(stale.encode()));
+            e.commit(batch).expect("commit");
+        }
+        let e = open(dir.path());
+        assert_eq!(
+            keys::load_meta(&e, "a").expect("meta"),
+            LogMeta {
+                first: 0,
+                next: 3,
+                bytes: 3
+            }
+        );
+    }
+
+    #[test]
+    fn trimmed_records_are_gone_and_a_segment_holding_none_is_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let big = vec![7u8; 1024 * 1024];
+        // Enough to fill more than one segment.
+        let per_segment = SEGMENT_BYTES / big.len() as u64;
+        for o in 0..per_segment + 2 {
+            put(&e, "a", o..o + 1, &big);
+        }
+        let count = || {
+            std::fs::read_dir(dir.path().join(SEGMENTS_DIR))
+                .expect("read dir")
+                .count()
+        };
+        assert_eq!(count(), 2);
+        let first = per_segment + 1;
+        let mut batch = Batch {
+            sync_all: true,
+            ..Batch::default()
+        };
+        batch.writes.insert(
+            keys::meta_key("a"),
+            Some(
+                LogMeta {
+                    first,
+                    next: per_segment + 2,
+                    bytes: big.len() as u64,
+                }
+                .encode(),
+            ),
+        );
+        e.commit(batch).expect("commit");
+        e.trim(
+            &keys::record_key("a", 0),
+            &keys::record_key("a", 0),
+            &keys::record_key("a", first),
+        )
+        .expect("trim");
+        assert_eq!(count(), 1, "the first segment is deleted");
+        assert_eq!(offsets(&e, "a"), vec![first]);
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![first]);
+    }
+
+    #[test]
+    fn a_store_the_fjall_engine_wrote_has_its_records_moved_to_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let f = FjallEngine::open(dir.path(), &StoreOptions::default(), Arc::default())
+                .expect("fjall");
+            let mut batch = Batch::default();
+            for o in 0..3 {
+                batch.writes.insert(
+                    keys::record_key("a", o),
+                    Some(keys::record_value(o, b"old")),
+                );
+            }
+            batch.writes.insert(
+                keys::meta_key("a"),
+                Some(
+                    LogMeta {
+                        first: 0,
+                        next: 3,
+                        bytes: 9,
+                    }
+                    .encode(),
+                ),
+            );
+            f.commit(batch).expect("commit");
+        }
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
+        assert!(!e.meta.has_records().expect("fjall"));
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
+        drop(e);
+        let refused = FjallEngine::open(dir.path(), &StoreOptions::default(), Arc::default());
+        assert!(
+            refused.is_err(),
+            "the fjall engine refuses a store whose events are in segments"
+        );
+    }
+}
