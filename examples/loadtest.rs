@@ -147,6 +147,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     floor: args.iter().any(|a| a == "--floor" || a == "--floor-hyper"),
                     floor_hyper: args.iter().any(|a| a == "--floor-hyper"),
                     rounds: arg("--rounds", "1").parse()?,
+                    engine: arg(
+                        "--storage-engine",
+                        evmesh::StorageEngine::default().as_str(),
+                    )
+                    .parse()?,
                 },
                 &arg("--class", "MTChannelBasedBroker"),
                 arg("--instances", "1").parse()?,
@@ -372,6 +377,7 @@ async fn run_flow(
         floor: false,
         floor_hyper: false,
         rounds: 1,
+        engine: evmesh::StorageEngine::default(),
     };
     let result = drive(sink, &yaml, &target, paths, &label, load, 1).await;
     if kind == "NatsJetStreamChannel" {
@@ -474,6 +480,8 @@ struct Load {
     /// With `floor`: measure the floor and evmesh this many times each, in turn (floor,
     /// evmesh, floor, ...), in one process, and report the share of each round and their median.
     rounds: usize,
+    /// The storage engine evmesh runs on (`--storage-engine`, default evmesh's).
+    engine: evmesh::StorageEngine,
 }
 
 /// What one measured run gave.
@@ -955,6 +963,7 @@ async fn drive(
         let mut options = evmesh::Options {
             data_dir: dir.join(i.to_string()),
             kafka_bootstrap_servers: Some(kafka_bootstrap()),
+            engine: load.engine,
             ..evmesh::Options::default()
         };
         if let Ok(url) = std::env::var("EVMESH_NATS_URL") {
