@@ -6,15 +6,16 @@
 //! ("group commit"). Dispatchers read the log back and keep their progress as small opaque
 //! checkpoint blobs in the same store, so a restart resumes where delivery stopped.
 //!
-//! The embedded implementation ([`KvEventStore`]) runs on one of three storage engines
-//! ([`EngineKind`]): fjall (the default), redb or sled, each behind the cargo feature of its
-//! name (`fjall` is on by default). A Kafka-backed broker class can implement
-//! [`EventStore`] directly later.
+//! The embedded implementation ([`KvEventStore`]) runs on one of four storage engines
+//! ([`EngineKind`]): segments (the default: the events in segment files of evmesh's own, the
+//! rest in fjall), fjall, redb or sled, each behind the cargo feature of its name (segments
+//! needs `fjall`, which is on by default). A Kafka-backed broker class implements
+//! [`EventStore`] itself.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), evmesh_store::StoreError> {
 //! use evmesh_store::{open, EngineKind, EventStore, LogId};
-//! let store = open(EngineKind::Fjall, std::path::Path::new("./data"))?;
+//! let store = open(EngineKind::default(), std::path::Path::new("./data"))?;
 //! let log = LogId::new("default/my-broker");
 //! let offset = store.append(&log, b"event bytes".to_vec()).await?; // durable now
 //! let records = store.read(&log, offset, 10)?;
@@ -110,9 +111,11 @@ pub enum StoreError {
 
 /// Tuning of the embedded store: its append bound and the storage engine's memory budgets.
 ///
-/// The engine's budgets apply to fjall (the default engine); redb and sled keep their own
-/// defaults. Most of the store's memory is `cache_bytes + 2 × write_buffer_bytes` (a full
-/// write buffer is flushed while the next one fills).
+/// The engine's budgets apply to fjall: to all of a fjall store, and to the metadata and
+/// checkpoints of a segments store (the default engine), whose events are read from the segment
+/// files through the OS's page cache; redb and sled keep their own defaults. Most of the
+/// store's memory is `cache_bytes + 2 × write_buffer_bytes` (a full write buffer is flushed
+/// while the next one fills), plus, with segments, an index of about 24 bytes per event held.
 ///
 /// ```
 /// let options = evmesh_store::StoreOptions {
@@ -212,8 +215,8 @@ pub trait EventStore: Send + Sync + 'static {
 
 /// The embedded storage engines evmesh can run on.
 ///
-/// The default is the engine that lost no acknowledged append in the crash test and had the
-/// highest group-commit throughput (see `broker/store/BENCHMARKS.md`).
+/// The default is the engine that lost no acknowledged append in the crash test and cost the
+/// least CPU per event (see `broker/store/BENCHMARKS.md` and the top-level BENCHMARKS.md §9).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EngineKind {
     /// sled 0.34 (the design card's original choice).
@@ -238,7 +241,7 @@ impl EngineKind {
     ];
 
     /// Whether this build has the engine (its cargo feature of `evmesh-store`, or of `evmesh`,
-    /// is on): `fjall` (default), `redb`, `sled`.
+    /// is on): `fjall` (default; segments needs it too), `redb`, `sled`.
     ///
     /// ```
     /// use evmesh_store::EngineKind;
@@ -276,9 +279,14 @@ impl EngineKind {
 }
 
 impl Default for EngineKind {
-    /// The measured winner (see `broker/store/BENCHMARKS.md`).
+    /// [`Segments`](EngineKind::Segments) (on Unix; fjall elsewhere): the measured winner (see
+    /// `broker/store/BENCHMARKS.md` and BENCHMARKS.md §9).
     fn default() -> Self {
-        EngineKind::Fjall
+        if cfg!(unix) {
+            EngineKind::Segments
+        } else {
+            EngineKind::Fjall
+        }
     }
 }
 
