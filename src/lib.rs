@@ -109,7 +109,8 @@
 //! # Features
 //! * `cli` (default): the `evmesh` binary and its dependencies (clap, tracing-subscriber,
 //!   anyhow), and serde_json's `preserve_order` (its output keeps the key order of the YAML).
-//! * `fjall` (default): the fjall storage engine, the default [`Options::engine`].
+//! * `fjall` (default): the fjall storage engine, and the segments engine (the default
+//!   [`Options::engine`]: the events in segment files of evmesh's own, the rest in fjall).
 //! * `redb`, `sled`: the other storage engines.
 //!
 //! `evmesh = { version = "0.1", default-features = false, features = ["fjall"] }` is the
@@ -174,8 +175,8 @@ pub const QUICKSTART_YAML: &str = include_str!("../examples/quickstart.yaml");
 pub struct Options {
     /// Where the durable store lives.
     pub data_dir: PathBuf,
-    /// The storage engine: fjall (default; cargo feature `fjall`, on by default), redb or sled
-    /// (cargo features `redb`, `sled`). An engine that is not built in fails [`Mesh::launch`]
+    /// The storage engine: segments (default) or fjall (cargo feature `fjall`, on by default),
+    /// redb or sled (cargo features `redb`, `sled`). An engine that is not built in fails [`Mesh::launch`]
     /// with [`Error::Store`].
     pub engine: EngineKind,
     /// Largest accepted event body, in bytes (413 above it).

@@ -59,7 +59,8 @@ struct LimitArgs {
     /// Retry-After instead of queueing more.
     #[arg(long, default_value_t = evmesh_store::DEFAULT_MAX_QUEUED_BYTES)]
     max_append_queue_bytes: usize,
-    /// fjall's block cache, in MiB (decoded table blocks; reads of the log go through it).
+    /// fjall's block cache, in MiB (decoded table blocks; reads of fjall's tables go through
+    /// it: with the segments engine, those of the metadata and checkpoints only).
     #[arg(long, default_value_t = evmesh_store::DEFAULT_CACHE_BYTES >> 20)]
     store_cache_mb: u64,
     /// fjall's write buffer, in MiB: appends collect in memory up to this size, then are
@@ -167,8 +168,8 @@ enum Command {
         /// Where events and delivery progress are stored.
         #[arg(long, default_value = "./evmesh-data")]
         data_dir: PathBuf,
-        /// Storage engine: fjall (default), redb or sled (redb and sled when built with the
-        /// cargo features of their names).
+        /// Storage engine: segments (default: events in segment files, the rest in fjall),
+        /// fjall, redb or sled (redb and sled when built with the cargo features of their names).
         #[arg(long)]
         storage_engine: Option<evmesh_store::EngineKind>,
         /// Largest accepted event, in bytes (413 above).

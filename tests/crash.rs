@@ -397,6 +397,11 @@ async fn restart_does_not_redeliver_completed_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_load_loses_nothing_on_segments() {
+    kill9_during_load_loses_no_accepted_event(Some("segments")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_load_loses_nothing_on_fjall() {
     kill9_during_load_loses_no_accepted_event(Some("fjall")).await;
 }

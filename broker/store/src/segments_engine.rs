@@ -247,6 +247,16 @@ fn encode_frame(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<usize> {
     Ok(value_at)
 }
 
+/// `read_exact`, telling the end of the file (`Ok(false)`) from a failed read (`Err`: a segment
+/// that cannot be read is not cut short).
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<bool> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(engine_err(e)),
+    }
+}
+
 /// Reads the frames of segment `id` into `index`; returns the length of its valid part.
 fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
     let size = file.metadata().map_err(engine_err)?.len();
@@ -255,7 +265,7 @@ fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
     let mut body = Vec::new();
     loop {
         let mut header = [0u8; HEADER];
-        if pos + HEADER as u64 > size || r.read_exact(&mut header).is_err() {
+        if pos + HEADER as u64 > size || !read_full(&mut r, &mut header)? {
             break;
         }
         let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
@@ -264,7 +274,7 @@ fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
             break;
         }
         body.resize(body_len as usize, 0);
-        if r.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+        if !read_full(&mut r, &mut body)? || crc32fast::hash(&body) != crc {
             break;
         }
         let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
