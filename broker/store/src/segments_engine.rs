@@ -257,6 +257,21 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<bool> {
     }
 }
 
+/// Whether anything but zeros lies in the 8 bytes at `pos` (where a frame would start).
+fn bytes_follow(file: &File, pos: u64) -> Result<bool> {
+    let mut b = [0u8; HEADER];
+    let mut got = 0;
+    while got < b.len() {
+        match file.read_at(&mut b[got..], pos + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(engine_err(e)),
+        }
+    }
+    Ok(b.iter().any(|x| *x != 0))
+}
+
 /// Reads the frames of segment `id` into `index`; returns the length of its valid part.
 fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
     let size = file.metadata().map_err(engine_err)?.len();
@@ -344,24 +359,31 @@ impl SegmentsEngine {
             let valid = read_segment(&file, *id, &mut index)?;
             let size = file.metadata().map_err(engine_err)?.len();
             let last = i + 1 == ids.len();
-            if valid < size {
-                if last {
+            // Past the valid part: the zeros of a segment's unused room, or the torn tail of a
+            // commit that never finished.
+            let torn = valid < size && bytes_follow(&file, valid)?;
+            if last {
+                if torn {
                     tracing::warn!(
                         segment = %path.display(),
                         kept = valid,
-                        cut = size - valid,
                         "store: cutting the torn tail of the last segment (a commit that never finished)"
                     );
-                    file.set_len(valid).map_err(engine_err)?;
-                    file.sync_all().map_err(engine_err)?;
-                } else {
-                    tracing::error!(
-                        segment = %path.display(),
-                        kept = valid,
-                        ignored = size - valid,
-                        "store: a segment holds a damaged frame; the records after it are not read"
-                    );
                 }
+                // Whatever lies past the valid part is dropped (the room reads as zeros again),
+                // so that no stale frame can ever follow the frames written from here on.
+                if valid < size {
+                    file.set_len(valid).map_err(engine_err)?;
+                }
+                file.set_len(SEGMENT_BYTES.max(valid)).map_err(engine_err)?;
+                file.sync_all().map_err(engine_err)?;
+            } else if torn {
+                tracing::error!(
+                    segment = %path.display(),
+                    kept = valid,
+                    ignored = size - valid,
+                    "store: a segment holds a damaged frame; the records after it are not read"
+                );
             }
             if last {
                 tail = Some((*id, valid));
@@ -619,6 +641,15 @@ impl SegmentsEngine {
     }
 }
 
+/// Drops what a failed commit wrote past `len`; the room past it reads as zeros again.
+fn cut_back(file: &File, len: u64) -> std::io::Result<()> {
+    file.set_len(len)?;
+    file.set_len(SEGMENT_BYTES.max(len))
+}
+
+/// Creates segment `id` with its room set aside: the file is [`SEGMENT_BYTES`] long from the
+/// start (sparse: no block is written), so that a commit's `fdatasync` has no file size to
+/// write.
 fn create_segment(dir: &Path, id: u32) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -627,6 +658,8 @@ fn create_segment(dir: &Path, id: u32) -> Result<File> {
         .truncate(true)
         .open(segment_path(dir, id))
         .map_err(engine_err)?;
+    file.set_len(SEGMENT_BYTES).map_err(engine_err)?;
+    file.sync_all().map_err(engine_err)?;
     sync_dir(dir)?;
     Ok(file)
 }
@@ -697,7 +730,7 @@ impl KvEngine for SegmentsEngine {
             }
             if let Err(e) = w.file.write_all_at(&frames, base) {
                 // Back to the committed length, so that no part of this batch is read back.
-                if let Err(t) = w.file.set_len(base) {
+                if let Err(t) = cut_back(&w.file, base) {
                     w.failed = Some(t.to_string());
                 }
                 return Err(engine_err(e));
@@ -705,7 +738,7 @@ impl KvEngine for SegmentsEngine {
             if let Err(e) = w.file.sync_data() {
                 // After a failed sync the kernel may have dropped the pages: read the file again.
                 w.failed = Some(e.to_string());
-                let _ = w.file.set_len(base);
+                let _ = cut_back(&w.file, base);
                 return Err(engine_err(e));
             }
             w.len = base + frames.len() as u64;
@@ -937,6 +970,30 @@ mod tests {
         );
     }
 
+    /// The bytes of one frame of `log` at offset `o` holding `payload` (appended at `o` ms).
+    fn frame(log: &str, o: u64, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        encode_frame(
+            &mut f,
+            &keys::record_key(log, o),
+            &keys::record_value(o, payload),
+        )
+        .expect("frame");
+        f
+    }
+
+    fn write_at(path: &Path, bytes: &[u8], at: u64) {
+        let f = OpenOptions::new().write(true).open(path).expect("open");
+        f.write_all_at(bytes, at).expect("write");
+    }
+
+    fn read_at(path: &Path, at: u64, len: usize) -> Vec<u8> {
+        let f = File::open(path).expect("open");
+        let mut b = vec![0u8; len];
+        f.read_exact_at(&mut b, at).expect("read");
+        b
+    }
+
     #[test]
     fn reopening_reads_the_records_back_and_cuts_a_torn_tail() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -944,25 +1001,17 @@ mod tests {
             let e = open(dir.path());
             put(&e, "a", 0..5, b"whole");
         }
-        // Half a frame at the end, as a commit killed while writing leaves it.
+        let end: u64 = (0..5).map(|o| frame("a", o, b"whole").len() as u64).sum();
+        // Half a frame after the last one, as a commit killed while writing leaves it.
         let path = last_segment(dir.path());
-        let mut half = Vec::new();
-        encode_frame(
-            &mut half,
-            &keys::record_key("a", 5),
-            &keys::record_value(5, b"torn"),
-        )
-        .expect("frame");
+        let mut half = frame("a", 5, b"torn");
         half.truncate(half.len() - 3);
-        let size = std::fs::metadata(&path).expect("segment").len();
-        let f = OpenOptions::new().write(true).open(&path).expect("open");
-        f.write_all_at(&half, size).expect("write");
-        drop(f);
+        write_at(&path, &half, end);
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![0, 1, 2, 3, 4]);
         assert_eq!(
-            std::fs::metadata(&path).expect("segment").len(),
-            size,
+            read_at(&path, end, half.len()),
+            vec![0; half.len()],
             "the torn frame is cut"
         );
         // The next record goes where the torn one was, and reads back after a reopen.
@@ -977,6 +1026,34 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_stale_frame_past_a_torn_one_never_comes_back_behind_later_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            put(&e, "a", 0..5, b"whole");
+        }
+        let end: u64 = (0..5).map(|o| frame("a", o, b"whole").len() as u64).sum();
+        // A commit torn by a power loss: its first frame damaged, a later one whole (offset 2,
+        // given out again after an earlier failed commit). The damaged part is exactly as long
+        // as the next record written after the restart, so that, were it left, the stale frame
+        // would follow that record directly and replace offsets 2 and on when read.
+        let next = frame("a", 5, b"next");
+        let path = last_segment(dir.path());
+        write_at(&path, &vec![0xab; next.len()], end);
+        write_at(&path, &frame("a", 2, b"stale"), end + next.len() as u64);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2, 3, 4]);
+        put(&e, "a", 5..6, b"next");
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), (0..6).collect::<Vec<_>>());
+        assert_eq!(
+            e.get(&keys::record_key("a", 2)).expect("get"),
+            Some(keys::record_value(2, b"whole"))
+        );
+    }
+
+    #[test]
     fn a_frame_failing_its_crc_ends_the_segment() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -984,16 +1061,12 @@ mod tests {
             put(&e, "a", 0..3, b"abc");
             put(&e, "a", 3..4, b"xyz");
         }
-        let path = last_segment(dir.path());
-        let size = std::fs::metadata(&path).expect("segment").len();
+        let end: u64 = (0..3)
+            .map(|o| frame("a", o, b"abc").len() as u64)
+            .sum::<u64>()
+            + frame("a", 3, b"xyz").len() as u64;
         // Flip the last byte of the last record's payload.
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .expect("open");
-        f.write_all_at(b"Z", size - 1).expect("write");
-        drop(f);
+        write_at(&last_segment(dir.path()), b"Z", end - 1);
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
     }
