@@ -22,6 +22,8 @@
 //!   (with `--floor`): the floor and evmesh measured N times each, in turn (floor, evmesh,
 //!   floor, ...), both kept running in this one process, with each round's share and the
 //!   median, so that a slow minute of a shared machine falls on both sides.
+//!   `--storage-engine segments|fjall|redb|sled`: the engine of the measured evmesh (default
+//!   evmesh's default).
 //! * `loadtest sequence --steps 3 --seconds 10 --concurrency 64`: the same measurement through a
 //!   Sequence (InMemoryChannel) of `steps` steps, each an HTTP service in this process that
 //!   replies with the event it got; the last reply goes to the sink. Posts to the Sequence's

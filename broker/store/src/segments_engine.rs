@@ -4,10 +4,13 @@
 //! Layout: `<dir>/segments/<id:010>.seg`, each a run of frames
 //! `[body length u32 LE][CRC-32 of body u32 LE][key length u16 LE][key][value]`, where key and
 //! value are the store's record key and value (`keys::record_key`, `keys::record_value`). A
-//! segment is written until it holds [`SEGMENT_BYTES`], then the next one is started. Which
-//! record lies where is kept in memory (an index of some 24 bytes per record), rebuilt from the
-//! files at open: reading stops at the first frame that is incomplete or fails its CRC, and the
-//! last segment is cut there (the torn tail of a commit that never finished). A record whose
+//! segment is created [`SEGMENT_BYTES`] long (sparse: its size never changes while it is
+//! written, so a commit's `fdatasync` writes no file size) and written until the next commit
+//! would not fit, then the next one is started. Which record lies where is kept in memory (an
+//! index of some 24 bytes per record), rebuilt from the files at open: reading stops at the first
+//! frame that is zeros, incomplete or fails its CRC, and whatever lies past that point in the
+//! last segment is dropped (the torn tail of a commit that never finished: no stale frame of it
+//! can come to follow the frames written after the restart). A record whose
 //! offset is not above the last one read for its log replaces that one and everything after it
 //! (a failed commit's offsets are given out again). Retention drops a log's records below its
 //! first offset from the index; a segment none of whose records any log still holds is deleted.
