@@ -176,8 +176,8 @@ pub struct Options {
     /// Where the durable store lives.
     pub data_dir: PathBuf,
     /// The storage engine: segments (default) or fjall (cargo feature `fjall`, on by default),
-    /// redb or sled (cargo features `redb`, `sled`). An engine that is not built in fails [`Mesh::launch`]
-    /// with [`Error::Store`].
+    /// redb or sled (cargo features `redb`, `sled`). An engine that is not built in fails
+    /// [`Mesh::launch`] with [`Error::Store`].
     pub engine: EngineKind,
     /// Largest accepted event body, in bytes (413 above it).
     pub max_event_size: usize,

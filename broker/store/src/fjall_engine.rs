@@ -179,8 +179,8 @@ impl FjallEngine {
     }
 
     /// Whether the records' keyspace holds anything (a store written by this engine).
-    pub(crate) fn has_records(&self) -> Result<bool> {
-        Ok(self.ks.first_key_value().is_some())
+    pub(crate) fn has_records(&self) -> bool {
+        self.ks.first_key_value().is_some()
     }
 
     /// Empties the records' keyspace, durably (once the `segments` engine has copied them).

@@ -432,7 +432,7 @@ impl SegmentsEngine {
     /// Copies the records of a store written by the fjall engine into segments, then empties
     /// fjall's records (a crash in between copies them again: the copies replace the first).
     fn migrate(&self) -> Result<()> {
-        if !self.meta.has_records()? {
+        if !self.meta.has_records() {
             return Ok(());
         }
         let mut from = b"l/".to_vec();
@@ -485,35 +485,28 @@ impl SegmentsEngine {
                     Some(v) => Some(LogMeta::decode(&v)?),
                     None => None,
                 };
-                let floor = stored.map(|m| m.first).unwrap_or(0);
+                let (floor, stored_next) = stored.map_or((0, 0), |m| (m.first, m.next));
                 index.remove(&prefix, 0, floor);
-                let (first, next, bytes) = match index.logs.get(&prefix) {
-                    Some(q) if !q.is_empty() => {
-                        let bytes = q.iter().map(|e| u64::from(e.len).saturating_sub(8)).sum();
-                        let (lo, hi) = (
-                            q.front().map_or(0, |e| e.offset),
-                            q.back().map_or(0, |e| e.offset + 1),
-                        );
-                        (lo.max(floor), hi, bytes)
-                    }
-                    _ => (floor, floor, 0),
-                };
-                let m = match stored {
-                    Some(m) => LogMeta {
-                        first: first.max(m.first).min(next.max(m.next)),
-                        next: next.max(m.next),
-                        bytes,
+                let held = index
+                    .logs
+                    .get(&prefix)
+                    .and_then(|q| Some((q.front()?, q.back()?, q)));
+                let m = match held {
+                    // The first record held (none below the stored start is left), the next
+                    // offset above every record and never below the stored one.
+                    Some((front, back, q)) => LogMeta {
+                        first: front.offset,
+                        next: (back.offset + 1).max(stored_next),
+                        bytes: q.iter().map(|e| u64::from(e.len).saturating_sub(8)).sum(),
                     },
-                    None => LogMeta { first, next, bytes },
-                };
-                let m = if index.logs.get(&prefix).is_some_and(|q| !q.is_empty()) {
-                    m
-                } else {
                     // Nothing held: the log is empty at its next offset.
-                    LogMeta {
-                        first: m.next,
-                        next: m.next,
-                        bytes: 0,
+                    None => {
+                        let next = stored_next.max(floor);
+                        LogMeta {
+                            first: next,
+                            next,
+                            bytes: 0,
+                        }
                     }
                 };
                 if stored != Some(m) {
@@ -598,7 +591,7 @@ impl SegmentsEngine {
             (picked, files)
         };
         let mut out = Vec::with_capacity(picked.len());
-        let mut files = files.into_iter().peekable();
+        let mut files = files.into_iter();
         let mut file: Option<(u32, Arc<File>)> = None;
         let mut i = 0;
         while i < picked.len() {
@@ -922,7 +915,7 @@ mod tests {
             .writes
             .insert(b"c/t".to_vec(), Some(b"checkpoint".to_vec()));
         e.commit(batch).expect("commit");
-        assert!(!e.meta.has_records().expect("fjall"), "no record in fjall");
+        assert!(!e.meta.has_records(), "no record in fjall");
         assert_eq!(
             e.get(&keys::record_key("a", 0)).expect("get"),
             Some(keys::record_value(7, b"event"))
@@ -1198,7 +1191,7 @@ mod tests {
         }
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
-        assert!(!e.meta.has_records().expect("fjall"));
+        assert!(!e.meta.has_records());
         drop(e);
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
