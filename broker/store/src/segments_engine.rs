@@ -667,6 +667,44 @@ fn record_key_of(prefix: &[u8], offset: u64) -> Vec<u8> {
     k
 }
 
+impl SegmentsEngine {
+    fn sync_segment(&self, file: &File) -> std::io::Result<()> {
+        #[cfg(test)]
+        if test_faults::sync_fails(&self.dir) {
+            return Err(std::io::Error::other("injected sync failure"));
+        }
+        file.sync_data()
+    }
+}
+
+/// Sync failures injected by tests, per store directory.
+#[cfg(test)]
+pub(crate) mod test_faults {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static FAILS: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+
+    /// The next `n` segment syncs of the store in `dir` fail.
+    pub(crate) fn fail_syncs(dir: &Path, n: usize) {
+        let seg_dir = dir.join(super::SEGMENTS_DIR);
+        let mut f = FAILS.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|(d, _)| *d != seg_dir);
+        f.push((seg_dir, n));
+    }
+
+    pub(super) fn sync_fails(seg_dir: &Path) -> bool {
+        let mut f = FAILS.lock().unwrap_or_else(|e| e.into_inner());
+        match f.iter_mut().find(|(d, n)| d == seg_dir && *n > 0) {
+            Some((_, n)) => {
+                *n -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl KvEngine for SegmentsEngine {
     fn commit(&self, batch: Batch) -> Result<()> {
         let Batch {
@@ -731,7 +769,7 @@ impl KvEngine for SegmentsEngine {
                 }
                 return Err(engine_err(e));
             }
-            if let Err(e) = w.file.sync_data() {
+            if let Err(e) = self.sync_segment(&w.file) {
                 // After a failed sync the kernel may have dropped the pages: read the file again.
                 w.failed = Some(e.to_string());
                 let _ = cut_back(&w.file, base);
@@ -1161,6 +1199,46 @@ mod tests {
         drop(e);
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![first]);
+    }
+
+    #[test]
+    fn a_failed_sync_fails_the_commit_and_none_of_its_records_comes_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            put(&e, "a", 0..2, b"durable");
+            test_faults::fail_syncs(dir.path(), 1);
+            let mut batch = Batch::default();
+            for o in 2..4 {
+                batch.writes.insert(
+                    keys::record_key("a", o),
+                    Some(keys::record_value(o, b"lost")),
+                );
+            }
+            let err = e.commit(batch).expect_err("the sync fails");
+            assert!(err.to_string().contains("injected"), "{err}");
+            assert_eq!(
+                offsets(&e, "a"),
+                vec![0, 1],
+                "no record of the failed commit is read"
+            );
+            let mut next = Batch::default();
+            next.writes.insert(
+                keys::record_key("a", 2),
+                Some(keys::record_value(2, b"next")),
+            );
+            let err = e
+                .commit(next)
+                .expect_err("no write before the engine is reopened");
+            assert!(err.to_string().contains("reopening"), "{err}");
+        }
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1], "the failed commit was cut");
+        put(&e, "a", 2..3, b"next");
+        assert_eq!(
+            e.get(&keys::record_key("a", 2)).expect("get"),
+            Some(keys::record_value(2, b"next"))
+        );
     }
 
     #[test]

@@ -524,3 +524,45 @@ async fn poll_together<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output
     .await;
     out.into_iter().flatten().collect()
 }
+
+/// A failed `fdatasync` of the segments engine fails the appends of its commit; none of them is
+/// read back, the store reopens the engine (which reads the files again) and recovers by itself,
+/// and the failed appends' offsets are given out again.
+#[cfg(all(feature = "fjall", unix))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_fails_its_appends_and_the_store_recovers_by_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = KvEventStore::open(EngineKind::Segments, dir.path()).expect("open");
+    let log = LogId::new("l");
+    for i in 0..10u8 {
+        assert_eq!(
+            store.append(&log, vec![i]).await.expect("append"),
+            u64::from(i)
+        );
+    }
+    crate::segments_engine::test_faults::fail_syncs(dir.path(), 1);
+    let err = store
+        .append(&log, vec![99])
+        .await
+        .expect_err("the sync fails");
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert!(store.health().is_err(), "failing until the engine is reopened");
+    assert_eq!(store.read(&log, 0, 100).expect("read").len(), 10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.health().is_err() {
+        assert!(std::time::Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.append(&log, vec![42]).await.expect("append"), 10);
+    drop(store);
+    let store = KvEventStore::open(EngineKind::Segments, dir.path()).expect("reopen");
+    let payloads: Vec<Vec<u8>> = store
+        .read(&log, 0, 100)
+        .expect("read")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    let mut expected: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i]).collect();
+    expected.push(vec![42]);
+    assert_eq!(payloads, expected, "exactly the acknowledged appends");
+}
