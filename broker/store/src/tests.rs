@@ -546,7 +546,10 @@ async fn a_failed_sync_fails_its_appends_and_the_store_recovers_by_itself() {
         .await
         .expect_err("the sync fails");
     assert!(err.to_string().contains("injected"), "{err}");
-    assert!(store.health().is_err(), "failing until the engine is reopened");
+    assert!(
+        store.health().is_err(),
+        "failing until the engine is reopened"
+    );
     assert_eq!(store.read(&log, 0, 100).expect("read").len(), 10);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while store.health().is_err() {
