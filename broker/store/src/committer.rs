@@ -21,6 +21,9 @@ const MAX_BATCH_REQUESTS: usize = 8192;
 /// While the store fails: how often it reopens the engine and probes the disk with a write.
 const RECOVER_INTERVAL: Duration = Duration::from_millis(500);
 
+/// While idle the committer does the engine's deferred work this often.
+const IDLE_WORK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A request to the committer.
 pub(crate) enum Request {
     /// Append `payload` to the log `log`; answer with its offset once durable.
@@ -203,9 +206,13 @@ impl Committer {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
-                match rx.recv() {
+                match rx.recv_timeout(IDLE_WORK_INTERVAL) {
                     Ok(r) => r,
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.after_commit();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
             policy.wake();
@@ -222,6 +229,17 @@ impl Committer {
         }
         if !self.pending.is_empty() {
             self.commit_cycle(Vec::new(), Vec::new(), Vec::new());
+        }
+    }
+
+    /// The engine's deferred work, once everybody waiting for a commit was answered.
+    fn after_commit(&mut self) {
+        if let Err(e) = self.engine.get().and_then(|e| e.after_commit()) {
+            self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+            if !self.failing {
+                tracing::error!(error = %e, "syncing the store's metadata failed");
+            }
+            self.mark_failing(&e.to_string());
         }
     }
 
@@ -457,6 +475,7 @@ impl Committer {
                 for (n, reply) in trimmed {
                     let _ = reply.send(Ok(n));
                 }
+                self.after_commit();
             }
             Err(e) => {
                 // Nothing of this batch is acknowledged; offsets are handed out again. Checkpoint

@@ -178,6 +178,11 @@ impl FjallEngine {
         Ok(())
     }
 
+    /// `fdatasync`s what was committed with `PersistMode::Buffer`.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.db.persist(PersistMode::SyncData).map_err(engine_err)
+    }
+
     /// Whether the records' keyspace holds anything (a store written by this engine).
     pub(crate) fn has_records(&self) -> bool {
         self.ks.first_key_value().is_some()

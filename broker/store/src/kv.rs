@@ -37,6 +37,11 @@ impl Batch {
 pub(crate) trait KvEngine: Send + Sync + 'static {
     /// Applies `batch` atomically and makes it durable.
     fn commit(&self, batch: Batch) -> Result<()>;
+    /// Work the engine leaves until a commit's waiters are answered, and does while the store
+    /// is idle (the segments engine's periodic sync of its metadata). An error is a failed write.
+    fn after_commit(&self) -> Result<()> {
+        Ok(())
+    }
     /// The value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Up to `limit` pairs with `start <= key < end`, in key order.

@@ -19,7 +19,8 @@
 //! metadata and checkpoints go to fjall; those are handed to the OS (they survive the process
 //! being killed) and `fdatasync`ed when the batch asks for it ([`Batch::sync_all`]: a flush or a
 //! retention run), when it holds no records (a checkpoint-only commit, the disk probe) and at
-//! least every [`META_SYNC_EVERY`]. At open a log's metadata is reconciled with its records, so
+//! least every [`META_SYNC_EVERY`] (that one after the commit's appends are answered, or while
+//! the store is idle, so no append waits for it). At open a log's metadata is reconciled with its records, so
 //! metadata older than the records (a power loss) never gives an offset out twice.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -142,6 +143,8 @@ struct Writer {
     /// reopened (and reads the file again).
     failed: Option<String>,
     last_meta_sync: Instant,
+    /// Metadata or checkpoints were handed to the OS since the last sync.
+    meta_unsynced: bool,
 }
 
 /// Records in segment files, everything else in fjall (see the module's documentation).
@@ -421,6 +424,7 @@ impl SegmentsEngine {
                 len,
                 failed: None,
                 last_meta_sync: Instant::now(),
+                meta_unsynced: false,
             }),
             active: AtomicU32::new(seg),
         };
@@ -778,8 +782,8 @@ impl KvEngine for SegmentsEngine {
             w.len = base + frames.len() as u64;
         }
         if !rest.is_empty() {
-            let sync =
-                sync_all || frames.is_empty() || w.last_meta_sync.elapsed() >= META_SYNC_EVERY;
+            // The periodic sync of the rest is left to `after_commit`, off the answers' path.
+            let sync = sync_all || frames.is_empty();
             let mode = if sync {
                 PersistMode::SyncData
             } else {
@@ -788,6 +792,9 @@ impl KvEngine for SegmentsEngine {
             self.meta.commit_with(rest, mode)?;
             if sync {
                 w.last_meta_sync = Instant::now();
+                w.meta_unsynced = false;
+            } else {
+                w.meta_unsynced = true;
             }
         }
         // The index is updated under the writer's lock, so that commits enter it in the order
@@ -825,6 +832,20 @@ impl KvEngine for SegmentsEngine {
             self.delete_dead();
         }
         Ok(())
+    }
+
+    /// Syncs the metadata and checkpoints handed to the OS when the last sync is
+    /// [`META_SYNC_EVERY`] old: after the commit's appends were answered, or while idle.
+    fn after_commit(&self) -> Result<()> {
+        {
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            if !w.meta_unsynced || w.last_meta_sync.elapsed() < META_SYNC_EVERY {
+                return Ok(());
+            }
+            w.last_meta_sync = Instant::now();
+            w.meta_unsynced = false;
+        }
+        self.meta.sync()
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -1238,6 +1259,58 @@ mod tests {
         assert_eq!(
             e.get(&keys::record_key("a", 2)).expect("get"),
             Some(keys::record_value(2, b"next"))
+        );
+    }
+
+    #[test]
+    fn metadata_handed_to_the_os_is_synced_after_the_commit_once_it_is_a_second_old() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let unsynced = || {
+            e.writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .meta_unsynced
+        };
+        let mut batch = Batch::default();
+        batch.writes.insert(
+            keys::record_key("a", 0),
+            Some(keys::record_value(0, b"event")),
+        );
+        batch.writes.insert(
+            keys::meta_key("a"),
+            Some(
+                LogMeta {
+                    first: 0,
+                    next: 1,
+                    bytes: 5,
+                }
+                .encode(),
+            ),
+        );
+        e.commit(batch).expect("commit");
+        assert!(unsynced(), "the commit itself does not sync the metadata");
+        e.after_commit().expect("after commit");
+        assert!(unsynced(), "not before a second since the last sync");
+        {
+            let mut w = e.writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.last_meta_sync = Instant::now()
+                .checked_sub(META_SYNC_EVERY * 2)
+                .expect("an instant in the past");
+        }
+        e.after_commit().expect("after commit");
+        assert!(!unsynced(), "synced once due");
+        let mut flush = Batch {
+            sync_all: true,
+            ..Batch::default()
+        };
+        flush
+            .writes
+            .insert(b"c/t".to_vec(), Some(b"checkpoint".to_vec()));
+        e.commit(flush).expect("commit");
+        assert!(
+            !unsynced(),
+            "a batch that asks for it is synced in the commit"
         );
     }
 
