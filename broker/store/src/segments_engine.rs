@@ -20,8 +20,9 @@
 //! being killed) and `fdatasync`ed when the batch asks for it ([`Batch::sync_all`]: a flush or a
 //! retention run), when it holds no records (a checkpoint-only commit, the disk probe) and at
 //! least every [`META_SYNC_EVERY`] (that one after the commit's appends are answered, or while
-//! the store is idle, so no append waits for it). At open a log's metadata is reconciled with its records, so
-//! metadata older than the records (a power loss) never gives an offset out twice.
+//! the store is idle, so no append waits for it). At open a log's metadata is reconciled with
+//! its records, so metadata older than the records (a power loss) never gives an offset out
+//! twice.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
