@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use crate::keys::{self, LogMeta};
-use crate::kv::{Batch, EngineSlot};
+use crate::kv::{Batch, EngineSlot, KvEngine};
 use crate::{LogId, Offset, Result, StoreError};
 
 /// How long checkpoint writes alone wait for more work before they are committed.
@@ -209,7 +209,7 @@ impl Committer {
                 match rx.recv_timeout(IDLE_WORK_INTERVAL) {
                     Ok(r) => r,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.after_commit();
+                        self.after_commit(None);
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -232,10 +232,14 @@ impl Committer {
         }
     }
 
-    /// The engine's deferred work, once everybody waiting for a commit was answered.
-    fn after_commit(&mut self) {
-        if let Err(e) = self.engine.get().and_then(|e| e.after_commit()) {
-            self.counters.failed_commits.fetch_add(1, Ordering::Relaxed);
+    /// The engine's deferred work, once everybody waiting for a commit was answered (`engine`:
+    /// the one that committed), or while idle.
+    fn after_commit(&mut self, engine: Option<Arc<dyn KvEngine>>) {
+        let done = match engine {
+            Some(e) => e.after_commit(),
+            None => self.engine.get().and_then(|e| e.after_commit()),
+        };
+        if let Err(e) = done {
             if !self.failing {
                 tracing::error!(error = %e, "syncing the store's metadata failed");
             }
@@ -439,10 +443,16 @@ impl Committer {
         if !waiting.is_empty() {
             metrics::histogram!("evmesh_fsync_batch_size").record(waiting.len() as f64);
         }
+        // The engine that committed, for its deferred work once everybody is answered.
+        let mut committed = None;
         let result = if batch.is_empty() {
             Ok(())
         } else {
-            let r = self.engine.get().and_then(|e| e.commit(batch));
+            let r = self.engine.get().and_then(|e| {
+                e.commit(batch)?;
+                committed = Some(e);
+                Ok(())
+            });
             match &r {
                 Ok(()) => {
                     self.counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -475,7 +485,9 @@ impl Committer {
                 for (n, reply) in trimmed {
                     let _ = reply.send(Ok(n));
                 }
-                self.after_commit();
+                if committed.is_some() {
+                    self.after_commit(committed);
+                }
             }
             Err(e) => {
                 // Nothing of this batch is acknowledged; offsets are handed out again. Checkpoint

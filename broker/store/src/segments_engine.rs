@@ -264,18 +264,12 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<bool> {
     }
 }
 
-/// Whether anything but zeros lies in the 8 bytes at `pos` (where a frame would start).
-fn bytes_follow(file: &File, pos: u64) -> Result<bool> {
+/// Whether anything but zeros lies in the (up to 8) bytes at `pos` of a file `size` long,
+/// where a frame would start.
+fn bytes_follow(file: &File, pos: u64, size: u64) -> Result<bool> {
     let mut b = [0u8; HEADER];
-    let mut got = 0;
-    while got < b.len() {
-        match file.read_at(&mut b[got..], pos + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(engine_err(e)),
-        }
-    }
+    let n = usize::try_from(size.saturating_sub(pos)).map_or(HEADER, |n| n.min(HEADER));
+    file.read_exact_at(&mut b[..n], pos).map_err(engine_err)?;
     Ok(b.iter().any(|x| *x != 0))
 }
 
@@ -368,7 +362,7 @@ impl SegmentsEngine {
             let last = i + 1 == ids.len();
             // Past the valid part: the zeros of a segment's unused room, or the torn tail of a
             // commit that never finished.
-            let torn = valid < size && bytes_follow(&file, valid)?;
+            let torn = valid < size && bytes_follow(&file, valid, size)?;
             if last {
                 if torn {
                     tracing::warn!(
@@ -673,6 +667,15 @@ fn record_key_of(prefix: &[u8], offset: u64) -> Vec<u8> {
 }
 
 impl SegmentsEngine {
+    /// Whether metadata or checkpoints handed to the OS wait for their sync.
+    #[cfg(test)]
+    pub(crate) fn meta_unsynced(&self) -> bool {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .meta_unsynced
+    }
+
     fn sync_segment(&self, file: &File) -> std::io::Result<()> {
         #[cfg(test)]
         if test_faults::sync_fails(&self.dir) {
@@ -931,14 +934,19 @@ mod tests {
         SegmentsEngine::open(dir, &StoreOptions::default(), Arc::default()).expect("open")
     }
 
-    fn put(e: &SegmentsEngine, log: &str, offsets: std::ops::Range<u64>, value: &[u8]) {
+    /// A batch of records of `log` at `offsets`, each holding `value` (appended at its offset).
+    fn records(log: &str, offsets: std::ops::Range<u64>, value: &[u8]) -> Batch {
         let mut batch = Batch::default();
         for o in offsets {
             batch
                 .writes
                 .insert(keys::record_key(log, o), Some(keys::record_value(o, value)));
         }
-        e.commit(batch).expect("commit");
+        batch
+    }
+
+    fn put(e: &SegmentsEngine, log: &str, offsets: std::ops::Range<u64>, value: &[u8]) {
+        e.commit(records(log, offsets, value)).expect("commit");
     }
 
     fn offsets(e: &SegmentsEngine, log: &str) -> Vec<u64> {
@@ -1230,27 +1238,17 @@ mod tests {
             let e = open(dir.path());
             put(&e, "a", 0..2, b"durable");
             test_faults::fail_syncs(dir.path(), 1);
-            let mut batch = Batch::default();
-            for o in 2..4 {
-                batch.writes.insert(
-                    keys::record_key("a", o),
-                    Some(keys::record_value(o, b"lost")),
-                );
-            }
-            let err = e.commit(batch).expect_err("the sync fails");
+            let err = e
+                .commit(records("a", 2..4, b"lost"))
+                .expect_err("the sync fails");
             assert!(err.to_string().contains("injected"), "{err}");
             assert_eq!(
                 offsets(&e, "a"),
                 vec![0, 1],
                 "no record of the failed commit is read"
             );
-            let mut next = Batch::default();
-            next.writes.insert(
-                keys::record_key("a", 2),
-                Some(keys::record_value(2, b"next")),
-            );
             let err = e
-                .commit(next)
+                .commit(records("a", 2..3, b"next"))
                 .expect_err("no write before the engine is reopened");
             assert!(err.to_string().contains("reopening"), "{err}");
         }
@@ -1267,17 +1265,8 @@ mod tests {
     fn metadata_handed_to_the_os_is_synced_after_the_commit_once_it_is_a_second_old() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        let unsynced = || {
-            e.writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .meta_unsynced
-        };
-        let mut batch = Batch::default();
-        batch.writes.insert(
-            keys::record_key("a", 0),
-            Some(keys::record_value(0, b"event")),
-        );
+        let unsynced = || e.meta_unsynced();
+        let mut batch = records("a", 0..1, b"event");
         batch.writes.insert(
             keys::meta_key("a"),
             Some(

@@ -569,3 +569,45 @@ async fn a_failed_sync_fails_its_appends_and_the_store_recovers_by_itself() {
     expected.push(vec![42]);
     assert_eq!(payloads, expected, "exactly the acknowledged appends");
 }
+
+/// On segments the metadata and checkpoints a commit hands to the OS are synced once a second
+/// after the answers; when the load stops, the idle committer syncs them.
+#[cfg(all(feature = "fjall", unix))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_store_syncs_the_metadata_its_last_commits_left_to_the_os() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opened = std::time::Instant::now();
+    let engine = Arc::new(
+        crate::segments_engine::SegmentsEngine::open(
+            dir.path(),
+            &crate::StoreOptions::default(),
+            Arc::default(),
+        )
+        .expect("open"),
+    );
+    let store = KvEventStore::start(
+        EngineKind::Segments,
+        engine.clone(),
+        crate::StoreOptions::default(),
+    )
+    .expect("start");
+    store
+        .append(&LogId::new("l"), vec![1])
+        .await
+        .expect("append");
+    // (Within the engine's first second its commits leave the metadata to the sync later.)
+    if opened.elapsed() < std::time::Duration::from_millis(900) {
+        assert!(
+            engine.meta_unsynced(),
+            "the commit handed the metadata to the OS"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while engine.meta_unsynced() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle store never synced the metadata"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
