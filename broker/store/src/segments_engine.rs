@@ -4,9 +4,13 @@
 //! Layout: `<dir>/segments/<id:010>.seg`, each a run of frames
 //! `[body length u32 LE][CRC-32 of body u32 LE][key length u16 LE][key][value]`, where key and
 //! value are the store's record key and value (`keys::record_key`, `keys::record_value`). A
-//! segment is created [`SEGMENT_BYTES`] long (sparse: its size never changes while it is
+//! segment is [`SEGMENT_BYTES`] long from the start (its size never changes while it is
 //! written, so a commit's `fdatasync` writes no file size) and written until the next commit
-//! would not fit, then the next one is started. Which record lies where is kept in memory (an
+//! would not fit, then the next one is started. The next one is zeroed ahead: once the active
+//! segment is half full a thread writes a spare file of zeros and syncs it, and the rotation
+//! renames it into place, so that a commit's `fdatasync` allocates no block either (on ext4 a
+//! sync into a sparse room commits the file system's journal first). A rotation that finds no
+//! spare ready creates the segment sparse. Which record lies where is kept in memory (an
 //! index of some 24 bytes per record), rebuilt from the files at open: reading stops at the first
 //! frame that is zeros, incomplete or fails its CRC, and whatever lies past that point in the
 //! last segment is dropped (the torn tail of a commit that never finished: no stale frame of it
@@ -29,7 +33,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -54,6 +58,23 @@ const COALESCE_GAP: u64 = 4096;
 const COALESCE_SPAN: u64 = 1024 * 1024;
 /// Records copied per commit when a store written by the fjall engine is moved to segments.
 const MIGRATE_CHUNK: usize = 4096;
+/// The name ending of a spare (a segment zeroed ahead, not yet in use).
+const SPARE_SUFFIX: &str = ".spare";
+/// The next segment is zeroed ahead once the active one holds this many bytes.
+const PREPARE_AT: u64 = SEGMENT_BYTES / 2;
+/// Zeros written per call while a spare is prepared.
+const ZERO_CHUNK: usize = 1024 * 1024;
+
+/// The segment zeroed ahead of the writer.
+#[derive(Default)]
+enum Spare {
+    #[default]
+    None,
+    /// A thread is writing it.
+    Preparing,
+    /// Written and synced: the next rotation renames it into place.
+    Ready(PathBuf, File),
+}
 
 /// Where one record's value lies.
 #[derive(Clone, Copy, Debug)]
@@ -146,6 +167,8 @@ struct Writer {
     last_meta_sync: Instant,
     /// Metadata or checkpoints were handed to the OS since the last sync.
     meta_unsynced: bool,
+    /// A spare was asked for while this segment is written (at most once per segment).
+    spare_asked: bool,
 }
 
 /// Records in segment files, everything else in fjall (see the module's documentation).
@@ -156,6 +179,8 @@ pub(crate) struct SegmentsEngine {
     writer: Mutex<Writer>,
     /// The id of the segment being written (trim never deletes it).
     active: AtomicU32,
+    /// The next segment, zeroed ahead (shared with the thread that prepares it).
+    spare: Arc<Mutex<Spare>>,
 }
 
 /// Whether `dir` holds a segment file (a store of the `segments` engine).
@@ -335,6 +360,7 @@ impl SegmentsEngine {
             std::fs::create_dir_all(&seg_dir).map_err(engine_err)?;
             sync_dir(dir)?;
         }
+        remove_spares(&seg_dir)?;
         let mut ids: Vec<u32> = std::fs::read_dir(&seg_dir)
             .map_err(engine_err)?
             .filter_map(|e| e.ok().and_then(|e| segment_id(&e.path())))
@@ -420,8 +446,10 @@ impl SegmentsEngine {
                 failed: None,
                 last_meta_sync: Instant::now(),
                 meta_unsynced: false,
+                spare_asked: false,
             }),
             active: AtomicU32::new(seg),
+            spare: Arc::default(),
         };
         engine.migrate()?;
         engine.reconcile()?;
@@ -544,7 +572,10 @@ impl SegmentsEngine {
             .seg
             .checked_add(1)
             .ok_or_else(|| StoreError::Engine("segment ids used up".into()))?;
-        let file = Arc::new(create_segment(&self.dir, seg)?);
+        let file = Arc::new(match self.take_spare(seg) {
+            Some(file) => file,
+            None => create_segment(&self.dir, seg)?,
+        });
         {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             index.segments.insert(
@@ -559,6 +590,7 @@ impl SegmentsEngine {
         w.seg = seg;
         w.file = file;
         w.len = 0;
+        w.spare_asked = false;
         // The segment left may hold nothing any more.
         self.delete_dead();
         Ok(())
@@ -659,6 +691,44 @@ fn create_segment(dir: &Path, id: u32) -> Result<File> {
     Ok(file)
 }
 
+/// Deletes the spares a previous run left (a spare is never part of the store's data).
+fn remove_spares(seg_dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(seg_dir).map_err(engine_err)? {
+        let path = e.map_err(engine_err)?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(SPARE_SUFFIX))
+        {
+            std::fs::remove_file(&path).map_err(engine_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a spare at `path`: [`SEGMENT_BYTES`] of zeros, synced with its size, so that a
+/// rotation can rename it into place.
+fn write_spare(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    #[cfg(test)]
+    if path.parent().is_some_and(test_faults::spare_fails) {
+        return Err(std::io::Error::other("injected spare failure"));
+    }
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut at = 0;
+    while at < SEGMENT_BYTES {
+        file.write_all_at(&zeros, at)?;
+        at += ZERO_CHUNK as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
 fn record_key_of(prefix: &[u8], offset: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 8);
     k.extend_from_slice(prefix);
@@ -674,6 +744,90 @@ impl SegmentsEngine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .meta_unsynced
+    }
+
+    /// Starts zeroing the segment after `active` on a thread of its own, unless a spare is
+    /// ready or being written. A spare that cannot be written (a full disk) is removed: the
+    /// rotation then creates the segment sparse, and the next segment asks again.
+    fn prepare_spare(&self, active: u32) {
+        {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            if !matches!(*spare, Spare::None) {
+                return;
+            }
+            *spare = Spare::Preparing;
+        }
+        // A name no other spare had in this process: a thread left from an engine dropped
+        // meanwhile (reopened after a failure) never writes to the file another one takes.
+        static SPARES: AtomicU64 = AtomicU64::new(0);
+        let n = SPARES.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{:010}-{n}{SPARE_SUFFIX}", u64::from(active) + 1));
+        // The thread holds the engine's state weakly: a spare finished after the engine was
+        // dropped (closed, or reopened after a failure) is removed, never handed to another.
+        let state = Arc::downgrade(&self.spare);
+        let spawned = std::thread::Builder::new()
+            .name("evmesh-segment-spare".into())
+            .spawn(move || {
+                let result = write_spare(&path);
+                let Some(state) = state.upgrade() else {
+                    let _ = std::fs::remove_file(&path);
+                    return;
+                };
+                let mut spare = state.lock().unwrap_or_else(|e| e.into_inner());
+                *spare = match result {
+                    Ok(file) => Spare::Ready(path, file),
+                    Err(e) => {
+                        tracing::warn!(spare = %path.display(), error = %e, "store: could not zero the next segment ahead; it will be created sparse");
+                        let _ = std::fs::remove_file(&path);
+                        Spare::None
+                    }
+                };
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "store: could not start zeroing the next segment");
+            *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Spare::None;
+        }
+    }
+
+    /// The spare renamed into place as segment `seg`, when one is ready.
+    fn take_spare(&self, seg: u32) -> Option<File> {
+        let (path, file) = {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            match std::mem::take(&mut *spare) {
+                Spare::Ready(path, file) => (path, file),
+                other => {
+                    *spare = other;
+                    return None;
+                }
+            }
+        };
+        match std::fs::rename(&path, segment_path(&self.dir, seg)).map_err(engine_err) {
+            Ok(()) => match sync_dir(&self.dir) {
+                Ok(()) => Some(file),
+                Err(e) => {
+                    // Not known to be in place: it is created afresh instead.
+                    tracing::warn!(error = %e, "store: could not sync the segments' folder after taking the spare");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(spare = %path.display(), error = %e, "store: could not take the segment zeroed ahead");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// What the spare is doing: `none`, `preparing` or `ready`.
+    #[cfg(test)]
+    fn spare_state(&self) -> &'static str {
+        match *self.spare.lock().unwrap_or_else(|e| e.into_inner()) {
+            Spare::None => "none",
+            Spare::Preparing => "preparing",
+            Spare::Ready(..) => "ready",
+        }
     }
 
     fn sync_segment(&self, file: &File) -> std::io::Result<()> {
@@ -701,6 +855,25 @@ pub(crate) mod test_faults {
         f.push((seg_dir, n));
     }
 
+    static SPARE_FAILS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// Every spare of the store in `dir` fails to be written (after its file is created).
+    pub(crate) fn fail_spares(dir: &Path) {
+        let seg_dir = dir.join(super::SEGMENTS_DIR);
+        SPARE_FAILS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(seg_dir);
+    }
+
+    pub(super) fn spare_fails(seg_dir: &Path) -> bool {
+        SPARE_FAILS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|d| d == seg_dir)
+    }
+
     pub(super) fn sync_fails(seg_dir: &Path) -> bool {
         let mut f = FAILS.lock().unwrap_or_else(|e| e.into_inner());
         match f.iter_mut().find(|(d, n)| d == seg_dir && *n > 0) {
@@ -709,6 +882,16 @@ pub(crate) mod test_faults {
                 true
             }
             None => false,
+        }
+    }
+}
+
+impl Drop for SegmentsEngine {
+    fn drop(&mut self) {
+        if let Spare::Ready(path, _) =
+            std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -784,6 +967,10 @@ impl KvEngine for SegmentsEngine {
                 return Err(engine_err(e));
             }
             w.len = base + frames.len() as u64;
+            if w.len >= PREPARE_AT && !w.spare_asked {
+                w.spare_asked = true;
+                self.prepare_spare(w.seg);
+            }
         }
         if !rest.is_empty() {
             // The periodic sync of the rest is left to `after_commit`, off the answers' path.
@@ -1198,6 +1385,7 @@ mod tests {
         let count = || {
             std::fs::read_dir(dir.path().join(SEGMENTS_DIR))
                 .expect("read dir")
+                .filter(|e| segment_id(&e.as_ref().expect("entry").path()).is_some())
                 .count()
         };
         assert_eq!(count(), 2);
@@ -1229,6 +1417,102 @@ mod tests {
         drop(e);
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![first]);
+    }
+
+    /// Waits (at most a minute) until the spare is no longer being prepared; returns its state.
+    fn settled_spare(e: &SegmentsEngine) -> &'static str {
+        let until = Instant::now() + Duration::from_secs(60);
+        while e.spare_state() == "preparing" && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        e.spare_state()
+    }
+
+    fn spares(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir.join(SEGMENTS_DIR))
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(SPARE_SUFFIX))
+            .collect()
+    }
+
+    /// Bytes the file system allocated to `path` (a sparse room has none).
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("metadata").blocks() * 512
+    }
+
+    #[test]
+    fn the_next_segment_is_zeroed_ahead_and_the_rotation_takes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let big = vec![7u8; 1024 * 1024];
+        let per_segment = SEGMENT_BYTES / big.len() as u64;
+        let half = PREPARE_AT / big.len() as u64 + 1;
+        for o in 0..half {
+            put(&e, "a", o..o + 1, &big);
+        }
+        assert_eq!(settled_spare(&e), "ready");
+        let spare = spares(dir.path());
+        assert_eq!(spare.len(), 1, "one spare: {spare:?}");
+        assert!(
+            allocated(&spare[0]) >= SEGMENT_BYTES,
+            "the spare's blocks are written"
+        );
+        for o in half..per_segment + 2 {
+            put(&e, "a", o..o + 1, &big);
+        }
+        assert!(spares(dir.path()).is_empty(), "the rotation took the spare");
+        let second = last_segment(dir.path());
+        assert_eq!(segment_id(&second), Some(1));
+        assert!(
+            allocated(&second) >= SEGMENT_BYTES,
+            "the second segment is the zeroed one"
+        );
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), (0..per_segment + 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_spare_that_cannot_be_written_leaves_the_next_segment_sparse_and_nothing_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        // As on a full disk: the spare's file is created, its zeros cannot be written.
+        test_faults::fail_spares(dir.path());
+        let big = vec![7u8; 1024 * 1024];
+        let per_segment = SEGMENT_BYTES / big.len() as u64;
+        let half = PREPARE_AT / big.len() as u64 + 1;
+        for o in 0..half {
+            put(&e, "a", o..o + 1, &big);
+        }
+        assert_eq!(settled_spare(&e), "none");
+        assert!(spares(dir.path()).is_empty(), "the failed spare is removed");
+        for o in half..per_segment + 2 {
+            put(&e, "a", o..o + 1, &big);
+        }
+        let second = last_segment(dir.path());
+        assert_eq!(segment_id(&second), Some(1));
+        assert!(allocated(&second) < SEGMENT_BYTES, "created sparse");
+        assert_eq!(offsets(&e, "a"), (0..per_segment + 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_spare_left_by_an_earlier_run_is_removed_and_never_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            put(&e, "a", 0..2, b"kept");
+        }
+        // A spare holding a valid frame (it never does; it must not be read even so).
+        let spare = dir
+            .path()
+            .join(SEGMENTS_DIR)
+            .join(format!("{:010}{SPARE_SUFFIX}", 1));
+        std::fs::write(&spare, frame("a", 9, b"stray")).expect("write");
+        let e = open(dir.path());
+        assert!(spares(dir.path()).is_empty(), "the spare is removed");
+        assert_eq!(offsets(&e, "a"), vec![0, 1]);
     }
 
     #[test]
