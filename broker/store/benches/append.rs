@@ -31,25 +31,7 @@ fn append_64_concurrent(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let commits_before = store.commit_count();
                 let started = Instant::now();
-                rt.block_on(async {
-                    let mut handles = Vec::new();
-                    for t in 0..APPENDERS {
-                        let n = iters / APPENDERS + u64::from(t < iters % APPENDERS);
-                        let store = store.clone();
-                        let log = log.clone();
-                        handles.push(tokio::spawn(async move {
-                            for _ in 0..n {
-                                store
-                                    .append(&log, vec![b'x'; PAYLOAD])
-                                    .await
-                                    .expect("append");
-                            }
-                        }));
-                    }
-                    for h in handles {
-                        h.await.expect("appender");
-                    }
-                });
+                rt.block_on(append_concurrently(&store, &log, iters));
                 let elapsed = started.elapsed();
                 total_time += elapsed;
                 total_appends += iters;
@@ -77,29 +59,25 @@ fn append_64_concurrent(c: &mut Criterion) {
     group.finish();
 }
 
-/// Appends `bytes` of payload to `log` with 64 appenders: a store that has run a while (on
-/// segments the first segment, created sparse, is then behind the writer: the ones after it
-/// are zeroed ahead).
-fn prefill(rt: &tokio::runtime::Runtime, store: &Arc<KvEventStore>, log: &LogId, bytes: u64) {
-    let per_appender = bytes / PAYLOAD as u64 / APPENDERS;
-    rt.block_on(async {
-        let mut handles = Vec::new();
-        for _ in 0..APPENDERS {
-            let store = store.clone();
-            let log = log.clone();
-            handles.push(tokio::spawn(async move {
-                for _ in 0..per_appender {
-                    store
-                        .append(&log, vec![b'x'; PAYLOAD])
-                        .await
-                        .expect("append");
-                }
-            }));
-        }
-        for h in handles {
-            h.await.expect("appender");
-        }
-    });
+/// Appends `total` payloads to `log` with [`APPENDERS`] concurrent appenders.
+async fn append_concurrently(store: &Arc<KvEventStore>, log: &LogId, total: u64) {
+    let mut handles = Vec::new();
+    for t in 0..APPENDERS {
+        let n = total / APPENDERS + u64::from(t < total % APPENDERS);
+        let store = store.clone();
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            for _ in 0..n {
+                store
+                    .append(&log, vec![b'x'; PAYLOAD])
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("appender");
+    }
 }
 
 /// One appender at a time: every append waits for its own commit, so this is the latency of
@@ -116,7 +94,13 @@ fn append_1_sequential(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(KvEventStore::open(kind, dir.path()).expect("open"));
         let log = LogId::new("bench/seq");
-        prefill(&rt, &store, &log, 72 << 20);
+        // A store that has run a while: on segments the first segment, created sparse, is
+        // then behind the writer (the ones after it are zeroed ahead).
+        rt.block_on(append_concurrently(
+            &store,
+            &log,
+            (72 << 20) / PAYLOAD as u64,
+        ));
         group.bench_function(kind.as_str(), |b| {
             b.iter(|| {
                 rt.block_on(store.append(&log, vec![b'x'; PAYLOAD]))

@@ -1442,16 +1442,27 @@ mod tests {
         std::fs::metadata(path).expect("metadata").blocks() * 512
     }
 
+    /// One 1 MiB record of log `a` at each offset of `offsets`, one commit each.
+    fn put_big(e: &SegmentsEngine, offsets: std::ops::Range<u64>) {
+        let big = vec![7u8; 1024 * 1024];
+        for o in offsets {
+            put(e, "a", o..o + 1, &big);
+        }
+    }
+
+    /// Fills the first segment just past [`PREPARE_AT`]; returns the next offset and how many
+    /// 1 MiB records a segment holds.
+    fn fill_past_half(e: &SegmentsEngine) -> (u64, u64) {
+        let half = PREPARE_AT / (1024 * 1024) + 1;
+        put_big(e, 0..half);
+        (half, SEGMENT_BYTES / (1024 * 1024))
+    }
+
     #[test]
     fn the_next_segment_is_zeroed_ahead_and_the_rotation_takes_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        let big = vec![7u8; 1024 * 1024];
-        let per_segment = SEGMENT_BYTES / big.len() as u64;
-        let half = PREPARE_AT / big.len() as u64 + 1;
-        for o in 0..half {
-            put(&e, "a", o..o + 1, &big);
-        }
+        let (half, per_segment) = fill_past_half(&e);
         assert_eq!(settled_spare(&e), "ready");
         let spare = spares(dir.path());
         assert_eq!(spare.len(), 1, "one spare: {spare:?}");
@@ -1459,9 +1470,7 @@ mod tests {
             allocated(&spare[0]) >= SEGMENT_BYTES,
             "the spare's blocks are written"
         );
-        for o in half..per_segment + 2 {
-            put(&e, "a", o..o + 1, &big);
-        }
+        put_big(&e, half..per_segment + 2);
         assert!(spares(dir.path()).is_empty(), "the rotation took the spare");
         let second = last_segment(dir.path());
         assert_eq!(segment_id(&second), Some(1));
@@ -1480,17 +1489,10 @@ mod tests {
         let e = open(dir.path());
         // As on a full disk: the spare's file is created, its zeros cannot be written.
         test_faults::fail_spares(dir.path());
-        let big = vec![7u8; 1024 * 1024];
-        let per_segment = SEGMENT_BYTES / big.len() as u64;
-        let half = PREPARE_AT / big.len() as u64 + 1;
-        for o in 0..half {
-            put(&e, "a", o..o + 1, &big);
-        }
+        let (half, per_segment) = fill_past_half(&e);
         assert_eq!(settled_spare(&e), "none");
         assert!(spares(dir.path()).is_empty(), "the failed spare is removed");
-        for o in half..per_segment + 2 {
-            put(&e, "a", o..o + 1, &big);
-        }
+        put_big(&e, half..per_segment + 2);
         let second = last_segment(dir.path());
         assert_eq!(segment_id(&second), Some(1));
         assert!(allocated(&second) < SEGMENT_BYTES, "created sparse");
