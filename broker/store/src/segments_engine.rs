@@ -62,8 +62,10 @@ const MIGRATE_CHUNK: usize = 4096;
 const SPARE_SUFFIX: &str = ".spare";
 /// The next segment is zeroed ahead once the active one holds this many bytes.
 const PREPARE_AT: u64 = SEGMENT_BYTES / 2;
-/// Zeros written per call while a spare is prepared.
+/// Zeros written (and synced) per step while a spare is prepared.
 const ZERO_CHUNK: usize = 1024 * 1024;
+/// The pause between two steps of a spare (64 steps: some 0.1 s of pauses per spare).
+const ZERO_PAUSE: Duration = Duration::from_millis(2);
 
 /// The segment zeroed ahead of the writer.
 #[derive(Default)]
@@ -719,11 +721,15 @@ fn write_spare(path: &Path) -> std::io::Result<File> {
     if path.parent().is_some_and(test_faults::spare_fails) {
         return Err(std::io::Error::other("injected spare failure"));
     }
+    // A chunk at a time, each synced before the next and a pause between: the disk never
+    // holds more than one chunk of zeros in front of a commit's `fdatasync`.
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut at = 0;
     while at < SEGMENT_BYTES {
         file.write_all_at(&zeros, at)?;
+        file.sync_data()?;
         at += ZERO_CHUNK as u64;
+        std::thread::sleep(ZERO_PAUSE);
     }
     file.sync_all()?;
     Ok(file)
