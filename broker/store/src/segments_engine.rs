@@ -7,7 +7,7 @@
 //! segment is [`SEGMENT_BYTES`] long from the start (its size never changes while it is
 //! written, so a commit's `fdatasync` writes no file size) and written until the next commit
 //! would not fit, then the next one is started. The next one is zeroed ahead: once the active
-//! segment is half full a thread writes a spare file of zeros and syncs it, and the rotation
+//! segment is half full a thread writes a spare file of zeros in synced steps, and the rotation
 //! renames it into place, so that a commit's `fdatasync` allocates no block either (on ext4 a
 //! sync into a sparse room commits the file system's journal first). A rotation that finds no
 //! spare ready creates the segment sparse. Which record lies where is kept in memory (an
