@@ -75,7 +75,30 @@ enum Spare {
     /// A thread is writing it.
     Preparing,
     /// Written and synced: the next rotation renames it into place.
-    Ready(PathBuf, File),
+    Ready(ReadySpare),
+}
+
+/// A spare written and synced. Dropped without being taken (its engine closed or reopened), it
+/// is removed from disk.
+struct ReadySpare {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl ReadySpare {
+    /// Its path and file, no longer removed on drop.
+    fn take(mut self) -> Option<(PathBuf, File)> {
+        let file = self.file.take()?;
+        Some((std::mem::take(&mut self.path), file))
+    }
+}
+
+impl Drop for ReadySpare {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Where one record's value lies.
@@ -771,7 +794,8 @@ impl SegmentsEngine {
             .dir
             .join(format!("{:010}-{n}{SPARE_SUFFIX}", u64::from(active) + 1));
         // The thread holds the engine's state weakly: a spare finished after the engine was
-        // dropped (closed, or reopened after a failure) is removed, never handed to another.
+        // dropped (closed, or reopened after a failure) is removed, never handed to another;
+        // one ready when it is dropped goes with it (`ReadySpare`).
         let state = Arc::downgrade(&self.spare);
         let spawned = std::thread::Builder::new()
             .name("evmesh-segment-spare".into())
@@ -783,7 +807,10 @@ impl SegmentsEngine {
                 };
                 let mut spare = state.lock().unwrap_or_else(|e| e.into_inner());
                 *spare = match result {
-                    Ok(file) => Spare::Ready(path, file),
+                    Ok(file) => Spare::Ready(ReadySpare {
+                        path,
+                        file: Some(file),
+                    }),
                     Err(e) => {
                         tracing::warn!(spare = %path.display(), error = %e, "store: could not zero the next segment ahead; it will be created sparse");
                         let _ = std::fs::remove_file(&path);
@@ -802,7 +829,7 @@ impl SegmentsEngine {
         let (path, file) = {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
             match std::mem::take(&mut *spare) {
-                Spare::Ready(path, file) => (path, file),
+                Spare::Ready(ready) => ready.take()?,
                 other => {
                     *spare = other;
                     return None;
@@ -888,16 +915,6 @@ pub(crate) mod test_faults {
                 true
             }
             None => false,
-        }
-    }
-}
-
-impl Drop for SegmentsEngine {
-    fn drop(&mut self) {
-        if let Spare::Ready(path, _) =
-            std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()))
-        {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -1503,6 +1520,20 @@ mod tests {
         assert_eq!(segment_id(&second), Some(1));
         assert!(allocated(&second) < SEGMENT_BYTES, "created sparse");
         assert_eq!(offsets(&e, "a"), (0..per_segment + 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_spare_ready_when_the_engine_closes_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        fill_past_half(&e);
+        assert_eq!(settled_spare(&e), "ready");
+        assert_eq!(spares(dir.path()).len(), 1);
+        drop(e);
+        assert!(
+            spares(dir.path()).is_empty(),
+            "the spare went with its engine"
+        );
     }
 
     #[test]
