@@ -489,8 +489,6 @@ impl Mesh {
         std::fs::create_dir_all(&dir)?;
         let open_dir = dir.clone();
         let store_options = options.store;
-        // The recorder first: the store's committer takes its metric handles when it starts.
-        evmesh_broker::telemetry::install();
         let store = tokio::task::spawn_blocking(move || {
             evmesh_store::open_with(engine, &open_dir, store_options)
         })

@@ -111,8 +111,6 @@ pub(crate) struct Committer {
     /// The engine must be opened again before it can write (set by a failed commit).
     needs_reopen: bool,
     last_reopen: Option<Instant>,
-    /// `evmesh_fsync_batch_size`, looked up once (the recorder is installed before stores open).
-    batch_size: metrics::Histogram,
 }
 
 /// Checkpoint writes handed to the store but not yet committed, each with a sequence number so
@@ -188,7 +186,6 @@ impl Committer {
             failing: false,
             needs_reopen: false,
             last_reopen: None,
-            batch_size: metrics::histogram!("evmesh_fsync_batch_size"),
         }
     }
 
@@ -444,7 +441,7 @@ impl Committer {
                 .insert(keys::checkpoint_key(key), value.clone());
         }
         if !waiting.is_empty() {
-            self.batch_size.record(waiting.len() as f64);
+            metrics::histogram!("evmesh_fsync_batch_size").record(waiting.len() as f64);
         }
         // The engine that committed, for its deferred work once everybody is answered.
         let mut committed = None;
