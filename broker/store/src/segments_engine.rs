@@ -10,7 +10,10 @@
 //! segment is half full a thread writes a spare file of zeros in synced steps, and the rotation
 //! renames it into place, so that a commit's `fdatasync` allocates no block either (on ext4 a
 //! sync into a sparse room commits the file system's journal first). A rotation that finds no
-//! spare ready creates the segment sparse. Which record lies where is kept in memory (an
+//! spare ready creates the segment sparse. A segment whose room is sparse (that one, a fresh
+//! store's first, and the last one's room after a restart) asks for a spare once it holds
+//! [`EARLY_SPARE_AT`], and is left for the spare as soon as it is ready, shortened to its
+//! records. Which record lies where is kept in memory (an
 //! index of some 24 bytes per record), rebuilt from the files at open: reading stops at the first
 //! frame that is zeros, incomplete or fails its CRC, and whatever lies past that point in the
 //! last segment is dropped (the torn tail of a commit that never finished: no stale frame of it
@@ -62,6 +65,11 @@ const MIGRATE_CHUNK: usize = 4096;
 const SPARE_SUFFIX: &str = ".spare";
 /// The next segment is zeroed ahead once the active one holds this many bytes.
 const PREPARE_AT: u64 = SEGMENT_BYTES / 2;
+/// A segment whose room is sparse (a fresh store's first one, the last one's room after a
+/// restart, one created when no spare was ready) asks for a spare once it holds this many
+/// bytes, and is left for it as soon as it is ready; a store written only a little (a test, a
+/// quiet broker) never zeroes a segment.
+const EARLY_SPARE_AT: u64 = 1024 * 1024;
 /// Zeros written (and synced) per step while a spare is prepared.
 const ZERO_CHUNK: usize = 1024 * 1024;
 /// The pause between two steps of a spare (64 steps: some 0.1 s of pauses per spare).
@@ -194,6 +202,9 @@ struct Writer {
     meta_unsynced: bool,
     /// A spare was asked for while this segment is written (at most once per segment).
     spare_asked: bool,
+    /// The segment's room is sparse (not zeroed ahead): it is left for a spare as soon as one
+    /// is ready.
+    sparse: bool,
 }
 
 /// Records in segment files, everything else in fjall (see the module's documentation).
@@ -472,6 +483,9 @@ impl SegmentsEngine {
                 last_meta_sync: Instant::now(),
                 meta_unsynced: false,
                 spare_asked: false,
+                // A fresh segment is created sparse, and the last one's room is cut back to
+                // sparse above.
+                sparse: true,
             }),
             active: AtomicU32::new(seg),
             spare: Arc::default(),
@@ -597,10 +611,20 @@ impl SegmentsEngine {
             .seg
             .checked_add(1)
             .ok_or_else(|| StoreError::Engine("segment ids used up".into()))?;
-        let file = Arc::new(match self.take_spare(seg) {
+        let spare = self.take_spare(seg);
+        let zeroed = spare.is_some();
+        let file = Arc::new(match spare {
             Some(file) => file,
             None => create_segment(&self.dir, seg)?,
         });
+        if w.sparse && w.len < SEGMENT_BYTES {
+            // A sparse segment left early ends where its records do, so that its empty room is
+            // not read at open. Not synced: until the new size is durable the room reads as
+            // zeros, which is how a segment's unused room reads anyway.
+            if let Err(e) = w.file.set_len(w.len) {
+                tracing::debug!(segment = w.seg, error = %e, "store: could not shorten a segment left early");
+            }
+        }
         {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             index.segments.insert(
@@ -616,6 +640,7 @@ impl SegmentsEngine {
         w.file = file;
         w.len = 0;
         w.spare_asked = false;
+        w.sparse = !zeroed;
         // The segment left may hold nothing any more.
         self.delete_dead();
         Ok(())
@@ -824,6 +849,14 @@ impl SegmentsEngine {
         }
     }
 
+    /// Whether a spare is ready to be taken.
+    fn spare_ready(&self) -> bool {
+        matches!(
+            *self.spare.lock().unwrap_or_else(|e| e.into_inner()),
+            Spare::Ready(..)
+        )
+    }
+
     /// The spare renamed into place as segment `seg`, when one is ready.
     fn take_spare(&self, seg: u32) -> Option<File> {
         let (path, file) = {
@@ -899,6 +932,15 @@ pub(crate) mod test_faults {
             .push(seg_dir);
     }
 
+    /// The spares of the store in `dir` can be written again.
+    pub(crate) fn heal_spares(dir: &Path) {
+        let seg_dir = dir.join(super::SEGMENTS_DIR);
+        SPARE_FAILS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d| *d != seg_dir);
+    }
+
     pub(super) fn spare_fails(seg_dir: &Path) -> bool {
         SPARE_FAILS
             .lock()
@@ -967,7 +1009,8 @@ impl KvEngine for SegmentsEngine {
         }
         let mut base = 0;
         if !frames.is_empty() {
-            if w.len > 0 && w.len + frames.len() as u64 > SEGMENT_BYTES {
+            let full = w.len + frames.len() as u64 > SEGMENT_BYTES;
+            if w.len > 0 && (full || (w.sparse && self.spare_ready())) {
                 self.rotate(&mut w)?;
             }
             base = w.len;
@@ -990,7 +1033,8 @@ impl KvEngine for SegmentsEngine {
                 return Err(engine_err(e));
             }
             w.len = base + frames.len() as u64;
-            if w.len >= PREPARE_AT && !w.spare_asked {
+            let due = if w.sparse { EARLY_SPARE_AT } else { PREPARE_AT };
+            if w.len >= due && !w.spare_asked {
                 w.spare_asked = true;
                 self.prepare_spare(w.seg);
             }
@@ -1473,19 +1517,80 @@ mod tests {
         }
     }
 
-    /// Fills the first segment just past [`PREPARE_AT`]; returns the next offset and how many
-    /// 1 MiB records a segment holds.
-    fn fill_past_half(e: &SegmentsEngine) -> (u64, u64) {
+    /// A segment's size in MiB (it holds one 1 MiB record fewer, with their frames).
+    const PER_SEGMENT: u64 = SEGMENT_BYTES / (1024 * 1024);
+
+    /// From a sparse active segment: one 1 MiB record at `from` (the segment then holds
+    /// [`EARLY_SPARE_AT`]), waits for the spare, and commits one small record, which goes to
+    /// the zeroed segment. Returns the next offset.
+    fn leave_the_sparse_segment(e: &SegmentsEngine, from: u64) -> u64 {
+        put_big(e, from..from + 1);
+        assert_eq!(settled_spare(e), "ready");
+        put(e, "a", from + 1..from + 2, b"next");
+        from + 2
+    }
+
+    /// Fills the active segment, which holds little, just past [`PREPARE_AT`] from offset
+    /// `from`; returns the next offset.
+    fn fill_past_half(e: &SegmentsEngine, from: u64) -> u64 {
         let half = PREPARE_AT / (1024 * 1024) + 1;
-        put_big(e, 0..half);
-        (half, SEGMENT_BYTES / (1024 * 1024))
+        put_big(e, from..from + half);
+        from + half
+    }
+
+    #[test]
+    fn a_fresh_store_leaves_its_sparse_first_segment_for_a_zeroed_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        put(&e, "a", 0..10, b"small");
+        assert_eq!(
+            e.spare_state(),
+            "none",
+            "a store written a little zeroes nothing"
+        );
+        assert!(spares(dir.path()).is_empty());
+        let next = leave_the_sparse_segment(&e, 10);
+        assert!(spares(dir.path()).is_empty(), "the commit took the spare");
+        let second = last_segment(dir.path());
+        assert_eq!(segment_id(&second), Some(1));
+        assert!(
+            allocated(&second) >= SEGMENT_BYTES,
+            "the second segment is the zeroed one"
+        );
+        let first = segment_path(&dir.path().join(SEGMENTS_DIR), 0);
+        let first_len = std::fs::metadata(&first).expect("metadata").len();
+        assert!(
+            first_len < 2 * 1024 * 1024,
+            "the first segment ends where its records do: {first_len}"
+        );
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), (0..next).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn after_a_restart_the_rest_of_the_last_segment_is_left_for_a_zeroed_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let e = open(dir.path());
+            put(&e, "a", 0..10, b"before");
+        }
+        let e = open(dir.path());
+        let next = leave_the_sparse_segment(&e, 10);
+        let second = last_segment(dir.path());
+        assert_eq!(segment_id(&second), Some(1));
+        assert!(allocated(&second) >= SEGMENT_BYTES);
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), (0..next).collect::<Vec<_>>());
     }
 
     #[test]
     fn the_next_segment_is_zeroed_ahead_and_the_rotation_takes_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        let (half, per_segment) = fill_past_half(&e);
+        let start = leave_the_sparse_segment(&e, 0);
+        let next = fill_past_half(&e, start);
         assert_eq!(settled_spare(&e), "ready");
         let spare = spares(dir.path());
         assert_eq!(spare.len(), 1, "one spare: {spare:?}");
@@ -1493,17 +1598,25 @@ mod tests {
             allocated(&spare[0]) >= SEGMENT_BYTES,
             "the spare's blocks are written"
         );
-        put_big(&e, half..per_segment + 2);
+        assert_eq!(
+            segment_id(&last_segment(dir.path())),
+            Some(1),
+            "not left early"
+        );
+        put_big(&e, next..start + PER_SEGMENT + 2);
         assert!(spares(dir.path()).is_empty(), "the rotation took the spare");
-        let second = last_segment(dir.path());
-        assert_eq!(segment_id(&second), Some(1));
+        let third = last_segment(dir.path());
+        assert_eq!(segment_id(&third), Some(2));
         assert!(
-            allocated(&second) >= SEGMENT_BYTES,
-            "the second segment is the zeroed one"
+            allocated(&third) >= SEGMENT_BYTES,
+            "the third segment is the zeroed one"
         );
         drop(e);
         let e = open(dir.path());
-        assert_eq!(offsets(&e, "a"), (0..per_segment + 2).collect::<Vec<_>>());
+        assert_eq!(
+            offsets(&e, "a"),
+            (0..start + PER_SEGMENT + 2).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -1512,21 +1625,41 @@ mod tests {
         let e = open(dir.path());
         // As on a full disk: the spare's file is created, its zeros cannot be written.
         test_faults::fail_spares(dir.path());
-        let (half, per_segment) = fill_past_half(&e);
+        put_big(&e, 0..1);
         assert_eq!(settled_spare(&e), "none");
         assert!(spares(dir.path()).is_empty(), "the failed spare is removed");
-        put_big(&e, half..per_segment + 2);
+        put_big(&e, 1..PER_SEGMENT + 2);
         let second = last_segment(dir.path());
         assert_eq!(segment_id(&second), Some(1));
         assert!(allocated(&second) < SEGMENT_BYTES, "created sparse");
-        assert_eq!(offsets(&e, "a"), (0..per_segment + 2).collect::<Vec<_>>());
+        assert_eq!(offsets(&e, "a"), (0..PER_SEGMENT + 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_segment_created_sparse_for_want_of_a_spare_is_left_for_one_once_it_is_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        test_faults::fail_spares(dir.path());
+        put_big(&e, 0..1);
+        assert_eq!(settled_spare(&e), "none");
+        test_faults::heal_spares(dir.path());
+        // The first segment asked for its spare once: the rotation finds none.
+        put_big(&e, 1..PER_SEGMENT);
+        let second = last_segment(dir.path());
+        assert_eq!(segment_id(&second), Some(1));
+        assert!(allocated(&second) < SEGMENT_BYTES, "created sparse");
+        let next = leave_the_sparse_segment(&e, PER_SEGMENT);
+        let third = last_segment(dir.path());
+        assert_eq!(segment_id(&third), Some(2));
+        assert!(allocated(&third) >= SEGMENT_BYTES, "the zeroed one");
+        assert_eq!(offsets(&e, "a"), (0..next).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_spare_ready_when_the_engine_closes_is_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        fill_past_half(&e);
+        put_big(&e, 0..1);
         assert_eq!(settled_spare(&e), "ready");
         assert_eq!(spares(dir.path()).len(), 1);
         drop(e);
