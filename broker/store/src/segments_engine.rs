@@ -13,7 +13,8 @@
 //! spare ready creates the segment sparse. A segment whose room is sparse (that one, a fresh
 //! store's first, and the last one's room after a restart) asks for a spare once it holds
 //! [`EARLY_SPARE_AT`], and is left for the spare as soon as it is ready, shortened to its
-//! records. Which record lies where is kept in memory (an
+//! records. No spare is written while the file system has less than [`SPARE_NEEDS_FREE`] free:
+//! the zeros must not take the room the events need. Which record lies where is kept in memory (an
 //! index of some 24 bytes per record), rebuilt from the files at open: reading stops at the first
 //! frame that is zeros, incomplete or fails its CRC, and whatever lies past that point in the
 //! last segment is dropped (the torn tail of a commit that never finished: no stale frame of it
@@ -70,6 +71,10 @@ const PREPARE_AT: u64 = SEGMENT_BYTES / 2;
 /// bytes, and is left for it as soon as it is ready; a store written only a little (a test, a
 /// quiet broker) never zeroes a segment.
 const EARLY_SPARE_AT: u64 = 1024 * 1024;
+/// A spare is written only while the file system has this much free space (the spare, the rest
+/// of the active segment and as much again): on a nearly full disk the zeros would take the room
+/// the events need, so its segments stay sparse.
+const SPARE_NEEDS_FREE: u64 = 3 * SEGMENT_BYTES;
 /// Zeros written (and synced) per step while a spare is prepared.
 const ZERO_CHUNK: usize = 1024 * 1024;
 /// The pause between two steps of a spare (64 steps: some 0.1 s of pauses per spare).
@@ -783,6 +788,22 @@ fn write_spare(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Whether the file system of `seg_dir` has [`SPARE_NEEDS_FREE`] bytes free for unprivileged
+/// use (no when that cannot be told: the segment is then created sparse, as without spares).
+fn room_for_a_spare(seg_dir: &Path) -> bool {
+    #[cfg(test)]
+    if let Some(free) = test_faults::free_space(seg_dir) {
+        return free >= SPARE_NEEDS_FREE;
+    }
+    match rustix::fs::statvfs(seg_dir) {
+        Ok(st) => st.f_bavail.saturating_mul(st.f_frsize) >= SPARE_NEEDS_FREE,
+        Err(e) => {
+            tracing::debug!(error = %e, "store: could not read the free space; the next segment is not zeroed ahead");
+            false
+        }
+    }
+}
+
 fn record_key_of(prefix: &[u8], offset: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + 8);
     k.extend_from_slice(prefix);
@@ -807,6 +828,9 @@ impl SegmentsEngine {
         {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
             if !matches!(*spare, Spare::None) {
+                return;
+            }
+            if !room_for_a_spare(&self.dir) {
                 return;
             }
             *spare = Spare::Preparing;
@@ -930,6 +954,25 @@ pub(crate) mod test_faults {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(seg_dir);
+    }
+
+    static FREE_SPACE: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
+
+    /// The file system of the store in `dir` reads as having `bytes` free.
+    pub(crate) fn set_free_space(dir: &Path, bytes: u64) {
+        let seg_dir = dir.join(super::SEGMENTS_DIR);
+        let mut f = FREE_SPACE.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|(d, _)| *d != seg_dir);
+        f.push((seg_dir, bytes));
+    }
+
+    pub(super) fn free_space(seg_dir: &Path) -> Option<u64> {
+        FREE_SPACE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(d, _)| d == seg_dir)
+            .map(|(_, n)| *n)
     }
 
     /// The spares of the store in `dir` can be written again.
@@ -1538,6 +1581,37 @@ mod tests {
         from + half
     }
 
+    /// The last segment is segment `id`, and its blocks are written (zeroed ahead).
+    fn zeroed_last_segment(dir: &Path, id: u32) {
+        let last = last_segment(dir);
+        assert_eq!(segment_id(&last), Some(id));
+        assert!(allocated(&last) >= SEGMENT_BYTES, "segment {id} is zeroed");
+    }
+
+    /// The last segment is segment `id`, created sparse.
+    fn sparse_last_segment(dir: &Path, id: u32) {
+        let last = last_segment(dir);
+        assert_eq!(segment_id(&last), Some(id));
+        assert!(allocated(&last) < SEGMENT_BYTES, "segment {id} is sparse");
+    }
+
+    /// A fresh store whose first spare fails, as on a full disk (the spare's file is created,
+    /// its zeros cannot be written), after one 1 MiB record at offset 0.
+    fn first_spare_failed(dir: &Path) -> SegmentsEngine {
+        let e = open(dir);
+        test_faults::fail_spares(dir);
+        put_big(&e, 0..1);
+        assert_eq!(settled_spare(&e), "none");
+        e
+    }
+
+    /// Reopened, the store in `dir` holds log `a`'s offsets `0..next`.
+    fn reopened_holds(e: SegmentsEngine, dir: &Path, next: u64) {
+        drop(e);
+        let e = open(dir);
+        assert_eq!(offsets(&e, "a"), (0..next).collect::<Vec<_>>());
+    }
+
     #[test]
     fn a_fresh_store_leaves_its_sparse_first_segment_for_a_zeroed_one() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1551,21 +1625,14 @@ mod tests {
         assert!(spares(dir.path()).is_empty());
         let next = leave_the_sparse_segment(&e, 10);
         assert!(spares(dir.path()).is_empty(), "the commit took the spare");
-        let second = last_segment(dir.path());
-        assert_eq!(segment_id(&second), Some(1));
-        assert!(
-            allocated(&second) >= SEGMENT_BYTES,
-            "the second segment is the zeroed one"
-        );
+        zeroed_last_segment(dir.path(), 1);
         let first = segment_path(&dir.path().join(SEGMENTS_DIR), 0);
         let first_len = std::fs::metadata(&first).expect("metadata").len();
         assert!(
             first_len < 2 * 1024 * 1024,
             "the first segment ends where its records do: {first_len}"
         );
-        drop(e);
-        let e = open(dir.path());
-        assert_eq!(offsets(&e, "a"), (0..next).collect::<Vec<_>>());
+        reopened_holds(e, dir.path(), next);
     }
 
     #[test]
@@ -1577,12 +1644,8 @@ mod tests {
         }
         let e = open(dir.path());
         let next = leave_the_sparse_segment(&e, 10);
-        let second = last_segment(dir.path());
-        assert_eq!(segment_id(&second), Some(1));
-        assert!(allocated(&second) >= SEGMENT_BYTES);
-        drop(e);
-        let e = open(dir.path());
-        assert_eq!(offsets(&e, "a"), (0..next).collect::<Vec<_>>());
+        zeroed_last_segment(dir.path(), 1);
+        reopened_holds(e, dir.path(), next);
     }
 
     #[test]
@@ -1605,54 +1668,49 @@ mod tests {
         );
         put_big(&e, next..start + PER_SEGMENT + 2);
         assert!(spares(dir.path()).is_empty(), "the rotation took the spare");
-        let third = last_segment(dir.path());
-        assert_eq!(segment_id(&third), Some(2));
-        assert!(
-            allocated(&third) >= SEGMENT_BYTES,
-            "the third segment is the zeroed one"
-        );
-        drop(e);
-        let e = open(dir.path());
-        assert_eq!(
-            offsets(&e, "a"),
-            (0..start + PER_SEGMENT + 2).collect::<Vec<_>>()
-        );
+        zeroed_last_segment(dir.path(), 2);
+        reopened_holds(e, dir.path(), start + PER_SEGMENT + 2);
     }
 
     #[test]
     fn a_spare_that_cannot_be_written_leaves_the_next_segment_sparse_and_nothing_lost() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let e = open(dir.path());
-        // As on a full disk: the spare's file is created, its zeros cannot be written.
-        test_faults::fail_spares(dir.path());
-        put_big(&e, 0..1);
-        assert_eq!(settled_spare(&e), "none");
+        let e = first_spare_failed(dir.path());
         assert!(spares(dir.path()).is_empty(), "the failed spare is removed");
         put_big(&e, 1..PER_SEGMENT + 2);
-        let second = last_segment(dir.path());
-        assert_eq!(segment_id(&second), Some(1));
-        assert!(allocated(&second) < SEGMENT_BYTES, "created sparse");
+        sparse_last_segment(dir.path(), 1);
         assert_eq!(offsets(&e, "a"), (0..PER_SEGMENT + 2).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_segment_created_sparse_for_want_of_a_spare_is_left_for_one_once_it_is_ready() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let e = open(dir.path());
-        test_faults::fail_spares(dir.path());
-        put_big(&e, 0..1);
-        assert_eq!(settled_spare(&e), "none");
+        let e = first_spare_failed(dir.path());
         test_faults::heal_spares(dir.path());
         // The first segment asked for its spare once: the rotation finds none.
         put_big(&e, 1..PER_SEGMENT);
-        let second = last_segment(dir.path());
-        assert_eq!(segment_id(&second), Some(1));
-        assert!(allocated(&second) < SEGMENT_BYTES, "created sparse");
+        sparse_last_segment(dir.path(), 1);
         let next = leave_the_sparse_segment(&e, PER_SEGMENT);
-        let third = last_segment(dir.path());
-        assert_eq!(segment_id(&third), Some(2));
-        assert!(allocated(&third) >= SEGMENT_BYTES, "the zeroed one");
-        assert_eq!(offsets(&e, "a"), (0..next).collect::<Vec<_>>());
+        zeroed_last_segment(dir.path(), 2);
+        reopened_holds(e, dir.path(), next);
+    }
+
+    #[test]
+    fn a_disk_short_of_room_for_a_spare_keeps_its_segments_sparse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        test_faults::set_free_space(dir.path(), SPARE_NEEDS_FREE - 1);
+        put_big(&e, 0..PER_SEGMENT + 1);
+        assert_eq!(e.spare_state(), "none", "no spare was started");
+        assert!(spares(dir.path()).is_empty());
+        sparse_last_segment(dir.path(), 1);
+        // With room again, a segment asks at its next chance: here, the store reopened.
+        test_faults::set_free_space(dir.path(), SPARE_NEEDS_FREE);
+        drop(e);
+        let e = open(dir.path());
+        let next = leave_the_sparse_segment(&e, PER_SEGMENT + 1);
+        zeroed_last_segment(dir.path(), 2);
+        reopened_holds(e, dir.path(), next);
     }
 
     #[test]
