@@ -2,7 +2,8 @@
 //! blocked with every slot in flight), several filtered triggers and a replying trigger: after a
 //! restart on the same data dir every accepted event reaches exactly the triggers its filters
 //! select, the restarted process does the delivering, and duplicates stay within what was in
-//! flight.
+//! flight. Also a restart on another storage engine: a store the fjall engine wrote, opened by
+//! the default one, delivers the events it held.
 
 mod common;
 
@@ -258,4 +259,50 @@ spec:
         "duplicates beyond what was in flight: replier {replier_dups}, receipts {receipts_dups} \
          (at the kill: {replier_at_kill}, {receipts_at_kill} requests)"
     );
+}
+
+/// A data directory the fjall engine wrote (`--storage-engine fjall`, the default before
+/// segments) opened by the default engine: the events it held, still waiting for their
+/// subscriber, are moved into segments and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_waiting_in_a_store_the_fjall_engine_wrote_are_delivered_by_the_default_engine() {
+    let sink = TestSink::start().await;
+    sink.always(Reply::Status(503));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let yaml = broker_and_trigger(
+        &sink,
+        "  delivery: {retry: 1000, backoffPolicy: linear, backoffDelay: PT0.1S}",
+    );
+    let first = mesh_at(&data, &yaml, |o| evmesh::Options {
+        engine: evmesh::evmesh_store::EngineKind::Fjall,
+        ..o
+    })
+    .await;
+    let url = mesh_url(&first, "/demo/default");
+    let ids: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
+    for id in &ids {
+        post_ok(&url, event(id, "t")).await;
+    }
+    eventually(
+        "the subscriber refused an attempt",
+        Duration::from_secs(10),
+        || sink.count() > 0,
+    )
+    .await;
+    first.shutdown().await;
+
+    sink.always(Reply::Status(202));
+    let switched = std::time::Instant::now();
+    let second = mesh_at(&data, &yaml, |o| o).await;
+    eventually(
+        "every event delivered by the default engine",
+        Duration::from_secs(30),
+        || {
+            let got = as_set(&ids_after(&sink, switched));
+            ids.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    second.shutdown().await;
 }
