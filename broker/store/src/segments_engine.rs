@@ -762,8 +762,9 @@ fn remove_spares(seg_dir: &Path) -> Result<()> {
 }
 
 /// Writes a spare at `path`: [`SEGMENT_BYTES`] of zeros, synced with its size, so that a
-/// rotation can rename it into place.
-fn write_spare(path: &Path) -> std::io::Result<File> {
+/// rotation can rename it into place. Stops between two steps once `wanted` says no (its engine
+/// was dropped): `None`, the file left for the caller to remove.
+fn write_spare(path: &Path, wanted: impl Fn() -> bool) -> std::io::Result<Option<File>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -779,13 +780,20 @@ fn write_spare(path: &Path) -> std::io::Result<File> {
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut at = 0;
     while at < SEGMENT_BYTES {
+        if !wanted() {
+            return Ok(None);
+        }
+        #[cfg(test)]
+        if let Some(dir) = path.parent() {
+            test_faults::spare_step(dir);
+        }
         file.write_all_at(&zeros, at)?;
         file.sync_data()?;
         at += ZERO_CHUNK as u64;
         std::thread::sleep(ZERO_PAUSE);
     }
     file.sync_all()?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// Whether the file system of `seg_dir` has [`SPARE_NEEDS_FREE`] bytes free for unprivileged
@@ -849,17 +857,25 @@ impl SegmentsEngine {
         let spawned = std::thread::Builder::new()
             .name("evmesh-segment-spare".into())
             .spawn(move || {
-                let result = write_spare(&path);
+                let result = write_spare(&path, || state.strong_count() > 0);
+                #[cfg(test)]
+                let _finished = test_faults::SpareFinished(path.parent().map(Path::to_path_buf));
                 let Some(state) = state.upgrade() else {
+                    // The engine is gone (dropped, or reopened after a failure).
                     let _ = std::fs::remove_file(&path);
                     return;
                 };
                 let mut spare = state.lock().unwrap_or_else(|e| e.into_inner());
                 *spare = match result {
-                    Ok(file) => Spare::Ready(ReadySpare {
+                    Ok(Some(file)) => Spare::Ready(ReadySpare {
                         path,
                         file: Some(file),
                     }),
+                    // Stopped because the engine was gone, which `upgrade` would have seen.
+                    Ok(None) => {
+                        let _ = std::fs::remove_file(&path);
+                        Spare::None
+                    }
                     Err(e) => {
                         tracing::warn!(spare = %path.display(), error = %e, "store: could not zero the next segment ahead; it will be created sparse");
                         let _ = std::fs::remove_file(&path);
@@ -929,78 +945,114 @@ impl SegmentsEngine {
     }
 }
 
-/// Sync failures injected by tests, per store directory.
+/// Faults and probes for tests, per store directory.
 #[cfg(test)]
 pub(crate) mod test_faults {
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
-    static FAILS: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+    /// A value per segments folder.
+    type PerDir<T> = Mutex<Vec<(PathBuf, T)>>;
+
+    fn seg_dir(dir: &Path) -> PathBuf {
+        dir.join(super::SEGMENTS_DIR)
+    }
+
+    fn set<T>(list: &PerDir<T>, seg_dir: PathBuf, value: T) {
+        let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|(d, _)| *d != seg_dir);
+        l.push((seg_dir, value));
+    }
+
+    /// Applies `f` to the value of `seg_dir` (`None` when it has none) and returns what it gives.
+    fn with<T, R>(list: &PerDir<T>, seg_dir: &Path, f: impl FnOnce(Option<&mut T>) -> R) -> R {
+        let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+        f(l.iter_mut().find(|(d, _)| d == seg_dir).map(|(_, v)| v))
+    }
+
+    static SYNC_FAILS: PerDir<usize> = Mutex::new(Vec::new());
+    static SPARE_FAILS: PerDir<bool> = Mutex::new(Vec::new());
+    static FREE_SPACE: PerDir<u64> = Mutex::new(Vec::new());
+    static SLOW_SPARES: PerDir<bool> = Mutex::new(Vec::new());
+    /// Steps of zeros written to spares, and spare threads finished.
+    static SPARE_PROGRESS: PerDir<(usize, usize)> = Mutex::new(Vec::new());
 
     /// The next `n` segment syncs of the store in `dir` fail.
     pub(crate) fn fail_syncs(dir: &Path, n: usize) {
-        let seg_dir = dir.join(super::SEGMENTS_DIR);
-        let mut f = FAILS.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|(d, _)| *d != seg_dir);
-        f.push((seg_dir, n));
+        set(&SYNC_FAILS, seg_dir(dir), n);
     }
 
-    static SPARE_FAILS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    pub(super) fn sync_fails(seg_dir: &Path) -> bool {
+        with(&SYNC_FAILS, seg_dir, |n| match n {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        })
+    }
 
     /// Every spare of the store in `dir` fails to be written (after its file is created).
     pub(crate) fn fail_spares(dir: &Path) {
-        let seg_dir = dir.join(super::SEGMENTS_DIR);
-        SPARE_FAILS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(seg_dir);
-    }
-
-    static FREE_SPACE: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
-
-    /// The file system of the store in `dir` reads as having `bytes` free.
-    pub(crate) fn set_free_space(dir: &Path, bytes: u64) {
-        let seg_dir = dir.join(super::SEGMENTS_DIR);
-        let mut f = FREE_SPACE.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|(d, _)| *d != seg_dir);
-        f.push((seg_dir, bytes));
-    }
-
-    pub(super) fn free_space(seg_dir: &Path) -> Option<u64> {
-        FREE_SPACE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(d, _)| d == seg_dir)
-            .map(|(_, n)| *n)
+        set(&SPARE_FAILS, seg_dir(dir), true);
     }
 
     /// The spares of the store in `dir` can be written again.
     pub(crate) fn heal_spares(dir: &Path) {
-        let seg_dir = dir.join(super::SEGMENTS_DIR);
-        SPARE_FAILS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|d| *d != seg_dir);
+        set(&SPARE_FAILS, seg_dir(dir), false);
     }
 
     pub(super) fn spare_fails(seg_dir: &Path) -> bool {
-        SPARE_FAILS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|d| d == seg_dir)
+        with(&SPARE_FAILS, seg_dir, |f| f.is_some_and(|f| *f))
     }
 
-    pub(super) fn sync_fails(seg_dir: &Path) -> bool {
-        let mut f = FAILS.lock().unwrap_or_else(|e| e.into_inner());
-        match f.iter_mut().find(|(d, n)| d == seg_dir && *n > 0) {
-            Some((_, n)) => {
-                *n -= 1;
-                true
-            }
-            None => false,
+    /// The file system of the store in `dir` reads as having `bytes` free.
+    pub(crate) fn set_free_space(dir: &Path, bytes: u64) {
+        set(&FREE_SPACE, seg_dir(dir), bytes);
+    }
+
+    pub(super) fn free_space(seg_dir: &Path) -> Option<u64> {
+        with(&FREE_SPACE, seg_dir, |f| f.map(|f| *f))
+    }
+
+    /// Each step of a spare of the store in `dir` takes 20 ms more.
+    pub(crate) fn slow_spares(dir: &Path) {
+        set(&SLOW_SPARES, seg_dir(dir), true);
+    }
+
+    fn progress(seg_dir: &Path, steps: usize, finished: usize) {
+        let added = with(&SPARE_PROGRESS, seg_dir, |p| {
+            p.map(|(s, f)| {
+                *s += steps;
+                *f += finished;
+            })
+        });
+        if added.is_none() {
+            set(&SPARE_PROGRESS, seg_dir.to_path_buf(), (steps, finished));
         }
+    }
+
+    pub(super) fn spare_step(seg_dir: &Path) {
+        progress(seg_dir, 1, 0);
+        if with(&SLOW_SPARES, seg_dir, |s| s.is_some_and(|s| *s)) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Marks a spare's thread finished (with everything it removes removed) when dropped.
+    pub(super) struct SpareFinished(pub(super) Option<PathBuf>);
+
+    impl Drop for SpareFinished {
+        fn drop(&mut self) {
+            if let Some(d) = &self.0 {
+                progress(d, 0, 1);
+            }
+        }
+    }
+
+    /// Steps of zeros written to the spares of the store in `dir`, and spare threads finished.
+    pub(crate) fn spare_progress(dir: &Path) -> (usize, usize) {
+        with(&SPARE_PROGRESS, &seg_dir(dir), |p| p.map_or((0, 0), |p| *p))
     }
 }
 
@@ -1711,6 +1763,25 @@ mod tests {
         let next = leave_the_sparse_segment(&e, PER_SEGMENT + 1);
         zeroed_last_segment(dir.path(), 2);
         reopened_holds(e, dir.path(), next);
+    }
+
+    #[test]
+    fn a_spare_being_written_when_the_engine_closes_stops_and_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        test_faults::slow_spares(dir.path());
+        put_big(&e, 0..1);
+        assert_eq!(e.spare_state(), "preparing");
+        drop(e);
+        let until = Instant::now() + Duration::from_secs(60);
+        while test_faults::spare_progress(dir.path()).1 == 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (steps, finished) = test_faults::spare_progress(dir.path());
+        assert_eq!(finished, 1, "the spare's thread ended");
+        let all = SEGMENT_BYTES / ZERO_CHUNK as u64;
+        assert!((steps as u64) < all, "stopped after {steps} of {all} steps");
+        assert!(spares(dir.path()).is_empty(), "its file is removed");
     }
 
     #[test]
