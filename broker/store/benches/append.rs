@@ -94,8 +94,8 @@ fn append_1_sequential(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(KvEventStore::open(kind, dir.path()).expect("open"));
         let log = LogId::new("bench/seq");
-        // A store that has run a while: on segments the first segment, created sparse, is
-        // then behind the writer (the ones after it are zeroed ahead).
+        // A store that has run a while: on segments the writer is then in a segment zeroed
+        // ahead, with the next spare asked for (not in the first seconds of a fresh store).
         rt.block_on(append_concurrently(
             &store,
             &log,
