@@ -14,11 +14,12 @@
 //! store's first, and the last one's room after a restart) asks for a spare once it holds
 //! [`EARLY_SPARE_AT`], and is left for the spare as soon as it is ready, shortened to its
 //! records. No spare is written while the file system has less than [`SPARE_NEEDS_FREE`] free:
-//! the zeros must not take the room the events need. Which record lies where is kept in memory (an
-//! index of some 24 bytes per record), rebuilt from the files at open: reading stops at the first
-//! frame that is zeros, incomplete or fails its CRC, and whatever lies past that point in the
-//! last segment is dropped (the torn tail of a commit that never finished: no stale frame of it
-//! can come to follow the frames written after the restart). A record whose
+//! the zeros must not take the room the events need; a segment whose spare was skipped or
+//! failed asks again every [`SPARE_ASK_AGAIN_AFTER`] written. Which record lies where is kept
+//! in memory (an index of some 24 bytes per record), rebuilt from the files at open: reading
+//! stops at the first frame that is zeros, incomplete or fails its CRC, and whatever lies past
+//! that point in the last segment is dropped (the torn tail of a commit that never finished: no
+//! stale frame of it can come to follow the frames written after the restart). A record whose
 //! offset is not above the last one read for its log replaces that one and everything after it
 //! (a failed commit's offsets are given out again). Retention drops a log's records below its
 //! first offset from the index; a segment none of whose records any log still holds is deleted.
@@ -75,6 +76,10 @@ const EARLY_SPARE_AT: u64 = 1024 * 1024;
 /// of the active segment and as much again): on a nearly full disk the zeros would take the room
 /// the events need, so its segments stay sparse.
 const SPARE_NEEDS_FREE: u64 = 3 * SEGMENT_BYTES;
+/// A segment whose spare could not be had (skipped for want of free space, or failed) asks
+/// again once this many more bytes are written to it, so that room that returns is used
+/// without waiting for the next segment or a restart.
+const SPARE_ASK_AGAIN_AFTER: u64 = 8 * 1024 * 1024;
 /// Zeros written (and synced) per step while a spare is prepared.
 const ZERO_CHUNK: usize = 1024 * 1024;
 /// The pause between two steps of a spare (64 steps: some 0.1 s of pauses per spare).
@@ -205,8 +210,10 @@ struct Writer {
     last_meta_sync: Instant,
     /// Metadata or checkpoints were handed to the OS since the last sync.
     meta_unsynced: bool,
-    /// A spare was asked for while this segment is written (at most once per segment).
-    spare_asked: bool,
+    /// The segment's length at which a spare is asked for next ([`EARLY_SPARE_AT`] or
+    /// [`PREPARE_AT`], then every [`SPARE_ASK_AGAIN_AFTER`] while none is ready or being
+    /// written).
+    spare_due: u64,
     /// The segment's room is sparse (not zeroed ahead): it is left for a spare as soon as one
     /// is ready.
     sparse: bool,
@@ -487,9 +494,9 @@ impl SegmentsEngine {
                 failed: None,
                 last_meta_sync: Instant::now(),
                 meta_unsynced: false,
-                spare_asked: false,
                 // A fresh segment is created sparse, and the last one's room is cut back to
                 // sparse above.
+                spare_due: EARLY_SPARE_AT,
                 sparse: true,
             }),
             active: AtomicU32::new(seg),
@@ -644,8 +651,8 @@ impl SegmentsEngine {
         w.seg = seg;
         w.file = file;
         w.len = 0;
-        w.spare_asked = false;
         w.sparse = !zeroed;
+        w.spare_due = if zeroed { PREPARE_AT } else { EARLY_SPARE_AT };
         // The segment left may hold nothing any more.
         self.delete_dead();
         Ok(())
@@ -830,8 +837,10 @@ impl SegmentsEngine {
     }
 
     /// Starts zeroing the segment after `active` on a thread of its own, unless a spare is
-    /// ready or being written or the file system is short of room ([`SPARE_NEEDS_FREE`]). A spare that cannot be written (a full disk) is removed: the
-    /// rotation then creates the segment sparse, and the next segment asks again.
+    /// ready or being written or the file system is short of room ([`SPARE_NEEDS_FREE`]). A
+    /// spare that cannot be written (a full disk) is removed: the rotation then creates the
+    /// segment sparse, unless the active segment's next ask ([`SPARE_ASK_AGAIN_AFTER`]) gets
+    /// one first.
     fn prepare_spare(&self, active: u32) {
         {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
@@ -1127,9 +1136,8 @@ impl KvEngine for SegmentsEngine {
                 return Err(engine_err(e));
             }
             w.len = base + frames.len() as u64;
-            let due = if w.sparse { EARLY_SPARE_AT } else { PREPARE_AT };
-            if w.len >= due && !w.spare_asked {
-                w.spare_asked = true;
+            if w.len >= w.spare_due {
+                w.spare_due = w.len.saturating_add(SPARE_ASK_AGAIN_AFTER);
                 self.prepare_spare(w.seg);
             }
         }
@@ -1627,6 +1635,23 @@ mod tests {
         from + 2
     }
 
+    /// From an active segment whose spare was skipped or failed: 1 MiB records from `from`
+    /// until it asks for a spare again (after at most [`SPARE_ASK_AGAIN_AFTER`] and one more
+    /// record), then waits for the spare and commits one small record, which goes to the
+    /// zeroed segment. Returns the next offset.
+    fn ask_again_and_leave(e: &SegmentsEngine, from: u64) -> u64 {
+        let most = SPARE_ASK_AGAIN_AFTER / (1024 * 1024) + 1;
+        let mut next = from;
+        while e.spare_state() == "none" {
+            assert!(next < from + most, "no spare asked for after {most} MiB");
+            put_big(e, next..next + 1);
+            next += 1;
+        }
+        assert_eq!(settled_spare(e), "ready");
+        put(e, "a", next..next + 1, b"next");
+        next + 1
+    }
+
     /// Fills the active segment, which holds little, just past [`PREPARE_AT`] from offset
     /// `from`; returns the next offset.
     fn fill_past_half(e: &SegmentsEngine, from: u64) -> u64 {
@@ -1737,14 +1762,25 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_created_sparse_for_want_of_a_spare_is_left_for_one_once_it_is_ready() {
+    fn a_segment_whose_spare_failed_asks_again_and_is_left_for_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = first_spare_failed(dir.path());
         test_faults::heal_spares(dir.path());
-        // The first segment asked for its spare once: the rotation finds none.
+        let next = ask_again_and_leave(&e, 1);
+        zeroed_last_segment(dir.path(), 1);
+        reopened_holds(e, dir.path(), next);
+    }
+
+    #[test]
+    fn a_segment_created_sparse_for_want_of_a_spare_is_left_for_one_once_it_is_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = first_spare_failed(dir.path());
+        // Every spare of the first segment fails: the rotation finds none.
         put_big(&e, 1..PER_SEGMENT);
+        assert_eq!(settled_spare(&e), "none");
         sparse_last_segment(dir.path(), 1);
-        let next = leave_the_sparse_segment(&e, PER_SEGMENT);
+        test_faults::heal_spares(dir.path());
+        let next = ask_again_and_leave(&e, PER_SEGMENT);
         zeroed_last_segment(dir.path(), 2);
         reopened_holds(e, dir.path(), next);
     }
@@ -1758,11 +1794,9 @@ mod tests {
         assert_eq!(e.spare_state(), "none", "no spare was started");
         assert!(spares(dir.path()).is_empty());
         sparse_last_segment(dir.path(), 1);
-        // With room again, a segment asks at its next chance: here, the store reopened.
+        // With room again, the active segment asks again and is left for the spare.
         test_faults::set_free_space(dir.path(), SPARE_NEEDS_FREE);
-        drop(e);
-        let e = open(dir.path());
-        let next = leave_the_sparse_segment(&e, PER_SEGMENT + 1);
+        let next = ask_again_and_leave(&e, PER_SEGMENT + 1);
         zeroed_last_segment(dir.path(), 2);
         reopened_holds(e, dir.path(), next);
     }
