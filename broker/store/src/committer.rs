@@ -221,6 +221,7 @@ impl Committer {
             if open && !reqs.iter().any(Request::is_urgent) {
                 open = linger(&rx, &mut reqs);
             }
+            policy.commit_starts();
             let appends = self.process(reqs);
             policy.observe(appends);
             self.counters
@@ -554,11 +555,15 @@ pub(crate) const BUSY_FOR: Duration = Duration::from_millis(50);
 
 /// The group-commit thread's scheduling policy on Linux, following the load. While group commits
 /// are large (at least [`BUSY_BATCH`] appends: requests arrive faster than one commit takes)
-/// the thread runs under `SCHED_BATCH`: the same share of the CPU and the same nice value, but
-/// waking it does not preempt a running thread. An append then waits for a request thread to
-/// yield (or for its time slice to end) instead of interrupting it, more appends join each
-/// commit, and fewer commits (each an `fdatasync` and several context switches) cost less CPU
-/// per event. After [`QUIET_COMMITS`] commits in a row of one append each, or when a request
+/// the thread waits for requests under `SCHED_BATCH`: the same share of the CPU and the same
+/// nice value, but waking it does not preempt a running thread. An append then waits for a
+/// request thread to yield (or for its time slice to end) instead of interrupting it, more
+/// appends join each commit, and fewer commits (each an `fdatasync` and several context
+/// switches) cost less CPU per event. Each commit itself runs under the normal policy
+/// ([`SchedPolicy::commit_starts`]), so that the end of its `fdatasync` wakes the thread at once
+/// to answer the appends that waited for it (under `SCHED_BATCH` it waited for a CPU there too,
+/// most of a millisecond per commit in the closed loop, while every sender of the commit
+/// waited; BENCHMARKS.md §9). After [`QUIET_COMMITS`] commits in a row of one append each, or when a request
 /// comes [`BUSY_FOR`] or more after the last large commit, it goes back to the normal policy,
 /// so that at a light load (or after a load stopped) a commit starts the moment its request
 /// arrives (with `SCHED_BATCH` all the time, the 1,000 ev/s open loop's p99.9 was 3.5–8.7 ms
@@ -567,7 +572,10 @@ pub(crate) const BUSY_FOR: Duration = Duration::from_millis(50);
 /// nice value), as it is after the kernel refused once, and off Linux.
 pub(crate) struct SchedPolicy {
     allowed: bool,
+    /// Group commits are large: the thread waits for requests under `SCHED_BATCH`.
     batch: bool,
+    /// The thread runs under `SCHED_BATCH` now (while it waits, when `batch`; never in a commit).
+    os_batch: bool,
     /// Quiet commits in a row.
     quiet: usize,
     /// When the last large group commit ended.
@@ -580,14 +588,22 @@ impl SchedPolicy {
         SchedPolicy {
             allowed: cfg!(target_os = "linux") && policy_and_nice() == Some((0, 0)),
             batch: false,
+            os_batch: false,
             quiet: 0,
             last_busy: None,
         }
     }
 
-    /// Whether the thread runs under `SCHED_BATCH` now.
+    /// Whether the thread waits for requests under `SCHED_BATCH` (group commits are large).
     pub(crate) fn is_batch(&self) -> bool {
         self.batch
+    }
+
+    /// Called before a commit (on the committer's thread): the commit runs under the normal
+    /// policy, so that the end of its `fdatasync` preempts whatever runs to answer the appends.
+    /// [`SchedPolicy::observe`] puts the thread back under `SCHED_BATCH` after it.
+    pub(crate) fn commit_starts(&mut self) {
+        self.apply(false);
     }
 
     /// Called when the committer has a request to handle (on its thread, before the commit):
@@ -606,45 +622,46 @@ impl SchedPolicy {
                 .is_some_and(|t| now.saturating_duration_since(t) >= BUSY_FOR)
         {
             self.quiet = 0;
-            self.set(false);
+            self.batch = false;
+            self.apply(false);
         }
     }
 
-    /// Follows a group commit of `appends` appends (called on the committer's thread). A
-    /// commit without appends (checkpoints, retention) says nothing about the load.
+    /// Follows a group commit of `appends` appends (called on the committer's thread), and
+    /// sets the policy the thread waits under. A commit without appends (checkpoints,
+    /// retention) says nothing about the load.
     pub(crate) fn observe(&mut self, appends: usize) {
         self.observe_at(appends, Instant::now());
     }
 
     /// [`SchedPolicy::observe`] of a commit that ended at `now`.
     pub(crate) fn observe_at(&mut self, appends: usize, now: Instant) {
-        if appends == 0 {
-            return;
+        if appends > 0 {
+            self.quiet = if appends <= QUIET_BATCH {
+                self.quiet.saturating_add(1)
+            } else {
+                0
+            };
+            if appends >= BUSY_BATCH {
+                self.last_busy = Some(now);
+                self.batch = self.allowed;
+            } else if self.quiet >= QUIET_COMMITS {
+                self.batch = false;
+            }
         }
-        self.quiet = if appends <= QUIET_BATCH {
-            self.quiet.saturating_add(1)
-        } else {
-            0
-        };
-        let batch = if appends >= BUSY_BATCH {
-            self.last_busy = Some(now);
-            true
-        } else if self.quiet >= QUIET_COMMITS {
-            false
-        } else {
-            self.batch
-        };
-        self.set(batch);
+        self.apply(self.batch);
     }
 
-    fn set(&mut self, batch: bool) {
-        if !self.allowed || batch == self.batch {
+    /// Puts the thread under `SCHED_BATCH` (`true`) or the normal policy, unless it is there.
+    fn apply(&mut self, batch: bool) {
+        if !self.allowed || batch == self.os_batch {
             return;
         }
         match set_batch(batch) {
-            Ok(()) => self.batch = batch,
+            Ok(()) => self.os_batch = batch,
             Err(e) => {
                 self.allowed = false;
+                self.batch = self.os_batch;
                 tracing::debug!(error = %e, "the group-commit thread keeps its scheduling policy");
             }
         }

@@ -12,6 +12,8 @@ struct MemEngine {
     data: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     fail: AtomicBool,
     commits: AtomicUsize,
+    /// The scheduling policy each commit ran under (Linux).
+    commit_policies: Mutex<Vec<i64>>,
     /// While `hold` is set, scans wait (and count themselves in `waiting`).
     gate: Mutex<Gate>,
     gate_changed: Condvar,
@@ -42,6 +44,10 @@ impl KvEngine for MemEngine {
     fn commit(&self, batch: Batch) -> Result<()> {
         // Slow enough that concurrent appends queue up behind a commit.
         std::thread::sleep(std::time::Duration::from_millis(2));
+        #[cfg(target_os = "linux")]
+        if let Some((policy, _)) = crate::committer::policy_and_nice() {
+            self.commit_policies.lock().expect("lock").push(policy);
+        }
         if self.fail.load(Ordering::SeqCst) {
             return Err(StoreError::Engine("disk on fire".into()));
         }
@@ -397,6 +403,58 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
     })
     .join()
     .expect("thread");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_busy_commit_thread_waits_under_sched_batch_and_commits_under_the_normal_policy() {
+    use crate::committer::SchedPolicy;
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_BATCH: i64 = 3;
+    std::thread::spawn(|| {
+        if own_policy_and_nice() != (SCHED_OTHER, 0) {
+            eprintln!("started under another policy: left alone, as documented");
+            return;
+        }
+        let mut policy = SchedPolicy::new();
+        policy.commit_starts();
+        policy.observe(8);
+        assert_eq!(own_policy_and_nice(), (SCHED_BATCH, 0), "waits");
+        policy.commit_starts();
+        assert_eq!(own_policy_and_nice(), (SCHED_OTHER, 0), "commits");
+        assert!(policy.is_batch(), "still busy");
+        policy.observe(0);
+        assert_eq!(
+            own_policy_and_nice(),
+            (SCHED_BATCH, 0),
+            "waits again after a commit of checkpoints alone"
+        );
+    })
+    .join()
+    .expect("thread");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn under_load_every_group_commit_runs_under_the_normal_policy() {
+    if own_policy_and_nice() != (0, 0) {
+        eprintln!("started under another policy: the committer leaves it alone");
+        return;
+    }
+    let (engine, store) = store();
+    let log = LogId::new("l");
+    // Rounds of twelve appends sent together, one after another: the committer is busy
+    // (SCHED_BATCH while it waits) from the first large commit on.
+    for _ in 0..4 {
+        append_twelve_together(&store, &log).await;
+    }
+    assert!(settles_on(&store, true).await, "never busy");
+    let policies = engine.commit_policies.lock().expect("lock").clone();
+    assert!(policies.len() > 2, "{policies:?}");
+    assert!(
+        policies.iter().all(|p| *p == 0),
+        "a commit ran under SCHED_BATCH: {policies:?}"
+    );
 }
 
 #[cfg(target_os = "linux")]
