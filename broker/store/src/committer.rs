@@ -71,7 +71,7 @@ pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
     pub(crate) appends: AtomicU64,
     pub(crate) failed_commits: AtomicU64,
-    /// The committer runs under `SCHED_BATCH` now ([`SchedPolicy`]).
+    /// The committer waits for requests under `SCHED_BATCH` now ([`SchedPolicy`]).
     pub(crate) batch_policy: AtomicBool,
 }
 

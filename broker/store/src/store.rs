@@ -85,7 +85,7 @@ impl KvEventStore {
         Self::start_slot(kind, EngineSlot::new(engine, None), options)
     }
 
-    /// Whether the committer runs under `SCHED_BATCH` now.
+    /// Whether the committer waits for requests under `SCHED_BATCH` now.
     #[cfg(test)]
     pub(crate) fn committer_batch_policy(&self) -> bool {
         self.counters.batch_policy.load(Ordering::Relaxed)
