@@ -563,13 +563,13 @@ pub(crate) const BUSY_FOR: Duration = Duration::from_millis(50);
 /// ([`SchedPolicy::commit_starts`]), so that the end of its `fdatasync` wakes the thread at once
 /// to answer the appends that waited for it (under `SCHED_BATCH` it waited for a CPU there too,
 /// most of a millisecond per commit in the closed loop, while every sender of the commit
-/// waited; BENCHMARKS.md §9). After [`QUIET_COMMITS`] commits in a row of one append each, or when a request
-/// comes [`BUSY_FOR`] or more after the last large commit, it goes back to the normal policy,
-/// so that at a light load (or after a load stopped) a commit starts the moment its request
-/// arrives (with `SCHED_BATCH` all the time, the 1,000 ev/s open loop's p99.9 was 3.5–8.7 ms
-/// against 1.6–3.9 ms in four alternating runs; BENCHMARKS.md §9). A thread that starts under
-/// another policy or a nice value other than 0 is left alone (setting the policy also sets the
-/// nice value), as it is after the kernel refused once, and off Linux.
+/// waited; BENCHMARKS.md §9). After [`QUIET_COMMITS`] commits in a row of one append each, or
+/// when a request comes [`BUSY_FOR`] or more after the last large commit, it goes back to the
+/// normal policy throughout, so that at a light load (or after a load stopped) a commit starts
+/// the moment its request arrives (with `SCHED_BATCH` all the time, the 1,000 ev/s open loop's
+/// p99.9 was 3.5–8.7 ms against 1.6–3.9 ms in four alternating runs; BENCHMARKS.md §9). A
+/// thread that starts under another policy or a nice value other than 0 is left alone (setting
+/// the policy also sets the nice value), as it is after the kernel refused once, and off Linux.
 pub(crate) struct SchedPolicy {
     allowed: bool,
     /// Group commits are large: the thread waits for requests under `SCHED_BATCH`.
