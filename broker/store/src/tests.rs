@@ -329,16 +329,32 @@ fn own_policy_and_nice() -> (i64, i64) {
 }
 
 #[cfg(target_os = "linux")]
+const SCHED_OTHER: i64 = 0;
+#[cfg(target_os = "linux")]
+const SCHED_BATCH: i64 = 3;
+
+/// Runs `f` on a thread of its own, as the committer has, when threads start under the normal
+/// policy at nice 0 here (otherwise the committer leaves its policy alone, and so does `f`'s
+/// subject: nothing to check).
+#[cfg(target_os = "linux")]
+fn on_a_normal_thread(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        if own_policy_and_nice() != (SCHED_OTHER, 0) {
+            eprintln!("threads start under another policy here: left alone, as documented");
+            return;
+        }
+        f();
+    })
+    .join()
+    .expect("thread");
+}
+
+#[cfg(target_os = "linux")]
 #[test]
 fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
     use crate::committer::{BUSY_FOR, QUIET_COMMITS, SchedPolicy};
-    const SCHED_OTHER: i64 = 0;
-    const SCHED_BATCH: i64 = 3;
     // A thread started under SCHED_BATCH (somebody's choice) is left alone.
-    std::thread::spawn(|| {
-        if own_policy_and_nice() != (SCHED_OTHER, 0) {
-            return;
-        }
+    on_a_normal_thread(|| {
         crate::committer::set_batch(true).expect("set SCHED_BATCH");
         let mut policy = SchedPolicy::new();
         policy.observe(8);
@@ -346,9 +362,7 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
             policy.observe(1);
         }
         assert_eq!(own_policy_and_nice(), (SCHED_BATCH, 0), "left alone");
-    })
-    .join()
-    .expect("thread");
+    });
     // A thread of its own, as the committer has.
     std::thread::spawn(|| {
         let started = own_policy_and_nice();
@@ -409,13 +423,7 @@ fn the_commit_thread_s_policy_follows_the_size_of_its_group_commits() {
 #[test]
 fn a_busy_commit_thread_waits_under_sched_batch_and_commits_under_the_normal_policy() {
     use crate::committer::SchedPolicy;
-    const SCHED_OTHER: i64 = 0;
-    const SCHED_BATCH: i64 = 3;
-    std::thread::spawn(|| {
-        if own_policy_and_nice() != (SCHED_OTHER, 0) {
-            eprintln!("started under another policy: left alone, as documented");
-            return;
-        }
+    on_a_normal_thread(|| {
         let mut policy = SchedPolicy::new();
         policy.commit_starts();
         policy.observe(8);
@@ -429,15 +437,13 @@ fn a_busy_commit_thread_waits_under_sched_batch_and_commits_under_the_normal_pol
             (SCHED_BATCH, 0),
             "waits again after a commit of checkpoints alone"
         );
-    })
-    .join()
-    .expect("thread");
+    });
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn under_load_every_group_commit_runs_under_the_normal_policy() {
-    if own_policy_and_nice() != (0, 0) {
+    if own_policy_and_nice() != (SCHED_OTHER, 0) {
         eprintln!("started under another policy: the committer leaves it alone");
         return;
     }
@@ -452,7 +458,7 @@ async fn under_load_every_group_commit_runs_under_the_normal_policy() {
     let policies = engine.commit_policies.lock().expect("lock").clone();
     assert!(policies.len() > 2, "{policies:?}");
     assert!(
-        policies.iter().all(|p| *p == 0),
+        policies.iter().all(|p| *p == SCHED_OTHER),
         "a commit ran under SCHED_BATCH: {policies:?}"
     );
 }
