@@ -18,7 +18,11 @@
 //!   first measures the accept-and-forward floor with the same load (an axum handler that
 //!   answers 202 and forwards each body to the sink on a pooled client: no parsing, no store)
 //!   and prints evmesh's share of its deliveries/s. `--floor-hyper`: the same floor forwarding
-//!   on hyper-util's pooled client (what evmesh delivers on) instead of reqwest. `--rounds N`
+//!   on hyper-util's pooled client (what evmesh delivers on) instead of reqwest.
+//!   `--floor-synced`: the floor stores each body before it answers and forwards it (a
+//!   group-commit thread writes what is waiting into a file zeroed ahead and `fdatasync`s it
+//!   once per batch, as evmesh's store does): the least any durable broker pays on this disk,
+//!   so that evmesh's latency can be read against what the disk's syncs cost. `--rounds N`
 //!   (with `--floor`): the floor and evmesh measured N times each, in turn (floor, evmesh,
 //!   floor, ...), both kept running in this one process, with each round's share and the
 //!   median, so that a slow minute of a shared machine falls on both sides.
@@ -120,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "accept-and-forward floor on {} to {to}",
                 listener.local_addr()?
             );
-            axum::serve(listener, forward_app(vec![to], false)).await?;
+            axum::serve(listener, forward_app(vec![to], false, None)).await?;
             Ok(())
         }
         Some("bare-log") => {
@@ -146,8 +150,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         r if r.is_empty() => None,
                         r => Some(r.parse()?),
                     },
-                    floor: args.iter().any(|a| a == "--floor" || a == "--floor-hyper"),
+                    floor: args
+                        .iter()
+                        .any(|a| a == "--floor" || a == "--floor-hyper" || a == "--floor-synced"),
                     floor_hyper: args.iter().any(|a| a == "--floor-hyper"),
+                    floor_synced: args.iter().any(|a| a == "--floor-synced"),
                     rounds: arg("--rounds", "1").parse()?,
                     engine: arg(
                         "--storage-engine",
@@ -378,6 +385,7 @@ async fn run_flow(
         rate: None,
         floor: false,
         floor_hyper: false,
+        floor_synced: false,
         rounds: 1,
         engine: evmesh::StorageEngine::default(),
     };
@@ -479,6 +487,9 @@ struct Load {
     floor: bool,
     /// The floor forwards on hyper-util's pooled client instead of reqwest.
     floor_hyper: bool,
+    /// The floor stores each body (group commit, one `fdatasync` per batch) before it answers
+    /// and forwards it.
+    floor_synced: bool,
     /// With `floor`: measure the floor and evmesh this many times each, in turn (floor,
     /// evmesh, floor, ...), in one process, and report the share of each round and their median.
     rounds: usize,
@@ -789,13 +800,19 @@ impl Forwarder {
 
 /// The accept-and-forward floor: an axum handler that answers 202 and forwards each body (with
 /// its `ce-*` headers and content type) to every one of `targets` on a pooled client (reqwest's,
-/// or with `hyper` hyper-util's), without parsing or storing anything.
-fn forward_app(targets: Vec<String>, hyper: bool) -> Router {
+/// or with `hyper` hyper-util's), without parsing anything; with `log`, each body is stored
+/// there (synced) before the answer and the forwarding, otherwise nothing is stored.
+fn forward_app(targets: Vec<String>, hyper: bool, log: Option<SyncedLog>) -> Router {
     let targets = Arc::new(targets);
     let client = Forwarder::new(hyper);
     Router::new().fallback(post(move |headers: HeaderMap, body: axum::body::Bytes| {
-        let (client, targets) = (client.clone(), targets.clone());
+        let (client, targets, log) = (client.clone(), targets.clone(), log.clone());
         async move {
+            if let Some(log) = log
+                && !log.append(body.clone()).await
+            {
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
             let mut fwd = HeaderMap::new();
             for (k, v) in &headers {
                 let n = k.as_str();
@@ -833,6 +850,70 @@ fn counting_sink() -> Router {
                 StatusCode::ACCEPTED
             }
         }))
+}
+
+/// The synced floor's store (`--floor-synced`): a group-commit thread writes the bodies waiting
+/// (length-prefixed) at the next position of a file of [`SyncedLog::BYTES`] zeroed ahead, wrapping
+/// to its start at the end, `fdatasync`s it once per batch and then answers each append. A file
+/// zeroed ahead makes each sync write the data's blocks only (no size, no block allocation), as
+/// evmesh's segments do; it is never zeroed again (evmesh writes a zeroed spare per segment).
+#[derive(Clone)]
+struct SyncedLog {
+    tx: std::sync::mpsc::Sender<(axum::body::Bytes, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+impl SyncedLog {
+    const BYTES: u64 = 64 * 1024 * 1024;
+
+    /// Creates `path` zeroed (synced) and starts the commit thread.
+    fn create(path: &std::path::Path) -> std::io::Result<SyncedLog> {
+        use std::os::unix::fs::FileExt;
+        type Waiting = (axum::body::Bytes, tokio::sync::oneshot::Sender<bool>);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        let zeros = vec![0u8; 1 << 20];
+        for at in (0..Self::BYTES).step_by(zeros.len()) {
+            file.write_all_at(&zeros, at)?;
+        }
+        file.sync_all()?;
+        let (tx, rx) = std::sync::mpsc::channel::<Waiting>();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut at = 0u64;
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                buf.clear();
+                for (body, _) in &batch {
+                    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                    buf.extend_from_slice(body);
+                }
+                if at + buf.len() as u64 > Self::BYTES {
+                    at = 0;
+                }
+                let ok = buf.len() as u64 <= Self::BYTES
+                    && file
+                        .write_all_at(&buf, at)
+                        .and_then(|_| file.sync_data())
+                        .is_ok();
+                at += buf.len() as u64;
+                for (_, done) in batch {
+                    let _ = done.send(ok);
+                }
+            }
+        });
+        Ok(SyncedLog { tx })
+    }
+
+    /// Stores `body`; true once it is synced.
+    async fn append(&self, body: axum::body::Bytes) -> bool {
+        let (done, stored) = tokio::sync::oneshot::channel();
+        self.tx.send((body, done)).is_ok() && stored.await.unwrap_or(false)
+    }
 }
 
 /// The minimal durable ingress (issue 7 item 9's bare log): every POST body is appended to one
@@ -881,6 +962,8 @@ struct Floor {
     sink: Sink,
     ingress: String,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// With `--floor-synced`: the folder of its log, removed on drop.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Floor {
@@ -890,7 +973,14 @@ impl Floor {
             .iter()
             .map(|p| format!("{}{}", sink.url.trim_end_matches('/'), p))
             .collect();
-        let app = forward_app(targets, load.floor_hyper);
+        let (log, dir) = if load.floor_synced {
+            let dir = std::env::temp_dir().join(format!("evmesh-floor-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            (Some(SyncedLog::create(&dir.join("floor.log"))?), Some(dir))
+        } else {
+            (None, None)
+        };
+        let app = forward_app(targets, load.floor_hyper, log);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let ingress = format!("http://{}/", listener.local_addr()?);
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -898,6 +988,7 @@ impl Floor {
             sink,
             ingress,
             server,
+            dir,
         })
     }
 
@@ -925,6 +1016,9 @@ impl Floor {
 impl Drop for Floor {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -1003,7 +1097,11 @@ async fn drive(
         let f = match &floor {
             Some(floor) => {
                 let f = floor.measure(&paths, load, round).await?;
-                let floor_label = format!("accept-and-forward floor{of_rounds}");
+                let floor_label = if load.floor_synced {
+                    format!("synced accept-and-forward floor{of_rounds}")
+                } else {
+                    format!("accept-and-forward floor{of_rounds}")
+                };
                 println!("{}", f.line(&floor_label, f.accepted * paths.len() as u64));
                 Some(f)
             }
