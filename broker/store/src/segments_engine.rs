@@ -9,7 +9,10 @@
 //! would not fit, then the next one is started. The next one is zeroed ahead: once the active
 //! segment is half full a thread writes a spare file of zeros in synced steps, and the rotation
 //! renames it into place, so that a commit's `fdatasync` allocates no block either (on ext4 a
-//! sync into a sparse room commits the file system's journal first). A rotation that finds no
+//! sync into a sparse room commits the file system's journal first). The steps keep pace with
+//! the active segment ([`zeros_due`]: the spare is ready once half the room left at the ask is
+//! used) and go no slower than [`ZERO_MIN_RATE`], so that the zeros never take the disk from
+//! the commits' syncs for long. A rotation that finds no
 //! spare ready creates the segment sparse. A segment whose room is sparse (that one, a fresh
 //! store's first, and the last one's room after a restart) asks for a spare once it holds
 //! [`EARLY_SPARE_AT`], and is left for the spare as soon as it is ready, shortened to its
@@ -81,9 +84,14 @@ const SPARE_NEEDS_FREE: u64 = 3 * SEGMENT_BYTES;
 /// without waiting for the next segment or a restart.
 const SPARE_ASK_AGAIN_AFTER: u64 = 8 * 1024 * 1024;
 /// Zeros written (and synced) per step while a spare is prepared.
-const ZERO_CHUNK: usize = 1024 * 1024;
-/// The pause between two steps of a spare (64 steps: some 0.1 s of pauses per spare).
-const ZERO_PAUSE: Duration = Duration::from_millis(2);
+const ZERO_CHUNK: usize = 256 * 1024;
+/// The least rate (bytes per second) at which a spare is zeroed: one asked for is ready within
+/// 8 s at most, however slowly the active segment fills. It zeroes faster only as fast as the
+/// active segment fills ([`zeros_due`]): the zeros share the disk with the commits' syncs, and a
+/// spare written at the disk's full speed made some of them wait for tens of milliseconds.
+const ZERO_MIN_RATE: u64 = 8 * 1024 * 1024;
+/// How long a spare ahead of its pace waits before it looks again.
+const ZERO_WAIT: Duration = Duration::from_millis(5);
 
 /// The segment zeroed ahead of the writer.
 #[derive(Default)]
@@ -229,6 +237,9 @@ pub(crate) struct SegmentsEngine {
     active: AtomicU32,
     /// The next segment, zeroed ahead (shared with the thread that prepares it).
     spare: Arc<Mutex<Spare>>,
+    /// Bytes written to segments since the engine opened (the spare's thread paces itself by
+    /// them).
+    written: Arc<AtomicU64>,
 }
 
 /// Whether `dir` holds a segment file (a store of the `segments` engine).
@@ -501,6 +512,7 @@ impl SegmentsEngine {
             }),
             active: AtomicU32::new(seg),
             spare: Arc::default(),
+            written: Arc::default(),
         };
         engine.migrate()?;
         engine.reconcile()?;
@@ -768,10 +780,40 @@ fn remove_spares(seg_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many bytes of zeros a spare asked for `elapsed` ago may have written, while the active
+/// segment took `appended` bytes of the `room` it had left then: enough to be ready once half
+/// that room is used, and never less than `min_rate` (bytes per second) allows.
+fn zeros_due(elapsed: Duration, appended: u64, room: u64, min_rate: u64) -> u64 {
+    // f64 to u64 saturates: an unbounded rate allows everything.
+    let by_time = (elapsed.as_secs_f64() * min_rate as f64) as u64;
+    let half = u128::from((room / 2).max(1));
+    let by_use = u128::from(SEGMENT_BYTES) * u128::from(appended) / half;
+    by_time.max(u64::try_from(by_use).unwrap_or(u64::MAX))
+}
+
+/// The least rate a spare of `seg_dir` is zeroed at ([`ZERO_MIN_RATE`]; a test may set its own,
+/// and unit tests run unpaced unless they do).
+fn zero_min_rate(seg_dir: &Path) -> u64 {
+    #[cfg(test)]
+    {
+        test_faults::zero_min_rate(seg_dir).unwrap_or(u64::MAX)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = seg_dir;
+        ZERO_MIN_RATE
+    }
+}
+
 /// Writes a spare at `path`: [`SEGMENT_BYTES`] of zeros, synced with its size, so that a
-/// rotation can rename it into place. Stops between two steps once `wanted` says no (its engine
+/// rotation can rename it into place. A step is written once `due` (bytes of zeros allowed so
+/// far, [`zeros_due`]) allows it. Stops between two steps once `wanted` says no (its engine
 /// was dropped): `None`, the file left for the caller to remove.
-fn write_spare(path: &Path, wanted: impl Fn() -> bool) -> std::io::Result<Option<File>> {
+fn write_spare(
+    path: &Path,
+    wanted: impl Fn() -> bool,
+    due: impl Fn() -> u64,
+) -> std::io::Result<Option<File>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -782,13 +824,17 @@ fn write_spare(path: &Path, wanted: impl Fn() -> bool) -> std::io::Result<Option
     if path.parent().is_some_and(test_faults::spare_fails) {
         return Err(std::io::Error::other("injected spare failure"));
     }
-    // A chunk at a time, each synced before the next and a pause between: the disk never
-    // holds more than one chunk of zeros in front of a commit's `fdatasync`.
+    // A chunk at a time, each synced before the next: the disk never holds more than one
+    // chunk of zeros in front of a commit's `fdatasync`.
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut at = 0;
     while at < SEGMENT_BYTES {
         if !wanted() {
             return Ok(None);
+        }
+        if at + ZERO_CHUNK as u64 > due() {
+            std::thread::sleep(ZERO_WAIT);
+            continue;
         }
         #[cfg(test)]
         if let Some(dir) = path.parent() {
@@ -797,7 +843,6 @@ fn write_spare(path: &Path, wanted: impl Fn() -> bool) -> std::io::Result<Option
         file.write_all_at(&zeros, at)?;
         file.sync_data()?;
         at += ZERO_CHUNK as u64;
-        std::thread::sleep(ZERO_PAUSE);
     }
     file.sync_all()?;
     Ok(Some(file))
@@ -841,7 +886,7 @@ impl SegmentsEngine {
     /// spare that cannot be written (a full disk) is removed: the rotation then creates the
     /// segment sparse, unless the active segment's next ask ([`SPARE_ASK_AGAIN_AFTER`]) gets
     /// one first.
-    fn prepare_spare(&self, active: u32) {
+    fn prepare_spare(&self, active: u32, room: u64) {
         {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
             if !matches!(*spare, Spare::None) {
@@ -863,10 +908,20 @@ impl SegmentsEngine {
         // dropped (closed, or reopened after a failure) is removed, never handed to another;
         // one ready when it is dropped goes with it (`ReadySpare`).
         let state = Arc::downgrade(&self.spare);
+        let (written, asked_at, asked) = (
+            self.written.clone(),
+            self.written.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        let min_rate = zero_min_rate(&self.dir);
         let spawned = std::thread::Builder::new()
             .name("evmesh-segment-spare".into())
             .spawn(move || {
-                let result = write_spare(&path, || state.strong_count() > 0);
+                let due = || {
+                    let appended = written.load(Ordering::Relaxed).saturating_sub(asked_at);
+                    zeros_due(asked.elapsed(), appended, room, min_rate)
+                };
+                let result = write_spare(&path, || state.strong_count() > 0, due);
                 #[cfg(test)]
                 let _finished = test_faults::SpareFinished(path.parent().map(Path::to_path_buf));
                 let (state, next) = match (state.upgrade(), result) {
@@ -982,6 +1037,7 @@ pub(crate) mod test_faults {
     static SPARE_FAILS: PerDir<bool> = Mutex::new(Vec::new());
     static FREE_SPACE: PerDir<u64> = Mutex::new(Vec::new());
     static SLOW_SPARES: PerDir<bool> = Mutex::new(Vec::new());
+    static ZERO_MIN_RATE: PerDir<u64> = Mutex::new(Vec::new());
     /// Steps of zeros written to spares, and spare threads finished.
     static SPARE_PROGRESS: PerDir<(usize, usize)> = Mutex::new(Vec::new());
 
@@ -1021,6 +1077,16 @@ pub(crate) mod test_faults {
 
     pub(super) fn free_space(seg_dir: &Path) -> Option<u64> {
         with(&FREE_SPACE, seg_dir, |f| f.map(|f| *f))
+    }
+
+    /// The spares of the store in `dir` are paced with this least rate (bytes per second), as
+    /// outside tests; unit tests otherwise write them unpaced.
+    pub(crate) fn pace_spares(dir: &Path, min_rate: u64) {
+        set(&ZERO_MIN_RATE, seg_dir(dir), min_rate);
+    }
+
+    pub(super) fn zero_min_rate(seg_dir: &Path) -> Option<u64> {
+        with(&ZERO_MIN_RATE, seg_dir, |r| r.copied())
     }
 
     /// Each step of a spare of the store in `dir` takes 20 ms more.
@@ -1136,9 +1202,11 @@ impl KvEngine for SegmentsEngine {
                 return Err(engine_err(e));
             }
             w.len = base + frames.len() as u64;
+            self.written
+                .fetch_add(frames.len() as u64, Ordering::Relaxed);
             if w.len >= w.spare_due {
                 w.spare_due = w.len.saturating_add(SPARE_ASK_AGAIN_AFTER);
-                self.prepare_spare(w.seg);
+                self.prepare_spare(w.seg, SEGMENT_BYTES.saturating_sub(w.len));
             }
         }
         if !rest.is_empty() {
@@ -1818,6 +1886,87 @@ mod tests {
         let all = SEGMENT_BYTES / ZERO_CHUNK as u64;
         assert!((steps as u64) < all, "stopped after {steps} of {all} steps");
         assert!(spares(dir.path()).is_empty(), "its file is removed");
+    }
+
+    #[test]
+    fn a_spare_is_due_in_full_once_half_the_room_it_was_asked_with_is_used() {
+        let room = 32 * 1024 * 1024;
+        assert_eq!(zeros_due(Duration::ZERO, 0, room, 0), 0);
+        assert_eq!(
+            zeros_due(Duration::ZERO, room / 4, room, 0),
+            SEGMENT_BYTES / 2
+        );
+        assert_eq!(zeros_due(Duration::ZERO, room / 2, room, 0), SEGMENT_BYTES);
+    }
+
+    #[test]
+    fn a_spare_of_an_idle_segment_is_due_at_the_least_rate() {
+        let rate = ZERO_MIN_RATE;
+        assert_eq!(zeros_due(Duration::from_secs(1), 0, 1 << 20, rate), rate);
+        assert_eq!(
+            zeros_due(Duration::from_secs(8), 0, 1 << 20, rate),
+            SEGMENT_BYTES
+        );
+        // Unpaced (unit tests): everything at once.
+        assert!(zeros_due(Duration::from_millis(1), 0, 1 << 20, u64::MAX) > SEGMENT_BYTES);
+    }
+
+    #[test]
+    fn a_spare_keeps_pace_with_the_segment_it_is_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        test_faults::pace_spares(dir.path(), 1);
+        let e = open(dir.path());
+        // The first MiB asks for a spare (the room is sparse); nothing more is written yet.
+        put_big(&e, 0..1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(test_faults::spare_progress(dir.path()).0, 0, "no zeros yet");
+        assert_eq!(e.spare_state(), "preparing");
+        // A quarter of the room used: about half the spare, and no more.
+        let room = SEGMENT_BYTES - (1024 * 1024 + 64);
+        let quarter = room / 4 / (1024 * 1024);
+        put_big(&e, 1..1 + quarter);
+        let due = zeros_due(Duration::ZERO, quarter * (1024 * 1024 + 64), room, 0);
+        let steps = (due / ZERO_CHUNK as u64) as usize;
+        let until = Instant::now() + Duration::from_secs(60);
+        while test_faults::spare_progress(dir.path()).0 < steps && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let (written, _) = test_faults::spare_progress(dir.path());
+        assert!(
+            (steps..=steps + 1).contains(&written),
+            "{written} steps written, {steps} due"
+        );
+        assert_eq!(e.spare_state(), "preparing");
+        // Half the room used: the spare is finished.
+        let half = room / 2 / (1024 * 1024) + 1;
+        put_big(&e, 1 + quarter..1 + half);
+        assert_eq!(settled_spare(&e), "ready");
+    }
+
+    #[test]
+    fn a_spare_of_an_idle_segment_is_written_no_faster_than_the_least_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rate = 4 * 1024 * 1024;
+        test_faults::pace_spares(dir.path(), rate);
+        let e = open(dir.path());
+        let asked = Instant::now();
+        put_big(&e, 0..1);
+        let until = Instant::now() + Duration::from_secs(60);
+        while test_faults::spare_progress(dir.path()).0 < 4 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let took = asked.elapsed();
+        assert!(
+            test_faults::spare_progress(dir.path()).0 >= 4,
+            "the spare advances"
+        );
+        // The 4th step is due 4 steps' worth of the least rate after the ask, not before.
+        let least = Duration::from_secs_f64(4.0 * ZERO_CHUNK as f64 / rate as f64);
+        assert!(
+            took >= least,
+            "4 steps in {took:?}, at the least rate {least:?}"
+        );
     }
 
     #[test]
