@@ -852,6 +852,22 @@ fn counting_sink() -> Router {
         }))
 }
 
+/// A body waiting to be stored, and whom to tell whether it was.
+type Waiting = (axum::body::Bytes, tokio::sync::oneshot::Sender<bool>);
+
+/// A group commit's batch: the first body waiting (blocking until one comes; `None` once no
+/// sender is left) and every one queued behind it, written into `buf` length-prefixed.
+fn next_batch(rx: &std::sync::mpsc::Receiver<Waiting>, buf: &mut Vec<u8>) -> Option<Vec<Waiting>> {
+    let mut batch = vec![rx.recv().ok()?];
+    batch.extend(rx.try_iter());
+    buf.clear();
+    for (body, _) in &batch {
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(body);
+    }
+    Some(batch)
+}
+
 /// The synced floor's store (`--floor-synced`): a group-commit thread writes the bodies waiting
 /// (length-prefixed) at the next position of a file of [`SyncedLog::BYTES`] zeroed ahead, wrapping
 /// to its start at the end, `fdatasync`s it once per batch and then answers each append. A file
@@ -859,7 +875,7 @@ fn counting_sink() -> Router {
 /// evmesh's segments do; it is never zeroed again (evmesh writes a zeroed spare per segment).
 #[derive(Clone)]
 struct SyncedLog {
-    tx: std::sync::mpsc::Sender<(axum::body::Bytes, tokio::sync::oneshot::Sender<bool>)>,
+    tx: std::sync::mpsc::Sender<Waiting>,
 }
 
 impl SyncedLog {
@@ -868,7 +884,6 @@ impl SyncedLog {
     /// Creates `path` zeroed (synced) and starts the commit thread.
     fn create(path: &std::path::Path) -> std::io::Result<SyncedLog> {
         use std::os::unix::fs::FileExt;
-        type Waiting = (axum::body::Bytes, tokio::sync::oneshot::Sender<bool>);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -884,14 +899,7 @@ impl SyncedLog {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let mut at = 0u64;
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter());
-                buf.clear();
-                for (body, _) in &batch {
-                    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                    buf.extend_from_slice(body);
-                }
+            while let Some(batch) = next_batch(&rx, &mut buf) {
                 if at + buf.len() as u64 > Self::BYTES {
                     at = 0;
                 }
@@ -920,7 +928,6 @@ impl SyncedLog {
 /// file by a group-commit thread (write what is waiting, one fdatasync, then answer each 202).
 fn bare_log_app(dir: &std::path::Path) -> std::io::Result<Router> {
     use std::io::Write;
-    type Waiting = (axum::body::Bytes, tokio::sync::oneshot::Sender<bool>);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -928,14 +935,7 @@ fn bare_log_app(dir: &std::path::Path) -> std::io::Result<Router> {
     let (tx, rx) = std::sync::mpsc::channel::<Waiting>();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter());
-            buf.clear();
-            for (body, _) in &batch {
-                buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                buf.extend_from_slice(body);
-            }
+        while let Some(batch) = next_batch(&rx, &mut buf) {
             let ok = file.write_all(&buf).and_then(|_| file.sync_data()).is_ok();
             for (_, done) in batch {
                 let _ = done.send(ok);
