@@ -1097,11 +1097,8 @@ async fn drive(
         let f = match &floor {
             Some(floor) => {
                 let f = floor.measure(&paths, load, round).await?;
-                let floor_label = if load.floor_synced {
-                    format!("synced accept-and-forward floor{of_rounds}")
-                } else {
-                    format!("accept-and-forward floor{of_rounds}")
-                };
+                let synced = if load.floor_synced { "synced " } else { "" };
+                let floor_label = format!("{synced}accept-and-forward floor{of_rounds}");
                 println!("{}", f.line(&floor_label, f.accepted * paths.len() as u64));
                 Some(f)
             }

@@ -1,6 +1,6 @@
 // A disk's fdatasync tail, without evmesh: an active writer does a 1 KiB pwrite + fdatasync at
 // RATE/s (open loop: latency counted from each write's due time) into a 64 MiB file (ACTIVE=zeroed,
-// the default, or sparse) in DIR (default /tmp/disk-sync);
+// the default, or sparse) in DIR (default /tmp/disk-sync.d);
 // at SPARE_AT s a thread writes SPARE_MB of zeros in CHUNK_K KiB steps (fdatasync each, PAUSE_US
 // between; IOIDLE=1: under the idle I/O class), as a spare segment is written.
 //   rustc -O bench/experiments/disk-sync.rs -o /tmp/disk-sync && SECS=6 SPARE_MB=0 /tmp/disk-sync
@@ -9,6 +9,16 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 extern "C" {
     fn syscall(n: i64, ...) -> i64;
+}
+/// Creates (or empties) the file at `path` for reading and writing.
+fn create(path: &str) -> std::fs::File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
 }
 fn env(k: &str, d: f64) -> f64 {
     std::env::var(k)
@@ -27,15 +37,9 @@ fn main() {
         .map(|v| v == "zeroed")
         .unwrap_or(true);
     let idle = std::env::var_os("IOIDLE").is_some();
-    let dir = std::env::var("DIR").unwrap_or_else(|_| "/tmp/disk-sync".into());
+    let dir = std::env::var("DIR").unwrap_or_else(|_| "/tmp/disk-sync.d".into());
     std::fs::create_dir_all(&dir).unwrap();
-    let a = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(format!("{dir}/active"))
-        .unwrap();
+    let a = create(&format!("{dir}/active"));
     if zeroed {
         let z = vec![0u8; 1 << 20];
         for i in 0..64u64 {
@@ -55,13 +59,7 @@ fn main() {
             let r = unsafe { syscall(251, 1i64, 0i64, 3i64 << 13) };
             assert_eq!(r, 0);
         }
-        let s = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(format!("{sdir}/spare"))
-            .unwrap();
+        let s = create(&format!("{sdir}/spare"));
         let z = vec![0u8; chunk];
         let mut at = 0u64;
         let st = t0.elapsed();

@@ -1921,11 +1921,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(test_faults::spare_progress(dir.path()).0, 0, "no zeros yet");
         assert_eq!(e.spare_state(), "preparing");
-        // A quarter of the room used: about half the spare, and no more.
-        let room = SEGMENT_BYTES - (1024 * 1024 + 64);
-        let quarter = room / 4 / (1024 * 1024);
+        // A quarter of the room used: half the spare, and no more. (Every 1 MiB record's frame
+        // has the first one's length.)
+        let frame = e.writer.lock().expect("writer").len;
+        let room = SEGMENT_BYTES - frame;
+        let quarter = room / 4 / frame;
         put_big(&e, 1..1 + quarter);
-        let due = zeros_due(Duration::ZERO, quarter * (1024 * 1024 + 64), room, 0);
+        let due = zeros_due(Duration::ZERO, quarter * frame, room, 0);
         let steps = (due / ZERO_CHUNK as u64) as usize;
         let until = Instant::now() + Duration::from_secs(60);
         while test_faults::spare_progress(dir.path()).0 < steps && Instant::now() < until {
@@ -1939,7 +1941,7 @@ mod tests {
         );
         assert_eq!(e.spare_state(), "preparing");
         // Half the room used: the spare is finished.
-        let half = room / 2 / (1024 * 1024) + 1;
+        let half = room / 2 / frame + 1;
         put_big(&e, 1 + quarter..1 + half);
         assert_eq!(settled_spare(&e), "ready");
     }
