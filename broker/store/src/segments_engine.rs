@@ -1,15 +1,22 @@
 //! The `segments` engine: the logs' records in append-only segment files of evmesh's own (one
 //! write and one `fdatasync` per group commit), log metadata and checkpoints in fjall.
 //!
-//! Layout: `<dir>/segments/<id:010>.seg`, each a run of frames
-//! `[body length u32 LE][CRC-32 of body u32 LE][key length u16 LE][key][value]`, where key and
-//! value are the store's record key and value (`keys::record_key`, `keys::record_value`). A
+//! Layout: `<dir>/segments/<id:010>.seg`, each a header ([`MAGIC`] and a random salt, drawn
+//! afresh each time the file is put to use) and a run of frames
+//! `[body length u32 LE][CRC-32 of body and salt u32 LE][key length u16 LE][key][value]`, where
+//! key and value are the store's record key and value (`keys::record_key`,
+//! `keys::record_value`); a segment the writer left for the next one ends in a seal (a frame
+//! header of body length 0 whose CRC is the salt's, [`seal`]). A segment written before
+//! segments had a header has no header, seal or salt (its CRCs cover the body alone): it is read
+//! and written on so, and deleted, not reused. A
 //! segment is [`SEGMENT_BYTES`] long from the start (its size never changes while it is
 //! written, so a commit's `fdatasync` writes no file size) and written until the next commit
-//! would not fit, then the next one is started. The next one is zeroed ahead: once the active
-//! segment is half full a thread writes a spare file of zeros in synced steps, and the rotation
-//! renames it into place, so that a commit's `fdatasync` allocates no block either (on ext4 a
-//! sync into a sparse room commits the file system's journal first). The steps keep pace with
+//! would not fit, then the next one is started. The next one is made ready ahead, so that a
+//! commit's `fdatasync` allocates no block either (on ext4 a sync into a sparse room commits the
+//! file system's journal first): a segment that holds nothing any more is reused ([`SegmentsEngine::reuse`]:
+//! a fresh salt makes its frames stale, and no block is freed and allocated again), or else,
+//! once the active segment is half full, a thread writes a spare file of zeros in synced steps;
+//! the rotation renames the spare into place. The steps keep pace with
 //! the active segment ([`zeros_due`]: the spare is ready once half the room left at the ask is
 //! used) and go no slower than [`ZERO_MIN_RATE`], so that the zeros never take the disk from
 //! the commits' syncs for long. A rotation that finds no
@@ -20,12 +27,14 @@
 //! the zeros must not take the room the events need; a segment whose spare was skipped or
 //! failed asks again every [`SPARE_ASK_AGAIN_AFTER`] written. Which record lies where is kept
 //! in memory (an index of some 24 bytes per record), rebuilt from the files at open: reading
-//! stops at the first frame that is zeros, incomplete or fails its CRC, and whatever lies past
+//! stops at a seal or at the first frame that is zeros, incomplete or fails its CRC (a reused
+//! segment's earlier frames fail it: their salt was another), and whatever lies past
 //! that point in the last segment is dropped (the torn tail of a commit that never finished: no
 //! stale frame of it can come to follow the frames written after the restart). A record whose
 //! offset is not above the last one read for its log replaces that one and everything after it
 //! (a failed commit's offsets are given out again). Retention drops a log's records below its
-//! first offset from the index; a segment none of whose records any log still holds is deleted.
+//! first offset from the index; a segment none of whose records any log still holds is reused
+//! as the spare, or deleted.
 //!
 //! Durability: a commit writes the records to the active segment and `fdatasync`s it before the
 //! metadata and checkpoints go to fjall; those are handed to the OS (they survive the process
@@ -41,7 +50,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,6 +67,13 @@ const SEGMENTS_DIR: &str = "segments";
 pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Frame header: body length and CRC.
 const HEADER: usize = 8;
+/// The first bytes of a segment file of this format, followed by its salt (a random `u64` LE,
+/// drawn afresh each time the file is put to use, which every frame's CRC covers). A segment
+/// without them was written before segment files were reused: its frames' CRCs cover the body
+/// alone. (As a body length, `EVSE` is far above [`SEGMENT_BYTES`]: no frame starts so.)
+const MAGIC: [u8; 8] = *b"EVSEG\x002\x00";
+/// The segment header: [`MAGIC`] and the salt.
+const SEG_HEADER: u64 = 16;
 /// The metadata and checkpoints are `fdatasync`ed at least this often under a steady load.
 const META_SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Reads of records of one segment closer than this are made as one read.
@@ -66,8 +82,11 @@ const COALESCE_GAP: u64 = 4096;
 const COALESCE_SPAN: u64 = 1024 * 1024;
 /// Records copied per commit when a store written by the fjall engine is moved to segments.
 const MIGRATE_CHUNK: usize = 4096;
-/// The name ending of a spare (a segment zeroed ahead, not yet in use).
+/// The name ending of a spare (a segment zeroed ahead or kept for reuse, not yet in use).
 const SPARE_SUFFIX: &str = ".spare";
+/// Numbers spares' names: no two spares of a process share one (a thread left from an engine
+/// dropped meanwhile never writes to the file another one takes).
+static SPARE_NAMES: AtomicU64 = AtomicU64::new(0);
 /// The next segment is zeroed ahead once the active one holds this many bytes.
 const PREPARE_AT: u64 = SEGMENT_BYTES / 2;
 /// A segment whose room is sparse (a fresh store's first one, the last one's room after a
@@ -93,29 +112,31 @@ const ZERO_MIN_RATE: u64 = 8 * 1024 * 1024;
 /// How long a spare ahead of its pace waits before it looks again.
 const ZERO_WAIT: Duration = Duration::from_millis(5);
 
-/// The segment zeroed ahead of the writer.
+/// The next segment's file, made ready ahead of the writer: zeroed, or a segment that holds
+/// nothing any more, reused.
 #[derive(Default)]
 enum Spare {
     #[default]
     None,
-    /// A thread is writing it.
-    Preparing,
+    /// A thread is zeroing it; it stops once the flag is set (a reused segment took its place).
+    Preparing(Arc<AtomicBool>),
     /// Written and synced: the next rotation renames it into place.
     Ready(ReadySpare),
 }
 
-/// A spare written and synced. Dropped without being taken (its engine closed or reopened), it
-/// is removed from disk.
+/// A spare written and synced, with its header. Dropped without being taken (its engine closed
+/// or reopened), it is removed from disk.
 struct ReadySpare {
     path: PathBuf,
     file: Option<File>,
+    salt: u64,
 }
 
 impl ReadySpare {
-    /// Its path and file, no longer removed on drop.
-    fn take(mut self) -> Option<(PathBuf, File)> {
+    /// Its path, file and salt, no longer removed on drop.
+    fn take(mut self) -> Option<(PathBuf, File, u64)> {
         let file = self.file.take()?;
-        Some((std::mem::take(&mut self.path), file))
+        Some((std::mem::take(&mut self.path), file, self.salt))
     }
 }
 
@@ -142,6 +163,8 @@ struct Entry {
 struct Segment {
     file: Arc<File>,
     live: u64,
+    /// It has a header ([`MAGIC`]): once it holds nothing it may be reused as a spare.
+    reusable: bool,
 }
 
 /// Which record lies where, per log (by its record key prefix `l/<log>\0`).
@@ -191,18 +214,17 @@ impl Index {
         }
     }
 
-    /// Removes every segment no record is held in, except `active`; returns their ids.
-    fn take_dead(&mut self, active: u32) -> Vec<u32> {
+    /// Removes every segment no record is held in, except `active`; returns them.
+    fn take_dead(&mut self, active: u32) -> Vec<(u32, Segment)> {
         let dead: Vec<u32> = self
             .segments
             .iter()
             .filter(|(id, s)| s.live == 0 && **id != active)
             .map(|(id, _)| *id)
             .collect();
-        for id in &dead {
-            self.segments.remove(id);
-        }
-        dead
+        dead.into_iter()
+            .filter_map(|id| Some((id, self.segments.remove(&id)?)))
+            .collect()
     }
 }
 
@@ -210,7 +232,10 @@ impl Index {
 struct Writer {
     seg: u32,
     file: Arc<File>,
-    /// Bytes committed to it.
+    /// The salt its frames' CRCs cover; `None` for a segment written before segments had a
+    /// header (its frames are written as it began them).
+    salt: Option<u64>,
+    /// Bytes committed to it (its header included).
     len: u64,
     /// Set after a failed `fdatasync`: what the file holds is unknown until the engine is
     /// reopened (and reads the file again).
@@ -320,22 +345,91 @@ fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
-/// Appends one frame for `key` → `value` to `buf`; returns the value's position in `buf`.
+/// Appends one frame for `key` → `value` to `buf`, its CRC left for [`stamp_crc`]; returns
+/// the value's position in `buf`.
 fn encode_frame(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) -> Result<usize> {
     let key_len = u16::try_from(key.len())
         .map_err(|_| StoreError::Engine("record key too long for a segment".into()))?;
     let body_len = u32::try_from(2 + key.len() + value.len())
         .map_err(|_| StoreError::Engine("record too large for a segment".into()))?;
-    let at = buf.len();
     buf.extend_from_slice(&body_len.to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&key_len.to_le_bytes());
     buf.extend_from_slice(key);
     let value_at = buf.len();
     buf.extend_from_slice(value);
-    let crc = crc32fast::hash(&buf[at + HEADER..]);
-    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(value_at)
+}
+
+/// The CRC of a frame's `body` in a segment with `salt` (`None`: a segment without a header).
+fn frame_crc(body: &[u8], salt: Option<u64>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(body);
+    if let Some(salt) = salt {
+        h.update(&salt.to_le_bytes());
+    }
+    h.finalize()
+}
+
+/// Writes the CRC of the frame starting at `at` in `buf`, for a segment with `salt`.
+fn stamp_crc(buf: &mut [u8], at: usize, salt: Option<u64>) -> Result<()> {
+    let bad = || StoreError::Engine("frame outside its buffer".into());
+    let len = buf.get(at..at + 4).ok_or_else(bad)?;
+    let body_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let body = buf
+        .get(at + HEADER..at + HEADER + body_len)
+        .ok_or_else(bad)?;
+    let crc = frame_crc(body, salt);
+    buf[at + 4..at + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The seal written after a segment's last frame when the writer leaves it: a frame header of
+/// body length 0 whose CRC is that of an empty body with the segment's salt. Reading stops
+/// there without taking what follows for damage (a reused segment holds its earlier frames
+/// past its own).
+fn seal(salt: u64) -> [u8; HEADER] {
+    let mut b = [0u8; HEADER];
+    b[4..].copy_from_slice(&frame_crc(&[], Some(salt)).to_le_bytes());
+    b
+}
+
+/// A random salt for a segment put to use (std's per-process random keys, hashed with a
+/// counter and the time).
+fn new_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(DRAWN.fetch_add(1, Ordering::Relaxed));
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
+
+/// Writes a segment header with `salt` and a seal after it: the file reads as a segment that
+/// holds nothing, whatever lies past them.
+fn write_header(file: &File, salt: u64) -> std::io::Result<()> {
+    let mut b = [0u8; SEG_HEADER as usize + HEADER];
+    b[..8].copy_from_slice(&MAGIC);
+    b[8..16].copy_from_slice(&salt.to_le_bytes());
+    b[16..].copy_from_slice(&seal(salt));
+    file.write_all_at(&b, 0)
+}
+
+/// The salt in the header of `file`; `None` for a segment without one.
+fn read_header(file: &File, size: u64) -> Result<Option<u64>> {
+    if size < SEG_HEADER {
+        return Ok(None);
+    }
+    let mut b = [0u8; SEG_HEADER as usize];
+    file.read_exact_at(&mut b, 0).map_err(engine_err)?;
+    if b[..8] != MAGIC {
+        return Ok(None);
+    }
+    Ok(Some(u64::from_le_bytes([
+        b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15],
+    ])))
 }
 
 /// `read_exact`, telling the end of the file (`Ok(false)`) from a failed read (`Err`: a segment
@@ -357,12 +451,25 @@ fn bytes_follow(file: &File, pos: u64, size: u64) -> Result<bool> {
     Ok(b.iter().any(|x| *x != 0))
 }
 
-/// Reads the frames of segment `id` into `index`; returns the length of its valid part.
-fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
+/// What reading a segment found.
+struct SegmentRead {
+    /// The salt in its header (`None`: a segment without one).
+    salt: Option<u64>,
+    /// The length of its valid part: its header and whole frames.
+    valid: u64,
+    /// A seal follows the valid part: the writer left the segment there.
+    sealed: bool,
+}
+
+/// Reads the frames of segment `id` into `index`.
+fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<SegmentRead> {
     let size = file.metadata().map_err(engine_err)?.len();
+    let salt = read_header(file, size)?;
+    let mut pos = if salt.is_some() { SEG_HEADER } else { 0 };
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut pos = 0u64;
+    r.seek_relative(pos as i64).map_err(engine_err)?;
     let mut body = Vec::new();
+    let mut sealed = false;
     loop {
         let mut header = [0u8; HEADER];
         if pos + HEADER as u64 > size || !read_full(&mut r, &mut header)? {
@@ -370,11 +477,17 @@ fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
         }
         let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if let Some(salt) = salt
+            && header == seal(salt)
+        {
+            sealed = true;
+            break;
+        }
         if body_len < 2 || pos + HEADER as u64 + body_len > size {
             break;
         }
         body.resize(body_len as usize, 0);
-        if !read_full(&mut r, &mut body)? || crc32fast::hash(&body) != crc {
+        if !read_full(&mut r, &mut body)? || frame_crc(&body, salt) != crc {
             break;
         }
         let key_len = u16::from_le_bytes([body[0], body[1]]) as usize;
@@ -405,7 +518,11 @@ fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<u64> {
         );
         pos += HEADER as u64 + body_len;
     }
-    Ok(pos)
+    Ok(SegmentRead {
+        salt,
+        valid: pos,
+        sealed,
+    })
 }
 
 impl SegmentsEngine {
@@ -440,14 +557,22 @@ impl SegmentsEngine {
                 Segment {
                     file: Arc::new(file.try_clone().map_err(engine_err)?),
                     live: 0,
+                    reusable: false,
                 },
             );
-            let valid = read_segment(&file, *id, &mut index)?;
+            let SegmentRead {
+                salt,
+                valid,
+                sealed,
+            } = read_segment(&file, *id, &mut index)?;
+            if let Some(s) = index.segments.get_mut(id) {
+                s.reusable = salt.is_some();
+            }
             let size = file.metadata().map_err(engine_err)?.len();
             let last = i + 1 == ids.len();
-            // Past the valid part: the zeros of a segment's unused room, or the torn tail of a
-            // commit that never finished.
-            let torn = valid < size && bytes_follow(&file, valid, size)?;
+            // Past the valid part: the zeros of a segment's unused room, the torn tail of a
+            // commit that never finished, or (after a seal) a reused segment's earlier frames.
+            let torn = !sealed && valid < size && bytes_follow(&file, valid, size)?;
             if last {
                 if torn {
                     tracing::warn!(
@@ -472,21 +597,22 @@ impl SegmentsEngine {
                 );
             }
             if last {
-                tail = Some((*id, valid));
+                tail = Some((*id, salt, valid));
             }
         }
-        let (seg, len) = match tail {
+        let (seg, salt, len) = match tail {
             Some(t) => t,
             None => {
-                let file = create_segment(&seg_dir, 0)?;
+                let (file, salt) = create_segment(&seg_dir, 0)?;
                 index.segments.insert(
                     0,
                     Segment {
                         file: Arc::new(file),
                         live: 0,
+                        reusable: true,
                     },
                 );
-                (0, 0)
+                (0, Some(salt), SEG_HEADER)
             }
         };
         let file = index
@@ -501,6 +627,7 @@ impl SegmentsEngine {
             writer: Mutex::new(Writer {
                 seg,
                 file,
+                salt,
                 len,
                 failed: None,
                 last_meta_sync: Instant::now(),
@@ -615,18 +742,74 @@ impl SegmentsEngine {
         Ok(())
     }
 
-    /// Deletes the segments that hold no record any more (never the one being written).
+    /// Takes the segments that hold no record any more (never the one being written) out of
+    /// the store: one is kept as the next segment's spare ([`Self::reuse`]) while no spare is
+    /// ready, the others are deleted.
     fn delete_dead(&self) {
         let dead = {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             index.take_dead(self.active.load(Ordering::Acquire))
         };
-        for id in dead {
+        for (id, segment) in dead {
             let path = segment_path(&self.dir, id);
+            if segment.reusable && self.reuse(&path, segment.file) {
+                continue;
+            }
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(segment = %path.display(), error = %e, "store: could not delete a segment");
             }
         }
+    }
+
+    /// Makes the segment at `path`, which holds nothing any more, the next segment's spare,
+    /// unless a spare is ready already or a read still holds the file: its blocks are written
+    /// already, so the next segment needs neither zeros nor blocks freed and allocated again
+    /// (on a file system that discards freed blocks, that costs the commits' syncs for seconds).
+    /// A fresh salt and a seal make its frames stale before it leaves its name: were it read
+    /// again as a segment (a crash before the rename), it holds nothing. A spare being zeroed is
+    /// stopped. Returns whether it was kept.
+    fn reuse(&self, path: &Path, file: Arc<File>) -> bool {
+        // Only a file no read holds: a read that picked its records before they were dropped
+        // must find them unchanged (the index no longer lends it out).
+        let Ok(file) = Arc::try_unwrap(file) else {
+            return false;
+        };
+        if matches!(
+            *self.spare.lock().unwrap_or_else(|e| e.into_inner()),
+            Spare::Ready(..)
+        ) {
+            return false;
+        }
+        let salt = new_salt();
+        let spare = self.dir.join(format!(
+            "{}-{}{SPARE_SUFFIX}",
+            path.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("segment"),
+            SPARE_NAMES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let made = write_header(&file, salt)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| std::fs::rename(path, &spare));
+        if let Err(e) = made {
+            tracing::debug!(segment = %path.display(), error = %e, "store: could not keep a segment as the next one's spare");
+            return false;
+        }
+        let ready = ReadySpare {
+            path: spare,
+            file: Some(file),
+            salt,
+        };
+        let mut slot = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            // Another one got there first: this one goes (`ReadySpare`'s drop removes it).
+            Spare::Ready(..) => return true,
+            Spare::Preparing(stop) => stop.store(true, Ordering::Release),
+            Spare::None => {}
+        }
+        *slot = Spare::Ready(ready);
+        tracing::debug!(segment = %path.display(), "store: a segment that holds nothing kept as the next one's spare");
+        true
     }
 
     /// Starts the next segment.
@@ -635,17 +818,33 @@ impl SegmentsEngine {
             .seg
             .checked_add(1)
             .ok_or_else(|| StoreError::Engine("segment ids used up".into()))?;
+        // The seal, synced before the next segment exists: a segment that is not the last one
+        // always ends in one (what follows it may be a reused segment's earlier frames).
+        let mut end = w.len;
+        if let Some(salt) = w.salt {
+            match w
+                .file
+                .write_all_at(&seal(salt), w.len)
+                .and_then(|()| w.file.sync_data())
+            {
+                Ok(()) => end += HEADER as u64,
+                Err(e) => {
+                    tracing::warn!(segment = w.seg, error = %e, "store: could not seal a segment; reading it at the next start may report damage after its records");
+                }
+            }
+        }
         let spare = self.take_spare(seg);
         let zeroed = spare.is_some();
-        let file = Arc::new(match spare {
-            Some(file) => file,
+        let (file, salt) = match spare {
+            Some(s) => s,
             None => create_segment(&self.dir, seg)?,
-        });
-        if w.sparse && w.len < SEGMENT_BYTES {
-            // A sparse segment left early ends where its records do, so that its empty room is
-            // not read at open. Not synced: until the new size is durable the room reads as
-            // zeros, which is how a segment's unused room reads anyway.
-            if let Err(e) = w.file.set_len(w.len) {
+        };
+        let file = Arc::new(file);
+        if w.sparse && end < SEGMENT_BYTES {
+            // A sparse segment left early ends where its records (and its seal) do, so that its
+            // empty room is not read at open. Not synced: until the new size is durable the
+            // room reads as zeros, which is how a segment's unused room reads anyway.
+            if let Err(e) = w.file.set_len(end) {
                 tracing::debug!(segment = w.seg, error = %e, "store: could not shorten a segment left early");
             }
         }
@@ -656,13 +855,15 @@ impl SegmentsEngine {
                 Segment {
                     file: file.clone(),
                     live: 0,
+                    reusable: true,
                 },
             );
             self.active.store(seg, Ordering::Release);
         }
         w.seg = seg;
         w.file = file;
-        w.len = 0;
+        w.salt = Some(salt);
+        w.len = SEG_HEADER;
         w.sparse = !zeroed;
         w.spare_due = if zeroed { PREPARE_AT } else { EARLY_SPARE_AT };
         // The segment left may hold nothing any more.
@@ -749,9 +950,9 @@ fn cut_back(file: &File, len: u64) -> std::io::Result<()> {
 }
 
 /// Creates segment `id` with its room set aside: the file is [`SEGMENT_BYTES`] long from the
-/// start (sparse: no block is written), so that a commit's `fdatasync` has no file size to
-/// write.
-fn create_segment(dir: &Path, id: u32) -> Result<File> {
+/// start (sparse: no block but the header's is written), so that a commit's `fdatasync` has no
+/// file size to write. Returns it and its salt.
+fn create_segment(dir: &Path, id: u32) -> Result<(File, u64)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -760,9 +961,11 @@ fn create_segment(dir: &Path, id: u32) -> Result<File> {
         .open(segment_path(dir, id))
         .map_err(engine_err)?;
     file.set_len(SEGMENT_BYTES).map_err(engine_err)?;
+    let salt = new_salt();
+    write_header(&file, salt).map_err(engine_err)?;
     file.sync_all().map_err(engine_err)?;
     sync_dir(dir)?;
-    Ok(file)
+    Ok((file, salt))
 }
 
 /// Deletes the spares a previous run left (a spare is never part of the store's data).
@@ -805,15 +1008,16 @@ fn zero_min_rate(seg_dir: &Path) -> u64 {
     }
 }
 
-/// Writes a spare at `path`: [`SEGMENT_BYTES`] of zeros, synced with its size, so that a
-/// rotation can rename it into place. A step is written once `due` (bytes of zeros allowed so
+/// Writes a spare at `path`: [`SEGMENT_BYTES`] of zeros and a header with `salt`, synced with
+/// its size, so that a rotation can rename it into place. A step is written once `due` (bytes of zeros allowed so
 /// far, [`zeros_due`]) allows it. Stops between two steps once `wanted` says no (its engine
 /// was dropped): `None`, the file left for the caller to remove.
 fn write_spare(
     path: &Path,
+    salt: u64,
     wanted: impl Fn() -> bool,
     due: impl Fn() -> u64,
-) -> std::io::Result<Option<File>> {
+) -> std::io::Result<Option<(File, u64)>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -844,8 +1048,14 @@ fn write_spare(
         file.sync_data()?;
         at += ZERO_CHUNK as u64;
     }
+    write_header(&file, salt)?;
     file.sync_all()?;
-    Ok(Some(file))
+    Ok(Some((file, salt)))
+}
+
+/// Whether `slot` is the spare being zeroed with the flag `stop`.
+fn is_preparing(slot: &Spare, stop: &Arc<AtomicBool>) -> bool {
+    matches!(slot, Spare::Preparing(s) if Arc::ptr_eq(s, stop))
 }
 
 /// Whether the file system of `seg_dir` has [`SPARE_NEEDS_FREE`] bytes free for unprivileged
@@ -887,6 +1097,7 @@ impl SegmentsEngine {
     /// segment sparse, unless the active segment's next ask ([`SPARE_ASK_AGAIN_AFTER`]) gets
     /// one first.
     fn prepare_spare(&self, active: u32, room: u64) {
+        let stop = Arc::new(AtomicBool::new(false));
         {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
             if !matches!(*spare, Spare::None) {
@@ -895,12 +1106,9 @@ impl SegmentsEngine {
             if !room_for_a_spare(&self.dir) {
                 return;
             }
-            *spare = Spare::Preparing;
+            *spare = Spare::Preparing(stop.clone());
         }
-        // A name no other spare had in this process: a thread left from an engine dropped
-        // meanwhile (reopened after a failure) never writes to the file another one takes.
-        static SPARES: AtomicU64 = AtomicU64::new(0);
-        let n = SPARES.fetch_add(1, Ordering::Relaxed);
+        let n = SPARE_NAMES.fetch_add(1, Ordering::Relaxed);
         let path = self
             .dir
             .join(format!("{:010}-{n}{SPARE_SUFFIX}", u64::from(active) + 1));
@@ -914,6 +1122,7 @@ impl SegmentsEngine {
             Instant::now(),
         );
         let min_rate = zero_min_rate(&self.dir);
+        let stopped = stop.clone();
         let spawned = std::thread::Builder::new()
             .name("evmesh-segment-spare".into())
             .spawn(move || {
@@ -921,34 +1130,45 @@ impl SegmentsEngine {
                     let appended = written.load(Ordering::Relaxed).saturating_sub(asked_at);
                     zeros_due(asked.elapsed(), appended, room, min_rate)
                 };
-                let result = write_spare(&path, || state.strong_count() > 0, due);
+                let wanted = || state.strong_count() > 0 && !stopped.load(Ordering::Acquire);
+                let result = write_spare(&path, new_salt(), wanted, due);
                 #[cfg(test)]
                 let _finished = test_faults::SpareFinished(path.parent().map(Path::to_path_buf));
-                let (state, next) = match (state.upgrade(), result) {
-                    (Some(state), Ok(Some(file))) => (
-                        state,
-                        Spare::Ready(ReadySpare {
-                            path,
-                            file: Some(file),
-                        }),
-                    ),
-                    (Some(state), Err(e)) => {
+                // The engine is gone (dropped, or reopened after a failure): the file goes.
+                let Some(state) = state.upgrade() else {
+                    let _ = std::fs::remove_file(&path);
+                    return;
+                };
+                let mut slot = state.lock().unwrap_or_else(|e| e.into_inner());
+                // Stopped for a reused segment (`write_spare` stops early only then, or when
+                // the engine is gone): the slot is that one's now.
+                if !is_preparing(&slot, &stopped) || stopped.load(Ordering::Acquire) {
+                    let _ = std::fs::remove_file(&path);
+                    return;
+                }
+                *slot = match result {
+                    Ok(Some((file, salt))) => Spare::Ready(ReadySpare {
+                        path,
+                        file: Some(file),
+                        salt,
+                    }),
+                    Ok(None) => {
+                        let _ = std::fs::remove_file(&path);
+                        Spare::None
+                    }
+                    Err(e) => {
                         tracing::warn!(spare = %path.display(), error = %e, "store: could not zero the next segment ahead; it will be created sparse");
                         let _ = std::fs::remove_file(&path);
-                        (state, Spare::None)
-                    }
-                    // The engine is gone (dropped, or reopened after a failure); `write_spare`
-                    // stops early (`Ok(None)`) only then.
-                    _ => {
-                        let _ = std::fs::remove_file(&path);
-                        return;
+                        Spare::None
                     }
                 };
-                *state.lock().unwrap_or_else(|e| e.into_inner()) = next;
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "store: could not start zeroing the next segment");
-            *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Spare::None;
+            let mut slot = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            if is_preparing(&slot, &stop) {
+                *slot = Spare::None;
+            }
         }
     }
 
@@ -960,9 +1180,9 @@ impl SegmentsEngine {
         )
     }
 
-    /// The spare renamed into place as segment `seg`, when one is ready.
-    fn take_spare(&self, seg: u32) -> Option<File> {
-        let (path, file) = {
+    /// The spare renamed into place as segment `seg`, with its salt, when one is ready.
+    fn take_spare(&self, seg: u32) -> Option<(File, u64)> {
+        let (path, file, salt) = {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
             match std::mem::take(&mut *spare) {
                 Spare::Ready(ready) => ready.take()?,
@@ -974,7 +1194,7 @@ impl SegmentsEngine {
         };
         match std::fs::rename(&path, segment_path(&self.dir, seg)).map_err(engine_err) {
             Ok(()) => match sync_dir(&self.dir) {
-                Ok(()) => Some(file),
+                Ok(()) => Some((file, salt)),
                 Err(e) => {
                     // Not known to be in place: it is created afresh instead.
                     tracing::warn!(error = %e, "store: could not sync the segments' folder after taking the spare");
@@ -994,7 +1214,7 @@ impl SegmentsEngine {
     fn spare_state(&self) -> &'static str {
         match *self.spare.lock().unwrap_or_else(|e| e.into_inner()) {
             Spare::None => "none",
-            Spare::Preparing => "preparing",
+            Spare::Preparing(..) => "preparing",
             Spare::Ready(..) => "ready",
         }
     }
@@ -1149,6 +1369,8 @@ impl KvEngine for SegmentsEngine {
             }
         }
         let mut frames = Vec::new();
+        // Where each frame starts in `frames` (its CRC is written once the segment is known).
+        let mut starts = Vec::new();
         // (key, position of its value in `frames`, value length)
         let mut added: Vec<(Vec<u8>, usize, usize)> = Vec::new();
         for (k, v) in writes {
@@ -1164,6 +1386,7 @@ impl KvEngine for SegmentsEngine {
             };
             match v {
                 Some(v) => {
+                    starts.push(frames.len());
                     let at = encode_frame(&mut frames, &k, &v)?;
                     added.push((k, at, v.len()));
                 }
@@ -1178,9 +1401,14 @@ impl KvEngine for SegmentsEngine {
         }
         let mut base = 0;
         if !frames.is_empty() {
-            let full = w.len + frames.len() as u64 > SEGMENT_BYTES;
-            if w.len > 0 && (full || (w.sparse && self.spare_ready())) {
+            // Room is left for the seal.
+            let full = w.len + (frames.len() + HEADER) as u64 > SEGMENT_BYTES;
+            let holds_records = w.len > w.salt.map_or(0, |_| SEG_HEADER);
+            if holds_records && (full || (w.sparse && self.spare_ready())) {
                 self.rotate(&mut w)?;
+            }
+            for at in &starts {
+                stamp_crc(&mut frames, *at, w.salt)?;
             }
             base = w.len;
             if base + frames.len() as u64 > u64::from(u32::MAX) {
@@ -1458,8 +1686,9 @@ mod tests {
         );
     }
 
-    /// The bytes of one frame of `log` at offset `o` holding `payload` (appended at `o` ms).
-    fn frame(log: &str, o: u64, payload: &[u8]) -> Vec<u8> {
+    /// The bytes of one frame of `log` at offset `o` holding `payload` (appended at `o` ms), for
+    /// a segment with `salt` (`None`: one without a header).
+    fn frame_salted(log: &str, o: u64, payload: &[u8], salt: Option<u64>) -> Vec<u8> {
         let mut f = Vec::new();
         encode_frame(
             &mut f,
@@ -1467,7 +1696,25 @@ mod tests {
             &keys::record_value(o, payload),
         )
         .expect("frame");
+        stamp_crc(&mut f, 0, salt).expect("crc");
         f
+    }
+
+    /// The salt in the header of the segment at `path`.
+    fn salt_of(path: &Path) -> u64 {
+        let f = File::open(path).expect("open");
+        let size = f.metadata().expect("metadata").len();
+        read_header(&f, size).expect("read").expect("a header")
+    }
+
+    /// One frame of `log` at offset `o` holding `payload`, as the segment at `path` writes it.
+    fn frame(path: &Path, log: &str, o: u64, payload: &[u8]) -> Vec<u8> {
+        frame_salted(log, o, payload, Some(salt_of(path)))
+    }
+
+    /// Where frames of `lens` bytes, written from the start of a segment, end.
+    fn end_of(lens: impl IntoIterator<Item = usize>) -> u64 {
+        SEG_HEADER + lens.into_iter().map(|l| l as u64).sum::<u64>()
     }
 
     fn write_at(path: &Path, bytes: &[u8], at: u64) {
@@ -1489,10 +1736,10 @@ mod tests {
             let e = open(dir.path());
             put(&e, "a", 0..5, b"whole");
         }
-        let end: u64 = (0..5).map(|o| frame("a", o, b"whole").len() as u64).sum();
-        // Half a frame after the last one, as a commit killed while writing leaves it.
         let path = last_segment(dir.path());
-        let mut half = frame("a", 5, b"torn");
+        let end = end_of((0..5).map(|o| frame(&path, "a", o, b"whole").len()));
+        // Half a frame after the last one, as a commit killed while writing leaves it.
+        let mut half = frame(&path, "a", 5, b"torn");
         half.truncate(half.len() - 3);
         write_at(&path, &half, end);
         let e = open(dir.path());
@@ -1520,15 +1767,19 @@ mod tests {
             let e = open(dir.path());
             put(&e, "a", 0..5, b"whole");
         }
-        let end: u64 = (0..5).map(|o| frame("a", o, b"whole").len() as u64).sum();
+        let path = last_segment(dir.path());
+        let end = end_of((0..5).map(|o| frame(&path, "a", o, b"whole").len()));
         // A commit torn by a power loss: its first frame damaged, a later one whole (offset 2,
         // given out again after an earlier failed commit). The damaged part is exactly as long
         // as the next record written after the restart, so that, were it left, the stale frame
         // would follow that record directly and replace offsets 2 and on when read.
-        let next = frame("a", 5, b"next");
-        let path = last_segment(dir.path());
+        let next = frame(&path, "a", 5, b"next");
         write_at(&path, &vec![0xab; next.len()], end);
-        write_at(&path, &frame("a", 2, b"stale"), end + next.len() as u64);
+        write_at(
+            &path,
+            &frame(&path, "a", 2, b"stale"),
+            end + next.len() as u64,
+        );
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![0, 1, 2, 3, 4]);
         put(&e, "a", 5..6, b"next");
@@ -1549,12 +1800,14 @@ mod tests {
             put(&e, "a", 0..3, b"abc");
             put(&e, "a", 3..4, b"xyz");
         }
-        let end: u64 = (0..3)
-            .map(|o| frame("a", o, b"abc").len() as u64)
-            .sum::<u64>()
-            + frame("a", 3, b"xyz").len() as u64;
+        let path = last_segment(dir.path());
+        let end = end_of(
+            (0..3)
+                .map(|o| frame(&path, "a", o, b"abc").len())
+                .chain([frame(&path, "a", 3, b"xyz").len()]),
+        );
         // Flip the last byte of the last record's payload.
-        write_at(&last_segment(dir.path()), b"Z", end - 1);
+        write_at(&path, b"Z", end - 1);
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
     }
@@ -1609,42 +1862,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn trimmed_records_are_gone_and_a_segment_holding_none_is_deleted() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let e = open(dir.path());
-        // No spares: when one is ready the first segment would be left early, and how many
-        // segments there are would depend on the moment.
-        test_faults::set_free_space(dir.path(), 0);
-        let big = vec![7u8; 1024 * 1024];
-        // Enough to fill more than one segment.
-        let per_segment = SEGMENT_BYTES / big.len() as u64;
-        for o in 0..per_segment + 2 {
-            put(&e, "a", o..o + 1, &big);
-        }
-        let count = || {
-            std::fs::read_dir(dir.path().join(SEGMENTS_DIR))
-                .expect("read dir")
-                .filter(|e| segment_id(&e.as_ref().expect("entry").path()).is_some())
-                .count()
-        };
-        assert_eq!(count(), 2);
-        let first = per_segment + 1;
+    /// The segment files of the store in `dir` (spares not counted).
+    fn segment_count(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(SEGMENTS_DIR))
+            .expect("read dir")
+            .filter(|e| segment_id(&e.as_ref().expect("entry").path()).is_some())
+            .count()
+    }
+
+    /// Log `a` starts at `first` and ends before `next`, its metadata synced as a retention run
+    /// leaves it, and the records below `first` are trimmed.
+    fn start_at(e: &SegmentsEngine, first: u64, next: u64) {
         let mut batch = Batch {
             sync_all: true,
             ..Batch::default()
         };
-        batch.writes.insert(
-            keys::meta_key("a"),
-            Some(
-                LogMeta {
-                    first,
-                    next: per_segment + 2,
-                    bytes: big.len() as u64,
-                }
-                .encode(),
-            ),
-        );
+        let meta = LogMeta {
+            first,
+            next,
+            bytes: 0,
+        };
+        batch
+            .writes
+            .insert(keys::meta_key("a"), Some(meta.encode()));
         e.commit(batch).expect("commit");
         e.trim(
             &keys::record_key("a", 0),
@@ -1652,11 +1892,199 @@ mod tests {
             &keys::record_key("a", first),
         )
         .expect("trim");
-        assert_eq!(count(), 1, "the first segment is deleted");
-        assert_eq!(offsets(&e, "a"), vec![first]);
+    }
+
+    /// 1 MiB records of log `a` from `from`, one commit each, until one goes to the next
+    /// segment; returns the offset of that one (the first of the next segment).
+    fn fill_segment(e: &SegmentsEngine, from: u64) -> u64 {
+        let seg = e.active.load(Ordering::Acquire);
+        let mut o = from;
+        while e.active.load(Ordering::Acquire) == seg {
+            assert!(o < from + 2 * PER_SEGMENT, "no rotation");
+            put_big(e, o..o + 1);
+            o += 1;
+        }
+        o - 1
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("metadata").ino()
+    }
+
+    #[test]
+    fn trimmed_records_are_gone_and_a_segment_holding_none_leaves_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        // No zeroed spares: when one is ready the first segment would be left early, and how
+        // many segments there are would depend on the moment.
+        test_faults::set_free_space(dir.path(), 0);
+        let first = fill_segment(&e, 0);
+        put_big(&e, first + 1..first + 2);
+        assert_eq!(segment_count(dir.path()), 2);
+        start_at(&e, first, first + 2);
+        assert_eq!(segment_count(dir.path()), 1, "the first segment is gone");
+        assert_eq!(offsets(&e, "a"), vec![first, first + 1]);
         drop(e);
         let e = open(dir.path());
-        assert_eq!(offsets(&e, "a"), vec![first]);
+        assert_eq!(offsets(&e, "a"), vec![first, first + 1]);
+    }
+
+    #[test]
+    fn a_segment_that_holds_nothing_is_reused_as_the_next_one_without_zeros() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        // No zeroed spares: a spare that is ready is the reused segment.
+        test_faults::set_free_space(dir.path(), 0);
+        let first = fill_segment(&e, 0);
+        let seg0 = segment_path(&dir.path().join(SEGMENTS_DIR), 0);
+        let (reused, blocks) = (inode(&seg0), allocated(&seg0));
+        start_at(&e, first, first + 1);
+        assert_eq!(e.spare_state(), "ready");
+        let kept = spares(dir.path());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(inode(&kept[0]), reused, "segment 0 kept as the spare");
+        // Segment 1 was created sparse: it is left for the spare at the next commit.
+        put(&e, "a", first + 1..first + 2, b"next");
+        let last = last_segment(dir.path());
+        assert_eq!(segment_id(&last), Some(2));
+        assert_eq!(inode(&last), reused, "segment 2 is segment 0's file");
+        assert_eq!(allocated(&last), blocks, "its blocks are kept");
+        assert_eq!(test_faults::spare_progress(dir.path()).0, 0, "no zeros");
+        assert!(spares(dir.path()).is_empty());
+        drop(e);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![first, first + 1]);
+    }
+
+    #[test]
+    fn the_records_a_reused_segment_held_never_come_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        test_faults::set_free_space(dir.path(), 0);
+        let first = fill_segment(&e, 0);
+        start_at(&e, first, first + 1);
+        // Records as long as the ones segment 0 held: each frame ends where one of those
+        // began, so that were they still valid they would be read on from there.
+        let next = first + 3;
+        put_big(&e, first + 1..next);
+        assert_eq!(segment_id(&last_segment(dir.path())), Some(2));
+        drop(e);
+        // Segment 2, the reused one, is the last: read to the first frame that fails its CRC.
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), (first..next).collect::<Vec<_>>());
+        // Left for the next one, it is sealed after its records, and read to the seal.
+        let after = fill_segment(&e, next);
+        put_big(&e, after + 1..after + 2);
+        drop(e);
+        let seg2 = File::open(segment_path(&dir.path().join(SEGMENTS_DIR), 2)).expect("open");
+        let read = read_segment(&seg2, 2, &mut Index::default()).expect("read");
+        assert!(read.sealed, "segment 2 ends in a seal");
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), (first..after + 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_segment_a_read_still_holds_is_deleted_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        test_faults::set_free_space(dir.path(), 0);
+        let first = fill_segment(&e, 0);
+        // As a read that picked segment 0's records before they were trimmed holds it.
+        let held = e
+            .index
+            .read()
+            .expect("index")
+            .segments
+            .get(&0)
+            .map(|s| s.file.clone())
+            .expect("segment 0");
+        start_at(&e, first, first + 1);
+        assert_eq!(e.spare_state(), "none");
+        assert!(spares(dir.path()).is_empty());
+        assert_eq!(segment_count(dir.path()), 1, "segment 0 is deleted");
+        drop(held);
+    }
+
+    #[test]
+    fn a_segment_that_holds_nothing_stops_a_spare_being_zeroed_and_takes_its_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let first = fill_segment(&e, 0);
+        // Past half of segment 1 (zeroed ahead) a spare is asked for; paced at 1 B/s it
+        // writes nothing until more is appended.
+        test_faults::pace_spares(dir.path(), 1);
+        let at = fill_past_half(&e, first + 1);
+        assert_eq!(e.spare_state(), "preparing");
+        let (_, finished) = test_faults::spare_progress(dir.path());
+        let reused = inode(&segment_path(&dir.path().join(SEGMENTS_DIR), 0));
+        start_at(&e, first, at);
+        assert_eq!(e.spare_state(), "ready");
+        let until = Instant::now() + Duration::from_secs(60);
+        while test_faults::spare_progress(dir.path()).1 == finished && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let kept = spares(dir.path());
+        assert_eq!(kept.len(), 1, "the zeroed spare is removed: {kept:?}");
+        assert_eq!(inode(&kept[0]), reused);
+        let next = fill_segment(&e, at);
+        assert_eq!(inode(&last_segment(dir.path())), reused);
+        reopened_from(e, dir.path(), first, next + 1);
+    }
+
+    /// A segment of log `a`'s records at `offsets`, as written before segments had a header
+    /// (frames whose CRC covers the body alone, no seal), as segment `id` of the store in `dir`.
+    fn segment_without_header(dir: &Path, id: u32, offsets: std::ops::Range<u64>) {
+        let seg_dir = dir.join(SEGMENTS_DIR);
+        std::fs::create_dir_all(&seg_dir).expect("segments dir");
+        let mut bytes = Vec::new();
+        for o in offsets {
+            bytes.extend(frame_salted("a", o, b"old", None));
+        }
+        let path = segment_path(&seg_dir, id);
+        std::fs::write(&path, &bytes).expect("write");
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(SEGMENT_BYTES))
+            .expect("size");
+    }
+
+    #[test]
+    fn a_segment_without_a_header_is_read_and_written_on_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        segment_without_header(dir.path(), 0, 0..3);
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
+        put(&e, "a", 3..4, b"new");
+        drop(e);
+        let path = last_segment(dir.path());
+        assert_eq!(segment_id(&path), Some(0));
+        assert_ne!(
+            read_at(&path, 0, 8),
+            MAGIC.to_vec(),
+            "still without a header"
+        );
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2, 3]);
+        assert_eq!(
+            e.get(&keys::record_key("a", 3)).expect("get"),
+            Some(keys::record_value(3, b"new"))
+        );
+    }
+
+    #[test]
+    fn a_segment_without_a_header_that_holds_nothing_is_deleted_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        segment_without_header(dir.path(), 0, 0..3);
+        let e = open(dir.path());
+        test_faults::set_free_space(dir.path(), 0);
+        let first = fill_segment(&e, 3);
+        start_at(&e, first, first + 1);
+        assert_eq!(e.spare_state(), "none");
+        assert!(spares(dir.path()).is_empty());
+        assert_eq!(segment_count(dir.path()), 1);
+        reopened_from(e, dir.path(), first, first + 1);
     }
 
     /// Waits (at most a minute) until the spare is no longer being prepared; returns its state.
@@ -1750,6 +2178,13 @@ mod tests {
         put_big(&e, 0..1);
         assert_eq!(settled_spare(&e), "none");
         e
+    }
+
+    /// Reopened, the store in `dir` holds log `a`'s offsets `from..next`.
+    fn reopened_from(e: SegmentsEngine, dir: &Path, from: u64, next: u64) {
+        drop(e);
+        let e = open(dir);
+        assert_eq!(offsets(&e, "a"), (from..next).collect::<Vec<_>>());
     }
 
     /// Reopened, the store in `dir` holds log `a`'s offsets `0..next`.
@@ -1923,8 +2358,9 @@ mod tests {
         assert_eq!(e.spare_state(), "preparing");
         // A quarter of the room used: half the spare, and no more. (Every 1 MiB record's frame
         // has the first one's length.)
-        let frame = e.writer.lock().expect("writer").len;
-        let room = SEGMENT_BYTES - frame;
+        let len = e.writer.lock().expect("writer").len;
+        let frame = len - SEG_HEADER;
+        let room = SEGMENT_BYTES - len;
         let quarter = room / 4 / frame;
         put_big(&e, 1..1 + quarter);
         let due = zeros_due(Duration::ZERO, quarter * frame, room, 0);
@@ -1997,7 +2433,7 @@ mod tests {
             .path()
             .join(SEGMENTS_DIR)
             .join(format!("{:010}{SPARE_SUFFIX}", 1));
-        std::fs::write(&spare, frame("a", 9, b"stray")).expect("write");
+        std::fs::write(&spare, frame_salted("a", 9, b"stray", None)).expect("write");
         let e = open(dir.path());
         assert!(spares(dir.path()).is_empty(), "the spare is removed");
         assert_eq!(offsets(&e, "a"), vec![0, 1]);
