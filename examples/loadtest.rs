@@ -63,7 +63,9 @@
 //!   `--retention PT2M`; sends `rate` events/s on a fixed schedule (open loop) for `seconds`,
 //!   prints the child's RSS every `--sample-seconds` (10), then waits until delivery is complete
 //!   and checks that every accepted event reached every trigger exactly once (exit 1 otherwise);
-//!   prints the RSS again after `--idle-seconds` (30) without load.
+//!   prints the RSS again after `--idle-seconds` (30) without load, and each delivery's latency
+//!   from its send to the sink (over the run and per sample window: p99, p99.9, max, how many
+//!   over 5 ms).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -1588,9 +1590,14 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
     );
     let c = counts.clone();
+    // Each delivery's arrival (ms since the soak's start) and latency from its send (µs).
+    let start_us = now_us();
+    let latencies: Arc<std::sync::Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let l = latencies.clone();
     let sink = Router::new().fallback(post(move |uri: Uri, headers: HeaderMap| {
-        let c = c.clone();
+        let (c, l) = (c.clone(), l.clone());
         async move {
+            let now = now_us();
             let t = uri.path().trim_start_matches("/t").parse::<usize>().ok();
             let id = headers
                 .get("ce-id")
@@ -1600,6 +1607,16 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
                 && let Some(slot) = c.get(t).and_then(|v| v.get(id))
             {
                 slot.fetch_add(1, Ordering::Relaxed);
+            }
+            let sent = headers
+                .get("ce-sentus")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if let (Some(sent), Ok(mut l)) = (sent, l.lock()) {
+                l.push((
+                    now.saturating_sub(start_us) / 1000,
+                    now.saturating_sub(sent),
+                ));
             }
             StatusCode::ACCEPTED
         }
@@ -1729,6 +1746,10 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let (rss, hwm) = rss_mib(pid);
     println!("load stopped, delivery complete: RSS {rss:.1} MiB (peak {hwm:.1} MiB)");
+    print_soak_latency(
+        &latencies.lock().map(|l| l.clone()).unwrap_or_default(),
+        a.sample_seconds,
+    );
     tokio::time::sleep(Duration::from_secs(a.idle_seconds)).await;
     let (rss, hwm) = rss_mib(pid);
     println!(
@@ -1774,6 +1795,47 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("ok: every event accepted and delivered exactly once to each trigger");
     Ok(())
+}
+
+/// Prints the latency ingress → sink of a soak's deliveries (`(arrival ms, latency µs)`): over
+/// the whole run, and per window of `window_secs` by arrival (p99, p99.9, max, and how many
+/// took over 5 ms), so that slow phases can be told from a long tail throughout.
+fn print_soak_latency(deliveries: &[(u64, u64)], window_secs: u64) {
+    let ms = |v: &[u64], p: f64| -> f64 {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let mut all: Vec<u64> = deliveries.iter().map(|d| d.1).collect();
+    all.sort_unstable();
+    let over = |v: &[u64]| v.iter().filter(|l| **l > 5_000).count();
+    println!(
+        "latency ingress->sink over {} deliveries: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} over 5 ms",
+        all.len(),
+        ms(&all, 0.5),
+        ms(&all, 0.99),
+        ms(&all, 0.999),
+        ms(&all, 1.0),
+        over(&all)
+    );
+    let window_ms = window_secs.max(1) * 1000;
+    let mut windows: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    for (at, l) in deliveries {
+        windows.entry(at / window_ms).or_default().push(*l);
+    }
+    for (w, mut v) in windows {
+        v.sort_unstable();
+        println!(
+            "  {:>5}s..: {:>6} deliveries, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} over 5 ms",
+            w * window_secs.max(1),
+            v.len(),
+            ms(&v, 0.99),
+            ms(&v, 0.999),
+            ms(&v, 1.0),
+            over(&v)
+        );
+    }
 }
 
 /// Fills a topic with `records` CloudEvent records (binary `ce_` headers), then runs a

@@ -262,6 +262,9 @@ pub(crate) struct SegmentsEngine {
     active: AtomicU32,
     /// The next segment, zeroed ahead (shared with the thread that prepares it).
     spare: Arc<Mutex<Spare>>,
+    /// A segment that holds nothing, kept for the rotation after the next while a spare is
+    /// ready ([`Self::reuse`]); it becomes the spare when that one is taken.
+    reserve: Mutex<Option<ReadySpare>>,
     /// Bytes written to segments since the engine opened (the spare's thread paces itself by
     /// them).
     written: Arc<AtomicU64>,
@@ -639,6 +642,7 @@ impl SegmentsEngine {
             }),
             active: AtomicU32::new(seg),
             spare: Arc::default(),
+            reserve: Mutex::default(),
             written: Arc::default(),
         };
         engine.migrate()?;
@@ -743,8 +747,7 @@ impl SegmentsEngine {
     }
 
     /// Takes the segments that hold no record any more (never the one being written) out of
-    /// the store: one is kept as the next segment's spare ([`Self::reuse`]) while no spare is
-    /// ready, the others are deleted.
+    /// the store: up to two are kept for reuse ([`Self::reuse`]), the others are deleted.
     fn delete_dead(&self) {
         let dead = {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
@@ -762,22 +765,28 @@ impl SegmentsEngine {
     }
 
     /// Makes the segment at `path`, which holds nothing any more, the next segment's spare,
-    /// unless a spare is ready already or a read still holds the file: its blocks are written
-    /// already, so the next segment needs neither zeros nor blocks freed and allocated again
-    /// (on a file system that discards freed blocks, that costs the commits' syncs for seconds).
-    /// A fresh salt and a seal make its frames stale before it leaves its name: were it read
-    /// again as a segment (a crash before the rename), it holds nothing. A spare being zeroed is
-    /// stopped. Returns whether it was kept.
+    /// or, while a spare is ready, the reserve (the one after), unless both are taken or a read
+    /// still holds the file: its blocks are written already, so the next segment needs neither
+    /// zeros nor blocks freed and allocated again (on a file system that discards freed blocks,
+    /// that costs the commits' syncs for seconds). Kept in reserve, it is there when retention
+    /// empties a segment after a spare was zeroed for the next: under a steady load and
+    /// retention, every segment after the first few is a reused one. A fresh salt and a seal
+    /// make its frames stale before it leaves its name: were it read again as a segment (a
+    /// crash before the rename), it holds nothing. A spare being zeroed is stopped. Returns
+    /// whether it was kept.
     fn reuse(&self, path: &Path, file: Arc<File>) -> bool {
         // Only a file no read holds: a read that picked its records before they were dropped
         // must find them unchanged (the index no longer lends it out).
         let Ok(file) = Arc::try_unwrap(file) else {
             return false;
         };
-        if matches!(
-            *self.spare.lock().unwrap_or_else(|e| e.into_inner()),
-            Spare::Ready(..)
-        ) {
+        if self.spare_ready()
+            && self
+                .reserve
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
             return false;
         }
         let salt = new_salt();
@@ -802,8 +811,16 @@ impl SegmentsEngine {
         };
         let mut slot = self.spare.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {
-            // Another one got there first: this one goes (`ReadySpare`'s drop removes it).
-            Spare::Ready(..) => return true,
+            Spare::Ready(..) => {
+                // When another one got there first, this one goes (`ReadySpare`'s drop
+                // removes it).
+                let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+                if reserve.is_none() {
+                    *reserve = Some(ready);
+                    tracing::debug!(segment = %path.display(), "store: a segment that holds nothing kept in reserve");
+                }
+                return true;
+            }
             Spare::Preparing(stop) => stop.store(true, Ordering::Release),
             Spare::None => {}
         }
@@ -1185,7 +1202,18 @@ impl SegmentsEngine {
         let (path, file, salt) = {
             let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
             match std::mem::take(&mut *spare) {
-                Spare::Ready(ready) => ready.take()?,
+                Spare::Ready(ready) => {
+                    // The reserve is the next one's spare.
+                    if let Some(r) = self
+                        .reserve
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                    {
+                        *spare = Spare::Ready(r);
+                    }
+                    ready.take()?
+                }
                 other => {
                     *spare = other;
                     return None;
@@ -1982,6 +2010,33 @@ mod tests {
         assert!(read.sealed, "segment 2 ends in a seal");
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), (first..after + 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_segment_that_holds_nothing_while_a_spare_is_ready_is_kept_for_the_one_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let first = fill_segment(&e, 0);
+        let at = fill_past_half(&e, first + 1);
+        assert_eq!(settled_spare(&e), "ready", "segment 2 zeroed ahead");
+        let reused = inode(&segment_path(&dir.path().join(SEGMENTS_DIR), 0));
+        start_at(&e, first, at);
+        assert_eq!(spares(dir.path()).len(), 2, "segment 0 kept in reserve");
+        let next = fill_segment(&e, at);
+        // Segment 2 is the zeroed one; the reserve is the spare now, and none is zeroed.
+        assert_ne!(inode(&last_segment(dir.path())), reused);
+        let kept = spares(dir.path());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(inode(&kept[0]), reused);
+        let steps = test_faults::spare_progress(dir.path()).0;
+        let after = fill_segment(&e, next + 1);
+        assert_eq!(
+            inode(&last_segment(dir.path())),
+            reused,
+            "segment 3 is segment 0's file"
+        );
+        assert_eq!(test_faults::spare_progress(dir.path()).0, steps, "no zeros");
+        reopened_from(e, dir.path(), first, after + 1);
     }
 
     #[test]
