@@ -5,8 +5,8 @@
 //! afresh each time the file is put to use) and a run of frames
 //! `[body length u32 LE][CRC-32 of body and salt u32 LE][key length u16 LE][key][value]`, where
 //! key and value are the store's record key and value (`keys::record_key`,
-//! `keys::record_value`); a segment the writer left for the next one ends in a seal (a frame
-//! header of body length 0 whose CRC is the salt's, [`seal`]). A segment written before
+//! `keys::record_value`); each commit writes a seal after its frames (a frame header of body
+//! length 0 whose CRC is the salt's, [`seal`]), which the next commit writes over. A segment written before
 //! segments had a header has no header, seal or salt (its CRCs cover the body alone): it is read
 //! and written on so, and deleted, not reused. A
 //! segment is [`SEGMENT_BYTES`] long from the start (its size never changes while it is
@@ -387,10 +387,10 @@ fn stamp_crc(buf: &mut [u8], at: usize, salt: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// The seal written after a segment's last frame when the writer leaves it: a frame header of
-/// body length 0 whose CRC is that of an empty body with the segment's salt. Reading stops
-/// there without taking what follows for damage (a reused segment holds its earlier frames
-/// past its own).
+/// The seal written after a segment's last frame with each commit (the next one writes over
+/// it): a frame header of body length 0 whose CRC is that of an empty body with the segment's
+/// salt. Reading stops there without taking what follows for damage (a reused segment holds its
+/// earlier frames past its own).
 fn seal(salt: u64) -> [u8; HEADER] {
     let mut b = [0u8; HEADER];
     b[4..].copy_from_slice(&frame_crc(&[], Some(salt)).to_le_bytes());
@@ -460,7 +460,7 @@ struct SegmentRead {
     salt: Option<u64>,
     /// The length of its valid part: its header and whole frames.
     valid: u64,
-    /// A seal follows the valid part: the writer left the segment there.
+    /// A seal follows the valid part: the last commit written there finished.
     sealed: bool,
 }
 
@@ -789,6 +789,16 @@ impl SegmentsEngine {
         {
             return false;
         }
+        // Only a segment whose room is written (zeroed ahead or reused): one created sparse is
+        // shortened when it is left.
+        match written_through(&file) {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::debug!(segment = %path.display(), error = %e, "store: could not tell whether a segment's room is written; it is deleted");
+                return false;
+            }
+        }
         let salt = new_salt();
         let spare = self.dir.join(format!(
             "{}-{}{SPARE_SUFFIX}",
@@ -835,21 +845,8 @@ impl SegmentsEngine {
             .seg
             .checked_add(1)
             .ok_or_else(|| StoreError::Engine("segment ids used up".into()))?;
-        // The seal, synced before the next segment exists: a segment that is not the last one
-        // always ends in one (what follows it may be a reused segment's earlier frames).
-        let mut end = w.len;
-        if let Some(salt) = w.salt {
-            match w
-                .file
-                .write_all_at(&seal(salt), w.len)
-                .and_then(|()| w.file.sync_data())
-            {
-                Ok(()) => end += HEADER as u64,
-                Err(e) => {
-                    tracing::warn!(segment = w.seg, error = %e, "store: could not seal a segment; reading it at the next start may report damage after its records");
-                }
-            }
-        }
+        // Where its records and (written and synced with the last commit) its seal end.
+        let end = w.len + w.salt.map_or(0, |_| HEADER as u64);
         let spare = self.take_spare(seg);
         let zeroed = spare.is_some();
         let (file, salt) = match spare {
@@ -1068,6 +1065,31 @@ fn write_spare(
     write_header(&file, salt)?;
     file.sync_all()?;
     Ok(Some((file, salt)))
+}
+
+/// Whether `file` is a segment of full length whose room is written (allocated) to its end.
+fn written_through(file: &File) -> std::io::Result<bool> {
+    Ok(file.metadata()?.len() == SEGMENT_BYTES && first_hole(file)? >= SEGMENT_BYTES)
+}
+
+/// Where the first unwritten (sparse) part of `file` begins; its length when there is none.
+/// Where the system cannot tell, a file with fewer blocks than bytes reads as unwritten from
+/// its start.
+fn first_hole(file: &File) -> std::io::Result<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        Ok(rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(0))?)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(if m.blocks() * 512 >= m.len() {
+            m.len()
+        } else {
+            0
+        })
+    }
 }
 
 /// Whether `slot` is the spare being zeroed with the flag `stop`.
@@ -1438,6 +1460,13 @@ impl KvEngine for SegmentsEngine {
             for at in &starts {
                 stamp_crc(&mut frames, *at, w.salt)?;
             }
+            // The seal after the last frame, written and synced with them (the next commit
+            // writes over it): reading at open stops there, and tells a segment whose last
+            // commit finished from one whose tail is torn.
+            let records = frames.len() as u64;
+            if let Some(salt) = w.salt {
+                frames.extend_from_slice(&seal(salt));
+            }
             base = w.len;
             if base + frames.len() as u64 > u64::from(u32::MAX) {
                 return Err(StoreError::Engine(
@@ -1457,9 +1486,8 @@ impl KvEngine for SegmentsEngine {
                 let _ = cut_back(&w.file, base);
                 return Err(engine_err(e));
             }
-            w.len = base + frames.len() as u64;
-            self.written
-                .fetch_add(frames.len() as u64, Ordering::Relaxed);
+            w.len = base + records;
+            self.written.fetch_add(records, Ordering::Relaxed);
             if w.len >= w.spare_due {
                 w.spare_due = w.len.saturating_add(SPARE_ASK_AGAIN_AFTER);
                 self.prepare_spare(w.seg, SEGMENT_BYTES.saturating_sub(w.len));
@@ -1958,106 +1986,137 @@ mod tests {
         assert_eq!(offsets(&e, "a"), vec![first, first + 1]);
     }
 
+    /// A fresh store's segments 0 (sparse, left early) and 1 (zeroed ahead, all 1 MiB records of
+    /// log `a` from offset 1), and segment 2 (zeroed ahead) holding one record; returns that
+    /// record's offset (the first one segment 1 does not hold).
+    fn a_zeroed_segment_full(e: &SegmentsEngine) -> u64 {
+        put_big(e, 0..1);
+        assert_eq!(settled_spare(e), "ready");
+        put_big(e, 1..2);
+        assert_eq!(e.active.load(Ordering::Acquire), 1);
+        let at = fill_past_half(e, 2);
+        assert_eq!(settled_spare(e), "ready");
+        let first = fill_segment(e, at);
+        assert_eq!(e.active.load(Ordering::Acquire), 2);
+        first
+    }
+
     #[test]
     fn a_segment_that_holds_nothing_is_reused_as_the_next_one_without_zeros() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        // No zeroed spares: a spare that is ready is the reused segment.
-        test_faults::set_free_space(dir.path(), 0);
-        let first = fill_segment(&e, 0);
-        let seg0 = segment_path(&dir.path().join(SEGMENTS_DIR), 0);
-        let (reused, blocks) = (inode(&seg0), allocated(&seg0));
+        let first = a_zeroed_segment_full(&e);
+        let reused = inode(&segment_path(&dir.path().join(SEGMENTS_DIR), 1));
+        let zeros = test_faults::spare_progress(dir.path()).0;
         start_at(&e, first, first + 1);
         assert_eq!(e.spare_state(), "ready");
         let kept = spares(dir.path());
-        assert_eq!(kept.len(), 1);
-        assert_eq!(inode(&kept[0]), reused, "segment 0 kept as the spare");
-        // Segment 1 was created sparse: it is left for the spare at the next commit.
-        put(&e, "a", first + 1..first + 2, b"next");
+        assert_eq!(kept.len(), 1, "segment 0, left early, is deleted");
+        assert_eq!(inode(&kept[0]), reused, "segment 1 kept as the spare");
+        let next = fill_segment(&e, first + 1);
         let last = last_segment(dir.path());
-        assert_eq!(segment_id(&last), Some(2));
-        assert_eq!(inode(&last), reused, "segment 2 is segment 0's file");
-        assert_eq!(allocated(&last), blocks, "its blocks are kept");
-        assert_eq!(test_faults::spare_progress(dir.path()).0, 0, "no zeros");
+        assert_eq!(segment_id(&last), Some(3));
+        assert_eq!(inode(&last), reused, "segment 3 is segment 1's file");
+        assert!(allocated(&last) >= SEGMENT_BYTES, "its blocks are written");
+        assert_eq!(test_faults::spare_progress(dir.path()).0, zeros, "no zeros");
         assert!(spares(dir.path()).is_empty());
-        drop(e);
-        let e = open(dir.path());
-        assert_eq!(offsets(&e, "a"), vec![first, first + 1]);
+        reopened_from(e, dir.path(), first, next + 1);
     }
 
     #[test]
     fn the_records_a_reused_segment_held_never_come_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        test_faults::set_free_space(dir.path(), 0);
-        let first = fill_segment(&e, 0);
+        let first = a_zeroed_segment_full(&e);
         start_at(&e, first, first + 1);
-        // Records as long as the ones segment 0 held: each frame ends where one of those
-        // began, so that were they still valid they would be read on from there.
-        let next = first + 3;
-        put_big(&e, first + 1..next);
-        assert_eq!(segment_id(&last_segment(dir.path())), Some(2));
+        // Segment 3, segment 1 reused, gets 1 MiB records as segment 1 did: the first two end
+        // where segment 1's third began.
+        let frame_len = frame_salted("a", 0, &[7u8; 1024 * 1024], None).len() as u64;
+        let third = SEG_HEADER + 2 * frame_len;
+        let kept = spares(dir.path());
+        assert_eq!(kept.len(), 1);
+        let (stale, reused) = (read_at(&kept[0], third, HEADER), inode(&kept[0]));
+        let next = fill_segment(&e, first + 1);
+        put_big(&e, next + 1..next + 2);
+        let seg3 = last_segment(dir.path());
+        assert_eq!(inode(&seg3), reused, "segment 3 is segment 1's file");
         drop(e);
-        // Segment 2, the reused one, is the last: read to the first frame that fails its CRC.
+        let read = read_segment(&File::open(&seg3).expect("open"), 3, &mut Index::default());
+        assert!(
+            read.expect("read").sealed,
+            "the last commit's seal follows its records"
+        );
+        // As if the last commit's seal never reached the disk (a commit torn after its
+        // frames): segment 1's third frame, whole, follows the new records.
+        write_at(&seg3, &stale, third);
         let e = open(dir.path());
-        assert_eq!(offsets(&e, "a"), (first..next).collect::<Vec<_>>());
-        // Left for the next one, it is sealed after its records, and read to the seal.
-        let after = fill_segment(&e, next);
-        put_big(&e, after + 1..after + 2);
+        assert_eq!(offsets(&e, "a"), (first..next + 2).collect::<Vec<_>>());
+        // Left for the next one, it is read to its seal.
+        let after = fill_segment(&e, next + 2);
         drop(e);
-        let seg2 = File::open(segment_path(&dir.path().join(SEGMENTS_DIR), 2)).expect("open");
-        let read = read_segment(&seg2, 2, &mut Index::default()).expect("read");
-        assert!(read.sealed, "segment 2 ends in a seal");
-        let e = open(dir.path());
-        assert_eq!(offsets(&e, "a"), (first..after + 2).collect::<Vec<_>>());
+        let read = read_segment(&File::open(&seg3).expect("open"), 3, &mut Index::default());
+        assert!(read.expect("read").sealed, "segment 3 ends in a seal");
+        reopened_from(open(dir.path()), dir.path(), first, after + 1);
     }
 
     #[test]
     fn a_segment_that_holds_nothing_while_a_spare_is_ready_is_kept_for_the_one_after() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        let first = fill_segment(&e, 0);
+        let first = a_zeroed_segment_full(&e);
         let at = fill_past_half(&e, first + 1);
-        assert_eq!(settled_spare(&e), "ready", "segment 2 zeroed ahead");
-        let reused = inode(&segment_path(&dir.path().join(SEGMENTS_DIR), 0));
+        assert_eq!(settled_spare(&e), "ready", "segment 3 zeroed ahead");
+        let reused = inode(&segment_path(&dir.path().join(SEGMENTS_DIR), 1));
         start_at(&e, first, at);
-        assert_eq!(spares(dir.path()).len(), 2, "segment 0 kept in reserve");
+        assert_eq!(spares(dir.path()).len(), 2, "segment 1 kept in reserve");
         let next = fill_segment(&e, at);
-        // Segment 2 is the zeroed one; the reserve is the spare now, and none is zeroed.
+        // Segment 3 is the zeroed one; the reserve is the spare now, and none is zeroed.
         assert_ne!(inode(&last_segment(dir.path())), reused);
         let kept = spares(dir.path());
         assert_eq!(kept.len(), 1);
         assert_eq!(inode(&kept[0]), reused);
-        let steps = test_faults::spare_progress(dir.path()).0;
+        let zeros = test_faults::spare_progress(dir.path()).0;
         let after = fill_segment(&e, next + 1);
         assert_eq!(
             inode(&last_segment(dir.path())),
             reused,
-            "segment 3 is segment 0's file"
+            "segment 4 is segment 1's file"
         );
-        assert_eq!(test_faults::spare_progress(dir.path()).0, steps, "no zeros");
+        assert_eq!(test_faults::spare_progress(dir.path()).0, zeros, "no zeros");
         reopened_from(e, dir.path(), first, after + 1);
+    }
+
+    #[test]
+    fn a_segment_left_early_is_deleted_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        // Segment 0, sparse, is left for the zeroed one once that is ready: shortened.
+        let next = leave_the_sparse_segment(&e, 0);
+        zeroed_last_segment(dir.path(), 1);
+        start_at(&e, next - 1, next);
+        assert_eq!(e.spare_state(), "none");
+        assert!(spares(dir.path()).is_empty());
+        assert_eq!(segment_count(dir.path()), 1, "segment 0 is deleted");
     }
 
     #[test]
     fn a_segment_a_read_still_holds_is_deleted_not_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        test_faults::set_free_space(dir.path(), 0);
-        let first = fill_segment(&e, 0);
-        // As a read that picked segment 0's records before they were trimmed holds it.
+        let first = a_zeroed_segment_full(&e);
+        // As a read that picked segment 1's records before they were trimmed holds it.
         let held = e
             .index
             .read()
             .expect("index")
             .segments
-            .get(&0)
+            .get(&1)
             .map(|s| s.file.clone())
-            .expect("segment 0");
+            .expect("segment 1");
         start_at(&e, first, first + 1);
         assert_eq!(e.spare_state(), "none");
         assert!(spares(dir.path()).is_empty());
-        assert_eq!(segment_count(dir.path()), 1, "segment 0 is deleted");
+        assert_eq!(segment_count(dir.path()), 1, "segments 0 and 1 are deleted");
         drop(held);
     }
 
@@ -2065,14 +2124,14 @@ mod tests {
     fn a_segment_that_holds_nothing_stops_a_spare_being_zeroed_and_takes_its_place() {
         let dir = tempfile::tempdir().expect("tempdir");
         let e = open(dir.path());
-        let first = fill_segment(&e, 0);
-        // Past half of segment 1 (zeroed ahead) a spare is asked for; paced at 1 B/s it
-        // writes nothing until more is appended.
+        let first = a_zeroed_segment_full(&e);
+        // Past half of segment 2 a spare is asked for; paced at 1 B/s it writes nothing until
+        // more is appended.
         test_faults::pace_spares(dir.path(), 1);
         let at = fill_past_half(&e, first + 1);
         assert_eq!(e.spare_state(), "preparing");
         let (_, finished) = test_faults::spare_progress(dir.path());
-        let reused = inode(&segment_path(&dir.path().join(SEGMENTS_DIR), 0));
+        let reused = inode(&segment_path(&dir.path().join(SEGMENTS_DIR), 1));
         start_at(&e, first, at);
         assert_eq!(e.spare_state(), "ready");
         let until = Instant::now() + Duration::from_secs(60);
@@ -2088,13 +2147,17 @@ mod tests {
     }
 
     /// A segment of log `a`'s records at `offsets`, as written before segments had a header
-    /// (frames whose CRC covers the body alone, no seal), as segment `id` of the store in `dir`.
-    fn segment_without_header(dir: &Path, id: u32, offsets: std::ops::Range<u64>) {
+    /// (frames whose CRC covers the body alone, no seal), as segment `id` of the store in `dir`;
+    /// `zeroed`: its room written with zeros (allocated), else sparse.
+    fn segment_without_header(dir: &Path, id: u32, offsets: std::ops::Range<u64>, zeroed: bool) {
         let seg_dir = dir.join(SEGMENTS_DIR);
         std::fs::create_dir_all(&seg_dir).expect("segments dir");
         let mut bytes = Vec::new();
         for o in offsets {
             bytes.extend(frame_salted("a", o, b"old", None));
+        }
+        if zeroed {
+            bytes.resize(SEGMENT_BYTES as usize, 0);
         }
         let path = segment_path(&seg_dir, id);
         std::fs::write(&path, &bytes).expect("write");
@@ -2108,7 +2171,7 @@ mod tests {
     #[test]
     fn a_segment_without_a_header_is_read_and_written_on_as_before() {
         let dir = tempfile::tempdir().expect("tempdir");
-        segment_without_header(dir.path(), 0, 0..3);
+        segment_without_header(dir.path(), 0, 0..3, false);
         let e = open(dir.path());
         assert_eq!(offsets(&e, "a"), vec![0, 1, 2]);
         put(&e, "a", 3..4, b"new");
@@ -2131,15 +2194,16 @@ mod tests {
     #[test]
     fn a_segment_without_a_header_that_holds_nothing_is_deleted_not_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        segment_without_header(dir.path(), 0, 0..3);
+        // Segment 0 full length and zeroed: but for its missing header, it could be reused.
+        segment_without_header(dir.path(), 0, 0..3, true);
+        segment_without_header(dir.path(), 1, 3..4, false);
         let e = open(dir.path());
-        test_faults::set_free_space(dir.path(), 0);
-        let first = fill_segment(&e, 3);
-        start_at(&e, first, first + 1);
+        assert_eq!(offsets(&e, "a"), vec![0, 1, 2, 3]);
+        start_at(&e, 3, 4);
         assert_eq!(e.spare_state(), "none");
         assert!(spares(dir.path()).is_empty());
-        assert_eq!(segment_count(dir.path()), 1);
-        reopened_from(e, dir.path(), first, first + 1);
+        assert_eq!(segment_count(dir.path()), 1, "segment 0 is deleted");
+        reopened_from(e, dir.path(), 3, 4);
     }
 
     /// Waits (at most a minute) until the spare is no longer being prepared; returns its state.
