@@ -533,13 +533,18 @@ fn process_cpu_secs() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// The `p` quantile (0..=1) of `sorted` latencies in µs, in ms (0 when there are none).
+fn pct_ms(sorted: &[u64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0) as f64
+        / 1000.0
+}
+
 impl Measured {
     fn pct(&self, p: f64) -> f64 {
-        let lat = &self.latencies;
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
+        pct_ms(&self.latencies, p)
     }
     fn delivery_rate(&self) -> f64 {
         self.delivered as f64 / self.total_secs
@@ -1300,19 +1305,14 @@ async fn ordered(
         .map(|s| (s.delivered, s.out_of_order, s.latencies_us.clone()))
         .unwrap_or_default();
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     println!(
         "order={order} keys={keys} concurrency={concurrency} sink_delay={sink_delay_ms}ms: accepted {expected} in {:.1}s = {:.0} ev/s; delivered {delivered} in {:.1}s = {:.0} deliveries/s; out of sequence for their key: {out_of_order}; latency ingress->sink p50 {:.2} ms, p99 {:.2} ms",
         send_time.as_secs_f64(),
         expected as f64 / send_time.as_secs_f64(),
         total_time.as_secs_f64(),
         delivered as f64 / total_time.as_secs_f64(),
-        pct(0.50) as f64 / 1000.0,
-        pct(0.99) as f64 / 1000.0,
+        pct_ms(&lat, 0.50),
+        pct_ms(&lat, 0.99),
     );
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -1747,7 +1747,10 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (rss, hwm) = rss_mib(pid);
     println!("load stopped, delivery complete: RSS {rss:.1} MiB (peak {hwm:.1} MiB)");
     print_soak_latency(
-        &latencies.lock().map(|l| l.clone()).unwrap_or_default(),
+        &latencies
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default(),
         a.sample_seconds,
     );
     tokio::time::sleep(Duration::from_secs(a.idle_seconds)).await;
@@ -1801,22 +1804,16 @@ async fn soak(a: SoakArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// the whole run, and per window of `window_secs` by arrival (p99, p99.9, max, and how many
 /// took over 5 ms), so that slow phases can be told from a long tail throughout.
 fn print_soak_latency(deliveries: &[(u64, u64)], window_secs: u64) {
-    let ms = |v: &[u64], p: f64| -> f64 {
-        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
     let mut all: Vec<u64> = deliveries.iter().map(|d| d.1).collect();
     all.sort_unstable();
     let over = |v: &[u64]| v.iter().filter(|l| **l > 5_000).count();
     println!(
         "latency ingress->sink over {} deliveries: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} over 5 ms",
         all.len(),
-        ms(&all, 0.5),
-        ms(&all, 0.99),
-        ms(&all, 0.999),
-        ms(&all, 1.0),
+        pct_ms(&all, 0.5),
+        pct_ms(&all, 0.99),
+        pct_ms(&all, 0.999),
+        pct_ms(&all, 1.0),
         over(&all)
     );
     let window_ms = window_secs.max(1) * 1000;
@@ -1830,9 +1827,9 @@ fn print_soak_latency(deliveries: &[(u64, u64)], window_secs: u64) {
             "  {:>5}s..: {:>6} deliveries, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} over 5 ms",
             w * window_secs.max(1),
             v.len(),
-            ms(&v, 0.99),
-            ms(&v, 0.999),
-            ms(&v, 1.0),
+            pct_ms(&v, 0.99),
+            pct_ms(&v, 0.999),
+            pct_ms(&v, 1.0),
             over(&v)
         );
     }
