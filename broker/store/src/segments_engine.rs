@@ -6,15 +6,16 @@
 //! `[body length u32 LE][CRC-32 of body and salt u32 LE][key length u16 LE][key][value]`, where
 //! key and value are the store's record key and value (`keys::record_key`,
 //! `keys::record_value`); each commit writes a seal after its frames (a frame header of body
-//! length 0 whose CRC is the salt's, [`seal`]), which the next commit writes over. A segment written before
-//! segments had a header has no header, seal or salt (its CRCs cover the body alone): it is read
-//! and written on so, and deleted, not reused. A
-//! segment is [`SEGMENT_BYTES`] long from the start (its size never changes while it is
+//! length 0 whose CRC is the salt's, [`seal`]), which the next commit writes over. A segment
+//! written before segments had a header has no header, seal or salt (its CRCs cover the body
+//! alone): it is read and written on so, and deleted, not reused. A segment is
+//! [`SEGMENT_BYTES`] long from the start (its size never changes while it is
 //! written, so a commit's `fdatasync` writes no file size) and written until the next commit
 //! would not fit, then the next one is started. The next one is made ready ahead, so that a
 //! commit's `fdatasync` allocates no block either (on ext4 a sync into a sparse room commits the
-//! file system's journal first): a segment that holds nothing any more is reused ([`SegmentsEngine::reuse`]:
-//! a fresh salt makes its frames stale, and no block is freed and allocated again), or else,
+//! file system's journal first): a segment that holds nothing any more is reused
+//! ([`SegmentsEngine::reuse`]: a fresh salt makes its frames stale, and no block is freed and
+//! allocated again), or else,
 //! once the active segment is half full, a thread writes a spare file of zeros in synced steps;
 //! the rotation renames the spare into place. The steps keep pace with
 //! the active segment ([`zeros_due`]: the spare is ready once half the room left at the ask is
@@ -473,6 +474,7 @@ fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<SegmentRead> 
     r.seek_relative(pos as i64).map_err(engine_err)?;
     let mut body = Vec::new();
     let mut sealed = false;
+    let seal = salt.map(seal);
     loop {
         let mut header = [0u8; HEADER];
         if pos + HEADER as u64 > size || !read_full(&mut r, &mut header)? {
@@ -480,9 +482,7 @@ fn read_segment(file: &File, id: u32, index: &mut Index) -> Result<SegmentRead> 
         }
         let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if let Some(salt) = salt
-            && header == seal(salt)
-        {
+        if seal == Some(header) {
             sealed = true;
             break;
         }
@@ -755,7 +755,7 @@ impl SegmentsEngine {
         };
         for (id, segment) in dead {
             let path = segment_path(&self.dir, id);
-            if segment.reusable && self.reuse(&path, segment.file) {
+            if segment.reusable && self.reuse(id, segment.file) {
                 continue;
             }
             if let Err(e) = std::fs::remove_file(&path) {
@@ -764,7 +764,7 @@ impl SegmentsEngine {
         }
     }
 
-    /// Makes the segment at `path`, which holds nothing any more, the next segment's spare,
+    /// Makes segment `id`, which holds nothing any more, the next segment's spare,
     /// or, while a spare is ready, the reserve (the one after), unless both are taken or a read
     /// still holds the file: its blocks are written already, so the next segment needs neither
     /// zeros nor blocks freed and allocated again (on a file system that discards freed blocks,
@@ -774,7 +774,8 @@ impl SegmentsEngine {
     /// make its frames stale before it leaves its name: were it read again as a segment (a
     /// crash before the rename), it holds nothing. A spare being zeroed is stopped. Returns
     /// whether it was kept.
-    fn reuse(&self, path: &Path, file: Arc<File>) -> bool {
+    fn reuse(&self, id: u32, file: Arc<File>) -> bool {
+        let path = &segment_path(&self.dir, id);
         // Only a file no read holds: a read that picked its records before they were dropped
         // must find them unchanged (the index no longer lends it out).
         let Ok(file) = Arc::try_unwrap(file) else {
@@ -800,13 +801,8 @@ impl SegmentsEngine {
             }
         }
         let salt = new_salt();
-        let spare = self.dir.join(format!(
-            "{}-{}{SPARE_SUFFIX}",
-            path.file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("segment"),
-            SPARE_NAMES.fetch_add(1, Ordering::Relaxed)
-        ));
+        let n = SPARE_NAMES.fetch_add(1, Ordering::Relaxed);
+        let spare = self.dir.join(format!("{id:010}-{n}{SPARE_SUFFIX}"));
         let made = write_header(&file, salt)
             .and_then(|()| file.sync_data())
             .and_then(|()| std::fs::rename(path, &spare));
@@ -1023,15 +1019,15 @@ fn zero_min_rate(seg_dir: &Path) -> u64 {
 }
 
 /// Writes a spare at `path`: [`SEGMENT_BYTES`] of zeros and a header with `salt`, synced with
-/// its size, so that a rotation can rename it into place. A step is written once `due` (bytes of zeros allowed so
-/// far, [`zeros_due`]) allows it. Stops between two steps once `wanted` says no (its engine
+/// its size, so that a rotation can rename it into place. A step is written once `due` (bytes
+/// of zeros allowed so far, [`zeros_due`]) allows it. Stops between two steps once `wanted` says no (its engine
 /// was dropped): `None`, the file left for the caller to remove.
 fn write_spare(
     path: &Path,
     salt: u64,
     wanted: impl Fn() -> bool,
     due: impl Fn() -> u64,
-) -> std::io::Result<Option<(File, u64)>> {
+) -> std::io::Result<Option<File>> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1064,7 +1060,7 @@ fn write_spare(
     }
     write_header(&file, salt)?;
     file.sync_all()?;
-    Ok(Some((file, salt)))
+    Ok(Some(file))
 }
 
 /// Whether `file` is a segment of full length whose room is written (allocated) to its end.
@@ -1170,7 +1166,8 @@ impl SegmentsEngine {
                     zeros_due(asked.elapsed(), appended, room, min_rate)
                 };
                 let wanted = || state.strong_count() > 0 && !stopped.load(Ordering::Acquire);
-                let result = write_spare(&path, new_salt(), wanted, due);
+                let salt = new_salt();
+                let result = write_spare(&path, salt, wanted, due);
                 #[cfg(test)]
                 let _finished = test_faults::SpareFinished(path.parent().map(Path::to_path_buf));
                 // The engine is gone (dropped, or reopened after a failure): the file goes.
@@ -1186,7 +1183,7 @@ impl SegmentsEngine {
                     return;
                 }
                 *slot = match result {
-                    Ok(Some((file, salt))) => Spare::Ready(ReadySpare {
+                    Ok(Some(file)) => Spare::Ready(ReadySpare {
                         path,
                         file: Some(file),
                         salt,
@@ -2084,6 +2081,34 @@ mod tests {
         );
         assert_eq!(test_faults::spare_progress(dir.path()).0, zeros, "no zeros");
         reopened_from(e, dir.path(), first, after + 1);
+    }
+
+    #[test]
+    fn a_segment_being_reused_when_the_process_dies_reads_as_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = open(dir.path());
+        let first = a_zeroed_segment_full(&e);
+        start_at(&e, first, first + 1);
+        let kept = spares(dir.path());
+        assert_eq!(kept.len(), 1);
+        // As a crash after its new header's sync and before its rename leaves it: segment 1
+        // under its own name, its 1 MiB records behind a header with another salt.
+        let seg1 = segment_path(&dir.path().join(SEGMENTS_DIR), 1);
+        std::fs::copy(&kept[0], &seg1).expect("copy");
+        drop(e);
+        let read = read_segment(&File::open(&seg1).expect("open"), 1, &mut Index::default());
+        let read = read.expect("read");
+        assert!(
+            read.sealed && read.valid == SEG_HEADER,
+            "read as an empty sealed segment"
+        );
+        let e = open(dir.path());
+        assert_eq!(offsets(&e, "a"), vec![first]);
+        assert!(
+            !seg1.exists(),
+            "found empty at open and taken out of the store"
+        );
+        assert_eq!(e.spare_state(), "ready", "reused");
     }
 
     #[test]
